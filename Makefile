@@ -1,0 +1,44 @@
+# reflex: `make run` runs the simulated-arm demo, `make test` runs every test.
+# Both install what is missing first (scripts/setup.sh).
+
+CARGO ?= cargo
+DURATION ?= 15
+
+.PHONY: run test setup build check lint bench demos train models clean
+
+run: setup
+	$(CARGO) build --release
+	./target/release/reflex run launch/sim_arm.toml --duration $(DURATION)
+
+test: setup
+	$(CARGO) test --workspace
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release
+
+check: build
+	./target/release/reflex check launch/sim_arm.toml
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: setup
+	$(CARGO) bench --workspace
+
+# Developer-run: regenerate the demo policy (scripted demonstrations -> numpy
+# behaviour cloning -> ONNX) and the test fixtures. The outputs are committed.
+demos: build
+	./target/release/reflex demos launch/sim_arm.toml --out demos/sim_reach --episodes 800 --steps 40
+
+train: demos
+	.venv/bin/python policies/export/train_sim_reach.py --demos demos/sim_reach --out policies/models/sim_reach.onnx
+
+models: setup
+	.venv/bin/python policies/export/make_test_models.py --out-dir policies/models/test
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,560 @@
+//! A simulated planar arm: joint-space servo dynamics with velocity and position
+//! limits, a reaching task (a red target drawn anew every episode) and a top-down
+//! RGB camera that renders the arm and the target, so a policy has pixels to use.
+//!
+//! [`SimWorld`] is the deterministic physics and rendering; [`SimArm`] drives it
+//! through the `Driver` lifecycle, on its own thread under the wall clock or in
+//! lockstep with the loop under the simulated clock.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use reflex_runtime::clock::sleep_until;
+use reflex_runtime::driver::{
+    ArmPorts, CameraPort, Driver, DriverContext, DriverError, DriverPorts, EpisodeOutcome, TaskReport,
+};
+use reflex_runtime::launch::{JointConfig, SimArmConfig};
+use reflex_runtime::mailbox::Mailbox;
+use reflex_runtime::slot::{SlotWriter, latest_slot};
+use reflex_runtime::types::{Image, JointCommand, JointState, MAX_JOINTS, monotonic_ns};
+
+/// Targets are drawn at angles in ±this from the +x axis (rad) ...
+const TARGET_ANGLE: f64 = 1.8;
+/// ... and at distances in this range from the base, as a fraction of the reach.
+const TARGET_RADIUS: (f64, f64) = (0.45, 0.95);
+const TARGET_DRAW_RADIUS: f64 = 0.08;
+const EFFECTOR_DRAW_RADIUS: f64 = 0.05;
+
+/// The deterministic state of the simulated arm and its task.
+#[derive(Debug, Clone)]
+pub struct SimWorld {
+    links: Vec<f64>,
+    joints: Vec<JointConfig>,
+    stiffness: f64,
+    damping: f64,
+    q: [f64; MAX_JOINTS],
+    qd: [f64; MAX_JOINTS],
+    command: [f64; MAX_JOINTS],
+    target: [f64; 2],
+    rng: ChaCha8Rng,
+    time_ns: u64,
+    episode_ns: u64,
+    episode_start_ns: u64,
+    tolerance: f64,
+    reached_at_ns: Option<u64>,
+    outcomes: Vec<EpisodeOutcome>,
+    seq: u64,
+}
+
+impl SimWorld {
+    pub fn new(cfg: &SimArmConfig, joints: &[JointConfig], seed: u64) -> Self {
+        let mut q = [0.0; MAX_JOINTS];
+        for (j, value) in cfg.initial_position.iter().enumerate() {
+            q[j] = *value;
+        }
+        let mut world = Self {
+            links: cfg.link_lengths.clone(),
+            joints: joints.to_vec(),
+            stiffness: cfg.stiffness,
+            damping: cfg.damping,
+            q,
+            qd: [0.0; MAX_JOINTS],
+            command: q,
+            target: [0.0; 2],
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            time_ns: 0,
+            episode_ns: (cfg.episode_seconds * 1e9) as u64,
+            episode_start_ns: 0,
+            tolerance: cfg.target_tolerance,
+            reached_at_ns: None,
+            // Room for many episodes, so finishing one does not allocate in a tick.
+            outcomes: Vec::with_capacity(1024),
+            seq: 0,
+        };
+        world.target = world.draw_target();
+        world
+    }
+
+    pub fn joints(&self) -> usize {
+        self.links.len()
+    }
+
+    pub fn reach(&self) -> f64 {
+        self.links.iter().sum()
+    }
+
+    pub fn target(&self) -> [f64; 2] {
+        self.target
+    }
+
+    pub fn time_ns(&self) -> u64 {
+        self.time_ns
+    }
+
+    pub fn positions(&self) -> &[f64] {
+        &self.q[..self.joints()]
+    }
+
+    /// Puts the arm at rest at `q` (demonstration collection).
+    pub fn set_positions(&mut self, q: &[f64]) {
+        let n = self.joints();
+        self.q[..n].copy_from_slice(&q[..n]);
+        self.command[..n].copy_from_slice(&q[..n]);
+        self.qd = [0.0; MAX_JOINTS];
+    }
+
+    fn draw_target(&mut self) -> [f64; 2] {
+        let angle = self.rng.random_range(-TARGET_ANGLE..=TARGET_ANGLE);
+        let reach = self.reach();
+        let radius = self.rng.random_range(TARGET_RADIUS.0 * reach..=TARGET_RADIUS.1 * reach);
+        [radius * angle.cos(), radius * angle.sin()]
+    }
+
+    /// Starts a new episode with a freshly drawn target.
+    pub fn new_target(&mut self) {
+        self.target = self.draw_target();
+        self.episode_start_ns = self.time_ns;
+        self.reached_at_ns = None;
+    }
+
+    /// A random joint configuration within limits (demonstration collection).
+    pub fn random_configuration(&mut self) -> Vec<f64> {
+        (0..self.joints())
+            .map(|j| {
+                let [lo, hi] = self.joints[j].position;
+                self.rng.random_range(lo * 0.8..=hi * 0.8)
+            })
+            .collect()
+    }
+
+    /// Uniform noise in ±`amplitude` (demonstration collection).
+    pub fn noise(&mut self, amplitude: f64) -> f64 {
+        self.rng.random_range(-amplitude..=amplitude)
+    }
+
+    /// Positions of the base and each link end, base first (`joints + 1` used).
+    pub fn link_points(&self) -> [[f64; 2]; MAX_JOINTS + 1] {
+        let mut points = [[0.0; 2]; MAX_JOINTS + 1];
+        let (mut x, mut y, mut angle) = (0.0, 0.0, 0.0);
+        for (j, length) in self.links.iter().enumerate() {
+            angle += self.q[j];
+            x += length * angle.cos();
+            y += length * angle.sin();
+            points[j + 1] = [x, y];
+        }
+        points
+    }
+
+    pub fn effector(&self) -> [f64; 2] {
+        self.link_points()[self.joints()]
+    }
+
+    pub fn target_error(&self) -> f64 {
+        let [ex, ey] = self.effector();
+        (ex - self.target[0]).hypot(ey - self.target[1])
+    }
+
+    pub fn set_command(&mut self, command: &[f64]) {
+        let n = self.joints();
+        self.command[..n].copy_from_slice(&command[..n]);
+    }
+
+    /// Advances the servo dynamics by `dt` seconds.
+    pub fn step(&mut self, dt: f64) {
+        for j in 0..self.joints() {
+            let joint = &self.joints[j];
+            let acceleration = self.stiffness * (self.command[j] - self.q[j]) - self.damping * self.qd[j];
+            self.qd[j] = (self.qd[j] + acceleration * dt).clamp(-joint.velocity, joint.velocity);
+            self.q[j] += self.qd[j] * dt;
+            let [lo, hi] = joint.position;
+            if !(lo..=hi).contains(&self.q[j]) {
+                self.q[j] = self.q[j].clamp(lo, hi);
+                self.qd[j] = 0.0;
+            }
+        }
+        self.time_ns += (dt * 1e9).round() as u64;
+        let error = self.target_error();
+        if error <= self.tolerance && self.reached_at_ns.is_none() {
+            self.reached_at_ns = Some(self.time_ns);
+        }
+        if self.time_ns - self.episode_start_ns >= self.episode_ns {
+            self.finish_episode();
+            self.new_target();
+        }
+    }
+
+    fn finish_episode(&mut self) {
+        let final_error = self.target_error();
+        self.outcomes.push(EpisodeOutcome {
+            index: self.outcomes.len(),
+            reached: final_error <= self.tolerance,
+            final_error,
+            time_to_reach_s: self.reached_at_ns.map(|t| (t - self.episode_start_ns) as f64 / 1e9),
+        });
+    }
+
+    /// Outcomes so far; an episode at least half done counts with its current error.
+    pub fn report(&self) -> TaskReport {
+        let mut report = TaskReport { task: "reach".into(), tolerance: self.tolerance, episodes: self.outcomes.clone() };
+        if self.time_ns - self.episode_start_ns >= self.episode_ns / 2 {
+            let mut partial = self.clone();
+            partial.finish_episode();
+            report.episodes = partial.outcomes;
+        }
+        report
+    }
+
+    pub fn state(&mut self, stamp_ns: u64, out: &mut JointState) {
+        self.seq += 1;
+        out.seq = self.seq;
+        out.stamp_ns = stamp_ns;
+        out.joints = self.joints();
+        out.position = self.q;
+        out.velocity = self.qd;
+    }
+
+    /// Renders the top-down view into `image` (its size is kept): dark floor, arm
+    /// links in blue, the end effector in green, the target in red on top.
+    pub fn render(&self, image: &mut Image) {
+        let (w, h) = (image.width, image.height);
+        let points = self.link_points();
+        let effector = points[self.joints()];
+        let scale = 1.0 / (self.reach() * 1.1);
+        let link_width = 0.025 / scale;
+        for py in 0..h {
+            for px in 0..w {
+                // Pixel centre in world coordinates (x right, y up, base at the centre).
+                let x = ((px as f64 + 0.5) / w as f64 * 2.0 - 1.0) / scale;
+                let y = (1.0 - (py as f64 + 0.5) / h as f64 * 2.0) / scale;
+                let mut rgb = [40u8, 40, 40];
+                if points[..=self.joints()].windows(2).any(|s| segment_distance([x, y], s[0], s[1]) <= link_width) {
+                    rgb = [80, 150, 255];
+                }
+                if (x - effector[0]).hypot(y - effector[1]) <= EFFECTOR_DRAW_RADIUS {
+                    rgb = [40, 220, 40];
+                }
+                if (x - self.target[0]).hypot(y - self.target[1]) <= TARGET_DRAW_RADIUS {
+                    rgb = [255, 40, 40];
+                }
+                let i = (py * w + px) * 3;
+                image.rgb[i..i + 3].copy_from_slice(&rgb);
+            }
+        }
+    }
+
+    /// Inverse kinematics for the target with the last link pointing away from the
+    /// base (the scripted expert's goal). `None` when out of reach.
+    pub fn solve_target(&self) -> Option<Vec<f64>> {
+        let n = self.joints();
+        if n < 2 {
+            return None;
+        }
+        let heading = self.target[1].atan2(self.target[0]);
+        // Joints between the shoulder and the elbow stay straight, so the links
+        // before the elbow act as one; the last link points along the heading.
+        let (upper, fore, tail) = if n == 2 {
+            (self.links[0], self.links[1], 0.0)
+        } else {
+            (self.links[..n - 2].iter().sum::<f64>(), self.links[n - 2], self.links[n - 1])
+        };
+        let radius = self.target[0].hypot(self.target[1]) - tail;
+        let cos_elbow = (radius * radius - upper * upper - fore * fore) / (2.0 * upper * fore);
+        if !(-1.0..=1.0).contains(&cos_elbow) {
+            return None;
+        }
+        let elbow = cos_elbow.acos();
+        let shoulder = heading - (fore * elbow.sin()).atan2(upper + fore * elbow.cos());
+        let mut q = vec![0.0; n];
+        q[0] = shoulder;
+        if n == 2 {
+            q[1] = elbow;
+        } else {
+            q[n - 2] = elbow;
+            q[n - 1] = heading - shoulder - elbow;
+        }
+        Some(q)
+    }
+
+    /// The scripted expert: `horizon` joint targets at `action_dt` spacing that move
+    /// in a straight joint-space line to the IK solution at `speed` rad/s.
+    pub fn expert_chunk(&self, horizon: usize, action_dt: f64, speed: f64) -> Option<Vec<f32>> {
+        let goal = self.solve_target()?;
+        let n = self.joints();
+        let mut q: Vec<f64> = self.positions().to_vec();
+        let mut chunk = Vec::with_capacity(horizon * n);
+        for _ in 0..horizon {
+            let delta: Vec<f64> = (0..n).map(|j| goal[j] - q[j]).collect();
+            let largest = delta.iter().fold(0.0f64, |m, d| m.max(d.abs()));
+            let step = speed * action_dt;
+            let fraction = if largest > step { step / largest } else { 1.0 };
+            for j in 0..n {
+                q[j] += delta[j] * fraction;
+                chunk.push(q[j] as f32);
+            }
+        }
+        Some(chunk)
+    }
+}
+
+fn segment_distance(p: [f64; 2], a: [f64; 2], b: [f64; 2]) -> f64 {
+    let (abx, aby) = (b[0] - a[0], b[1] - a[1]);
+    let length2 = abx * abx + aby * aby;
+    let t = if length2 > 0.0 { (((p[0] - a[0]) * abx + (p[1] - a[1]) * aby) / length2).clamp(0.0, 1.0) } else { 0.0 };
+    (p[0] - a[0] - t * abx).hypot(p[1] - a[1] - t * aby)
+}
+
+/// The writing ends the simulation publishes into.
+struct Outputs {
+    state: SlotWriter<JointState>,
+    camera: Option<(SlotWriter<Image>, Image, u64)>,
+    commands: Arc<Mailbox<JointCommand>>,
+    scratch: JointState,
+}
+
+impl Outputs {
+    /// Applies the newest command, if any.
+    fn take_command(&mut self, world: &mut SimWorld) {
+        let mut newest = None;
+        while let Some(cmd) = self.commands.try_recv() {
+            newest = Some(cmd);
+        }
+        if let Some(cmd) = newest
+            && cmd.joints == world.joints()
+        {
+            world.set_command(cmd.positions());
+        }
+    }
+
+    fn publish(&mut self, world: &mut SimWorld, stamp_ns: u64, sim_time_ns: u64) {
+        world.state(stamp_ns, &mut self.scratch);
+        let scratch = self.scratch;
+        self.state.publish_with(|slot| *slot = scratch);
+        if let Some((writer, frame, period_ns)) = &mut self.camera {
+            // Frame k is due at k * period on the simulation's own time.
+            let due = sim_time_ns / *period_ns;
+            if frame.seq == 0 || due >= frame.seq {
+                world.render(frame);
+                frame.seq = due + 1;
+                frame.stamp_ns = stamp_ns;
+                writer.publish_with(|slot| slot.copy_from(frame));
+            }
+        }
+    }
+}
+
+pub struct SimArm {
+    cfg: SimArmConfig,
+    joints: Vec<JointConfig>,
+    world: Option<Arc<Mutex<SimWorld>>>,
+    outputs: Option<Outputs>,
+    simulated: bool,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SimArm {
+    pub fn new(cfg: SimArmConfig, joints: Vec<JointConfig>) -> Self {
+        Self {
+            cfg,
+            joints,
+            world: None,
+            outputs: None,
+            simulated: true,
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        }
+    }
+
+    fn failed(&self, message: impl Into<String>) -> DriverError {
+        DriverError::Failed { driver: self.cfg.name.clone(), message: message.into() }
+    }
+}
+
+impl Driver for SimArm {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn open(&mut self, ctx: &DriverContext) -> Result<DriverPorts, DriverError> {
+        if ctx.joints != self.cfg.link_lengths.len() {
+            return Err(self.failed(format!("{} links for {} joints", self.cfg.link_lengths.len(), ctx.joints)));
+        }
+        self.simulated = ctx.simulated;
+        let world = SimWorld::new(&self.cfg, &self.joints, ctx.seed);
+        let (state_writer, state_reader) = latest_slot(&JointState::empty(ctx.joints));
+        let commands = Mailbox::new(64);
+        let mut ports = DriverPorts::default();
+        let camera = self.cfg.camera.as_ref().map(|c| {
+            let frame = Image::black(c.width, c.height);
+            let (writer, reader) = latest_slot(&frame);
+            ports.cameras.push(CameraPort { name: c.name.clone(), frames: reader, width: c.width, height: c.height });
+            (writer, frame, (1e9 / c.fps.max(0.1)) as u64)
+        });
+        ports.arm = Some(ArmPorts { state: state_reader, commands: commands.clone(), on_zenoh: false });
+        self.outputs = Some(Outputs { state: state_writer, camera, commands, scratch: JointState::empty(ctx.joints) });
+        self.world = Some(Arc::new(Mutex::new(world)));
+        Ok(ports)
+    }
+
+    fn start(&mut self) -> Result<(), DriverError> {
+        if self.simulated {
+            return Ok(());
+        }
+        let (Some(world), Some(mut outputs)) = (self.world.clone(), self.outputs.take()) else {
+            return Err(self.failed("start before open"));
+        };
+        let stop = self.stop.clone();
+        let dt = 1.0 / self.cfg.physics_hz;
+        let period = Duration::from_secs_f64(dt);
+        let thread = std::thread::Builder::new()
+            .name(format!("reflex-sim-{}", self.cfg.name))
+            .spawn(move || {
+                let start = Instant::now();
+                let mut step = 0u32;
+                while !stop.load(Ordering::Acquire) {
+                    {
+                        let mut world = world.lock().unwrap_or_else(PoisonError::into_inner);
+                        outputs.take_command(&mut world);
+                        world.step(dt);
+                        let sim_time = world.time_ns();
+                        outputs.publish(&mut world, monotonic_ns(), sim_time);
+                    }
+                    step = step.wrapping_add(1);
+                    let deadline = start + period * step;
+                    if Instant::now() < deadline {
+                        sleep_until(deadline, Duration::ZERO);
+                    }
+                }
+            })
+            .map_err(|e| self.failed(format!("cannot start physics thread: {e}")))?;
+        self.thread = Some(thread);
+        Ok(())
+    }
+
+    fn sim_step(&mut self, now_ns: u64) -> Result<(), DriverError> {
+        let (Some(world), Some(outputs)) = (&self.world, &mut self.outputs) else {
+            return Ok(());
+        };
+        let mut world = world.lock().unwrap_or_else(PoisonError::into_inner);
+        outputs.take_command(&mut world);
+        let dt = 1.0 / self.cfg.physics_hz;
+        let dt_ns = (dt * 1e9).round() as u64;
+        while world.time_ns() + dt_ns <= now_ns {
+            world.step(dt);
+        }
+        outputs.publish(&mut world, now_ns, now_ns);
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<(), DriverError> {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.join().map_err(|_| self.failed("physics thread panicked"))?;
+        }
+        Ok(())
+    }
+
+    fn task_report(&self) -> Option<TaskReport> {
+        let world = self.world.as_ref()?;
+        Some(world.lock().unwrap_or_else(PoisonError::into_inner).report())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> (SimArmConfig, Vec<JointConfig>) {
+        let cfg = SimArmConfig {
+            name: "arm".into(),
+            link_lengths: vec![0.4, 0.3, 0.2],
+            physics_hz: 1000.0,
+            stiffness: 400.0,
+            damping: 40.0,
+            initial_position: vec![0.0, 0.6, 0.6],
+            episode_seconds: 5.0,
+            target_tolerance: 0.05,
+            camera: None,
+        };
+        let joint = |name: &str| JointConfig {
+            name: name.into(),
+            position: [-2.8, 2.8],
+            velocity: 1.5,
+            acceleration: 8.0,
+        };
+        (cfg, vec![joint("a"), joint("b"), joint("c")])
+    }
+
+    #[test]
+    fn ik_solution_puts_the_effector_on_the_target() {
+        let (cfg, joints) = config();
+        for seed in 0..50 {
+            let mut world = SimWorld::new(&cfg, &joints, seed);
+            let q = world.solve_target().expect("targets are drawn within reach");
+            for (j, value) in q.iter().enumerate() {
+                assert!(value.abs() < 2.8, "seed {seed} joint {j} = {value}");
+            }
+            world.set_positions(&q);
+            assert!(world.target_error() < 1e-9, "seed {seed}: {}", world.target_error());
+        }
+    }
+
+    #[test]
+    fn servo_tracks_a_command_within_velocity_limits() {
+        let (cfg, joints) = config();
+        let mut world = SimWorld::new(&cfg, &joints, 0);
+        world.set_command(&[1.0, 0.0, 0.0]);
+        let mut previous = world.positions().to_vec();
+        for _ in 0..3000 {
+            world.step(0.001);
+            let now = world.positions().to_vec();
+            assert!((now[0] - previous[0]).abs() <= 1.5 * 0.001 + 1e-12);
+            previous = now;
+        }
+        assert!((world.positions()[0] - 1.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn following_the_expert_reaches_the_target() {
+        let (cfg, joints) = config();
+        let mut world = SimWorld::new(&cfg, &joints, 3);
+        for _ in 0..40 {
+            let chunk = world.expert_chunk(10, 0.1, 1.0).unwrap();
+            world.set_command(&chunk[..3].iter().map(|&v| f64::from(v)).collect::<Vec<_>>());
+            for _ in 0..100 {
+                world.step(0.001);
+            }
+        }
+        assert!(world.target_error() < 0.05, "error {}", world.target_error());
+    }
+
+    #[test]
+    fn render_shows_the_target_in_red_where_it_is() {
+        let (mut cfg, joints) = config();
+        cfg.camera = None;
+        let world = SimWorld::new(&cfg, &joints, 1);
+        let mut image = Image::black(96, 96);
+        world.render(&mut image);
+        let scale = 1.0 / (world.reach() * 1.1);
+        let [tx, ty] = world.target();
+        let px = ((tx * scale + 1.0) / 2.0 * 96.0) as usize;
+        let py = ((1.0 - ty * scale) / 2.0 * 96.0) as usize;
+        let i = (py * 96 + px) * 3;
+        assert_eq!(&image.rgb[i..i + 3], &[255, 40, 40]);
+        assert!(image.rgb.chunks(3).any(|p| p == [40, 220, 40]), "effector drawn");
+    }
+
+    #[test]
+    fn same_seed_same_world() {
+        let (cfg, joints) = config();
+        let a = SimWorld::new(&cfg, &joints, 9);
+        let b = SimWorld::new(&cfg, &joints, 9);
+        let c = SimWorld::new(&cfg, &joints, 10);
+        assert_eq!(a.target(), b.target());
+        assert_ne!(a.target(), c.target());
+    }
+}

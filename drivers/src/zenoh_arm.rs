@@ -1,0 +1,126 @@
+//! An arm reached over zenoh: the loop's commands are published (in the
+//! `reflex_runtime::wire` format) on the command key, and joint states that the
+//! robot side publishes on the state key feed the loop's latest-value slot.
+//!
+//! States are stamped on arrival with this machine's monotonic clock, so the
+//! watchdog measures how long ago the robot was last heard from, independent of
+//! the robot's own clock.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use reflex_runtime::driver::{ArmPorts, Driver, DriverContext, DriverError, DriverPorts};
+use reflex_runtime::launch::ZenohArmConfig;
+use reflex_runtime::mailbox::Mailbox;
+use reflex_runtime::slot::latest_slot;
+use reflex_runtime::types::{JointCommand, JointState, monotonic_ns};
+use reflex_runtime::wire;
+use zenoh::Wait;
+
+pub struct ZenohArm {
+    cfg: ZenohArmConfig,
+    session: Option<zenoh::Session>,
+    command_key: String,
+    commands: Option<Arc<Mailbox<JointCommand>>>,
+    subscriber: Option<zenoh::pubsub::Subscriber<()>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ZenohArm {
+    pub fn new(cfg: ZenohArmConfig) -> Self {
+        Self {
+            cfg,
+            session: None,
+            command_key: String::new(),
+            commands: None,
+            subscriber: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        }
+    }
+
+    fn failed(&self, message: impl Into<String>) -> DriverError {
+        DriverError::Failed { driver: self.cfg.name.clone(), message: message.into() }
+    }
+
+    fn zenoh(&self, source: zenoh::Error) -> DriverError {
+        DriverError::Zenoh { driver: self.cfg.name.clone(), source }
+    }
+}
+
+impl Driver for ZenohArm {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn open(&mut self, ctx: &DriverContext) -> Result<DriverPorts, DriverError> {
+        let session =
+            ctx.zenoh.clone().ok_or_else(|| self.failed("needs the zenoh bus (zenoh.enabled = true)"))?;
+        let key = |leaf: &str| format!("{}/{}/{leaf}", ctx.key_prefix, ctx.robot);
+        self.command_key = self.cfg.command_key.clone().unwrap_or_else(|| key("joint_commands"));
+        let state_key = self.cfg.state_key.clone().unwrap_or_else(|| key("joint_states"));
+        let (writer, reader) = latest_slot(&JointState::empty(ctx.joints));
+        let writer = Mutex::new(writer);
+        let joints = ctx.joints;
+        let driver = self.cfg.name.clone();
+        let subscriber = session
+            .declare_subscriber(state_key.clone())
+            .callback(move |sample| match wire::decode_state(&sample.payload().to_bytes()) {
+                Ok(mut state) if state.joints == joints => {
+                    state.stamp_ns = monotonic_ns();
+                    writer.lock().unwrap_or_else(PoisonError::into_inner).publish_with(|slot| *slot = state);
+                }
+                Ok(state) => tracing::warn!("{driver}: state with {} joints, expected {joints}", state.joints),
+                Err(e) => tracing::warn!("{driver}: undecodable joint state: {e}"),
+            })
+            .wait()
+            .map_err(|e| self.zenoh(e))?;
+        let commands = Mailbox::new(64);
+        self.subscriber = Some(subscriber);
+        self.commands = Some(commands.clone());
+        self.session = Some(session);
+        Ok(DriverPorts {
+            arm: Some(ArmPorts { state: reader, commands, on_zenoh: true }),
+            cameras: Vec::new(),
+        })
+    }
+
+    fn start(&mut self) -> Result<(), DriverError> {
+        let (Some(session), Some(commands)) = (self.session.clone(), self.commands.clone()) else {
+            return Err(self.failed("start before open"));
+        };
+        let publisher = session.declare_publisher(self.command_key.clone()).wait().map_err(|e| self.zenoh(e))?;
+        let stop = self.stop.clone();
+        let name = self.cfg.name.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("reflex-zenoh-{name}"))
+            .spawn(move || {
+                let mut buf = Vec::with_capacity(512);
+                while !stop.load(Ordering::Acquire) || !commands.is_empty() {
+                    let Some(cmd) = commands.recv_timeout(Duration::from_millis(20)) else { continue };
+                    wire::encode_command(&cmd, wire::unix_ns(), &mut buf);
+                    if let Err(e) = publisher.put(buf.clone()).wait() {
+                        tracing::warn!("{name}: publishing command failed: {e}");
+                    }
+                }
+            })
+            .map_err(|e| self.failed(format!("cannot start publisher thread: {e}")))?;
+        self.thread = Some(thread);
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<(), DriverError> {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            thread.join().map_err(|_| self.failed("publisher thread panicked"))?;
+        }
+        if let Some(subscriber) = self.subscriber.take() {
+            let _ = subscriber.undeclare().wait();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,307 @@
+//! The `chunk` policy: an ONNX model mapping observations to an action chunk
+//! `[1, H, D]` of absolute joint positions (optionally normalized).
+//!
+//! At load the model's signature is checked against the launch file, input by
+//! input: a missing or extra input, a different element type or a shape that
+//! cannot match is an error listing what the launch file expects and what the
+//! model has. The first inference runs at load (warm-up), so the first tick that
+//! needs a chunk does not pay for ONNX Runtime's lazy initialization.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{TensorElementType, TensorRef, ValueType};
+use reflex_runtime::launch::{ChunkPolicyConfig, Launch, Normalization, TensorDtype};
+use reflex_runtime::policy::{Policy, PolicyError};
+use reflex_runtime::types::{ActionChunk, Observation};
+
+use crate::preprocess::InputMapper;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyLoadError {
+    #[error(
+        "ONNX Runtime library not found; searched:\n{}\nRun `make setup` (installs onnxruntime into .venv), set ORT_DYLIB_PATH, or set onnxruntime.library in the launch file",
+        searched.iter().map(|p| format!("  {}", p.display())).collect::<Vec<_>>().join("\n")
+    )]
+    LibraryNotFound { searched: Vec<PathBuf> },
+    #[error("cannot load ONNX Runtime from {}: {message}", path.display())]
+    LibraryLoad { path: PathBuf, message: String },
+    #[error("cannot load model {}: {message}", path.display())]
+    Model { path: PathBuf, message: String },
+    #[error(
+        "model {} does not match the launch file:\n{}\n  expected by the launch file:\n{}\n  found in the model:\n{}",
+        model.display(),
+        problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"),
+        expected.join("\n"),
+        found.join("\n")
+    )]
+    Signature { model: PathBuf, problems: Vec<String>, expected: Vec<String>, found: Vec<String> },
+    #[error("warm-up inference failed: {0}")]
+    WarmUp(String),
+}
+
+/// A model input or output as the model declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Port {
+    pub name: String,
+    pub dtype: String,
+    /// -1 for dynamic or symbolic dimensions.
+    pub shape: Vec<i64>,
+}
+
+impl std::fmt::Display for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "    {}: {} {:?}", self.name, self.dtype, self.shape)
+    }
+}
+
+fn port(name: &str, dtype: &ValueType) -> Port {
+    match dtype {
+        ValueType::Tensor { ty, shape, .. } => {
+            Port { name: name.to_string(), dtype: element_name(*ty), shape: shape.iter().copied().collect() }
+        }
+        other => Port { name: name.to_string(), dtype: other.to_string(), shape: Vec::new() },
+    }
+}
+
+fn element_name(ty: TensorElementType) -> String {
+    match ty {
+        TensorElementType::Float32 => "float32".into(),
+        TensorElementType::Uint8 => "uint8".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+fn dtype_name(dtype: TensorDtype) -> &'static str {
+    match dtype {
+        TensorDtype::Float32 => "float32",
+        TensorDtype::Uint8 => "uint8",
+    }
+}
+
+/// True when a model dimension list accepts `wanted` (model -1 accepts anything).
+fn shape_matches(model: &[i64], wanted: &[i64]) -> bool {
+    model.len() == wanted.len() && model.iter().zip(wanted).all(|(m, w)| *m < 0 || *w < 0 || m == w)
+}
+
+/// Compares the model's ports with what the launch file maps; returns the problems.
+pub fn check_signature(
+    cfg: &ChunkPolicyConfig,
+    joints: usize,
+    inputs: &[Port],
+    outputs: &[Port],
+) -> Result<(), (Vec<String>, Vec<String>, Vec<String>)> {
+    let mut problems = Vec::new();
+    let mut expected: Vec<String> = cfg
+        .inputs
+        .iter()
+        .map(|i| Port { name: i.name.clone(), dtype: dtype_name(i.dtype).into(), shape: i.shape.clone() }.to_string())
+        .collect();
+    let wanted_actions = vec![1, cfg.actions.horizon as i64, joints as i64];
+    expected.push(format!("    {} (output): float32 {wanted_actions:?}", cfg.actions.output));
+    for input in &cfg.inputs {
+        match inputs.iter().find(|p| p.name == input.name) {
+            None => problems.push(format!("input `{}` is not in the model", input.name)),
+            Some(p) if p.dtype != dtype_name(input.dtype) => problems.push(format!(
+                "input `{}` is {} in the model, {} in the launch file",
+                input.name,
+                p.dtype,
+                dtype_name(input.dtype)
+            )),
+            Some(p) if !shape_matches(&p.shape, &input.shape) => problems.push(format!(
+                "input `{}` has shape {:?} in the model, {:?} in the launch file",
+                input.name, p.shape, input.shape
+            )),
+            Some(_) => {}
+        }
+    }
+    for p in inputs {
+        if !cfg.inputs.iter().any(|i| i.name == p.name) {
+            problems.push(format!("model input `{}` is not mapped by any [[policy.chunk.inputs]]", p.name));
+        }
+    }
+    match outputs.iter().find(|p| p.name == cfg.actions.output) {
+        None => problems.push(format!("output `{}` is not in the model", cfg.actions.output)),
+        Some(p) if p.dtype != "float32" => {
+            problems.push(format!("output `{}` is {}, expected float32", p.name, p.dtype))
+        }
+        Some(p) if !shape_matches(&p.shape, &wanted_actions) => problems.push(format!(
+            "output `{}` has shape {:?}, expected [1, horizon = {}, joints = {joints}]",
+            p.name, p.shape, cfg.actions.horizon
+        )),
+        Some(_) => {}
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let mut found: Vec<String> = inputs.iter().map(Port::to_string).collect();
+    found.extend(outputs.iter().map(|p| format!("{p} (output)")));
+    Err((problems, expected, found))
+}
+
+/// Loads a model's declared inputs and outputs.
+pub fn model_ports(session: &Session) -> (Vec<Port>, Vec<Port>) {
+    (
+        session.inputs().iter().map(|o| port(o.name(), o.dtype())).collect(),
+        session.outputs().iter().map(|o| port(o.name(), o.dtype())).collect(),
+    )
+}
+
+pub struct ChunkPolicy {
+    session: Session,
+    mapper: InputMapper,
+    output: String,
+    horizon: usize,
+    joints: usize,
+    unnormalize: Option<Normalization>,
+    pub model_path: PathBuf,
+    pub library_path: PathBuf,
+    pub warm_up_ms: f64,
+}
+
+impl ChunkPolicy {
+    /// Loads ONNX Runtime and the model, checks the signature and warms up.
+    pub fn load(launch: &Launch) -> Result<Self, PolicyLoadError> {
+        let cfg = launch.chunk_policy();
+        let joints = launch.config.robot.joints.len();
+        let library = launch.config.onnxruntime.library.as_ref().map(|p| launch.resolve(p));
+        let (env, library_path) = crate::onnxruntime::environment(library.as_deref())?;
+        let model_path = launch.resolve(&cfg.model);
+        let session = open_session(&env, &model_path, cfg.intra_threads)?;
+        let (inputs, outputs) = model_ports(&session);
+        check_signature(cfg, joints, &inputs, &outputs).map_err(|(problems, expected, found)| {
+            PolicyLoadError::Signature { model: model_path.clone(), problems, expected, found }
+        })?;
+        let mapper = InputMapper::new(&cfg.inputs, &launch.camera_names()).map_err(PolicyLoadError::WarmUp)?;
+        let mut policy = Self {
+            session,
+            mapper,
+            output: cfg.actions.output.clone(),
+            horizon: cfg.actions.horizon,
+            joints,
+            unnormalize: cfg.actions.normalize.clone(),
+            model_path,
+            library_path,
+            warm_up_ms: 0.0,
+        };
+        policy.warm_up(launch)?;
+        Ok(policy)
+    }
+
+    fn warm_up(&mut self, launch: &Launch) -> Result<(), PolicyLoadError> {
+        let cameras = launch
+            .config
+            .drivers
+            .sim_arm
+            .iter()
+            .filter_map(|a| a.camera.as_ref())
+            .map(|c| reflex_runtime::Image::black(c.width, c.height))
+            .collect();
+        let obs = Observation {
+            tick: 0,
+            stamp_ns: 0,
+            joints: reflex_runtime::JointState::empty(self.joints),
+            images: cameras,
+        };
+        let mut chunk = ActionChunk::zeros(self.horizon, self.joints);
+        let started = Instant::now();
+        for _ in 0..3 {
+            self.infer(&obs, &mut chunk).map_err(|e| PolicyLoadError::WarmUp(e.to_string()))?;
+        }
+        self.warm_up_ms = started.elapsed().as_secs_f64() * 1e3 / 3.0;
+        Ok(())
+    }
+}
+
+/// Opens a CPU session with full graph optimization.
+pub fn open_session(
+    env: &ort::environment::Environment,
+    path: &Path,
+    intra_threads: usize,
+) -> Result<Session, PolicyLoadError> {
+    let fail = |message: String| PolicyLoadError::Model { path: path.to_path_buf(), message };
+    Session::builder(env)
+        .map_err(|e| fail(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| fail(e.to_string()))?
+        .with_intra_threads(intra_threads.max(1))
+        .map_err(|e| fail(e.to_string()))?
+        .commit_from_file(path)
+        .map_err(|e| fail(e.to_string()))
+}
+
+impl Policy for ChunkPolicy {
+    fn horizon(&self) -> usize {
+        self.horizon
+    }
+
+    fn action_dim(&self) -> usize {
+        self.joints
+    }
+
+    fn infer(&mut self, obs: &Observation, out: &mut ActionChunk) -> Result<(), PolicyError> {
+        self.mapper.fill(obs);
+        let mut inputs = Vec::with_capacity(self.mapper.inputs.len());
+        for input in &self.mapper.inputs {
+            let shape = input.shape.clone();
+            let value: ort::session::SessionInputValue<'_> = match input.dtype {
+                TensorDtype::Float32 => TensorRef::from_array_view((shape, input.values.as_slice()))?.into(),
+                TensorDtype::Uint8 => TensorRef::from_array_view((shape, input.bytes.as_slice()))?.into(),
+            };
+            inputs.push((std::borrow::Cow::from(input.name.as_str()), value));
+        }
+        let outputs = self.session.run(inputs)?;
+        let actions = outputs.get(&self.output).ok_or_else(|| format!("model produced no `{}` output", self.output))?;
+        let (_, values) = actions.try_extract_tensor::<f32>()?;
+        let expected = self.horizon * self.joints;
+        if values.len() != expected {
+            return Err(format!("`{}` has {} values, expected {expected}", self.output, values.len()).into());
+        }
+        for (i, (dst, src)) in out.actions.iter_mut().zip(values).enumerate() {
+            *dst = match &self.unnormalize {
+                Some(n) => src * (n.std[i % self.joints] + 1e-6) + n.mean[i % self.joints],
+                None => *src,
+            };
+        }
+        out.horizon = self.horizon;
+        out.dim = self.joints;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(name: &str, dtype: &str, shape: &[i64]) -> Port {
+        Port { name: name.into(), dtype: dtype.into(), shape: shape.to_vec() }
+    }
+
+    fn config() -> ChunkPolicyConfig {
+        let launch = Launch::embedded(&[]).unwrap();
+        launch.chunk_policy().clone()
+    }
+
+    #[test]
+    fn matching_signature_passes_and_dynamic_batch_is_accepted() {
+        let inputs = [p("image", "float32", &[-1, 3, 32, 32]), p("state", "float32", &[-1, 3])];
+        let outputs = [p("actions", "float32", &[-1, 10, 3])];
+        assert!(check_signature(&config(), 3, &inputs, &outputs).is_ok());
+    }
+
+    #[test]
+    fn mismatches_list_expected_and_found() {
+        let inputs = [p("image", "float32", &[1, 3, 64, 64]), p("joint_state", "float32", &[1, 3])];
+        let outputs = [p("actions", "float32", &[1, 10, 4])];
+        let (problems, expected, found) = check_signature(&config(), 3, &inputs, &outputs).unwrap_err();
+        let all = problems.join("\n");
+        assert!(all.contains("input `state` is not in the model"), "{all}");
+        assert!(all.contains("`joint_state` is not mapped"), "{all}");
+        assert!(all.contains("shape [1, 3, 64, 64]"), "{all}");
+        assert!(all.contains("output `actions` has shape [1, 10, 4]"), "{all}");
+        assert!(expected.iter().any(|e| e.contains("state: float32 [1, 3]")));
+        assert!(found.iter().any(|f| f.contains("joint_state")));
+    }
+}

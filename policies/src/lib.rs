@@ -1,0 +1,11 @@
+//! reflex-policies: policies on ONNX Runtime.
+//!
+//! - [`onnxruntime`]: finds and loads `libonnxruntime.so` once per process;
+//! - [`preprocess`]: turns an observation into model inputs (resize, normalize);
+//! - [`chunk`]: the `chunk` policy, a model mapping observations to `[1, H, D]`.
+
+pub mod chunk;
+pub mod onnxruntime;
+pub mod preprocess;
+
+pub use chunk::{ChunkPolicy, PolicyLoadError};

@@ -1,0 +1,87 @@
+//! One tick's overhead without inference: the state snapshot, the executor and
+//! safety filter (`TickCore::step`), the command hand-off to the arm and bus
+//! mailboxes and the recorder queue — what the control thread does every period.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use crossbeam_queue::ArrayQueue;
+use reflex_runtime::control::{TickCore, TickParams};
+use reflex_runtime::launch::JointConfig;
+use reflex_runtime::log::{LogEvent, TickRecord};
+use reflex_runtime::mailbox::Mailbox;
+use reflex_runtime::slot::latest_slot;
+use reflex_runtime::types::{ActionChunk, JointState};
+
+fn params(joints: usize) -> TickParams {
+    TickParams {
+        joints: (0..joints)
+            .map(|j| JointConfig { name: format!("j{j}"), position: [-2.8, 2.8], velocity: 1.5, acceleration: 8.0 })
+            .collect(),
+        rate_hz: 1000.0,
+        max_state_age_ms: 50.0,
+        estop_after_stale_ms: 500.0,
+        horizon: 50,
+        action_rate_hz: 50.0,
+        replan_after: 25,
+    }
+}
+
+fn chunk(start: u64, joints: usize) -> ActionChunk {
+    let mut chunk = ActionChunk::zeros(50, joints);
+    for (i, a) in chunk.actions.iter_mut().enumerate() {
+        *a = ((i / joints) as f32 * 0.01).sin();
+    }
+    chunk.conditioned_on_tick = start;
+    chunk
+}
+
+fn bench_tick(c: &mut Criterion) {
+    for joints in [7, 14] {
+        let p = params(joints);
+        let mut core = TickCore::new(&p);
+        let mut state = JointState::empty(joints);
+        state.seq = 1;
+        core.start(state.positions());
+        let (mut writer, mut reader) = latest_slot(&state);
+        let arm = Mailbox::new(64);
+        let bus = Mailbox::new(1024);
+        let log: ArrayQueue<LogEvent> = ArrayQueue::new(1024);
+        let mut tick = 0u64;
+        core.apply_chunk(&chunk(0, joints), 0).unwrap();
+        c.bench_function(&format!("tick_core_step/{joints}_joints"), |b| {
+            b.iter(|| {
+                tick += 1;
+                if tick % 1000 == 0 {
+                    core.apply_chunk(&chunk(tick, joints), tick).unwrap();
+                }
+                state.stamp_ns = tick * 1_000_000;
+                black_box(core.step(tick, tick * 1_000_000, black_box(&state)))
+            })
+        });
+        c.bench_function(&format!("tick_without_inference/{joints}_joints"), |b| {
+            b.iter(|| {
+                tick += 1;
+                if tick % 1000 == 0 {
+                    core.apply_chunk(&chunk(tick, joints), tick).unwrap();
+                }
+                // The driver thread's side, so the slot always has news.
+                state.stamp_ns = tick * 1_000_000;
+                state.seq += 1;
+                writer.publish_with(|s| *s = state);
+                let now = *reader.latest();
+                let (command, flags) = core.step(tick, tick * 1_000_000, &now);
+                arm.send(command);
+                bus.send(command);
+                let _ = log.push(LogEvent::Tick(TickRecord { tick, now_ns: 0, state: now, command, flags }));
+                // The consumers' side, so the queues never fill.
+                black_box(arm.try_recv());
+                black_box(bus.try_recv());
+                black_box(log.pop());
+            })
+        });
+    }
+}
+
+criterion_group!(benches, bench_tick);
+criterion_main!(benches);

@@ -1,0 +1,212 @@
+//! The zenoh bus: one session per run, threads that publish what the tick hands
+//! them (commands, joint states, status), so the tick never waits on the network.
+//!
+//! Keys: `<prefix>/<robot>/joint_commands`, `<prefix>/<robot>/joint_states` (both in
+//! the [`crate::wire`] format) and `<prefix>/<robot>/status` (JSON).
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use zenoh::Wait;
+
+use crate::launch::{ZenohConfig, ZenohMode};
+use crate::mailbox::Mailbox;
+use crate::slot::SlotReader;
+use crate::stats::StatusSnapshot;
+use crate::types::{JointCommand, JointState};
+use crate::wire;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("zenoh config: {0}")]
+    Config(String),
+    #[error("cannot open the zenoh session (is another process listening on {listen:?}?): {source}")]
+    Open {
+        listen: Vec<String>,
+        #[source]
+        source: zenoh::Error,
+    },
+    #[error("zenoh: {0}")]
+    Zenoh(#[from] zenoh::Error),
+    #[error("cannot start bus thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Builds the zenoh config from the launch file (a config file first, if given).
+pub fn zenoh_config(cfg: &ZenohConfig, base_dir: &Path) -> Result<zenoh::Config, BusError> {
+    let mut config = match &cfg.config_file {
+        Some(file) => zenoh::Config::from_file(base_dir.join(file)).map_err(|e| BusError::Config(e.to_string()))?,
+        None => zenoh::Config::default(),
+    };
+    let mode = match cfg.mode {
+        ZenohMode::Peer => "peer",
+        ZenohMode::Client => "client",
+        ZenohMode::Router => "router",
+    };
+    let settings = [
+        ("mode", json(&mode)),
+        ("listen/endpoints", json(&cfg.listen)),
+        ("connect/endpoints", json(&cfg.connect)),
+        ("scouting/multicast/enabled", json(&cfg.multicast_scouting)),
+    ];
+    for (key, value) in settings {
+        config.insert_json5(key, &value).map_err(|e| BusError::Config(format!("{key} = {value}: {e}")))?;
+    }
+    Ok(config)
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+pub struct Bus {
+    session: zenoh::Session,
+    prefix: String,
+    robot: String,
+}
+
+impl Bus {
+    pub fn open(cfg: &ZenohConfig, base_dir: &Path, robot: &str) -> Result<Self, BusError> {
+        let config = zenoh_config(cfg, base_dir)?;
+        let session =
+            zenoh::open(config).wait().map_err(|source| BusError::Open { listen: cfg.listen.clone(), source })?;
+        Ok(Self { session, prefix: cfg.key_prefix.clone(), robot: robot.to_string() })
+    }
+
+    pub fn session(&self) -> zenoh::Session {
+        self.session.clone()
+    }
+
+    /// `<prefix>/<robot>/<leaf>`.
+    pub fn key(&self, leaf: &str) -> String {
+        format!("{}/{}/{leaf}", self.prefix, self.robot)
+    }
+
+    /// Starts the thread that mirrors the tick's commands and joint states.
+    pub fn spawn_mirror(&self) -> Result<Mirror, BusError> {
+        let commands: Arc<Mailbox<JointCommand>> = Mailbox::new(1024);
+        let states: Arc<Mailbox<JointState>> = Mailbox::new(1024);
+        let command_pub = self.session.declare_publisher(self.key("joint_commands")).wait()?;
+        let state_pub = self.session.declare_publisher(self.key("joint_states")).wait()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (commands, states, stop) = (commands.clone(), states.clone(), stop.clone());
+            std::thread::Builder::new().name("reflex-bus".into()).spawn(move || {
+                let mut buf = Vec::with_capacity(1024);
+                loop {
+                    let stopping = stop.load(Ordering::Acquire);
+                    while let Some(state) = states.try_recv() {
+                        wire::encode_state(&state, wire::unix_ns(), &mut buf);
+                        if let Err(e) = state_pub.put(buf.clone()).wait() {
+                            tracing::warn!("publishing joint state failed: {e}");
+                        }
+                    }
+                    while let Some(cmd) = commands.try_recv() {
+                        wire::encode_command(&cmd, wire::unix_ns(), &mut buf);
+                        if let Err(e) = command_pub.put(buf.clone()).wait() {
+                            tracing::warn!("publishing joint command failed: {e}");
+                        }
+                    }
+                    if stopping {
+                        break;
+                    }
+                    // Woken by the tick's send; the timeout only bounds shutdown.
+                    if let Some(cmd) = commands.recv_timeout(Duration::from_millis(20)) {
+                        wire::encode_command(&cmd, wire::unix_ns(), &mut buf);
+                        if let Err(e) = command_pub.put(buf.clone()).wait() {
+                            tracing::warn!("publishing joint command failed: {e}");
+                        }
+                    }
+                }
+            })?
+        };
+        Ok(Mirror { commands, states, stop, thread: Some(thread) })
+    }
+
+    /// Starts the thread that publishes the status as JSON at `hz`, and prints it as
+    /// a live line when stderr is a terminal.
+    pub fn spawn_status(&self, status: SlotReader<StatusSnapshot>, hz: f64) -> Result<StatusThread, BusError> {
+        let publisher = self.session.declare_publisher(self.key("status")).wait()?;
+        StatusThread::spawn(status, hz, Some(publisher))
+    }
+
+    pub fn close(self) {
+        if let Err(e) = self.session.close().wait() {
+            tracing::warn!("closing zenoh session: {e}");
+        }
+    }
+}
+
+/// The tick's ends of the mirror thread.
+pub struct Mirror {
+    pub commands: Arc<Mailbox<JointCommand>>,
+    pub states: Arc<Mailbox<JointState>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Mirror {
+    /// Publishes what is queued, then stops.
+    pub fn finish(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+pub struct StatusThread {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StatusThread {
+    /// Without a publisher only the terminal line is shown.
+    pub fn spawn(
+        mut status: SlotReader<StatusSnapshot>,
+        hz: f64,
+        publisher: Option<zenoh::pubsub::Publisher<'static>>,
+    ) -> Result<Self, BusError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let period = Duration::from_secs_f64(1.0 / hz.clamp(0.1, 100.0));
+        let tty = std::io::stderr().is_terminal();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new().name("reflex-status".into()).spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::park_timeout(period);
+                    let snapshot = *status.latest();
+                    if snapshot.tick == 0 {
+                        continue;
+                    }
+                    if tty {
+                        eprint!("\r\x1b[2K{}", snapshot.line());
+                    }
+                    if let Some(publisher) = &publisher
+                        && let Ok(json) = serde_json::to_vec(&snapshot)
+                        && let Err(e) = publisher.put(json).wait()
+                    {
+                        tracing::warn!("publishing status failed: {e}");
+                    }
+                }
+                if tty {
+                    eprintln!();
+                }
+            })?
+        };
+        Ok(Self { stop, thread: Some(thread) })
+    }
+
+    pub fn finish(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The driver contract: an explicit lifecycle (open, start, stop) and ports through
+//! which the control loop reads the newest samples and hands over commands without
+//! ever blocking.
+
+use std::sync::Arc;
+
+use crate::mailbox::Mailbox;
+use crate::slot::SlotReader;
+use crate::types::{Image, JointCommand, JointState};
+
+/// What every driver is told when it is opened.
+#[derive(Clone)]
+pub struct DriverContext {
+    /// Simulated clock: no threads; `sim_step` is called once per tick instead.
+    pub simulated: bool,
+    pub seed: u64,
+    pub joints: usize,
+    pub robot: String,
+    pub key_prefix: String,
+    /// The run's zenoh session, for drivers that talk over zenoh.
+    pub zenoh: Option<zenoh::Session>,
+}
+
+/// The ends of an arm the control loop holds.
+pub struct ArmPorts {
+    /// Newest measured joint state.
+    pub state: SlotReader<JointState>,
+    /// Where commands go; the driver's thread drains it.
+    pub commands: Arc<Mailbox<JointCommand>>,
+    /// True when the driver itself publishes commands and states on zenoh (the bus
+    /// then does not mirror them).
+    pub on_zenoh: bool,
+}
+
+pub struct CameraPort {
+    pub name: String,
+    pub frames: SlotReader<Image>,
+    pub width: usize,
+    pub height: usize,
+}
+
+#[derive(Default)]
+pub struct DriverPorts {
+    pub arm: Option<ArmPorts>,
+    pub cameras: Vec<CameraPort>,
+}
+
+/// How one episode of a task went (drivers that know the task report these).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpisodeOutcome {
+    pub index: usize,
+    pub reached: bool,
+    pub final_error: f64,
+    pub time_to_reach_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TaskReport {
+    pub task: String,
+    pub tolerance: f64,
+    pub episodes: Vec<EpisodeOutcome>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("driver `{driver}`: {message}")]
+    Failed { driver: String, message: String },
+    #[error("driver `{driver}`: zenoh: {source}")]
+    Zenoh {
+        driver: String,
+        #[source]
+        source: zenoh::Error,
+    },
+}
+
+pub trait Driver: Send {
+    fn name(&self) -> &str;
+    /// Allocates buffers and connects; returns the ports the loop reads and writes.
+    fn open(&mut self, ctx: &DriverContext) -> Result<DriverPorts, DriverError>;
+    /// Starts the driver's threads (wall clock only).
+    fn start(&mut self) -> Result<(), DriverError>;
+    /// Under the simulated clock: advance to `now_ns` and publish samples due by then.
+    fn sim_step(&mut self, _now_ns: u64) -> Result<(), DriverError> {
+        Ok(())
+    }
+    /// Stops threads and releases the device; safe to call twice.
+    fn stop(&mut self) -> Result<(), DriverError>;
+    /// How the task went, for drivers that know it (the simulated arm).
+    fn task_report(&self) -> Option<TaskReport> {
+        None
+    }
+}

@@ -1,0 +1,955 @@
+//! Launch files: one TOML file per robot, deserialized into typed configs.
+//!
+//! Every error names the file, line, column and field path. Syntax and type errors
+//! come from the TOML parser's span; semantic errors (limits that make no sense, a
+//! camera that does not exist, a missing model) carry a field path that is looked
+//! up in the document to find its position. `--set key=value` overrides are applied
+//! to the document before it is deserialized, and errors in an overridden field
+//! name the override instead of a file position.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The launch file of the simulated-arm demo, compiled in as the default.
+pub const EMBEDDED_SIM_ARM: &str = include_str!("../../launch/sim_arm.toml");
+
+/// The whole launch file.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchFile {
+    pub robot: RobotConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+    pub drivers: DriversConfig,
+    pub policy: PolicySection,
+    #[serde(default)]
+    pub safety: SafetyConfig,
+    #[serde(default)]
+    pub zenoh: ZenohConfig,
+    #[serde(default)]
+    pub onnxruntime: OnnxRuntimeConfig,
+    /// Seeds every random choice of the run (targets, sampling noise).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RobotConfig {
+    /// Used in zenoh keys: `<prefix>/<name>/joint_commands`.
+    pub name: String,
+    pub joints: Vec<JointConfig>,
+}
+
+/// Limits of one joint, applied to every command in this order: position,
+/// velocity, acceleration.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JointConfig {
+    pub name: String,
+    /// `[min, max]` in rad (or m for prismatic joints).
+    pub position: [f64; 2],
+    /// Maximum speed, rad/s.
+    pub velocity: f64,
+    /// Maximum acceleration, rad/s^2.
+    pub acceleration: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Control loop rate, Hz.
+    #[serde(default = "defaults::rate_hz")]
+    pub rate_hz: f64,
+    /// Busy-wait this long before each deadline instead of sleeping, µs.
+    #[serde(default = "defaults::spin_us")]
+    pub spin_us: u64,
+    /// The watchdog stops the arm when the joint state is older than this, ms.
+    #[serde(default = "defaults::max_state_age_ms")]
+    pub max_state_age_ms: f64,
+    /// How long to wait for the first joint state before giving up, ms.
+    #[serde(default = "defaults::startup_timeout_ms")]
+    pub startup_timeout_ms: f64,
+    /// Under the simulated clock, a chunk requested at tick t is applied at tick
+    /// t + this (models inference latency deterministically).
+    #[serde(default = "defaults::sim_inference_ticks")]
+    pub sim_inference_ticks: u64,
+    #[serde(default)]
+    pub realtime: RealtimeConfig,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            rate_hz: defaults::rate_hz(),
+            spin_us: defaults::spin_us(),
+            max_state_age_ms: defaults::max_state_age_ms(),
+            startup_timeout_ms: defaults::startup_timeout_ms(),
+            sim_inference_ticks: defaults::sim_inference_ticks(),
+            realtime: RealtimeConfig::default(),
+        }
+    }
+}
+
+/// Optional real-time settings for the control thread; each warns and continues
+/// when the OS does not permit it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RealtimeConfig {
+    /// SCHED_FIFO priority (1..=99).
+    pub fifo_priority: Option<u8>,
+    /// CPUs the control thread is pinned to.
+    #[serde(default)]
+    pub cpus: Vec<usize>,
+    /// mlockall(MCL_CURRENT | MCL_FUTURE).
+    #[serde(default)]
+    pub lock_memory: bool,
+}
+
+/// Drivers by kind; each kind is an array of tables, e.g. `[[drivers.sim_arm]]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DriversConfig {
+    #[serde(default)]
+    pub sim_arm: Vec<SimArmConfig>,
+    #[serde(default)]
+    pub zenoh_arm: Vec<ZenohArmConfig>,
+}
+
+/// A simulated planar arm with joint-space servo dynamics and a top-down camera.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SimArmConfig {
+    #[serde(default = "defaults::arm_name")]
+    pub name: String,
+    /// One length per joint, m; the arm moves in the plane.
+    pub link_lengths: Vec<f64>,
+    /// Physics steps per second when running on the wall clock.
+    #[serde(default = "defaults::physics_hz")]
+    pub physics_hz: f64,
+    /// Servo stiffness, 1/s^2.
+    #[serde(default = "defaults::stiffness")]
+    pub stiffness: f64,
+    /// Servo damping, 1/s.
+    #[serde(default = "defaults::damping")]
+    pub damping: f64,
+    /// Joint positions at start, rad (default: all zero).
+    #[serde(default)]
+    pub initial_position: Vec<f64>,
+    /// A new target is drawn every this many seconds.
+    #[serde(default = "defaults::episode_seconds")]
+    pub episode_seconds: f64,
+    /// The end effector counts as on target within this distance, m.
+    #[serde(default = "defaults::target_tolerance")]
+    pub target_tolerance: f64,
+    pub camera: Option<SimCameraConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SimCameraConfig {
+    /// Referenced by policy inputs as `camera.<name>`.
+    pub name: String,
+    pub width: usize,
+    pub height: usize,
+    pub fps: f64,
+}
+
+/// An arm reached over zenoh: commands out, joint states in.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ZenohArmConfig {
+    #[serde(default = "defaults::arm_name")]
+    pub name: String,
+    /// Default `<prefix>/<robot>/joint_commands`.
+    pub command_key: Option<String>,
+    /// Default `<prefix>/<robot>/joint_states`.
+    pub state_key: Option<String>,
+}
+
+/// Exactly one policy kind, e.g. `[policy.chunk]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    pub chunk: Option<ChunkPolicyConfig>,
+}
+
+/// An ONNX model that maps observations to an action chunk `[1, H, D]` of absolute
+/// joint positions.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkPolicyConfig {
+    /// Path to the .onnx file, relative to the launch file.
+    pub model: PathBuf,
+    /// Rate of the actions in the chunk, Hz; the loop interpolates between them.
+    pub action_rate_hz: f64,
+    /// Ask for the next chunk after this many actions of the current one.
+    pub replan_after: usize,
+    /// ONNX Runtime intra-op threads.
+    #[serde(default = "defaults::intra_threads")]
+    pub intra_threads: usize,
+    pub inputs: Vec<InputConfig>,
+    pub actions: ActionsConfig,
+}
+
+/// One ONNX input and the observation that fills it.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// The ONNX input's name.
+    pub name: String,
+    /// `state.joint_positions`, `state.joint_velocities` or `camera.<name>`.
+    #[schemars(with = "String")]
+    pub source: ObservationSource,
+    #[serde(default)]
+    pub dtype: TensorDtype,
+    /// The ONNX input's shape, batch included; -1 marks a dynamic dimension.
+    pub shape: Vec<i64>,
+    /// Image preprocessing (camera sources only).
+    pub image: Option<ImagePreprocess>,
+    /// z-score normalization of a vector source.
+    pub normalize: Option<Normalization>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TensorDtype {
+    #[default]
+    Float32,
+    Uint8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ObservationSource {
+    JointPositions,
+    JointVelocities,
+    Camera(String),
+}
+
+impl TryFrom<String> for ObservationSource {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "state.joint_positions" => Ok(Self::JointPositions),
+            "state.joint_velocities" => Ok(Self::JointVelocities),
+            _ => match text.strip_prefix("camera.") {
+                Some(name) if !name.is_empty() => Ok(Self::Camera(name.to_string())),
+                _ => Err(format!(
+                    "unknown observation source `{text}`, expected `state.joint_positions`, \
+                     `state.joint_velocities` or `camera.<name>`"
+                )),
+            },
+        }
+    }
+}
+
+impl From<ObservationSource> for String {
+    fn from(source: ObservationSource) -> String {
+        match source {
+            ObservationSource::JointPositions => "state.joint_positions".into(),
+            ObservationSource::JointVelocities => "state.joint_velocities".into(),
+            ObservationSource::Camera(name) => format!("camera.{name}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePreprocess {
+    /// `[height, width]` the image is resized to.
+    pub resize: [usize; 2],
+    #[serde(default)]
+    pub layout: ImageLayout,
+    #[serde(default)]
+    pub range: PixelRange,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageLayout {
+    #[default]
+    Nchw,
+    Nhwc,
+}
+
+/// How uint8 pixels map to float inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PixelRange {
+    /// x / 255
+    #[default]
+    ZeroOne,
+    /// x / 255 * 2 - 1 (SigLIP / pi0)
+    MinusOneOne,
+    /// x as is
+    Raw,
+}
+
+/// `(x - mean) / (std + 1e-6)` on the way in, the inverse on the way out.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Normalization {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionsConfig {
+    /// The ONNX output holding `[1, H, D]` actions.
+    #[serde(default = "defaults::actions_output")]
+    pub output: String,
+    /// H, the number of actions in a chunk.
+    pub horizon: usize,
+    pub normalize: Option<Normalization>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyConfig {
+    /// Latch the e-stop after the joint state has been stale this long, ms.
+    #[serde(default = "defaults::estop_after_stale_ms")]
+    pub estop_after_stale_ms: f64,
+}
+
+impl Default for SafetyConfig {
+    fn default() -> Self {
+        Self { estop_after_stale_ms: defaults::estop_after_stale_ms() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ZenohMode {
+    #[default]
+    Peer,
+    Client,
+    Router,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ZenohConfig {
+    /// Turn the bus off entirely (sim-only runs, tests).
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub mode: ZenohMode,
+    #[serde(default = "defaults::zenoh_listen")]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub connect: Vec<String>,
+    #[serde(default)]
+    pub multicast_scouting: bool,
+    /// First segment of every key.
+    #[serde(default = "defaults::key_prefix")]
+    pub key_prefix: String,
+    /// A zenoh JSON5 config file (TLS, mTLS, user/password, ACLs); the fields above
+    /// are applied on top of it.
+    pub config_file: Option<PathBuf>,
+    /// How often the status message is published, Hz.
+    #[serde(default = "defaults::status_hz")]
+    pub status_hz: f64,
+}
+
+impl Default for ZenohConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mode: ZenohMode::Peer,
+            listen: defaults::zenoh_listen(),
+            connect: Vec::new(),
+            multicast_scouting: false,
+            key_prefix: defaults::key_prefix(),
+            config_file: None,
+            status_hz: defaults::status_hz(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OnnxRuntimeConfig {
+    /// Path to libonnxruntime.so; searched for when absent.
+    pub library: Option<PathBuf>,
+}
+
+mod defaults {
+    pub fn rate_hz() -> f64 {
+        100.0
+    }
+    pub fn spin_us() -> u64 {
+        200
+    }
+    pub fn max_state_age_ms() -> f64 {
+        50.0
+    }
+    pub fn startup_timeout_ms() -> f64 {
+        5000.0
+    }
+    pub fn sim_inference_ticks() -> u64 {
+        3
+    }
+    pub fn arm_name() -> String {
+        "arm".into()
+    }
+    pub fn physics_hz() -> f64 {
+        1000.0
+    }
+    pub fn stiffness() -> f64 {
+        400.0
+    }
+    pub fn damping() -> f64 {
+        40.0
+    }
+    pub fn episode_seconds() -> f64 {
+        5.0
+    }
+    pub fn target_tolerance() -> f64 {
+        0.05
+    }
+    pub fn intra_threads() -> usize {
+        1
+    }
+    pub fn actions_output() -> String {
+        "actions".into()
+    }
+    pub fn estop_after_stale_ms() -> f64 {
+        500.0
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn zenoh_listen() -> Vec<String> {
+        vec!["tcp/127.0.0.1:7447".into()]
+    }
+    pub fn key_prefix() -> String {
+        "reflex".into()
+    }
+    pub fn status_hz() -> f64 {
+        10.0
+    }
+}
+
+/// A launch-file error: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub struct LaunchError {
+    pub file: String,
+    /// 1-based; 0 when the error has no position (e.g. unreadable file).
+    pub line: usize,
+    pub column: usize,
+    /// Dotted field path, e.g. `policy.chunk.inputs[1].source`.
+    pub field: String,
+    pub message: String,
+    /// Set when the field was given by `--set`.
+    pub from_override: Option<String>,
+}
+
+impl fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.from_override, self.line) {
+            (Some(set), _) => write!(f, "{} (from --set {set})", self.file)?,
+            (None, 0) => write!(f, "{}", self.file)?,
+            (None, line) => write!(f, "{}:{line}:{}", self.file, self.column)?,
+        }
+        if !self.field.is_empty() {
+            write!(f, ": field `{}`", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// A parsed, validated launch file plus where it came from.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub config: LaunchFile,
+    /// The launch file's text after overrides (written into run logs).
+    pub text: String,
+    /// Relative paths in the file are resolved against this directory.
+    pub base_dir: PathBuf,
+    pub origin: String,
+    overrides: Vec<(String, String)>,
+}
+
+impl Launch {
+    /// Reads and validates a launch file from disk.
+    pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self, LaunchError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| LaunchError {
+            file: origin.clone(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("cannot read launch file: {e}"),
+            from_override: None,
+        })?;
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_text(&text, &origin, base_dir, overrides)
+    }
+
+    /// The compiled-in simulated-arm launch file; its paths resolve against this
+    /// source tree's `launch/`.
+    pub fn embedded(overrides: &[String]) -> Result<Self, LaunchError> {
+        let base_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../launch"));
+        Self::from_text(EMBEDDED_SIM_ARM, "<embedded launch/sim_arm.toml>", base_dir, overrides)
+    }
+
+    /// Parses `text`, applies `overrides` (`key.path=value`), deserializes and validates.
+    pub fn from_text(text: &str, origin: &str, base_dir: PathBuf, overrides: &[String]) -> Result<Self, LaunchError> {
+        let error = |line: usize, column: usize, field: &str, message: String| LaunchError {
+            file: origin.to_string(),
+            line,
+            column,
+            field: field.to_string(),
+            message,
+            from_override: None,
+        };
+        let mut parsed_overrides = Vec::new();
+        let text = if overrides.is_empty() {
+            text.to_string()
+        } else {
+            let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+                let (line, column) = e.span().map(|s| line_column(text, s.start)).unwrap_or((0, 0));
+                error(line, column, "", e.message().to_string())
+            })?;
+            for spec in overrides {
+                let (key, value) = apply_override(&mut doc, spec).map_err(|message| LaunchError {
+                    from_override: Some(spec.clone()),
+                    ..error(0, 0, "", message)
+                })?;
+                parsed_overrides.push((key, value));
+            }
+            doc.to_string()
+        };
+        let mut launch =
+            Self { config: placeholder(), text, base_dir, origin: origin.to_string(), overrides: parsed_overrides };
+        let deserializer = toml::Deserializer::parse(&launch.text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_column(&launch.text, s.start)).unwrap_or((0, 0));
+            error(line, column, "", e.message().to_string())
+        })?;
+        launch.config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            let inner = e.into_inner();
+            let mut err = launch.error_at(&field, inner.message().to_string());
+            if let Some(span) = inner.span() {
+                (err.line, err.column) = line_column(&launch.text, span.start);
+            }
+            err
+        })?;
+        launch.validate()?;
+        Ok(launch)
+    }
+
+    /// An error about `field` (a dotted path), positioned at that field.
+    pub fn error_at(&self, field: &str, message: impl Into<String>) -> LaunchError {
+        let from_override = self
+            .overrides
+            .iter()
+            .find(|(key, _)| field == key || field.starts_with(&format!("{key}.")))
+            .map(|(key, value)| format!("{key}={value}"));
+        let (line, column) = toml_edit::Document::parse(self.text.as_str())
+            .ok()
+            .and_then(|doc| locate(doc.as_item(), field))
+            .map(|offset| line_column(&self.text, offset))
+            .unwrap_or((0, 0));
+        LaunchError {
+            file: self.origin.clone(),
+            line,
+            column,
+            field: field.to_string(),
+            message: message.into(),
+            from_override,
+        }
+    }
+
+    /// Resolves a path from the launch file against its directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() { path.to_path_buf() } else { self.base_dir.join(path) }
+    }
+
+    /// Checks that the policy's model file exists (at load, not at parse, so that
+    /// tools such as `reflex demos` work before a model has been trained).
+    pub fn check_model_exists(&self) -> Result<PathBuf, LaunchError> {
+        let model = self.resolve(&self.chunk_policy().model);
+        if model.is_file() {
+            Ok(model)
+        } else {
+            Err(self.error_at("policy.chunk.model", format!("model file not found: {}", model.display())))
+        }
+    }
+
+    /// The one policy of the file.
+    pub fn chunk_policy(&self) -> &ChunkPolicyConfig {
+        // validate() guarantees exactly one policy kind.
+        self.config.policy.chunk.as_ref().unwrap_or_else(|| unreachable!("validated launch file has a policy"))
+    }
+
+    /// Camera names in the order policies see them.
+    pub fn camera_names(&self) -> Vec<String> {
+        self.config.drivers.sim_arm.iter().filter_map(|arm| arm.camera.as_ref().map(|c| c.name.clone())).collect()
+    }
+
+    fn validate(&self) -> Result<(), LaunchError> {
+        let c = &self.config;
+        if c.robot.name.is_empty() || c.robot.name.contains(['/', '*', '$', '?', '#']) {
+            return Err(self.error_at("robot.name", "must be non-empty and usable in a zenoh key (no / * $ ? #)"));
+        }
+        let joints = c.robot.joints.len();
+        if joints == 0 || joints > crate::MAX_JOINTS {
+            return Err(self.error_at("robot.joints", format!("need 1..={} joints, found {joints}", crate::MAX_JOINTS)));
+        }
+        for (i, joint) in c.robot.joints.iter().enumerate() {
+            let [lo, hi] = joint.position;
+            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                return Err(self.error_at(
+                    &format!("robot.joints[{i}].position"),
+                    format!("must be [min, max] with min < max, found [{lo}, {hi}]"),
+                ));
+            }
+            for (field, value) in [("velocity", joint.velocity), ("acceleration", joint.acceleration)] {
+                if !(value.is_finite() && value > 0.0) {
+                    return Err(self.error_at(
+                        &format!("robot.joints[{i}].{field}"),
+                        format!("must be a positive number, found {value}"),
+                    ));
+                }
+            }
+        }
+        let control = &c.control;
+        if !(control.rate_hz.is_finite() && control.rate_hz > 0.0 && control.rate_hz <= 10_000.0) {
+            return Err(self.error_at("control.rate_hz", format!("must be in (0, 10000], found {}", control.rate_hz)));
+        }
+        if !(control.max_state_age_ms > 0.0) {
+            return Err(self.error_at("control.max_state_age_ms", "must be positive"));
+        }
+        if let Some(priority) = control.realtime.fifo_priority
+            && !(1..=99).contains(&priority)
+        {
+            return Err(self.error_at("control.realtime.fifo_priority", format!("must be 1..=99, found {priority}")));
+        }
+        let arms = c.drivers.sim_arm.len() + c.drivers.zenoh_arm.len();
+        if arms != 1 {
+            return Err(self.error_at(
+                "drivers",
+                format!("need exactly one arm driver ([[drivers.sim_arm]] or [[drivers.zenoh_arm]]), found {arms}"),
+            ));
+        }
+        for (i, arm) in c.drivers.sim_arm.iter().enumerate() {
+            let at = |field: &str| format!("drivers.sim_arm[{i}].{field}");
+            if arm.link_lengths.len() != joints {
+                return Err(self.error_at(
+                    &at("link_lengths"),
+                    format!("has {} links but robot.joints has {joints} joints", arm.link_lengths.len()),
+                ));
+            }
+            if !arm.initial_position.is_empty() && arm.initial_position.len() != joints {
+                return Err(self.error_at(
+                    &at("initial_position"),
+                    format!("has {} values, expected {joints}", arm.initial_position.len()),
+                ));
+            }
+            if !(arm.physics_hz >= control.rate_hz) {
+                return Err(self.error_at(&at("physics_hz"), "must be at least control.rate_hz"));
+            }
+            if !(arm.episode_seconds > 0.0) {
+                return Err(self.error_at(&at("episode_seconds"), "must be positive"));
+            }
+            if let Some(camera) = &arm.camera
+                && (camera.width < 8 || camera.height < 8 || camera.width > 4096 || camera.height > 4096)
+            {
+                return Err(self.error_at(&at("camera"), "width and height must be in 8..=4096"));
+            }
+        }
+        let Some(policy) = &c.policy.chunk else {
+            return Err(self.error_at("policy", "no policy: add a [policy.chunk] table"));
+        };
+        if !(policy.action_rate_hz > 0.0 && policy.action_rate_hz <= control.rate_hz) {
+            return Err(self.error_at("policy.chunk.action_rate_hz", "must be positive and at most control.rate_hz"));
+        }
+        if policy.actions.horizon == 0 {
+            return Err(self.error_at("policy.chunk.actions.horizon", "must be at least 1"));
+        }
+        if policy.replan_after == 0 || policy.replan_after > policy.actions.horizon {
+            return Err(self.error_at(
+                "policy.chunk.replan_after",
+                format!("must be in 1..={} (the horizon)", policy.actions.horizon),
+            ));
+        }
+        if let Some(norm) = &policy.actions.normalize {
+            self.check_normalization(norm, joints, "policy.chunk.actions.normalize")?;
+        }
+        let cameras = self.camera_names();
+        for (i, input) in policy.inputs.iter().enumerate() {
+            let at = |field: &str| format!("policy.chunk.inputs[{i}].{field}");
+            match &input.source {
+                ObservationSource::Camera(name) => {
+                    if !cameras.contains(name) {
+                        return Err(self.error_at(
+                            &at("source"),
+                            format!("no camera named `{name}`; cameras: {}", list_or_none(&cameras)),
+                        ));
+                    }
+                    let Some(image) = &input.image else {
+                        return Err(self.error_at(&at("image"), "camera inputs need an [image] table (resize, layout)"));
+                    };
+                    let [h, w] = image.resize;
+                    let expected: Vec<i64> = match image.layout {
+                        ImageLayout::Nchw => vec![1, 3, h as i64, w as i64],
+                        ImageLayout::Nhwc => vec![1, h as i64, w as i64, 3],
+                    };
+                    if input.shape != expected {
+                        return Err(self.error_at(
+                            &at("shape"),
+                            format!("{:?} does not match the image settings, which give {expected:?}", input.shape),
+                        ));
+                    }
+                }
+                ObservationSource::JointPositions | ObservationSource::JointVelocities => {
+                    if input.shape != [1, joints as i64] {
+                        return Err(self.error_at(
+                            &at("shape"),
+                            format!("a joint vector input has shape [1, {joints}], found {:?}", input.shape),
+                        ));
+                    }
+                    if input.image.is_some() {
+                        return Err(self.error_at(&at("image"), "only camera inputs take image preprocessing"));
+                    }
+                    if let Some(norm) = &input.normalize {
+                        self.check_normalization(norm, joints, &at("normalize"))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_normalization(&self, norm: &Normalization, width: usize, field: &str) -> Result<(), LaunchError> {
+        for (name, values) in [("mean", &norm.mean), ("std", &norm.std)] {
+            if values.len() != width {
+                return Err(
+                    self.error_at(&format!("{field}.{name}"), format!("has {} values, expected {width}", values.len()))
+                );
+            }
+        }
+        if norm.std.iter().any(|s| !(*s >= 0.0)) {
+            return Err(self.error_at(&format!("{field}.std"), "must be non-negative"));
+        }
+        Ok(())
+    }
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() { "none".into() } else { names.join(", ") }
+}
+
+/// Only used between parsing and the first successful deserialization.
+fn placeholder() -> LaunchFile {
+    LaunchFile {
+        robot: RobotConfig { name: String::new(), joints: Vec::new() },
+        control: ControlConfig::default(),
+        drivers: DriversConfig::default(),
+        policy: PolicySection::default(),
+        safety: SafetyConfig::default(),
+        zenoh: ZenohConfig::default(),
+        onnxruntime: OnnxRuntimeConfig::default(),
+        seed: 0,
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset`.
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// One step of a field path.
+enum PathStep<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Splits `a.b[2].c` into steps.
+fn path_steps(path: &str) -> Vec<PathStep<'_>> {
+    let mut steps = Vec::new();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (key, mut rest) = part.split_once('[').map_or((part, ""), |(k, r)| (k, r));
+        if !key.is_empty() {
+            steps.push(PathStep::Key(key));
+        }
+        while let Some((index, after)) = rest.split_once(']') {
+            if let Ok(i) = index.parse() {
+                steps.push(PathStep::Index(i));
+            }
+            rest = after.strip_prefix('[').unwrap_or(after);
+        }
+    }
+    steps
+}
+
+/// Byte offset of the deepest part of `path` present in the document: the key's
+/// position when the field exists, else its closest existing parent.
+fn locate(root: &toml_edit::Item, path: &str) -> Option<usize> {
+    let mut item = root;
+    let mut offset = None;
+    for step in path_steps(path) {
+        let next = match step {
+            PathStep::Key(key) => item.as_table_like().and_then(|t| t.get_key_value(key)).map(|(k, v)| {
+                offset = k.span().or_else(|| v.span()).map(|s| s.start).or(offset);
+                v
+            }),
+            PathStep::Index(i) => item.get(i).inspect(|v| {
+                offset = v.span().map(|s| s.start).or(offset);
+            }),
+        };
+        match next {
+            Some(next) => item = next,
+            None => break,
+        }
+    }
+    offset
+}
+
+/// Applies `key.path=value` to the document; the value is TOML (`1.5`, `[1, 2]`,
+/// `"text"`), or taken as a string when it does not parse as TOML.
+fn apply_override(doc: &mut toml_edit::DocumentMut, spec: &str) -> Result<(String, String), String> {
+    let (key, raw) = spec.split_once('=').ok_or_else(|| format!("`{spec}` is not key=value"))?;
+    let (key, raw) = (key.trim(), raw.trim());
+    let value: toml_edit::Value = raw.parse().unwrap_or_else(|_| raw.into());
+    let steps = path_steps(key);
+    let Some((last, parents)) = steps.split_last() else {
+        return Err(format!("`{spec}` has an empty key"));
+    };
+    let mut item = doc.as_item_mut();
+    for step in parents {
+        item = match step {
+            PathStep::Key(k) => {
+                let table = item.as_table_like_mut().ok_or_else(|| format!("`{key}`: not a table before `{k}`"))?;
+                if table.get(k).is_none() {
+                    table.insert(k, toml_edit::Item::Table(toml_edit::Table::new()));
+                }
+                table.get_mut(k).ok_or_else(|| format!("`{key}`: cannot create `{k}`"))?
+            }
+            PathStep::Index(i) => item.get_mut(*i).ok_or_else(|| format!("`{key}`: no element [{i}]"))?,
+        };
+    }
+    match last {
+        PathStep::Key(k) => {
+            let table = item.as_table_like_mut().ok_or_else(|| format!("`{key}`: parent is not a table"))?;
+            table.insert(k, toml_edit::Item::Value(value));
+        }
+        PathStep::Index(i) => {
+            let slot = item.get_mut(*i).ok_or_else(|| format!("`{key}`: no element [{i}]"))?;
+            *slot = toml_edit::Item::Value(value);
+        }
+    }
+    Ok((key.to_string(), raw.to_string()))
+}
+
+/// The JSON schema of launch files, for editors.
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(LaunchFile)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, overrides: &[&str]) -> Result<Launch, LaunchError> {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        let base = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../launch"));
+        Launch::from_text(text, "test.toml", base, &overrides)
+    }
+
+    #[test]
+    fn embedded_launch_file_is_valid() {
+        let launch = Launch::embedded(&[]).expect("embedded launch file");
+        assert_eq!(launch.config.robot.name, "sim_arm");
+        assert_eq!(launch.camera_names(), vec!["top".to_string()]);
+    }
+
+    #[test]
+    fn typo_names_line_column_and_field() {
+        let text = EMBEDDED_SIM_ARM.replace("rate_hz = 100.0", "rate_hz = 100.0\nrat_hz = 5");
+        let err = load(&text, &[]).unwrap_err();
+        assert!(err.message.contains("unknown field `rat_hz`"), "{err}");
+        assert_eq!(err.field, "control.rat_hz");
+        let line = text.lines().position(|l| l.starts_with("rat_hz")).unwrap() + 1;
+        assert_eq!((err.line, err.column), (line, 1), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let text = EMBEDDED_SIM_ARM.replace("rate_hz = 100.0", "rate_hz = \"fast\"");
+        let err = load(&text, &[]).unwrap_err();
+        assert_eq!(err.field, "control.rate_hz");
+        let line = text.lines().position(|l| l.starts_with("rate_hz")).unwrap() + 1;
+        assert_eq!(err.line, line, "{err}");
+        assert!(err.to_string().starts_with(&format!("test.toml:{line}:")), "{err}");
+    }
+
+    #[test]
+    fn unknown_driver_kind_is_reported() {
+        let text = EMBEDDED_SIM_ARM.replace("drivers.sim_arm", "drivers.sim_ram");
+        let err = load(&text, &[]).unwrap_err();
+        assert!(err.message.contains("unknown field `sim_ram`"), "{err}");
+        assert!(err.message.contains("sim_arm"), "lists the known kinds: {err}");
+        assert!(err.line > 0);
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_field() {
+        let text = EMBEDDED_SIM_ARM.replace("source = \"camera.top\"", "source = \"camera.wrist\"");
+        let err = load(&text, &[]).unwrap_err();
+        assert_eq!(err.field, "policy.chunk.inputs[0].source");
+        assert!(err.message.contains("no camera named `wrist`"), "{err}");
+        let line = text.lines().position(|l| l.contains("camera.wrist")).unwrap() + 1;
+        assert_eq!(err.line, line, "{err}");
+    }
+
+    #[test]
+    fn missing_model_file_is_reported() {
+        let launch = load(EMBEDDED_SIM_ARM, &["policy.chunk.model=\"nope.onnx\""]).unwrap();
+        let err = launch.check_model_exists().unwrap_err();
+        assert_eq!(err.field, "policy.chunk.model");
+        assert!(err.message.contains("model file not found"), "{err}");
+        assert_eq!(err.from_override.as_deref(), Some("policy.chunk.model=\"nope.onnx\""));
+    }
+
+    #[test]
+    fn overrides_change_fields() {
+        let launch = load(EMBEDDED_SIM_ARM, &["control.rate_hz=250", "seed=7", "zenoh.enabled=false"]).unwrap();
+        assert_eq!(launch.config.control.rate_hz, 250.0);
+        assert_eq!(launch.config.seed, 7);
+        assert!(!launch.config.zenoh.enabled);
+        let launch = load(EMBEDDED_SIM_ARM, &["robot.joints[0].velocity=0.5"]).unwrap();
+        assert_eq!(launch.config.robot.joints[0].velocity, 0.5);
+    }
+
+    #[test]
+    fn invalid_limits_are_rejected() {
+        let err = load(EMBEDDED_SIM_ARM, &["robot.joints[1].position=[1.0, -1.0]"]).unwrap_err();
+        assert_eq!(err.field, "robot.joints[1].position");
+    }
+
+    #[test]
+    fn schema_names_the_sections() {
+        let schema = json_schema().to_string();
+        for section in ["robot", "drivers", "policy", "zenoh", "sim_arm"] {
+            assert!(schema.contains(section), "{section}");
+        }
+    }
+
+    #[test]
+    fn line_column_counts_from_one() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+    }
+}

@@ -1,0 +1,26 @@
+//! reflex-runtime: the deterministic control loop and everything the tick touches.
+//!
+//! Follow one tick through these modules, in order:
+//! [`clock`] wakes the loop, [`slot`] hands it the newest sensor samples,
+//! [`executor`] picks the action for this tick from the active chunk, [`safety`]
+//! limits it, [`mailbox`] carries the command to the arm driver and the zenoh [`bus`],
+//! [`log`] records the step, and [`control`] ties them together and asks the
+//! [`policy`] worker for the next chunk.
+
+pub mod bus;
+pub mod clock;
+pub mod control;
+pub mod driver;
+pub mod executor;
+pub mod launch;
+pub mod log;
+pub mod mailbox;
+pub mod policy;
+pub mod realtime;
+pub mod safety;
+pub mod slot;
+pub mod stats;
+pub mod types;
+pub mod wire;
+
+pub use types::{ActionChunk, Image, JointCommand, JointState, MAX_JOINTS, Observation};

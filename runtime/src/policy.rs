@@ -1,0 +1,217 @@
+//! The policy contract and the inference worker thread that owns the policy.
+//!
+//! The tick never waits for inference on the wall clock: it hands an observation
+//! buffer to the worker and picks up finished chunks on later ticks. Buffers
+//! circulate between the threads through lock-free pools, so the tick neither
+//! allocates nor frees.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::mailbox::Mailbox;
+use crate::types::{ActionChunk, Observation};
+
+pub type PolicyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A policy maps an observation to a chunk of absolute joint-position targets.
+pub trait Policy: Send {
+    fn horizon(&self) -> usize;
+    fn action_dim(&self) -> usize;
+    /// Fills `out.actions` (`horizon * action_dim` values, row-major).
+    fn infer(&mut self, obs: &Observation, out: &mut ActionChunk) -> Result<(), PolicyError>;
+}
+
+/// A finished inference as the tick receives it.
+pub struct Inference {
+    pub chunk: Box<ActionChunk>,
+    /// False when the policy failed; the chunk's contents are then meaningless.
+    pub ok: bool,
+}
+
+/// The tick's handle on the worker.
+pub struct InferenceWorker {
+    free_observations: Arc<ArrayQueue<Box<Observation>>>,
+    requests: Arc<Mailbox<Box<Observation>>>,
+    results: Arc<ArrayQueue<Inference>>,
+    /// Chunks go back here once the tick (or the recorder) is done with them.
+    pub free_chunks: Arc<ArrayQueue<Box<ActionChunk>>>,
+    errors: Arc<AtomicU64>,
+    shutdown: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    in_flight: bool,
+}
+
+impl InferenceWorker {
+    /// Starts the worker thread; `template` sizes the observation buffers.
+    pub fn spawn(mut policy: Box<dyn Policy>, template: &Observation) -> std::io::Result<Self> {
+        let free_observations = Arc::new(ArrayQueue::new(2));
+        for _ in 0..2 {
+            let _ = free_observations.push(Box::new(template.clone()));
+        }
+        let free_chunks = Arc::new(ArrayQueue::new(16));
+        for _ in 0..8 {
+            let _ = free_chunks.push(Box::new(ActionChunk::zeros(policy.horizon(), policy.action_dim())));
+        }
+        let requests: Arc<Mailbox<Box<Observation>>> = Mailbox::new(1);
+        let results = Arc::new(ArrayQueue::new(4));
+        let errors = Arc::new(AtomicU64::new(0));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (free_observations, requests, results, free_chunks, errors, shutdown) = (
+                free_observations.clone(),
+                requests.clone(),
+                results.clone(),
+                free_chunks.clone(),
+                errors.clone(),
+                shutdown.clone(),
+            );
+            std::thread::Builder::new().name("reflex-inference".into()).spawn(move || {
+                let mut next_id = 1;
+                while !shutdown.load(Ordering::Acquire) {
+                    let Some(obs) = requests.recv_timeout(Duration::from_millis(50)) else { continue };
+                    let mut chunk = free_chunks
+                        .pop()
+                        .unwrap_or_else(|| Box::new(ActionChunk::zeros(policy.horizon(), policy.action_dim())));
+                    chunk.id = next_id;
+                    next_id += 1;
+                    chunk.conditioned_on_tick = obs.tick;
+                    chunk.horizon = policy.horizon();
+                    chunk.dim = policy.action_dim();
+                    chunk.actions.resize(chunk.horizon * chunk.dim, 0.0);
+                    let started = Instant::now();
+                    let ok = match policy.infer(&obs, &mut chunk) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!("inference failed on tick {}: {e}", obs.tick);
+                            false
+                        }
+                    };
+                    chunk.infer_ns = started.elapsed().as_nanos() as u64;
+                    let _ = free_observations.push(obs);
+                    if let Err(lost) = results.push(Inference { chunk, ok }) {
+                        let _ = free_chunks.push(lost.chunk);
+                    }
+                }
+            })?
+        };
+        Ok(Self {
+            free_observations,
+            requests,
+            results,
+            free_chunks,
+            errors,
+            shutdown,
+            thread: Some(thread),
+            in_flight: false,
+        })
+    }
+
+    /// True while a request has not come back.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    /// Copies `obs` into a free buffer and hands it to the worker. Returns false
+    /// (and sends nothing) while a request is in flight.
+    pub fn request(&mut self, obs: &Observation) -> bool {
+        if self.in_flight {
+            return false;
+        }
+        let Some(mut buffer) = self.free_observations.pop() else { return false };
+        buffer.copy_from(obs);
+        self.requests.send(buffer);
+        self.in_flight = true;
+        true
+    }
+
+    /// A finished inference, if one is ready.
+    pub fn poll(&mut self) -> Option<Inference> {
+        let result = self.results.pop();
+        if result.is_some() {
+            self.in_flight = false;
+        }
+        result
+    }
+
+    /// Waits for the in-flight inference (simulated clock only: there, waiting is
+    /// what makes inference latency a fixed number of ticks).
+    pub fn wait(&mut self, timeout: Duration) -> Option<Inference> {
+        let deadline = Instant::now() + timeout;
+        while self.in_flight && Instant::now() < deadline {
+            if let Some(result) = self.poll() {
+                return Some(result);
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        None
+    }
+
+    /// Returns a chunk buffer to the pool.
+    pub fn recycle(&self, chunk: Box<ActionChunk>) {
+        let _ = self.free_chunks.push(chunk);
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for InferenceWorker {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::JointState;
+
+    struct Echo;
+    impl Policy for Echo {
+        fn horizon(&self) -> usize {
+            2
+        }
+        fn action_dim(&self) -> usize {
+            1
+        }
+        fn infer(&mut self, obs: &Observation, out: &mut ActionChunk) -> Result<(), PolicyError> {
+            if obs.joints.position[0] < 0.0 {
+                return Err("negative".into());
+            }
+            out.actions.copy_from_slice(&[obs.joints.position[0] as f32; 2]);
+            Ok(())
+        }
+    }
+
+    fn obs(tick: u64, x: f64) -> Observation {
+        let mut joints = JointState::empty(1);
+        joints.position[0] = x;
+        Observation { tick, stamp_ns: 0, joints, images: Vec::new() }
+    }
+
+    #[test]
+    fn runs_requests_one_at_a_time_and_reports_failures() {
+        let mut worker = InferenceWorker::spawn(Box::new(Echo), &obs(0, 0.0)).unwrap();
+        assert!(worker.request(&obs(5, 0.25)));
+        assert!(!worker.request(&obs(6, 0.5)), "one request in flight");
+        let done = worker.wait(Duration::from_secs(5)).expect("result");
+        assert!(done.ok);
+        assert_eq!(done.chunk.conditioned_on_tick, 5);
+        assert_eq!(done.chunk.actions, vec![0.25, 0.25]);
+        worker.recycle(done.chunk);
+        assert!(worker.request(&obs(7, -1.0)));
+        let failed = worker.wait(Duration::from_secs(5)).expect("result");
+        assert!(!failed.ok);
+        assert_eq!(worker.errors(), 1);
+    }
+}

@@ -1,0 +1,131 @@
+//! Per-run timing statistics, recorded by the tick without allocating
+//! (fixed-range HDR histograms, sized once at start).
+
+use hdrhistogram::Histogram;
+
+/// Values are recorded in ns, 1 ns .. 100 s, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    let mut h = Histogram::new_with_bounds(1, 100_000_000_000, 3).unwrap_or_else(|_| unreachable!());
+    h.auto(false);
+    h
+}
+
+/// p50 / p99 / max of one quantity, µs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Percentiles {
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+    pub count: u64,
+}
+
+pub struct Distribution {
+    hist: Histogram<u64>,
+}
+
+impl Default for Distribution {
+    fn default() -> Self {
+        Self { hist: histogram() }
+    }
+}
+
+impl Distribution {
+    pub fn record_ns(&mut self, ns: u64) {
+        // Out-of-range values saturate instead of failing.
+        let _ = self.hist.saturating_record(ns.max(1));
+    }
+
+    pub fn percentiles(&self) -> Percentiles {
+        if self.hist.is_empty() {
+            return Percentiles::default();
+        }
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Percentiles {
+            p50_us: us(self.hist.value_at_quantile(0.5)),
+            p99_us: us(self.hist.value_at_quantile(0.99)),
+            max_us: us(self.hist.max()),
+            count: self.hist.len(),
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.hist.reset();
+    }
+}
+
+/// What a run measured; printed as the summary table at the end.
+#[derive(Default)]
+pub struct RunStats {
+    /// |actual period - nominal period| between consecutive ticks.
+    pub jitter: Distribution,
+    /// Time from wake-up to the end of the tick's work.
+    pub compute: Distribution,
+    /// Inference latency as the worker measured it.
+    pub inference: Distribution,
+    pub ticks: u64,
+    pub overruns: u64,
+    pub skipped_periods: u64,
+    pub chunks_applied: u64,
+    pub chunks_rejected: u64,
+    pub stale_state_ticks: u64,
+    pub limited_commands: u64,
+    pub estops: u64,
+    pub inference_errors: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_known_distribution() {
+        let mut d = Distribution::default();
+        for us in 1..=100u64 {
+            d.record_ns(us * 1000);
+        }
+        let p = d.percentiles();
+        assert_eq!(p.count, 100);
+        assert!((p.p50_us - 50.0).abs() < 0.1, "{p:?}");
+        assert!((p.p99_us - 99.0).abs() < 0.1, "{p:?}");
+        assert!((p.max_us - 100.0).abs() < 0.1, "{p:?}");
+    }
+}
+
+/// The live status the tick publishes a few times per second (a `Copy` value in a
+/// latest-value slot; the status thread formats and sends it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct StatusSnapshot {
+    pub tick: u64,
+    pub elapsed_s: f64,
+    /// Ticks per second over the last window.
+    pub rate_hz: f64,
+    pub jitter_p99_us: f64,
+    pub compute_p99_us: f64,
+    pub inference_ms: f64,
+    /// Actions of the active chunk not yet reached.
+    pub chunk_queue: usize,
+    pub chunks_applied: u64,
+    pub chunks_rejected: u64,
+    pub overruns: u64,
+    pub stale_state_ticks: u64,
+    pub estop: bool,
+}
+
+impl StatusSnapshot {
+    /// The one-line form shown on a terminal.
+    pub fn line(&self) -> String {
+        format!(
+            "t={:6.1}s rate={:6.1}Hz jitter_p99={:7.1}us compute_p99={:6.1}us infer={:6.2}ms queue={:2} chunks={} rejected={} overruns={}{}",
+            self.elapsed_s,
+            self.rate_hz,
+            self.jitter_p99_us,
+            self.compute_p99_us,
+            self.inference_ms,
+            self.chunk_queue,
+            self.chunks_applied,
+            self.chunks_rejected,
+            self.overruns,
+            if self.estop { " E-STOP" } else { "" }
+        )
+    }
+}

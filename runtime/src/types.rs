@@ -1,0 +1,143 @@
+//! Values that move through one tick. Joint vectors are fixed-capacity arrays so that
+//! states and commands are `Copy` and cross thread boundaries without allocating.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// The most joints one arm may have (pi0-style models pad action vectors to 32).
+pub const MAX_JOINTS: usize = 32;
+
+/// Nanoseconds on the process-wide monotonic clock (0 = first call).
+///
+/// Under the simulated clock, drivers stamp samples with simulated time instead.
+pub fn monotonic_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    epoch.elapsed().as_nanos() as u64
+}
+
+/// A measured joint state as an arm driver reports it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JointState {
+    /// Increases by one per sample; 0 means "no sample yet".
+    pub seq: u64,
+    /// Capture time, ns on the run's clock.
+    pub stamp_ns: u64,
+    pub joints: usize,
+    pub position: [f64; MAX_JOINTS],
+    pub velocity: [f64; MAX_JOINTS],
+}
+
+impl JointState {
+    pub fn empty(joints: usize) -> Self {
+        Self { seq: 0, stamp_ns: 0, joints, position: [0.0; MAX_JOINTS], velocity: [0.0; MAX_JOINTS] }
+    }
+
+    pub fn positions(&self) -> &[f64] {
+        &self.position[..self.joints]
+    }
+
+    pub fn velocities(&self) -> &[f64] {
+        &self.velocity[..self.joints]
+    }
+}
+
+/// One joint-position command, as published to the arm.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JointCommand {
+    /// Strictly increasing per run, starting at 1.
+    pub seq: u64,
+    /// The tick that produced it.
+    pub tick: u64,
+    /// Time the tick computed it, ns on the run's clock.
+    pub stamp_ns: u64,
+    pub joints: usize,
+    pub position: [f64; MAX_JOINTS],
+}
+
+impl JointCommand {
+    pub fn empty(joints: usize) -> Self {
+        Self { seq: 0, tick: 0, stamp_ns: 0, joints, position: [0.0; MAX_JOINTS] }
+    }
+
+    pub fn positions(&self) -> &[f64] {
+        &self.position[..self.joints]
+    }
+}
+
+/// An RGB8 image, row-major, `width * height * 3` bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    pub seq: u64,
+    pub stamp_ns: u64,
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<u8>,
+}
+
+impl Image {
+    pub fn black(width: usize, height: usize) -> Self {
+        Self { seq: 0, stamp_ns: 0, width, height, rgb: vec![0; width * height * 3] }
+    }
+
+    /// Copies `other` into `self`, reusing the allocation when sizes match.
+    pub fn copy_from(&mut self, other: &Image) {
+        self.seq = other.seq;
+        self.stamp_ns = other.stamp_ns;
+        self.width = other.width;
+        self.height = other.height;
+        self.rgb.clone_from(&other.rgb);
+    }
+}
+
+/// What the policy sees: a snapshot taken by the tick and handed to the inference worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The tick the snapshot was taken at; the chunk it produces is aligned to it.
+    pub tick: u64,
+    pub stamp_ns: u64,
+    pub joints: JointState,
+    /// One image per camera, in launch-file order.
+    pub images: Vec<Image>,
+}
+
+impl Observation {
+    pub fn copy_from(&mut self, other: &Observation) {
+        self.tick = other.tick;
+        self.stamp_ns = other.stamp_ns;
+        self.joints = other.joints;
+        for (mine, theirs) in self.images.iter_mut().zip(&other.images) {
+            mine.copy_from(theirs);
+        }
+    }
+}
+
+/// A chunk of future joint-position targets produced by one inference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionChunk {
+    /// Identifies the chunk in logs (per run, from 1).
+    pub id: u64,
+    /// The tick whose observation produced this chunk.
+    pub conditioned_on_tick: u64,
+    pub horizon: usize,
+    pub dim: usize,
+    /// Row-major [horizon][dim].
+    pub actions: Vec<f32>,
+    /// Inference wall time, ns (0 under the simulated clock's accounting).
+    pub infer_ns: u64,
+}
+
+impl ActionChunk {
+    pub fn zeros(horizon: usize, dim: usize) -> Self {
+        Self { id: 0, conditioned_on_tick: 0, horizon, dim, actions: vec![0.0; horizon * dim], infer_ns: 0 }
+    }
+
+    pub fn step(&self, k: usize) -> &[f32] {
+        &self.actions[k * self.dim..(k + 1) * self.dim]
+    }
+
+    /// True when every value is finite.
+    pub fn is_finite(&self) -> bool {
+        self.actions.iter().all(|a| a.is_finite())
+    }
+}

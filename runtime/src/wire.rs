@@ -1,0 +1,168 @@
+//! The byte format of joint commands and joint states on zenoh, version 1.
+//!
+//! Little-endian, fixed header, so any language decodes it with a struct unpack:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic: `RFXC` (command) or `RFXS` (state) |
+//! | 4 | 2 | u16 format version (1) |
+//! | 6 | 2 | u16 joint count n |
+//! | 8 | 8 | u64 sequence number (strictly increasing per run) |
+//! | 16 | 8 | u64 tick (commands) or 0 (states) |
+//! | 24 | 8 | u64 stamp, ns on the run's monotonic clock |
+//! | 32 | 8 | u64 stamp, ns since the Unix epoch (when it was published) |
+//! | 40 | 8n | f64 positions, rad |
+//! | 40+8n | 8n | f64 velocities, rad/s (states only) |
+
+use crate::types::{JointCommand, JointState, MAX_JOINTS};
+
+pub const COMMAND_MAGIC: [u8; 4] = *b"RFXC";
+pub const STATE_MAGIC: [u8; 4] = *b"RFXS";
+pub const VERSION: u16 = 1;
+const HEADER: usize = 40;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("message of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("bad magic {0:?}")]
+    Magic([u8; 4]),
+    #[error("unsupported format version {0} (this build reads version {VERSION})")]
+    Version(u16),
+    #[error("{0} joints is more than the supported {MAX_JOINTS}")]
+    TooManyJoints(usize),
+    #[error("message has {found} bytes, {expected} expected for {joints} joints")]
+    Length { found: usize, expected: usize, joints: usize },
+}
+
+fn put_header(out: &mut Vec<u8>, magic: [u8; 4], joints: usize, seq: u64, tick: u64, stamp_ns: u64, unix_ns: u64) {
+    out.clear();
+    out.extend_from_slice(&magic);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(joints as u16).to_le_bytes());
+    for field in [seq, tick, stamp_ns, unix_ns] {
+        out.extend_from_slice(&field.to_le_bytes());
+    }
+}
+
+/// Encodes into `out` (cleared first; reuses its capacity).
+pub fn encode_command(cmd: &JointCommand, unix_ns: u64, out: &mut Vec<u8>) {
+    put_header(out, COMMAND_MAGIC, cmd.joints, cmd.seq, cmd.tick, cmd.stamp_ns, unix_ns);
+    for p in cmd.positions() {
+        out.extend_from_slice(&p.to_le_bytes());
+    }
+}
+
+pub fn encode_state(state: &JointState, unix_ns: u64, out: &mut Vec<u8>) {
+    put_header(out, STATE_MAGIC, state.joints, state.seq, 0, state.stamp_ns, unix_ns);
+    for v in state.positions().iter().chain(state.velocities()) {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+struct Header {
+    joints: usize,
+    seq: u64,
+    tick: u64,
+    stamp_ns: u64,
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+fn read_f64(bytes: &[u8], at: usize) -> f64 {
+    f64::from_bits(read_u64(bytes, at))
+}
+
+fn read_header(bytes: &[u8], magic: [u8; 4], vectors: usize) -> Result<Header, WireError> {
+    if bytes.len() < HEADER {
+        return Err(WireError::Short(bytes.len()));
+    }
+    let found = [bytes[0], bytes[1], bytes[2], bytes[3]];
+    if found != magic {
+        return Err(WireError::Magic(found));
+    }
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    if version != VERSION {
+        return Err(WireError::Version(version));
+    }
+    let joints = usize::from(u16::from_le_bytes([bytes[6], bytes[7]]));
+    if joints > MAX_JOINTS {
+        return Err(WireError::TooManyJoints(joints));
+    }
+    let expected = HEADER + 8 * joints * vectors;
+    if bytes.len() != expected {
+        return Err(WireError::Length { found: bytes.len(), expected, joints });
+    }
+    Ok(Header { joints, seq: read_u64(bytes, 8), tick: read_u64(bytes, 16), stamp_ns: read_u64(bytes, 24) })
+}
+
+pub fn decode_command(bytes: &[u8]) -> Result<JointCommand, WireError> {
+    let h = read_header(bytes, COMMAND_MAGIC, 1)?;
+    let mut cmd = JointCommand::empty(h.joints);
+    (cmd.seq, cmd.tick, cmd.stamp_ns) = (h.seq, h.tick, h.stamp_ns);
+    for j in 0..h.joints {
+        cmd.position[j] = read_f64(bytes, HEADER + 8 * j);
+    }
+    Ok(cmd)
+}
+
+pub fn decode_state(bytes: &[u8]) -> Result<JointState, WireError> {
+    let h = read_header(bytes, STATE_MAGIC, 2)?;
+    let mut state = JointState::empty(h.joints);
+    (state.seq, state.stamp_ns) = (h.seq, h.stamp_ns);
+    for j in 0..h.joints {
+        state.position[j] = read_f64(bytes, HEADER + 8 * j);
+        state.velocity[j] = read_f64(bytes, HEADER + 8 * (h.joints + j));
+    }
+    Ok(state)
+}
+
+/// ns since the Unix epoch, for the wall-time stamp of published messages.
+pub fn unix_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_round_trip_and_layout() {
+        let mut cmd = JointCommand::empty(2);
+        (cmd.seq, cmd.tick, cmd.stamp_ns) = (7, 9, 11);
+        cmd.position[..2].copy_from_slice(&[0.5, -1.25]);
+        let mut bytes = Vec::new();
+        encode_command(&cmd, 13, &mut bytes);
+        assert_eq!(bytes.len(), 40 + 16);
+        assert_eq!(&bytes[..4], b"RFXC");
+        assert_eq!(u64::from_le_bytes(bytes[32..40].try_into().unwrap()), 13);
+        assert_eq!(f64::from_le_bytes(bytes[48..56].try_into().unwrap()), -1.25);
+        assert_eq!(decode_command(&bytes).unwrap(), cmd);
+    }
+
+    #[test]
+    fn state_round_trip() {
+        let mut state = JointState::empty(3);
+        state.seq = 4;
+        state.position[..3].copy_from_slice(&[1.0, 2.0, 3.0]);
+        state.velocity[..3].copy_from_slice(&[-1.0, -2.0, -3.0]);
+        let mut bytes = Vec::new();
+        encode_state(&state, 0, &mut bytes);
+        assert_eq!(decode_state(&bytes).unwrap(), state);
+    }
+
+    #[test]
+    fn malformed_messages_are_errors() {
+        let mut bytes = Vec::new();
+        encode_command(&JointCommand::empty(2), 0, &mut bytes);
+        assert_eq!(decode_command(&bytes[..10]), Err(WireError::Short(10)));
+        assert!(matches!(decode_command(&bytes[..50]), Err(WireError::Length { .. })));
+        assert!(matches!(decode_state(&bytes), Err(WireError::Magic(_))));
+        bytes[4] = 2;
+        assert_eq!(decode_command(&bytes), Err(WireError::Version(2)));
+    }
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what `make run` and `make test` need and is missing: Debian packages
+# (when root), and a project-local .venv with ONNX Runtime and the Python tooling
+# from PyPI. Safe to run again; it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing Debian packages: ${need_apt[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+    else
+        echo "setup: missing ${need_apt[*]}; install them (sudo apt-get install ${need_apt[*]})" >&2
+        exit 1
+    fi
+fi
+
+stamp=.venv/.reflex-requirements
+if [ ! -f "$stamp" ] || ! cmp -s policies/export/requirements.txt "$stamp"; then
+    echo "setup: creating .venv with onnxruntime, onnx, numpy, eclipse-zenoh"
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    .venv/bin/python -m pip install -q --disable-pip-version-check -r policies/export/requirements.txt
+    cp policies/export/requirements.txt "$stamp"
+fi

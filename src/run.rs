@@ -1,0 +1,236 @@
+//! `reflex run`: wires the launch file's drivers, policy, bus and recorder into the
+//! control loop, runs it on its own thread, and prints the summary.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use reflex_runtime::bus::{Bus, StatusThread};
+use reflex_runtime::clock::{Clock, SimClock, WallClock};
+use reflex_runtime::control::{ControlLoop, RunLimits, RunSummary, TickParams};
+use reflex_runtime::launch::{Launch, RealtimeConfig};
+use reflex_runtime::driver::DriverContext;
+use reflex_runtime::log::{LogHeader, Recorder};
+use reflex_runtime::policy::InferenceWorker;
+use reflex_runtime::slot::latest_slot;
+use reflex_runtime::stats::StatusSnapshot;
+use reflex_runtime::types::{Image, JointState, Observation};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Launch file (default: the embedded launch/sim_arm.toml).
+    launch: Option<PathBuf>,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Seed for every random choice (overrides the launch file's `seed`).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Simulated clock: ticks advance instantly, inference takes
+    /// `control.sim_inference_ticks` ticks; the run is reproducible.
+    #[arg(long)]
+    sim_clock: bool,
+    /// Write a binary log of every tick's inputs and outputs (for `reflex replay`).
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Also write the summary as JSON.
+    #[arg(long, value_name = "FILE")]
+    summary_json: Option<PathBuf>,
+    /// Override a launch-file field: `--set control.rate_hz=200` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+/// Set by SIGINT/SIGTERM; the loop brings the arm to rest and the run ends cleanly.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn install_signal_handlers() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+/// How a loop is assembled beyond what the launch file says.
+pub struct Assembly<'a> {
+    pub simulated: bool,
+    pub log: Option<&'a Path>,
+}
+
+/// A control loop wired from a launch file, with the services that outlive it.
+pub struct Assembled {
+    pub control: ControlLoop,
+    pub bus: Option<Bus>,
+    pub status: StatusThread,
+}
+
+impl Assembled {
+    /// Runs the loop on its own thread (with the launch file's real-time settings)
+    /// and shuts the services down afterwards.
+    pub fn run(self, realtime: RealtimeConfig, limits: RunLimits) -> anyhow::Result<RunSummary> {
+        let Self { control, bus, status } = self;
+        let summary = std::thread::Builder::new()
+            .name("reflex-control".into())
+            .spawn(move || {
+                for warning in reflex_runtime::realtime::apply(&realtime) {
+                    tracing::warn!("{warning}");
+                    eprintln!("reflex: warning: {warning}");
+                }
+                control.run(limits)
+            })?
+            .join()
+            .map_err(|_| anyhow::anyhow!("control thread panicked"))??;
+        status.finish();
+        if let Some(bus) = bus {
+            bus.close();
+        }
+        Ok(summary)
+    }
+}
+
+/// Loads the policy, opens the bus and the drivers, and wires the loop.
+pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled> {
+    let c = &launch.config;
+    let joints = c.robot.joints.len();
+    let policy_cfg = launch.chunk_policy().clone();
+    let policy = crate::load_policy(launch)?;
+    eprintln!(
+        "reflex: {} with {} ({}; warm-up {:.2} ms/inference), {} clock",
+        launch.origin,
+        policy.model_path.display(),
+        policy.library_path.display(),
+        policy.warm_up_ms,
+        if how.simulated { "simulated" } else { "wall" }
+    );
+
+    let bus = if c.zenoh.enabled {
+        let bus = Bus::open(&c.zenoh, &launch.base_dir, &c.robot.name)?;
+        eprintln!("reflex: zenoh {:?} on {:?}, keys {}", c.zenoh.mode, c.zenoh.listen, bus.key("*"));
+        Some(bus)
+    } else {
+        None
+    };
+
+    let mut drivers = reflex_drivers::from_launch(launch);
+    let ctx = DriverContext {
+        simulated: how.simulated,
+        seed: c.seed,
+        joints,
+        robot: c.robot.name.clone(),
+        key_prefix: c.zenoh.key_prefix.clone(),
+        zenoh: bus.as_ref().map(Bus::session),
+    };
+    let mut arm = None;
+    let mut cameras = Vec::new();
+    for driver in &mut drivers {
+        let ports = driver.open(&ctx)?;
+        if ports.arm.is_some() {
+            arm = ports.arm;
+        }
+        cameras.extend(ports.cameras);
+    }
+    let Some(arm) = arm else { bail!("the launch file has no arm driver") };
+    let camera_order = launch.camera_names();
+    cameras.sort_by_key(|c| camera_order.iter().position(|n| *n == c.name));
+    for driver in &mut drivers {
+        driver.start()?;
+    }
+
+    let mirror = match &bus {
+        Some(bus) if !arm.on_zenoh => Some(bus.spawn_mirror()?),
+        _ => None,
+    };
+    let (status_writer, status_reader) = latest_slot(&StatusSnapshot::default());
+    let status = match &bus {
+        Some(bus) => bus.spawn_status(status_reader, c.zenoh.status_hz)?,
+        None => StatusThread::spawn(status_reader, 10.0, None)?,
+    };
+
+    let template = Observation {
+        tick: 0,
+        stamp_ns: 0,
+        joints: JointState::empty(joints),
+        images: cameras.iter().map(|cam| Image::black(cam.width, cam.height)).collect(),
+    };
+    let worker = InferenceWorker::spawn(Box::new(policy), &template)?;
+    let params = TickParams {
+        joints: c.robot.joints.clone(),
+        rate_hz: c.control.rate_hz,
+        max_state_age_ms: c.control.max_state_age_ms,
+        estop_after_stale_ms: c.safety.estop_after_stale_ms,
+        horizon: policy_cfg.actions.horizon,
+        action_rate_hz: policy_cfg.action_rate_hz,
+        replan_after: policy_cfg.replan_after,
+    };
+    let recorder = match how.log {
+        Some(path) => {
+            let header = LogHeader {
+                reflex_version: env!("CARGO_PKG_VERSION").into(),
+                clock: if how.simulated { "sim" } else { "wall" }.into(),
+                seed: c.seed,
+                rate_hz: params.rate_hz,
+                joints: params.joints.clone(),
+                max_state_age_ms: params.max_state_age_ms,
+                estop_after_stale_ms: params.estop_after_stale_ms,
+                horizon: params.horizon,
+                action_rate_hz: params.action_rate_hz,
+                replan_after: params.replan_after,
+                launch: launch.text.clone(),
+            };
+            Some(
+                Recorder::create(path, &header, worker.free_chunks.clone())
+                    .with_context(|| format!("cannot create log {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+
+    let period = Duration::from_secs_f64(1.0 / c.control.rate_hz);
+    let clock: Box<dyn Clock> = if how.simulated {
+        Box::new(SimClock::new(period))
+    } else {
+        Box::new(WallClock::new(period, Duration::from_micros(c.control.spin_us)))
+    };
+    let control = ControlLoop {
+        params,
+        clock,
+        drivers,
+        arm,
+        cameras,
+        worker,
+        mirror,
+        recorder,
+        status: Some(status_writer),
+        sim_inference_ticks: c.control.sim_inference_ticks,
+        startup_timeout: Duration::from_secs_f64(c.control.startup_timeout_ms / 1e3),
+    };
+    Ok(Assembled { control, bus, status })
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut overrides = args.overrides.clone();
+    if let Some(seed) = args.seed {
+        overrides.push(format!("seed={seed}"));
+    }
+    let launch = crate::load_launch(args.launch.as_ref(), &overrides)?;
+    let assembled = assemble(&launch, &Assembly { simulated: args.sim_clock, log: args.log.as_deref() })?;
+    install_signal_handlers();
+    let limits = RunLimits { duration: args.duration.map(Duration::from_secs_f64), stop: &STOP };
+    let summary = assembled.run(launch.config.control.realtime.clone(), limits)?;
+    let report = crate::summary::Report::new(&launch.origin, args.log.as_deref(), &summary, launch.config.control.rate_hz);
+    print!("{}", report.table());
+    if let Some(path) = &args.summary_json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report.json())?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let log_failed = summary.log.as_ref().is_some_and(|l| l.error.is_some());
+    Ok(if log_failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}

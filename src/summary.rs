@@ -1,0 +1,121 @@
+//! The end-of-run summary: a table on stdout and the same numbers as JSON.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use reflex_runtime::control::RunSummary;
+use reflex_runtime::stats::Percentiles;
+use serde_json::json;
+
+pub struct Report<'a> {
+    origin: &'a str,
+    log: Option<&'a Path>,
+    run: &'a RunSummary,
+    rate_hz: f64,
+}
+
+fn percentiles_json(p: &Percentiles) -> serde_json::Value {
+    json!({"p50_us": p.p50_us, "p99_us": p.p99_us, "max_us": p.max_us, "count": p.count})
+}
+
+impl<'a> Report<'a> {
+    pub fn new(origin: &'a str, log: Option<&'a Path>, run: &'a RunSummary, rate_hz: f64) -> Self {
+        Self { origin, log, run, rate_hz }
+    }
+
+    pub fn table(&self) -> String {
+        let s = &self.run.stats;
+        let (jitter, compute, inference) = (s.jitter.percentiles(), s.compute.percentiles(), s.inference.percentiles());
+        let mut out = String::new();
+        let clock = if self.run.simulated { "simulated clock" } else { "wall clock" };
+        let _ = writeln!(out, "\nreflex run summary: {} ({clock}, {:.1} s)", self.origin, self.run.duration_s);
+        if self.run.interrupted {
+            let _ = writeln!(out, "  interrupted        by signal; the arm was brought to rest");
+        }
+        let _ = writeln!(
+            out,
+            "  ticks              {} at {} Hz (skipped periods {}, overruns {})",
+            s.ticks, self.rate_hz, s.skipped_periods, s.overruns
+        );
+        let row = |out: &mut String, name: &str, p: &Percentiles, unit_ms: bool| {
+            let f = |us: f64| if unit_ms { format!("{:.2} ms", us / 1e3) } else { format!("{us:.1} us") };
+            let _ = writeln!(out, "  {name:<18} p50 {:>10}  p99 {:>10}  max {:>10}", f(p.p50_us), f(p.p99_us), f(p.max_us));
+        };
+        if !self.run.simulated {
+            row(&mut out, "period jitter", &jitter, false);
+        }
+        row(&mut out, "tick compute", &compute, false);
+        row(&mut out, "inference", &inference, true);
+        let _ = writeln!(
+            out,
+            "  chunks             applied {}, rejected {}, inference errors {}",
+            s.chunks_applied, s.chunks_rejected, s.inference_errors
+        );
+        let _ = writeln!(
+            out,
+            "  safety             limited {} ticks, stale state {} ticks, e-stop {}",
+            s.limited_commands,
+            s.stale_state_ticks,
+            if s.estops > 0 { "LATCHED" } else { "no" }
+        );
+        if let (Some(path), Some(log)) = (self.log, &self.run.log) {
+            let state = match &log.error {
+                Some(e) => format!("INCOMPLETE: {e}"),
+                None if log.dropped > 0 => format!("{} events dropped", log.dropped),
+                None => "complete".into(),
+            };
+            let _ = writeln!(out, "  log                {} ({} records, {state})", path.display(), log.records);
+        }
+        for task in &self.run.task {
+            let reached = task.episodes.iter().filter(|e| e.reached).count();
+            let _ = writeln!(
+                out,
+                "  task {:<13} {reached}/{} episodes reached the target (tolerance {:.3} m)",
+                task.task,
+                task.episodes.len(),
+                task.tolerance
+            );
+            for e in &task.episodes {
+                let when = e.time_to_reach_s.map_or("never on target".into(), |t| format!("on target after {t:.2} s"));
+                let verdict = if e.reached { "reached" } else { "MISSED" };
+                let _ = writeln!(
+                    out,
+                    "    episode {:<3} {verdict:<8} final error {:.3} m, {when}",
+                    e.index, e.final_error
+                );
+            }
+        }
+        out
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let s = &self.run.stats;
+        json!({
+            "launch": self.origin,
+            "simulated": self.run.simulated,
+            "duration_s": self.run.duration_s,
+            "interrupted": self.run.interrupted,
+            "ticks": s.ticks,
+            "rate_hz": self.rate_hz,
+            "skipped_periods": s.skipped_periods,
+            "overruns": s.overruns,
+            "jitter": percentiles_json(&s.jitter.percentiles()),
+            "compute": percentiles_json(&s.compute.percentiles()),
+            "inference": percentiles_json(&s.inference.percentiles()),
+            "chunks_applied": s.chunks_applied,
+            "chunks_rejected": s.chunks_rejected,
+            "inference_errors": s.inference_errors,
+            "limited_commands": s.limited_commands,
+            "stale_state_ticks": s.stale_state_ticks,
+            "estop": s.estops > 0,
+            "log": self.run.log.as_ref().map(|l| json!({"records": l.records, "dropped": l.dropped, "error": l.error})),
+            "tasks": self.run.task.iter().map(|t| json!({
+                "task": t.task,
+                "tolerance": t.tolerance,
+                "episodes": t.episodes.iter().map(|e| json!({
+                    "reached": e.reached, "final_error": e.final_error, "time_to_reach_s": e.time_to_reach_s,
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}

@@ -1,0 +1,89 @@
+//! Helpers shared by the end-to-end tests: run the real binary, pick free ports,
+//! make scratch directories, read summaries.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn reflex() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_reflex"));
+    cmd.current_dir(repo());
+    cmd
+}
+
+pub fn run_ok(args: &[&str]) -> Output {
+    let out = reflex().args(args).output().expect("run reflex");
+    assert!(
+        out.status.success(),
+        "reflex {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A fresh directory under the system temp dir.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("reflex-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("policies/models/test").join(name)
+}
+
+pub fn summary(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("summary json")).expect("valid json")
+}
+
+/// Spawns `reflex` and returns once its stderr has printed a line containing
+/// `ready`; the rest of stderr keeps draining in the background.
+pub fn spawn_until(args: &[String], ready: &str) -> Child {
+    let mut child = reflex().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn reflex");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let ready = ready.to_string();
+    std::thread::spawn(move || {
+        let mut signalled = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[reflex] {line}");
+            if !signalled && line.contains(&ready) {
+                let _ = tx.send(());
+                signalled = true;
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60)).expect("reflex did not become ready");
+    child
+}
+
+/// A zenoh peer that connects to `endpoint` only.
+pub fn zenoh_peer(endpoint: &str) -> zenoh::Session {
+    use zenoh::Wait;
+    let mut config = zenoh::Config::default();
+    config.insert_json5("mode", "\"peer\"").unwrap();
+    config.insert_json5("listen/endpoints", "[]").unwrap();
+    config.insert_json5("connect/endpoints", &format!("[\"{endpoint}\"]")).unwrap();
+    config.insert_json5("scouting/multicast/enabled", "false").unwrap();
+    zenoh::open(config).wait().expect("zenoh session")
+}
+
+/// The embedded launch file's joint limits: (min, max, velocity) per joint.
+pub fn sim_arm_limits() -> Vec<(f64, f64, f64)> {
+    let launch = reflex_runtime::launch::Launch::embedded(&[]).unwrap();
+    launch.config.robot.joints.iter().map(|j| (j.position[0], j.position[1], j.velocity)).collect()
+}

@@ -1,0 +1,108 @@
+//! The whole binary on the simulated arm: commands over a real zenoh session to
+//! independent subscribers (this test in Rust, and Python's eclipse-zenoh), and
+//! the trained demo policy completing its task.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use reflex_runtime::wire;
+use zenoh::Wait;
+
+#[test]
+fn outside_subscribers_receive_every_command_within_limits() {
+    let dir = scratch("e2e-zenoh");
+    let port = free_port();
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let summary_path = dir.join("summary.json");
+    let duration = 4.0;
+    let args: Vec<String> = vec![
+        "run".into(),
+        "launch/sim_arm.toml".into(),
+        "--duration".into(),
+        duration.to_string(),
+        "--set".into(),
+        format!("zenoh.listen=[\"{endpoint}\"]"),
+        "--summary-json".into(),
+        summary_path.display().to_string(),
+    ];
+    let mut child = spawn_until(&args, "reflex: zenoh");
+
+    let session = zenoh_peer(&endpoint);
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let subscriber = {
+        let received = received.clone();
+        session
+            .declare_subscriber("reflex/sim_arm/joint_commands")
+            .callback(move |sample| {
+                let cmd = wire::decode_command(&sample.payload().to_bytes()).expect("decodable command");
+                received.lock().unwrap().push(cmd);
+            })
+            .wait()
+            .unwrap()
+    };
+    let python = std::process::Command::new(repo().join(".venv/bin/python"))
+        .args(["tests/zenoh_subscriber.py", "--connect", &endpoint, "--key", "reflex/sim_arm/joint_commands"])
+        .args(["--seconds", "2.5"])
+        .current_dir(repo())
+        .output()
+        .expect("python subscriber");
+
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(200));
+    drop(subscriber);
+    let commands = received.lock().unwrap().clone();
+
+    let rate = 100.0;
+    let expected = rate * duration;
+    assert!(commands.len() as f64 >= 0.75 * expected, "received {} of ~{expected}", commands.len());
+    assert!(commands.len() as f64 <= 1.2 * expected, "received {} of ~{expected}", commands.len());
+    let (first, last) = (commands[0].seq, commands[commands.len() - 1].seq);
+    assert!(commands.windows(2).all(|w| w[1].seq > w[0].seq), "sequence numbers strictly increase");
+    assert_eq!(last - first + 1, commands.len() as u64, "nothing lost once connected");
+    let limits = sim_arm_limits();
+    for pair in commands.windows(2) {
+        for (j, &(lo, hi, v)) in limits.iter().enumerate() {
+            let p = pair[1].position[j];
+            assert!(p.is_finite() && (lo..=hi).contains(&p), "joint {j} at {p}");
+            let speed = (pair[1].position[j] - pair[0].position[j]).abs() / 0.01;
+            assert!(speed <= v * (1.0 + 1e-9), "joint {j} moved at {speed} rad/s (limit {v})");
+        }
+    }
+    let summary = summary(&summary_path);
+    assert!(summary["chunks_applied"].as_u64().unwrap() > 10);
+    assert_eq!(summary["chunks_rejected"].as_u64(), Some(0));
+
+    let stdout = String::from_utf8_lossy(&python.stdout);
+    assert!(python.status.success(), "python subscriber: {stdout}\n{}", String::from_utf8_lossy(&python.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("python prints JSON");
+    assert!(report["count"].as_u64().unwrap() >= 150, "python received {report}");
+    assert_eq!(report["increasing"], true, "{report}");
+    assert_eq!(report["joints"], 3, "{report}");
+    assert_eq!(report["version"], 1, "{report}");
+}
+
+#[test]
+fn the_demo_policy_reaches_the_target() {
+    let dir = scratch("e2e-task");
+    let summary_path = dir.join("summary.json");
+    run_ok(&[
+        "run",
+        "launch/sim_arm.toml",
+        "--sim-clock",
+        "--duration",
+        "15",
+        "--set",
+        "zenoh.enabled=false",
+        "--summary-json",
+        summary_path.to_str().unwrap(),
+    ]);
+    let summary = summary(&summary_path);
+    let episodes = summary["tasks"][0]["episodes"].as_array().unwrap().clone();
+    assert_eq!(episodes.len(), 3, "{summary}");
+    let reached = episodes.iter().filter(|e| e["reached"] == true).count();
+    assert_eq!(reached, episodes.len(), "every episode reaches its target: {summary:#}");
+}

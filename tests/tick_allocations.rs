@@ -1,0 +1,100 @@
+//! The tick allocates nothing after warm-up, proven with a counting allocator.
+//!
+//! The loop runs on this test's thread with the simulated clock (so the simulated
+//! arm, its renderer and the recorder hand-off all run inside the tick), twice:
+//! once for 600 ticks and once for 900. Both runs do the same set-up and tear-down,
+//! so any difference in the number of allocations made on this thread comes from
+//! the extra ticks. Inference runs on the worker thread and is not counted.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use reflex::run::{Assembly, assemble};
+use reflex_runtime::control::RunLimits;
+use reflex_runtime::launch::Launch;
+
+struct CountingAllocator;
+
+thread_local! {
+    /// Counting on? And allocations counted, on this thread only.
+    static COUNTER: Cell<(bool, u64)> = const { Cell::new((false, 0)) };
+}
+
+fn count_one() {
+    let _ = COUNTER.try_with(|c| {
+        let (on, n) = c.get();
+        if on {
+            c.set((on, n + 1));
+        }
+    });
+}
+
+/// Runs `f` with counting on and returns the allocations it made on this thread.
+fn counted<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    COUNTER.with(|c| c.set((true, 0)));
+    let out = f();
+    let (_, n) = COUNTER.with(|c| c.replace((false, 0)));
+    (out, n)
+}
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_one();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+static NEVER: AtomicBool = AtomicBool::new(false);
+
+/// Allocations made on this thread by a run of `seconds` (at 100 Hz).
+fn allocations_in_run(seconds: f64) -> (u64, u64) {
+    let dir = common::scratch(&format!("alloc-{seconds}"));
+    let overrides = [
+        "zenoh.enabled=false".to_string(),
+        // One long episode, so the task report is the same size in both runs.
+        "drivers.sim_arm[0].episode_seconds=1000".to_string(),
+    ];
+    let launch = Launch::from_file(&common::repo().join("launch/sim_arm.toml"), &overrides).unwrap();
+    let log = dir.join("run.log");
+    let assembled = assemble(&launch, &Assembly { simulated: true, log: Some(&log) }).unwrap();
+    let limits = RunLimits { duration: Some(Duration::from_secs_f64(seconds)), stop: &NEVER };
+    let (summary, allocations) = counted(|| assembled.control.run(limits).unwrap());
+    assembled.status.finish();
+    (allocations, summary.stats.ticks)
+}
+
+#[test]
+fn ticks_after_warm_up_allocate_nothing() {
+    let (short, short_ticks) = allocations_in_run(6.0);
+    let (long, long_ticks) = allocations_in_run(9.0);
+    assert!(long_ticks >= short_ticks + 290, "{short_ticks} vs {long_ticks} ticks");
+    assert_eq!(
+        long, short,
+        "{} extra ticks made {} extra allocations on the control thread",
+        long_ticks - short_ticks,
+        long as i64 - short as i64
+    );
+}
+
+#[test]
+fn the_counter_sees_allocations_on_this_thread() {
+    // Guards against a counter that cannot fail.
+    let (v, allocations) = counted(|| std::hint::black_box((0..100).collect::<Vec<u64>>()));
+    drop(v);
+    assert!(allocations >= 1);
+}
