@@ -36,15 +36,20 @@ pub struct DemoArgs {
 pub fn record(args: DemoArgs) -> anyhow::Result<()> {
     let launch = crate::load_launch(args.launch.as_ref(), &[])?;
     let c = &launch.config;
-    let Some(arm) = c.drivers.sim_arm.first() else { bail!("demos need a [[drivers.sim_arm]]") };
-    let Some(camera) = &arm.camera else { bail!("demos need the sim arm's camera") };
+    let Some(arm) = c.drivers.sim_arm.first() else {
+        bail!("demos need a [[drivers.sim_arm]]")
+    };
+    let Some(camera) = &arm.camera else {
+        bail!("demos need the sim arm's camera")
+    };
     let policy = launch.chunk_policy();
     let horizon = policy.actions.horizon;
     let joints = c.robot.joints.len();
     let action_dt = 1.0 / policy.action_rate_hz;
     let physics_dt = 1.0 / arm.physics_hz;
     let physics_steps = (action_dt / physics_dt).round() as usize;
-    let mut mapper = InputMapper::new(&policy.inputs, &launch.camera_names()).map_err(anyhow::Error::msg)?;
+    let mut mapper =
+        InputMapper::new(&policy.inputs, &launch.camera_names()).map_err(anyhow::Error::msg)?;
     let mut inputs: Vec<Vec<f32>> = vec![Vec::new(); mapper.inputs.len()];
     let mut actions = Vec::new();
     let mut obs = Observation {
@@ -55,12 +60,20 @@ pub fn record(args: DemoArgs) -> anyhow::Result<()> {
     };
     let mut samples = 0;
     for episode in 0..args.episodes {
-        let mut world = SimWorld::new(arm, &c.robot.joints, args.seed.wrapping_mul(1_000_003).wrapping_add(episode as u64));
+        let mut world = SimWorld::new(
+            arm,
+            &c.robot.joints,
+            args.seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(episode as u64),
+        );
         let start = world.random_configuration();
         world.set_positions(&start);
         world.new_target();
         for _ in 0..args.steps {
-            let Some(chunk) = world.expert_chunk(horizon, action_dt, args.speed) else { break };
+            let Some(chunk) = world.expert_chunk(horizon, action_dt, args.speed) else {
+                break;
+            };
             world.state(0, &mut obs.joints);
             world.render(&mut obs.images[0]);
             mapper.fill(&obs);
@@ -69,26 +82,44 @@ pub fn record(args: DemoArgs) -> anyhow::Result<()> {
             }
             actions.extend_from_slice(&chunk);
             samples += 1;
-            let command: Vec<f64> = (0..joints).map(|j| f64::from(chunk[j]) + world.noise(args.noise)).collect();
+            let command: Vec<f64> = (0..joints)
+                .map(|j| f64::from(chunk[j]) + world.noise(args.noise))
+                .collect();
             world.set_command(&command);
             for _ in 0..physics_steps {
                 world.step(physics_dt);
             }
         }
     }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
     for (input, values) in mapper.inputs.iter().zip(&inputs) {
         let mut shape = vec![samples];
         shape.extend_from_slice(&input.shape[1..]);
-        crate::npy::write_f32(&args.out.join(format!("{}.npy", input.name)), &shape, values)?;
+        crate::npy::write_f32(
+            &args.out.join(format!("{}.npy", input.name)),
+            &shape,
+            values,
+        )?;
     }
-    crate::npy::write_f32(&args.out.join("actions.npy"), &[samples, horizon, joints], &actions)?;
+    crate::npy::write_f32(
+        &args.out.join("actions.npy"),
+        &[samples, horizon, joints],
+        &actions,
+    )?;
     let meta = serde_json::json!({
         "samples": samples, "episodes": args.episodes, "horizon": horizon, "joints": joints,
         "action_rate_hz": policy.action_rate_hz, "expert_speed": args.speed, "noise": args.noise,
         "seed": args.seed, "inputs": mapper.inputs.iter().map(|i| &i.name).collect::<Vec<_>>(),
     });
-    std::fs::write(args.out.join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
-    println!("wrote {samples} samples from {} episodes to {}", args.episodes, args.out.display());
+    std::fs::write(
+        args.out.join("meta.json"),
+        serde_json::to_vec_pretty(&meta)?,
+    )?;
+    println!(
+        "wrote {samples} samples from {} episodes to {}",
+        args.episodes,
+        args.out.display()
+    );
     Ok(())
 }

@@ -30,4 +30,3 @@ pub fn load_policy(launch: &Launch) -> anyhow::Result<reflex_policies::ChunkPoli
         other => anyhow::Error::new(other),
     })
 }
-

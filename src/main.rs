@@ -1,13 +1,17 @@
 //! `reflex`: run, check and replay robot policies from a launch file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "reflex", version, about = "Real-time robot control runtime for ONNX policies")]
+#[command(
+    name = "reflex",
+    version,
+    about = "Real-time robot control runtime for ONNX policies"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,9 +30,7 @@ enum Command {
         overrides: Vec<String>,
     },
     /// Re-execute a run log and check every command bit for bit.
-    Replay {
-        log: PathBuf,
-    },
+    Replay { log: PathBuf },
     /// Record scripted demonstrations on the simulated arm (training data).
     Demos(reflex::demos::DemoArgs),
     /// Print the JSON schema of launch files.
@@ -38,7 +40,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REFLEX_LOG").unwrap_or_else(|_| "warn,zenoh=error".into()),
+            tracing_subscriber::EnvFilter::try_from_env("REFLEX_LOG")
+                .unwrap_or_else(|_| "warn,zenoh=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -49,7 +52,11 @@ fn main() -> ExitCode {
         Command::Replay { log } => replay(&log),
         Command::Demos(args) => reflex::demos::record(args).map(|()| ExitCode::SUCCESS),
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&reflex_runtime::launch::json_schema()).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&reflex_runtime::launch::json_schema())
+                    .unwrap_or_default()
+            );
             Ok(ExitCode::SUCCESS)
         }
     };
@@ -67,29 +74,46 @@ fn check(path: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<ExitCode
     let policy = reflex::load_policy(&launch)?;
     let c = &launch.config;
     println!("{}: OK", launch.origin);
-    println!("  robot      {} ({} joints) at {} Hz", c.robot.name, c.robot.joints.len(), c.control.rate_hz);
+    println!(
+        "  robot      {} ({} joints) at {} Hz",
+        c.robot.name,
+        c.robot.joints.len(),
+        c.control.rate_hz
+    );
     println!(
         "  drivers    {}",
         c.drivers
             .sim_arm
             .iter()
             .map(|d| format!("sim_arm `{}`", d.name))
-            .chain(c.drivers.zenoh_arm.iter().map(|d| format!("zenoh_arm `{}`", d.name)))
+            .chain(
+                c.drivers
+                    .zenoh_arm
+                    .iter()
+                    .map(|d| format!("zenoh_arm `{}`", d.name))
+            )
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!("  policy     chunk {} (signature matches)", policy.model_path.display());
+    println!(
+        "  policy     chunk {} (signature matches)",
+        policy.model_path.display()
+    );
     println!("  onnxruntime {}", policy.library_path.display());
     println!(
         "  zenoh      {}",
-        if c.zenoh.enabled { format!("{:?} listening on {:?}", c.zenoh.mode, c.zenoh.listen) } else { "off".into() }
+        if c.zenoh.enabled {
+            format!("{:?} listening on {:?}", c.zenoh.mode, c.zenoh.listen)
+        } else {
+            "off".into()
+        }
     );
     Ok(ExitCode::SUCCESS)
 }
 
-fn replay(path: &PathBuf) -> anyhow::Result<ExitCode> {
-    let (header, records) =
-        reflex_runtime::log::read_log(path).with_context(|| format!("cannot read log {}", path.display()))?;
+fn replay(path: &Path) -> anyhow::Result<ExitCode> {
+    let (header, records) = reflex_runtime::log::read_log(path)
+        .with_context(|| format!("cannot read log {}", path.display()))?;
     let report = reflex_runtime::control::replay(&header, &records);
     println!(
         "replayed {} ticks and {} chunks from {} ({} clock{})",
@@ -97,7 +121,11 @@ fn replay(path: &PathBuf) -> anyhow::Result<ExitCode> {
         report.chunks,
         path.display(),
         header.clock,
-        if report.complete { "" } else { ", log ends early: the run did not finish cleanly" }
+        if report.complete {
+            ""
+        } else {
+            ", log ends early: the run did not finish cleanly"
+        }
     );
     if report.identical() {
         println!("all {} commands are bit-identical", report.ticks);

@@ -11,8 +11,8 @@ use clap::Args;
 use reflex_runtime::bus::{Bus, StatusThread};
 use reflex_runtime::clock::{Clock, SimClock, WallClock};
 use reflex_runtime::control::{ControlLoop, RunLimits, RunSummary, TickParams};
-use reflex_runtime::launch::{Launch, RealtimeConfig};
 use reflex_runtime::driver::DriverContext;
+use reflex_runtime::launch::{Launch, RealtimeConfig};
 use reflex_runtime::log::{LogHeader, Recorder};
 use reflex_runtime::policy::InferenceWorker;
 use reflex_runtime::slot::latest_slot;
@@ -76,7 +76,11 @@ impl Assembled {
     /// Runs the loop on its own thread (with the launch file's real-time settings)
     /// and shuts the services down afterwards.
     pub fn run(self, realtime: RealtimeConfig, limits: RunLimits) -> anyhow::Result<RunSummary> {
-        let Self { control, bus, status } = self;
+        let Self {
+            control,
+            bus,
+            status,
+        } = self;
         let summary = std::thread::Builder::new()
             .name("reflex-control".into())
             .spawn(move || {
@@ -113,7 +117,12 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
 
     let bus = if c.zenoh.enabled {
         let bus = Bus::open(&c.zenoh, &launch.base_dir, &c.robot.name)?;
-        eprintln!("reflex: zenoh {:?} on {:?}, keys {}", c.zenoh.mode, c.zenoh.listen, bus.key("*"));
+        eprintln!(
+            "reflex: zenoh {:?} on {:?}, keys {}",
+            c.zenoh.mode,
+            c.zenoh.listen,
+            bus.key("*")
+        );
         Some(bus)
     } else {
         None
@@ -137,7 +146,9 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         }
         cameras.extend(ports.cameras);
     }
-    let Some(arm) = arm else { bail!("the launch file has no arm driver") };
+    let Some(arm) = arm else {
+        bail!("the launch file has no arm driver")
+    };
     let camera_order = launch.camera_names();
     cameras.sort_by_key(|c| camera_order.iter().position(|n| *n == c.name));
     for driver in &mut drivers {
@@ -158,7 +169,10 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         tick: 0,
         stamp_ns: 0,
         joints: JointState::empty(joints),
-        images: cameras.iter().map(|cam| Image::black(cam.width, cam.height)).collect(),
+        images: cameras
+            .iter()
+            .map(|cam| Image::black(cam.width, cam.height))
+            .collect(),
     };
     let worker = InferenceWorker::spawn(Box::new(policy), &template)?;
     let params = TickParams {
@@ -197,7 +211,10 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
     let clock: Box<dyn Clock> = if how.simulated {
         Box::new(SimClock::new(period))
     } else {
-        Box::new(WallClock::new(period, Duration::from_micros(c.control.spin_us)))
+        Box::new(WallClock::new(
+            period,
+            Duration::from_micros(c.control.spin_us),
+        ))
     };
     let control = ControlLoop {
         params,
@@ -212,7 +229,11 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         sim_inference_ticks: c.control.sim_inference_ticks,
         startup_timeout: Duration::from_secs_f64(c.control.startup_timeout_ms / 1e3),
     };
-    Ok(Assembled { control, bus, status })
+    Ok(Assembled {
+        control,
+        bus,
+        status,
+    })
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -221,16 +242,34 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         overrides.push(format!("seed={seed}"));
     }
     let launch = crate::load_launch(args.launch.as_ref(), &overrides)?;
-    let assembled = assemble(&launch, &Assembly { simulated: args.sim_clock, log: args.log.as_deref() })?;
+    let assembled = assemble(
+        &launch,
+        &Assembly {
+            simulated: args.sim_clock,
+            log: args.log.as_deref(),
+        },
+    )?;
     install_signal_handlers();
-    let limits = RunLimits { duration: args.duration.map(Duration::from_secs_f64), stop: &STOP };
+    let limits = RunLimits {
+        duration: args.duration.map(Duration::from_secs_f64),
+        stop: &STOP,
+    };
     let summary = assembled.run(launch.config.control.realtime.clone(), limits)?;
-    let report = crate::summary::Report::new(&launch.origin, args.log.as_deref(), &summary, launch.config.control.rate_hz);
+    let report = crate::summary::Report::new(
+        &launch.origin,
+        args.log.as_deref(),
+        &summary,
+        launch.config.control.rate_hz,
+    );
     print!("{}", report.table());
     if let Some(path) = &args.summary_json {
         std::fs::write(path, serde_json::to_vec_pretty(&report.json())?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let log_failed = summary.log.as_ref().is_some_and(|l| l.error.is_some());
-    Ok(if log_failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if log_failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -20,17 +20,37 @@ fn percentiles_json(p: &Percentiles) -> serde_json::Value {
 
 impl<'a> Report<'a> {
     pub fn new(origin: &'a str, log: Option<&'a Path>, run: &'a RunSummary, rate_hz: f64) -> Self {
-        Self { origin, log, run, rate_hz }
+        Self {
+            origin,
+            log,
+            run,
+            rate_hz,
+        }
     }
 
     pub fn table(&self) -> String {
         let s = &self.run.stats;
-        let (jitter, compute, inference) = (s.jitter.percentiles(), s.compute.percentiles(), s.inference.percentiles());
+        let (jitter, compute, inference) = (
+            s.jitter.percentiles(),
+            s.compute.percentiles(),
+            s.inference.percentiles(),
+        );
         let mut out = String::new();
-        let clock = if self.run.simulated { "simulated clock" } else { "wall clock" };
-        let _ = writeln!(out, "\nreflex run summary: {} ({clock}, {:.1} s)", self.origin, self.run.duration_s);
+        let clock = if self.run.simulated {
+            "simulated clock"
+        } else {
+            "wall clock"
+        };
+        let _ = writeln!(
+            out,
+            "\nreflex run summary: {} ({clock}, {:.1} s)",
+            self.origin, self.run.duration_s
+        );
         if self.run.interrupted {
-            let _ = writeln!(out, "  interrupted        by signal; the arm was brought to rest");
+            let _ = writeln!(
+                out,
+                "  interrupted        by signal; the arm was brought to rest"
+            );
         }
         let _ = writeln!(
             out,
@@ -38,8 +58,20 @@ impl<'a> Report<'a> {
             s.ticks, self.rate_hz, s.skipped_periods, s.overruns
         );
         let row = |out: &mut String, name: &str, p: &Percentiles, unit_ms: bool| {
-            let f = |us: f64| if unit_ms { format!("{:.2} ms", us / 1e3) } else { format!("{us:.1} us") };
-            let _ = writeln!(out, "  {name:<18} p50 {:>10}  p99 {:>10}  max {:>10}", f(p.p50_us), f(p.p99_us), f(p.max_us));
+            let f = |us: f64| {
+                if unit_ms {
+                    format!("{:.2} ms", us / 1e3)
+                } else {
+                    format!("{us:.1} us")
+                }
+            };
+            let _ = writeln!(
+                out,
+                "  {name:<18} p50 {:>10}  p99 {:>10}  max {:>10}",
+                f(p.p50_us),
+                f(p.p99_us),
+                f(p.max_us)
+            );
         };
         if !self.run.simulated {
             row(&mut out, "period jitter", &jitter, false);
@@ -64,7 +96,12 @@ impl<'a> Report<'a> {
                 None if log.dropped > 0 => format!("{} events dropped", log.dropped),
                 None => "complete".into(),
             };
-            let _ = writeln!(out, "  log                {} ({} records, {state})", path.display(), log.records);
+            let _ = writeln!(
+                out,
+                "  log                {} ({} records, {state})",
+                path.display(),
+                log.records
+            );
         }
         for task in &self.run.task {
             let reached = task.episodes.iter().filter(|e| e.reached).count();
@@ -76,7 +113,9 @@ impl<'a> Report<'a> {
                 task.tolerance
             );
             for e in &task.episodes {
-                let when = e.time_to_reach_s.map_or("never on target".into(), |t| format!("on target after {t:.2} s"));
+                let when = e.time_to_reach_s.map_or("never on target".into(), |t| {
+                    format!("on target after {t:.2} s")
+                });
                 let verdict = if e.reached { "reached" } else { "MISSED" };
                 let _ = writeln!(
                     out,

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::*;
 
@@ -11,20 +11,29 @@ use common::*;
 /// paths made absolute so the file works from anywhere).
 fn launch_with(name: &str, edit: impl Fn(String) -> String) -> PathBuf {
     let text = std::fs::read_to_string(repo().join("launch/sim_arm.toml")).unwrap();
-    let text = text.replace("../policies/models/", &format!("{}/policies/models/", repo().display()));
+    let text = text.replace(
+        "../policies/models/",
+        &format!("{}/policies/models/", repo().display()),
+    );
     let path = scratch(name).join("launch.toml");
     std::fs::write(&path, edit(text)).unwrap();
     path
 }
 
-fn line_of(path: &PathBuf, needle: &str) -> usize {
+fn line_of(path: &Path, needle: &str) -> usize {
     let text = std::fs::read_to_string(path).unwrap();
-    text.lines().position(|l| l.contains(needle)).expect("needle in file") + 1
+    text.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle in file")
+        + 1
 }
 
 /// Runs `reflex check` and returns stderr, asserting failure.
-fn check_fails(path: &PathBuf) -> String {
-    let out = reflex().args(["check", path.to_str().unwrap()]).output().unwrap();
+fn check_fails(path: &Path) -> String {
+    let out = reflex()
+        .args(["check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "check passed unexpectedly");
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -40,59 +49,115 @@ fn the_shipped_launch_file_checks_clean() {
 
 #[test]
 fn a_typo_names_the_field_and_its_position() {
-    let path = launch_with("typo", |t| t.replacen("max_state_age_ms = 50.0", "max_state_age_msec = 50.0", 1));
+    let path = launch_with("typo", |t| {
+        t.replacen("max_state_age_ms = 50.0", "max_state_age_msec = 50.0", 1)
+    });
     let err = check_fails(&path);
     let line = line_of(&path, "max_state_age_msec");
-    assert!(err.contains(&format!("{}:{line}:1", path.display())), "{err}");
-    assert!(err.contains("field `control.max_state_age_msec`") && err.contains("unknown field"), "{err}");
+    assert!(
+        err.contains(&format!("{}:{line}:1", path.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("field `control.max_state_age_msec`") && err.contains("unknown field"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_wrong_type_names_the_field_and_its_position() {
-    let path = launch_with("type", |t| t.replacen("rate_hz = 100.0", "rate_hz = \"fast\"", 1));
+    let path = launch_with("type", |t| {
+        t.replacen("rate_hz = 100.0", "rate_hz = \"fast\"", 1)
+    });
     let err = check_fails(&path);
     let line = line_of(&path, "rate_hz = \"fast\"");
-    assert!(err.contains(&format!("{}:{line}:", path.display())), "{err}");
+    assert!(
+        err.contains(&format!("{}:{line}:", path.display())),
+        "{err}"
+    );
     assert!(err.contains("field `control.rate_hz`"), "{err}");
 }
 
 #[test]
 fn an_unknown_driver_lists_the_known_ones() {
-    let path = launch_with("driver", |t| t.replace("drivers.sim_arm", "drivers.sim_ram"));
+    let path = launch_with("driver", |t| {
+        t.replace("drivers.sim_arm", "drivers.sim_ram")
+    });
     let err = check_fails(&path);
     let line = line_of(&path, "[[drivers.sim_ram]]");
-    assert!(err.contains(&format!("{}:{line}:", path.display())), "{err}");
-    assert!(err.contains("unknown field `sim_ram`") && err.contains("zenoh_arm"), "{err}");
+    assert!(
+        err.contains(&format!("{}:{line}:", path.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("unknown field `sim_ram`") && err.contains("zenoh_arm"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_missing_model_file_is_reported_at_the_model_field() {
-    let path = launch_with("model", |t| t.replace("sim_reach.onnx", "no_such_model.onnx"));
+    let path = launch_with("model", |t| {
+        t.replace("sim_reach.onnx", "no_such_model.onnx")
+    });
     let err = check_fails(&path);
     let line = line_of(&path, "no_such_model.onnx");
-    assert!(err.contains(&format!("{}:{line}:1: field `policy.chunk.model`", path.display())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:{line}:1: field `policy.chunk.model`",
+            path.display()
+        )),
+        "{err}"
+    );
     assert!(err.contains("model file not found"), "{err}");
 }
 
 #[test]
 fn a_model_signature_mismatch_lists_expected_and_found() {
-    let path = launch_with("signature", |t| t.replace("sim_reach.onnx", "test/chunk_wrong_input.onnx"));
+    let path = launch_with("signature", |t| {
+        t.replace("sim_reach.onnx", "test/chunk_wrong_input.onnx")
+    });
     let err = check_fails(&path);
     let line = line_of(&path, "[[policy.chunk.inputs]]");
-    assert!(err.contains(&format!("{}:{line}:", path.display())), "{err}");
+    assert!(
+        err.contains(&format!("{}:{line}:", path.display())),
+        "{err}"
+    );
     assert!(err.contains("input `state` is not in the model"), "{err}");
-    assert!(err.contains("model input `joint_state` is not mapped"), "{err}");
-    assert!(err.contains("expected by the launch file") && err.contains("found in the model"), "{err}");
+    assert!(
+        err.contains("model input `joint_state` is not mapped"),
+        "{err}"
+    );
+    assert!(
+        err.contains("expected by the launch file") && err.contains("found in the model"),
+        "{err}"
+    );
 
-    let path = launch_with("signature-output", |t| t.replace("sim_reach.onnx", "test/chunk_wrong_output.onnx"));
+    let path = launch_with("signature-output", |t| {
+        t.replace("sim_reach.onnx", "test/chunk_wrong_output.onnx")
+    });
     let err = check_fails(&path);
-    assert!(err.contains("output `actions` has shape [1, 10, 4]"), "{err}");
+    assert!(
+        err.contains("output `actions` has shape [1, 10, 4]"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_bad_override_names_the_override() {
-    let out = reflex().args(["check", "launch/sim_arm.toml", "--set", "control.rate_hz=-5"]).output().unwrap();
+    let out = reflex()
+        .args([
+            "check",
+            "launch/sim_arm.toml",
+            "--set",
+            "control.rate_hz=-5",
+        ])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
-    assert!(err.contains("(from --set control.rate_hz=-5)") && err.contains("control.rate_hz"), "{err}");
+    assert!(
+        err.contains("(from --set control.rate_hz=-5)") && err.contains("control.rate_hz"),
+        "{err}"
+    );
 }

@@ -32,15 +32,28 @@ fn simulated_runs_with_the_same_seed_write_identical_logs() {
     sim_run(&a, "5");
     sim_run(&b, "5");
     sim_run(&c, "6");
-    let (a, b, c) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap(), std::fs::read(c).unwrap());
+    let (a, b, c) = (
+        std::fs::read(a).unwrap(),
+        std::fs::read(b).unwrap(),
+        std::fs::read(c).unwrap(),
+    );
     assert!(a.len() > 10_000, "a real log: {} bytes", a.len());
     assert!(a == b, "same seed, different bytes");
-    assert!(a != c, "a different seed draws different targets, so the logs must differ");
+    assert!(
+        a != c,
+        "a different seed draws different targets, so the logs must differ"
+    );
 }
 
 fn replay(log: &Path) -> (bool, String) {
-    let out = reflex().args(["replay", log.to_str().unwrap()]).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = reflex()
+        .args(["replay", log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 fn rewrite(from: &Path, to: &Path, change: impl Fn(&mut Vec<Record>)) {
@@ -75,7 +88,11 @@ fn replay_reproduces_a_wall_clock_run_and_detects_tampering() {
     let nudged = dir.join("nudged.log");
     rewrite(&log, &nudged, |records| {
         let chunk = records.iter_mut().find_map(|r| match r {
-            Record::Chunk { accepted: true, chunk, .. } => Some(chunk),
+            Record::Chunk {
+                accepted: true,
+                chunk,
+                ..
+            } => Some(chunk),
             _ => None,
         });
         chunk.expect("the run applied chunks").actions[3] += 1e-4;

@@ -37,14 +37,21 @@ fn outside_subscribers_receive_every_command_within_limits() {
         session
             .declare_subscriber("reflex/sim_arm/joint_commands")
             .callback(move |sample| {
-                let cmd = wire::decode_command(&sample.payload().to_bytes()).expect("decodable command");
+                let cmd =
+                    wire::decode_command(&sample.payload().to_bytes()).expect("decodable command");
                 received.lock().unwrap().push(cmd);
             })
             .wait()
             .unwrap()
     };
     let python = std::process::Command::new(repo().join(".venv/bin/python"))
-        .args(["tests/zenoh_subscriber.py", "--connect", &endpoint, "--key", "reflex/sim_arm/joint_commands"])
+        .args([
+            "tests/zenoh_subscriber.py",
+            "--connect",
+            &endpoint,
+            "--key",
+            "reflex/sim_arm/joint_commands",
+        ])
         .args(["--seconds", "2.5"])
         .current_dir(repo())
         .output()
@@ -58,18 +65,36 @@ fn outside_subscribers_receive_every_command_within_limits() {
 
     let rate = 100.0;
     let expected = rate * duration;
-    assert!(commands.len() as f64 >= 0.75 * expected, "received {} of ~{expected}", commands.len());
-    assert!(commands.len() as f64 <= 1.2 * expected, "received {} of ~{expected}", commands.len());
+    assert!(
+        commands.len() as f64 >= 0.75 * expected,
+        "received {} of ~{expected}",
+        commands.len()
+    );
+    assert!(
+        commands.len() as f64 <= 1.2 * expected,
+        "received {} of ~{expected}",
+        commands.len()
+    );
     let (first, last) = (commands[0].seq, commands[commands.len() - 1].seq);
-    assert!(commands.windows(2).all(|w| w[1].seq > w[0].seq), "sequence numbers strictly increase");
-    assert_eq!(last - first + 1, commands.len() as u64, "nothing lost once connected");
+    assert!(
+        commands.windows(2).all(|w| w[1].seq > w[0].seq),
+        "sequence numbers strictly increase"
+    );
+    assert_eq!(
+        last - first + 1,
+        commands.len() as u64,
+        "nothing lost once connected"
+    );
     let limits = sim_arm_limits();
     for pair in commands.windows(2) {
         for (j, &(lo, hi, v)) in limits.iter().enumerate() {
             let p = pair[1].position[j];
             assert!(p.is_finite() && (lo..=hi).contains(&p), "joint {j} at {p}");
             let speed = (pair[1].position[j] - pair[0].position[j]).abs() / 0.01;
-            assert!(speed <= v * (1.0 + 1e-9), "joint {j} moved at {speed} rad/s (limit {v})");
+            assert!(
+                speed <= v * (1.0 + 1e-9),
+                "joint {j} moved at {speed} rad/s (limit {v})"
+            );
         }
     }
     let summary = summary(&summary_path);
@@ -77,9 +102,17 @@ fn outside_subscribers_receive_every_command_within_limits() {
     assert_eq!(summary["chunks_rejected"].as_u64(), Some(0));
 
     let stdout = String::from_utf8_lossy(&python.stdout);
-    assert!(python.status.success(), "python subscriber: {stdout}\n{}", String::from_utf8_lossy(&python.stderr));
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("python prints JSON");
-    assert!(report["count"].as_u64().unwrap() >= 150, "python received {report}");
+    assert!(
+        python.status.success(),
+        "python subscriber: {stdout}\n{}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.trim()).expect("python prints JSON");
+    assert!(
+        report["count"].as_u64().unwrap() >= 150,
+        "python received {report}"
+    );
     assert_eq!(report["increasing"], true, "{report}");
     assert_eq!(report["joints"], 3, "{report}");
     assert_eq!(report["version"], 1, "{report}");
@@ -104,5 +137,9 @@ fn the_demo_policy_reaches_the_target() {
     let episodes = summary["tasks"][0]["episodes"].as_array().unwrap().clone();
     assert_eq!(episodes.len(), 3, "{summary}");
     let reached = episodes.iter().filter(|e| e["reached"] == true).count();
-    assert_eq!(reached, episodes.len(), "every episode reaches its target: {summary:#}");
+    assert_eq!(
+        reached,
+        episodes.len(),
+        "every episode reaches its target: {summary:#}"
+    );
 }

@@ -18,7 +18,10 @@ use zenoh::Wait;
 fn nan_chunks_are_rejected_and_the_arm_holds_still() {
     let dir = scratch("fault-nan");
     let (log, summary_path) = (dir.join("nan.log"), dir.join("summary.json"));
-    let model = format!("policy.chunk.model=\"{}\"", fixture("chunk_nan.onnx").display());
+    let model = format!(
+        "policy.chunk.model=\"{}\"",
+        fixture("chunk_nan.onnx").display()
+    );
     run_ok(&[
         "run",
         "launch/sim_arm.toml",
@@ -35,14 +38,36 @@ fn nan_chunks_are_rejected_and_the_arm_holds_still() {
         summary_path.to_str().unwrap(),
     ]);
     let summary = summary(&summary_path);
-    assert!(summary["chunks_rejected"].as_u64().unwrap() >= 5, "{summary}");
+    assert!(
+        summary["chunks_rejected"].as_u64().unwrap() >= 5,
+        "{summary}"
+    );
     assert_eq!(summary["chunks_applied"].as_u64(), Some(0), "{summary}");
     let (_, records) = read_log(&log).unwrap();
-    let Some(Record::Start { position: start, .. }) = records.first() else { panic!("log starts with Start") };
-    let ticks: Vec<_> = records.iter().filter_map(|r| if let Record::Tick(t) = r { Some(t) } else { None }).collect();
+    let Some(Record::Start {
+        position: start, ..
+    }) = records.first()
+    else {
+        panic!("log starts with Start")
+    };
+    let ticks: Vec<_> = records
+        .iter()
+        .filter_map(|r| {
+            if let Record::Tick(t) = r {
+                Some(t)
+            } else {
+                None
+            }
+        })
+        .collect();
     assert!(ticks.len() >= 200);
     for t in ticks {
-        assert_eq!(&t.command.position[..3], &start[..3], "tick {}: the arm holds where it started", t.tick);
+        assert_eq!(
+            &t.command.position[..3],
+            &start[..3],
+            "tick {}: the arm holds where it started",
+            t.tick
+        );
     }
 }
 
@@ -53,6 +78,7 @@ struct FakeRobot {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
     _subscriber: zenoh::pubsub::Subscriber<()>,
+    _session: zenoh::Session,
 }
 
 impl FakeRobot {
@@ -63,14 +89,22 @@ impl FakeRobot {
             let commands = commands.clone();
             session
                 .declare_subscriber("reflex/zarm/joint_commands")
-                .callback(move |s| commands.lock().unwrap().push(wire::decode_command(&s.payload().to_bytes()).unwrap()))
+                .callback(move |s| {
+                    commands
+                        .lock()
+                        .unwrap()
+                        .push(wire::decode_command(&s.payload().to_bytes()).unwrap())
+                })
                 .wait()
                 .unwrap()
         };
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
-            let publisher = session.declare_publisher("reflex/zarm/joint_states").wait().unwrap();
+            let publisher = session
+                .declare_publisher("reflex/zarm/joint_states")
+                .wait()
+                .unwrap();
             std::thread::spawn(move || {
                 let started = Instant::now();
                 let mut state = JointState::empty(3);
@@ -82,10 +116,15 @@ impl FakeRobot {
                     publisher.put(buf.clone()).wait().unwrap();
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                let _ = session;
             })
         };
-        Self { commands, stop, thread, _subscriber: subscriber }
+        Self {
+            commands,
+            stop,
+            thread,
+            _subscriber: subscriber,
+            _session: session,
+        }
     }
 }
 
@@ -114,13 +153,24 @@ fn a_robot_that_goes_silent_trips_the_watchdog_and_the_estop() {
     robot.thread.join().unwrap();
     let summary = summary(&summary_path);
     assert_eq!(summary["estop"], true, "{summary}");
-    assert!(summary["stale_state_ticks"].as_u64().unwrap() > 50, "{summary}");
+    assert!(
+        summary["stale_state_ticks"].as_u64().unwrap() > 50,
+        "{summary}"
+    );
     let commands = robot.commands.lock().unwrap().clone();
-    assert!(commands.len() > 100, "the robot heard the loop: {}", commands.len());
+    assert!(
+        commands.len() > 100,
+        "the robot heard the loop: {}",
+        commands.len()
+    );
     for c in &commands {
         assert!(c.positions().iter().all(|p| p.is_finite()));
         for (j, expected) in [0.1, 0.2, 0.3].iter().enumerate() {
-            assert!((c.position[j] - expected).abs() < 1e-6, "held at the measured position: {:?}", c.positions());
+            assert!(
+                (c.position[j] - expected).abs() < 1e-6,
+                "held at the measured position: {:?}",
+                c.positions()
+            );
         }
     }
 }
@@ -130,7 +180,12 @@ fn a_robot_that_never_answers_is_a_clear_startup_error() {
     let port = free_port();
     let out = reflex()
         .args(["run", "launch/zenoh_arm.toml", "--duration", "1"])
-        .args(["--set", &format!("zenoh.listen=[\"tcp/127.0.0.1:{port}\"]"), "--set", "control.startup_timeout_ms=300"])
+        .args([
+            "--set",
+            &format!("zenoh.listen=[\"tcp/127.0.0.1:{port}\"]"),
+            "--set",
+            "control.startup_timeout_ms=300",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -142,11 +197,18 @@ fn a_robot_that_never_answers_is_a_clear_startup_error() {
 fn sigint_mid_run_stops_cleanly_and_keeps_the_log() {
     let dir = scratch("fault-sigint");
     let log = dir.join("sigint.log");
-    let args: Vec<String> = ["run", "launch/sim_arm.toml", "--duration", "60", "--set", "zenoh.enabled=false"]
-        .into_iter()
-        .map(String::from)
-        .chain(["--log".to_string(), log.display().to_string()])
-        .collect();
+    let args: Vec<String> = [
+        "run",
+        "launch/sim_arm.toml",
+        "--duration",
+        "60",
+        "--set",
+        "zenoh.enabled=false",
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain(["--log".to_string(), log.display().to_string()])
+    .collect();
     let child = spawn_until(&args, "clock");
     std::thread::sleep(Duration::from_millis(1500));
     // SAFETY: plain kill(2) on our own child.
@@ -155,8 +217,17 @@ fn sigint_mid_run_stops_cleanly_and_keeps_the_log() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("interrupted"), "{stdout}");
-    let replay = reflex().args(["replay", log.to_str().unwrap()]).output().unwrap();
+    let replay = reflex()
+        .args(["replay", log.to_str().unwrap()])
+        .output()
+        .unwrap();
     let replayed = String::from_utf8_lossy(&replay.stdout);
-    assert!(replay.status.success() && replayed.contains("bit-identical"), "{replayed}");
-    assert!(!replayed.contains("ends early"), "the log was closed properly: {replayed}");
+    assert!(
+        replay.status.success() && replayed.contains("bit-identical"),
+        "{replayed}"
+    );
+    assert!(
+        !replayed.contains("ends early"),
+        "the log was closed properly: {replayed}"
+    );
 }

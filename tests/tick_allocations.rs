@@ -69,10 +69,21 @@ fn allocations_in_run(seconds: f64) -> (u64, u64) {
         // One long episode, so the task report is the same size in both runs.
         "drivers.sim_arm[0].episode_seconds=1000".to_string(),
     ];
-    let launch = Launch::from_file(&common::repo().join("launch/sim_arm.toml"), &overrides).unwrap();
+    let launch =
+        Launch::from_file(&common::repo().join("launch/sim_arm.toml"), &overrides).unwrap();
     let log = dir.join("run.log");
-    let assembled = assemble(&launch, &Assembly { simulated: true, log: Some(&log) }).unwrap();
-    let limits = RunLimits { duration: Some(Duration::from_secs_f64(seconds)), stop: &NEVER };
+    let assembled = assemble(
+        &launch,
+        &Assembly {
+            simulated: true,
+            log: Some(&log),
+        },
+    )
+    .unwrap();
+    let limits = RunLimits {
+        duration: Some(Duration::from_secs_f64(seconds)),
+        stop: &NEVER,
+    };
     let (summary, allocations) = counted(|| assembled.control.run(limits).unwrap());
     assembled.status.finish();
     (allocations, summary.stats.ticks)
@@ -82,9 +93,13 @@ fn allocations_in_run(seconds: f64) -> (u64, u64) {
 fn ticks_after_warm_up_allocate_nothing() {
     let (short, short_ticks) = allocations_in_run(6.0);
     let (long, long_ticks) = allocations_in_run(9.0);
-    assert!(long_ticks >= short_ticks + 290, "{short_ticks} vs {long_ticks} ticks");
+    assert!(
+        long_ticks >= short_ticks + 290,
+        "{short_ticks} vs {long_ticks} ticks"
+    );
     assert_eq!(
-        long, short,
+        long,
+        short,
         "{} extra ticks made {} extra allocations on the control thread",
         long_ticks - short_ticks,
         long as i64 - short as i64

@@ -15,7 +15,10 @@ pub fn from_launch(launch: &Launch) -> Vec<Box<dyn Driver>> {
     let c = &launch.config;
     let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
     for cfg in &c.drivers.sim_arm {
-        drivers.push(Box::new(sim_arm::SimArm::new(cfg.clone(), c.robot.joints.clone())));
+        drivers.push(Box::new(sim_arm::SimArm::new(
+            cfg.clone(),
+            c.robot.joints.clone(),
+        )));
     }
     for cfg in &c.drivers.zenoh_arm {
         drivers.push(Box::new(zenoh_arm::ZenohArm::new(cfg.clone())));

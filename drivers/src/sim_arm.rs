@@ -15,7 +15,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use reflex_runtime::clock::sleep_until;
 use reflex_runtime::driver::{
-    ArmPorts, CameraPort, Driver, DriverContext, DriverError, DriverPorts, EpisodeOutcome, TaskReport,
+    ArmPorts, CameraPort, Driver, DriverContext, DriverError, DriverPorts, EpisodeOutcome,
+    TaskReport,
 };
 use reflex_runtime::launch::{JointConfig, SimArmConfig};
 use reflex_runtime::mailbox::Mailbox;
@@ -110,7 +111,9 @@ impl SimWorld {
     fn draw_target(&mut self) -> [f64; 2] {
         let angle = self.rng.random_range(-TARGET_ANGLE..=TARGET_ANGLE);
         let reach = self.reach();
-        let radius = self.rng.random_range(TARGET_RADIUS.0 * reach..=TARGET_RADIUS.1 * reach);
+        let radius = self
+            .rng
+            .random_range(TARGET_RADIUS.0 * reach..=TARGET_RADIUS.1 * reach);
         [radius * angle.cos(), radius * angle.sin()]
     }
 
@@ -167,7 +170,8 @@ impl SimWorld {
     pub fn step(&mut self, dt: f64) {
         for j in 0..self.joints() {
             let joint = &self.joints[j];
-            let acceleration = self.stiffness * (self.command[j] - self.q[j]) - self.damping * self.qd[j];
+            let acceleration =
+                self.stiffness * (self.command[j] - self.q[j]) - self.damping * self.qd[j];
             self.qd[j] = (self.qd[j] + acceleration * dt).clamp(-joint.velocity, joint.velocity);
             self.q[j] += self.qd[j] * dt;
             let [lo, hi] = joint.position;
@@ -193,13 +197,19 @@ impl SimWorld {
             index: self.outcomes.len(),
             reached: final_error <= self.tolerance,
             final_error,
-            time_to_reach_s: self.reached_at_ns.map(|t| (t - self.episode_start_ns) as f64 / 1e9),
+            time_to_reach_s: self
+                .reached_at_ns
+                .map(|t| (t - self.episode_start_ns) as f64 / 1e9),
         });
     }
 
     /// Outcomes so far; an episode at least half done counts with its current error.
     pub fn report(&self) -> TaskReport {
-        let mut report = TaskReport { task: "reach".into(), tolerance: self.tolerance, episodes: self.outcomes.clone() };
+        let mut report = TaskReport {
+            task: "reach".into(),
+            tolerance: self.tolerance,
+            episodes: self.outcomes.clone(),
+        };
         if self.time_ns - self.episode_start_ns >= self.episode_ns / 2 {
             let mut partial = self.clone();
             partial.finish_episode();
@@ -231,7 +241,10 @@ impl SimWorld {
                 let x = ((px as f64 + 0.5) / w as f64 * 2.0 - 1.0) / scale;
                 let y = (1.0 - (py as f64 + 0.5) / h as f64 * 2.0) / scale;
                 let mut rgb = [40u8, 40, 40];
-                if points[..=self.joints()].windows(2).any(|s| segment_distance([x, y], s[0], s[1]) <= link_width) {
+                if points[..=self.joints()]
+                    .windows(2)
+                    .any(|s| segment_distance([x, y], s[0], s[1]) <= link_width)
+                {
                     rgb = [80, 150, 255];
                 }
                 if (x - effector[0]).hypot(y - effector[1]) <= EFFECTOR_DRAW_RADIUS {
@@ -259,7 +272,11 @@ impl SimWorld {
         let (upper, fore, tail) = if n == 2 {
             (self.links[0], self.links[1], 0.0)
         } else {
-            (self.links[..n - 2].iter().sum::<f64>(), self.links[n - 2], self.links[n - 1])
+            (
+                self.links[..n - 2].iter().sum::<f64>(),
+                self.links[n - 2],
+                self.links[n - 1],
+            )
         };
         let radius = self.target[0].hypot(self.target[1]) - tail;
         let cos_elbow = (radius * radius - upper * upper - fore * fore) / (2.0 * upper * fore);
@@ -303,7 +320,11 @@ impl SimWorld {
 fn segment_distance(p: [f64; 2], a: [f64; 2], b: [f64; 2]) -> f64 {
     let (abx, aby) = (b[0] - a[0], b[1] - a[1]);
     let length2 = abx * abx + aby * aby;
-    let t = if length2 > 0.0 { (((p[0] - a[0]) * abx + (p[1] - a[1]) * aby) / length2).clamp(0.0, 1.0) } else { 0.0 };
+    let t = if length2 > 0.0 {
+        (((p[0] - a[0]) * abx + (p[1] - a[1]) * aby) / length2).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     (p[0] - a[0] - t * abx).hypot(p[1] - a[1] - t * aby)
 }
 
@@ -370,7 +391,10 @@ impl SimArm {
     }
 
     fn failed(&self, message: impl Into<String>) -> DriverError {
-        DriverError::Failed { driver: self.cfg.name.clone(), message: message.into() }
+        DriverError::Failed {
+            driver: self.cfg.name.clone(),
+            message: message.into(),
+        }
     }
 }
 
@@ -381,7 +405,11 @@ impl Driver for SimArm {
 
     fn open(&mut self, ctx: &DriverContext) -> Result<DriverPorts, DriverError> {
         if ctx.joints != self.cfg.link_lengths.len() {
-            return Err(self.failed(format!("{} links for {} joints", self.cfg.link_lengths.len(), ctx.joints)));
+            return Err(self.failed(format!(
+                "{} links for {} joints",
+                self.cfg.link_lengths.len(),
+                ctx.joints
+            )));
         }
         self.simulated = ctx.simulated;
         let world = SimWorld::new(&self.cfg, &self.joints, ctx.seed);
@@ -391,11 +419,25 @@ impl Driver for SimArm {
         let camera = self.cfg.camera.as_ref().map(|c| {
             let frame = Image::black(c.width, c.height);
             let (writer, reader) = latest_slot(&frame);
-            ports.cameras.push(CameraPort { name: c.name.clone(), frames: reader, width: c.width, height: c.height });
+            ports.cameras.push(CameraPort {
+                name: c.name.clone(),
+                frames: reader,
+                width: c.width,
+                height: c.height,
+            });
             (writer, frame, (1e9 / c.fps.max(0.1)) as u64)
         });
-        ports.arm = Some(ArmPorts { state: state_reader, commands: commands.clone(), on_zenoh: false });
-        self.outputs = Some(Outputs { state: state_writer, camera, commands, scratch: JointState::empty(ctx.joints) });
+        ports.arm = Some(ArmPorts {
+            state: state_reader,
+            commands: commands.clone(),
+            on_zenoh: false,
+        });
+        self.outputs = Some(Outputs {
+            state: state_writer,
+            camera,
+            commands,
+            scratch: JointState::empty(ctx.joints),
+        });
         self.world = Some(Arc::new(Mutex::new(world)));
         Ok(ports)
     }
@@ -453,14 +495,21 @@ impl Driver for SimArm {
     fn stop(&mut self) -> Result<(), DriverError> {
         self.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
-            thread.join().map_err(|_| self.failed("physics thread panicked"))?;
+            thread
+                .join()
+                .map_err(|_| self.failed("physics thread panicked"))?;
         }
         Ok(())
     }
 
     fn task_report(&self) -> Option<TaskReport> {
         let world = self.world.as_ref()?;
-        Some(world.lock().unwrap_or_else(PoisonError::into_inner).report())
+        Some(
+            world
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .report(),
+        )
     }
 }
 
@@ -494,12 +543,18 @@ mod tests {
         let (cfg, joints) = config();
         for seed in 0..50 {
             let mut world = SimWorld::new(&cfg, &joints, seed);
-            let q = world.solve_target().expect("targets are drawn within reach");
+            let q = world
+                .solve_target()
+                .expect("targets are drawn within reach");
             for (j, value) in q.iter().enumerate() {
                 assert!(value.abs() < 2.8, "seed {seed} joint {j} = {value}");
             }
             world.set_positions(&q);
-            assert!(world.target_error() < 1e-9, "seed {seed}: {}", world.target_error());
+            assert!(
+                world.target_error() < 1e-9,
+                "seed {seed}: {}",
+                world.target_error()
+            );
         }
     }
 
@@ -529,7 +584,11 @@ mod tests {
                 world.step(0.001);
             }
         }
-        assert!(world.target_error() < 0.05, "error {}", world.target_error());
+        assert!(
+            world.target_error() < 0.05,
+            "error {}",
+            world.target_error()
+        );
     }
 
     #[test]
@@ -545,7 +604,10 @@ mod tests {
         let py = ((1.0 - ty * scale) / 2.0 * 96.0) as usize;
         let i = (py * 96 + px) * 3;
         assert_eq!(&image.rgb[i..i + 3], &[255, 40, 40]);
-        assert!(image.rgb.chunks(3).any(|p| p == [40, 220, 40]), "effector drawn");
+        assert!(
+            image.rgb.chunks(3).any(|p| p == [40, 220, 40]),
+            "effector drawn"
+        );
     }
 
     #[test]

@@ -43,11 +43,17 @@ impl ZenohArm {
     }
 
     fn failed(&self, message: impl Into<String>) -> DriverError {
-        DriverError::Failed { driver: self.cfg.name.clone(), message: message.into() }
+        DriverError::Failed {
+            driver: self.cfg.name.clone(),
+            message: message.into(),
+        }
     }
 
     fn zenoh(&self, source: zenoh::Error) -> DriverError {
-        DriverError::Zenoh { driver: self.cfg.name.clone(), source }
+        DriverError::Zenoh {
+            driver: self.cfg.name.clone(),
+            source,
+        }
     }
 }
 
@@ -57,25 +63,43 @@ impl Driver for ZenohArm {
     }
 
     fn open(&mut self, ctx: &DriverContext) -> Result<DriverPorts, DriverError> {
-        let session =
-            ctx.zenoh.clone().ok_or_else(|| self.failed("needs the zenoh bus (zenoh.enabled = true)"))?;
+        let session = ctx
+            .zenoh
+            .clone()
+            .ok_or_else(|| self.failed("needs the zenoh bus (zenoh.enabled = true)"))?;
         let key = |leaf: &str| format!("{}/{}/{leaf}", ctx.key_prefix, ctx.robot);
-        self.command_key = self.cfg.command_key.clone().unwrap_or_else(|| key("joint_commands"));
-        let state_key = self.cfg.state_key.clone().unwrap_or_else(|| key("joint_states"));
+        self.command_key = self
+            .cfg
+            .command_key
+            .clone()
+            .unwrap_or_else(|| key("joint_commands"));
+        let state_key = self
+            .cfg
+            .state_key
+            .clone()
+            .unwrap_or_else(|| key("joint_states"));
         let (writer, reader) = latest_slot(&JointState::empty(ctx.joints));
         let writer = Mutex::new(writer);
         let joints = ctx.joints;
         let driver = self.cfg.name.clone();
         let subscriber = session
             .declare_subscriber(state_key.clone())
-            .callback(move |sample| match wire::decode_state(&sample.payload().to_bytes()) {
-                Ok(mut state) if state.joints == joints => {
-                    state.stamp_ns = monotonic_ns();
-                    writer.lock().unwrap_or_else(PoisonError::into_inner).publish_with(|slot| *slot = state);
-                }
-                Ok(state) => tracing::warn!("{driver}: state with {} joints, expected {joints}", state.joints),
-                Err(e) => tracing::warn!("{driver}: undecodable joint state: {e}"),
-            })
+            .callback(
+                move |sample| match wire::decode_state(&sample.payload().to_bytes()) {
+                    Ok(mut state) if state.joints == joints => {
+                        state.stamp_ns = monotonic_ns();
+                        writer
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .publish_with(|slot| *slot = state);
+                    }
+                    Ok(state) => tracing::warn!(
+                        "{driver}: state with {} joints, expected {joints}",
+                        state.joints
+                    ),
+                    Err(e) => tracing::warn!("{driver}: undecodable joint state: {e}"),
+                },
+            )
             .wait()
             .map_err(|e| self.zenoh(e))?;
         let commands = Mailbox::new(64);
@@ -83,7 +107,11 @@ impl Driver for ZenohArm {
         self.commands = Some(commands.clone());
         self.session = Some(session);
         Ok(DriverPorts {
-            arm: Some(ArmPorts { state: reader, commands, on_zenoh: true }),
+            arm: Some(ArmPorts {
+                state: reader,
+                commands,
+                on_zenoh: true,
+            }),
             cameras: Vec::new(),
         })
     }
@@ -92,7 +120,10 @@ impl Driver for ZenohArm {
         let (Some(session), Some(commands)) = (self.session.clone(), self.commands.clone()) else {
             return Err(self.failed("start before open"));
         };
-        let publisher = session.declare_publisher(self.command_key.clone()).wait().map_err(|e| self.zenoh(e))?;
+        let publisher = session
+            .declare_publisher(self.command_key.clone())
+            .wait()
+            .map_err(|e| self.zenoh(e))?;
         let stop = self.stop.clone();
         let name = self.cfg.name.clone();
         let thread = std::thread::Builder::new()
@@ -100,7 +131,9 @@ impl Driver for ZenohArm {
             .spawn(move || {
                 let mut buf = Vec::with_capacity(512);
                 while !stop.load(Ordering::Acquire) || !commands.is_empty() {
-                    let Some(cmd) = commands.recv_timeout(Duration::from_millis(20)) else { continue };
+                    let Some(cmd) = commands.recv_timeout(Duration::from_millis(20)) else {
+                        continue;
+                    };
                     wire::encode_command(&cmd, wire::unix_ns(), &mut buf);
                     if let Err(e) = publisher.put(buf.clone()).wait() {
                         tracing::warn!("{name}: publishing command failed: {e}");
@@ -116,7 +149,9 @@ impl Driver for ZenohArm {
         self.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
             thread.thread().unpark();
-            thread.join().map_err(|_| self.failed("publisher thread panicked"))?;
+            thread
+                .join()
+                .map_err(|_| self.failed("publisher thread panicked"))?;
         }
         if let Some(subscriber) = self.subscriber.take() {
             let _ = subscriber.undeclare().wait();

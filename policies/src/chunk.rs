@@ -37,7 +37,12 @@ pub enum PolicyLoadError {
         expected.join("\n"),
         found.join("\n")
     )]
-    Signature { model: PathBuf, problems: Vec<String>, expected: Vec<String>, found: Vec<String> },
+    Signature {
+        model: PathBuf,
+        problems: Vec<String>,
+        expected: Vec<String>,
+        found: Vec<String>,
+    },
     #[error("warm-up inference failed: {0}")]
     WarmUp(String),
 }
@@ -59,10 +64,16 @@ impl std::fmt::Display for Port {
 
 fn port(name: &str, dtype: &ValueType) -> Port {
     match dtype {
-        ValueType::Tensor { ty, shape, .. } => {
-            Port { name: name.to_string(), dtype: element_name(*ty), shape: shape.iter().copied().collect() }
-        }
-        other => Port { name: name.to_string(), dtype: other.to_string(), shape: Vec::new() },
+        ValueType::Tensor { ty, shape, .. } => Port {
+            name: name.to_string(),
+            dtype: element_name(*ty),
+            shape: shape.iter().copied().collect(),
+        },
+        other => Port {
+            name: name.to_string(),
+            dtype: other.to_string(),
+            shape: Vec::new(),
+        },
     }
 }
 
@@ -83,7 +94,19 @@ fn dtype_name(dtype: TensorDtype) -> &'static str {
 
 /// True when a model dimension list accepts `wanted` (model -1 accepts anything).
 fn shape_matches(model: &[i64], wanted: &[i64]) -> bool {
-    model.len() == wanted.len() && model.iter().zip(wanted).all(|(m, w)| *m < 0 || *w < 0 || m == w)
+    model.len() == wanted.len()
+        && model
+            .iter()
+            .zip(wanted)
+            .all(|(m, w)| *m < 0 || *w < 0 || m == w)
+}
+
+/// What differs between a model and the launch file, with both sides listed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignatureMismatch {
+    pub problems: Vec<String>,
+    pub expected: Vec<String>,
+    pub found: Vec<String>,
 }
 
 /// Compares the model's ports with what the launch file maps; returns the problems.
@@ -92,15 +115,25 @@ pub fn check_signature(
     joints: usize,
     inputs: &[Port],
     outputs: &[Port],
-) -> Result<(), (Vec<String>, Vec<String>, Vec<String>)> {
+) -> Result<(), SignatureMismatch> {
     let mut problems = Vec::new();
     let mut expected: Vec<String> = cfg
         .inputs
         .iter()
-        .map(|i| Port { name: i.name.clone(), dtype: dtype_name(i.dtype).into(), shape: i.shape.clone() }.to_string())
+        .map(|i| {
+            Port {
+                name: i.name.clone(),
+                dtype: dtype_name(i.dtype).into(),
+                shape: i.shape.clone(),
+            }
+            .to_string()
+        })
         .collect();
     let wanted_actions = vec![1, cfg.actions.horizon as i64, joints as i64];
-    expected.push(format!("    {} (output): float32 {wanted_actions:?}", cfg.actions.output));
+    expected.push(format!(
+        "    {} (output): float32 {wanted_actions:?}",
+        cfg.actions.output
+    ));
     for input in &cfg.inputs {
         match inputs.iter().find(|p| p.name == input.name) {
             None => problems.push(format!("input `{}` is not in the model", input.name)),
@@ -119,14 +152,21 @@ pub fn check_signature(
     }
     for p in inputs {
         if !cfg.inputs.iter().any(|i| i.name == p.name) {
-            problems.push(format!("model input `{}` is not mapped by any [[policy.chunk.inputs]]", p.name));
+            problems.push(format!(
+                "model input `{}` is not mapped by any [[policy.chunk.inputs]]",
+                p.name
+            ));
         }
     }
     match outputs.iter().find(|p| p.name == cfg.actions.output) {
-        None => problems.push(format!("output `{}` is not in the model", cfg.actions.output)),
-        Some(p) if p.dtype != "float32" => {
-            problems.push(format!("output `{}` is {}, expected float32", p.name, p.dtype))
-        }
+        None => problems.push(format!(
+            "output `{}` is not in the model",
+            cfg.actions.output
+        )),
+        Some(p) if p.dtype != "float32" => problems.push(format!(
+            "output `{}` is {}, expected float32",
+            p.name, p.dtype
+        )),
         Some(p) if !shape_matches(&p.shape, &wanted_actions) => problems.push(format!(
             "output `{}` has shape {:?}, expected [1, horizon = {}, joints = {joints}]",
             p.name, p.shape, cfg.actions.horizon
@@ -138,14 +178,26 @@ pub fn check_signature(
     }
     let mut found: Vec<String> = inputs.iter().map(Port::to_string).collect();
     found.extend(outputs.iter().map(|p| format!("{p} (output)")));
-    Err((problems, expected, found))
+    Err(SignatureMismatch {
+        problems,
+        expected,
+        found,
+    })
 }
 
 /// Loads a model's declared inputs and outputs.
 pub fn model_ports(session: &Session) -> (Vec<Port>, Vec<Port>) {
     (
-        session.inputs().iter().map(|o| port(o.name(), o.dtype())).collect(),
-        session.outputs().iter().map(|o| port(o.name(), o.dtype())).collect(),
+        session
+            .inputs()
+            .iter()
+            .map(|o| port(o.name(), o.dtype()))
+            .collect(),
+        session
+            .outputs()
+            .iter()
+            .map(|o| port(o.name(), o.dtype()))
+            .collect(),
     )
 }
 
@@ -166,15 +218,30 @@ impl ChunkPolicy {
     pub fn load(launch: &Launch) -> Result<Self, PolicyLoadError> {
         let cfg = launch.chunk_policy();
         let joints = launch.config.robot.joints.len();
-        let library = launch.config.onnxruntime.library.as_ref().map(|p| launch.resolve(p));
+        let library = launch
+            .config
+            .onnxruntime
+            .library
+            .as_ref()
+            .map(|p| launch.resolve(p));
         let (env, library_path) = crate::onnxruntime::environment(library.as_deref())?;
         let model_path = launch.resolve(&cfg.model);
         let session = open_session(&env, &model_path, cfg.intra_threads)?;
         let (inputs, outputs) = model_ports(&session);
-        check_signature(cfg, joints, &inputs, &outputs).map_err(|(problems, expected, found)| {
-            PolicyLoadError::Signature { model: model_path.clone(), problems, expected, found }
-        })?;
-        let mapper = InputMapper::new(&cfg.inputs, &launch.camera_names()).map_err(PolicyLoadError::WarmUp)?;
+        check_signature(cfg, joints, &inputs, &outputs).map_err(
+            |SignatureMismatch {
+                 problems,
+                 expected,
+                 found,
+             }| PolicyLoadError::Signature {
+                model: model_path.clone(),
+                problems,
+                expected,
+                found,
+            },
+        )?;
+        let mapper = InputMapper::new(&cfg.inputs, &launch.camera_names())
+            .map_err(PolicyLoadError::WarmUp)?;
         let mut policy = Self {
             session,
             mapper,
@@ -208,7 +275,8 @@ impl ChunkPolicy {
         let mut chunk = ActionChunk::zeros(self.horizon, self.joints);
         let started = Instant::now();
         for _ in 0..3 {
-            self.infer(&obs, &mut chunk).map_err(|e| PolicyLoadError::WarmUp(e.to_string()))?;
+            self.infer(&obs, &mut chunk)
+                .map_err(|e| PolicyLoadError::WarmUp(e.to_string()))?;
         }
         self.warm_up_ms = started.elapsed().as_secs_f64() * 1e3 / 3.0;
         Ok(())
@@ -221,7 +289,10 @@ pub fn open_session(
     path: &Path,
     intra_threads: usize,
 ) -> Result<Session, PolicyLoadError> {
-    let fail = |message: String| PolicyLoadError::Model { path: path.to_path_buf(), message };
+    let fail = |message: String| PolicyLoadError::Model {
+        path: path.to_path_buf(),
+        message,
+    };
     Session::builder(env)
         .map_err(|e| fail(e.to_string()))?
         .with_optimization_level(GraphOptimizationLevel::All)
@@ -247,17 +318,28 @@ impl Policy for ChunkPolicy {
         for input in &self.mapper.inputs {
             let shape = input.shape.clone();
             let value: ort::session::SessionInputValue<'_> = match input.dtype {
-                TensorDtype::Float32 => TensorRef::from_array_view((shape, input.values.as_slice()))?.into(),
-                TensorDtype::Uint8 => TensorRef::from_array_view((shape, input.bytes.as_slice()))?.into(),
+                TensorDtype::Float32 => {
+                    TensorRef::from_array_view((shape, input.values.as_slice()))?.into()
+                }
+                TensorDtype::Uint8 => {
+                    TensorRef::from_array_view((shape, input.bytes.as_slice()))?.into()
+                }
             };
             inputs.push((std::borrow::Cow::from(input.name.as_str()), value));
         }
         let outputs = self.session.run(inputs)?;
-        let actions = outputs.get(&self.output).ok_or_else(|| format!("model produced no `{}` output", self.output))?;
+        let actions = outputs
+            .get(&self.output)
+            .ok_or_else(|| format!("model produced no `{}` output", self.output))?;
         let (_, values) = actions.try_extract_tensor::<f32>()?;
         let expected = self.horizon * self.joints;
         if values.len() != expected {
-            return Err(format!("`{}` has {} values, expected {expected}", self.output, values.len()).into());
+            return Err(format!(
+                "`{}` has {} values, expected {expected}",
+                self.output,
+                values.len()
+            )
+            .into());
         }
         for (i, (dst, src)) in out.actions.iter_mut().zip(values).enumerate() {
             *dst = match &self.unnormalize {
@@ -276,7 +358,11 @@ mod tests {
     use super::*;
 
     fn p(name: &str, dtype: &str, shape: &[i64]) -> Port {
-        Port { name: name.into(), dtype: dtype.into(), shape: shape.to_vec() }
+        Port {
+            name: name.into(),
+            dtype: dtype.into(),
+            shape: shape.to_vec(),
+        }
     }
 
     fn config() -> ChunkPolicyConfig {
@@ -286,21 +372,34 @@ mod tests {
 
     #[test]
     fn matching_signature_passes_and_dynamic_batch_is_accepted() {
-        let inputs = [p("image", "float32", &[-1, 3, 32, 32]), p("state", "float32", &[-1, 3])];
+        let inputs = [
+            p("image", "float32", &[-1, 3, 32, 32]),
+            p("state", "float32", &[-1, 3]),
+        ];
         let outputs = [p("actions", "float32", &[-1, 10, 3])];
         assert!(check_signature(&config(), 3, &inputs, &outputs).is_ok());
     }
 
     #[test]
     fn mismatches_list_expected_and_found() {
-        let inputs = [p("image", "float32", &[1, 3, 64, 64]), p("joint_state", "float32", &[1, 3])];
+        let inputs = [
+            p("image", "float32", &[1, 3, 64, 64]),
+            p("joint_state", "float32", &[1, 3]),
+        ];
         let outputs = [p("actions", "float32", &[1, 10, 4])];
-        let (problems, expected, found) = check_signature(&config(), 3, &inputs, &outputs).unwrap_err();
+        let SignatureMismatch {
+            problems,
+            expected,
+            found,
+        } = check_signature(&config(), 3, &inputs, &outputs).unwrap_err();
         let all = problems.join("\n");
         assert!(all.contains("input `state` is not in the model"), "{all}");
         assert!(all.contains("`joint_state` is not mapped"), "{all}");
         assert!(all.contains("shape [1, 3, 64, 64]"), "{all}");
-        assert!(all.contains("output `actions` has shape [1, 10, 4]"), "{all}");
+        assert!(
+            all.contains("output `actions` has shape [1, 10, 4]"),
+            "{all}"
+        );
         assert!(expected.iter().any(|e| e.contains("state: float32 [1, 3]")));
         assert!(found.iter().any(|f| f.contains("joint_state")));
     }

@@ -41,7 +41,11 @@ pub fn candidates(configured: Option<&Path>) -> Vec<PathBuf> {
             .map(|python| python.path().join("site-packages/onnxruntime/capi"))
             .filter_map(|capi| std::fs::read_dir(capi).ok())
             .flat_map(|files| files.flatten().map(|f| f.path()))
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+            })
             .collect();
         found.sort();
         if found.is_empty() {
@@ -55,7 +59,15 @@ pub fn candidates(configured: Option<&Path>) -> Vec<PathBuf> {
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
         .collect();
-    system.extend(["/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"].map(PathBuf::from));
+    system.extend(
+        [
+            "/usr/local/lib",
+            "/usr/lib",
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib/aarch64-linux-gnu",
+        ]
+        .map(PathBuf::from),
+    );
     out.extend(system.into_iter().map(|dir| dir.join("libonnxruntime.so")));
     out
 }
@@ -70,10 +82,13 @@ pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, PolicyLoadErro
         .ok_or(PolicyLoadError::LibraryNotFound { searched })
 }
 
-static ENVIRONMENT: OnceLock<Result<(ort::environment::Environment, PathBuf), String>> = OnceLock::new();
+static ENVIRONMENT: OnceLock<Result<(ort::environment::Environment, PathBuf), String>> =
+    OnceLock::new();
 
 /// Loads ONNX Runtime once per process; later calls return the same environment.
-pub fn environment(configured: Option<&Path>) -> Result<(ort::environment::Environment, PathBuf), PolicyLoadError> {
+pub fn environment(
+    configured: Option<&Path>,
+) -> Result<(ort::environment::Environment, PathBuf), PolicyLoadError> {
     let path = find_library(configured)?;
     let loaded = ENVIRONMENT.get_or_init(|| {
         let env = ort::init_from(&path)
@@ -85,7 +100,10 @@ pub fn environment(configured: Option<&Path>) -> Result<(ort::environment::Envir
     });
     match loaded {
         Ok((env, loaded_from)) => Ok((env.clone(), loaded_from.clone())),
-        Err(message) => Err(PolicyLoadError::LibraryLoad { path, message: message.clone() }),
+        Err(message) => Err(PolicyLoadError::LibraryLoad {
+            path,
+            message: message.clone(),
+        }),
     }
 }
 

@@ -4,7 +4,8 @@
 //! joint vectors. Buffers are sized once; filling them does not allocate.
 
 use reflex_runtime::launch::{
-    ImageLayout, ImagePreprocess, InputConfig, Normalization, ObservationSource, PixelRange, TensorDtype,
+    ImageLayout, ImagePreprocess, InputConfig, Normalization, ObservationSource, PixelRange,
+    TensorDtype,
 };
 use reflex_runtime::types::{Image, Observation};
 
@@ -41,11 +42,18 @@ impl InputMapper {
                     ObservationSource::JointPositions => Source::Positions,
                     ObservationSource::JointVelocities => Source::Velocities,
                     ObservationSource::Camera(name) => Source::Camera(
-                        cameras.iter().position(|n| n == name).ok_or_else(|| format!("no camera `{name}`"))?,
+                        cameras
+                            .iter()
+                            .position(|n| n == name)
+                            .ok_or_else(|| format!("no camera `{name}`"))?,
                     ),
                 };
                 // Dynamic dimensions (-1) are a batch of one here.
-                let shape: Vec<usize> = c.shape.iter().map(|&d| if d < 0 { 1 } else { d as usize }).collect();
+                let shape: Vec<usize> = c
+                    .shape
+                    .iter()
+                    .map(|&d| if d < 0 { 1 } else { d as usize })
+                    .collect();
                 let len = shape.iter().product();
                 let (values, bytes) = match c.dtype {
                     TensorDtype::Float32 => (vec![0.0; len], Vec::new()),
@@ -85,8 +93,12 @@ impl InputMapper {
                     let Some(pre) = &input.image else { continue };
                     let image = &obs.images[index];
                     match input.dtype {
-                        TensorDtype::Float32 => resize_into(image, pre, &mut input.values, |v| map_range(v, pre.range)),
-                        TensorDtype::Uint8 => resize_into(image, pre, &mut input.bytes, |v| v.round() as u8),
+                        TensorDtype::Float32 => {
+                            resize_into(image, pre, &mut input.values, |v| map_range(v, pre.range))
+                        }
+                        TensorDtype::Uint8 => {
+                            resize_into(image, pre, &mut input.bytes, |v| v.round() as u8)
+                        }
                     }
                 }
             }
@@ -104,7 +116,12 @@ fn map_range(v: f32, range: PixelRange) -> f32 {
 
 /// Resizes `image` to `pre.resize` and writes it in `pre.layout`, mapping each
 /// resampled channel value (0..=255 as f32) through `convert`.
-pub fn resize_into<T>(image: &Image, pre: &ImagePreprocess, out: &mut [T], convert: impl Fn(f32) -> T) {
+pub fn resize_into<T>(
+    image: &Image,
+    pre: &ImagePreprocess,
+    out: &mut [T],
+    convert: impl Fn(f32) -> T,
+) {
     let [oh, ow] = pre.resize;
     let (ih, iw) = (image.height, image.width);
     let pixel = |x: usize, y: usize, c: usize| f32::from(image.rgb[(y * iw + x) * 3 + c]);
@@ -122,8 +139,10 @@ pub fn resize_into<T>(image: &Image, pre: &ImagePreprocess, out: &mut [T], conve
                     }
                     sum / (fx * fy) as f32
                 } else {
-                    let sy = ((y as f32 + 0.5) * ih as f32 / oh as f32 - 0.5).clamp(0.0, (ih - 1) as f32);
-                    let sx = ((x as f32 + 0.5) * iw as f32 / ow as f32 - 0.5).clamp(0.0, (iw - 1) as f32);
+                    let sy = ((y as f32 + 0.5) * ih as f32 / oh as f32 - 0.5)
+                        .clamp(0.0, (ih - 1) as f32);
+                    let sx = ((x as f32 + 0.5) * iw as f32 / ow as f32 - 0.5)
+                        .clamp(0.0, (iw - 1) as f32);
                     let (y0, x0) = (sy.floor() as usize, sx.floor() as usize);
                     let (y1, x1) = ((y0 + 1).min(ih - 1), (x0 + 1).min(iw - 1));
                     let (wy, wx) = (sy - y0 as f32, sx - x0 as f32);
@@ -158,7 +177,11 @@ mod tests {
     }
 
     fn pre(h: usize, w: usize, layout: ImageLayout) -> ImagePreprocess {
-        ImagePreprocess { resize: [h, w], layout, range: PixelRange::ZeroOne }
+        ImagePreprocess {
+            resize: [h, w],
+            layout,
+            range: PixelRange::ZeroOne,
+        }
     }
 
     #[test]
@@ -179,14 +202,19 @@ mod tests {
         let img = image(3, 1, |x, _, _| [0, 100, 200][x]);
         let mut out = vec![0.0f32; 3 * 2];
         resize_into(&img, &pre(1, 2, ImageLayout::Nhwc), &mut out, |v| v);
-        assert!((out[0] - 25.0).abs() < 1e-4 && (out[3] - 175.0).abs() < 1e-4, "{out:?}");
+        assert!(
+            (out[0] - 25.0).abs() < 1e-4 && (out[3] - 175.0).abs() < 1e-4,
+            "{out:?}"
+        );
     }
 
     #[test]
     fn channel_layouts_and_ranges() {
         let img = image(2, 2, |_, _, c| [255, 0, 51][c]);
         let mut nchw = vec![0.0f32; 12];
-        resize_into(&img, &pre(2, 2, ImageLayout::Nchw), &mut nchw, |v| map_range(v, PixelRange::MinusOneOne));
+        resize_into(&img, &pre(2, 2, ImageLayout::Nchw), &mut nchw, |v| {
+            map_range(v, PixelRange::MinusOneOne)
+        });
         assert_eq!(&nchw[..4], &[1.0; 4]);
         assert_eq!(&nchw[4..8], &[-1.0; 4]);
         assert!((map_range(51.0, PixelRange::ZeroOne) - 0.2).abs() < 1e-6);

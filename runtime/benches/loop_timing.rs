@@ -38,7 +38,11 @@ fn measure(wakes: &[Instant], period: Duration) -> Measured {
     }
     let expected = period.as_secs_f64() * (wakes.len() - 1) as f64;
     let actual = (wakes[wakes.len() - 1] - wakes[0]).as_secs_f64();
-    Measured { jitter: dist.percentiles(), samples, drift_ms: (actual - expected) * 1e3 }
+    Measured {
+        jitter: dist.percentiles(),
+        samples,
+        drift_ms: (actual - expected) * 1e3,
+    }
 }
 
 fn reflex_loop(period: Duration, n: usize) -> Vec<Instant> {
@@ -66,7 +70,9 @@ fn svg(results: &[(String, Measured)]) -> String {
     // One histogram row per loop, log-spaced bins from 0.1 µs to 10 ms.
     let bins = 40;
     let (w, row_h) = (800.0, 120.0);
-    let bin_of = |us: f64| ((us.max(0.1).log10() + 1.0) / 5.0 * bins as f64).clamp(0.0, bins as f64 - 1.0) as usize;
+    let bin_of = |us: f64| {
+        ((us.max(0.1).log10() + 1.0) / 5.0 * bins as f64).clamp(0.0, bins as f64 - 1.0) as usize
+    };
     let mut out = format!(
         "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{}' font-family='sans-serif' font-size='12'>",
         row_h * results.len() as f64 + 30.0
@@ -78,7 +84,11 @@ fn svg(results: &[(String, Measured)]) -> String {
         }
         let max = *counts.iter().max().unwrap_or(&1) as f64;
         let y0 = row as f64 * row_h + 20.0;
-        let _ = write!(out, "<text x='5' y='{}'>{name}: p50 {:.1} us, p99 {:.1} us</text>", y0, m.jitter.p50_us, m.jitter.p99_us);
+        let _ = write!(
+            out,
+            "<text x='5' y='{}'>{name}: p50 {:.1} us, p99 {:.1} us</text>",
+            y0, m.jitter.p50_us, m.jitter.p99_us
+        );
         for (i, c) in counts.iter().enumerate() {
             let h = (*c as f64 / max) * (row_h - 35.0);
             let x = 5.0 + i as f64 * (w - 10.0) / bins as f64;
@@ -90,7 +100,11 @@ fn svg(results: &[(String, Measured)]) -> String {
             );
         }
     }
-    let _ = write!(out, "<text x='5' y='{}'>period jitter, log scale: 0.1 us .. 10 ms</text></svg>", row_h * results.len() as f64 + 20.0);
+    let _ = write!(
+        out,
+        "<text x='5' y='{}'>period jitter, log scale: 0.1 us .. 10 ms</text></svg>",
+        row_h * results.len() as f64 + 20.0
+    );
     out
 }
 
@@ -105,7 +119,10 @@ fn main() {
     for hz in [500.0, 1000.0] {
         let period = Duration::from_secs_f64(1.0 / hz);
         let n = (seconds * hz) as usize;
-        for (name, wakes) in [("reflex WallClock", reflex_loop(period, n)), ("naive sleep(period)", naive_loop(period, n))] {
+        for (name, wakes) in [
+            ("reflex WallClock", reflex_loop(period, n)),
+            ("naive sleep(period)", naive_loop(period, n)),
+        ] {
             let m = measure(&wakes, period);
             let _ = writeln!(
                 table,

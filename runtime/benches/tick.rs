@@ -16,7 +16,12 @@ use reflex_runtime::types::{ActionChunk, JointState};
 fn params(joints: usize) -> TickParams {
     TickParams {
         joints: (0..joints)
-            .map(|j| JointConfig { name: format!("j{j}"), position: [-2.8, 2.8], velocity: 1.5, acceleration: 8.0 })
+            .map(|j| JointConfig {
+                name: format!("j{j}"),
+                position: [-2.8, 2.8],
+                velocity: 1.5,
+                acceleration: 8.0,
+            })
             .collect(),
         rate_hz: 1000.0,
         max_state_age_ms: 50.0,
@@ -52,7 +57,7 @@ fn bench_tick(c: &mut Criterion) {
         c.bench_function(&format!("tick_core_step/{joints}_joints"), |b| {
             b.iter(|| {
                 tick += 1;
-                if tick % 1000 == 0 {
+                if tick.is_multiple_of(1000) {
                     core.apply_chunk(&chunk(tick, joints), tick).unwrap();
                 }
                 state.stamp_ns = tick * 1_000_000;
@@ -62,7 +67,7 @@ fn bench_tick(c: &mut Criterion) {
         c.bench_function(&format!("tick_without_inference/{joints}_joints"), |b| {
             b.iter(|| {
                 tick += 1;
-                if tick % 1000 == 0 {
+                if tick.is_multiple_of(1000) {
                     core.apply_chunk(&chunk(tick, joints), tick).unwrap();
                 }
                 // The driver thread's side, so the slot always has news.
@@ -73,7 +78,13 @@ fn bench_tick(c: &mut Criterion) {
                 let (command, flags) = core.step(tick, tick * 1_000_000, &now);
                 arm.send(command);
                 bus.send(command);
-                let _ = log.push(LogEvent::Tick(TickRecord { tick, now_ns: 0, state: now, command, flags }));
+                let _ = log.push(LogEvent::Tick(TickRecord {
+                    tick,
+                    now_ns: 0,
+                    state: now,
+                    command,
+                    flags,
+                }));
                 // The consumers' side, so the queues never fill.
                 black_box(arm.try_recv());
                 black_box(bus.try_recv());

@@ -24,7 +24,9 @@ use crate::wire;
 pub enum BusError {
     #[error("zenoh config: {0}")]
     Config(String),
-    #[error("cannot open the zenoh session (is another process listening on {listen:?}?): {source}")]
+    #[error(
+        "cannot open the zenoh session (is another process listening on {listen:?}?): {source}"
+    )]
     Open {
         listen: Vec<String>,
         #[source]
@@ -39,7 +41,8 @@ pub enum BusError {
 /// Builds the zenoh config from the launch file (a config file first, if given).
 pub fn zenoh_config(cfg: &ZenohConfig, base_dir: &Path) -> Result<zenoh::Config, BusError> {
     let mut config = match &cfg.config_file {
-        Some(file) => zenoh::Config::from_file(base_dir.join(file)).map_err(|e| BusError::Config(e.to_string()))?,
+        Some(file) => zenoh::Config::from_file(base_dir.join(file))
+            .map_err(|e| BusError::Config(e.to_string()))?,
         None => zenoh::Config::default(),
     };
     let mode = match cfg.mode {
@@ -54,7 +57,9 @@ pub fn zenoh_config(cfg: &ZenohConfig, base_dir: &Path) -> Result<zenoh::Config,
         ("scouting/multicast/enabled", json(&cfg.multicast_scouting)),
     ];
     for (key, value) in settings {
-        config.insert_json5(key, &value).map_err(|e| BusError::Config(format!("{key} = {value}: {e}")))?;
+        config
+            .insert_json5(key, &value)
+            .map_err(|e| BusError::Config(format!("{key} = {value}: {e}")))?;
     }
     Ok(config)
 }
@@ -72,9 +77,17 @@ pub struct Bus {
 impl Bus {
     pub fn open(cfg: &ZenohConfig, base_dir: &Path, robot: &str) -> Result<Self, BusError> {
         let config = zenoh_config(cfg, base_dir)?;
-        let session =
-            zenoh::open(config).wait().map_err(|source| BusError::Open { listen: cfg.listen.clone(), source })?;
-        Ok(Self { session, prefix: cfg.key_prefix.clone(), robot: robot.to_string() })
+        let session = zenoh::open(config)
+            .wait()
+            .map_err(|source| BusError::Open {
+                listen: cfg.listen.clone(),
+                source,
+            })?;
+        Ok(Self {
+            session,
+            prefix: cfg.key_prefix.clone(),
+            robot: robot.to_string(),
+        })
     }
 
     pub fn session(&self) -> zenoh::Session {
@@ -90,46 +103,63 @@ impl Bus {
     pub fn spawn_mirror(&self) -> Result<Mirror, BusError> {
         let commands: Arc<Mailbox<JointCommand>> = Mailbox::new(1024);
         let states: Arc<Mailbox<JointState>> = Mailbox::new(1024);
-        let command_pub = self.session.declare_publisher(self.key("joint_commands")).wait()?;
-        let state_pub = self.session.declare_publisher(self.key("joint_states")).wait()?;
+        let command_pub = self
+            .session
+            .declare_publisher(self.key("joint_commands"))
+            .wait()?;
+        let state_pub = self
+            .session
+            .declare_publisher(self.key("joint_states"))
+            .wait()?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (commands, states, stop) = (commands.clone(), states.clone(), stop.clone());
-            std::thread::Builder::new().name("reflex-bus".into()).spawn(move || {
-                let mut buf = Vec::with_capacity(1024);
-                loop {
-                    let stopping = stop.load(Ordering::Acquire);
-                    while let Some(state) = states.try_recv() {
-                        wire::encode_state(&state, wire::unix_ns(), &mut buf);
-                        if let Err(e) = state_pub.put(buf.clone()).wait() {
-                            tracing::warn!("publishing joint state failed: {e}");
+            std::thread::Builder::new()
+                .name("reflex-bus".into())
+                .spawn(move || {
+                    let mut buf = Vec::with_capacity(1024);
+                    loop {
+                        let stopping = stop.load(Ordering::Acquire);
+                        while let Some(state) = states.try_recv() {
+                            wire::encode_state(&state, wire::unix_ns(), &mut buf);
+                            if let Err(e) = state_pub.put(buf.clone()).wait() {
+                                tracing::warn!("publishing joint state failed: {e}");
+                            }
+                        }
+                        while let Some(cmd) = commands.try_recv() {
+                            wire::encode_command(&cmd, wire::unix_ns(), &mut buf);
+                            if let Err(e) = command_pub.put(buf.clone()).wait() {
+                                tracing::warn!("publishing joint command failed: {e}");
+                            }
+                        }
+                        if stopping {
+                            break;
+                        }
+                        // Woken by the tick's send; the timeout only bounds shutdown.
+                        if let Some(cmd) = commands.recv_timeout(Duration::from_millis(20)) {
+                            wire::encode_command(&cmd, wire::unix_ns(), &mut buf);
+                            if let Err(e) = command_pub.put(buf.clone()).wait() {
+                                tracing::warn!("publishing joint command failed: {e}");
+                            }
                         }
                     }
-                    while let Some(cmd) = commands.try_recv() {
-                        wire::encode_command(&cmd, wire::unix_ns(), &mut buf);
-                        if let Err(e) = command_pub.put(buf.clone()).wait() {
-                            tracing::warn!("publishing joint command failed: {e}");
-                        }
-                    }
-                    if stopping {
-                        break;
-                    }
-                    // Woken by the tick's send; the timeout only bounds shutdown.
-                    if let Some(cmd) = commands.recv_timeout(Duration::from_millis(20)) {
-                        wire::encode_command(&cmd, wire::unix_ns(), &mut buf);
-                        if let Err(e) = command_pub.put(buf.clone()).wait() {
-                            tracing::warn!("publishing joint command failed: {e}");
-                        }
-                    }
-                }
-            })?
+                })?
         };
-        Ok(Mirror { commands, states, stop, thread: Some(thread) })
+        Ok(Mirror {
+            commands,
+            states,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Starts the thread that publishes the status as JSON at `hz`, and prints it as
     /// a live line when stderr is a terminal.
-    pub fn spawn_status(&self, status: SlotReader<StatusSnapshot>, hz: f64) -> Result<StatusThread, BusError> {
+    pub fn spawn_status(
+        &self,
+        status: SlotReader<StatusSnapshot>,
+        hz: f64,
+    ) -> Result<StatusThread, BusError> {
         let publisher = self.session.declare_publisher(self.key("status")).wait()?;
         StatusThread::spawn(status, hz, Some(publisher))
     }
@@ -177,29 +207,34 @@ impl StatusThread {
         let tty = std::io::stderr().is_terminal();
         let thread = {
             let stop = stop.clone();
-            std::thread::Builder::new().name("reflex-status".into()).spawn(move || {
-                while !stop.load(Ordering::Acquire) {
-                    std::thread::park_timeout(period);
-                    let snapshot = *status.latest();
-                    if snapshot.tick == 0 {
-                        continue;
+            std::thread::Builder::new()
+                .name("reflex-status".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        std::thread::park_timeout(period);
+                        let snapshot = *status.latest();
+                        if snapshot.tick == 0 {
+                            continue;
+                        }
+                        if tty {
+                            eprint!("\r\x1b[2K{}", snapshot.line());
+                        }
+                        if let Some(publisher) = &publisher
+                            && let Ok(json) = serde_json::to_vec(&snapshot)
+                            && let Err(e) = publisher.put(json).wait()
+                        {
+                            tracing::warn!("publishing status failed: {e}");
+                        }
                     }
                     if tty {
-                        eprint!("\r\x1b[2K{}", snapshot.line());
+                        eprintln!();
                     }
-                    if let Some(publisher) = &publisher
-                        && let Ok(json) = serde_json::to_vec(&snapshot)
-                        && let Err(e) = publisher.put(json).wait()
-                    {
-                        tracing::warn!("publishing status failed: {e}");
-                    }
-                }
-                if tty {
-                    eprintln!();
-                }
-            })?
+                })?
         };
-        Ok(Self { stop, thread: Some(thread) })
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 
     pub fn finish(mut self) {

@@ -42,7 +42,13 @@ pub struct WallClock {
 
 impl WallClock {
     pub fn new(period: Duration, spin: Duration) -> Self {
-        Self { period, spin, start: Instant::now(), start_ns: monotonic_ns(), next: 0 }
+        Self {
+            period,
+            spin,
+            start: Instant::now(),
+            start_ns: monotonic_ns(),
+            next: 0,
+        }
     }
 }
 
@@ -98,7 +104,10 @@ pub struct SimClock {
 
 impl SimClock {
     pub fn new(period: Duration) -> Self {
-        Self { period_ns: period.as_nanos() as u64, next: 0 }
+        Self {
+            period_ns: period.as_nanos() as u64,
+            next: 0,
+        }
     }
 }
 
@@ -106,7 +115,12 @@ impl Clock for SimClock {
     fn next_tick(&mut self) -> TickTime {
         let tick = self.next;
         self.next += 1;
-        TickTime { tick, now_ns: tick * self.period_ns, lateness_ns: 0, skipped: 0 }
+        TickTime {
+            tick,
+            now_ns: tick * self.period_ns,
+            lateness_ns: 0,
+            skipped: 0,
+        }
     }
 
     fn period_ns(&self) -> u64 {
@@ -126,7 +140,10 @@ mod tests {
     fn sim_clock_advances_by_whole_periods() {
         let mut clock = SimClock::new(Duration::from_millis(10));
         let ticks: Vec<_> = (0..3).map(|_| clock.next_tick()).collect();
-        assert_eq!(ticks.iter().map(|t| t.now_ns).collect::<Vec<_>>(), vec![0, 10_000_000, 20_000_000]);
+        assert_eq!(
+            ticks.iter().map(|t| t.now_ns).collect::<Vec<_>>(),
+            vec![0, 10_000_000, 20_000_000]
+        );
         assert!(clock.is_simulated());
     }
 
@@ -140,7 +157,11 @@ mod tests {
         let late = clock.next_tick();
         assert!(late.skipped >= 2, "skipped {}", late.skipped);
         assert_eq!(late.tick, 1 + late.skipped);
-        assert_eq!(late.now_ns - first.now_ns, late.tick * 5_000_000, "deadlines stay on the grid");
+        assert_eq!(
+            late.now_ns - first.now_ns,
+            late.tick * 5_000_000,
+            "deadlines stay on the grid"
+        );
         let next = clock.next_tick();
         assert_eq!((next.tick, next.skipped), (late.tick + 1, 0));
     }

@@ -60,7 +60,12 @@ impl TickCore {
     pub fn new(p: &TickParams) -> Self {
         let dt = 1.0 / p.rate_hz;
         Self {
-            executor: ChunkExecutor::new(p.joints.len(), p.horizon, p.rate_hz / p.action_rate_hz, p.replan_after),
+            executor: ChunkExecutor::new(
+                p.joints.len(),
+                p.horizon,
+                p.rate_hz / p.action_rate_hz,
+                p.replan_after,
+            ),
             safety: SafetyFilter::new(&p.joints, dt, (p.estop_after_stale_ms * 1e6) as u64),
             joints: p.joints.len(),
             max_state_age_ns: (p.max_state_age_ms * 1e6) as u64,
@@ -75,7 +80,9 @@ impl TickCore {
     }
 
     pub fn state_is_fresh(&self, state: &JointState, now_ns: u64) -> bool {
-        state.seq > 0 && state.joints == self.joints && now_ns.saturating_sub(state.stamp_ns) <= self.max_state_age_ns
+        state.seq > 0
+            && state.joints == self.joints
+            && now_ns.saturating_sub(state.stamp_ns) <= self.max_state_age_ns
     }
 
     pub fn apply_chunk(&mut self, chunk: &ActionChunk, tick: u64) -> Result<(), ChunkRejection> {
@@ -185,12 +192,24 @@ impl ControlLoop {
         let mut core = TickCore::new(&self.params);
         core.start(first.positions());
         if let Some(recorder) = &self.recorder {
-            recorder.record(LogEvent::Start { joints, position: first.position });
+            recorder.record(LogEvent::Start {
+                joints,
+                position: first.position,
+            });
         }
-        let images = self.cameras.iter().map(|c| crate::types::Image::black(c.width, c.height)).collect();
+        let images = self
+            .cameras
+            .iter()
+            .map(|c| crate::types::Image::black(c.width, c.height))
+            .collect();
         let mut r = Running {
             core,
-            obs: Observation { tick: 0, stamp_ns: 0, joints: first, images },
+            obs: Observation {
+                tick: 0,
+                stamp_ns: 0,
+                joints: first,
+                images,
+            },
             stats: RunStats::default(),
             window_jitter: Distribution::default(),
             window_compute: Distribution::default(),
@@ -203,7 +222,9 @@ impl ControlLoop {
             started: Instant::now(),
         };
         let period_ns = self.clock.period_ns();
-        let max_ticks = limits.duration.map(|d| (d.as_nanos() as u64).div_ceil(period_ns));
+        let max_ticks = limits
+            .duration
+            .map(|d| (d.as_nanos() as u64).div_ceil(period_ns));
         let mut first_tick = None;
         let mut last_tick = 0;
         let mut interrupted = false;
@@ -213,7 +234,9 @@ impl ControlLoop {
                 break;
             }
             // Periods, not ticks run, measure the duration (skipped periods count).
-            if max_ticks.is_some_and(|max| first_tick.is_some_and(|first| last_tick + 1 - first >= max)) {
+            if max_ticks
+                .is_some_and(|max| first_tick.is_some_and(|first| last_tick + 1 - first >= max))
+            {
                 break;
             }
             let t = self.clock.next_tick();
@@ -246,7 +269,11 @@ impl ControlLoop {
                 tracing::warn!("{e}");
             }
         }
-        let task = self.drivers.iter().filter_map(|d| d.task_report()).collect();
+        let task = self
+            .drivers
+            .iter()
+            .filter_map(|d| d.task_report())
+            .collect();
         if let Some(mirror) = self.mirror.take() {
             mirror.finish();
         }
@@ -277,7 +304,9 @@ impl ControlLoop {
         let state = *self.arm.state.latest();
 
         // 2. A finished chunk, if any (under the simulated clock: exactly when due).
+        // While stopping, chunks are left unread: nothing may move the arm again.
         let done = match r.inference_due {
+            _ if stopping => None,
             Some(due) if self.clock.is_simulated() => {
                 if t.tick >= due {
                     r.inference_due = None;
@@ -292,7 +321,7 @@ impl ControlLoop {
             r.inference_due = None;
             r.last_infer_ms = done.chunk.infer_ns as f64 / 1e6;
             r.stats.inference.record_ns(done.chunk.infer_ns);
-            let accepted = if done.ok && !stopping {
+            let accepted = if done.ok {
                 match r.core.apply_chunk(&done.chunk, t.tick) {
                     Ok(()) => true,
                     Err(rejection) => {
@@ -310,7 +339,11 @@ impl ControlLoop {
             }
             let chunk = done.chunk;
             let leftover = match &self.recorder {
-                Some(recorder) if done.ok => recorder.record(LogEvent::Chunk { tick: t.tick, accepted, chunk }),
+                Some(recorder) if done.ok => recorder.record(LogEvent::Chunk {
+                    tick: t.tick,
+                    accepted,
+                    chunk,
+                }),
                 _ => Some(chunk),
             };
             if let Some(chunk) = leftover {
@@ -339,7 +372,13 @@ impl ControlLoop {
 
         // 5. Record.
         if let Some(recorder) = &self.recorder {
-            recorder.record(LogEvent::Tick(TickRecord { tick: t.tick, now_ns: t.now_ns, state, command, flags: raised }));
+            recorder.record(LogEvent::Tick(TickRecord {
+                tick: t.tick,
+                now_ns: t.now_ns,
+                state,
+                command,
+                flags: raised,
+            }));
         }
 
         // 6. Request inference at the replan point.
@@ -364,15 +403,24 @@ impl ControlLoop {
     }
 
     fn publish_status(&mut self, r: &mut Running, t: TickTime) {
-        let Some(status) = &mut self.status else { return };
+        let Some(status) = &mut self.status else {
+            return;
+        };
         let window = t.tick.saturating_sub(r.window_start_tick);
         if window < (self.params.rate_hz / 10.0).max(1.0) as u64 {
             return;
         }
         let simulated = self.clock.is_simulated();
         let elapsed = r.window_start.elapsed().as_secs_f64();
-        let rate = if simulated || elapsed <= 0.0 { self.params.rate_hz } else { window as f64 / elapsed };
-        let (jitter, compute) = (r.window_jitter.percentiles(), r.window_compute.percentiles());
+        let rate = if simulated || elapsed <= 0.0 {
+            self.params.rate_hz
+        } else {
+            window as f64 / elapsed
+        };
+        let (jitter, compute) = (
+            r.window_jitter.percentiles(),
+            r.window_compute.percentiles(),
+        );
         let snapshot = StatusSnapshot {
             tick: t.tick,
             elapsed_s: r.started.elapsed().as_secs_f64(),
@@ -435,11 +483,22 @@ pub fn replay(header: &LogHeader, records: &[Record]) -> ReplayReport {
         match record {
             Record::Start { joints, position } => core.start(&position[..*joints]),
             Record::Estop { .. } => core.safety.estop(),
-            Record::Chunk { tick, accepted, chunk } => {
+            Record::Chunk {
+                tick,
+                accepted,
+                chunk,
+            } => {
                 report.chunks += 1;
                 let replayed = core.apply_chunk(chunk, *tick).is_ok();
                 if replayed != *accepted {
-                    note(&mut report, *tick, format!("chunk {} accepted={accepted}, replay says {replayed}", chunk.id));
+                    note(
+                        &mut report,
+                        *tick,
+                        format!(
+                            "chunk {} accepted={accepted}, replay says {replayed}",
+                            chunk.id
+                        ),
+                    );
                 }
             }
             Record::Tick(logged) => {
@@ -448,15 +507,30 @@ pub fn replay(header: &LogHeader, records: &[Record]) -> ReplayReport {
                 for j in 0..MAX_JOINTS.min(command.joints.max(logged.command.joints)) {
                     let (a, b) = (logged.command.position[j], command.position[j]);
                     if a.to_bits() != b.to_bits() {
-                        note(&mut report, logged.tick, format!("joint {j}: logged {a:?}, replayed {b:?}"));
+                        note(
+                            &mut report,
+                            logged.tick,
+                            format!("joint {j}: logged {a:?}, replayed {b:?}"),
+                        );
                         break;
                     }
                 }
                 if raised != logged.flags {
-                    note(&mut report, logged.tick, format!("flags: logged {:#x}, replayed {raised:#x}", logged.flags));
+                    note(
+                        &mut report,
+                        logged.tick,
+                        format!("flags: logged {:#x}, replayed {raised:#x}", logged.flags),
+                    );
                 }
                 if command.seq != logged.command.seq {
-                    note(&mut report, logged.tick, format!("seq: logged {}, replayed {}", logged.command.seq, command.seq));
+                    note(
+                        &mut report,
+                        logged.tick,
+                        format!(
+                            "seq: logged {}, replayed {}",
+                            logged.command.seq, command.seq
+                        ),
+                    );
                 }
             }
             Record::End { .. } => report.complete = true,

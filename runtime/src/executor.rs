@@ -13,10 +13,17 @@ use crate::types::{ActionChunk, MAX_JOINTS};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChunkRejection {
     #[error("chunk has shape [{horizon}, {dim}], expected [{expected_horizon}, {expected_dim}]")]
-    Shape { horizon: usize, dim: usize, expected_horizon: usize, expected_dim: usize },
+    Shape {
+        horizon: usize,
+        dim: usize,
+        expected_horizon: usize,
+        expected_dim: usize,
+    },
     #[error("chunk contains NaN or infinite actions")]
     NonFinite,
-    #[error("chunk conditioned on tick {conditioned_on} arrived at tick {now}, older than the active chunk")]
+    #[error(
+        "chunk conditioned on tick {conditioned_on} arrived at tick {now}, older than the active chunk"
+    )]
     Stale { conditioned_on: u64, now: u64 },
 }
 
@@ -56,7 +63,10 @@ impl ChunkExecutor {
 
     /// Takes `chunk` as the active chunk at tick `now`.
     pub fn accept(&mut self, chunk: &ActionChunk, now: u64) -> Result<(), ChunkRejection> {
-        if chunk.horizon != self.horizon || chunk.dim != self.dim || chunk.actions.len() != self.horizon * self.dim {
+        if chunk.horizon != self.horizon
+            || chunk.dim != self.dim
+            || chunk.actions.len() != self.horizon * self.dim
+        {
             return Err(ChunkRejection::Shape {
                 horizon: chunk.horizon,
                 dim: chunk.dim,
@@ -70,7 +80,10 @@ impl ChunkExecutor {
         if let Some(start) = self.chunk_start
             && chunk.conditioned_on_tick < start
         {
-            return Err(ChunkRejection::Stale { conditioned_on: chunk.conditioned_on_tick, now });
+            return Err(ChunkRejection::Stale {
+                conditioned_on: chunk.conditioned_on_tick,
+                now,
+            });
         }
         for (point, action) in self.points.iter_mut().zip(&chunk.actions) {
             *point = f64::from(*action);
@@ -94,7 +107,8 @@ impl ChunkExecutor {
         let now_f = now as f64;
         let dim = self.dim;
         // First action still ahead of us (and ahead of the anchor).
-        let next = (0..self.horizon).find(|&k| self.point_tick(start, k) > now_f.max(self.anchor_tick));
+        let next =
+            (0..self.horizon).find(|&k| self.point_tick(start, k) > now_f.max(self.anchor_tick));
         match next {
             None => {
                 let last = &self.points[(self.horizon - 1) * dim..];
@@ -102,7 +116,11 @@ impl ChunkExecutor {
             }
             Some(k) => {
                 let to_tick = self.point_tick(start, k);
-                let prev_tick = if k > 0 { self.point_tick(start, k - 1) } else { f64::NEG_INFINITY };
+                let prev_tick = if k > 0 {
+                    self.point_tick(start, k - 1)
+                } else {
+                    f64::NEG_INFINITY
+                };
                 let (from_tick, from): (f64, [f64; MAX_JOINTS]) = if prev_tick > self.anchor_tick {
                     let mut from = [0.0; MAX_JOINTS];
                     from[..dim].copy_from_slice(&self.points[(k - 1) * dim..k * dim]);
@@ -132,7 +150,11 @@ impl ChunkExecutor {
     /// Actions of the active chunk not yet reached.
     pub fn queued(&self, now: u64) -> usize {
         self.chunk_start
-            .map(|start| (0..self.horizon).filter(|&k| self.point_tick(start, k) > now as f64).count())
+            .map(|start| {
+                (0..self.horizon)
+                    .filter(|&k| self.point_tick(start, k) > now as f64)
+                    .count()
+            })
             .unwrap_or(0)
     }
 }
@@ -174,7 +196,10 @@ mod tests {
         // Conditioned on tick 5 but arriving at tick 15: its first action (tick 15) is due.
         ex.accept(&chunk(5, &[10.0, 20.0, 30.0, 40.0]), 15).unwrap();
         let after = ex.target(15)[0];
-        assert!((after - 10.0).abs() < 1e-12, "first action due now, {after}");
+        assert!(
+            (after - 10.0).abs() < 1e-12,
+            "first action due now, {after}"
+        );
         assert!(before < 2.0);
         let mut ex = ChunkExecutor::new(1, 4, 10.0, 2);
         ex.hold(&[0.0]);
@@ -188,11 +213,20 @@ mod tests {
     fn rejects_bad_chunks_and_keeps_the_active_one() {
         let mut ex = ChunkExecutor::new(1, 2, 10.0, 1);
         ex.hold(&[0.5]);
-        assert_eq!(ex.accept(&chunk(0, &[1.0, f32::NAN]), 1), Err(ChunkRejection::NonFinite));
-        assert!(matches!(ex.accept(&chunk(0, &[1.0, 2.0, 3.0]), 1), Err(ChunkRejection::Shape { .. })));
+        assert_eq!(
+            ex.accept(&chunk(0, &[1.0, f32::NAN]), 1),
+            Err(ChunkRejection::NonFinite)
+        );
+        assert!(matches!(
+            ex.accept(&chunk(0, &[1.0, 2.0, 3.0]), 1),
+            Err(ChunkRejection::Shape { .. })
+        ));
         assert_eq!(ex.target(50)[0], 0.5, "still holding");
         ex.accept(&chunk(10, &[1.0, 2.0]), 11).unwrap();
-        assert!(matches!(ex.accept(&chunk(5, &[1.0, 2.0]), 12), Err(ChunkRejection::Stale { .. })));
+        assert!(matches!(
+            ex.accept(&chunk(5, &[1.0, 2.0]), 12),
+            Err(ChunkRejection::Stale { .. })
+        ));
     }
 
     #[test]

@@ -318,7 +318,9 @@ pub struct SafetyConfig {
 
 impl Default for SafetyConfig {
     fn default() -> Self {
-        Self { estop_after_stale_ms: defaults::estop_after_stale_ms() }
+        Self {
+            estop_after_stale_ms: defaults::estop_after_stale_ms(),
+        }
     }
 }
 
@@ -495,11 +497,21 @@ impl Launch {
     /// source tree's `launch/`.
     pub fn embedded(overrides: &[String]) -> Result<Self, LaunchError> {
         let base_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../launch"));
-        Self::from_text(EMBEDDED_SIM_ARM, "<embedded launch/sim_arm.toml>", base_dir, overrides)
+        Self::from_text(
+            EMBEDDED_SIM_ARM,
+            "<embedded launch/sim_arm.toml>",
+            base_dir,
+            overrides,
+        )
     }
 
     /// Parses `text`, applies `overrides` (`key.path=value`), deserializes and validates.
-    pub fn from_text(text: &str, origin: &str, base_dir: PathBuf, overrides: &[String]) -> Result<Self, LaunchError> {
+    pub fn from_text(
+        text: &str,
+        origin: &str,
+        base_dir: PathBuf,
+        overrides: &[String],
+    ) -> Result<Self, LaunchError> {
         let error = |line: usize, column: usize, field: &str, message: String| LaunchError {
             file: origin.to_string(),
             line,
@@ -512,23 +524,36 @@ impl Launch {
         let text = if overrides.is_empty() {
             text.to_string()
         } else {
-            let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
-                let (line, column) = e.span().map(|s| line_column(text, s.start)).unwrap_or((0, 0));
-                error(line, column, "", e.message().to_string())
-            })?;
-            for spec in overrides {
-                let (key, value) = apply_override(&mut doc, spec).map_err(|message| LaunchError {
-                    from_override: Some(spec.clone()),
-                    ..error(0, 0, "", message)
+            let mut doc: toml_edit::DocumentMut =
+                text.parse().map_err(|e: toml_edit::TomlError| {
+                    let (line, column) = e
+                        .span()
+                        .map(|s| line_column(text, s.start))
+                        .unwrap_or((0, 0));
+                    error(line, column, "", e.message().to_string())
                 })?;
+            for spec in overrides {
+                let (key, value) =
+                    apply_override(&mut doc, spec).map_err(|message| LaunchError {
+                        from_override: Some(spec.clone()),
+                        ..error(0, 0, "", message)
+                    })?;
                 parsed_overrides.push((key, value));
             }
             doc.to_string()
         };
-        let mut launch =
-            Self { config: placeholder(), text, base_dir, origin: origin.to_string(), overrides: parsed_overrides };
+        let mut launch = Self {
+            config: placeholder(),
+            text,
+            base_dir,
+            origin: origin.to_string(),
+            overrides: parsed_overrides,
+        };
         let deserializer = toml::Deserializer::parse(&launch.text).map_err(|e| {
-            let (line, column) = e.span().map(|s| line_column(&launch.text, s.start)).unwrap_or((0, 0));
+            let (line, column) = e
+                .span()
+                .map(|s| line_column(&launch.text, s.start))
+                .unwrap_or((0, 0));
             error(line, column, "", e.message().to_string())
         })?;
         launch.config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
@@ -569,7 +594,11 @@ impl Launch {
 
     /// Resolves a path from the launch file against its directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() { path.to_path_buf() } else { self.base_dir.join(path) }
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
     }
 
     /// Checks that the policy's model file exists (at load, not at parse, so that
@@ -579,29 +608,47 @@ impl Launch {
         if model.is_file() {
             Ok(model)
         } else {
-            Err(self.error_at("policy.chunk.model", format!("model file not found: {}", model.display())))
+            Err(self.error_at(
+                "policy.chunk.model",
+                format!("model file not found: {}", model.display()),
+            ))
         }
     }
 
     /// The one policy of the file.
     pub fn chunk_policy(&self) -> &ChunkPolicyConfig {
         // validate() guarantees exactly one policy kind.
-        self.config.policy.chunk.as_ref().unwrap_or_else(|| unreachable!("validated launch file has a policy"))
+        self.config
+            .policy
+            .chunk
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("validated launch file has a policy"))
     }
 
     /// Camera names in the order policies see them.
     pub fn camera_names(&self) -> Vec<String> {
-        self.config.drivers.sim_arm.iter().filter_map(|arm| arm.camera.as_ref().map(|c| c.name.clone())).collect()
+        self.config
+            .drivers
+            .sim_arm
+            .iter()
+            .filter_map(|arm| arm.camera.as_ref().map(|c| c.name.clone()))
+            .collect()
     }
 
     fn validate(&self) -> Result<(), LaunchError> {
         let c = &self.config;
         if c.robot.name.is_empty() || c.robot.name.contains(['/', '*', '$', '?', '#']) {
-            return Err(self.error_at("robot.name", "must be non-empty and usable in a zenoh key (no / * $ ? #)"));
+            return Err(self.error_at(
+                "robot.name",
+                "must be non-empty and usable in a zenoh key (no / * $ ? #)",
+            ));
         }
         let joints = c.robot.joints.len();
         if joints == 0 || joints > crate::MAX_JOINTS {
-            return Err(self.error_at("robot.joints", format!("need 1..={} joints, found {joints}", crate::MAX_JOINTS)));
+            return Err(self.error_at(
+                "robot.joints",
+                format!("need 1..={} joints, found {joints}", crate::MAX_JOINTS),
+            ));
         }
         for (i, joint) in c.robot.joints.iter().enumerate() {
             let [lo, hi] = joint.position;
@@ -611,7 +658,10 @@ impl Launch {
                     format!("must be [min, max] with min < max, found [{lo}, {hi}]"),
                 ));
             }
-            for (field, value) in [("velocity", joint.velocity), ("acceleration", joint.acceleration)] {
+            for (field, value) in [
+                ("velocity", joint.velocity),
+                ("acceleration", joint.acceleration),
+            ] {
                 if !(value.is_finite() && value > 0.0) {
                     return Err(self.error_at(
                         &format!("robot.joints[{i}].{field}"),
@@ -622,15 +672,21 @@ impl Launch {
         }
         let control = &c.control;
         if !(control.rate_hz.is_finite() && control.rate_hz > 0.0 && control.rate_hz <= 10_000.0) {
-            return Err(self.error_at("control.rate_hz", format!("must be in (0, 10000], found {}", control.rate_hz)));
+            return Err(self.error_at(
+                "control.rate_hz",
+                format!("must be in (0, 10000], found {}", control.rate_hz),
+            ));
         }
-        if !(control.max_state_age_ms > 0.0) {
+        if !is_positive(control.max_state_age_ms) {
             return Err(self.error_at("control.max_state_age_ms", "must be positive"));
         }
         if let Some(priority) = control.realtime.fifo_priority
             && !(1..=99).contains(&priority)
         {
-            return Err(self.error_at("control.realtime.fifo_priority", format!("must be 1..=99, found {priority}")));
+            return Err(self.error_at(
+                "control.realtime.fifo_priority",
+                format!("must be 1..=99, found {priority}"),
+            ));
         }
         let arms = c.drivers.sim_arm.len() + c.drivers.zenoh_arm.len();
         if arms != 1 {
@@ -644,23 +700,32 @@ impl Launch {
             if arm.link_lengths.len() != joints {
                 return Err(self.error_at(
                     &at("link_lengths"),
-                    format!("has {} links but robot.joints has {joints} joints", arm.link_lengths.len()),
+                    format!(
+                        "has {} links but robot.joints has {joints} joints",
+                        arm.link_lengths.len()
+                    ),
                 ));
             }
             if !arm.initial_position.is_empty() && arm.initial_position.len() != joints {
                 return Err(self.error_at(
                     &at("initial_position"),
-                    format!("has {} values, expected {joints}", arm.initial_position.len()),
+                    format!(
+                        "has {} values, expected {joints}",
+                        arm.initial_position.len()
+                    ),
                 ));
             }
-            if !(arm.physics_hz >= control.rate_hz) {
+            if arm.physics_hz.is_nan() || arm.physics_hz < control.rate_hz {
                 return Err(self.error_at(&at("physics_hz"), "must be at least control.rate_hz"));
             }
-            if !(arm.episode_seconds > 0.0) {
+            if !is_positive(arm.episode_seconds) {
                 return Err(self.error_at(&at("episode_seconds"), "must be positive"));
             }
             if let Some(camera) = &arm.camera
-                && (camera.width < 8 || camera.height < 8 || camera.width > 4096 || camera.height > 4096)
+                && (camera.width < 8
+                    || camera.height < 8
+                    || camera.width > 4096
+                    || camera.height > 4096)
             {
                 return Err(self.error_at(&at("camera"), "width and height must be in 8..=4096"));
             }
@@ -668,8 +733,11 @@ impl Launch {
         let Some(policy) = &c.policy.chunk else {
             return Err(self.error_at("policy", "no policy: add a [policy.chunk] table"));
         };
-        if !(policy.action_rate_hz > 0.0 && policy.action_rate_hz <= control.rate_hz) {
-            return Err(self.error_at("policy.chunk.action_rate_hz", "must be positive and at most control.rate_hz"));
+        if !is_positive(policy.action_rate_hz) || policy.action_rate_hz > control.rate_hz {
+            return Err(self.error_at(
+                "policy.chunk.action_rate_hz",
+                "must be positive and at most control.rate_hz",
+            ));
         }
         if policy.actions.horizon == 0 {
             return Err(self.error_at("policy.chunk.actions.horizon", "must be at least 1"));
@@ -691,11 +759,17 @@ impl Launch {
                     if !cameras.contains(name) {
                         return Err(self.error_at(
                             &at("source"),
-                            format!("no camera named `{name}`; cameras: {}", list_or_none(&cameras)),
+                            format!(
+                                "no camera named `{name}`; cameras: {}",
+                                list_or_none(&cameras)
+                            ),
                         ));
                     }
                     let Some(image) = &input.image else {
-                        return Err(self.error_at(&at("image"), "camera inputs need an [image] table (resize, layout)"));
+                        return Err(self.error_at(
+                            &at("image"),
+                            "camera inputs need an [image] table (resize, layout)",
+                        ));
                     };
                     let [h, w] = image.resize;
                     let expected: Vec<i64> = match image.layout {
@@ -705,7 +779,10 @@ impl Launch {
                     if input.shape != expected {
                         return Err(self.error_at(
                             &at("shape"),
-                            format!("{:?} does not match the image settings, which give {expected:?}", input.shape),
+                            format!(
+                                "{:?} does not match the image settings, which give {expected:?}",
+                                input.shape
+                            ),
                         ));
                     }
                 }
@@ -713,11 +790,17 @@ impl Launch {
                     if input.shape != [1, joints as i64] {
                         return Err(self.error_at(
                             &at("shape"),
-                            format!("a joint vector input has shape [1, {joints}], found {:?}", input.shape),
+                            format!(
+                                "a joint vector input has shape [1, {joints}], found {:?}",
+                                input.shape
+                            ),
                         ));
                     }
                     if input.image.is_some() {
-                        return Err(self.error_at(&at("image"), "only camera inputs take image preprocessing"));
+                        return Err(self.error_at(
+                            &at("image"),
+                            "only camera inputs take image preprocessing",
+                        ));
                     }
                     if let Some(norm) = &input.normalize {
                         self.check_normalization(norm, joints, &at("normalize"))?;
@@ -728,29 +811,47 @@ impl Launch {
         Ok(())
     }
 
-    fn check_normalization(&self, norm: &Normalization, width: usize, field: &str) -> Result<(), LaunchError> {
+    fn check_normalization(
+        &self,
+        norm: &Normalization,
+        width: usize,
+        field: &str,
+    ) -> Result<(), LaunchError> {
         for (name, values) in [("mean", &norm.mean), ("std", &norm.std)] {
             if values.len() != width {
-                return Err(
-                    self.error_at(&format!("{field}.{name}"), format!("has {} values, expected {width}", values.len()))
-                );
+                return Err(self.error_at(
+                    &format!("{field}.{name}"),
+                    format!("has {} values, expected {width}", values.len()),
+                ));
             }
         }
-        if norm.std.iter().any(|s| !(*s >= 0.0)) {
+        if norm.std.iter().any(|s| s.is_nan() || *s < 0.0) {
             return Err(self.error_at(&format!("{field}.std"), "must be non-negative"));
         }
         Ok(())
     }
 }
 
+/// False for NaN, zero and negative numbers.
+fn is_positive(x: f64) -> bool {
+    x > 0.0
+}
+
 fn list_or_none(names: &[String]) -> String {
-    if names.is_empty() { "none".into() } else { names.join(", ") }
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 /// Only used between parsing and the first successful deserialization.
 fn placeholder() -> LaunchFile {
     LaunchFile {
-        robot: RobotConfig { name: String::new(), joints: Vec::new() },
+        robot: RobotConfig {
+            name: String::new(),
+            joints: Vec::new(),
+        },
         control: ControlConfig::default(),
         drivers: DriversConfig::default(),
         policy: PolicySection::default(),
@@ -801,10 +902,14 @@ fn locate(root: &toml_edit::Item, path: &str) -> Option<usize> {
     let mut offset = None;
     for step in path_steps(path) {
         let next = match step {
-            PathStep::Key(key) => item.as_table_like().and_then(|t| t.get_key_value(key)).map(|(k, v)| {
-                offset = k.span().or_else(|| v.span()).map(|s| s.start).or(offset);
-                v
-            }),
+            PathStep::Key(key) => {
+                item.as_table_like()
+                    .and_then(|t| t.get_key_value(key))
+                    .map(|(k, v)| {
+                        offset = k.span().or_else(|| v.span()).map(|s| s.start).or(offset);
+                        v
+                    })
+            }
             PathStep::Index(i) => item.get(i).inspect(|v| {
                 offset = v.span().map(|s| s.start).or(offset);
             }),
@@ -819,8 +924,13 @@ fn locate(root: &toml_edit::Item, path: &str) -> Option<usize> {
 
 /// Applies `key.path=value` to the document; the value is TOML (`1.5`, `[1, 2]`,
 /// `"text"`), or taken as a string when it does not parse as TOML.
-fn apply_override(doc: &mut toml_edit::DocumentMut, spec: &str) -> Result<(String, String), String> {
-    let (key, raw) = spec.split_once('=').ok_or_else(|| format!("`{spec}` is not key=value"))?;
+fn apply_override(
+    doc: &mut toml_edit::DocumentMut,
+    spec: &str,
+) -> Result<(String, String), String> {
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("`{spec}` is not key=value"))?;
     let (key, raw) = (key.trim(), raw.trim());
     let value: toml_edit::Value = raw.parse().unwrap_or_else(|_| raw.into());
     let steps = path_steps(key);
@@ -831,22 +941,32 @@ fn apply_override(doc: &mut toml_edit::DocumentMut, spec: &str) -> Result<(Strin
     for step in parents {
         item = match step {
             PathStep::Key(k) => {
-                let table = item.as_table_like_mut().ok_or_else(|| format!("`{key}`: not a table before `{k}`"))?;
+                let table = item
+                    .as_table_like_mut()
+                    .ok_or_else(|| format!("`{key}`: not a table before `{k}`"))?;
                 if table.get(k).is_none() {
                     table.insert(k, toml_edit::Item::Table(toml_edit::Table::new()));
                 }
-                table.get_mut(k).ok_or_else(|| format!("`{key}`: cannot create `{k}`"))?
+                table
+                    .get_mut(k)
+                    .ok_or_else(|| format!("`{key}`: cannot create `{k}`"))?
             }
-            PathStep::Index(i) => item.get_mut(*i).ok_or_else(|| format!("`{key}`: no element [{i}]"))?,
+            PathStep::Index(i) => item
+                .get_mut(*i)
+                .ok_or_else(|| format!("`{key}`: no element [{i}]"))?,
         };
     }
     match last {
         PathStep::Key(k) => {
-            let table = item.as_table_like_mut().ok_or_else(|| format!("`{key}`: parent is not a table"))?;
+            let table = item
+                .as_table_like_mut()
+                .ok_or_else(|| format!("`{key}`: parent is not a table"))?;
             table.insert(k, toml_edit::Item::Value(value));
         }
         PathStep::Index(i) => {
-            let slot = item.get_mut(*i).ok_or_else(|| format!("`{key}`: no element [{i}]"))?;
+            let slot = item
+                .get_mut(*i)
+                .ok_or_else(|| format!("`{key}`: no element [{i}]"))?;
             *slot = toml_edit::Item::Value(value);
         }
     }
@@ -892,7 +1012,10 @@ mod tests {
         assert_eq!(err.field, "control.rate_hz");
         let line = text.lines().position(|l| l.starts_with("rate_hz")).unwrap() + 1;
         assert_eq!(err.line, line, "{err}");
-        assert!(err.to_string().starts_with(&format!("test.toml:{line}:")), "{err}");
+        assert!(
+            err.to_string().starts_with(&format!("test.toml:{line}:")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -900,7 +1023,10 @@ mod tests {
         let text = EMBEDDED_SIM_ARM.replace("drivers.sim_arm", "drivers.sim_ram");
         let err = load(&text, &[]).unwrap_err();
         assert!(err.message.contains("unknown field `sim_ram`"), "{err}");
-        assert!(err.message.contains("sim_arm"), "lists the known kinds: {err}");
+        assert!(
+            err.message.contains("sim_arm"),
+            "lists the known kinds: {err}"
+        );
         assert!(err.line > 0);
     }
 
@@ -910,7 +1036,11 @@ mod tests {
         let err = load(&text, &[]).unwrap_err();
         assert_eq!(err.field, "policy.chunk.inputs[0].source");
         assert!(err.message.contains("no camera named `wrist`"), "{err}");
-        let line = text.lines().position(|l| l.contains("camera.wrist")).unwrap() + 1;
+        let line = text
+            .lines()
+            .position(|l| l.contains("camera.wrist"))
+            .unwrap()
+            + 1;
         assert_eq!(err.line, line, "{err}");
     }
 
@@ -920,12 +1050,19 @@ mod tests {
         let err = launch.check_model_exists().unwrap_err();
         assert_eq!(err.field, "policy.chunk.model");
         assert!(err.message.contains("model file not found"), "{err}");
-        assert_eq!(err.from_override.as_deref(), Some("policy.chunk.model=\"nope.onnx\""));
+        assert_eq!(
+            err.from_override.as_deref(),
+            Some("policy.chunk.model=\"nope.onnx\"")
+        );
     }
 
     #[test]
     fn overrides_change_fields() {
-        let launch = load(EMBEDDED_SIM_ARM, &["control.rate_hz=250", "seed=7", "zenoh.enabled=false"]).unwrap();
+        let launch = load(
+            EMBEDDED_SIM_ARM,
+            &["control.rate_hz=250", "seed=7", "zenoh.enabled=false"],
+        )
+        .unwrap();
         assert_eq!(launch.config.control.rate_hz, 250.0);
         assert_eq!(launch.config.seed, 7);
         assert!(!launch.config.zenoh.enabled);

@@ -60,24 +60,48 @@ pub struct TickRecord {
     pub flags: u32,
 }
 
+// Records are plain fixed-size values on purpose: boxing the large ones would
+// allocate in the tick.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     /// The measured position the safety filter was armed from.
-    Start { joints: usize, position: [f64; MAX_JOINTS] },
+    Start {
+        joints: usize,
+        position: [f64; MAX_JOINTS],
+    },
     Tick(TickRecord),
     /// A chunk that reached the tick, accepted or rejected.
-    Chunk { tick: u64, accepted: bool, chunk: ActionChunk },
+    Chunk {
+        tick: u64,
+        accepted: bool,
+        chunk: ActionChunk,
+    },
     /// An e-stop requested from outside the tick (shutdown, operator), after `tick`.
-    Estop { tick: u64 },
-    End { ticks: u64 },
+    Estop {
+        tick: u64,
+    },
+    End {
+        ticks: u64,
+    },
 }
 
 /// What the tick hands the recorder; chunks travel as the worker's boxes.
+#[allow(clippy::large_enum_variant)] // see Record
 pub enum LogEvent {
-    Start { joints: usize, position: [f64; MAX_JOINTS] },
+    Start {
+        joints: usize,
+        position: [f64; MAX_JOINTS],
+    },
     Tick(TickRecord),
-    Chunk { tick: u64, accepted: bool, chunk: Box<ActionChunk> },
-    Estop { tick: u64 },
+    Chunk {
+        tick: u64,
+        accepted: bool,
+        chunk: Box<ActionChunk>,
+    },
+    Estop {
+        tick: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,13 +131,20 @@ impl<W: Write> LogWriter<W> {
         out.write_all(&VERSION.to_le_bytes())?;
         out.write_all(&(json.len() as u32).to_le_bytes())?;
         out.write_all(&json)?;
-        Ok(Self { out, buf: Vec::with_capacity(4096) })
+        Ok(Self {
+            out,
+            buf: Vec::with_capacity(4096),
+        })
     }
 
     pub fn write(&mut self, record: &Record) -> io::Result<()> {
         let b = &mut self.buf;
         b.clear();
-        let f64s = |b: &mut Vec<u8>, values: &[f64]| values.iter().for_each(|v| b.extend_from_slice(&v.to_le_bytes()));
+        let f64s = |b: &mut Vec<u8>, values: &[f64]| {
+            values
+                .iter()
+                .for_each(|v| b.extend_from_slice(&v.to_le_bytes()))
+        };
         match record {
             Record::Start { joints, position } => {
                 b.push(KIND_START);
@@ -134,7 +165,11 @@ impl<W: Write> LogWriter<W> {
                 f64s(b, t.command.positions());
                 b.extend_from_slice(&t.flags.to_le_bytes());
             }
-            Record::Chunk { tick, accepted, chunk } => {
+            Record::Chunk {
+                tick,
+                accepted,
+                chunk,
+            } => {
                 b.push(KIND_CHUNK);
                 for v in [*tick, chunk.id, chunk.conditioned_on_tick] {
                     b.extend_from_slice(&v.to_le_bytes());
@@ -178,7 +213,10 @@ struct Cursor<'a> {
 impl Cursor<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8], LogError> {
         if self.bytes.len() - self.at < n {
-            return Err(LogError::Corrupt { offset: self.at as u64, reason: "truncated".into() });
+            return Err(LogError::Corrupt {
+                offset: self.at as u64,
+                reason: "truncated".into(),
+            });
         }
         self.at += n;
         Ok(&self.bytes[self.at - n..self.at])
@@ -187,13 +225,19 @@ impl Cursor<'_> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16, LogError> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap_or_default()))
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().unwrap_or_default(),
+        ))
     }
     fn u32(&mut self) -> Result<u32, LogError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap_or_default()))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
     }
     fn u64(&mut self) -> Result<u64, LogError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
     }
     fn f64(&mut self) -> Result<f64, LogError> {
         Ok(f64::from_bits(self.u64()?))
@@ -201,7 +245,10 @@ impl Cursor<'_> {
     fn joints(&mut self) -> Result<usize, LogError> {
         let n = usize::from(self.u16()?);
         if n > MAX_JOINTS {
-            return Err(LogError::Corrupt { offset: self.at as u64, reason: format!("{n} joints") });
+            return Err(LogError::Corrupt {
+                offset: self.at as u64,
+                reason: format!("{n} joints"),
+            });
         }
         Ok(n)
     }
@@ -231,7 +278,10 @@ pub fn parse_log(bytes: &[u8]) -> Result<(LogHeader, Vec<Record>), LogError> {
         let record = match c.u8()? {
             KIND_START => {
                 let joints = c.joints()?;
-                Record::Start { joints, position: c.vector(joints)? }
+                Record::Start {
+                    joints,
+                    position: c.vector(joints)?,
+                }
             }
             KIND_TICK => {
                 let (tick, now_ns, seq, stamp_ns) = (c.u64()?, c.u64()?, c.u64()?, c.u64()?);
@@ -245,28 +295,50 @@ pub fn parse_log(bytes: &[u8]) -> Result<(LogHeader, Vec<Record>), LogError> {
                 command.joints = c.joints()?;
                 command.position = c.vector(command.joints)?;
                 (command.tick, command.stamp_ns) = (tick, now_ns);
-                Record::Tick(TickRecord { tick, now_ns, state, command, flags: c.u32()? })
+                Record::Tick(TickRecord {
+                    tick,
+                    now_ns,
+                    state,
+                    command,
+                    flags: c.u32()?,
+                })
             }
             KIND_CHUNK => {
                 let (tick, id, conditioned_on_tick) = (c.u64()?, c.u64()?, c.u64()?);
                 let accepted = c.u8()? != 0;
                 let (horizon, dim) = (c.u32()? as usize, c.u32()? as usize);
-                let count = horizon.checked_mul(dim).filter(|n| *n <= 1 << 24).ok_or(LogError::Corrupt {
-                    offset,
-                    reason: format!("chunk of {horizon} x {dim}"),
-                })?;
+                let count = horizon.checked_mul(dim).filter(|n| *n <= 1 << 24).ok_or(
+                    LogError::Corrupt {
+                        offset,
+                        reason: format!("chunk of {horizon} x {dim}"),
+                    },
+                )?;
                 let raw = c.take(count * 4)?;
-                let actions =
-                    raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap_or_default())).collect();
+                let actions = raw
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap_or_default()))
+                    .collect();
                 Record::Chunk {
                     tick,
                     accepted,
-                    chunk: ActionChunk { id, conditioned_on_tick, horizon, dim, actions, infer_ns: 0 },
+                    chunk: ActionChunk {
+                        id,
+                        conditioned_on_tick,
+                        horizon,
+                        dim,
+                        actions,
+                        infer_ns: 0,
+                    },
                 }
             }
             KIND_ESTOP => Record::Estop { tick: c.u64()? },
             KIND_END => Record::End { ticks: c.u64()? },
-            kind => return Err(LogError::Corrupt { offset, reason: format!("unknown record kind {kind}") }),
+            kind => {
+                return Err(LogError::Corrupt {
+                    offset,
+                    reason: format!("unknown record kind {kind}"),
+                });
+            }
         };
         records.push(record);
     }
@@ -294,7 +366,11 @@ pub struct LogSummary {
 
 impl Recorder {
     /// Creates `path` and starts the thread. Chunks go back to `free_chunks` once written.
-    pub fn create(path: &Path, header: &LogHeader, free_chunks: Arc<ArrayQueue<Box<ActionChunk>>>) -> io::Result<Self> {
+    pub fn create(
+        path: &Path,
+        header: &LogHeader,
+        free_chunks: Arc<ArrayQueue<Box<ActionChunk>>>,
+    ) -> io::Result<Self> {
         let file = File::create(path)?;
         let writer = LogWriter::new(BufWriter::with_capacity(1 << 16, file), header)?;
         Self::spawn(writer, free_chunks)
@@ -309,63 +385,83 @@ impl Recorder {
         let error = Arc::new(Mutex::new(None));
         let thread = {
             let (events, done, error) = (events.clone(), done.clone(), error.clone());
-            std::thread::Builder::new().name("reflex-recorder".into()).spawn(move || {
-                let mut records = 0u64;
-                let mut ticks = 0u64;
-                let mut failed = false;
-                let fail = |e: io::Error, failed: &mut bool| {
-                    if !*failed {
-                        tracing::error!("run log write failed, logging stops (the run goes on): {e}");
-                        if let Ok(mut slot) = error.lock() {
-                            *slot = Some(e.to_string());
-                        }
-                        *failed = true;
-                    }
-                };
-                loop {
-                    let Some(event) = events.pop() else {
-                        if done.load(Ordering::Acquire) && events.is_empty() {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(1));
-                        continue;
-                    };
-                    let result = match event {
-                        LogEvent::Start { joints, position } => writer.write(&Record::Start { joints, position }),
-                        LogEvent::Estop { tick } => writer.write(&Record::Estop { tick }),
-                        LogEvent::Tick(t) => {
-                            ticks += 1;
-                            writer.write(&Record::Tick(t))
-                        }
-                        LogEvent::Chunk { tick, accepted, chunk } => {
-                            let record = Record::Chunk { tick, accepted, chunk: *chunk };
-                            let result = writer.write(&record);
-                            if let Record::Chunk { chunk, .. } = record {
-                                let _ = free_chunks.push(Box::new(chunk));
+            std::thread::Builder::new()
+                .name("reflex-recorder".into())
+                .spawn(move || {
+                    let mut records = 0u64;
+                    let mut ticks = 0u64;
+                    let mut failed = false;
+                    let fail = |e: io::Error, failed: &mut bool| {
+                        if !*failed {
+                            tracing::error!(
+                                "run log write failed, logging stops (the run goes on): {e}"
+                            );
+                            if let Ok(mut slot) = error.lock() {
+                                *slot = Some(e.to_string());
                             }
-                            result
+                            *failed = true;
                         }
                     };
-                    match result {
-                        Ok(()) if !failed => records += 1,
-                        Ok(()) => {}
-                        Err(e) => fail(e, &mut failed),
+                    loop {
+                        let Some(event) = events.pop() else {
+                            if done.load(Ordering::Acquire) && events.is_empty() {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(1));
+                            continue;
+                        };
+                        let result = match event {
+                            LogEvent::Start { joints, position } => {
+                                writer.write(&Record::Start { joints, position })
+                            }
+                            LogEvent::Estop { tick } => writer.write(&Record::Estop { tick }),
+                            LogEvent::Tick(t) => {
+                                ticks += 1;
+                                writer.write(&Record::Tick(t))
+                            }
+                            LogEvent::Chunk {
+                                tick,
+                                accepted,
+                                chunk,
+                            } => {
+                                let record = Record::Chunk {
+                                    tick,
+                                    accepted,
+                                    chunk: *chunk,
+                                };
+                                let result = writer.write(&record);
+                                if let Record::Chunk { chunk, .. } = record {
+                                    let _ = free_chunks.push(Box::new(chunk));
+                                }
+                                result
+                            }
+                        };
+                        match result {
+                            Ok(()) if !failed => records += 1,
+                            Ok(()) => {}
+                            Err(e) => fail(e, &mut failed),
+                        }
                     }
-                }
-                if !failed {
-                    let end = writer.write(&Record::End { ticks }).and_then(|()| {
-                        let mut out = writer.into_inner();
-                        out.flush()?;
-                        out.into_inner().map_err(|e| e.into_error()).map(drop)
-                    });
-                    if let Err(e) = end {
-                        fail(e, &mut failed);
+                    if !failed {
+                        let end = writer.write(&Record::End { ticks }).and_then(|()| {
+                            let mut out = writer.into_inner();
+                            out.flush()?;
+                            out.into_inner().map_err(|e| e.into_error()).map(drop)
+                        });
+                        if let Err(e) = end {
+                            fail(e, &mut failed);
+                        }
                     }
-                }
-                records
-            })?
+                    records
+                })?
         };
-        Ok(Self { events, dropped: AtomicU64::new(0), done, error, thread: Some(thread) })
+        Ok(Self {
+            events,
+            dropped: AtomicU64::new(0),
+            done,
+            error,
+            thread: Some(thread),
+        })
     }
 
     /// Queues an event; never blocks. A dropped chunk is handed back.
@@ -387,7 +483,11 @@ impl Recorder {
         self.done.store(true, Ordering::Release);
         let records = self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0);
         let error = self.error.lock().ok().and_then(|e| e.clone());
-        LogSummary { records, dropped: self.dropped.load(Ordering::Relaxed), error }
+        LogSummary {
+            records,
+            dropped: self.dropped.load(Ordering::Relaxed),
+            error,
+        }
     }
 }
 
@@ -401,7 +501,12 @@ mod tests {
             clock: "sim".into(),
             seed: 1,
             rate_hz: 100.0,
-            joints: vec![JointConfig { name: "a".into(), position: [-1.0, 1.0], velocity: 1.0, acceleration: 1.0 }],
+            joints: vec![JointConfig {
+                name: "a".into(),
+                position: [-1.0, 1.0],
+                velocity: 1.0,
+                acceleration: 1.0,
+            }],
             max_state_age_ms: 50.0,
             estop_after_stale_ms: 500.0,
             horizon: 2,
@@ -415,9 +520,17 @@ mod tests {
         let mut state = JointState::empty(1);
         (state.seq, state.position[0], state.velocity[0]) = (3, 0.5, -0.5);
         let mut command = JointCommand::empty(1);
-        (command.seq, command.tick, command.stamp_ns, command.position[0]) = (1, 4, 40, 0.25);
+        (
+            command.seq,
+            command.tick,
+            command.stamp_ns,
+            command.position[0],
+        ) = (1, 4, 40, 0.25);
         vec![
-            Record::Start { joints: 1, position: state.position },
+            Record::Start {
+                joints: 1,
+                position: state.position,
+            },
             Record::Chunk {
                 tick: 4,
                 accepted: true,
@@ -430,7 +543,13 @@ mod tests {
                     infer_ns: 0,
                 },
             },
-            Record::Tick(TickRecord { tick: 4, now_ns: 40, state, command, flags: 1 }),
+            Record::Tick(TickRecord {
+                tick: 4,
+                now_ns: 40,
+                state,
+                command,
+                flags: 1,
+            }),
             Record::Estop { tick: 4 },
             Record::End { ticks: 1 },
         ]
@@ -455,7 +574,10 @@ mod tests {
             writer.write(&r).unwrap();
         }
         let bytes = writer.into_inner();
-        assert!(matches!(parse_log(&bytes[..bytes.len() - 3]), Err(LogError::Corrupt { .. })));
+        assert!(matches!(
+            parse_log(&bytes[..bytes.len() - 3]),
+            Err(LogError::Corrupt { .. })
+        ));
         assert!(matches!(parse_log(b"PNG\x89...."), Err(LogError::Magic)));
     }
 
@@ -468,7 +590,10 @@ mod tests {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             let mut written = self.written.lock().unwrap();
             if written.len() + buf.len() > self.room {
-                return Err(io::Error::new(io::ErrorKind::StorageFull, "No space left on device"));
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "No space left on device",
+                ));
             }
             written.extend_from_slice(buf);
             Ok(buf.len())
@@ -481,16 +606,24 @@ mod tests {
     #[test]
     fn a_full_disk_is_reported_and_keeps_what_was_written() {
         let written = Arc::new(Mutex::new(Vec::new()));
-        let disk = FullDisk { room: 2000, written: written.clone() };
+        let disk = FullDisk {
+            room: 2000,
+            written: written.clone(),
+        };
         let writer = LogWriter::new(BufWriter::with_capacity(64, disk), &header()).unwrap();
         let free = Arc::new(ArrayQueue::new(4));
         let recorder = Recorder::spawn(writer, free).unwrap();
-        let Record::Tick(tick) = records()[2] else { unreachable!() };
+        let Record::Tick(tick) = records()[2] else {
+            unreachable!()
+        };
         for _ in 0..200 {
             assert!(recorder.record(LogEvent::Tick(tick)).is_none());
         }
         let summary = recorder.finish();
-        assert!(summary.error.as_deref().unwrap_or("").contains("No space"), "{summary:?}");
+        assert!(
+            summary.error.as_deref().unwrap_or("").contains("No space"),
+            "{summary:?}"
+        );
         let bytes = written.lock().unwrap().clone();
         assert!(bytes.len() > 1000 && bytes.starts_with(&MAGIC));
     }

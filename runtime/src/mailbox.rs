@@ -19,7 +19,11 @@ pub struct Mailbox<T> {
 
 impl<T> Mailbox<T> {
     pub fn new(capacity: usize) -> Arc<Self> {
-        Arc::new(Self { queue: ArrayQueue::new(capacity), consumer: OnceLock::new(), dropped: AtomicU64::new(0) })
+        Arc::new(Self {
+            queue: ArrayQueue::new(capacity),
+            consumer: OnceLock::new(),
+            dropped: AtomicU64::new(0),
+        })
     }
 
     /// Pushes `value`, replacing the oldest entry when full; never blocks.

@@ -54,7 +54,10 @@ impl InferenceWorker {
         }
         let free_chunks = Arc::new(ArrayQueue::new(16));
         for _ in 0..8 {
-            let _ = free_chunks.push(Box::new(ActionChunk::zeros(policy.horizon(), policy.action_dim())));
+            let _ = free_chunks.push(Box::new(ActionChunk::zeros(
+                policy.horizon(),
+                policy.action_dim(),
+            )));
         }
         let requests: Arc<Mailbox<Box<Observation>>> = Mailbox::new(1);
         let results = Arc::new(ArrayQueue::new(4));
@@ -69,35 +72,39 @@ impl InferenceWorker {
                 errors.clone(),
                 shutdown.clone(),
             );
-            std::thread::Builder::new().name("reflex-inference".into()).spawn(move || {
-                let mut next_id = 1;
-                while !shutdown.load(Ordering::Acquire) {
-                    let Some(obs) = requests.recv_timeout(Duration::from_millis(50)) else { continue };
-                    let mut chunk = free_chunks
-                        .pop()
-                        .unwrap_or_else(|| Box::new(ActionChunk::zeros(policy.horizon(), policy.action_dim())));
-                    chunk.id = next_id;
-                    next_id += 1;
-                    chunk.conditioned_on_tick = obs.tick;
-                    chunk.horizon = policy.horizon();
-                    chunk.dim = policy.action_dim();
-                    chunk.actions.resize(chunk.horizon * chunk.dim, 0.0);
-                    let started = Instant::now();
-                    let ok = match policy.infer(&obs, &mut chunk) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!("inference failed on tick {}: {e}", obs.tick);
-                            false
+            std::thread::Builder::new()
+                .name("reflex-inference".into())
+                .spawn(move || {
+                    let mut next_id = 1;
+                    while !shutdown.load(Ordering::Acquire) {
+                        let Some(obs) = requests.recv_timeout(Duration::from_millis(50)) else {
+                            continue;
+                        };
+                        let mut chunk = free_chunks.pop().unwrap_or_else(|| {
+                            Box::new(ActionChunk::zeros(policy.horizon(), policy.action_dim()))
+                        });
+                        chunk.id = next_id;
+                        next_id += 1;
+                        chunk.conditioned_on_tick = obs.tick;
+                        chunk.horizon = policy.horizon();
+                        chunk.dim = policy.action_dim();
+                        chunk.actions.resize(chunk.horizon * chunk.dim, 0.0);
+                        let started = Instant::now();
+                        let ok = match policy.infer(&obs, &mut chunk) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                tracing::error!("inference failed on tick {}: {e}", obs.tick);
+                                false
+                            }
+                        };
+                        chunk.infer_ns = started.elapsed().as_nanos() as u64;
+                        let _ = free_observations.push(obs);
+                        if let Err(lost) = results.push(Inference { chunk, ok }) {
+                            let _ = free_chunks.push(lost.chunk);
                         }
-                    };
-                    chunk.infer_ns = started.elapsed().as_nanos() as u64;
-                    let _ = free_observations.push(obs);
-                    if let Err(lost) = results.push(Inference { chunk, ok }) {
-                        let _ = free_chunks.push(lost.chunk);
                     }
-                }
-            })?
+                })?
         };
         Ok(Self {
             free_observations,
@@ -122,7 +129,9 @@ impl InferenceWorker {
         if self.in_flight {
             return false;
         }
-        let Some(mut buffer) = self.free_observations.pop() else { return false };
+        let Some(mut buffer) = self.free_observations.pop() else {
+            return false;
+        };
         buffer.copy_from(obs);
         self.requests.send(buffer);
         self.in_flight = true;
@@ -188,7 +197,8 @@ mod tests {
             if obs.joints.position[0] < 0.0 {
                 return Err("negative".into());
             }
-            out.actions.copy_from_slice(&[obs.joints.position[0] as f32; 2]);
+            out.actions
+                .copy_from_slice(&[obs.joints.position[0] as f32; 2]);
             Ok(())
         }
     }
@@ -196,7 +206,12 @@ mod tests {
     fn obs(tick: u64, x: f64) -> Observation {
         let mut joints = JointState::empty(1);
         joints.position[0] = x;
-        Observation { tick, stamp_ns: 0, joints, images: Vec::new() }
+        Observation {
+            tick,
+            stamp_ns: 0,
+            joints,
+            images: Vec::new(),
+        }
     }
 
     #[test]

@@ -9,7 +9,10 @@ pub fn apply(config: &RealtimeConfig) -> Vec<String> {
     if config.lock_memory {
         // SAFETY: mlockall takes flags only.
         if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
-            warnings.push(format!("mlockall failed: {}", std::io::Error::last_os_error()));
+            warnings.push(format!(
+                "mlockall failed: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     if !config.cpus.is_empty() {
@@ -24,11 +27,17 @@ pub fn apply(config: &RealtimeConfig) -> Vec<String> {
             libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
         };
         if result != 0 {
-            warnings.push(format!("pinning to CPUs {:?} failed: {}", config.cpus, std::io::Error::last_os_error()));
+            warnings.push(format!(
+                "pinning to CPUs {:?} failed: {}",
+                config.cpus,
+                std::io::Error::last_os_error()
+            ));
         }
     }
     if let Some(priority) = config.fifo_priority {
-        let param = libc::sched_param { sched_priority: i32::from(priority) };
+        let param = libc::sched_param {
+            sched_priority: i32::from(priority),
+        };
         // SAFETY: param outlives the call.
         if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
             warnings.push(format!(
@@ -47,7 +56,11 @@ mod tests {
 
     #[test]
     fn refused_settings_warn_instead_of_failing() {
-        let config = RealtimeConfig { fifo_priority: None, cpus: vec![100_000], lock_memory: false };
+        let config = RealtimeConfig {
+            fifo_priority: None,
+            cpus: vec![100_000],
+            lock_memory: false,
+        };
         let warnings = apply(&config);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("pinning"));

@@ -5,6 +5,9 @@
 //! Stopping never jumps either: a stop decelerates every joint at its acceleration
 //! limit until it stands still, then holds.
 
+// Per-joint loops index several parallel limit arrays at once.
+#![allow(clippy::needless_range_loop)]
+
 use crate::launch::JointConfig;
 use crate::types::MAX_JOINTS;
 
@@ -121,16 +124,20 @@ impl SafetyFilter {
             let goal = target[j].clamp(lo, hi);
             // Follow the goal's own motion, and close the remaining gap no faster
             // than allows stopping on it at the acceleration limit.
-            let goal_velocity = self.last_goal[j].map_or(0.0, |last| ((goal - last) / self.dt).clamp(-v_max, v_max));
+            let goal_velocity = self.last_goal[j]
+                .map_or(0.0, |last| ((goal - last) / self.dt).clamp(-v_max, v_max));
             self.last_goal[j] = Some(goal);
             // What is left after following the goal's motion, closed no faster than
             // allows stopping on it within the acceleration limit (discrete time: after
             // n braking steps of a*dt each, a*dt^2*n(n+1)/2 of distance is covered).
             let gap = goal - (self.command[j] + goal_velocity * self.dt);
-            let braking_steps = ((1.0 + 8.0 * gap.abs() / (a * self.dt * self.dt)).sqrt() - 1.0) / 2.0;
+            let braking_steps =
+                ((1.0 + 8.0 * gap.abs() / (a * self.dt * self.dt)).sqrt() - 1.0) / 2.0;
             let closing = (gap.abs() / self.dt).min(a * self.dt * braking_steps) * gap.signum();
             let dv = a * self.dt;
-            let v = (goal_velocity + closing).clamp(-v_max, v_max).clamp(self.velocity[j] - dv, self.velocity[j] + dv);
+            let v = (goal_velocity + closing)
+                .clamp(-v_max, v_max)
+                .clamp(self.velocity[j] - dv, self.velocity[j] + dv);
             let mut next = self.command[j] + v * self.dt;
             next = next.clamp(lo, hi);
             let v = (next - self.command[j]) / self.dt;
@@ -149,7 +156,11 @@ impl SafetyFilter {
             self.last_goal[j] = None;
             let dv = self.max_acceleration[j] * self.dt;
             let v = self.velocity[j];
-            let v = if v.abs() <= dv { 0.0 } else { v - dv * v.signum() };
+            let v = if v.abs() <= dv {
+                0.0
+            } else {
+                v - dv * v.signum()
+            };
             self.command[j] = (self.command[j] + v * self.dt).clamp(self.min[j], self.max[j]);
             self.velocity[j] = v;
         }
@@ -161,7 +172,12 @@ mod tests {
     use super::*;
 
     fn joint(lo: f64, hi: f64, v: f64, a: f64) -> JointConfig {
-        JointConfig { name: "j".into(), position: [lo, hi], velocity: v, acceleration: a }
+        JointConfig {
+            name: "j".into(),
+            position: [lo, hi],
+            velocity: v,
+            acceleration: a,
+        }
     }
 
     fn filter() -> SafetyFilter {
@@ -176,7 +192,11 @@ mod tests {
         for pair in commands.windows(2) {
             let v = (pair[1] - pair[0]) / dt;
             assert!(v.abs() <= v_max + 1e-9, "velocity {v}");
-            assert!(((v - v_prev) / dt).abs() <= a_max + 1e-6, "acceleration {}", (v - v_prev) / dt);
+            assert!(
+                ((v - v_prev) / dt).abs() <= a_max + 1e-6,
+                "acceleration {}",
+                (v - v_prev) / dt
+            );
             assert!(pair[1].abs() <= 1.0);
             v_prev = v;
         }
@@ -191,7 +211,11 @@ mod tests {
             commands.push(f.command()[0]);
         }
         assert_within_limits(&commands, 0.01, 2.0, 10.0);
-        assert!((commands.last().unwrap() - 0.8).abs() < 1e-3, "settles at the goal: {}", commands.last().unwrap());
+        assert!(
+            (commands.last().unwrap() - 0.8).abs() < 1e-3,
+            "settles at the goal: {}",
+            commands.last().unwrap()
+        );
     }
 
     #[test]
@@ -201,7 +225,11 @@ mod tests {
             let goal = 0.5 * tick as f64 * 0.01; // 0.5 rad/s
             let raised = f.apply(&[goal], true, tick * 10_000_000);
             if tick > 20 {
-                assert!((f.command()[0] - goal).abs() < 1e-9, "tick {tick}: {} vs {goal}", f.command()[0]);
+                assert!(
+                    (f.command()[0] - goal).abs() < 1e-9,
+                    "tick {tick}: {} vs {goal}",
+                    f.command()[0]
+                );
                 assert_eq!(raised & flags::LIMITED, 0);
             }
         }
@@ -249,10 +277,17 @@ mod tests {
         assert!(f.is_estopped(), "stale for 300 ms > 100 ms");
         let held = f.command()[0];
         let raised = f.apply(&[0.5], true, 500_000_000);
-        assert!(raised & flags::ESTOP != 0, "fresh state alone does not clear the e-stop");
+        assert!(
+            raised & flags::ESTOP != 0,
+            "fresh state alone does not clear the e-stop"
+        );
         assert_eq!(f.command()[0], held);
         f.rearm(&[0.2]);
-        assert_eq!(f.command()[0], 0.2, "re-arm starts from the measured position");
+        assert_eq!(
+            f.command()[0],
+            0.2,
+            "re-arm starts from the measured position"
+        );
         let raised = f.apply(&[0.5], true, 510_000_000);
         assert_eq!(raised & flags::ESTOP, 0);
     }

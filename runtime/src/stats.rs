@@ -5,7 +5,8 @@ use hdrhistogram::Histogram;
 
 /// Values are recorded in ns, 1 ns .. 100 s, 3 significant digits.
 fn histogram() -> Histogram<u64> {
-    let mut h = Histogram::new_with_bounds(1, 100_000_000_000, 3).unwrap_or_else(|_| unreachable!());
+    let mut h =
+        Histogram::new_with_bounds(1, 100_000_000_000, 3).unwrap_or_else(|_| unreachable!());
     h.auto(false);
     h
 }
@@ -32,7 +33,7 @@ impl Default for Distribution {
 impl Distribution {
     pub fn record_ns(&mut self, ns: u64) {
         // Out-of-range values saturate instead of failing.
-        let _ = self.hist.saturating_record(ns.max(1));
+        self.hist.saturating_record(ns.max(1));
     }
 
     pub fn percentiles(&self) -> Percentiles {

@@ -30,7 +30,13 @@ pub struct JointState {
 
 impl JointState {
     pub fn empty(joints: usize) -> Self {
-        Self { seq: 0, stamp_ns: 0, joints, position: [0.0; MAX_JOINTS], velocity: [0.0; MAX_JOINTS] }
+        Self {
+            seq: 0,
+            stamp_ns: 0,
+            joints,
+            position: [0.0; MAX_JOINTS],
+            velocity: [0.0; MAX_JOINTS],
+        }
     }
 
     pub fn positions(&self) -> &[f64] {
@@ -57,7 +63,13 @@ pub struct JointCommand {
 
 impl JointCommand {
     pub fn empty(joints: usize) -> Self {
-        Self { seq: 0, tick: 0, stamp_ns: 0, joints, position: [0.0; MAX_JOINTS] }
+        Self {
+            seq: 0,
+            tick: 0,
+            stamp_ns: 0,
+            joints,
+            position: [0.0; MAX_JOINTS],
+        }
     }
 
     pub fn positions(&self) -> &[f64] {
@@ -77,7 +89,13 @@ pub struct Image {
 
 impl Image {
     pub fn black(width: usize, height: usize) -> Self {
-        Self { seq: 0, stamp_ns: 0, width, height, rgb: vec![0; width * height * 3] }
+        Self {
+            seq: 0,
+            stamp_ns: 0,
+            width,
+            height,
+            rgb: vec![0; width * height * 3],
+        }
     }
 
     /// Copies `other` into `self`, reusing the allocation when sizes match.
@@ -129,7 +147,14 @@ pub struct ActionChunk {
 
 impl ActionChunk {
     pub fn zeros(horizon: usize, dim: usize) -> Self {
-        Self { id: 0, conditioned_on_tick: 0, horizon, dim, actions: vec![0.0; horizon * dim], infer_ns: 0 }
+        Self {
+            id: 0,
+            conditioned_on_tick: 0,
+            horizon,
+            dim,
+            actions: vec![0.0; horizon * dim],
+            infer_ns: 0,
+        }
     }
 
     pub fn step(&self, k: usize) -> &[f32] {

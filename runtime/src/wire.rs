@@ -32,10 +32,22 @@ pub enum WireError {
     #[error("{0} joints is more than the supported {MAX_JOINTS}")]
     TooManyJoints(usize),
     #[error("message has {found} bytes, {expected} expected for {joints} joints")]
-    Length { found: usize, expected: usize, joints: usize },
+    Length {
+        found: usize,
+        expected: usize,
+        joints: usize,
+    },
 }
 
-fn put_header(out: &mut Vec<u8>, magic: [u8; 4], joints: usize, seq: u64, tick: u64, stamp_ns: u64, unix_ns: u64) {
+fn put_header(
+    out: &mut Vec<u8>,
+    magic: [u8; 4],
+    joints: usize,
+    seq: u64,
+    tick: u64,
+    stamp_ns: u64,
+    unix_ns: u64,
+) {
     out.clear();
     out.extend_from_slice(&magic);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -47,14 +59,30 @@ fn put_header(out: &mut Vec<u8>, magic: [u8; 4], joints: usize, seq: u64, tick: 
 
 /// Encodes into `out` (cleared first; reuses its capacity).
 pub fn encode_command(cmd: &JointCommand, unix_ns: u64, out: &mut Vec<u8>) {
-    put_header(out, COMMAND_MAGIC, cmd.joints, cmd.seq, cmd.tick, cmd.stamp_ns, unix_ns);
+    put_header(
+        out,
+        COMMAND_MAGIC,
+        cmd.joints,
+        cmd.seq,
+        cmd.tick,
+        cmd.stamp_ns,
+        unix_ns,
+    );
     for p in cmd.positions() {
         out.extend_from_slice(&p.to_le_bytes());
     }
 }
 
 pub fn encode_state(state: &JointState, unix_ns: u64, out: &mut Vec<u8>) {
-    put_header(out, STATE_MAGIC, state.joints, state.seq, 0, state.stamp_ns, unix_ns);
+    put_header(
+        out,
+        STATE_MAGIC,
+        state.joints,
+        state.seq,
+        0,
+        state.stamp_ns,
+        unix_ns,
+    );
     for v in state.positions().iter().chain(state.velocities()) {
         out.extend_from_slice(&v.to_le_bytes());
     }
@@ -95,9 +123,18 @@ fn read_header(bytes: &[u8], magic: [u8; 4], vectors: usize) -> Result<Header, W
     }
     let expected = HEADER + 8 * joints * vectors;
     if bytes.len() != expected {
-        return Err(WireError::Length { found: bytes.len(), expected, joints });
+        return Err(WireError::Length {
+            found: bytes.len(),
+            expected,
+            joints,
+        });
     }
-    Ok(Header { joints, seq: read_u64(bytes, 8), tick: read_u64(bytes, 16), stamp_ns: read_u64(bytes, 24) })
+    Ok(Header {
+        joints,
+        seq: read_u64(bytes, 8),
+        tick: read_u64(bytes, 16),
+        stamp_ns: read_u64(bytes, 24),
+    })
 }
 
 pub fn decode_command(bytes: &[u8]) -> Result<JointCommand, WireError> {
@@ -123,7 +160,9 @@ pub fn decode_state(bytes: &[u8]) -> Result<JointState, WireError> {
 
 /// ns since the Unix epoch, for the wall-time stamp of published messages.
 pub fn unix_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]
@@ -160,7 +199,10 @@ mod tests {
         let mut bytes = Vec::new();
         encode_command(&JointCommand::empty(2), 0, &mut bytes);
         assert_eq!(decode_command(&bytes[..10]), Err(WireError::Short(10)));
-        assert!(matches!(decode_command(&bytes[..50]), Err(WireError::Length { .. })));
+        assert!(matches!(
+            decode_command(&bytes[..50]),
+            Err(WireError::Length { .. })
+        ));
         assert!(matches!(decode_state(&bytes), Err(WireError::Magic(_))));
         bytes[4] = 2;
         assert_eq!(decode_command(&bytes), Err(WireError::Version(2)));

@@ -39,7 +39,11 @@ pub fn scratch(name: &str) -> PathBuf {
 
 /// A TCP port nobody listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -53,7 +57,12 @@ pub fn summary(path: &Path) -> serde_json::Value {
 /// Spawns `reflex` and returns once its stderr has printed a line containing
 /// `ready`; the rest of stderr keeps draining in the background.
 pub fn spawn_until(args: &[String], ready: &str) -> Child {
-    let mut child = reflex().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn reflex");
+    let mut child = reflex()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn reflex");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     let ready = ready.to_string();
@@ -67,7 +76,8 @@ pub fn spawn_until(args: &[String], ready: &str) -> Child {
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(60)).expect("reflex did not become ready");
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("reflex did not become ready");
     child
 }
 
@@ -77,13 +87,23 @@ pub fn zenoh_peer(endpoint: &str) -> zenoh::Session {
     let mut config = zenoh::Config::default();
     config.insert_json5("mode", "\"peer\"").unwrap();
     config.insert_json5("listen/endpoints", "[]").unwrap();
-    config.insert_json5("connect/endpoints", &format!("[\"{endpoint}\"]")).unwrap();
-    config.insert_json5("scouting/multicast/enabled", "false").unwrap();
+    config
+        .insert_json5("connect/endpoints", &format!("[\"{endpoint}\"]"))
+        .unwrap();
+    config
+        .insert_json5("scouting/multicast/enabled", "false")
+        .unwrap();
     zenoh::open(config).wait().expect("zenoh session")
 }
 
 /// The embedded launch file's joint limits: (min, max, velocity) per joint.
 pub fn sim_arm_limits() -> Vec<(f64, f64, f64)> {
     let launch = reflex_runtime::launch::Launch::embedded(&[]).unwrap();
-    launch.config.robot.joints.iter().map(|j| (j.position[0], j.position[1], j.velocity)).collect()
+    launch
+        .config
+        .robot
+        .joints
+        .iter()
+        .map(|j| (j.position[0], j.position[1], j.velocity))
+        .collect()
 }
