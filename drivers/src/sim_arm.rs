@@ -391,10 +391,7 @@ impl SimArm {
     }
 
     fn failed(&self, message: impl Into<String>) -> DriverError {
-        DriverError::Failed {
-            driver: self.cfg.name.clone(),
-            message: message.into(),
-        }
+        DriverError::failed(&self.cfg.name, message)
     }
 }
 

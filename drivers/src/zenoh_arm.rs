@@ -43,10 +43,7 @@ impl ZenohArm {
     }
 
     fn failed(&self, message: impl Into<String>) -> DriverError {
-        DriverError::Failed {
-            driver: self.cfg.name.clone(),
-            message: message.into(),
-        }
+        DriverError::failed(&self.cfg.name, message)
     }
 
     fn zenoh(&self, source: zenoh::Error) -> DriverError {

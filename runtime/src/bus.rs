@@ -136,12 +136,7 @@ impl Bus {
                             break;
                         }
                         // Woken by the tick's send; the timeout only bounds shutdown.
-                        if let Some(cmd) = commands.recv_timeout(Duration::from_millis(20)) {
-                            wire::encode_command(&cmd, wire::unix_ns(), &mut buf);
-                            if let Err(e) = command_pub.put(buf.clone()).wait() {
-                                tracing::warn!("publishing joint command failed: {e}");
-                            }
-                        }
+                        commands.wait(Duration::from_millis(20));
                     }
                 })?
         };

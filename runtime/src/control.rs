@@ -398,11 +398,11 @@ impl ControlLoop {
         if r.core.safety.is_estopped() && !stopping {
             r.stats.estops = 1;
         }
-        self.publish_status(r, t);
+        self.publish_status(r, t, stopping);
         Ok(())
     }
 
-    fn publish_status(&mut self, r: &mut Running, t: TickTime) {
+    fn publish_status(&mut self, r: &mut Running, t: TickTime, stopping: bool) {
         let Some(status) = &mut self.status else {
             return;
         };
@@ -433,7 +433,8 @@ impl ControlLoop {
             chunks_rejected: r.stats.chunks_rejected,
             overruns: r.stats.overruns,
             stale_state_ticks: r.stats.stale_state_ticks,
-            estop: r.core.safety.is_estopped(),
+            estop: r.core.safety.is_estopped() && !stopping,
+            stopping,
         };
         status.publish_with(|slot| *slot = snapshot);
         if r.window_start.elapsed() >= Duration::from_secs(1) || simulated {

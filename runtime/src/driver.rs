@@ -73,6 +73,15 @@ pub enum DriverError {
     },
 }
 
+impl DriverError {
+    pub fn failed(driver: &str, message: impl Into<String>) -> Self {
+        Self::Failed {
+            driver: driver.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
 pub trait Driver: Send {
     fn name(&self) -> &str;
     /// Allocates buffers and connects; returns the ports the loop reads and writes.

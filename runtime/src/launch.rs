@@ -594,13 +594,24 @@ impl Launch {
 
     /// Resolves a path from the launch file against its directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() {
+        let joined = if path.is_absolute() {
             path.to_path_buf()
         } else {
             self.base_dir.join(path)
+        };
+        // Lexically drop `.` and `dir/..` so paths read well in messages.
+        let mut clean = PathBuf::new();
+        for part in joined.components() {
+            match part {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir if clean.file_name().is_some() => {
+                    clean.pop();
+                }
+                other => clean.push(other),
+            }
         }
+        clean
     }
-
     /// Checks that the policy's model file exists (at load, not at parse, so that
     /// tools such as `reflex demos` work before a model has been trained).
     pub fn check_model_exists(&self) -> Result<PathBuf, LaunchError> {

@@ -44,12 +44,17 @@ impl<T> Mailbox<T> {
     /// Takes the oldest entry, parking the calling thread up to `timeout` for one.
     /// The first caller becomes the consumer that `send` wakes.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<T> {
-        let _ = self.consumer.set(std::thread::current());
-        if let Some(value) = self.queue.pop() {
-            return Some(value);
-        }
-        std::thread::park_timeout(timeout);
+        self.wait(timeout);
         self.queue.pop()
+    }
+
+    /// Parks the calling thread until something is sent or `timeout` passes (returns
+    /// at once when entries are waiting). The first caller becomes the consumer.
+    pub fn wait(&self, timeout: Duration) {
+        let _ = self.consumer.set(std::thread::current());
+        if self.queue.is_empty() {
+            std::thread::park_timeout(timeout);
+        }
     }
 
     /// Entries replaced because the consumer fell behind.

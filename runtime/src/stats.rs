@@ -110,6 +110,8 @@ pub struct StatusSnapshot {
     pub overruns: u64,
     pub stale_state_ticks: u64,
     pub estop: bool,
+    /// The run is ending and the arm is being brought to rest.
+    pub stopping: bool,
 }
 
 impl StatusSnapshot {
@@ -126,7 +128,13 @@ impl StatusSnapshot {
             self.chunks_applied,
             self.chunks_rejected,
             self.overruns,
-            if self.estop { " E-STOP" } else { "" }
+            if self.stopping {
+                " stopping"
+            } else if self.estop {
+                " E-STOP"
+            } else {
+                ""
+            }
         )
     }
 }
