@@ -32,10 +32,10 @@ bench: setup
 # Developer-run: regenerate the demo policy (scripted demonstrations -> numpy
 # behaviour cloning -> ONNX) and the test fixtures. The outputs are committed.
 demos: build
-	./target/release/reflex demos launch/sim_arm.toml --out demos/sim_reach --episodes 800 --steps 40
+	./target/release/reflex demos launch/sim_arm.toml --out demos/sim_reach --episodes 1200 --steps 40 --speed 1.3
 
 train: demos
-	.venv/bin/python policies/export/train_sim_reach.py --demos demos/sim_reach --out policies/models/sim_reach.onnx
+	.venv/bin/python policies/export/train_sim_reach.py --demos demos/sim_reach --out policies/models/sim_reach.onnx --epochs 80
 
 models: setup
 	.venv/bin/python policies/export/make_test_models.py --out-dir policies/models/test
