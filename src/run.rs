@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use reflex_runtime::bus::{Bus, StatusThread};
+use reflex_runtime::bus::{Bus, OperatorListener, StatusThread};
 use reflex_runtime::clock::{Clock, SimClock, WallClock};
 use reflex_runtime::control::{ControlLoop, RunLimits, RunSummary, TickParams};
 use reflex_runtime::driver::DriverContext;
@@ -70,6 +70,7 @@ pub struct Assembled {
     pub control: ControlLoop,
     pub bus: Option<Bus>,
     pub status: StatusThread,
+    pub operator: Option<OperatorListener>,
 }
 
 impl Assembled {
@@ -80,6 +81,7 @@ impl Assembled {
             control,
             bus,
             status,
+            operator,
         } = self;
         let summary = std::thread::Builder::new()
             .name("reflex-control".into())
@@ -93,6 +95,7 @@ impl Assembled {
             .join()
             .map_err(|_| anyhow::anyhow!("control thread panicked"))??;
         status.finish();
+        drop(operator);
         if let Some(bus) = bus {
             bus.close();
         }
@@ -165,6 +168,8 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         None => StatusThread::spawn(status_reader, 10.0, None)?,
     };
 
+    let operator = bus.as_ref().map(Bus::listen_for_operator).transpose()?;
+
     let template = Observation {
         tick: 0,
         stamp_ns: 0,
@@ -226,6 +231,10 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         mirror,
         recorder,
         status: Some(status_writer),
+        operator: operator
+            .as_ref()
+            .map(|o| o.requests.clone())
+            .unwrap_or_default(),
         sim_inference_ticks: c.control.sim_inference_ticks,
         startup_timeout: Duration::from_secs_f64(c.control.startup_timeout_ms / 1e3),
     };
@@ -233,6 +242,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         control,
         bus,
         status,
+        operator,
     })
 }
 
@@ -267,7 +277,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let log_failed = summary.log.as_ref().is_some_and(|l| l.error.is_some());
-    Ok(if log_failed {
+    Ok(if log_failed || summary.fault.is_some() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

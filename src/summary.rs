@@ -46,6 +46,12 @@ impl<'a> Report<'a> {
             "\nreflex run summary: {} ({clock}, {:.1} s)",
             self.origin, self.run.duration_s
         );
+        if let Some(fault) = &self.run.fault {
+            let _ = writeln!(
+                out,
+                "  FAULT              {fault}; the arm was brought to rest"
+            );
+        }
         if self.run.interrupted {
             let _ = writeln!(
                 out,
@@ -134,6 +140,7 @@ impl<'a> Report<'a> {
             "simulated": self.run.simulated,
             "duration_s": self.run.duration_s,
             "interrupted": self.run.interrupted,
+            "fault": self.run.fault,
             "ticks": s.ticks,
             "rate_hz": self.rate_hz,
             "skipped_periods": s.skipped_periods,

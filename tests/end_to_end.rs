@@ -143,3 +143,79 @@ fn the_demo_policy_reaches_the_target() {
         "every episode reaches its target: {summary:#}"
     );
 }
+
+#[test]
+fn an_operator_estop_over_zenoh_stops_the_arm_and_rearm_resumes() {
+    let dir = scratch("e2e-operator");
+    let port = free_port();
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let (log, summary_path) = (dir.join("run.log"), dir.join("summary.json"));
+    let args: Vec<String> = [
+        "run",
+        "launch/sim_arm.toml",
+        "--duration",
+        "4",
+        "--set",
+        &format!("zenoh.listen=[\"{endpoint}\"]"),
+        "--log",
+        log.to_str().unwrap(),
+        "--summary-json",
+        summary_path.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut child = spawn_until(&args, "reflex: zenoh");
+    let session = zenoh_peer(&endpoint);
+    std::thread::sleep(Duration::from_millis(1500));
+    session
+        .put("reflex/sim_arm/control", "estop")
+        .wait()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    session
+        .put("reflex/sim_arm/control", "rearm")
+        .wait()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let summary = summary(&summary_path);
+    assert_eq!(summary["estop"], true, "{summary}");
+    let (header, records) = reflex_runtime::log::read_log(&log).unwrap();
+    use reflex_runtime::log::Record;
+    let estop_at = records
+        .iter()
+        .position(|r| matches!(r, Record::Estop { .. }))
+        .expect("operator e-stop logged");
+    let rearm_at = records
+        .iter()
+        .rposition(|r| matches!(r, Record::Start { .. }))
+        .unwrap();
+    assert!(rearm_at > estop_at, "re-arm logged after the e-stop");
+    let chunks_after = records[rearm_at..]
+        .iter()
+        .filter(|r| matches!(r, Record::Chunk { accepted: true, .. }))
+        .count();
+    assert!(
+        chunks_after > 0,
+        "the policy drives the arm again after re-arm"
+    );
+    // While e-stopped the command comes to rest and holds.
+    let held: Vec<_> = records[estop_at..rearm_at]
+        .iter()
+        .filter_map(|r| {
+            if let Record::Tick(t) = r {
+                Some(t.command.position)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert!(held.len() > 50);
+    assert_eq!(
+        held[held.len() - 1],
+        held[held.len() - 2],
+        "at rest before re-arm"
+    );
+    let report = reflex_runtime::control::replay(&header, &records);
+    assert!(report.identical(), "{report:?}");
+}

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use zenoh::Wait;
 
+use crate::control::OperatorRequests;
 use crate::launch::{ZenohConfig, ZenohMode};
 use crate::mailbox::Mailbox;
 use crate::slot::SlotReader;
@@ -159,11 +160,45 @@ impl Bus {
         StatusThread::spawn(status, hz, Some(publisher))
     }
 
+    /// Listens on `<prefix>/<robot>/control` for `estop` and `rearm` (plain text)
+    /// and raises the matching request for the tick.
+    pub fn listen_for_operator(&self) -> Result<OperatorListener, BusError> {
+        let requests = OperatorRequests::default();
+        let key = self.key("control");
+        let subscriber = {
+            let requests = requests.clone();
+            self.session
+                .declare_subscriber(key.clone())
+                .callback(move |sample| {
+                    let text = sample.payload().to_bytes();
+                    match text.as_ref() {
+                        b"estop" => requests.estop.store(true, Ordering::Release),
+                        b"rearm" => requests.rearm.store(true, Ordering::Release),
+                        other => tracing::warn!(
+                            "{key}: unknown request {:?} (expected `estop` or `rearm`)",
+                            String::from_utf8_lossy(other)
+                        ),
+                    }
+                })
+                .wait()?
+        };
+        Ok(OperatorListener {
+            requests,
+            _subscriber: subscriber,
+        })
+    }
+
     pub fn close(self) {
         if let Err(e) = self.session.close().wait() {
             tracing::warn!("closing zenoh session: {e}");
         }
     }
+}
+
+/// Keeps the operator subscription alive; `requests` goes to the loop.
+pub struct OperatorListener {
+    pub requests: OperatorRequests,
+    _subscriber: zenoh::pubsub::Subscriber<()>,
 }
 
 /// The tick's ends of the mirror thread.

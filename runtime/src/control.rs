@@ -7,6 +7,7 @@
 //! executor reaches its replan point. The decision part ([`TickCore`]) is shared
 //! with `reflex replay`, which is how replay reproduces commands bit for bit.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -112,6 +113,15 @@ pub enum ControlError {
     Driver(#[from] DriverError),
 }
 
+/// Requests from an operator (over the bus), read by the tick with one atomic swap.
+#[derive(Clone, Default)]
+pub struct OperatorRequests {
+    /// Latch the e-stop: the arm decelerates to rest and holds.
+    pub estop: Arc<AtomicBool>,
+    /// Clear a latched e-stop, starting again from the measured position.
+    pub rearm: Arc<AtomicBool>,
+}
+
 /// Everything the loop owns, wired up by the caller.
 pub struct ControlLoop {
     pub params: TickParams,
@@ -123,6 +133,7 @@ pub struct ControlLoop {
     pub mirror: Option<Mirror>,
     pub recorder: Option<Recorder>,
     pub status: Option<SlotWriter<StatusSnapshot>>,
+    pub operator: OperatorRequests,
     pub sim_inference_ticks: u64,
     pub startup_timeout: Duration,
 }
@@ -141,6 +152,8 @@ pub struct RunSummary {
     pub simulated: bool,
     pub duration_s: f64,
     pub interrupted: bool,
+    /// Why the run ended early, when a driver failed.
+    pub fault: Option<String>,
 }
 
 /// The loop's state while running (everything preallocated).
@@ -228,6 +241,7 @@ impl ControlLoop {
         let mut first_tick = None;
         let mut last_tick = 0;
         let mut interrupted = false;
+        let mut fault = None;
         loop {
             if limits.stop.load(Ordering::Relaxed) {
                 interrupted = true;
@@ -243,7 +257,12 @@ impl ControlLoop {
             first_tick.get_or_insert(t.tick);
             last_tick = t.tick;
             let woke = Instant::now();
-            self.tick(&mut r, t, false)?;
+            if let Err(e) = self.tick(&mut r, t, false) {
+                // A driver failed: stop the arm like any other ending, and say why.
+                tracing::error!("{e}");
+                fault = Some(e.to_string());
+                break;
+            }
             let compute = woke.elapsed().as_nanos() as u64;
             r.stats.compute.record_ns(compute);
             r.window_compute.record_ns(compute);
@@ -262,7 +281,10 @@ impl ControlLoop {
                 break;
             }
             let t = self.clock.next_tick();
-            self.tick(&mut r, t, true)?;
+            if let Err(e) = self.tick(&mut r, t, true) {
+                tracing::error!("while stopping: {e}");
+                break;
+            }
         }
         for driver in &mut self.drivers {
             if let Err(e) = driver.stop() {
@@ -286,6 +308,7 @@ impl ControlLoop {
             simulated: self.clock.is_simulated(),
             duration_s: r.started.elapsed().as_secs_f64(),
             interrupted,
+            fault,
         })
     }
 
@@ -302,6 +325,7 @@ impl ControlLoop {
 
         // 1. Snapshot sensors.
         let state = *self.arm.state.latest();
+        self.operator_requests(r, &state, t);
 
         // 2. A finished chunk, if any (under the simulated clock: exactly when due).
         // While stopping, chunks are left unread: nothing may move the arm again.
@@ -400,6 +424,28 @@ impl ControlLoop {
         }
         self.publish_status(r, t, stopping);
         Ok(())
+    }
+
+    /// Applies an operator's e-stop or re-arm; both are logged so replay sees them.
+    fn operator_requests(&mut self, r: &mut Running, state: &JointState, t: TickTime) {
+        if self.operator.estop.swap(false, Ordering::AcqRel) {
+            r.core.safety.estop();
+            if let Some(recorder) = &self.recorder {
+                recorder.record(LogEvent::Estop { tick: t.tick });
+            }
+        }
+        // Re-arming needs a fresh measurement to start from; otherwise it waits.
+        if r.core.state_is_fresh(state, t.now_ns)
+            && self.operator.rearm.swap(false, Ordering::AcqRel)
+        {
+            r.core.start(state.positions());
+            if let Some(recorder) = &self.recorder {
+                recorder.record(LogEvent::Start {
+                    joints: state.joints,
+                    position: state.position,
+                });
+            }
+        }
     }
 
     fn publish_status(&mut self, r: &mut Running, t: TickTime, stopping: bool) {
