@@ -4,7 +4,7 @@
 CARGO ?= cargo
 DURATION ?= 15
 
-.PHONY: run test setup build check lint bench demos train models clean
+.PHONY: run test setup build check lint bench demos train models fast-tokenizer clean
 
 run: setup
 	$(CARGO) build --release
@@ -36,6 +36,9 @@ demos: build
 
 train: demos
 	.venv/bin/python policies/export/train_sim_reach.py --demos demos/sim_reach --out policies/models/sim_reach.onnx --epochs 80
+
+fast-tokenizer: setup
+	.venv/bin/python policies/export/make_fast_tokenizer.py --out policies/models/fast
 
 models: setup
 	.venv/bin/python policies/export/make_test_models.py --out-dir policies/models/test

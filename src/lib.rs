@@ -3,6 +3,7 @@
 //! library so that end-to-end tests can build the same loop the binary runs.
 
 pub mod demos;
+pub mod fast_cli;
 pub mod npy;
 pub mod run;
 pub mod summary;

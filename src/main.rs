@@ -33,6 +33,9 @@ enum Command {
     Replay { log: PathBuf },
     /// Record scripted demonstrations on the simulated arm (training data).
     Demos(reflex::demos::DemoArgs),
+    /// FAST action tokens: fit a tokenizer, encode and decode chunks (JSON).
+    #[command(subcommand)]
+    Fast(reflex::fast_cli::FastCommand),
     /// Print the JSON schema of launch files.
     Schema,
 }
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Check { launch, overrides } => check(launch, &overrides),
         Command::Replay { log } => replay(&log),
         Command::Demos(args) => reflex::demos::record(args).map(|()| ExitCode::SUCCESS),
+        Command::Fast(command) => reflex::fast_cli::run(command),
         Command::Schema => {
             println!(
                 "{}",

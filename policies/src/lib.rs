@@ -5,6 +5,7 @@
 //! - [`chunk`]: the `chunk` policy, a model mapping observations to `[1, H, D]`.
 
 pub mod chunk;
+pub mod fast;
 pub mod onnxruntime;
 pub mod preprocess;
 
