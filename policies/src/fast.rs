@@ -104,12 +104,21 @@ impl TimeDct {
         }
     }
 
+    fn buffers(&self) -> (Vec<f64>, Vec<f64>) {
+        (
+            Vec::with_capacity(self.len),
+            vec![0.0; self.transform.get_scratch_len()],
+        )
+    }
+
     /// In place, per column of a row-major [len][dim] buffer.
-    fn forward(&self, data: &mut [f64], dim: usize, column: &mut Vec<f64>) {
+    fn forward(&self, data: &mut [f64], dim: usize) {
+        let (mut column, mut scratch) = self.buffers();
+        let (column, scratch) = (&mut column, &mut scratch[..]);
         for d in 0..dim {
             column.clear();
             column.extend((0..self.len).map(|t| data[t * dim + d]));
-            self.transform.process_dct2(column);
+            self.transform.process_dct2_with_scratch(column, scratch);
             for (k, c) in column.iter().enumerate() {
                 data[k * dim + d] = c * self.ortho(k);
             }
@@ -117,7 +126,9 @@ impl TimeDct {
     }
 
     /// Inverse of `forward` (orthonormal DCT-III).
-    fn inverse(&self, data: &mut [f64], dim: usize, column: &mut Vec<f64>) {
+    fn inverse(&self, data: &mut [f64], dim: usize) {
+        let (mut column, mut scratch) = self.buffers();
+        let (column, scratch) = (&mut column, &mut scratch[..]);
         for d in 0..dim {
             column.clear();
             // rustdct's DCT-III takes X_0 at half weight: undo both that and ortho.
@@ -125,7 +136,7 @@ impl TimeDct {
                 (0..self.len)
                     .map(|k| data[k * dim + d] * self.ortho(k) * if k == 0 { 2.0 } else { 1.0 }),
             );
-            self.transform.process_dct3(column);
+            self.transform.process_dct3_with_scratch(column, scratch);
             for (t, x) in column.iter().enumerate() {
                 data[t * dim + d] = *x;
             }
@@ -137,16 +148,79 @@ pub struct FastCodec {
     pub config: FastConfig,
     tokenizer: Tokenizer,
     dct: TimeDct,
+    /// The bytes each token id stands for, when the tokenizer is a plain byte-level
+    /// BPE (then decoding is a table lookup, no strings); `None` otherwise.
+    token_bytes: Option<Vec<Vec<u8>>>,
+}
+
+/// GPT-2's byte-to-character table that byte-level BPE uses: printable bytes map to
+/// themselves, the others to U+0100 onwards, in byte order.
+fn byte_level_char_to_byte() -> std::collections::HashMap<char, u8> {
+    let printable = |b: u8| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
+    let mut next = 256u32;
+    (0..=255u8)
+        .map(|b| {
+            let c = if printable(b) {
+                char::from(b)
+            } else {
+                next += 1;
+                char::from_u32(next - 1).unwrap_or(char::REPLACEMENT_CHARACTER)
+            };
+            (c, b)
+        })
+        .collect()
+}
+
+/// The per-id byte table, if `tokenizer` decodes by byte-level mapping alone.
+fn token_byte_table(tokenizer: &Tokenizer) -> Option<Vec<Vec<u8>>> {
+    use tokenizers::DecoderWrapper;
+    let plain = matches!(tokenizer.get_decoder(), Some(DecoderWrapper::ByteLevel(_)))
+        && tokenizer.get_normalizer().is_none()
+        && tokenizer.get_added_tokens_decoder().is_empty();
+    if !plain {
+        return None;
+    }
+    let map = byte_level_char_to_byte();
+    (0..tokenizer.get_vocab_size(false) as u32)
+        .map(|id| {
+            let token = tokenizer.id_to_token(id)?;
+            // Like the byte-level decoder: a token with any unmapped character
+            // stands for its own UTF-8 bytes.
+            let mapped: Option<Vec<u8>> = token.chars().map(|c| map.get(&c).copied()).collect();
+            Some(mapped.unwrap_or_else(|| token.into_bytes()))
+        })
+        .collect()
 }
 
 impl FastCodec {
     pub fn new(tokenizer: Tokenizer, config: FastConfig) -> Self {
         let dct = TimeDct::new(config.time_horizon);
+        let token_bytes = token_byte_table(&tokenizer);
         Self {
             config,
             tokenizer,
             dct,
+            token_bytes,
         }
+    }
+
+    /// The characters the ids decode to (what `tokenizer.decode` gives, faster).
+    fn decode_text(&self, ids: &[u32]) -> Result<String, FastError> {
+        let Some(table) = &self.token_bytes else {
+            let text = self
+                .tokenizer
+                .decode(ids, false)
+                .map_err(|e| FastError::Tokenizer(e.to_string()))?;
+            if text.contains(char::REPLACEMENT_CHARACTER) {
+                return Err(FastError::InvalidBytes);
+            }
+            return Ok(text);
+        };
+        let mut bytes = Vec::with_capacity(ids.len() * 4);
+        for &id in ids {
+            bytes.extend_from_slice(&table[id as usize]);
+        }
+        String::from_utf8(bytes).map_err(|_| FastError::InvalidBytes)
     }
 
     /// Loads `tokenizer.json` and `processor_config.json` from a directory.
@@ -205,8 +279,7 @@ impl FastCodec {
             return Err(FastError::NonFinite(*bad));
         }
         let mut data = actions.to_vec();
-        self.dct
-            .forward(&mut data, dim, &mut Vec::with_capacity(horizon));
+        self.dct.forward(&mut data, dim);
         Ok(data
             .iter()
             .map(|c| (c * self.config.scale).round_ties_even() as i64)
@@ -245,13 +318,7 @@ impl FastCodec {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
             return Err(FastError::UnknownToken { id, vocab });
         }
-        let text = self
-            .tokenizer
-            .decode(ids, false)
-            .map_err(|e| FastError::Tokenizer(e.to_string()))?;
-        if text.contains(char::REPLACEMENT_CHARACTER) {
-            return Err(FastError::InvalidBytes);
-        }
+        let text = self.decode_text(ids)?;
         let expected = horizon * dim;
         let found = text.chars().count();
         let too_short = found < expected && mode == DecodeMode::PadMissing;
@@ -267,8 +334,7 @@ impl FastCodec {
         for (slot, c) in data.iter_mut().zip(text.chars()) {
             *slot = (i64::from(u32::from(c)) + self.config.min_token) as f64 / self.config.scale;
         }
-        self.dct
-            .inverse(&mut data, dim, &mut Vec::with_capacity(horizon));
+        self.dct.inverse(&mut data, dim);
         Ok(data)
     }
 }
@@ -371,9 +437,8 @@ mod tests {
         let dct = TimeDct::new(10);
         let chunk = &smooth_chunks(1, 10, 3, 1)[0];
         let mut data = chunk.clone();
-        let mut scratch = Vec::new();
-        dct.forward(&mut data, 3, &mut scratch);
-        dct.inverse(&mut data, 3, &mut scratch);
+        dct.forward(&mut data, 3);
+        dct.inverse(&mut data, 3);
         for (a, b) in data.iter().zip(chunk) {
             assert!((a - b).abs() < 1e-12);
         }
@@ -387,15 +452,17 @@ mod tests {
             .map(|i| (i as f64 * 0.7).cos() + i as f64 * 0.1)
             .collect();
         let mut data = x.clone();
-        TimeDct::new(n).forward(&mut data, 1, &mut Vec::new());
-        for k in 0..n {
-            let sum: f64 = (0..n)
-                .map(|i| {
-                    x[i] * (std::f64::consts::PI / n as f64 * (i as f64 + 0.5) * k as f64).cos()
+        TimeDct::new(n).forward(&mut data, 1);
+        for (k, coefficient) in data.iter().enumerate() {
+            let sum: f64 = x
+                .iter()
+                .enumerate()
+                .map(|(i, xi)| {
+                    xi * (std::f64::consts::PI / n as f64 * (i as f64 + 0.5) * k as f64).cos()
                 })
                 .sum();
             let c = if k == 0 { 1.0 / 2f64.sqrt() } else { 1.0 };
-            assert!((data[k] - (2.0 / n as f64).sqrt() * c * sum).abs() < 1e-12);
+            assert!((coefficient - (2.0 / n as f64).sqrt() * c * sum).abs() < 1e-12);
         }
     }
 
@@ -469,5 +536,57 @@ mod tests {
         assert_eq!(codec.quantize(&[2.5]).unwrap(), vec![2]);
         assert_eq!(codec.quantize(&[3.5]).unwrap(), vec![4]);
         assert_eq!(codec.quantize(&[-2.5]).unwrap(), vec![-2]);
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn fixture() -> &'static FastCodec {
+            static CODEC: std::sync::OnceLock<FastCodec> = std::sync::OnceLock::new();
+            CODEC.get_or_init(|| {
+                FastCodec::load(Path::new(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/models/fast"
+                )))
+                .unwrap()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Any id sequence gives a complete finite chunk or a rejection, never a panic.
+            #[test]
+            fn decode_never_panics(ids in prop::collection::vec(0u32..1100, 0..120), pad in any::<bool>()) {
+                let codec = fixture();
+                let mode = if pad { DecodeMode::PadMissing } else { DecodeMode::Strict };
+                if let Ok(actions) = codec.decode(&ids, mode) {
+                    prop_assert_eq!(actions.len(), 70);
+                    prop_assert!(actions.iter().all(|a| a.is_finite()));
+                }
+            }
+
+            /// The byte-table decoding gives exactly what the tokenizer's own decode gives.
+            #[test]
+            fn byte_table_matches_the_tokenizer(ids in prop::collection::vec(0u32..1024, 0..80)) {
+                let codec = fixture();
+                prop_assert!(codec.token_bytes.is_some(), "the fixture takes the fast path");
+                let reference = codec.tokenizer.decode(&ids, false).unwrap();
+                match codec.decode_text(&ids) {
+                    Ok(text) => prop_assert_eq!(text, reference),
+                    Err(_) => prop_assert!(reference.contains(char::REPLACEMENT_CHARACTER)),
+                }
+            }
+
+            /// Encoding a valid chunk and decoding it is always accepted.
+            #[test]
+            fn own_encodings_always_decode(values in prop::collection::vec(-1.0f64..1.0, 70)) {
+                let codec = fixture();
+                let ids = codec.encode(&values).unwrap();
+                prop_assert!(codec.decode(&ids, DecodeMode::Strict).is_ok());
+            }
+        }
     }
 }
