@@ -42,7 +42,9 @@ pub fn record(args: DemoArgs) -> anyhow::Result<()> {
     let Some(camera) = &arm.camera else {
         bail!("demos need the sim arm's camera")
     };
-    let policy = launch.chunk_policy();
+    let Some(policy) = launch.chunk_policy() else {
+        bail!("demos train a [policy.chunk]; this launch file has none")
+    };
     let horizon = policy.actions.horizon;
     let joints = c.robot.joints.len();
     let action_dt = 1.0 / policy.action_rate_hz;

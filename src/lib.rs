@@ -20,14 +20,39 @@ pub fn load_launch(path: Option<&PathBuf>, overrides: &[String]) -> anyhow::Resu
     })
 }
 
+/// A loaded policy and where it came from.
+pub struct LoadedPolicy {
+    pub policy: Box<dyn reflex_runtime::policy::Policy>,
+    pub model_path: PathBuf,
+    pub library_path: PathBuf,
+    pub warm_up_ms: f64,
+}
+
 /// Loads the launch file's policy; a signature mismatch is reported at the
 /// launch file's policy table.
-pub fn load_policy(launch: &Launch) -> anyhow::Result<reflex_policies::ChunkPolicy> {
+pub fn load_policy(launch: &Launch) -> anyhow::Result<LoadedPolicy> {
     launch.check_model_exists()?;
-    reflex_policies::ChunkPolicy::load(launch).map_err(|e| match e {
+    let table = launch.policy().table;
+    let located = |e: reflex_policies::PolicyLoadError| match e {
         reflex_policies::PolicyLoadError::Signature { .. } => {
-            anyhow::Error::new(launch.error_at("policy.chunk.inputs", e.to_string()))
+            anyhow::Error::new(launch.error_at(&format!("{table}.inputs"), e.to_string()))
         }
         other => anyhow::Error::new(other),
+    };
+    if let Some(cfg) = &launch.config.policy.fast {
+        let p = reflex_policies::fast_policy::FastPolicy::load(launch, cfg).map_err(located)?;
+        return Ok(LoadedPolicy {
+            model_path: p.model_path.clone(),
+            library_path: p.library_path.clone(),
+            warm_up_ms: p.warm_up_ms,
+            policy: Box::new(p),
+        });
+    }
+    let p = reflex_policies::ChunkPolicy::load(launch).map_err(located)?;
+    Ok(LoadedPolicy {
+        model_path: p.model_path.clone(),
+        library_path: p.library_path.clone(),
+        warm_up_ms: p.warm_up_ms,
+        policy: Box::new(p),
     })
 }

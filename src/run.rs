@@ -107,7 +107,7 @@ impl Assembled {
 pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled> {
     let c = &launch.config;
     let joints = c.robot.joints.len();
-    let policy_cfg = launch.chunk_policy().clone();
+    let common = launch.policy();
     let policy = crate::load_policy(launch)?;
     eprintln!(
         "reflex: {} with {} ({}; warm-up {:.2} ms/inference), {} clock",
@@ -179,15 +179,16 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
             .map(|cam| Image::black(cam.width, cam.height))
             .collect(),
     };
-    let worker = InferenceWorker::spawn(Box::new(policy), &template)?;
+    let horizon = policy.policy.horizon();
+    let worker = InferenceWorker::spawn(policy.policy, &template)?;
     let params = TickParams {
         joints: c.robot.joints.clone(),
         rate_hz: c.control.rate_hz,
         max_state_age_ms: c.control.max_state_age_ms,
         estop_after_stale_ms: c.safety.estop_after_stale_ms,
-        horizon: policy_cfg.actions.horizon,
-        action_rate_hz: policy_cfg.action_rate_hz,
-        replan_after: policy_cfg.replan_after,
+        horizon,
+        action_rate_hz: common.action_rate_hz,
+        replan_after: common.replan_after.min(horizon),
     };
     let recorder = match how.log {
         Some(path) => {

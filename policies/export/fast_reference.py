@@ -6,6 +6,8 @@ and benchmark reflex's Rust codec.
     fast_reference.py check --tokenizer DIR --chunks chunks.json     # ids and decoded chunks as JSON
     fast_reference.py ids --tokenizer DIR --ids ids.json               # decode given id lists
     fast_reference.py bench --tokenizer DIR --ids ids.json --repeat N  # median decode time, us
+    fast_reference.py generate --prefix P.onnx --step S.onnx --end E --joints J --repeat N
+        # median time of a greedy autoregressive loop (prefix + steps) with onnxruntime
 
 Chunks are JSON lists of row-major [T][D] float lists. Arithmetic is float64.
 """
@@ -76,6 +78,12 @@ def main():
     p.add_argument("--scale", type=float, default=10.0)
     p.add_argument("--vocab-size", type=int, default=1024)
     p.add_argument("--out", required=True)
+    p = sub.add_parser("generate")
+    p.add_argument("--prefix", required=True)
+    p.add_argument("--step", required=True)
+    p.add_argument("--end", type=int, required=True)
+    p.add_argument("--joints", type=int, required=True)
+    p.add_argument("--repeat", type=int, default=200)
     for name in ("check", "ids", "bench"):
         p = sub.add_parser(name)
         p.add_argument("--tokenizer", required=True)
@@ -92,6 +100,29 @@ def main():
                    "time_horizon": fast.horizon, "action_dim": fast.dim,
                    "processor_class": "UniversalActionProcessor"}, open(os.path.join(args.out, "processor_config.json"), "w"),
                   indent=2)
+        return
+    if args.command == "generate":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        prefix = ort.InferenceSession(args.prefix, options, providers=["CPUExecutionProvider"])
+        step = ort.InferenceSession(args.step, options, providers=["CPUExecutionProvider"])
+        cache_names = [o.name[len("present."):] for o in prefix.get_outputs() if o.name.startswith("present.")]
+        state = np.zeros((1, args.joints), np.float32)
+        times, tokens = [], 0
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            outputs = dict(zip([o.name for o in prefix.get_outputs()], prefix.run(None, {"state": state})))
+            ids = []
+            while (token := int(outputs["logits"].argmax())) != args.end and len(ids) < 256:
+                ids.append(token)
+                feeds = {"input_ids": np.array([[token]], np.int64)}
+                feeds.update({f"past.{n}": outputs[f"present.{n}"] for n in cache_names})
+                outputs = dict(zip([o.name for o in step.get_outputs()], step.run(None, feeds)))
+            times.append(time.perf_counter() - start)
+            tokens = len(ids)
+        print(json.dumps({"median_us": float(np.median(times) * 1e6), "tokens": tokens}))
         return
     fast = Fast.load(args.tokenizer)
     if args.command == "check":

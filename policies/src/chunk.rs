@@ -13,7 +13,7 @@ use std::time::Instant;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorElementType, TensorRef, ValueType};
-use reflex_runtime::launch::{ChunkPolicyConfig, Launch, Normalization, TensorDtype};
+use reflex_runtime::launch::{ChunkPolicyConfig, InputConfig, Launch, Normalization, TensorDtype};
 use reflex_runtime::policy::{Policy, PolicyError};
 use reflex_runtime::types::{ActionChunk, Observation};
 
@@ -109,6 +109,40 @@ pub struct SignatureMismatch {
     pub found: Vec<String>,
 }
 
+/// Compares the model's inputs with the launch file's `[[inputs]]`; returns the problems.
+pub fn check_inputs(configured: &[InputConfig], inputs: &[Port]) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    for input in configured {
+        match inputs.iter().find(|p| p.name == input.name) {
+            None => problems.push(format!("input `{}` is not in the model", input.name)),
+            Some(p) if p.dtype != dtype_name(input.dtype) => problems.push(format!(
+                "input `{}` is {} in the model, {} in the launch file",
+                input.name,
+                p.dtype,
+                dtype_name(input.dtype)
+            )),
+            Some(p) if !shape_matches(&p.shape, &input.shape) => problems.push(format!(
+                "input `{}` has shape {:?} in the model, {:?} in the launch file",
+                input.name, p.shape, input.shape
+            )),
+            Some(_) => {}
+        }
+    }
+    for p in inputs {
+        if !configured.iter().any(|i| i.name == p.name) {
+            problems.push(format!(
+                "model input `{}` is not mapped by any [[inputs]] entry",
+                p.name
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
 /// Compares the model's ports with what the launch file maps; returns the problems.
 pub fn check_signature(
     cfg: &ChunkPolicyConfig,
@@ -134,29 +168,8 @@ pub fn check_signature(
         "    {} (output): float32 {wanted_actions:?}",
         cfg.actions.output
     ));
-    for input in &cfg.inputs {
-        match inputs.iter().find(|p| p.name == input.name) {
-            None => problems.push(format!("input `{}` is not in the model", input.name)),
-            Some(p) if p.dtype != dtype_name(input.dtype) => problems.push(format!(
-                "input `{}` is {} in the model, {} in the launch file",
-                input.name,
-                p.dtype,
-                dtype_name(input.dtype)
-            )),
-            Some(p) if !shape_matches(&p.shape, &input.shape) => problems.push(format!(
-                "input `{}` has shape {:?} in the model, {:?} in the launch file",
-                input.name, p.shape, input.shape
-            )),
-            Some(_) => {}
-        }
-    }
-    for p in inputs {
-        if !cfg.inputs.iter().any(|i| i.name == p.name) {
-            problems.push(format!(
-                "model input `{}` is not mapped by any [[policy.chunk.inputs]]",
-                p.name
-            ));
-        }
+    if let Err(found) = check_inputs(&cfg.inputs, inputs) {
+        problems.extend(found);
     }
     match outputs.iter().find(|p| p.name == cfg.actions.output) {
         None => problems.push(format!(
@@ -216,7 +229,12 @@ pub struct ChunkPolicy {
 impl ChunkPolicy {
     /// Loads ONNX Runtime and the model, checks the signature and warms up.
     pub fn load(launch: &Launch) -> Result<Self, PolicyLoadError> {
-        let cfg = launch.chunk_policy();
+        let cfg = launch
+            .chunk_policy()
+            .ok_or_else(|| PolicyLoadError::Model {
+                path: launch.base_dir.clone(),
+                message: "the launch file has no [policy.chunk]".into(),
+            })?;
         let joints = launch.config.robot.joints.len();
         let library = launch
             .config
@@ -367,7 +385,7 @@ mod tests {
 
     fn config() -> ChunkPolicyConfig {
         let launch = Launch::embedded(&[]).unwrap();
-        launch.chunk_policy().clone()
+        launch.chunk_policy().unwrap().clone()
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //!
 //! - [`onnxruntime`]: finds and loads `libonnxruntime.so` once per process;
 //! - [`preprocess`]: turns an observation into model inputs (resize, normalize);
-//! - [`chunk`]: the `chunk` policy, a model mapping observations to `[1, H, D]`.
+//! - [`chunk`]: the `chunk` policy, a model mapping observations to `[1, H, D]`;
+//! - [`fast`]: the FAST action-token codec; [`fast_policy`]: the autoregressive `fast` policy.
 
 pub mod chunk;
 pub mod fast;
+pub mod fast_policy;
 pub mod onnxruntime;
 pub mod preprocess;
 

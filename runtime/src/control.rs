@@ -477,6 +477,7 @@ impl ControlLoop {
             chunk_queue: r.core.executor.queued(t.tick),
             chunks_applied: r.stats.chunks_applied,
             chunks_rejected: r.stats.chunks_rejected,
+            inference_errors: self.worker.errors(),
             overruns: r.stats.overruns,
             stale_state_ticks: r.stats.stale_state_ticks,
             estop: r.core.safety.is_estopped() && !stopping,

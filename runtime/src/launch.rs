@@ -170,11 +170,89 @@ pub struct ZenohArmConfig {
     pub state_key: Option<String>,
 }
 
-/// Exactly one policy kind, e.g. `[policy.chunk]`.
+/// Exactly one policy kind, e.g. `[policy.chunk]` or `[policy.fast]`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySection {
     pub chunk: Option<ChunkPolicyConfig>,
+    pub fast: Option<FastPolicyConfig>,
+}
+
+/// An autoregressive VLA that emits FAST action tokens: a prefix graph run once per
+/// chunk on the observation, then a decoder step graph run per token with a cache.
+///
+/// Prefix graph: the mapped observation inputs -> `logits` [1, V] and cache tensors
+/// `present.<name>`. Step graph: `input_ids` [1, 1] int64 and `past.<name>` ->
+/// `logits` [1, V] and `present.<name>`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FastPolicyConfig {
+    /// The prefix graph (observation -> first logits + cache), relative to the launch file.
+    pub prefix_model: PathBuf,
+    /// The decoder step graph.
+    pub model: PathBuf,
+    /// Directory with `tokenizer.json` and `processor_config.json`.
+    pub tokenizer: PathBuf,
+    pub action_rate_hz: f64,
+    pub replan_after: usize,
+    #[serde(default = "defaults::intra_threads")]
+    pub intra_threads: usize,
+    pub inputs: Vec<InputConfig>,
+    /// Stop decoding at this model token id (e.g. the id of `|`).
+    pub end_token: u32,
+    #[serde(default = "defaults::max_tokens")]
+    pub max_tokens: usize,
+    /// FAST id = `offset + sign * model id` (openpi with PaliGemma: 257023, -1).
+    #[serde(default)]
+    pub token_map: TokenMap,
+    /// 0 decodes greedily; above 0 samples from softmax(logits / temperature) with
+    /// a generator seeded by (seed, tick).
+    #[serde(default)]
+    pub temperature: f32,
+    /// `strict` rejects sequences that do not give exactly T x D coefficients;
+    /// `pad_missing` fills missing trailing coefficients with zeros.
+    #[serde(default)]
+    pub decode: FastDecode,
+    /// Undo the quantile normalization of pi0-FAST: `(x + 1) / 2 * (q99 - q01) + q01`.
+    pub quantiles: Option<Quantiles>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenMap {
+    pub offset: i64,
+    pub sign: i64,
+}
+
+impl Default for TokenMap {
+    fn default() -> Self {
+        Self { offset: 0, sign: 1 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FastDecode {
+    #[default]
+    Strict,
+    PadMissing,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quantiles {
+    pub q01: Vec<f32>,
+    pub q99: Vec<f32>,
+}
+
+/// The parts every policy kind has.
+pub struct PolicyCommon<'a> {
+    /// Launch-file path of the policy table, e.g. `policy.fast`.
+    pub table: &'static str,
+    pub model: &'a Path,
+    pub action_rate_hz: f64,
+    pub replan_after: usize,
+    pub inputs: &'a [InputConfig],
 }
 
 /// An ONNX model that maps observations to an action chunk `[1, H, D]` of absolute
@@ -417,6 +495,9 @@ mod defaults {
     pub fn intra_threads() -> usize {
         1
     }
+    pub fn max_tokens() -> usize {
+        256
+    }
     pub fn actions_output() -> String {
         "actions".into()
     }
@@ -612,28 +693,49 @@ impl Launch {
         }
         clean
     }
-    /// Checks that the policy's model file exists (at load, not at parse, so that
+    /// Checks that the policy's model files exist (at load, not at parse, so that
     /// tools such as `reflex demos` work before a model has been trained).
     pub fn check_model_exists(&self) -> Result<PathBuf, LaunchError> {
-        let model = self.resolve(&self.chunk_policy().model);
-        if model.is_file() {
-            Ok(model)
-        } else {
-            Err(self.error_at(
-                "policy.chunk.model",
-                format!("model file not found: {}", model.display()),
-            ))
+        let common = self.policy();
+        let mut files = vec![("model", common.model)];
+        if let Some(fast) = &self.config.policy.fast {
+            files.push(("prefix_model", fast.prefix_model.as_path()));
         }
+        for (field, file) in files {
+            let path = self.resolve(file);
+            if !path.is_file() {
+                let at = format!("{}.{field}", common.table);
+                return Err(self.error_at(&at, format!("model file not found: {}", path.display())));
+            }
+        }
+        Ok(self.resolve(common.model))
     }
 
-    /// The one policy of the file.
-    pub fn chunk_policy(&self) -> &ChunkPolicyConfig {
-        // validate() guarantees exactly one policy kind.
-        self.config
-            .policy
-            .chunk
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("validated launch file has a policy"))
+    /// The chunk policy (validated launch files have exactly one policy).
+    pub fn chunk_policy(&self) -> Option<&ChunkPolicyConfig> {
+        self.config.policy.chunk.as_ref()
+    }
+
+    /// What every policy kind has, whichever the file uses.
+    pub fn policy(&self) -> PolicyCommon<'_> {
+        match (&self.config.policy.chunk, &self.config.policy.fast) {
+            (Some(c), _) => PolicyCommon {
+                table: "policy.chunk",
+                model: &c.model,
+                action_rate_hz: c.action_rate_hz,
+                replan_after: c.replan_after,
+                inputs: &c.inputs,
+            },
+            (None, Some(f)) => PolicyCommon {
+                table: "policy.fast",
+                model: &f.model,
+                action_rate_hz: f.action_rate_hz,
+                replan_after: f.replan_after,
+                inputs: &f.inputs,
+            },
+            // validate() guarantees one of them.
+            (None, None) => unreachable!("validated launch file has a policy"),
+        }
     }
 
     /// Camera names in the order policies see them.
@@ -741,30 +843,63 @@ impl Launch {
                 return Err(self.error_at(&at("camera"), "width and height must be in 8..=4096"));
             }
         }
-        let Some(policy) = &c.policy.chunk else {
-            return Err(self.error_at("policy", "no policy: add a [policy.chunk] table"));
-        };
-        if !is_positive(policy.action_rate_hz) || policy.action_rate_hz > control.rate_hz {
+        if c.policy.chunk.is_some() == c.policy.fast.is_some() {
             return Err(self.error_at(
-                "policy.chunk.action_rate_hz",
+                "policy",
+                "need exactly one policy kind: a [policy.chunk] or a [policy.fast] table",
+            ));
+        }
+        let common = self.policy();
+        let table = common.table;
+        if !is_positive(common.action_rate_hz) || common.action_rate_hz > control.rate_hz {
+            return Err(self.error_at(
+                &format!("{table}.action_rate_hz"),
                 "must be positive and at most control.rate_hz",
             ));
         }
-        if policy.actions.horizon == 0 {
-            return Err(self.error_at("policy.chunk.actions.horizon", "must be at least 1"));
+        if common.replan_after == 0 {
+            return Err(self.error_at(&format!("{table}.replan_after"), "must be at least 1"));
         }
-        if policy.replan_after == 0 || policy.replan_after > policy.actions.horizon {
-            return Err(self.error_at(
-                "policy.chunk.replan_after",
-                format!("must be in 1..={} (the horizon)", policy.actions.horizon),
-            ));
+        if let Some(policy) = &c.policy.chunk {
+            if policy.actions.horizon == 0 {
+                return Err(self.error_at("policy.chunk.actions.horizon", "must be at least 1"));
+            }
+            if policy.replan_after > policy.actions.horizon {
+                return Err(self.error_at(
+                    "policy.chunk.replan_after",
+                    format!("must be in 1..={} (the horizon)", policy.actions.horizon),
+                ));
+            }
+            if let Some(norm) = &policy.actions.normalize {
+                self.check_normalization(norm, joints, "policy.chunk.actions.normalize")?;
+            }
         }
-        if let Some(norm) = &policy.actions.normalize {
-            self.check_normalization(norm, joints, "policy.chunk.actions.normalize")?;
+        if let Some(policy) = &c.policy.fast {
+            if policy.max_tokens == 0 {
+                return Err(self.error_at("policy.fast.max_tokens", "must be at least 1"));
+            }
+            if !(policy.temperature.is_finite() && policy.temperature >= 0.0) {
+                return Err(
+                    self.error_at("policy.fast.temperature", "must be 0 (greedy) or positive")
+                );
+            }
+            if policy.token_map.sign.abs() != 1 {
+                return Err(self.error_at("policy.fast.token_map.sign", "must be 1 or -1"));
+            }
+            if let Some(q) = &policy.quantiles {
+                for (name, values) in [("q01", &q.q01), ("q99", &q.q99)] {
+                    if values.len() != joints {
+                        return Err(self.error_at(
+                            &format!("policy.fast.quantiles.{name}"),
+                            format!("has {} values, expected {joints}", values.len()),
+                        ));
+                    }
+                }
+            }
         }
         let cameras = self.camera_names();
-        for (i, input) in policy.inputs.iter().enumerate() {
-            let at = |field: &str| format!("policy.chunk.inputs[{i}].{field}");
+        for (i, input) in common.inputs.iter().enumerate() {
+            let at = |field: &str| format!("{table}.inputs[{i}].{field}");
             match &input.source {
                 ObservationSource::Camera(name) => {
                     if !cameras.contains(name) {
@@ -1079,6 +1214,22 @@ mod tests {
         assert!(!launch.config.zenoh.enabled);
         let launch = load(EMBEDDED_SIM_ARM, &["robot.joints[0].velocity=0.5"]).unwrap();
         assert_eq!(launch.config.robot.joints[0].velocity, 0.5);
+    }
+
+    #[test]
+    fn exactly_one_policy_kind() {
+        let both = format!(
+            "{EMBEDDED_SIM_ARM}\n[policy.fast]\nprefix_model = \"p.onnx\"\nmodel = \"s.onnx\"\ntokenizer = \"t\"\naction_rate_hz = 10.0\nreplan_after = 5\nend_token = 1\ninputs = []\n"
+        );
+        let err = load(&both, &[]).unwrap_err();
+        assert_eq!(err.field, "policy");
+        assert!(err.message.contains("exactly one policy kind"), "{err}");
+        let fast_only = both.replacen("[policy.chunk]", "[policy.chunk_unused]", 1);
+        let err = load(&fast_only, &[]).unwrap_err();
+        assert!(
+            err.message.contains("unknown field `chunk_unused`"),
+            "{err}"
+        );
     }
 
     #[test]

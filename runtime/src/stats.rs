@@ -107,6 +107,8 @@ pub struct StatusSnapshot {
     pub chunk_queue: usize,
     pub chunks_applied: u64,
     pub chunks_rejected: u64,
+    /// Inferences that failed (an invalid FAST sequence, a runtime error).
+    pub inference_errors: u64,
     pub overruns: u64,
     pub stale_state_ticks: u64,
     pub estop: bool,
@@ -118,7 +120,7 @@ impl StatusSnapshot {
     /// The one-line form shown on a terminal.
     pub fn line(&self) -> String {
         format!(
-            "t={:6.1}s rate={:6.1}Hz jitter_p99={:7.1}us compute_p99={:6.1}us infer={:6.2}ms queue={:2} chunks={} rejected={} overruns={}{}",
+            "t={:6.1}s rate={:6.1}Hz jitter_p99={:7.1}us compute_p99={:6.1}us infer={:6.2}ms queue={:2} chunks={} rejected={} errors={} overruns={}{}",
             self.elapsed_s,
             self.rate_hz,
             self.jitter_p99_us,
@@ -127,6 +129,7 @@ impl StatusSnapshot {
             self.chunk_queue,
             self.chunks_applied,
             self.chunks_rejected,
+            self.inference_errors,
             self.overruns,
             if self.stopping {
                 " stopping"

@@ -1,0 +1,128 @@
+//! The `fast` policy kind end to end on the simulated arm: a tiny autoregressive
+//! ONNX model with a cache (policies/models/test/fast_*.onnx) emits FAST tokens,
+//! reflex decodes them into a chunk and the arm follows it; a sequence cut short
+//! is rejected and the arm holds.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use reflex_runtime::log::{Record, read_log};
+
+fn fixture_meta() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fixture("fast_fixture.json")).unwrap()).unwrap()
+}
+
+/// The demo launch file with its chunk policy swapped for the fast fixture.
+fn fast_launch(name: &str, end_token: u64) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("launch/sim_arm.toml")).unwrap();
+    let policy_start = text.find("[policy.chunk]").unwrap();
+    let policy_end = text.find("[safety]").unwrap();
+    let meta = fixture_meta();
+    let fast = format!(
+        r#"[policy.fast]
+prefix_model = "{prefix}"
+model = "{step}"
+tokenizer = "{tokenizer}"
+action_rate_hz = 10.0
+replan_after = 5
+end_token = {end_token}
+max_tokens = 64
+quantiles = {{ q01 = {q01}, q99 = {q99} }}
+
+[[policy.fast.inputs]]
+name = "state"
+source = "state.joint_positions"
+shape = [1, 3]
+
+"#,
+        prefix = fixture("fast_prefix.onnx").display(),
+        step = fixture("fast_step.onnx").display(),
+        tokenizer = fixture("fast_10x3").display(),
+        q01 = meta["q01"],
+        q99 = meta["q99"],
+    );
+    let text = format!("{}{fast}{}", &text[..policy_start], &text[policy_end..]);
+    let path = scratch(name).join("fast.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run_fast(name: &str, end_token: u64) -> (serde_json::Value, Vec<Record>) {
+    let launch = fast_launch(name, end_token);
+    let dir = launch.parent().unwrap().to_path_buf();
+    let (log, summary_path) = (dir.join("run.log"), dir.join("summary.json"));
+    run_ok(&[
+        "run",
+        launch.to_str().unwrap(),
+        "--sim-clock",
+        "--duration",
+        "6",
+        "--set",
+        "zenoh.enabled=false",
+        "--log",
+        log.to_str().unwrap(),
+        "--summary-json",
+        summary_path.to_str().unwrap(),
+    ]);
+    (summary(&summary_path), read_log(&log).unwrap().1)
+}
+
+fn commands(records: &[Record]) -> Vec<[f64; 3]> {
+    records
+        .iter()
+        .filter_map(|r| {
+            if let Record::Tick(t) = r {
+                Some([
+                    t.command.position[0],
+                    t.command.position[1],
+                    t.command.position[2],
+                ])
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_fast_policy_drives_the_arm_to_its_decoded_chunk() {
+    let meta = fixture_meta();
+    let (summary, records) = run_fast("fast-policy", meta["end_token"].as_u64().unwrap());
+    assert!(
+        summary["chunks_applied"].as_u64().unwrap() >= 5,
+        "{summary}"
+    );
+    assert_eq!(summary["inference_errors"].as_u64(), Some(0), "{summary}");
+    let goal: Vec<f64> = serde_json::from_value(meta["goal"].clone()).unwrap();
+    let last = *commands(&records).last().unwrap();
+    for j in 0..3 {
+        // FAST quantization (scale 10) bounds the error well under 0.1 rad here.
+        assert!(
+            (last[j] - goal[j]).abs() < 0.1,
+            "joint {j}: {} vs goal {}",
+            last[j],
+            goal[j]
+        );
+    }
+}
+
+#[test]
+fn a_sequence_cut_short_is_rejected_and_the_arm_holds() {
+    let meta = fixture_meta();
+    // Treat the third emitted token as the end token: two tokens cannot make a chunk.
+    let early_end = meta["ids"][2].as_u64().unwrap();
+    let (summary, records) = run_fast("fast-policy-short", early_end);
+    assert_eq!(summary["chunks_applied"].as_u64(), Some(0), "{summary}");
+    assert!(
+        summary["inference_errors"].as_u64().unwrap() >= 5,
+        "{summary}"
+    );
+    let Some(Record::Start { position, .. }) = records.first() else {
+        panic!("log starts with Start")
+    };
+    for c in commands(&records) {
+        assert_eq!(&c[..], &position[..3], "the arm holds where it started");
+    }
+}
