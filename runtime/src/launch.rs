@@ -1224,12 +1224,6 @@ mod tests {
         let err = load(&both, &[]).unwrap_err();
         assert_eq!(err.field, "policy");
         assert!(err.message.contains("exactly one policy kind"), "{err}");
-        let fast_only = both.replacen("[policy.chunk]", "[policy.chunk_unused]", 1);
-        let err = load(&fast_only, &[]).unwrap_err();
-        assert!(
-            err.message.contains("unknown field `chunk_unused`"),
-            "{err}"
-        );
     }
 
     #[test]
