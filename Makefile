@@ -4,7 +4,7 @@
 CARGO ?= cargo
 DURATION ?= 15
 
-.PHONY: run test setup build check lint bench demos train models fast-tokenizer clean
+.PHONY: run test setup build check lint bench demos train models fast-tokenizer fast-sim-policy clean
 
 run: setup
 	$(CARGO) build --release
@@ -40,7 +40,11 @@ train: demos
 fast-tokenizer: setup
 	.venv/bin/python policies/export/make_fast_tokenizer.py --out policies/models/fast
 
+fast-sim-policy: setup
+	.venv/bin/python policies/export/make_sim_fast_policy.py
+
 models: setup
+	.venv/bin/python policies/export/make_fast_tokenizer.py --dim 3 --out policies/models/test/fast_10x3
 	.venv/bin/python policies/export/make_test_models.py --out-dir policies/models/test
 
 clean:

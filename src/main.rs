@@ -100,7 +100,8 @@ fn check(path: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<ExitCode
             .join(", ")
     );
     println!(
-        "  policy     chunk {} (signature matches)",
+        "  policy     {} {} (signature matches)",
+        launch.policy().table,
         policy.model_path.display()
     );
     println!("  onnxruntime {}", policy.library_path.display());

@@ -126,3 +126,30 @@ fn a_sequence_cut_short_is_rejected_and_the_arm_holds() {
         assert_eq!(&c[..], &position[..3], "the arm holds where it started");
     }
 }
+
+#[test]
+fn the_fast_sim_policy_reaches_the_target() {
+    let dir = scratch("fast-sim-task");
+    let summary_path = dir.join("summary.json");
+    run_ok(&[
+        "run",
+        "launch/sim_arm_fast.toml",
+        "--sim-clock",
+        "--duration",
+        "15",
+        "--seed",
+        "1",
+        "--set",
+        "zenoh.enabled=false",
+        "--summary-json",
+        summary_path.to_str().unwrap(),
+    ]);
+    let summary = summary(&summary_path);
+    assert_eq!(summary["inference_errors"].as_u64(), Some(0), "{summary}");
+    let episodes = summary["tasks"][0]["episodes"].as_array().unwrap().clone();
+    assert_eq!(episodes.len(), 3, "{summary}");
+    assert!(
+        episodes.iter().all(|e| e["reached"] == true),
+        "every episode reaches its target: {summary:#}"
+    );
+}
