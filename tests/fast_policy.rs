@@ -153,3 +153,27 @@ fn the_fast_sim_policy_reaches_the_target() {
         "every episode reaches its target: {summary:#}"
     );
 }
+
+#[test]
+fn a_step_graph_without_the_cache_interface_is_a_clear_error() {
+    let meta = fixture_meta();
+    let launch = fast_launch("fast-bad-step", meta["end_token"].as_u64().unwrap());
+    let text = std::fs::read_to_string(&launch).unwrap();
+    let wrong = fixture("chunk_state_hold.onnx");
+    let text = text.replace(
+        &fixture("fast_step.onnx").display().to_string(),
+        &wrong.display().to_string(),
+    );
+    std::fs::write(&launch, text).unwrap();
+    let out = reflex()
+        .args(["check", launch.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("field `policy.fast.inputs`"), "{err}");
+    assert!(
+        err.contains("step input `input_ids`") && err.contains("past.pos"),
+        "{err}"
+    );
+}

@@ -236,13 +236,7 @@ impl ChunkPolicy {
                 message: "the launch file has no [policy.chunk]".into(),
             })?;
         let joints = launch.config.robot.joints.len();
-        let library = launch
-            .config
-            .onnxruntime
-            .library
-            .as_ref()
-            .map(|p| launch.resolve(p));
-        let (env, library_path) = crate::onnxruntime::environment(library.as_deref())?;
+        let (env, library_path) = crate::onnxruntime::environment_for(launch)?;
         let model_path = launch.resolve(&cfg.model);
         let session = open_session(&env, &model_path, cfg.intra_threads)?;
         let (inputs, outputs) = model_ports(&session);
@@ -276,20 +270,7 @@ impl ChunkPolicy {
     }
 
     fn warm_up(&mut self, launch: &Launch) -> Result<(), PolicyLoadError> {
-        let cameras = launch
-            .config
-            .drivers
-            .sim_arm
-            .iter()
-            .filter_map(|a| a.camera.as_ref())
-            .map(|c| reflex_runtime::Image::black(c.width, c.height))
-            .collect();
-        let obs = Observation {
-            tick: 0,
-            stamp_ns: 0,
-            joints: reflex_runtime::JointState::empty(self.joints),
-            images: cameras,
-        };
+        let obs = crate::preprocess::blank_observation(launch);
         let mut chunk = ActionChunk::zeros(self.horizon, self.joints);
         let started = Instant::now();
         for _ in 0..3 {

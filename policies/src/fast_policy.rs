@@ -21,7 +21,7 @@ use reflex_runtime::launch::{
     FastDecode, FastPolicyConfig, Launch, Quantiles, TensorDtype, TokenMap,
 };
 use reflex_runtime::policy::{Policy, PolicyError};
-use reflex_runtime::types::{ActionChunk, Image, JointState, Observation};
+use reflex_runtime::types::{ActionChunk, Observation};
 
 use crate::PolicyLoadError;
 use crate::chunk::{Port, check_inputs, model_ports, open_session};
@@ -71,13 +71,7 @@ fn mismatch(
 impl FastPolicy {
     pub fn load(launch: &Launch, cfg: &FastPolicyConfig) -> Result<Self, PolicyLoadError> {
         let joints = launch.config.robot.joints.len();
-        let library = launch
-            .config
-            .onnxruntime
-            .library
-            .as_ref()
-            .map(|p| launch.resolve(p));
-        let (env, library_path) = crate::onnxruntime::environment(library.as_deref())?;
+        let (env, library_path) = crate::onnxruntime::environment_for(launch)?;
         let prefix_path = launch.resolve(&cfg.prefix_model);
         let step_path = launch.resolve(&cfg.model);
         let prefix = open_session(&env, &prefix_path, cfg.intra_threads)?;
@@ -168,24 +162,7 @@ impl FastPolicy {
             warm_up_ms: 0.0,
         };
         // Warm up the sessions; the result of a blank observation does not matter.
-        let cameras = launch.camera_names();
-        let sizes: Vec<(usize, usize)> = launch
-            .config
-            .drivers
-            .sim_arm
-            .iter()
-            .filter_map(|a| a.camera.as_ref().map(|c| (c.width, c.height)))
-            .collect();
-        let obs = Observation {
-            tick: 0,
-            stamp_ns: 0,
-            joints: JointState::empty(joints),
-            images: sizes
-                .iter()
-                .take(cameras.len())
-                .map(|&(w, h)| Image::black(w, h))
-                .collect(),
-        };
+        let obs = crate::preprocess::blank_observation(launch);
         let started = Instant::now();
         let _ = policy.generate(&obs);
         policy.warm_up_ms = started.elapsed().as_secs_f64() * 1e3;

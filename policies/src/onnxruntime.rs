@@ -107,6 +107,19 @@ pub fn environment(
     }
 }
 
+/// The environment for a launch file (its `onnxruntime.library`, or the search).
+pub fn environment_for(
+    launch: &reflex_runtime::launch::Launch,
+) -> Result<(ort::environment::Environment, PathBuf), PolicyLoadError> {
+    let configured = launch
+        .config
+        .onnxruntime
+        .library
+        .as_ref()
+        .map(|p| launch.resolve(p));
+    environment(configured.as_deref())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

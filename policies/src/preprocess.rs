@@ -9,6 +9,25 @@ use reflex_runtime::launch::{
 };
 use reflex_runtime::types::{Image, Observation};
 
+/// An all-black, zero-state observation shaped like the launch file's sensors, for
+/// warming up models before the first real one arrives.
+pub fn blank_observation(launch: &reflex_runtime::launch::Launch) -> Observation {
+    let images = launch
+        .config
+        .drivers
+        .sim_arm
+        .iter()
+        .filter_map(|a| a.camera.as_ref())
+        .map(|c| Image::black(c.width, c.height))
+        .collect();
+    Observation {
+        tick: 0,
+        stamp_ns: 0,
+        joints: reflex_runtime::types::JointState::empty(launch.config.robot.joints.len()),
+        images,
+    }
+}
+
 /// One model input: where its values come from and the buffer they go into.
 pub struct MappedInput {
     pub name: String,
