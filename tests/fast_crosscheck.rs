@@ -9,41 +9,9 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use reflex_policies::fast::synthetic::smooth_chunks;
 use reflex_policies::fast::{self, DecodeMode, FastCodec};
 use serde_json::Value;
-
-/// Smooth chunks: offsets plus low-frequency sines, row-major [T][D].
-fn smooth_chunks(n: usize, horizon: usize, dim: usize, seed: u64) -> Vec<Vec<f64>> {
-    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
-    let mut uniform = move |lo: f64, hi: f64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        lo + (state >> 11) as f64 / (1u64 << 53) as f64 * (hi - lo)
-    };
-    (0..n)
-        .map(|_| {
-            let p: Vec<[f64; 4]> = (0..dim)
-                .map(|_| {
-                    [
-                        uniform(-0.8, 0.8),
-                        uniform(0.0, 3.0),
-                        uniform(-3.1, 3.1),
-                        uniform(-0.5, 0.5),
-                    ]
-                })
-                .collect();
-            (0..horizon)
-                .flat_map(|t| {
-                    let x = t as f64 / (horizon - 1) as f64;
-                    p.iter().map(move |[amp, freq, phase, offset]| {
-                        offset + amp * (std::f64::consts::PI * freq * x + phase).sin()
-                    })
-                })
-                .collect()
-        })
-        .collect()
-}
 
 fn as_rows(chunks: &[Vec<f64>], dim: usize) -> Value {
     Value::from(

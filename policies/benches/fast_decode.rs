@@ -7,31 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use reflex_policies::fast::synthetic::smooth_chunks;
 use reflex_policies::fast::{self, DecodeMode};
-
-fn smooth_chunks(n: usize, horizon: usize, dim: usize) -> Vec<Vec<f64>> {
-    let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    let mut uniform = move |lo: f64, hi: f64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        lo + (seed >> 11) as f64 / (1u64 << 53) as f64 * (hi - lo)
-    };
-    (0..n)
-        .map(|_| {
-            let p: Vec<[f64; 3]> = (0..dim)
-                .map(|_| [uniform(-0.8, 0.8), uniform(0.0, 3.0), uniform(-0.5, 0.5)])
-                .collect();
-            (0..horizon)
-                .flat_map(|t| {
-                    let x = t as f64 / (horizon - 1) as f64;
-                    p.iter()
-                        .map(move |[a, f, o]| o + a * (std::f64::consts::PI * f * x + o).sin())
-                })
-                .collect()
-        })
-        .collect()
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -48,7 +25,7 @@ fn main() {
         "| chunk | tokens | reflex decode (us) | Python reference (us) | speed-up |\n|---|---|---|---|---|"
     );
     for (horizon, dim, vocab) in [(10, 7, 1024), (50, 14, 2048), (50, 32, 4096)] {
-        let chunks = smooth_chunks(300, horizon, dim);
+        let chunks = smooth_chunks(300, horizon, dim, 11);
         let codec = fast::fit(&chunks, horizon, dim, 10.0, vocab).expect("fit");
         let dir = work.join(format!("{horizon}x{dim}"));
         codec.save(&dir).expect("save");

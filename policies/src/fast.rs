@@ -400,37 +400,50 @@ pub fn fit(
     Ok(FastCodec::new(tokenizer, config))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Smooth random-ish trajectories: sums of a few low-frequency sines.
+/// Synthetic action chunks shaped like real joint trajectories after normalization,
+/// for fitting fixtures, tests and benchmarks.
+pub mod synthetic {
+    /// `n` row-major `[horizon, dim]` chunks: per dimension an offset plus a sine
+    /// of random amplitude (< 0.8), frequency (< 1.5 periods per chunk) and phase.
+    /// Deterministic for a seed.
     pub fn smooth_chunks(n: usize, horizon: usize, dim: usize, seed: u64) -> Vec<Vec<f64>> {
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let mut next = move || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+        let mut uniform = move |lo: f64, hi: f64| {
+            // xorshift64
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            lo + (state >> 11) as f64 / (1u64 << 53) as f64 * (hi - lo)
         };
         (0..n)
             .map(|_| {
-                let params: Vec<(f64, f64, f64)> = (0..dim)
-                    .map(|_| (next(), next() * 3.0, next() * 0.5))
+                let params: Vec<[f64; 4]> = (0..dim)
+                    .map(|_| {
+                        [
+                            uniform(-0.8, 0.8),
+                            uniform(0.0, 3.0),
+                            uniform(-3.1, 3.1),
+                            uniform(-0.5, 0.5),
+                        ]
+                    })
                     .collect();
-                let mut chunk = Vec::with_capacity(horizon * dim);
-                for t in 0..horizon {
-                    let x = t as f64 / horizon as f64;
-                    for &(amp, freq, offset) in &params {
-                        chunk.push(offset + amp * (freq * x + offset).sin());
-                    }
-                }
-                chunk
+                (0..horizon)
+                    .flat_map(|t| {
+                        let x = t as f64 / (horizon.max(2) - 1) as f64;
+                        params.iter().map(move |[amp, freq, phase, offset]| {
+                            offset + amp * (std::f64::consts::PI * freq * x + phase).sin()
+                        })
+                    })
+                    .collect()
             })
             .collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::synthetic::smooth_chunks;
+    use super::*;
 
     #[test]
     fn dct_round_trip_is_exact_without_quantization() {
