@@ -33,6 +33,13 @@ enum Command {
     Replay { log: PathBuf },
     /// Record scripted demonstrations on the simulated arm (training data).
     Demos(reflex::demos::DemoArgs),
+    /// Print a model's inputs, outputs, IR version and opsets, and a launch-file snippet.
+    Inspect {
+        model: PathBuf,
+        /// libonnxruntime.so to use (default: searched as for `run`).
+        #[arg(long)]
+        onnxruntime: Option<PathBuf>,
+    },
     /// FAST action tokens: fit a tokenizer, encode and decode chunks (JSON).
     #[command(subcommand)]
     Fast(reflex::fast_cli::FastCommand),
@@ -55,6 +62,14 @@ fn main() -> ExitCode {
         Command::Replay { log } => replay(&log),
         Command::Demos(args) => reflex::demos::record(args).map(|()| ExitCode::SUCCESS),
         Command::Fast(command) => reflex::fast_cli::run(command),
+        Command::Inspect { model, onnxruntime } => {
+            reflex_policies::inspect::inspect(&model, onnxruntime.as_deref())
+                .map(|report| {
+                    print!("{}", report.render(&model));
+                    ExitCode::SUCCESS
+                })
+                .map_err(anyhow::Error::new)
+        }
         Command::Schema => {
             println!(
                 "{}",

@@ -8,6 +8,7 @@
 pub mod chunk;
 pub mod fast;
 pub mod fast_policy;
+pub mod inspect;
 pub mod onnxruntime;
 pub mod preprocess;
 

@@ -1,0 +1,228 @@
+//! `reflex inspect MODEL.onnx`: what a model takes and gives, read through ONNX
+//! Runtime, plus the IR version and opsets from the file itself, and a launch-file
+//! snippet that maps it.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::PolicyLoadError;
+use crate::chunk::{Port, model_ports, open_session};
+
+pub struct ModelReport {
+    pub ir_version: Option<u64>,
+    /// (domain, version); the default domain is "".
+    pub opsets: Vec<(String, u64)>,
+    pub producer: Option<String>,
+    pub metadata: Vec<(String, String)>,
+    pub inputs: Vec<Port>,
+    pub outputs: Vec<Port>,
+}
+
+/// Reads a varint at `at`, advancing it.
+fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7F) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Walks the top-level fields of a protobuf message: (field number, wire type,
+/// varint value or length-delimited bytes).
+fn fields(bytes: &[u8]) -> Vec<(u64, u64, u64, &[u8])> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let Some(key) = varint(bytes, &mut at) else {
+            break;
+        };
+        let (field, wire) = (key >> 3, key & 7);
+        match wire {
+            0 => match varint(bytes, &mut at) {
+                Some(v) => out.push((field, wire, v, &bytes[0..0])),
+                None => break,
+            },
+            1 => at += 8,
+            2 => {
+                let Some(len) = varint(bytes, &mut at) else {
+                    break;
+                };
+                let Some(body) = bytes.get(at..at + len as usize) else {
+                    break;
+                };
+                out.push((field, wire, 0, body));
+                at += len as usize;
+            }
+            5 => at += 4,
+            _ => break,
+        }
+    }
+    out
+}
+
+/// IR version (ModelProto field 1) and opset imports (field 8: domain = 1, version = 2).
+pub fn read_versions(model: &[u8]) -> (Option<u64>, Vec<(String, u64)>) {
+    let mut ir = None;
+    let mut opsets = Vec::new();
+    for (field, wire, value, body) in fields(model) {
+        match (field, wire) {
+            (1, 0) => ir = Some(value),
+            (8, 2) => {
+                let mut domain = String::new();
+                let mut version = 0;
+                for (f, w, v, b) in fields(body) {
+                    match (f, w) {
+                        (1, 2) => domain = String::from_utf8_lossy(b).into_owned(),
+                        (2, 0) => version = v,
+                        _ => {}
+                    }
+                }
+                opsets.push((domain, version));
+            }
+            _ => {}
+        }
+    }
+    (ir, opsets)
+}
+
+pub fn inspect(path: &Path, library: Option<&Path>) -> Result<ModelReport, PolicyLoadError> {
+    let bytes = std::fs::read(path).map_err(|e| PolicyLoadError::Model {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let (ir_version, opsets) = read_versions(&bytes);
+    let (env, _) = crate::onnxruntime::environment(library)?;
+    let session = open_session(&env, path, 1)?;
+    let (inputs, outputs) = model_ports(&session);
+    let (producer, metadata) = match session.metadata() {
+        Ok(m) => {
+            let keys = m.custom_keys().unwrap_or_default();
+            let metadata = keys
+                .iter()
+                .filter_map(|k| m.custom(k).map(|v| (k.clone(), v)))
+                .collect();
+            (m.producer(), metadata)
+        }
+        Err(_) => (None, Vec::new()),
+    };
+    Ok(ModelReport {
+        ir_version,
+        opsets,
+        producer,
+        metadata,
+        inputs,
+        outputs,
+    })
+}
+
+impl ModelReport {
+    /// The human-readable report with a `[policy.chunk]` snippet mapping the inputs.
+    pub fn render(&self, path: &Path) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{}", path.display());
+        let ir = self.ir_version.map_or("?".into(), |v| v.to_string());
+        let opsets: Vec<String> = self
+            .opsets
+            .iter()
+            .map(|(d, v)| {
+                format!(
+                    "{}{v}",
+                    if d.is_empty() {
+                        "ai.onnx ".to_string()
+                    } else {
+                        format!("{d} ")
+                    }
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "  IR version {ir}, opsets: {}", opsets.join(", "));
+        if let Some(p) = &self.producer {
+            let _ = writeln!(out, "  producer   {p}");
+        }
+        for (k, v) in &self.metadata {
+            let v: String = v.chars().take(100).collect();
+            let _ = writeln!(out, "  metadata   {k} = {v}");
+        }
+        let _ = writeln!(out, "  inputs:");
+        for p in &self.inputs {
+            let _ = writeln!(out, "  {p}");
+        }
+        let _ = writeln!(out, "  outputs:");
+        for p in &self.outputs {
+            let _ = writeln!(out, "  {p}");
+        }
+        let _ = writeln!(
+            out,
+            "\n# launch-file snippet (edit the sources):\n[policy.chunk]"
+        );
+        let _ = writeln!(
+            out,
+            "model = {:?}\naction_rate_hz = 10.0\nreplan_after = 5",
+            path.display().to_string()
+        );
+        for p in &self.inputs {
+            let shape: Vec<i64> = p.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+            let image = shape.len() == 4;
+            let _ = writeln!(out, "\n[[policy.chunk.inputs]]\nname = {:?}", p.name);
+            if image {
+                let (h, w, layout) = if shape[1] == 3 {
+                    (shape[2], shape[3], "nchw")
+                } else {
+                    (shape[1], shape[2], "nhwc")
+                };
+                let _ = writeln!(out, "source = \"camera.CAMERA\"\nshape = {shape:?}");
+                let _ = writeln!(
+                    out,
+                    "image = {{ resize = [{h}, {w}], layout = \"{layout}\", range = \"zero_one\" }}"
+                );
+            } else {
+                let _ = writeln!(out, "source = \"state.joint_positions\"\nshape = {shape:?}");
+            }
+            if p.dtype != "float32" {
+                let _ = writeln!(out, "dtype = \"{}\"", p.dtype);
+            }
+        }
+        if let Some(actions) = self.outputs.first() {
+            let horizon = actions
+                .shape
+                .get(1)
+                .copied()
+                .filter(|h| *h > 0)
+                .unwrap_or(1);
+            let _ = writeln!(
+                out,
+                "\n[policy.chunk.actions]\noutput = {:?}\nhorizon = {horizon}",
+                actions.name
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ir_version_and_opsets_from_the_file() {
+        let model = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/test/chunk_state_hold.onnx"
+        ))
+        .unwrap();
+        let (ir, opsets) = read_versions(&model);
+        assert_eq!(ir, Some(13));
+        assert_eq!(opsets, vec![(String::new(), 17)]);
+    }
+
+    #[test]
+    fn garbage_does_not_panic() {
+        assert_eq!(read_versions(&[0xFF, 0xFF, 0xFF]), (None, Vec::new()));
+        assert_eq!(read_versions(&[0x0A, 0x80]), (None, Vec::new()));
+    }
+}
