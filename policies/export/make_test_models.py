@@ -1,13 +1,23 @@
 """Write the tiny ONNX fixtures the Rust tests load (deterministic, a few KB each).
 
-- chunk_state_hold.onnx: state [1,3] -> actions [1,10,3] = the state repeated (holds
-  the measured position; used by launch/zenoh_arm.toml for bring-up);
-- chunk_nan.onnx: image + state -> actions that are all NaN;
-- chunk_wrong_input.onnx: like the demo model but its state input is `joint_state`;
-- chunk_wrong_output.onnx: like the demo model but actions are [1,10,4];
+All are IR version 13, opset 17, checked with onnx.checker and run once with ONNX
+Runtime. The chunk fixtures take `image` float32 [1,3,32,32] (unused values: it
+enters as 0 * mean(image), so the input stays live) and `state` float32 [1,3] rad,
+and return `actions` float32 [1,10,3] rad:
+
+- chunk_identity.onnx: actions[0,h,:] = state (hold the current position);
+- chunk_ramp.onnx: actions[0,h,j] = state[0,j] + 0.05 * (h + 1) (always moving);
+- chunk_nan.onnx: actions are all NaN;
+- chunk_wrong_input.onnx: identity, but the state input is named `joint_state`;
+- chunk_wrong_output.onnx: identity, but actions are [1,10,4] (state zero-padded);
+- chunk_dynamic_batch.onnx: identity with a symbolic "batch" first dimension;
+- chunk_state_hold.onnx: identity with no image input at all (state -> actions;
+  used by launch/zenoh_arm.toml for bring-up);
 - fast_prefix.onnx + fast_step.onnx (+ fast_fixture.json): a tiny autoregressive
   FAST model with a cache that emits a known token sequence (needs the [10, 3]
-  tokenizer in fast_10x3/, made by make_fast_tokenizer.py --dim 3).
+  tokenizer made by make_fast_tokenizer.py --dim 3, by default in <out-dir>/fast_10x3).
+
+    .venv/bin/python policies/export/make_test_models.py --out-dir policies/models/test
 """
 
 import argparse
@@ -21,54 +31,94 @@ from onnx import helper
 from onnx_graph import const, save, tensor
 
 HORIZON, JOINTS = 10, 3
+IMAGE = [3, 32, 32]
+RAMP_STEP = 0.05
 
 
-def hold(state_name: str, out_joints: int = JOINTS, extra_inputs=(), add_nan: bool = False):
-    """actions = the state repeated over the horizon; the state is zero-padded to
-    `out_joints`, NaN is added on request, extra inputs are declared but unused."""
-    nodes, inits, row_input = [], [], state_name
+def chunk_model(name, state_name="state", out_joints=JOINTS, image=True, ramp=False, nan=False, batch=1):
+    """A "hold the state" chunk policy and its variants, as an ONNX graph."""
+    nodes = [helper.make_node("Unsqueeze", [state_name, "axis1"], ["row"])]  # [B,1,J]
+    inits = [const("axis1", np.array([1], np.int64))]
+    row = "row"
     if out_joints != JOINTS:
-        nodes.append(helper.make_node("Pad", [state_name, "pads"], ["padded"]))
-        inits.append(const("pads", np.array([0, 0, 0, out_joints - JOINTS], np.int64)))
-        row_input = "padded"
-    nodes += [
-        helper.make_node("Reshape", [row_input, "row_shape"], ["row"]),
-        helper.make_node("Expand", ["row", "chunk_shape"], ["held"]),
-    ]
-    inits += [
-        const("row_shape", np.array([1, 1, out_joints], np.int64)),
-        const("chunk_shape", np.array([1, HORIZON, out_joints], np.int64)),
-    ]
-    if add_nan:
-        nodes.append(helper.make_node("Add", ["held", "nan"], ["actions"]))
+        nodes.append(helper.make_node("Pad", ["row", "pads"], ["row_padded"]))
+        inits.append(const("pads", np.array([0, 0, 0, 0, 0, out_joints - JOINTS], np.int64)))
+        row = "row_padded"
+    # Expanding by [1,H,1] keeps whatever batch size came in.
+    nodes.append(helper.make_node("Expand", [row, "repeat"], ["chunk"]))
+    inits.append(const("repeat", np.array([1, HORIZON, 1], np.int64)))
+    terms = ["chunk"]
+    if ramp:
+        offsets = (RAMP_STEP * np.arange(1, HORIZON + 1)).astype(np.float32).reshape(1, HORIZON, 1)
+        inits.append(const("ramp", offsets))
+        terms.append("ramp")
+    if image:
+        # Per-sample mean as [B,1,1], times zero: the image is consumed, never changes the result.
+        nodes += [
+            helper.make_node("ReduceMean", ["image"], ["image_mean4"], axes=[1, 2, 3], keepdims=1),
+            helper.make_node("Squeeze", ["image_mean4", "axis3"], ["image_mean"]),
+            helper.make_node("Mul", ["image_mean", "zero"], ["image_term"]),
+        ]
+        inits += [const("axis3", np.array([3], np.int64)), const("zero", np.array(0.0, np.float32))]
+        terms.append("image_term")
+    if nan:
+        # A NaN constant, not 0/0 at run time: no optimizer can fold it away.
         inits.append(const("nan", np.array(np.nan, np.float32)))
-    else:
-        nodes.append(helper.make_node("Identity", ["held"], ["actions"]))
-    inputs = [*extra_inputs, tensor(state_name, [1, JOINTS])]
-    return nodes, inits, inputs, out_joints
+        terms.append("nan")
+    total = terms[0]
+    for k, term in enumerate(terms[1:]):
+        out = "actions" if k == len(terms) - 2 else f"sum{k}"
+        nodes.append(helper.make_node("Add", [total, term], [out]))
+        total = out
+    if total != "actions":
+        nodes.append(helper.make_node("Identity", [total], ["actions"]))
+    inputs = ([tensor("image", [batch, *IMAGE])] if image else []) + [tensor(state_name, [batch, JOINTS])]
+    graph = helper.make_graph(nodes, name, inputs, [tensor("actions", [batch, HORIZON, out_joints])], inits)
+    return graph, (out_joints, ramp, nan)
+
+
+def expected_actions(state, out_joints, ramp, nan):
+    """What a chunk fixture must return for `state` [B,J] (numpy, float32)."""
+    padded = np.zeros((len(state), out_joints), np.float32)
+    padded[:, :JOINTS] = state
+    actions = np.repeat(padded[:, None, :], HORIZON, axis=1)
+    if ramp:
+        actions = actions + (RAMP_STEP * np.arange(1, HORIZON + 1)).astype(np.float32)[None, :, None]
+    return np.full_like(actions, np.nan) if nan else actions
 
 
 def build(out_dir: str):
-    image = tensor("image", [1, 3, 32, 32])
     models = {
-        "chunk_state_hold.onnx": hold("state"),
-        "chunk_nan.onnx": hold("state", extra_inputs=[image], add_nan=True),
-        "chunk_wrong_input.onnx": hold("joint_state", extra_inputs=[image]),
-        "chunk_wrong_output.onnx": hold("state", out_joints=JOINTS + 1, extra_inputs=[image]),
+        "chunk_identity.onnx": chunk_model("chunk_identity"),
+        "chunk_ramp.onnx": chunk_model("chunk_ramp", ramp=True),
+        "chunk_nan.onnx": chunk_model("chunk_nan", nan=True),
+        "chunk_wrong_input.onnx": chunk_model("chunk_wrong_input", state_name="joint_state"),
+        "chunk_wrong_output.onnx": chunk_model("chunk_wrong_output", out_joints=JOINTS + 1),
+        "chunk_dynamic_batch.onnx": chunk_model("chunk_dynamic_batch", batch="batch"),
+        "chunk_state_hold.onnx": chunk_model("chunk_state_hold", image=False),
     }
     os.makedirs(out_dir, exist_ok=True)
-    for name, (nodes, inits, inputs, joints) in models.items():
-        graph = helper.make_graph(
-            nodes, name.removesuffix(".onnx"), inputs, [tensor("actions", [1, HORIZON, joints])], inits
-        )
+    rng = np.random.default_rng(0)
+    for name, (graph, expect) in models.items():
         path = os.path.join(out_dir, name)
-        save(graph, path, {"producer": "policies/export/make_test_models.py"})
-        # Prove it loads and runs.
+        save(graph, path, {"producer": "policies/export/make_test_models.py",
+                           "horizon": HORIZON, "joints": expect[0]})
+        # Prove it loads, and that it computes what it claims (batch 2 where allowed).
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        feeds = {i.name: np.full(i.shape, 0.25, np.float32) for i in session.get_inputs()}
-        result = session.run(None, feeds)[0]
-        print(f"wrote {path}: inputs {[i.name for i in session.get_inputs()]} -> actions {list(result.shape)}"
-              f"{' (NaN)' if np.isnan(result).all() else ''}")
+        batch = 2 if name == "chunk_dynamic_batch.onnx" else 1
+        state = rng.uniform(-2, 2, (batch, JOINTS)).astype(np.float32)
+        feeds = {i.name: (state if i.name.endswith("state") else rng.random((batch, *IMAGE), np.float32))
+                 for i in session.get_inputs()}
+        result = session.run(["actions"], feeds)[0]
+        want = expected_actions(state, *expect)
+        if result.shape != want.shape or not np.allclose(result, want, atol=1e-6, equal_nan=True):
+            raise SystemExit(f"{name}: got {result} for state {state}, expected {want}")
+        if expect[2] and not np.isnan(result).all():
+            raise SystemExit(f"{name}: ONNX Runtime did not output NaN everywhere")
+        ports = [f"{i.name} {i.type} {i.shape}" for i in session.get_inputs()]
+        out = session.get_outputs()[0]
+        print(f"wrote {path} ({os.path.getsize(path)} B): {', '.join(ports)} -> {out.name} {out.type} {out.shape}"
+              f"{'  (all NaN)' if expect[2] else ''}")
 
 
 def fast_fixture(out_dir: str, tokenizer_dir: str):
@@ -139,6 +189,9 @@ QUANTILES = (-2.8, 2.8)
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", default="policies/models/test")
+    parser.add_argument("--fast-tokenizer", help="[10, 3] FAST tokenizer directory (default: <out-dir>/fast_10x3)")
+    parser.add_argument("--skip-fast", action="store_true", help="write only the chunk fixtures")
     args = parser.parse_args()
     build(args.out_dir)
-    fast_fixture(args.out_dir, os.path.join(args.out_dir, "fast_10x3"))
+    if not args.skip_fast:
+        fast_fixture(args.out_dir, args.fast_tokenizer or os.path.join(args.out_dir, "fast_10x3"))

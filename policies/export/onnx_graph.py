@@ -4,6 +4,8 @@ ONNX Runtime 1.31 rejects IR version 14, which onnx 1.23 writes by default, so
 every model here is saved with IR version 13 and opset 17.
 """
 
+import os
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -27,5 +29,8 @@ def save(graph: onnx.GraphProto, path: str, metadata: dict | None = None) -> onn
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)
     onnx.checker.check_model(model)
-    onnx.save(model, path)
+    # Write then rename, so a test that loads the file meanwhile never sees half of it.
+    partial = f"{path}.partial"
+    onnx.save(model, partial)
+    os.replace(partial, path)
     return model
