@@ -2,9 +2,11 @@
 //! loop (`run`), recording demonstrations (`demos`), and the run summary. Kept in a
 //! library so that end-to-end tests can build the same loop the binary runs.
 
+pub mod calibrate;
 pub mod demos;
 pub mod fast_cli;
-pub mod npy;
+pub mod infer;
+pub use reflex_runtime::npy;
 pub mod run;
 pub mod summary;
 
@@ -26,25 +28,31 @@ pub struct LoadedPolicy {
     pub model_path: PathBuf,
     pub library_path: PathBuf,
     pub warm_up_ms: f64,
+    /// The execution provider the policy runs on (`cpu`, `cuda`, `tensorrt`).
+    pub provider: &'static str,
 }
 
 /// Loads the launch file's policy; a signature mismatch is reported at the
 /// launch file's policy table.
 pub fn load_policy(launch: &Launch) -> anyhow::Result<LoadedPolicy> {
     launch.check_model_exists()?;
-    let table = launch.policy().table;
-    let located = |e: reflex_policies::PolicyLoadError| match e {
-        reflex_policies::PolicyLoadError::Signature { .. } => {
-            anyhow::Error::new(launch.error_at(&format!("{table}.inputs"), e.to_string()))
-        }
-        other => anyhow::Error::new(other),
-    };
+    let located = |e| located(launch, e);
+    if let Some(p) = load_generative(launch)? {
+        return Ok(LoadedPolicy {
+            model_path: p.model_path.clone(),
+            library_path: p.library_path.clone(),
+            warm_up_ms: p.warm_up_ms,
+            provider: p.provider,
+            policy: Box::new(p),
+        });
+    }
     if let Some(cfg) = &launch.config.policy.fast {
         let p = reflex_policies::fast_policy::FastPolicy::load(launch, cfg).map_err(located)?;
         return Ok(LoadedPolicy {
             model_path: p.model_path.clone(),
             library_path: p.library_path.clone(),
             warm_up_ms: p.warm_up_ms,
+            provider: "cpu",
             policy: Box::new(p),
         });
     }
@@ -53,6 +61,32 @@ pub fn load_policy(launch: &Launch) -> anyhow::Result<LoadedPolicy> {
         model_path: p.model_path.clone(),
         library_path: p.library_path.clone(),
         warm_up_ms: p.warm_up_ms,
+        provider: "cpu",
         policy: Box::new(p),
+    })
+}
+
+/// A signature mismatch is reported at the launch file's policy inputs.
+fn located(launch: &Launch, e: reflex_policies::PolicyLoadError) -> anyhow::Error {
+    match e {
+        reflex_policies::PolicyLoadError::Signature { .. } => anyhow::Error::new(
+            launch.error_at(&format!("{}.inputs", launch.policy().table), e.to_string()),
+        ),
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// Loads a `flow` or `diffusion` policy; None for the other kinds.
+pub fn load_generative(
+    launch: &Launch,
+) -> anyhow::Result<Option<reflex_policies::generative::GenerativePolicy>> {
+    use reflex_policies::generative::GenerativePolicy;
+    launch.check_model_exists()?;
+    let located = |e| located(launch, e);
+    let policy = &launch.config.policy;
+    Ok(match (&policy.flow, &policy.diffusion) {
+        (Some(cfg), _) => Some(GenerativePolicy::load_flow(launch, cfg).map_err(located)?),
+        (None, Some(cfg)) => Some(GenerativePolicy::load_diffusion(launch, cfg).map_err(located)?),
+        (None, None) => None,
     })
 }

@@ -43,6 +43,11 @@ enum Command {
     /// FAST action tokens: fit a tokenizer, encode and decode chunks (JSON).
     #[command(subcommand)]
     Fast(reflex::fast_cli::FastCommand),
+    /// Run one inference offline on a saved observation and write the chunk.
+    Infer(reflex::infer::InferArgs),
+    /// Calibration from recorded runs (normalization statistics).
+    #[command(subcommand)]
+    Calibrate(reflex::calibrate::CalibrateCommand),
     /// Print the JSON schema of launch files.
     Schema,
 }
@@ -62,6 +67,8 @@ fn main() -> ExitCode {
         Command::Replay { log } => replay(&log),
         Command::Demos(args) => reflex::demos::record(args).map(|()| ExitCode::SUCCESS),
         Command::Fast(command) => reflex::fast_cli::run(command),
+        Command::Infer(args) => reflex::infer::run(args),
+        Command::Calibrate(command) => reflex::calibrate::run(command),
         Command::Inspect { model, onnxruntime } => {
             reflex_policies::inspect::inspect(&model, onnxruntime.as_deref())
                 .map(|report| {
@@ -119,7 +126,12 @@ fn check(path: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<ExitCode
         launch.policy().table,
         policy.model_path.display()
     );
-    println!("  onnxruntime {}", policy.library_path.display());
+    println!(
+        "  onnxruntime {} ({} execution provider, warm-up {:.1} ms)",
+        policy.library_path.display(),
+        policy.provider,
+        policy.warm_up_ms
+    );
     println!(
         "  zenoh      {}",
         if c.zenoh.enabled {

@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::value::{TensorElementType, ValueType};
 use reflex_runtime::launch::{ChunkPolicyConfig, InputConfig, Launch, Normalization, TensorDtype};
 use reflex_runtime::policy::{Policy, PolicyError};
 use reflex_runtime::types::{ActionChunk, Observation};
@@ -81,6 +80,7 @@ fn element_name(ty: TensorElementType) -> String {
     match ty {
         TensorElementType::Float32 => "float32".into(),
         TensorElementType::Uint8 => "uint8".into(),
+        TensorElementType::Bool => "bool".into(),
         other => format!("{other:?}").to_lowercase(),
     }
 }
@@ -89,6 +89,7 @@ fn dtype_name(dtype: TensorDtype) -> &'static str {
     match dtype {
         TensorDtype::Float32 => "float32",
         TensorDtype::Uint8 => "uint8",
+        TensorDtype::Bool => "bool",
     }
 }
 
@@ -238,7 +239,7 @@ impl ChunkPolicy {
         let joints = launch.config.robot.joints.len();
         let (env, library_path) = crate::onnxruntime::environment_for(launch)?;
         let model_path = launch.resolve(&cfg.model);
-        let session = open_session(&env, &model_path, cfg.intra_threads)?;
+        let session = open_session(&env, &model_path, launch, cfg.intra_threads)?;
         let (inputs, outputs) = model_ports(&session);
         check_signature(cfg, joints, &inputs, &outputs).map_err(
             |SignatureMismatch {
@@ -282,24 +283,15 @@ impl ChunkPolicy {
     }
 }
 
-/// Opens a CPU session with full graph optimization.
+/// Opens a session with the launch file's execution providers and optimization.
 pub fn open_session(
     env: &ort::environment::Environment,
     path: &Path,
+    launch: &Launch,
     intra_threads: usize,
 ) -> Result<Session, PolicyLoadError> {
-    let fail = |message: String| PolicyLoadError::Model {
-        path: path.to_path_buf(),
-        message,
-    };
-    Session::builder(env)
-        .map_err(|e| fail(e.to_string()))?
-        .with_optimization_level(GraphOptimizationLevel::All)
-        .map_err(|e| fail(e.to_string()))?
-        .with_intra_threads(intra_threads.max(1))
-        .map_err(|e| fail(e.to_string()))?
-        .commit_from_file(path)
-        .map_err(|e| fail(e.to_string()))
+    let settings = crate::onnxruntime::SessionSettings::from_launch(launch, intra_threads);
+    Ok(crate::onnxruntime::open_session(env, path, &settings)?.session)
 }
 
 impl Policy for ChunkPolicy {
@@ -313,20 +305,7 @@ impl Policy for ChunkPolicy {
 
     fn infer(&mut self, obs: &Observation, out: &mut ActionChunk) -> Result<(), PolicyError> {
         self.mapper.fill(obs);
-        let mut inputs = Vec::with_capacity(self.mapper.inputs.len());
-        for input in &self.mapper.inputs {
-            let shape = input.shape.clone();
-            let value: ort::session::SessionInputValue<'_> = match input.dtype {
-                TensorDtype::Float32 => {
-                    TensorRef::from_array_view((shape, input.values.as_slice()))?.into()
-                }
-                TensorDtype::Uint8 => {
-                    TensorRef::from_array_view((shape, input.bytes.as_slice()))?.into()
-                }
-            };
-            inputs.push((std::borrow::Cow::from(input.name.as_str()), value));
-        }
-        let outputs = self.session.run(inputs)?;
+        let outputs = self.session.run(self.mapper.session_inputs()?)?;
         let actions = outputs
             .get(&self.output)
             .ok_or_else(|| format!("model produced no `{}` output", self.output))?;

@@ -17,9 +17,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorRef};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use reflex_runtime::launch::{
-    FastDecode, FastPolicyConfig, Launch, Quantiles, TensorDtype, TokenMap,
-};
+use reflex_runtime::launch::{FastDecode, FastPolicyConfig, Launch, Quantiles, TokenMap};
 use reflex_runtime::policy::{Policy, PolicyError};
 use reflex_runtime::types::{ActionChunk, Observation};
 
@@ -74,8 +72,8 @@ impl FastPolicy {
         let (env, library_path) = crate::onnxruntime::environment_for(launch)?;
         let prefix_path = launch.resolve(&cfg.prefix_model);
         let step_path = launch.resolve(&cfg.model);
-        let prefix = open_session(&env, &prefix_path, cfg.intra_threads)?;
-        let step = open_session(&env, &step_path, cfg.intra_threads)?;
+        let prefix = open_session(&env, &prefix_path, launch, cfg.intra_threads)?;
+        let step = open_session(&env, &step_path, launch, cfg.intra_threads)?;
 
         // Prefix: the mapped inputs -> logits + present.*; step: input_ids + past.* -> logits + present.*.
         let (prefix_in, prefix_out) = model_ports(&prefix);
@@ -202,22 +200,7 @@ impl FastPolicy {
     /// Runs prefix + decoding; returns the FAST ids (end token excluded).
     pub fn generate(&mut self, obs: &Observation) -> Result<Vec<u32>, PolicyError> {
         self.mapper.fill(obs);
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
-            Vec::with_capacity(self.mapper.inputs.len());
-        for input in &self.mapper.inputs {
-            let value: SessionInputValue<'_> = match input.dtype {
-                TensorDtype::Float32 => {
-                    TensorRef::from_array_view((input.shape.clone(), input.values.as_slice()))?
-                        .into()
-                }
-                TensorDtype::Uint8 => {
-                    TensorRef::from_array_view((input.shape.clone(), input.bytes.as_slice()))?
-                        .into()
-                }
-            };
-            inputs.push((Cow::from(input.name.as_str()), value));
-        }
-        let mut outputs = self.prefix.run(inputs)?;
+        let mut outputs = self.prefix.run(self.mapper.session_inputs()?)?;
         let mut logits: Vec<f32> = outputs["logits"].try_extract_tensor::<f32>()?.1.to_vec();
         let mut cache: Vec<DynValue> = Vec::with_capacity(self.cache.len());
         for name in &self.cache {

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::PolicyLoadError;
-use crate::chunk::{Port, model_ports, open_session};
+use crate::chunk::{Port, model_ports};
 
 pub struct ModelReport {
     pub ir_version: Option<u64>,
@@ -97,7 +97,9 @@ pub fn inspect(path: &Path, library: Option<&Path>) -> Result<ModelReport, Polic
     })?;
     let (ir_version, opsets) = read_versions(&bytes);
     let (env, _) = crate::onnxruntime::environment(library)?;
-    let session = open_session(&env, path, 1)?;
+    let session =
+        crate::onnxruntime::open_session(&env, path, &crate::onnxruntime::SessionSettings::cpu(1))?
+            .session;
     let (inputs, outputs) = model_ports(&session);
     let (producer, metadata) = match session.metadata() {
         Ok(m) => {

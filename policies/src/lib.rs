@@ -8,7 +8,9 @@
 pub mod chunk;
 pub mod fast;
 pub mod fast_policy;
+pub mod generative;
 pub mod inspect;
+pub mod normalize;
 pub mod onnxruntime;
 pub mod preprocess;
 

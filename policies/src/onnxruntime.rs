@@ -9,6 +9,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use ort::ep::{self, ExecutionProvider};
+use ort::session::Session;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use reflex_runtime::launch::{ExecutionProviderKind, Launch, OptimizationLevel};
+
 use crate::PolicyLoadError;
 
 /// Candidate library paths, most preferred first, for `configured` (launch file).
@@ -120,6 +125,164 @@ pub fn environment_for(
     environment(configured.as_deref())
 }
 
+/// How sessions are built: the launch file's `[onnxruntime]` plus the policy's threads.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub intra_threads: usize,
+    pub providers: Vec<ExecutionProviderKind>,
+    pub device_id: i32,
+    pub tensorrt_fp16: bool,
+    pub tensorrt_cache: Option<PathBuf>,
+    pub optimization: OptimizationLevel,
+}
+
+impl SessionSettings {
+    pub fn from_launch(launch: &Launch, intra_threads: usize) -> Self {
+        let ort = &launch.config.onnxruntime;
+        Self {
+            intra_threads,
+            providers: ort.providers.clone(),
+            device_id: ort.device_id,
+            tensorrt_fp16: ort.tensorrt_fp16,
+            tensorrt_cache: ort.tensorrt_cache.as_ref().map(|p| launch.resolve(p)),
+            optimization: ort.optimization,
+        }
+    }
+
+    /// CPU only, full optimization.
+    pub fn cpu(intra_threads: usize) -> Self {
+        Self {
+            intra_threads,
+            providers: vec![ExecutionProviderKind::Cpu],
+            device_id: 0,
+            tensorrt_fp16: false,
+            tensorrt_cache: None,
+            optimization: OptimizationLevel::All,
+        }
+    }
+}
+
+/// A session and the execution provider it was built with.
+pub struct OpenedSession {
+    pub session: Session,
+    /// `cpu`, `cuda` or `tensorrt`: the first provider that registered.
+    pub provider: &'static str,
+    /// Why preferred providers were skipped (also logged as warnings).
+    pub warnings: Vec<String>,
+}
+
+fn provider_name(kind: ExecutionProviderKind) -> &'static str {
+    match kind {
+        ExecutionProviderKind::Cpu => "cpu",
+        ExecutionProviderKind::Cuda => "cuda",
+        ExecutionProviderKind::Tensorrt => "tensorrt",
+    }
+}
+
+/// Builds a session with the preferred execution providers, falling back (with a
+/// warning) to the next one and finally to the CPU when a provider is not in this
+/// ONNX Runtime build or cannot start (no GPU, missing CUDA libraries).
+pub fn open_session(
+    env: &ort::environment::Environment,
+    path: &Path,
+    settings: &SessionSettings,
+) -> Result<OpenedSession, PolicyLoadError> {
+    let fail = |message: String| PolicyLoadError::Model {
+        path: path.to_path_buf(),
+        message,
+    };
+    let level = match settings.optimization {
+        OptimizationLevel::Disabled => GraphOptimizationLevel::Disable,
+        OptimizationLevel::Basic => GraphOptimizationLevel::Level1,
+        OptimizationLevel::Extended => GraphOptimizationLevel::Level2,
+        OptimizationLevel::All => GraphOptimizationLevel::All,
+    };
+    let builder = || -> Result<SessionBuilder, PolicyLoadError> {
+        Session::builder(env)
+            .map_err(|e| fail(e.to_string()))?
+            .with_optimization_level(level)
+            .map_err(|e| fail(e.to_string()))?
+            .with_intra_threads(settings.intra_threads.max(1))
+            .map_err(|e| fail(e.to_string()))
+    };
+    let mut warnings = Vec::new();
+    let mut warn = |message: String| {
+        tracing::warn!("{message}");
+        warnings.push(message);
+    };
+    for &kind in &settings.providers {
+        let name = provider_name(kind);
+        if kind == ExecutionProviderKind::Cpu {
+            break;
+        }
+        let (available, registered) = {
+            let mut b = builder()?;
+            let outcome = match kind {
+                ExecutionProviderKind::Cuda => ep::CUDA::is_available().map(|ok| {
+                    (
+                        ok,
+                        ok.then(|| {
+                            ep::CUDA::default()
+                                .with_device_id(settings.device_id)
+                                .register(&mut b)
+                        }),
+                    )
+                }),
+                ExecutionProviderKind::Tensorrt => ep::TensorRT::is_available().map(|ok| {
+                    let mut trt = ep::TensorRT::default()
+                        .with_device_id(settings.device_id)
+                        .with_fp16(settings.tensorrt_fp16);
+                    if let Some(cache) = &settings.tensorrt_cache {
+                        trt = trt
+                            .with_engine_cache(true)
+                            .with_engine_cache_path(cache.display());
+                    }
+                    (ok, ok.then(|| trt.register(&mut b)))
+                }),
+                ExecutionProviderKind::Cpu => Ok((true, None)),
+            };
+            match outcome {
+                Ok((available, registered)) => (available, registered.map(|r| r.map(|()| b))),
+                Err(e) => (false, Some(Err(e))),
+            }
+        };
+        if !available {
+            warn(format!(
+                "execution provider `{name}` is not in this ONNX Runtime build (the PyPI \
+                 `onnxruntime` package is CPU-only; use `onnxruntime-gpu`); trying the next one"
+            ));
+            continue;
+        }
+        match registered {
+            Some(Ok(mut b)) => match b.commit_from_file(path) {
+                Ok(session) => {
+                    return Ok(OpenedSession {
+                        session,
+                        provider: name,
+                        warnings,
+                    });
+                }
+                Err(e) => warn(format!(
+                    "execution provider `{name}` could not run {}: {e}; trying the next one",
+                    path.display()
+                )),
+            },
+            Some(Err(e)) => warn(format!(
+                "execution provider `{name}` failed to start: {e}; trying the next one"
+            )),
+            None => {}
+        }
+    }
+    let session = builder()?
+        .commit_from_file(path)
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(OpenedSession {
+        session,
+        provider: "cpu",
+        warnings,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +294,29 @@ mod tests {
         assert_eq!(list[0], missing);
         assert!(list.iter().any(|p| p.to_string_lossy().contains(".venv")));
         assert!(list.iter().any(|p| p.starts_with("/usr/lib")));
+    }
+
+    #[test]
+    fn unavailable_gpu_providers_fall_back_to_cpu_with_a_warning() {
+        // The CPU build of ONNX Runtime in .venv has neither CUDA nor TensorRT.
+        let (env, _) = environment(None).expect("onnxruntime in .venv");
+        let model = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/test/chunk_identity.onnx"
+        ));
+        let settings = SessionSettings {
+            providers: vec![ExecutionProviderKind::Tensorrt, ExecutionProviderKind::Cuda],
+            optimization: OptimizationLevel::Basic,
+            ..SessionSettings::cpu(1)
+        };
+        let opened = open_session(&env, model, &settings).expect("CPU fallback");
+        if ep::CUDA::is_available().unwrap_or(false) {
+            return; // a GPU build: nothing to fall back from
+        }
+        assert_eq!(opened.provider, "cpu");
+        assert_eq!(opened.warnings.len(), 2, "{:?}", opened.warnings);
+        assert!(opened.warnings[0].contains("`tensorrt` is not in this ONNX Runtime build"));
+        assert!(opened.warnings[1].contains("`cuda`"));
     }
 
     #[test]

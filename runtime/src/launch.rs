@@ -176,6 +176,185 @@ pub struct ZenohArmConfig {
 pub struct PolicySection {
     pub chunk: Option<ChunkPolicyConfig>,
     pub fast: Option<FastPolicyConfig>,
+    pub flow: Option<FlowPolicyConfig>,
+    pub diffusion: Option<DiffusionPolicyConfig>,
+}
+
+/// A flow-matching policy (pi0 / pi0.5 / SmolVLA convention): `t = 1` is noise,
+/// `t = 0` is data; Euler steps `x += dt * v(x, t)` with `dt = -1 / num_steps`.
+///
+/// Single form (`model` only): the velocity graph takes the mapped observation
+/// inputs plus `noisy_actions` [B, H, D] and `time` [B] and returns `velocity`
+/// [B, H, D]. Split form (`prefix_model` too): the prefix graph runs once per chunk
+/// on the observation; every one of its outputs is fed, by name, to the expert step
+/// graph (`model`), which also takes `noisy_actions` and `time`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowPolicyConfig {
+    /// The velocity graph (single form) or the expert step graph (split form).
+    pub model: PathBuf,
+    /// The prefix graph of the split form (observation -> cache tensors).
+    pub prefix_model: Option<PathBuf>,
+    pub action_rate_hz: f64,
+    pub replan_after: usize,
+    #[serde(default = "defaults::intra_threads")]
+    pub intra_threads: usize,
+    /// Euler steps per chunk.
+    #[serde(default = "defaults::flow_steps")]
+    pub num_steps: usize,
+    /// Chunks sampled per inference (B); above 1 needs a dynamic batch dimension.
+    /// The first is executed.
+    #[serde(default = "defaults::batch")]
+    pub batch: usize,
+    pub inputs: Vec<InputConfig>,
+    pub actions: GenerativeActions,
+    pub norm_stats: Option<NormStatsConfig>,
+    #[serde(default)]
+    pub ports: FlowPorts,
+}
+
+/// Names of the sampler's ports in the velocity / expert graph.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowPorts {
+    #[serde(default = "defaults::noisy_actions")]
+    pub noisy_actions: String,
+    #[serde(default = "defaults::time")]
+    pub time: String,
+    #[serde(default = "defaults::velocity")]
+    pub output: String,
+}
+
+impl Default for FlowPorts {
+    fn default() -> Self {
+        Self {
+            noisy_actions: defaults::noisy_actions(),
+            time: defaults::time(),
+            output: defaults::velocity(),
+        }
+    }
+}
+
+/// A diffusion policy: an eps-prediction network sampled with DDIM (eta = 0) on a
+/// noise schedule. The graph takes the mapped observation inputs plus
+/// `noisy_actions` [B, H, D] and `timestep` [B] (int64 or float32) and returns
+/// `eps` [B, H, D].
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiffusionPolicyConfig {
+    pub model: PathBuf,
+    pub action_rate_hz: f64,
+    pub replan_after: usize,
+    #[serde(default = "defaults::intra_threads")]
+    pub intra_threads: usize,
+    /// DDIM steps per chunk.
+    #[serde(default = "defaults::ddim_steps")]
+    pub num_steps: usize,
+    #[serde(default = "defaults::batch")]
+    pub batch: usize,
+    pub inputs: Vec<InputConfig>,
+    pub actions: GenerativeActions,
+    pub norm_stats: Option<NormStatsConfig>,
+    pub schedule: ScheduleConfig,
+    #[serde(default)]
+    pub ports: DiffusionPorts,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiffusionPorts {
+    #[serde(default = "defaults::noisy_actions")]
+    pub noisy_actions: String,
+    #[serde(default = "defaults::timestep")]
+    pub timestep: String,
+    #[serde(default = "defaults::eps")]
+    pub output: String,
+}
+
+impl Default for DiffusionPorts {
+    fn default() -> Self {
+        Self {
+            noisy_actions: defaults::noisy_actions(),
+            timestep: defaults::timestep(),
+            output: defaults::eps(),
+        }
+    }
+}
+
+/// The training noise schedule (diffusers `DDIMScheduler` semantics).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// `squared_cosine` (Diffusion Policy's `squaredcos_cap_v2`), `linear` or
+    /// `scaled_linear`; or leave it out and give `file`.
+    pub kind: Option<ScheduleKind>,
+    /// A `.npy` (float32/float64 [T]) or JSON list of `alphas_cumprod`.
+    pub file: Option<PathBuf>,
+    /// T, the number of training timesteps.
+    #[serde(default = "defaults::train_steps")]
+    pub train_steps: usize,
+    #[serde(default = "defaults::beta_start")]
+    pub beta_start: f64,
+    #[serde(default = "defaults::beta_end")]
+    pub beta_end: f64,
+    /// Clip the predicted clean sample to [-clip, clip] (Diffusion Policy: 1.0).
+    pub clip_sample: Option<f32>,
+    /// The last step goes to alpha_bar = 1 (diffusers' `set_alpha_to_one`).
+    #[serde(default = "defaults::yes")]
+    pub set_alpha_to_one: bool,
+    #[serde(default)]
+    pub steps_offset: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    SquaredCosine,
+    Linear,
+    ScaledLinear,
+}
+
+/// The action chunk of a generative policy, in the model's space.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerativeActions {
+    /// H, actions per chunk.
+    pub horizon: usize,
+    /// D, the model's action width; the robot's joints are the first ones and the
+    /// rest is padding (pi0: 32). Defaults to the number of joints.
+    pub dim: Option<usize>,
+    /// The model's actions are relative to the joint positions it saw (openpi's
+    /// delta actions): the positions are added back after unnormalizing.
+    #[serde(default)]
+    pub delta: bool,
+}
+
+/// Normalization statistics from a file (openpi `norm_stats.json`, or the same
+/// keys without the `norm_stats` wrapper).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NormStatsConfig {
+    pub file: PathBuf,
+    #[serde(default)]
+    pub mode: NormMode,
+    /// Which entry normalizes joint-vector inputs.
+    #[serde(default = "defaults::state_key")]
+    pub state_key: String,
+    /// Which entry unnormalizes the actions.
+    #[serde(default = "defaults::actions_key")]
+    pub actions_key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NormMode {
+    /// `(x - mean) / (std + 1e-6)` (pi0)
+    #[default]
+    ZScore,
+    /// `(x - q01) / (q99 - q01 + 1e-6) * 2 - 1` (pi0-FAST, pi0.5)
+    Quantile,
+    /// `(x - min) / (max - min + 1e-8) * 2 - 1` (LeRobot MIN_MAX)
+    MinMax,
 }
 
 /// An autoregressive VLA that emits FAST action tokens: a prefix graph run once per
@@ -290,6 +469,11 @@ pub struct InputConfig {
     pub image: Option<ImagePreprocess>,
     /// z-score normalization of a vector source.
     pub normalize: Option<Normalization>,
+    /// A camera the robot may not have (e.g. pi0's third view on a one-arm robot):
+    /// when it is not in the launch file or sends no image, the input is a black
+    /// image and its `camera_mask.<name>` input is false.
+    #[serde(default)]
+    pub optional: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
@@ -298,6 +482,8 @@ pub enum TensorDtype {
     #[default]
     Float32,
     Uint8,
+    /// Camera masks only.
+    Bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,6 +492,8 @@ pub enum ObservationSource {
     JointPositions,
     JointVelocities,
     Camera(String),
+    /// True when the camera's image is present (pi0's `image_mask`).
+    CameraMask(String),
 }
 
 impl TryFrom<String> for ObservationSource {
@@ -314,11 +502,15 @@ impl TryFrom<String> for ObservationSource {
         match text.as_str() {
             "state.joint_positions" => Ok(Self::JointPositions),
             "state.joint_velocities" => Ok(Self::JointVelocities),
-            _ => match text.strip_prefix("camera.") {
-                Some(name) if !name.is_empty() => Ok(Self::Camera(name.to_string())),
+            _ => match (
+                text.strip_prefix("camera."),
+                text.strip_prefix("camera_mask."),
+            ) {
+                (Some(name), _) if !name.is_empty() => Ok(Self::Camera(name.to_string())),
+                (_, Some(name)) if !name.is_empty() => Ok(Self::CameraMask(name.to_string())),
                 _ => Err(format!(
                     "unknown observation source `{text}`, expected `state.joint_positions`, \
-                     `state.joint_velocities` or `camera.<name>`"
+                     `state.joint_velocities`, `camera.<name>` or `camera_mask.<name>`"
                 )),
             },
         }
@@ -331,6 +523,7 @@ impl From<ObservationSource> for String {
             ObservationSource::JointPositions => "state.joint_positions".into(),
             ObservationSource::JointVelocities => "state.joint_velocities".into(),
             ObservationSource::Camera(name) => format!("camera.{name}"),
+            ObservationSource::CameraMask(name) => format!("camera_mask.{name}"),
         }
     }
 }
@@ -344,6 +537,18 @@ pub struct ImagePreprocess {
     pub layout: ImageLayout,
     #[serde(default)]
     pub range: PixelRange,
+    /// `stretch` resizes to exactly `resize`; `pad` keeps the aspect ratio and pads
+    /// with black (openpi's `resize_with_pad`).
+    #[serde(default)]
+    pub mode: ResizeMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeMode {
+    #[default]
+    Stretch,
+    Pad,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
@@ -451,14 +656,62 @@ impl Default for ZenohConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OnnxRuntimeConfig {
     /// Path to libonnxruntime.so; searched for when absent.
     pub library: Option<PathBuf>,
+    /// Execution providers in order of preference. One that cannot be registered
+    /// (e.g. `cuda` with the CPU build of ONNX Runtime) is skipped with a warning;
+    /// the CPU provider always remains as the fallback.
+    #[serde(default = "defaults::providers")]
+    pub providers: Vec<ExecutionProviderKind>,
+    /// CUDA / TensorRT device.
+    #[serde(default)]
+    pub device_id: i32,
+    /// TensorRT: build FP16 engines.
+    #[serde(default)]
+    pub tensorrt_fp16: bool,
+    /// TensorRT: cache built engines here (relative to the launch file).
+    pub tensorrt_cache: Option<PathBuf>,
+    /// ONNX Runtime graph optimization level.
+    #[serde(default = "defaults::optimization")]
+    pub optimization: OptimizationLevel,
+}
+
+impl Default for OnnxRuntimeConfig {
+    fn default() -> Self {
+        Self {
+            library: None,
+            providers: defaults::providers(),
+            device_id: 0,
+            tensorrt_fp16: false,
+            tensorrt_cache: None,
+            optimization: defaults::optimization(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProviderKind {
+    Cpu,
+    Cuda,
+    Tensorrt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizationLevel {
+    Disabled,
+    Basic,
+    Extended,
+    All,
 }
 
 mod defaults {
+    use super::{ExecutionProviderKind, OptimizationLevel};
+
     pub fn rate_hz() -> f64 {
         100.0
     }
@@ -497,6 +750,51 @@ mod defaults {
     }
     pub fn max_tokens() -> usize {
         256
+    }
+    pub fn flow_steps() -> usize {
+        10
+    }
+    pub fn ddim_steps() -> usize {
+        10
+    }
+    pub fn batch() -> usize {
+        1
+    }
+    pub fn noisy_actions() -> String {
+        "noisy_actions".into()
+    }
+    pub fn time() -> String {
+        "time".into()
+    }
+    pub fn velocity() -> String {
+        "velocity".into()
+    }
+    pub fn timestep() -> String {
+        "timestep".into()
+    }
+    pub fn eps() -> String {
+        "eps".into()
+    }
+    pub fn train_steps() -> usize {
+        100
+    }
+    pub fn beta_start() -> f64 {
+        1e-4
+    }
+    pub fn beta_end() -> f64 {
+        0.02
+    }
+    pub fn state_key() -> String {
+        "state".into()
+    }
+    pub fn actions_key() -> String {
+        "actions".into()
+    }
+    pub fn optimization() -> OptimizationLevel {
+        OptimizationLevel::All
+    }
+    pub fn providers() -> Vec<ExecutionProviderKind> {
+        vec![ExecutionProviderKind::Cpu]
     }
     pub fn actions_output() -> String {
         "actions".into()
@@ -697,15 +995,33 @@ impl Launch {
     /// tools such as `reflex demos` work before a model has been trained).
     pub fn check_model_exists(&self) -> Result<PathBuf, LaunchError> {
         let common = self.policy();
-        let mut files = vec![("model", common.model)];
-        if let Some(fast) = &self.config.policy.fast {
-            files.push(("prefix_model", fast.prefix_model.as_path()));
+        let policy = &self.config.policy;
+        let mut files = vec![("model", "model file", common.model)];
+        if let Some(fast) = &policy.fast {
+            files.push(("prefix_model", "model file", fast.prefix_model.as_path()));
         }
-        for (field, file) in files {
+        if let Some(prefix) = policy.flow.as_ref().and_then(|f| f.prefix_model.as_ref()) {
+            files.push(("prefix_model", "model file", prefix.as_path()));
+        }
+        let stats = (policy.flow.as_ref().and_then(|f| f.norm_stats.as_ref())).or(policy
+            .diffusion
+            .as_ref()
+            .and_then(|d| d.norm_stats.as_ref()));
+        if let Some(stats) = stats {
+            files.push(("norm_stats.file", "statistics file", stats.file.as_path()));
+        }
+        if let Some(file) = policy
+            .diffusion
+            .as_ref()
+            .and_then(|d| d.schedule.file.as_ref())
+        {
+            files.push(("schedule.file", "schedule file", file.as_path()));
+        }
+        for (field, what, file) in files {
             let path = self.resolve(file);
             if !path.is_file() {
                 let at = format!("{}.{field}", common.table);
-                return Err(self.error_at(&at, format!("model file not found: {}", path.display())));
+                return Err(self.error_at(&at, format!("{what} not found: {}", path.display())));
             }
         }
         Ok(self.resolve(common.model))
@@ -716,25 +1032,58 @@ impl Launch {
         self.config.policy.chunk.as_ref()
     }
 
+    /// The policy tables present, by launch-file name.
+    fn policy_tables(&self) -> Vec<&'static str> {
+        let p = &self.config.policy;
+        [
+            ("policy.chunk", p.chunk.is_some()),
+            ("policy.fast", p.fast.is_some()),
+            ("policy.flow", p.flow.is_some()),
+            ("policy.diffusion", p.diffusion.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, present)| present.then_some(name))
+        .collect()
+    }
+
     /// What every policy kind has, whichever the file uses.
     pub fn policy(&self) -> PolicyCommon<'_> {
-        match (&self.config.policy.chunk, &self.config.policy.fast) {
-            (Some(c), _) => PolicyCommon {
+        let p = &self.config.policy;
+        if let Some(c) = &p.chunk {
+            PolicyCommon {
                 table: "policy.chunk",
                 model: &c.model,
                 action_rate_hz: c.action_rate_hz,
                 replan_after: c.replan_after,
                 inputs: &c.inputs,
-            },
-            (None, Some(f)) => PolicyCommon {
+            }
+        } else if let Some(f) = &p.fast {
+            PolicyCommon {
                 table: "policy.fast",
                 model: &f.model,
                 action_rate_hz: f.action_rate_hz,
                 replan_after: f.replan_after,
                 inputs: &f.inputs,
-            },
+            }
+        } else if let Some(f) = &p.flow {
+            PolicyCommon {
+                table: "policy.flow",
+                model: &f.model,
+                action_rate_hz: f.action_rate_hz,
+                replan_after: f.replan_after,
+                inputs: &f.inputs,
+            }
+        } else if let Some(d) = &p.diffusion {
+            PolicyCommon {
+                table: "policy.diffusion",
+                model: &d.model,
+                action_rate_hz: d.action_rate_hz,
+                replan_after: d.replan_after,
+                inputs: &d.inputs,
+            }
+        } else {
             // validate() guarantees one of them.
-            (None, None) => unreachable!("validated launch file has a policy"),
+            unreachable!("validated launch file has a policy")
         }
     }
 
@@ -843,10 +1192,15 @@ impl Launch {
                 return Err(self.error_at(&at("camera"), "width and height must be in 8..=4096"));
             }
         }
-        if c.policy.chunk.is_some() == c.policy.fast.is_some() {
+        let tables = self.policy_tables();
+        if tables.len() != 1 {
             return Err(self.error_at(
                 "policy",
-                "need exactly one policy kind: a [policy.chunk] or a [policy.fast] table",
+                format!(
+                    "need exactly one policy kind ([policy.chunk], [policy.fast], [policy.flow] \
+                     or [policy.diffusion]), found {}",
+                    list_or_none(&tables.iter().map(|t| format!("[{t}]")).collect::<Vec<_>>())
+                ),
             ));
         }
         let common = self.policy();
@@ -897,16 +1251,56 @@ impl Launch {
                 }
             }
         }
+        if let Some(flow) = &c.policy.flow {
+            self.check_generative(
+                "policy.flow",
+                flow.num_steps,
+                flow.batch,
+                flow.replan_after,
+                &flow.actions,
+            )?;
+        }
+        if let Some(diffusion) = &c.policy.diffusion {
+            self.check_generative(
+                "policy.diffusion",
+                diffusion.num_steps,
+                diffusion.batch,
+                diffusion.replan_after,
+                &diffusion.actions,
+            )?;
+            self.check_schedule(&diffusion.schedule, diffusion.num_steps)?;
+        }
         let cameras = self.camera_names();
         for (i, input) in common.inputs.iter().enumerate() {
             let at = |field: &str| format!("{table}.inputs[{i}].{field}");
             match &input.source {
+                ObservationSource::CameraMask(name) => {
+                    let camera_input = common.inputs.iter().find(
+                        |other| matches!(&other.source, ObservationSource::Camera(n) if n == name),
+                    );
+                    if camera_input.is_none() {
+                        return Err(self.error_at(
+                            &at("source"),
+                            format!("no `camera.{name}` input for this mask to describe"),
+                        ));
+                    }
+                    if input.shape != [1] && input.shape != [1, 1] {
+                        return Err(self.error_at(
+                            &at("shape"),
+                            format!("a camera mask has shape [1], found {:?}", input.shape),
+                        ));
+                    }
+                    if input.dtype == TensorDtype::Uint8 {
+                        return Err(self.error_at(&at("dtype"), "a camera mask is bool or float32"));
+                    }
+                }
                 ObservationSource::Camera(name) => {
-                    if !cameras.contains(name) {
+                    if !cameras.contains(name) && !input.optional {
                         return Err(self.error_at(
                             &at("source"),
                             format!(
-                                "no camera named `{name}`; cameras: {}",
+                                "no camera named `{name}`; cameras: {} (set `optional = true` \
+                                 for a view this robot does not have)",
                                 list_or_none(&cameras)
                             ),
                         ));
@@ -933,14 +1327,22 @@ impl Launch {
                     }
                 }
                 ObservationSource::JointPositions | ObservationSource::JointVelocities => {
-                    if input.shape != [1, joints as i64] {
+                    // Wider than the robot: zero padding (pi0 pads state to 32).
+                    let fits = input.shape.len() == 2
+                        && input.shape[0] == 1
+                        && input.shape[1] >= joints as i64;
+                    if !fits {
                         return Err(self.error_at(
                             &at("shape"),
                             format!(
-                                "a joint vector input has shape [1, {joints}], found {:?}",
+                                "a joint vector input has shape [1, N] with N >= {joints} \
+                                 (zero-padded), found {:?}",
                                 input.shape
                             ),
                         ));
+                    }
+                    if input.dtype != TensorDtype::Float32 {
+                        return Err(self.error_at(&at("dtype"), "joint vectors are float32"));
                     }
                     if input.image.is_some() {
                         return Err(self.error_at(
@@ -953,6 +1355,73 @@ impl Launch {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn check_generative(
+        &self,
+        table: &str,
+        num_steps: usize,
+        batch: usize,
+        replan_after: usize,
+        actions: &GenerativeActions,
+    ) -> Result<(), LaunchError> {
+        let joints = self.config.robot.joints.len();
+        if !(1..=1000).contains(&num_steps) {
+            return Err(self.error_at(&format!("{table}.num_steps"), "must be in 1..=1000"));
+        }
+        if !(1..=1024).contains(&batch) {
+            return Err(self.error_at(&format!("{table}.batch"), "must be in 1..=1024"));
+        }
+        if actions.horizon == 0 {
+            return Err(self.error_at(&format!("{table}.actions.horizon"), "must be at least 1"));
+        }
+        if replan_after > actions.horizon {
+            return Err(self.error_at(
+                &format!("{table}.replan_after"),
+                format!("must be in 1..={} (the horizon)", actions.horizon),
+            ));
+        }
+        if let Some(dim) = actions.dim
+            && dim < joints
+        {
+            return Err(self.error_at(
+                &format!("{table}.actions.dim"),
+                format!("the model's action width must cover the {joints} joints, found {dim}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_schedule(
+        &self,
+        schedule: &ScheduleConfig,
+        num_steps: usize,
+    ) -> Result<(), LaunchError> {
+        let at = |field: &str| format!("policy.diffusion.schedule.{field}");
+        if schedule.kind.is_some() == schedule.file.is_some() {
+            return Err(self.error_at(
+                "policy.diffusion.schedule",
+                "give exactly one of `kind` (squared_cosine, linear, scaled_linear) or `file`",
+            ));
+        }
+        if schedule.kind.is_some() {
+            if schedule.train_steps < num_steps || schedule.train_steps > 100_000 {
+                return Err(self.error_at(
+                    &at("train_steps"),
+                    format!("must be in {num_steps}..=100000 (at least num_steps)"),
+                ));
+            }
+            let (start, end) = (schedule.beta_start, schedule.beta_end);
+            if !(start > 0.0 && end > 0.0 && start < 1.0 && end < 1.0) {
+                return Err(self.error_at(&at("beta_start"), "betas must be in (0, 1)"));
+            }
+        }
+        if let Some(clip) = schedule.clip_sample
+            && !(clip.is_finite() && clip > 0.0)
+        {
+            return Err(self.error_at(&at("clip_sample"), "must be positive"));
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ pub mod executor;
 pub mod launch;
 pub mod log;
 pub mod mailbox;
+pub mod npy;
 pub mod policy;
 pub mod realtime;
 pub mod safety;

@@ -1,0 +1,300 @@
+//! Normalization statistics: openpi's `norm_stats.json`.
+//!
+//! The file is `{"norm_stats": {"<key>": {"mean": [..], "std": [..], "q01": [..],
+//! "q99": [..]}, ...}}` with one entry per normalized quantity (`state`,
+//! `actions`). The same object without the `norm_stats` wrapper is accepted, as are
+//! LeRobot's `min` / `max` fields. Every field is a list with one value per
+//! dimension; all lists of an entry have the same length.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NormStatsError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not a norm_stats.json: {message}", path.display())]
+    Format { path: PathBuf, message: String },
+    #[error("{}: entry `{key}` {message}", path.display())]
+    Entry {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("{}: no entry `{key}`; entries: {}", path.display(), available.join(", "))]
+    MissingKey {
+        path: PathBuf,
+        key: String,
+        available: Vec<String>,
+    },
+}
+
+/// Statistics of one quantity, per dimension.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Stats {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<Vec<f32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub std: Option<Vec<f32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q01: Option<Vec<f32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q99: Option<Vec<f32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<Vec<f32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Vec<f32>>,
+}
+
+impl Stats {
+    fn fields(&self) -> [(&'static str, Option<&Vec<f32>>); 6] {
+        [
+            ("mean", self.mean.as_ref()),
+            ("std", self.std.as_ref()),
+            ("q01", self.q01.as_ref()),
+            ("q99", self.q99.as_ref()),
+            ("min", self.min.as_ref()),
+            ("max", self.max.as_ref()),
+        ]
+    }
+
+    /// The number of dimensions (all present fields agree after [`NormStats::load`]).
+    pub fn width(&self) -> usize {
+        self.fields()
+            .iter()
+            .find_map(|(_, v)| v.map(Vec::len))
+            .unwrap_or(0)
+    }
+
+    /// The field `name`, or an error naming what the entry has.
+    pub fn field(&self, name: &str) -> Result<&[f32], String> {
+        let present: Vec<&str> = self
+            .fields()
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        self.fields()
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.map(Vec::as_slice))
+            .ok_or_else(|| format!("has no `{name}` (it has {})", present.join(", ")))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NormStats {
+    pub entries: BTreeMap<String, Stats>,
+}
+
+#[derive(Serialize)]
+struct Wrapped<'a> {
+    norm_stats: &'a BTreeMap<String, Stats>,
+}
+
+impl NormStats {
+    /// Reads and checks a `norm_stats.json` (wrapped or not).
+    pub fn load(path: &Path) -> Result<Self, NormStatsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| NormStatsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, NormStatsError> {
+        let format = |message: String| NormStatsError::Format {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format(e.to_string()))?;
+        if let Some(inner) = value.get_mut("norm_stats") {
+            value = inner.take();
+        }
+        let entries: BTreeMap<String, Stats> = serde_json::from_value(value)
+            .map_err(|e| format(format!("expected {{key: {{mean, std, q01, q99}}}}: {e}")))?;
+        for (key, stats) in &entries {
+            let entry = |message: String| NormStatsError::Entry {
+                path: path.to_path_buf(),
+                key: key.clone(),
+                message,
+            };
+            let width = stats.width();
+            if width == 0 {
+                return Err(entry("has no statistics".into()));
+            }
+            for (name, values) in stats.fields() {
+                let Some(values) = values else { continue };
+                if values.len() != width {
+                    return Err(entry(format!(
+                        "field `{name}` has {} values, other fields have {width}",
+                        values.len()
+                    )));
+                }
+                if values.iter().any(|v| !v.is_finite()) {
+                    return Err(entry(format!("field `{name}` has NaN or infinite values")));
+                }
+            }
+        }
+        Ok(Self { entries })
+    }
+
+    /// The entry `key`, or an error listing the entries.
+    pub fn get(&self, key: &str, path: &Path) -> Result<&Stats, NormStatsError> {
+        self.entries
+            .get(key)
+            .ok_or_else(|| NormStatsError::MissingKey {
+                path: path.to_path_buf(),
+                key: key.to_string(),
+                available: self.entries.keys().cloned().collect(),
+            })
+    }
+
+    /// openpi's format: wrapped in `norm_stats`, pretty-printed.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(&Wrapped {
+            norm_stats: &self.entries,
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// Collects samples of a D-dimensional quantity and computes its statistics.
+///
+/// Mean and std are the population values (numpy's default, ddof = 0), computed in
+/// f64. Quantiles are exact: numpy's default linear interpolation between order
+/// statistics (openpi approximates them with histograms; the two agree to within a
+/// bin width).
+#[derive(Debug, Clone)]
+pub struct StatsAccumulator {
+    columns: Vec<Vec<f64>>,
+}
+
+impl StatsAccumulator {
+    pub fn new(width: usize) -> Self {
+        Self {
+            columns: vec![Vec::new(); width],
+        }
+    }
+
+    pub fn width(&self) -> usize {
+        self.columns.len()
+    }
+
+    pub fn count(&self) -> usize {
+        self.columns.first().map_or(0, Vec::len)
+    }
+
+    /// Adds one sample; panics in debug builds if its width is wrong.
+    pub fn push(&mut self, sample: &[f64]) {
+        debug_assert_eq!(sample.len(), self.columns.len());
+        for (column, &x) in self.columns.iter_mut().zip(sample) {
+            column.push(x);
+        }
+    }
+
+    /// None when no samples were pushed.
+    pub fn finish(mut self) -> Option<Stats> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let mut stats = Stats::default();
+        let (mut mean, mut std, mut q01, mut q99, mut min, mut max) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for column in &mut self.columns {
+            let m = column.iter().sum::<f64>() / n as f64;
+            let var = column.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / n as f64;
+            column.sort_by(f64::total_cmp);
+            mean.push(m as f32);
+            std.push(var.sqrt() as f32);
+            q01.push(quantile(column, 0.01) as f32);
+            q99.push(quantile(column, 0.99) as f32);
+            min.push(column[0] as f32);
+            max.push(column[n - 1] as f32);
+        }
+        stats.mean = Some(mean);
+        stats.std = Some(std);
+        stats.q01 = Some(q01);
+        stats.q99 = Some(q99);
+        stats.min = Some(min);
+        stats.max = Some(max);
+        Some(stats)
+    }
+}
+
+/// numpy's `quantile(..., method="linear")` on sorted values.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let position = q * (sorted.len() - 1) as f64;
+    let below = position.floor() as usize;
+    let above = (below + 1).min(sorted.len() - 1);
+    let fraction = position - below as f64;
+    sorted[below] + (sorted[above] - sorted[below]) * fraction
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openpi_format_round_trips_and_unwrapped_is_accepted() {
+        let text = r#"{"norm_stats": {"state": {"mean": [0.5, 1.0], "std": [1.0, 2.0],
+            "q01": [-1.0, -2.0], "q99": [1.0, 2.0]}, "actions": {"mean": [0.0], "std": [1.0]}}}"#;
+        let stats = NormStats::parse(text, Path::new("n.json")).unwrap();
+        assert_eq!(stats.entries["state"].width(), 2);
+        let again = NormStats::parse(&stats.to_json(), Path::new("n.json")).unwrap();
+        assert_eq!(stats, again);
+        assert!(stats.to_json().contains("\"norm_stats\""));
+        let bare = r#"{"state": {"min": [0.0], "max": [1.0]}}"#;
+        let stats = NormStats::parse(bare, Path::new("n.json")).unwrap();
+        assert_eq!(stats.entries["state"].field("max").unwrap(), &[1.0]);
+        let err = stats.entries["state"].field("q01").unwrap_err();
+        assert!(err.contains("has no `q01` (it has min, max)"), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_or_non_finite_entries_are_rejected() {
+        let ragged = r#"{"norm_stats": {"state": {"mean": [0.0, 1.0], "std": [1.0]}}}"#;
+        let err = NormStats::parse(ragged, Path::new("n.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("entry `state` field `std` has 1 values"),
+            "{err}"
+        );
+        let err = NormStats::parse("[1, 2]", Path::new("n.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a norm_stats.json"), "{err}");
+        let stats = NormStats::parse(r#"{"a": {"mean": [1.0]}}"#, Path::new("n.json")).unwrap();
+        let err = stats
+            .get("actions", Path::new("n.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no entry `actions`; entries: a"), "{err}");
+    }
+
+    #[test]
+    fn accumulator_matches_numpy_definitions() {
+        let mut acc = StatsAccumulator::new(2);
+        for i in 0..=100 {
+            acc.push(&[i as f64, -2.0 * i as f64]);
+        }
+        let stats = acc.finish().unwrap();
+        assert_eq!(stats.mean.as_ref().unwrap(), &[50.0, -100.0]);
+        // Population std of 0..=100 is sqrt(850).
+        assert!((stats.std.as_ref().unwrap()[0] - 850f32.sqrt()).abs() < 1e-4);
+        // numpy.quantile(range(101), 0.01) == 1.0, 0.99 -> 99.0
+        assert_eq!(stats.q01.as_ref().unwrap(), &[1.0, -198.0]);
+        assert_eq!(stats.q99.as_ref().unwrap(), &[99.0, -2.0]);
+        assert_eq!(stats.min.as_ref().unwrap(), &[0.0, -200.0]);
+        assert_eq!(stats.max.as_ref().unwrap(), &[100.0, 0.0]);
+        assert!(StatsAccumulator::new(3).finish().is_none());
+    }
+}

@@ -1,0 +1,937 @@
+//! The generative policy kinds: `flow` (flow matching, pi0 convention, Euler) and
+//! `diffusion` (eps prediction, DDIM with eta = 0).
+//!
+//! Per chunk: the observation is preprocessed once; in the split flow form the
+//! prefix graph runs once and its outputs (e.g. a KV cache) stay bound to the
+//! expert graph; then the step graph runs `num_steps` times on the evolving sample
+//! `x` [B, H, D]. The step graph's inputs and output are bound once through ONNX
+//! Runtime's IO binding to tensors allocated at load, so the loop copies only `x`
+//! in and the velocity / noise prediction out (on a GPU, the cache never leaves it).
+//!
+//! The arithmetic mirrors `policies/export/sampler_reference.py` operation for
+//! operation in f32, so reflex and the Python loop agree to rounding.
+//!
+//! The initial noise is standard normal from a generator seeded by (seed, tick),
+//! or supplied from outside with [`GenerativePolicy::set_next_noise`] (DSRL's
+//! latent-noise steering, `reflex infer --noise`). The first of the B sampled
+//! chunks is executed; all of them are kept for inspection.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ort::memory::Allocator;
+use ort::session::{IoBinding, Session};
+use ort::value::{DynValue, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use reflex_runtime::launch::{
+    DiffusionPolicyConfig, FlowPolicyConfig, GenerativeActions, InputConfig, Launch,
+    NormStatsConfig, ScheduleConfig, ScheduleKind, TensorDtype,
+};
+use reflex_runtime::policy::{Policy, PolicyError};
+use reflex_runtime::types::{ActionChunk, Observation};
+
+use crate::PolicyLoadError;
+use crate::chunk::{Port, check_inputs, model_ports};
+use crate::normalize::{VectorNorm, load_norm_stats};
+use crate::onnxruntime::{OpenedSession, SessionSettings, open_session};
+use crate::preprocess::InputMapper;
+
+/// `alphas_cumprod` of a named schedule: betas and their cumulative product in
+/// f64, cast once to f32 (as diffusers stores it).
+pub fn alphas_cumprod(
+    kind: ScheduleKind,
+    steps: usize,
+    beta_start: f64,
+    beta_end: f64,
+) -> Vec<f32> {
+    let t = steps as f64;
+    let linspace = |a: f64, b: f64, i: usize| match steps {
+        1 => a,
+        _ => a + (b - a) * i as f64 / (t - 1.0),
+    };
+    let betas: Vec<f64> = (0..steps)
+        .map(|i| match kind {
+            ScheduleKind::Linear => linspace(beta_start, beta_end, i),
+            ScheduleKind::ScaledLinear => linspace(beta_start.sqrt(), beta_end.sqrt(), i).powi(2),
+            // Nichol & Dhariwal's squared cosine (diffusers `squaredcos_cap_v2`).
+            ScheduleKind::SquaredCosine => {
+                let abar = |s: f64| {
+                    ((s + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+                        .cos()
+                        .powi(2)
+                };
+                (1.0 - abar((i as f64 + 1.0) / t) / abar(i as f64 / t)).min(0.999)
+            }
+        })
+        .collect();
+    let mut product = 1.0f64;
+    betas
+        .iter()
+        .map(|beta| {
+            product *= 1.0 - beta;
+            product as f32
+        })
+        .collect()
+}
+
+/// The DDIM steps: for each, the timestep fed to the model and the update's
+/// coefficients `sqrt(ab_t), sqrt(1 - ab_t), sqrt(ab_prev), sqrt(1 - ab_prev)`
+/// (computed in f64 from the f32 table, then cast to f32).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DdimPlan {
+    pub timesteps: Vec<i64>,
+    pub coefficients: Vec<[f32; 4]>,
+    pub clip_sample: Option<f32>,
+}
+
+impl DdimPlan {
+    /// diffusers' "leading" spacing: `t_i = (steps - 1 - i) * (T / steps) + offset`.
+    pub fn new(
+        alphas_cumprod: &[f32],
+        steps: usize,
+        steps_offset: usize,
+        set_alpha_to_one: bool,
+        clip_sample: Option<f32>,
+    ) -> Result<Self, String> {
+        let train = alphas_cumprod.len();
+        if steps == 0 || steps > train {
+            return Err(format!(
+                "num_steps must be in 1..={train} (the schedule's length)"
+            ));
+        }
+        if alphas_cumprod
+            .iter()
+            .any(|a| !(a.is_finite() && *a > 0.0 && *a <= 1.0))
+        {
+            return Err("alphas_cumprod values must be in (0, 1]".into());
+        }
+        let ratio = train / steps;
+        let final_alpha = if set_alpha_to_one {
+            1.0
+        } else {
+            f64::from(alphas_cumprod[0])
+        };
+        let mut timesteps = Vec::with_capacity(steps);
+        let mut coefficients = Vec::with_capacity(steps);
+        for i in (0..steps).rev() {
+            let t = i * ratio + steps_offset;
+            let ab_t =
+                f64::from(*alphas_cumprod.get(t).ok_or_else(|| {
+                    format!("timestep {t} is past the schedule's {train} entries")
+                })?);
+            let ab_prev = match t.checked_sub(ratio) {
+                Some(prev) => f64::from(alphas_cumprod[prev]),
+                None => final_alpha,
+            };
+            timesteps.push(t as i64);
+            coefficients.push([
+                ab_t.sqrt() as f32,
+                (1.0 - ab_t).sqrt() as f32,
+                ab_prev.sqrt() as f32,
+                (1.0 - ab_prev).sqrt() as f32,
+            ]);
+        }
+        Ok(Self {
+            timesteps,
+            coefficients,
+            clip_sample,
+        })
+    }
+}
+
+/// Loads `alphas_cumprod` from a launch file's schedule table.
+pub fn schedule_table(launch: &Launch, schedule: &ScheduleConfig) -> Result<Vec<f32>, String> {
+    if let Some(kind) = schedule.kind {
+        return Ok(alphas_cumprod(
+            kind,
+            schedule.train_steps,
+            schedule.beta_start,
+            schedule.beta_end,
+        ));
+    }
+    let Some(file) = &schedule.file else {
+        return Err("the schedule needs `kind` or `file`".into());
+    };
+    let path = launch.resolve(file);
+    let values: Vec<f64> = if path.extension().is_some_and(|e| e == "json") {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "{}: expected a JSON list of alphas_cumprod: {e}",
+                path.display()
+            )
+        })?
+    } else {
+        let (shape, values) = reflex_runtime::npy::read_f64(&path).map_err(|e| e.to_string())?;
+        if shape.len() != 1 {
+            return Err(format!(
+                "{}: expected a 1-D array, found {shape:?}",
+                path.display()
+            ));
+        }
+        values
+    };
+    Ok(values.into_iter().map(|v| v as f32).collect())
+}
+
+enum Sampler {
+    /// Euler from t = 1 to t = 0 in `steps` steps.
+    Flow {
+        steps: usize,
+    },
+    Ddim(DdimPlan),
+}
+
+/// The step graph's time input: flow time (f32) or a diffusion timestep.
+enum TimeTensor {
+    F32(Tensor<f32>),
+    I64(Tensor<i64>),
+}
+
+impl TimeTensor {
+    fn set(&mut self, t: f32, timestep: i64) {
+        match self {
+            Self::F32(tensor) => tensor.extract_tensor_mut().1.fill(t),
+            Self::I64(tensor) => tensor.extract_tensor_mut().1.fill(timestep),
+        }
+    }
+
+    fn bind(&self, binding: &mut IoBinding, name: &str) -> ort::Result<()> {
+        match self {
+            Self::F32(tensor) => binding.bind_input(name, tensor),
+            Self::I64(tensor) => binding.bind_input(name, tensor),
+        }
+    }
+}
+
+/// Names of the sampler's ports.
+struct Ports {
+    noisy_actions: String,
+    time: String,
+    output: String,
+}
+
+/// What differs between the generative kinds' launch tables.
+struct Spec<'a> {
+    table: &'static str,
+    model: &'a Path,
+    prefix: Option<&'a Path>,
+    intra_threads: usize,
+    batch: usize,
+    inputs: &'a [InputConfig],
+    actions: &'a GenerativeActions,
+    norm_stats: Option<&'a NormStatsConfig>,
+    ports: Ports,
+    sampler: Sampler,
+    time_dtypes: &'static [&'static str],
+}
+
+/// Where one inference's time went, ns.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SampleTiming {
+    pub total_ns: u64,
+    /// Inside ONNX Runtime: the prefix graph and every step-graph run.
+    pub graph_ns: u64,
+    pub graph_runs: u32,
+}
+
+pub struct GenerativePolicy {
+    prefix: Option<Session>,
+    step: Session,
+    binding: IoBinding,
+    mapper: InputMapper,
+    sampler: Sampler,
+    x: Tensor<f32>,
+    time: TimeTensor,
+    ports: Ports,
+    batch: usize,
+    horizon: usize,
+    model_dim: usize,
+    joints: usize,
+    actions_norm: Option<VectorNorm>,
+    delta: bool,
+    seed: u64,
+    next_noise: Option<Vec<f32>>,
+    /// The last sample in the model's space, all B chunks: [B, H, D].
+    pub last_raw: Vec<f32>,
+    /// The last sample as joint targets, all B chunks: [B, H, joints].
+    pub last_actions: Vec<f32>,
+    /// Where the last inference's time went.
+    pub last_timing: SampleTiming,
+    /// `cpu`, `cuda` or `tensorrt`.
+    pub provider: &'static str,
+    pub model_path: PathBuf,
+    pub library_path: PathBuf,
+    pub warm_up_ms: f64,
+}
+
+fn mismatch(
+    model: &Path,
+    problems: Vec<String>,
+    expected: Vec<String>,
+    inputs: &[Port],
+    outputs: &[Port],
+) -> PolicyLoadError {
+    PolicyLoadError::Signature {
+        model: model.to_path_buf(),
+        problems,
+        expected,
+        found: inputs
+            .iter()
+            .map(Port::to_string)
+            .chain(outputs.iter().map(|p| format!("{p} (output)")))
+            .collect(),
+    }
+}
+
+/// True when a declared batch dimension admits `batch`.
+fn batch_fits(dim: i64, batch: usize) -> bool {
+    dim < 0 || dim == batch as i64
+}
+
+impl GenerativePolicy {
+    pub fn load_flow(launch: &Launch, cfg: &FlowPolicyConfig) -> Result<Self, PolicyLoadError> {
+        Self::load(
+            launch,
+            Spec {
+                table: "policy.flow",
+                model: &cfg.model,
+                prefix: cfg.prefix_model.as_deref(),
+                intra_threads: cfg.intra_threads,
+                batch: cfg.batch,
+                inputs: &cfg.inputs,
+                actions: &cfg.actions,
+                norm_stats: cfg.norm_stats.as_ref(),
+                ports: Ports {
+                    noisy_actions: cfg.ports.noisy_actions.clone(),
+                    time: cfg.ports.time.clone(),
+                    output: cfg.ports.output.clone(),
+                },
+                sampler: Sampler::Flow {
+                    steps: cfg.num_steps,
+                },
+                time_dtypes: &["float32"],
+            },
+        )
+    }
+
+    pub fn load_diffusion(
+        launch: &Launch,
+        cfg: &DiffusionPolicyConfig,
+    ) -> Result<Self, PolicyLoadError> {
+        let schedule_error = |message: String| PolicyLoadError::Model {
+            path: launch.resolve(&cfg.model),
+            message: format!("policy.diffusion.schedule: {message}"),
+        };
+        let table = schedule_table(launch, &cfg.schedule).map_err(schedule_error)?;
+        let plan = DdimPlan::new(
+            &table,
+            cfg.num_steps,
+            cfg.schedule.steps_offset,
+            cfg.schedule.set_alpha_to_one,
+            cfg.schedule.clip_sample,
+        )
+        .map_err(schedule_error)?;
+        Self::load(
+            launch,
+            Spec {
+                table: "policy.diffusion",
+                model: &cfg.model,
+                prefix: None,
+                intra_threads: cfg.intra_threads,
+                batch: cfg.batch,
+                inputs: &cfg.inputs,
+                actions: &cfg.actions,
+                norm_stats: cfg.norm_stats.as_ref(),
+                ports: Ports {
+                    noisy_actions: cfg.ports.noisy_actions.clone(),
+                    time: cfg.ports.timestep.clone(),
+                    output: cfg.ports.output.clone(),
+                },
+                sampler: Sampler::Ddim(plan),
+                time_dtypes: &["int64", "float32"],
+            },
+        )
+    }
+
+    fn load(launch: &Launch, spec: Spec<'_>) -> Result<Self, PolicyLoadError> {
+        let joints = launch.config.robot.joints.len();
+        let (horizon, model_dim, batch) = (
+            spec.actions.horizon,
+            spec.actions.dim.unwrap_or(joints),
+            spec.batch,
+        );
+        let (env, library_path) = crate::onnxruntime::environment_for(launch)?;
+        let settings = SessionSettings::from_launch(launch, spec.intra_threads);
+        let step_path = launch.resolve(spec.model);
+        let OpenedSession {
+            session: step,
+            provider,
+            ..
+        } = open_session(&env, &step_path, &settings)?;
+        let (step_in, step_out) = model_ports(&step);
+        let sample_shape = vec![batch as i64, horizon as i64, model_dim as i64];
+        let expected = vec![
+            format!("    {}: float32 {sample_shape:?}", spec.ports.noisy_actions),
+            format!(
+                "    {}: {} [{batch}] (or a scalar, or [{batch}, 1])",
+                spec.ports.time,
+                spec.time_dtypes.join(" or ")
+            ),
+            format!(
+                "    {} (output): float32 {sample_shape:?}",
+                spec.ports.output
+            ),
+        ];
+
+        // Which step inputs come from the observation or the prefix.
+        let prefix = match spec.prefix {
+            None => {
+                let obs_ports: Vec<Port> = step_in
+                    .iter()
+                    .filter(|p| p.name != spec.ports.noisy_actions && p.name != spec.ports.time)
+                    .cloned()
+                    .collect();
+                let mut problems = check_inputs(spec.inputs, &obs_ports)
+                    .err()
+                    .unwrap_or_default();
+                problems.extend(batch_problems(&obs_ports, batch));
+                if !problems.is_empty() {
+                    return Err(mismatch(
+                        &step_path, problems, expected, &step_in, &step_out,
+                    ));
+                }
+                None
+            }
+            Some(prefix_model) => {
+                let prefix_path = launch.resolve(prefix_model);
+                let prefix = open_session(&env, &prefix_path, &settings)?.session;
+                let (prefix_in, prefix_out) = model_ports(&prefix);
+                let problems = check_inputs(spec.inputs, &prefix_in)
+                    .err()
+                    .unwrap_or_default();
+                if !problems.is_empty() {
+                    return Err(mismatch(
+                        &prefix_path,
+                        problems,
+                        Vec::new(),
+                        &prefix_in,
+                        &prefix_out,
+                    ));
+                }
+                let mut problems = Vec::new();
+                for p in &step_in {
+                    let fed = p.name == spec.ports.noisy_actions || p.name == spec.ports.time;
+                    if !fed && !prefix_out.iter().any(|o| o.name == p.name) {
+                        problems.push(format!(
+                            "step input `{}` is neither a prefix output nor `{}` / `{}`",
+                            p.name, spec.ports.noisy_actions, spec.ports.time
+                        ));
+                    }
+                }
+                for o in &prefix_out {
+                    if !step_in.iter().any(|p| p.name == o.name) {
+                        problems.push(format!("prefix output `{}` is not a step input", o.name));
+                    }
+                    if batch > 1 && o.dtype != "float32" {
+                        problems.push(format!(
+                            "prefix output `{}` is {}; batch > 1 tiles float32 caches only",
+                            o.name, o.dtype
+                        ));
+                    }
+                }
+                if !problems.is_empty() {
+                    return Err(mismatch(
+                        &step_path, problems, expected, &step_in, &step_out,
+                    ));
+                }
+                Some(prefix)
+            }
+        };
+
+        // The sampler's own ports.
+        let mut problems = Vec::new();
+        let shape_ok = |p: &Port| {
+            p.shape.len() == 3
+                && batch_fits(p.shape[0], batch)
+                && batch_fits(p.shape[1], horizon)
+                && batch_fits(p.shape[2], model_dim)
+        };
+        match step_in.iter().find(|p| p.name == spec.ports.noisy_actions) {
+            None => problems.push(format!(
+                "input `{}` is not in the model",
+                spec.ports.noisy_actions
+            )),
+            Some(p) if p.dtype != "float32" || !shape_ok(p) => problems.push(format!(
+                "input `{}` is {} {:?}, expected float32 {sample_shape:?}",
+                p.name, p.dtype, p.shape
+            )),
+            Some(_) => {}
+        }
+        let time_port = step_in.iter().find(|p| p.name == spec.ports.time);
+        let time_rank = match time_port {
+            None => {
+                problems.push(format!("input `{}` is not in the model", spec.ports.time));
+                1
+            }
+            Some(p) => {
+                if !spec.time_dtypes.contains(&p.dtype.as_str()) {
+                    problems.push(format!(
+                        "input `{}` is {}, expected {}",
+                        p.name,
+                        p.dtype,
+                        spec.time_dtypes.join(" or ")
+                    ));
+                }
+                let rank_ok = match p.shape.as_slice() {
+                    [] => batch == 1,
+                    [b] => batch_fits(*b, batch),
+                    [b, one] => batch_fits(*b, batch) && batch_fits(*one, 1),
+                    _ => false,
+                };
+                if !rank_ok {
+                    problems.push(format!(
+                        "input `{}` has shape {:?}, expected [{batch}], [{batch}, 1] or a scalar (batch 1)",
+                        p.name, p.shape
+                    ));
+                }
+                p.shape.len()
+            }
+        };
+        match step_out.iter().find(|p| p.name == spec.ports.output) {
+            None => problems.push(format!(
+                "output `{}` is not in the model",
+                spec.ports.output
+            )),
+            Some(p) if p.dtype != "float32" || !shape_ok(p) => problems.push(format!(
+                "output `{}` is {} {:?}, expected float32 {sample_shape:?}",
+                p.name, p.dtype, p.shape
+            )),
+            Some(_) => {}
+        }
+        if !problems.is_empty() {
+            return Err(mismatch(
+                &step_path, problems, expected, &step_in, &step_out,
+            ));
+        }
+
+        let mut mapper = InputMapper::new(spec.inputs, &launch.camera_names())
+            .map_err(PolicyLoadError::WarmUp)?;
+        let mut actions_norm = None;
+        if let Some(stats_cfg) = spec.norm_stats {
+            let stats = load_norm_stats(launch, stats_cfg, joints).map_err(|message| {
+                PolicyLoadError::Model {
+                    path: launch.resolve(&stats_cfg.file),
+                    message: format!("{}.norm_stats: {message}", spec.table),
+                }
+            })?;
+            if let Some(state) = &stats.state {
+                mapper.set_state_normalization(state);
+            }
+            actions_norm = Some(stats.actions);
+        }
+
+        let allocator = Allocator::default();
+        let tensor_error = |e: ort::Error| PolicyLoadError::Model {
+            path: step_path.clone(),
+            message: e.to_string(),
+        };
+        let x =
+            Tensor::<f32>::new(&allocator, [batch, horizon, model_dim]).map_err(tensor_error)?;
+        let time_shape: Vec<usize> = match time_rank {
+            0 => vec![],
+            1 => vec![batch],
+            _ => vec![batch, 1],
+        };
+        let time_is_int = time_port.is_some_and(|p| p.dtype == "int64");
+        let time = match time_is_int {
+            true => {
+                TimeTensor::I64(Tensor::<i64>::new(&allocator, time_shape).map_err(tensor_error)?)
+            }
+            false => {
+                TimeTensor::F32(Tensor::<f32>::new(&allocator, time_shape).map_err(tensor_error)?)
+            }
+        };
+        let mut binding = step.create_binding().map_err(tensor_error)?;
+        let output =
+            Tensor::<f32>::new(&allocator, [batch, horizon, model_dim]).map_err(tensor_error)?;
+        binding
+            .bind_output(spec.ports.output.as_str(), output)
+            .map_err(tensor_error)?;
+
+        let mut policy = Self {
+            prefix,
+            step,
+            binding,
+            mapper,
+            sampler: spec.sampler,
+            x,
+            time,
+            ports: spec.ports,
+            batch,
+            horizon,
+            model_dim,
+            joints,
+            actions_norm,
+            delta: spec.actions.delta,
+            seed: launch.config.seed,
+            next_noise: None,
+            last_raw: vec![0.0; batch * horizon * model_dim],
+            last_actions: vec![0.0; batch * horizon * joints],
+            last_timing: SampleTiming::default(),
+            provider,
+            model_path: step_path,
+            library_path,
+            warm_up_ms: 0.0,
+        };
+        // Warm-up: ONNX Runtime initializes lazily; let the first real tick pay nothing.
+        let obs = crate::preprocess::blank_observation(launch);
+        let mut chunk = ActionChunk::zeros(horizon, joints);
+        let started = Instant::now();
+        for _ in 0..2 {
+            if let Err(e) = policy.infer(&obs, &mut chunk) {
+                // A model that produces NaN is still loadable (its chunks get
+                // rejected); a model that cannot run is not.
+                if !e.to_string().contains("NaN") {
+                    return Err(PolicyLoadError::WarmUp(e.to_string()));
+                }
+            }
+        }
+        policy.warm_up_ms = started.elapsed().as_secs_f64() * 1e3 / 2.0;
+        Ok(policy)
+    }
+
+    /// The model inputs as last filled (after preprocessing and normalization).
+    pub fn model_inputs(&self) -> &[crate::preprocess::MappedInput] {
+        &self.mapper.inputs
+    }
+
+    pub fn horizon(&self) -> usize {
+        self.horizon
+    }
+
+    /// Values per sample: B * H * D.
+    pub fn noise_len(&self) -> usize {
+        self.batch * self.horizon * self.model_dim
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    pub fn model_dim(&self) -> usize {
+        self.model_dim
+    }
+
+    /// The next inference starts from `noise` ([B, H, D], row-major) instead of the
+    /// seeded generator.
+    pub fn set_next_noise(&mut self, noise: Vec<f32>) -> Result<(), String> {
+        if noise.len() != self.noise_len() {
+            return Err(format!(
+                "noise has {} values, expected B x H x D = {} x {} x {} = {}",
+                noise.len(),
+                self.batch,
+                self.horizon,
+                self.model_dim,
+                self.noise_len()
+            ));
+        }
+        self.next_noise = Some(noise);
+        Ok(())
+    }
+
+    /// Binds what stays constant during one chunk: the observation tensors (single
+    /// form) or the prefix graph's outputs, tiled to the batch.
+    fn bind_conditioning(&mut self, obs: &Observation) -> Result<(), PolicyError> {
+        self.mapper.fill(obs);
+        let allocator = Allocator::default();
+        match &mut self.prefix {
+            Some(prefix) => {
+                let started = Instant::now();
+                let mut outputs = prefix.run(self.mapper.session_inputs()?)?;
+                self.last_timing.graph_ns += started.elapsed().as_nanos() as u64;
+                self.last_timing.graph_runs += 1;
+                let names: Vec<String> = outputs.keys().map(str::to_string).collect();
+                for name in names {
+                    let value = outputs.remove(&name).ok_or("prefix output vanished")?;
+                    let value = tile(value, self.batch, &allocator)?;
+                    self.binding.bind_input(name.as_str(), &value)?;
+                }
+            }
+            None => {
+                for input in &self.mapper.inputs {
+                    let mut shape = input.shape.clone();
+                    shape[0] = self.batch;
+                    match input.dtype {
+                        TensorDtype::Float32 => {
+                            let mut t = Tensor::<f32>::new(&allocator, shape)?;
+                            fill_tiled(t.extract_tensor_mut().1, &input.values);
+                            self.binding.bind_input(input.name.as_str(), &t)?;
+                        }
+                        TensorDtype::Uint8 => {
+                            let mut t = Tensor::<u8>::new(&allocator, shape)?;
+                            fill_tiled(t.extract_tensor_mut().1, &input.bytes);
+                            self.binding.bind_input(input.name.as_str(), &t)?;
+                        }
+                        TensorDtype::Bool => {
+                            let mut t = Tensor::<bool>::new(&allocator, shape)?;
+                            fill_tiled(t.extract_tensor_mut().1, &input.flags);
+                            self.binding.bind_input(input.name.as_str(), &t)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fill_noise(&mut self, tick: u64) {
+        let x = self.x.extract_tensor_mut().1;
+        if let Some(noise) = self.next_noise.take() {
+            x.copy_from_slice(&noise);
+            return;
+        }
+        // Keyed by (seed, tick): a replayed tick samples the same noise.
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(self.seed ^ tick.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        for pair in x.chunks_mut(2) {
+            let (a, b) = standard_normal_pair(&mut rng);
+            pair[0] = a;
+            if let Some(second) = pair.get_mut(1) {
+                *second = b;
+            }
+        }
+    }
+
+    /// One step-graph run on the current `x` and time; applies `update(x, out)`.
+    fn step(
+        &mut self,
+        t: f32,
+        timestep: i64,
+        update: impl Fn(&mut [f32], &[f32]),
+    ) -> Result<bool, PolicyError> {
+        self.time.set(t, timestep);
+        self.time.bind(&mut self.binding, &self.ports.time)?;
+        self.binding
+            .bind_input(self.ports.noisy_actions.as_str(), &self.x)?;
+        let outputs = self.step.run_binding(&self.binding)?;
+        let out = outputs[self.ports.output.as_str()]
+            .try_extract_tensor::<f32>()?
+            .1;
+        let finite = out.iter().all(|v| v.is_finite());
+        update(self.x.extract_tensor_mut().1, out);
+        Ok(finite)
+    }
+
+    /// Samples B chunks for `obs` into [`Self::last_raw`] / [`Self::last_actions`].
+    pub fn sample(&mut self, obs: &Observation) -> Result<(), PolicyError> {
+        let started = Instant::now();
+        self.last_timing = SampleTiming::default();
+        let result = self.sample_inner(obs);
+        self.last_timing.total_ns = started.elapsed().as_nanos() as u64;
+        result
+    }
+
+    fn sample_inner(&mut self, obs: &Observation) -> Result<(), PolicyError> {
+        self.bind_conditioning(obs)?;
+        self.fill_noise(obs.tick);
+        let mut bad_step = None;
+        match &self.sampler {
+            Sampler::Flow { steps } => {
+                let dt = (-1.0 / *steps as f64) as f32;
+                let mut t = 1.0f32;
+                let mut k = 0;
+                // openpi's loop condition; float rounding decides the last step the same way.
+                while t >= -dt / 2.0 {
+                    let finite = self.step(t, 0, |x, v| {
+                        for (x, v) in x.iter_mut().zip(v) {
+                            *x += dt * v;
+                        }
+                    })?;
+                    if !finite && bad_step.is_none() {
+                        bad_step = Some(k);
+                    }
+                    t += dt;
+                    k += 1;
+                }
+            }
+            Sampler::Ddim(plan) => {
+                let plan = plan.clone();
+                for (k, (&timestep, &[a_t, b_t, a_p, b_p])) in
+                    plan.timesteps.iter().zip(&plan.coefficients).enumerate()
+                {
+                    let clip = plan.clip_sample;
+                    let finite = self.step(timestep as f32, timestep, |x, eps| {
+                        for (x, e) in x.iter_mut().zip(eps) {
+                            let mut x0 = (*x - b_t * e) / a_t;
+                            if let Some(c) = clip {
+                                x0 = x0.clamp(-c, c);
+                            }
+                            *x = a_p * x0 + b_p * e;
+                        }
+                    })?;
+                    if !finite && bad_step.is_none() {
+                        bad_step = Some(k);
+                    }
+                }
+            }
+        }
+        let x = self.x.extract_tensor().1;
+        self.last_raw.copy_from_slice(x);
+        if let Some(k) = bad_step {
+            return Err(format!(
+                "the model produced NaN or infinite values at sampling step {k}; chunk rejected"
+            )
+            .into());
+        }
+        let positions = obs.joints.positions();
+        let (h, d, joints) = (self.horizon, self.model_dim, self.joints);
+        for (row, out) in self.last_actions.chunks_mut(joints).enumerate() {
+            let src = &x[row * d..row * d + joints];
+            debug_assert!(row < self.batch * h);
+            for (j, (dst, v)) in out.iter_mut().zip(src).enumerate() {
+                let mut value = match &self.actions_norm {
+                    Some(n) => n.unnormalize(j, *v),
+                    None => *v,
+                };
+                if self.delta {
+                    value += positions[j] as f32;
+                }
+                *dst = value;
+            }
+        }
+        if self.last_actions.iter().any(|v| !v.is_finite()) {
+            return Err("unnormalized actions are NaN or infinite; chunk rejected".into());
+        }
+        Ok(())
+    }
+}
+
+/// Box-Muller: two independent standard normal samples.
+fn standard_normal_pair(rng: &mut ChaCha8Rng) -> (f32, f32) {
+    // u1 in (0, 1] so that ln(u1) is finite.
+    let u1 = 1.0 - rng.random::<f64>();
+    let u2 = rng.random::<f64>();
+    let r = (-2.0 * u1.ln()).sqrt();
+    let angle = std::f64::consts::TAU * u2;
+    ((r * angle.cos()) as f32, (r * angle.sin()) as f32)
+}
+
+/// Repeats `row` (one batch entry) over `out`.
+fn fill_tiled<T: Copy>(out: &mut [T], row: &[T]) {
+    for chunk in out.chunks_mut(row.len().max(1)) {
+        chunk.copy_from_slice(&row[..chunk.len()]);
+    }
+}
+
+/// A prefix output with batch 1, repeated to `batch` (float32 only).
+fn tile(value: DynValue, batch: usize, allocator: &Allocator) -> Result<DynValue, PolicyError> {
+    if batch == 1 {
+        return Ok(value);
+    }
+    let (shape, data) = value.try_extract_tensor::<f32>()?;
+    let mut dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    if dims.first() == Some(&batch) {
+        return Ok(value);
+    }
+    if dims.first() != Some(&1) {
+        return Err(format!(
+            "prefix output has batch {:?}, cannot tile to {batch}",
+            dims.first()
+        )
+        .into());
+    }
+    dims[0] = batch;
+    let mut tiled = Tensor::<f32>::new(allocator, dims)?;
+    fill_tiled(tiled.extract_tensor_mut().1, data);
+    Ok(tiled.into_dyn())
+}
+
+fn batch_problems(ports: &[Port], batch: usize) -> Vec<String> {
+    if batch == 1 {
+        return Vec::new();
+    }
+    ports
+        .iter()
+        .filter(|p| p.shape.first().is_some_and(|&d| !batch_fits(d, batch)))
+        .map(|p| {
+            format!(
+                "input `{}` has a fixed batch of {}; batch = {batch} needs a dynamic first dimension",
+                p.name, p.shape[0]
+            )
+        })
+        .collect()
+}
+
+impl Policy for GenerativePolicy {
+    fn horizon(&self) -> usize {
+        self.horizon
+    }
+
+    fn action_dim(&self) -> usize {
+        self.joints
+    }
+
+    fn infer(&mut self, obs: &Observation, out: &mut ActionChunk) -> Result<(), PolicyError> {
+        self.sample(obs)?;
+        let first = self.horizon * self.joints;
+        out.actions.copy_from_slice(&self.last_actions[..first]);
+        out.horizon = self.horizon;
+        out.dim = self.joints;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_match_their_definitions() {
+        let linear = alphas_cumprod(ScheduleKind::Linear, 1000, 1e-4, 0.02);
+        assert!((linear[0] - 0.9999).abs() < 1e-7);
+        assert!((linear[999] - 4.036e-5).abs() < 1e-7, "{}", linear[999]);
+        let cosine = alphas_cumprod(ScheduleKind::SquaredCosine, 100, 0.0, 0.0);
+        assert!((cosine[0] - 0.99937).abs() < 1e-5, "{}", cosine[0]);
+        assert!(cosine.windows(2).all(|w| w[1] < w[0]));
+        let scaled = alphas_cumprod(ScheduleKind::ScaledLinear, 1000, 0.00085, 0.012);
+        assert!((scaled[0] - 0.99915).abs() < 1e-6);
+    }
+
+    #[test]
+    fn ddim_plan_uses_leading_spacing_and_final_alpha() {
+        let table = alphas_cumprod(ScheduleKind::SquaredCosine, 100, 0.0, 0.0);
+        let plan = DdimPlan::new(&table, 8, 0, true, Some(1.0)).unwrap();
+        assert_eq!(plan.timesteps, vec![84, 72, 60, 48, 36, 24, 12, 0]);
+        let last = plan.coefficients[7];
+        assert_eq!((last[2], last[3]), (1.0, 0.0));
+        let first = plan.coefficients[0];
+        assert_eq!(first[2], f64::from(table[72]).sqrt() as f32);
+        let plan = DdimPlan::new(&table, 8, 0, false, None).unwrap();
+        assert_eq!(plan.coefficients[7][2], f64::from(table[0]).sqrt() as f32);
+        assert!(DdimPlan::new(&table, 101, 0, true, None).is_err());
+        assert!(DdimPlan::new(&table, 10, 20, true, None).is_err());
+    }
+
+    #[test]
+    fn seeded_noise_is_standard_normal() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let samples: Vec<f32> = (0..20_000)
+            .flat_map(|_| {
+                let (a, b) = standard_normal_pair(&mut rng);
+                [a, b]
+            })
+            .collect();
+        let n = samples.len() as f64;
+        let mean = samples.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let var = samples
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        assert!(mean.abs() < 0.02, "{mean}");
+        assert!((var - 1.0).abs() < 0.03, "{var}");
+    }
+}

@@ -1,0 +1,270 @@
+//! `reflex infer`: one inference offline, on a saved observation, for debugging a
+//! model without a robot.
+//!
+//! Observation files:
+//! - `.json`: `{"joint_positions": [..], "joint_velocities": [..], "images":
+//!   {"<camera>": "image.npy"}}` (image paths relative to the JSON file, uint8
+//!   [H, W, 3]); only `joint_positions` is required;
+//! - `.npz` (numpy `savez`): arrays `joint_positions`, optional `joint_velocities`
+//!   and `camera.<name>` (uint8 [H, W, 3]);
+//! - `.npy`: the joint positions alone.
+//!
+//! A camera the file leaves out is a missing view (black, masked), which is an
+//! error unless the launch file marks it `optional`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use reflex_runtime::launch::{Launch, ObservationSource, TensorDtype};
+use reflex_runtime::npy::{self, NpyArray, NpyData};
+use reflex_runtime::types::{ActionChunk, Image, JointState, Observation};
+
+#[derive(clap::Args)]
+pub struct InferArgs {
+    /// Launch file whose policy to run.
+    pub launch: PathBuf,
+    /// The observation: .json, .npz or .npy (see `reflex infer --help`).
+    #[arg(long)]
+    pub obs: PathBuf,
+    /// Initial noise for flow / diffusion policies: .npy float32 [B, H, D].
+    #[arg(long)]
+    pub noise: Option<PathBuf>,
+    /// Write the chunk here: .npy (float32 [B, H, joints]) or .json.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write the sample in the model's space (before unnormalizing and slicing),
+    /// .npy float32 [B, H, D] (flow / diffusion only).
+    #[arg(long)]
+    pub raw_out: Option<PathBuf>,
+    /// Write every float32 model input, as fed, to DIR/<input>.npy.
+    #[arg(long, value_name = "DIR")]
+    pub dump_inputs: Option<PathBuf>,
+    /// The tick the observation is taken at (keys the seeded noise).
+    #[arg(long, default_value_t = 0)]
+    pub tick: u64,
+    /// Override a launch-file field.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
+    let launch = Launch::from_file(&args.launch, &args.overrides)?;
+    let obs = read_observation(&args.obs, &launch, args.tick)?;
+    let joints = launch.config.robot.joints.len();
+    let horizon;
+    let (actions, rows, raw, infer_ms, provider);
+    if let Some(mut policy) = crate::load_generative(&launch)? {
+        if let Some(path) = &args.noise {
+            let noise = npy::read_f64(path)
+                .with_context(|| format!("cannot read noise {}", path.display()))?;
+            let values: Vec<f32> = noise.1.iter().map(|&v| v as f32).collect();
+            policy
+                .set_next_noise(values)
+                .map_err(|e| anyhow::anyhow!("{}: {e} (shape {:?})", path.display(), noise.0))?;
+        }
+        let started = Instant::now();
+        policy
+            .sample(&obs)
+            .map_err(|e| anyhow::anyhow!("inference failed: {e}"))?;
+        infer_ms = started.elapsed().as_secs_f64() * 1e3;
+        horizon = policy.horizon();
+        rows = policy.batch();
+        actions = policy.last_actions.clone();
+        raw = Some((policy.last_raw.clone(), policy.model_dim()));
+        provider = policy.provider;
+        if let Some(dir) = &args.dump_inputs {
+            std::fs::create_dir_all(dir)?;
+            for input in policy.model_inputs() {
+                if input.dtype == TensorDtype::Float32 {
+                    npy::write_f32(
+                        &dir.join(format!("{}.npy", input.name)),
+                        &input.shape,
+                        &input.values,
+                    )?;
+                }
+            }
+        }
+    } else {
+        if args.noise.is_some() || args.raw_out.is_some() || args.dump_inputs.is_some() {
+            bail!("--noise, --raw-out and --dump-inputs apply to flow and diffusion policies");
+        }
+        let mut loaded = crate::load_policy(&launch)?;
+        horizon = loaded.policy.horizon();
+        let mut chunk = ActionChunk::zeros(horizon, joints);
+        let started = Instant::now();
+        loaded
+            .policy
+            .infer(&obs, &mut chunk)
+            .map_err(|e| anyhow::anyhow!("inference failed: {e}"))?;
+        infer_ms = started.elapsed().as_secs_f64() * 1e3;
+        rows = 1;
+        actions = chunk.actions.clone();
+        raw = None;
+        provider = loaded.provider;
+    }
+    if let (Some(path), Some((values, dim))) = (&args.raw_out, &raw) {
+        npy::write_f32(path, &[rows, horizon, *dim], values)?;
+    }
+    let shape = [rows, horizon, joints];
+    let nested: Vec<Vec<Vec<f32>>> = actions
+        .chunks(horizon * joints)
+        .map(|chunk| chunk.chunks(joints).map(<[f32]>::to_vec).collect())
+        .collect();
+    let report = serde_json::json!({
+        "shape": shape,
+        "infer_ms": infer_ms,
+        "provider": provider,
+        "actions": nested,
+    });
+    match &args.out {
+        Some(path) if path.extension().is_some_and(|e| e == "npy") => {
+            npy::write_f32(path, &shape, &actions)?;
+        }
+        Some(path) => std::fs::write(path, serde_json::to_string_pretty(&report)?)?,
+        None => println!("{}", serde_json::to_string(&report)?),
+    }
+    if args.out.is_some() {
+        println!(
+            "{} chunk(s) of {horizon} x {joints} in {infer_ms:.2} ms on {provider}",
+            rows
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Named arrays from an observation file.
+fn read_arrays(path: &Path) -> anyhow::Result<Vec<(String, NpyArray)>> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    match ext {
+        "npy" => Ok(vec![("joint_positions".into(), npy::read(path)?)]),
+        "npz" => {
+            let file = std::fs::File::open(path)?;
+            let mut archive = zip::ZipArchive::new(file)
+                .with_context(|| format!("{}: not an .npz archive", path.display()))?;
+            let mut arrays = Vec::new();
+            for i in 0..archive.len() {
+                let mut entry = archive.by_index(i)?;
+                let name = entry.name().trim_end_matches(".npy").to_string();
+                let mut bytes = Vec::with_capacity(entry.size() as usize);
+                entry.read_to_end(&mut bytes)?;
+                let array = npy::parse(&bytes)
+                    .map_err(|e| anyhow::anyhow!("{}: entry `{name}`: {e}", path.display()))?;
+                arrays.push((name, array));
+            }
+            Ok(arrays)
+        }
+        "json" => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct JsonObservation {
+                joint_positions: Vec<f64>,
+                joint_velocities: Option<Vec<f64>>,
+                #[serde(default)]
+                images: std::collections::BTreeMap<String, PathBuf>,
+            }
+            let text = std::fs::read_to_string(path)?;
+            let parsed: JsonObservation = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not an observation", path.display()))?;
+            let vector = |values: Vec<f64>| NpyArray {
+                shape: vec![values.len()],
+                data: NpyData::Float(values),
+            };
+            let mut arrays = vec![(
+                "joint_positions".to_string(),
+                vector(parsed.joint_positions),
+            )];
+            if let Some(v) = parsed.joint_velocities {
+                arrays.push(("joint_velocities".into(), vector(v)));
+            }
+            let base = path.parent().unwrap_or(Path::new("."));
+            for (camera, file) in parsed.images {
+                arrays.push((format!("camera.{camera}"), npy::read(&base.join(file))?));
+            }
+            Ok(arrays)
+        }
+        _ => bail!(
+            "{}: observation files are .json, .npz or .npy",
+            path.display()
+        ),
+    }
+}
+
+/// Builds the observation the policy sees from a file.
+pub fn read_observation(path: &Path, launch: &Launch, tick: u64) -> anyhow::Result<Observation> {
+    let arrays =
+        read_arrays(path).with_context(|| format!("cannot read observation {}", path.display()))?;
+    let get = |name: &str| arrays.iter().find(|(n, _)| n == name).map(|(_, a)| a);
+    let joints = launch.config.robot.joints.len();
+    let mut state = JointState::empty(joints);
+    state.seq = 1;
+    for (name, target) in [
+        ("joint_positions", &mut state.position),
+        ("joint_velocities", &mut state.velocity),
+    ] {
+        let Some(array) = get(name) else {
+            if name == "joint_positions" {
+                bail!("{}: no `joint_positions`", path.display());
+            }
+            continue;
+        };
+        let values = array.to_f64();
+        if values.len() != joints {
+            bail!(
+                "{}: `{name}` has {} values, the robot has {joints} joints",
+                path.display(),
+                values.len()
+            );
+        }
+        if values.iter().any(|v| !v.is_finite()) {
+            bail!("{}: `{name}` has NaN or infinite values", path.display());
+        }
+        target[..joints].copy_from_slice(&values);
+    }
+    let optional: Vec<&str> = launch
+        .policy()
+        .inputs
+        .iter()
+        .filter(|i| i.optional)
+        .filter_map(|i| match &i.source {
+            ObservationSource::Camera(name) => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut images = Vec::new();
+    for camera in launch.camera_names() {
+        let Some(array) = get(&format!("camera.{camera}")) else {
+            if !optional.contains(&camera.as_str()) {
+                bail!(
+                    "{}: no image for camera `{camera}` (give `camera.{camera}`, or mark the input optional)",
+                    path.display()
+                );
+            }
+            images.push(Image::black(0, 0));
+            continue;
+        };
+        let (NpyData::Uint8(rgb), [height, width, 3]) = (&array.data, array.shape.as_slice())
+        else {
+            bail!(
+                "{}: `camera.{camera}` must be uint8 [H, W, 3], found shape {:?}",
+                path.display(),
+                array.shape
+            );
+        };
+        images.push(Image {
+            seq: 1,
+            stamp_ns: 0,
+            width: *width,
+            height: *height,
+            rgb: rgb.clone(),
+        });
+    }
+    Ok(Observation {
+        tick,
+        stamp_ns: 0,
+        joints: state,
+        images,
+    })
+}

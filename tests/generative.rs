@@ -1,0 +1,441 @@
+//! The `flow` and `diffusion` policy kinds against the Python reference sampler
+//! (`policies/export/sampler_reference.py`, onnxruntime + numpy) on the tiny
+//! pi0-like and Diffusion-Policy-like fixtures: same observation inputs, same
+//! noise, max abs difference <= 1e-5. Also: split vs single graph forms, batching,
+//! normalization and padding, and the errors a user sees for bad models and stats.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use reflex_runtime::npy;
+
+const HORIZON: usize = 10;
+const MODEL_DIM: usize = 8;
+const JOINTS: usize = 3;
+
+/// The flow / diffusion table for the pi0-like fixtures (image + padded state).
+fn policy_table(kind: &str, model: &str, extra: &str, batch: usize) -> String {
+    format!(
+        r#"[policy.{kind}]
+model = "{model}"
+action_rate_hz = 10.0
+replan_after = 5
+batch = {batch}
+{extra}
+
+[[policy.{kind}.inputs]]
+name = "image"
+source = "camera.top"
+shape = [1, 3, 32, 32]
+image = {{ resize = [32, 32], range = "minus_one_one", mode = "pad" }}
+
+[[policy.{kind}.inputs]]
+name = "state"
+source = "state.joint_positions"
+shape = [1, 8]
+
+[policy.{kind}.actions]
+horizon = 10
+dim = 8
+
+[policy.{kind}.norm_stats]
+file = "{stats}"
+mode = "quantile"
+
+"#,
+        model = fixture(model).display(),
+        stats = fixture("flow_norm_stats.json").display(),
+    )
+}
+
+/// The demo launch file with its policy replaced by `table`.
+fn launch_with(dir: &Path, table: &str) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("launch/sim_arm.toml")).unwrap();
+    let start = text.find("[policy.chunk]").unwrap();
+    let end = text.find("[safety]").unwrap();
+    let path = dir.join("launch.toml");
+    std::fs::write(&path, format!("{}{table}{}", &text[..start], &text[end..])).unwrap();
+    path
+}
+
+fn flow_launch(dir: &Path, model: &str, prefix: Option<&str>, batch: usize) -> PathBuf {
+    let extra = match prefix {
+        Some(p) => format!(
+            "prefix_model = \"{}\"\nnum_steps = 10",
+            fixture(p).display()
+        ),
+        None => "num_steps = 10".into(),
+    };
+    launch_with(dir, &policy_table("flow", model, &extra, batch))
+}
+
+fn ddim_launch(dir: &Path, batch: usize) -> PathBuf {
+    let extra = "num_steps = 8\nschedule = { kind = \"squared_cosine\", train_steps = 100, clip_sample = 1.0 }";
+    launch_with(
+        dir,
+        &policy_table("diffusion", "diffusion_eps.onnx", extra, batch),
+    )
+}
+
+/// A 96x80 camera image (not square: exercises resize-with-pad) and a joint state.
+fn write_observation(dir: &Path) -> PathBuf {
+    let (w, h) = (96, 80);
+    let rgb: Vec<u8> = (0..w * h * 3)
+        .map(|i| ((i * 37 + i / 7) % 251) as u8)
+        .collect();
+    npy::write_u8(&dir.join("top.npy"), &[h, w, 3], &rgb).unwrap();
+    let obs = dir.join("obs.json");
+    std::fs::write(
+        &obs,
+        r#"{"joint_positions": [0.1, 0.5, -0.3], "images": {"top": "top.npy"}}"#,
+    )
+    .unwrap();
+    obs
+}
+
+/// Deterministic standard-normal-ish noise [batch, H, D].
+fn write_noise(dir: &Path, batch: usize, salt: u64) -> (PathBuf, Vec<f32>) {
+    let n = batch * HORIZON * MODEL_DIM;
+    let mut state = 0x2545_F491_4F6C_DD1D_u64 ^ salt;
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            // Sum of 4 uniforms, centred and scaled to unit variance.
+            let mut sum = 0.0;
+            for _ in 0..4 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                sum += (state >> 11) as f64 / (1u64 << 53) as f64;
+            }
+            ((sum - 2.0) * 3f64.sqrt()) as f32
+        })
+        .collect();
+    let path = dir.join(format!("noise_{batch}_{salt}.npy"));
+    npy::write_f32(&path, &[batch, HORIZON, MODEL_DIM], &values).unwrap();
+    (path, values)
+}
+
+struct Inference {
+    raw: Vec<f64>,
+    actions: Vec<f64>,
+    inputs: PathBuf,
+}
+
+fn reflex_infer(dir: &Path, launch: &Path, obs: &Path, noise: &Path, tag: &str) -> Inference {
+    let raw = dir.join(format!("{tag}_raw.npy"));
+    let out = dir.join(format!("{tag}_actions.npy"));
+    let inputs = dir.join(format!("{tag}_inputs"));
+    run_ok(&[
+        "infer",
+        launch.to_str().unwrap(),
+        "--obs",
+        obs.to_str().unwrap(),
+        "--noise",
+        noise.to_str().unwrap(),
+        "--raw-out",
+        raw.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--dump-inputs",
+        inputs.to_str().unwrap(),
+    ]);
+    Inference {
+        raw: npy::read_f64(&raw).unwrap().1,
+        actions: npy::read_f64(&out).unwrap().1,
+        inputs,
+    }
+}
+
+fn python_reference(args: &[&str], out: &Path) -> Vec<f64> {
+    let status = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("policies/export/sampler_reference.py"))
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .status()
+        .expect("run the Python reference");
+    assert!(status.success(), "sampler_reference.py {args:?} failed");
+    npy::read_f64(out).unwrap().1
+}
+
+fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn flow_matches_the_python_reference_in_both_forms() {
+    let dir = scratch("flow-parity");
+    let obs = write_observation(&dir);
+    let (noise, _) = write_noise(&dir, 1, 1);
+    let single = reflex_infer(
+        &dir,
+        &flow_launch(&dir, "flow_velocity.onnx", None, 1),
+        &obs,
+        &noise,
+        "single",
+    );
+    let split_dir = dir.join("split");
+    std::fs::create_dir_all(&split_dir).unwrap();
+    let split = reflex_infer(
+        &split_dir,
+        &flow_launch(&split_dir, "flow_expert.onnx", Some("flow_prefix.onnx"), 1),
+        &obs,
+        &noise,
+        "split",
+    );
+    let reference = python_reference(
+        &[
+            "flow",
+            "--model",
+            fixture("flow_velocity.onnx").to_str().unwrap(),
+            "--inputs",
+            single.inputs.to_str().unwrap(),
+            "--noise",
+            noise.to_str().unwrap(),
+            "--steps",
+            "10",
+        ],
+        &dir.join("reference.npy"),
+    );
+    let moved = max_abs_diff(&reference, &npy::read_f64(&noise).unwrap().1);
+    assert!(moved > 0.1, "the sampler should move the noise ({moved})");
+    let d = max_abs_diff(&single.raw, &reference);
+    assert!(d <= 1e-5, "single form vs Python: {d}");
+    let d = max_abs_diff(&split.raw, &single.raw);
+    assert!(d <= 1e-5, "split vs single form: {d}");
+
+    // The state input is quantile-normalized and zero-padded to 8.
+    let state = npy::read_f64(&single.inputs.join("state.npy")).unwrap().1;
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("flow_norm_stats.json")).unwrap()).unwrap();
+    let q = |k: &str, j: usize| stats["norm_stats"]["state"][k][j].as_f64().unwrap();
+    for (j, x) in [0.1, 0.5, -0.3].into_iter().enumerate() {
+        let want = (x - q("q01", j)) / (q("q99", j) - q("q01", j) + 1e-6) * 2.0 - 1.0;
+        assert!(
+            (state[j] - want).abs() < 1e-5,
+            "state[{j}] = {}, want {want}",
+            state[j]
+        );
+    }
+    assert_eq!(&state[3..], &[0.0; 5]);
+    // The image is letterboxed: 96x80 into 32x32 leaves black (-1) rows top and bottom.
+    let image = npy::read_f64(&single.inputs.join("image.npy")).unwrap().1;
+    assert!(image[..32].iter().all(|&v| v == -1.0), "top row is padding");
+    assert!(
+        image[32 * 16..32 * 17].iter().any(|&v| v != -1.0),
+        "middle row is image"
+    );
+
+    // The executed actions: the first 3 of 8 dims, unnormalized with the action quantiles.
+    let a = |k: &str, j: usize| stats["norm_stats"]["actions"][k][j].as_f64().unwrap();
+    for h in 0..HORIZON {
+        for j in 0..JOINTS {
+            let x = single.raw[h * MODEL_DIM + j];
+            let want = (x + 1.0) / 2.0 * (a("q99", j) - a("q01", j) + 1e-6) + a("q01", j);
+            let got = single.actions[h * JOINTS + j];
+            assert!(
+                (got - want).abs() < 1e-4,
+                "action [{h}][{j}] {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ddim_matches_the_python_reference() {
+    let dir = scratch("ddim-parity");
+    let obs = write_observation(&dir);
+    let (noise, _) = write_noise(&dir, 1, 2);
+    let ours = reflex_infer(&dir, &ddim_launch(&dir, 1), &obs, &noise, "ddim");
+    let reference = python_reference(
+        &[
+            "ddim",
+            "--model",
+            fixture("diffusion_eps.onnx").to_str().unwrap(),
+            "--inputs",
+            ours.inputs.to_str().unwrap(),
+            "--noise",
+            noise.to_str().unwrap(),
+            "--steps",
+            "8",
+            "--schedule",
+            "squared_cosine",
+            "--train-steps",
+            "100",
+            "--clip-sample",
+            "1.0",
+        ],
+        &dir.join("reference.npy"),
+    );
+    let d = max_abs_diff(&ours.raw, &reference);
+    assert!(d <= 1e-5, "DDIM vs Python: {d}");
+    // Clipped x0 and alpha_bar = 1 at the end: the sample is x0, inside [-1, 1].
+    assert!(ours.raw.iter().all(|v| v.abs() <= 1.0 + 1e-6));
+}
+
+#[test]
+fn batched_sampling_gives_independent_rows() {
+    let dir = scratch("flow-batch");
+    let obs = write_observation(&dir);
+    let (noise3, values) = write_noise(&dir, 3, 3);
+    let batched = reflex_infer(
+        &dir,
+        &flow_launch(&dir, "flow_expert.onnx", Some("flow_prefix.onnx"), 3),
+        &obs,
+        &noise3,
+        "b3",
+    );
+    assert_eq!(batched.raw.len(), 3 * HORIZON * MODEL_DIM);
+    assert_eq!(batched.actions.len(), 3 * HORIZON * JOINTS);
+    // Row 1 alone, with B = 1, gives the same chunk.
+    let row = HORIZON * MODEL_DIM;
+    let one = dir.join("row1.npy");
+    npy::write_f32(&one, &[1, HORIZON, MODEL_DIM], &values[row..2 * row]).unwrap();
+    let single_dir = dir.join("one");
+    std::fs::create_dir_all(&single_dir).unwrap();
+    let single = reflex_infer(
+        &single_dir,
+        &flow_launch(&single_dir, "flow_velocity.onnx", None, 1),
+        &obs,
+        &one,
+        "b1",
+    );
+    let d = max_abs_diff(&batched.raw[row..2 * row], &single.raw);
+    assert!(d <= 1e-5, "batch row 1 vs alone: {d}");
+    assert!(max_abs_diff(&batched.raw[..row], &batched.raw[row..2 * row]) > 1e-3);
+}
+
+fn check_fails(launch: &Path) -> String {
+    let out = reflex()
+        .args(["check", launch.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_models_and_stats_are_clear_errors() {
+    let dir = scratch("flow-errors");
+    let err = check_fails(&flow_launch(
+        &dir,
+        "flow_velocity_wrong_output.onnx",
+        None,
+        1,
+    ));
+    assert!(err.contains("field `policy.flow.inputs`"), "{err}");
+    assert!(
+        err.contains("output `velocity` is float32 [-1, 10, 5], expected float32 [1, 10, 8]"),
+        "{err}"
+    );
+    // A fixed-batch model cannot sample a batch.
+    let text = std::fs::read_to_string(flow_launch(&dir, "flow_velocity.onnx", None, 1)).unwrap();
+    let text = text.replace("dim = 8", "dim = 6");
+    std::fs::write(dir.join("narrow.toml"), text).unwrap();
+    let err = check_fails(&dir.join("narrow.toml"));
+    assert!(
+        err.contains("input `noisy_actions` is float32 [-1, 10, 8], expected float32 [1, 10, 6]"),
+        "{err}"
+    );
+    // Statistics narrower than the robot.
+    let text = std::fs::read_to_string(flow_launch(&dir, "flow_velocity.onnx", None, 1)).unwrap();
+    let text = text.replace("flow_norm_stats.json", "flow_norm_stats_wrong_width.json");
+    std::fs::write(dir.join("stats.toml"), text).unwrap();
+    let err = check_fails(&dir.join("stats.toml"));
+    assert!(err.contains("flow_norm_stats_wrong_width.json: entry `state` has 2 values in `q01`, the robot has 3 joints"), "{err}");
+    // A missing stats file is reported at its field.
+    let text = std::fs::read_to_string(flow_launch(&dir, "flow_velocity.onnx", None, 1)).unwrap();
+    let text = text.replace("flow_norm_stats.json", "no_such_stats.json");
+    std::fs::write(dir.join("missing.toml"), text).unwrap();
+    let err = check_fails(&dir.join("missing.toml"));
+    assert!(
+        err.contains("field `policy.flow.norm_stats.file`: statistics file not found"),
+        "{err}"
+    );
+    // A schedule that is neither named nor loaded.
+    let text = std::fs::read_to_string(ddim_launch(&dir, 1)).unwrap();
+    let text = text.replace("kind = \"squared_cosine\", ", "");
+    std::fs::write(dir.join("schedule.toml"), text).unwrap();
+    let err = check_fails(&dir.join("schedule.toml"));
+    assert!(
+        err.contains("field `policy.diffusion.schedule`: give exactly one of `kind`"),
+        "{err}"
+    );
+    // Noise of the wrong size for `reflex infer`.
+    let obs = write_observation(&dir);
+    let (noise, _) = write_noise(&dir, 2, 4);
+    let out = reflex()
+        .args([
+            "infer",
+            flow_launch(&dir, "flow_velocity.onnx", None, 1)
+                .to_str()
+                .unwrap(),
+        ])
+        .args([
+            "--obs",
+            obs.to_str().unwrap(),
+            "--noise",
+            noise.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        err.contains("noise has 160 values, expected B x H x D = 1 x 10 x 8 = 80"),
+        "{err}"
+    );
+}
+
+#[test]
+fn nan_model_is_rejected_and_the_arm_holds() {
+    let dir = scratch("flow-nan");
+    let launch = flow_launch(&dir, "flow_velocity_nan.onnx", None, 1);
+    let obs = write_observation(&dir);
+    let out = reflex()
+        .args([
+            "infer",
+            launch.to_str().unwrap(),
+            "--obs",
+            obs.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("NaN or infinite values at sampling step 0; chunk rejected"),
+        "{err}"
+    );
+
+    let summary_path = dir.join("summary.json");
+    run_ok(&[
+        "run",
+        launch.to_str().unwrap(),
+        "--sim-clock",
+        "--duration",
+        "2",
+        "--set",
+        "zenoh.enabled=false",
+        "--summary-json",
+        summary_path.to_str().unwrap(),
+    ]);
+    let summary = summary(&summary_path);
+    assert!(
+        summary["inference_errors"].as_u64().unwrap() >= 3,
+        "{summary}"
+    );
+    assert_eq!(summary["chunks_applied"].as_u64(), Some(0), "{summary}");
+}
