@@ -45,6 +45,10 @@ pub struct InferArgs {
     /// The tick the observation is taken at (keys the seeded noise).
     #[arg(long, default_value_t = 0)]
     pub tick: u64,
+    /// Then time N more inferences on the same observation and report latency
+    /// percentiles (and, for flow / diffusion, the time inside ONNX Runtime).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub repeat: usize,
     /// Override a launch-file field.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
@@ -56,6 +60,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
     let joints = launch.config.robot.joints.len();
     let horizon;
     let (actions, rows, raw, infer_ms, provider);
+    let mut latency = serde_json::Value::Null;
     if let Some(mut policy) = crate::load_generative(&launch)? {
         if let Some(path) = &args.noise {
             let noise = npy::read_f64(path)
@@ -75,6 +80,24 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
         actions = policy.last_actions.clone();
         raw = Some((policy.last_raw.clone(), policy.model_dim()));
         provider = policy.provider;
+        if args.repeat > 0 {
+            let (mut total, mut graph, mut overhead) = (Vec::new(), Vec::new(), Vec::new());
+            let mut next = obs.clone();
+            for i in 0..args.repeat {
+                next.tick = obs.tick + 1 + i as u64;
+                policy
+                    .sample(&next)
+                    .map_err(|e| anyhow::anyhow!("inference failed: {e}"))?;
+                total.push(policy.last_timing.total_ns as f64 / 1e6);
+                graph.push(policy.last_timing.graph_ns as f64 / 1e6);
+                overhead.push(policy.last_timing.sampler_overhead_ns() as f64 / 1e6);
+            }
+            latency = latency_report(
+                &mut total,
+                Some((&mut graph, &mut overhead)),
+                policy.last_timing.graph_runs,
+            );
+        }
         if let Some(dir) = &args.dump_inputs {
             std::fs::create_dir_all(dir)?;
             for input in policy.model_inputs() {
@@ -102,6 +125,19 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
         infer_ms = started.elapsed().as_secs_f64() * 1e3;
         rows = 1;
         actions = chunk.actions.clone();
+        if args.repeat > 0 {
+            let mut total = Vec::new();
+            let mut scratch = ActionChunk::zeros(horizon, joints);
+            for _ in 0..args.repeat {
+                let started = Instant::now();
+                loaded
+                    .policy
+                    .infer(&obs, &mut scratch)
+                    .map_err(|e| anyhow::anyhow!("inference failed: {e}"))?;
+                total.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+            latency = latency_report(&mut total, None, 0);
+        }
         raw = None;
         provider = loaded.provider;
     }
@@ -118,6 +154,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
         "infer_ms": infer_ms,
         "provider": provider,
         "actions": nested,
+        "latency": latency,
     });
     match &args.out {
         Some(path) if path.extension().is_some_and(|e| e == "npy") => {
@@ -131,8 +168,39 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
             "{} chunk(s) of {horizon} x {joints} in {infer_ms:.2} ms on {provider}",
             rows
         );
+        if !latency.is_null() {
+            println!("latency over {} inferences: {latency}", args.repeat);
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Percentiles of per-inference times (ms); with graph times, the share outside
+/// ONNX Runtime.
+fn latency_report(
+    total: &mut [f64],
+    graph: Option<(&mut [f64], &mut [f64])>,
+    graph_runs: u32,
+) -> serde_json::Value {
+    let percentile = |v: &mut [f64], q: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * q).round() as usize]
+    };
+    let mut report = serde_json::json!({
+        "median_ms": percentile(total, 0.5),
+        "p90_ms": percentile(total, 0.9),
+        "p99_ms": percentile(total, 0.99),
+        "max_ms": percentile(total, 1.0),
+    });
+    if let Some((graph, overhead)) = graph {
+        let graph_median = percentile(graph, 0.5);
+        report["onnxruntime_median_ms"] = graph_median.into();
+        report["graph_runs_per_inference"] = graph_runs.into();
+        // The sampler's own time (noise, binding, updates), preprocessing excluded.
+        report["sampler_overhead_percent"] =
+            (percentile(overhead, 0.5) / graph_median * 100.0).into();
+    }
+    report
 }
 
 /// Named arrays from an observation file.

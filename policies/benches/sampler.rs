@@ -131,21 +131,37 @@ fn measure(repo: &Path, case: &Case, repeat: usize, scratch: &Path) -> Measured 
     let mut python = Command::new(repo.join(".venv/bin/python"));
     python
         .arg(repo.join("policies/export/sampler_reference.py"))
-        .args(["bench", "--kind", if case.kind == "flow" { "flow" } else { "ddim" }])
+        .args([
+            "bench",
+            "--kind",
+            if case.kind == "flow" { "flow" } else { "ddim" },
+        ])
         .arg("--model")
         .arg(repo.join("policies/models/test").join(case.model))
         .arg("--inputs")
         .arg(&inputs)
         .arg("--noise")
         .arg(&noise)
-        .args(["--steps", &case.steps.to_string(), "--repeat", &repeat.to_string()]);
+        .args([
+            "--steps",
+            &case.steps.to_string(),
+            "--repeat",
+            &repeat.to_string(),
+        ]);
     if let Some(prefix) = case.prefix {
         python
             .arg("--prefix")
             .arg(repo.join("policies/models/test").join(prefix));
     }
     if case.kind == "diffusion" {
-        python.args(["--schedule", "squared_cosine", "--train-steps", "100", "--clip-sample", "1.0"]);
+        python.args([
+            "--schedule",
+            "squared_cosine",
+            "--train-steps",
+            "100",
+            "--clip-sample",
+            "1.0",
+        ]);
     }
     let python_us = python
         .output()
@@ -164,7 +180,8 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--test");
     let repeat = if quick { 5 } else { 1000 };
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let scratch: PathBuf = std::env::temp_dir().join(format!("reflex-sampler-bench-{}", std::process::id()));
+    let scratch: PathBuf =
+        std::env::temp_dir().join(format!("reflex-sampler-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
     let mut report = String::from(
         "| sampler | steps | reflex median per chunk (us) | of which ONNX Runtime (us) | reflex overhead | Python ORT loop (us) | speed-up |\n|---|---|---|---|---|---|---|\n",

@@ -52,7 +52,10 @@ def session(path: str) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    # REFLEX_REFERENCE_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider times the
+    # same loop on a GPU (onnxruntime-gpu); the parity tests use the CPU.
+    providers = os.environ.get("REFLEX_REFERENCE_PROVIDERS", "CPUExecutionProvider").split(",")
+    return ort.InferenceSession(path, options, providers=providers)
 
 
 def as_session(model):

@@ -235,6 +235,17 @@ pub struct SampleTiming {
     /// Inside ONNX Runtime: the prefix graph and every step-graph run.
     pub graph_ns: u64,
     pub graph_runs: u32,
+    /// Observation preprocessing (resize, normalize), once per chunk.
+    pub preprocess_ns: u64,
+}
+
+impl SampleTiming {
+    /// The sampler's own time: everything but preprocessing and ONNX Runtime.
+    pub fn sampler_overhead_ns(&self) -> u64 {
+        self.total_ns
+            .saturating_sub(self.graph_ns)
+            .saturating_sub(self.preprocess_ns)
+    }
 }
 
 pub struct GenerativePolicy {
@@ -254,6 +265,7 @@ pub struct GenerativePolicy {
     delta: bool,
     seed: u64,
     next_noise: Option<Vec<f32>>,
+    rebind_each_step: bool,
     /// The last sample in the model's space, all B chunks: [B, H, D].
     pub last_raw: Vec<f32>,
     /// The last sample as joint targets, all B chunks: [B, H, joints].
@@ -561,6 +573,11 @@ impl GenerativePolicy {
             .bind_output(spec.ports.output.as_str(), output)
             .map_err(tensor_error)?;
 
+        time.bind(&mut binding, &spec.ports.time)
+            .map_err(tensor_error)?;
+        binding
+            .bind_input(spec.ports.noisy_actions.as_str(), &x)
+            .map_err(tensor_error)?;
         let mut policy = Self {
             prefix,
             step,
@@ -578,6 +595,7 @@ impl GenerativePolicy {
             delta: spec.actions.delta,
             seed: launch.config.seed,
             next_noise: None,
+            rebind_each_step: provider != "cpu",
             last_raw: vec![0.0; batch * horizon * model_dim],
             last_actions: vec![0.0; batch * horizon * joints],
             last_timing: SampleTiming::default(),
@@ -645,7 +663,9 @@ impl GenerativePolicy {
     /// Binds what stays constant during one chunk: the observation tensors (single
     /// form) or the prefix graph's outputs, tiled to the batch.
     fn bind_conditioning(&mut self, obs: &Observation) -> Result<(), PolicyError> {
+        let started = Instant::now();
         self.mapper.fill(obs);
+        self.last_timing.preprocess_ns = started.elapsed().as_nanos() as u64;
         let allocator = Allocator::default();
         match &mut self.prefix {
             Some(prefix) => {
@@ -713,10 +733,17 @@ impl GenerativePolicy {
         update: impl Fn(&mut [f32], &[f32]),
     ) -> Result<bool, PolicyError> {
         self.time.set(t, timestep);
-        self.time.bind(&mut self.binding, &self.ports.time)?;
-        self.binding
-            .bind_input(self.ports.noisy_actions.as_str(), &self.x)?;
+        // On the CPU the bound tensors are the session's inputs (no copy), so
+        // writing them is enough; a GPU needs the new values copied over.
+        if self.rebind_each_step {
+            self.time.bind(&mut self.binding, &self.ports.time)?;
+            self.binding
+                .bind_input(self.ports.noisy_actions.as_str(), &self.x)?;
+        }
+        let started = Instant::now();
         let outputs = self.step.run_binding(&self.binding)?;
+        self.last_timing.graph_ns += started.elapsed().as_nanos() as u64;
+        self.last_timing.graph_runs += 1;
         let out = outputs[self.ports.output.as_str()]
             .try_extract_tensor::<f32>()?
             .1;
