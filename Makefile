@@ -4,7 +4,7 @@
 CARGO ?= cargo
 DURATION ?= 15
 
-.PHONY: run test setup build check lint bench demos train models fast-tokenizer fast-sim-policy clean
+.PHONY: run test setup build check lint bench demos train train-flow models fast-tokenizer fast-sim-policy clean
 
 run: setup
 	$(CARGO) build --release
@@ -37,6 +37,10 @@ demos: build
 train: demos
 	.venv/bin/python policies/export/train_sim_reach.py --demos demos/sim_reach --out policies/models/sim_reach.onnx --epochs 80
 
+# The flow-matching policy of launch/sim_arm_flow.toml (about 17 minutes on one core).
+train-flow: demos
+	OPENBLAS_NUM_THREADS=1 .venv/bin/python policies/export/train_sim_flow.py --demos demos/sim_reach --out-dir policies/models --epochs 150 --seed 0
+
 fast-tokenizer: setup
 	.venv/bin/python policies/export/make_fast_tokenizer.py --out policies/models/fast
 
@@ -46,6 +50,7 @@ fast-sim-policy: setup
 models: setup
 	.venv/bin/python policies/export/make_fast_tokenizer.py --dim 3 --out policies/models/test/fast_10x3
 	.venv/bin/python policies/export/make_test_models.py --out-dir policies/models/test
+	.venv/bin/python policies/export/make_generative_models.py --out-dir policies/models/test
 
 clean:
 	$(CARGO) clean

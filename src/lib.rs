@@ -72,6 +72,9 @@ fn located(launch: &Launch, e: reflex_policies::PolicyLoadError) -> anyhow::Erro
         reflex_policies::PolicyLoadError::Signature { .. } => anyhow::Error::new(
             launch.error_at(&format!("{}.inputs", launch.policy().table), e.to_string()),
         ),
+        reflex_policies::PolicyLoadError::Config { field, message } => {
+            anyhow::Error::new(launch.error_at(&field, message))
+        }
         other => anyhow::Error::new(other),
     }
 }

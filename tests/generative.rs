@@ -354,6 +354,10 @@ fn bad_models_and_stats_are_clear_errors() {
     let text = text.replace("flow_norm_stats.json", "flow_norm_stats_wrong_width.json");
     std::fs::write(dir.join("stats.toml"), text).unwrap();
     let err = check_fails(&dir.join("stats.toml"));
+    assert!(
+        err.contains("field `policy.flow.norm_stats.file`: "),
+        "{err}"
+    );
     assert!(err.contains("flow_norm_stats_wrong_width.json: entry `state` has 2 values in `q01`, the robot has 3 joints"), "{err}");
     // A missing stats file is reported at its field.
     let text = std::fs::read_to_string(flow_launch(&dir, "flow_velocity.onnx", None, 1)).unwrap();

@@ -73,14 +73,6 @@ class Net(Mlp):
                     grad = grad * (acts[i] > 0)
         return grads, (grad if input_grad else None)
 
-    def apply(self, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8):
-        self.t += 1
-        step = lr * np.sqrt(1 - beta2 ** self.t) / (1 - beta1 ** self.t)
-        for k, g in grads.items():
-            self.m[k] = beta1 * self.m[k] + (1 - beta1) * g
-            self.v[k] = beta2 * self.v[k] + (1 - beta2) * (g * g)
-            self.params[k] -= np.float32(step) * self.m[k] / (np.sqrt(self.v[k]) + np.float32(eps))
-
 
 def time_embedding(t):
     """[B] -> [B, 2 * len(TIME_FREQS)], computed exactly like the ONNX graph."""

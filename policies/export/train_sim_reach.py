@@ -91,6 +91,11 @@ class Mlp:
             grads[f"b{i}"] = grad.sum(axis=0)
             if i > 0:  # no gradient is needed for the inputs themselves
                 grad = (grad @ self.params[f"w{i}"].T) * (acts[i] > 0)
+        self.apply(grads, lr, beta1, beta2, eps)
+        return loss
+
+    def apply(self, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8):
+        """One Adam update with the given gradients."""
         self.t += 1
         # Fold the bias corrections into the step size (same update, fewer temporaries).
         step = lr * np.sqrt(1 - beta2 ** self.t) / (1 - beta1 ** self.t)
@@ -98,7 +103,6 @@ class Mlp:
             self.m[k] = beta1 * self.m[k] + (1 - beta1) * g
             self.v[k] = beta2 * self.v[k] + (1 - beta2) * (g * g)
             self.params[k] -= np.float32(step) * self.m[k] / (np.sqrt(self.v[k]) + np.float32(eps))
-        return loss
 
 
 def export(path, mlp, stats, image_shape, joints, horizon, metadata):

@@ -44,6 +44,9 @@ pub enum PolicyLoadError {
     },
     #[error("warm-up inference failed: {0}")]
     WarmUp(String),
+    /// A launch-file setting that cannot be used (reported at `field`).
+    #[error("field `{field}`: {message}")]
+    Config { field: String, message: String },
 }
 
 /// A model input or output as the model declares it.
@@ -197,6 +200,26 @@ pub fn check_signature(
         expected,
         found,
     })
+}
+
+/// A signature error listing what the launch file expects and all the model's ports.
+pub fn signature_mismatch(
+    model: &Path,
+    problems: Vec<String>,
+    expected: Vec<String>,
+    inputs: &[Port],
+    outputs: &[Port],
+) -> PolicyLoadError {
+    PolicyLoadError::Signature {
+        model: model.to_path_buf(),
+        problems,
+        expected,
+        found: inputs
+            .iter()
+            .map(Port::to_string)
+            .chain(outputs.iter().map(|p| format!("{p} (output)")))
+            .collect(),
+    }
 }
 
 /// Loads a model's declared inputs and outputs.

@@ -22,7 +22,7 @@ use reflex_runtime::policy::{Policy, PolicyError};
 use reflex_runtime::types::{ActionChunk, Observation};
 
 use crate::PolicyLoadError;
-use crate::chunk::{Port, check_inputs, model_ports, open_session};
+use crate::chunk::{Port, check_inputs, model_ports, open_session, signature_mismatch};
 use crate::fast::{DecodeMode, FastCodec};
 use crate::preprocess::InputMapper;
 
@@ -54,16 +54,8 @@ fn mismatch(
     inputs: &[Port],
     outputs: &[Port],
 ) -> PolicyLoadError {
-    PolicyLoadError::Signature {
-        model: model.to_path_buf(),
-        problems,
-        expected: vec!["    (see [policy.fast] in the README)".into()],
-        found: inputs
-            .iter()
-            .map(Port::to_string)
-            .chain(outputs.iter().map(|p| format!("{p} (output)")))
-            .collect(),
-    }
+    let expected = vec!["    (see [policy.fast] in the README)".into()];
+    signature_mismatch(model, problems, expected, inputs, outputs)
 }
 
 impl FastPolicy {

@@ -32,7 +32,7 @@ use reflex_runtime::policy::{Policy, PolicyError};
 use reflex_runtime::types::{ActionChunk, Observation};
 
 use crate::PolicyLoadError;
-use crate::chunk::{Port, check_inputs, model_ports};
+use crate::chunk::{Port, check_inputs, model_ports, signature_mismatch as mismatch};
 use crate::normalize::{VectorNorm, load_norm_stats};
 use crate::onnxruntime::{OpenedSession, SessionSettings, open_session};
 use crate::preprocess::InputMapper;
@@ -279,25 +279,6 @@ pub struct GenerativePolicy {
     pub warm_up_ms: f64,
 }
 
-fn mismatch(
-    model: &Path,
-    problems: Vec<String>,
-    expected: Vec<String>,
-    inputs: &[Port],
-    outputs: &[Port],
-) -> PolicyLoadError {
-    PolicyLoadError::Signature {
-        model: model.to_path_buf(),
-        problems,
-        expected,
-        found: inputs
-            .iter()
-            .map(Port::to_string)
-            .chain(outputs.iter().map(|p| format!("{p} (output)")))
-            .collect(),
-    }
-}
-
 /// True when a declared batch dimension admits `batch`.
 fn batch_fits(dim: i64, batch: usize) -> bool {
     dim < 0 || dim == batch as i64
@@ -333,9 +314,9 @@ impl GenerativePolicy {
         launch: &Launch,
         cfg: &DiffusionPolicyConfig,
     ) -> Result<Self, PolicyLoadError> {
-        let schedule_error = |message: String| PolicyLoadError::Model {
-            path: launch.resolve(&cfg.model),
-            message: format!("policy.diffusion.schedule: {message}"),
+        let schedule_error = |message: String| PolicyLoadError::Config {
+            field: "policy.diffusion.schedule".into(),
+            message,
         };
         let table = schedule_table(launch, &cfg.schedule).map_err(schedule_error)?;
         let plan = DdimPlan::new(
@@ -471,17 +452,17 @@ impl GenerativePolicy {
                 && batch_fits(p.shape[1], horizon)
                 && batch_fits(p.shape[2], model_dim)
         };
-        match step_in.iter().find(|p| p.name == spec.ports.noisy_actions) {
-            None => problems.push(format!(
-                "input `{}` is not in the model",
-                spec.ports.noisy_actions
-            )),
-            Some(p) if p.dtype != "float32" || !shape_ok(p) => problems.push(format!(
-                "input `{}` is {} {:?}, expected float32 {sample_shape:?}",
-                p.name, p.dtype, p.shape
-            )),
-            Some(_) => {}
-        }
+        let sample_port = |ports: &[Port], name: &str, what: &str| -> Option<String> {
+            match ports.iter().find(|p| p.name == name) {
+                None => Some(format!("{what} `{name}` is not in the model")),
+                Some(p) if p.dtype != "float32" || !shape_ok(p) => Some(format!(
+                    "{what} `{name}` is {} {:?}, expected float32 {sample_shape:?}",
+                    p.dtype, p.shape
+                )),
+                Some(_) => None,
+            }
+        };
+        problems.extend(sample_port(&step_in, &spec.ports.noisy_actions, "input"));
         let time_port = step_in.iter().find(|p| p.name == spec.ports.time);
         let time_rank = match time_port {
             None => {
@@ -512,17 +493,7 @@ impl GenerativePolicy {
                 p.shape.len()
             }
         };
-        match step_out.iter().find(|p| p.name == spec.ports.output) {
-            None => problems.push(format!(
-                "output `{}` is not in the model",
-                spec.ports.output
-            )),
-            Some(p) if p.dtype != "float32" || !shape_ok(p) => problems.push(format!(
-                "output `{}` is {} {:?}, expected float32 {sample_shape:?}",
-                p.name, p.dtype, p.shape
-            )),
-            Some(_) => {}
-        }
+        problems.extend(sample_port(&step_out, &spec.ports.output, "output"));
         if !problems.is_empty() {
             return Err(mismatch(
                 &step_path, problems, expected, &step_in, &step_out,
@@ -534,9 +505,9 @@ impl GenerativePolicy {
         let mut actions_norm = None;
         if let Some(stats_cfg) = spec.norm_stats {
             let stats = load_norm_stats(launch, stats_cfg, joints).map_err(|message| {
-                PolicyLoadError::Model {
-                    path: launch.resolve(&stats_cfg.file),
-                    message: format!("{}.norm_stats: {message}", spec.table),
+                PolicyLoadError::Config {
+                    field: format!("{}.norm_stats.file", spec.table),
+                    message,
                 }
             })?;
             if let Some(state) = &stats.state {

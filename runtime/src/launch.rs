@@ -1696,6 +1696,33 @@ mod tests {
     }
 
     #[test]
+    fn generative_tables_are_validated_at_their_fields() {
+        let flow = include_str!("../../launch/sim_arm_flow.toml");
+        assert!(load(flow, &[]).is_ok());
+        let err = load(flow, &["policy.flow.num_steps=0"]).unwrap_err();
+        assert_eq!(err.field, "policy.flow.num_steps");
+        let err = load(flow, &["policy.flow.actions.dim=2"]).unwrap_err();
+        assert!(err.message.contains("must cover the 3 joints"), "{err}");
+        let err = load(flow, &["policy.flow.inputs[1].shape=[1, 2]"]).unwrap_err();
+        assert_eq!(err.field, "policy.flow.inputs[1].shape");
+        assert!(load(flow, &["policy.flow.inputs[1].shape=[1, 32]"]).is_ok());
+        let err = load(flow, &["policy.flow.norm_stats.mode=\"mean\""]).unwrap_err();
+        assert_eq!(err.field, "policy.flow.norm_stats.mode");
+        let diffusion = include_str!("../../launch/examples/diffusion_fixture.toml");
+        assert!(load(diffusion, &[]).is_ok());
+        let err = load(diffusion, &["policy.diffusion.schedule.train_steps=4"]).unwrap_err();
+        assert_eq!(err.field, "policy.diffusion.schedule.train_steps");
+        let err = load(diffusion, &["policy.diffusion.schedule.kind=\"cosine\""]).unwrap_err();
+        assert!(err.message.contains("squared_cosine"), "{err}");
+        // A mask needs the camera it describes.
+        let masked = format!(
+            "{diffusion}\n[[policy.diffusion.inputs]]\nname = \"m\"\nsource = \"camera_mask.wrist\"\ndtype = \"bool\"\nshape = [1]\n"
+        );
+        let err = load(&masked, &[]).unwrap_err();
+        assert!(err.message.contains("no `camera.wrist` input"), "{err}");
+    }
+
+    #[test]
     fn invalid_limits_are_rejected() {
         let err = load(EMBEDDED_SIM_ARM, &["robot.joints[1].position=[1.0, -1.0]"]).unwrap_err();
         assert_eq!(err.field, "robot.joints[1].position");
