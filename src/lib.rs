@@ -52,7 +52,7 @@ pub fn load_policy(launch: &Launch) -> anyhow::Result<LoadedPolicy> {
             model_path: p.model_path.clone(),
             library_path: p.library_path.clone(),
             warm_up_ms: p.warm_up_ms,
-            provider: "cpu",
+            provider: p.provider,
             policy: Box::new(p),
         });
     }
@@ -61,7 +61,7 @@ pub fn load_policy(launch: &Launch) -> anyhow::Result<LoadedPolicy> {
         model_path: p.model_path.clone(),
         library_path: p.library_path.clone(),
         warm_up_ms: p.warm_up_ms,
-        provider: "cpu",
+        provider: p.provider,
         policy: Box::new(p),
     })
 }

@@ -110,10 +110,11 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
     let common = launch.policy();
     let policy = crate::load_policy(launch)?;
     eprintln!(
-        "reflex: {} with {} ({}; warm-up {:.2} ms/inference), {} clock",
+        "reflex: {} with {} ({} on {}; warm-up {:.2} ms/inference), {} clock",
         launch.origin,
         policy.model_path.display(),
         policy.library_path.display(),
+        policy.provider,
         policy.warm_up_ms,
         if how.simulated { "simulated" } else { "wall" }
     );

@@ -36,6 +36,36 @@ fn the_inspect_snippet_is_a_working_launch_file_section() {
 }
 
 #[test]
+fn flow_and_diffusion_models_get_sampler_snippets_that_check() {
+    for (model, kind) in [
+        ("flow_velocity.onnx", "flow"),
+        ("diffusion_eps.onnx", "diffusion"),
+    ] {
+        let out = run_ok(&["inspect", fixture(model).to_str().unwrap()]);
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        let table = format!("[policy.{kind}]");
+        let snippet = &report[report.find(&table).expect(&report)..];
+        assert!(!snippet.contains("name = \"noisy_actions\""), "{snippet}");
+        assert!(snippet.contains("horizon = 10\ndim = 8"), "{snippet}");
+        let launch = std::fs::read_to_string(repo().join("launch/sim_arm.toml")).unwrap();
+        let (start, end) = (
+            launch.find("[policy.chunk]").unwrap(),
+            launch.find("[safety]").unwrap(),
+        );
+        let text = format!(
+            "{}{}\n{}",
+            &launch[..start],
+            snippet.replace("camera.CAMERA", "camera.top"),
+            &launch[end..]
+        );
+        let path = scratch(&format!("inspect-{kind}")).join("from_snippet.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = run_ok(&["check", path.to_str().unwrap()]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("signature matches"));
+    }
+}
+
+#[test]
 fn inspecting_a_file_that_is_not_a_model_is_a_clear_error() {
     let out = reflex().args(["inspect", "README.md"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -248,6 +248,8 @@ pub struct ChunkPolicy {
     pub model_path: PathBuf,
     pub library_path: PathBuf,
     pub warm_up_ms: f64,
+    /// `cpu`, `cuda` or `tensorrt`.
+    pub provider: &'static str,
 }
 
 impl ChunkPolicy {
@@ -262,7 +264,9 @@ impl ChunkPolicy {
         let joints = launch.config.robot.joints.len();
         let (env, library_path) = crate::onnxruntime::environment_for(launch)?;
         let model_path = launch.resolve(&cfg.model);
-        let session = open_session(&env, &model_path, launch, cfg.intra_threads)?;
+        let settings = crate::onnxruntime::SessionSettings::from_launch(launch, cfg.intra_threads);
+        let opened = crate::onnxruntime::open_session(&env, &model_path, &settings)?;
+        let (session, provider) = (opened.session, opened.provider);
         let (inputs, outputs) = model_ports(&session);
         check_signature(cfg, joints, &inputs, &outputs).map_err(
             |SignatureMismatch {
@@ -288,6 +292,7 @@ impl ChunkPolicy {
             model_path,
             library_path,
             warm_up_ms: 0.0,
+            provider,
         };
         policy.warm_up(launch)?;
         Ok(policy)

@@ -46,6 +46,8 @@ pub struct FastPolicy {
     pub model_path: PathBuf,
     pub library_path: PathBuf,
     pub warm_up_ms: f64,
+    /// `cpu`, `cuda` or `tensorrt` (of the step graph).
+    pub provider: &'static str,
 }
 
 fn mismatch(
@@ -65,7 +67,9 @@ impl FastPolicy {
         let prefix_path = launch.resolve(&cfg.prefix_model);
         let step_path = launch.resolve(&cfg.model);
         let prefix = open_session(&env, &prefix_path, launch, cfg.intra_threads)?;
-        let step = open_session(&env, &step_path, launch, cfg.intra_threads)?;
+        let settings = crate::onnxruntime::SessionSettings::from_launch(launch, cfg.intra_threads);
+        let opened = crate::onnxruntime::open_session(&env, &step_path, &settings)?;
+        let (step, provider) = (opened.session, opened.provider);
 
         // Prefix: the mapped inputs -> logits + present.*; step: input_ids + past.* -> logits + present.*.
         let (prefix_in, prefix_out) = model_ports(&prefix);
@@ -150,6 +154,7 @@ impl FastPolicy {
             model_path: step_path,
             library_path,
             warm_up_ms: 0.0,
+            provider,
         };
         // Warm up the sessions; the result of a blank observation does not matter.
         let obs = crate::preprocess::blank_observation(launch);

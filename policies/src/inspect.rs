@@ -123,7 +123,8 @@ pub fn inspect(path: &Path, library: Option<&Path>) -> Result<ModelReport, Polic
 }
 
 impl ModelReport {
-    /// The human-readable report with a `[policy.chunk]` snippet mapping the inputs.
+    /// The human-readable report with a `[policy.chunk]`, `[policy.flow]` or
+    /// `[policy.diffusion]` snippet mapping the inputs.
     pub fn render(&self, path: &Path) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "{}", path.display());
@@ -158,19 +159,42 @@ impl ModelReport {
         for p in &self.outputs {
             let _ = writeln!(out, "  {p}");
         }
+        // Sampler ports make it a flow or diffusion model; otherwise a chunk policy.
+        let has = |name: &str| self.inputs.iter().any(|p| p.name == name);
+        let kind = match (has("noisy_actions"), has("time"), has("timestep")) {
+            (true, true, _) => "flow",
+            (true, _, true) => "diffusion",
+            _ => "chunk",
+        };
+        let sampler_ports = ["noisy_actions", "time", "timestep"];
         let _ = writeln!(
             out,
-            "\n# launch-file snippet (edit the sources):\n[policy.chunk]"
+            "\n# launch-file snippet (edit the sources):\n[policy.{kind}]"
         );
         let _ = writeln!(
             out,
             "model = {:?}\naction_rate_hz = 10.0\nreplan_after = 5",
             path.display().to_string()
         );
+        match kind {
+            "flow" => {
+                let _ = writeln!(out, "num_steps = 10");
+            }
+            "diffusion" => {
+                let _ = writeln!(
+                    out,
+                    "num_steps = 10\nschedule = {{ kind = \"squared_cosine\", train_steps = 100, clip_sample = 1.0 }}"
+                );
+            }
+            _ => {}
+        }
         for p in &self.inputs {
+            if kind != "chunk" && sampler_ports.contains(&p.name.as_str()) {
+                continue;
+            }
             let shape: Vec<i64> = p.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
             let image = shape.len() == 4;
-            let _ = writeln!(out, "\n[[policy.chunk.inputs]]\nname = {:?}", p.name);
+            let _ = writeln!(out, "\n[[policy.{kind}.inputs]]\nname = {:?}", p.name);
             if image {
                 let (h, w, layout) = if shape[1] == 3 {
                     (shape[2], shape[3], "nchw")
@@ -189,17 +213,26 @@ impl ModelReport {
                 let _ = writeln!(out, "dtype = \"{}\"", p.dtype);
             }
         }
-        if let Some(actions) = self.outputs.first() {
-            let horizon = actions
-                .shape
-                .get(1)
-                .copied()
-                .filter(|h| *h > 0)
-                .unwrap_or(1);
+        let dim = |shape: &[i64], i: usize| shape.get(i).copied().filter(|d| *d > 0).unwrap_or(1);
+        if kind == "chunk" {
+            if let Some(actions) = self.outputs.first() {
+                let _ = writeln!(
+                    out,
+                    "\n[policy.chunk.actions]\noutput = {:?}\nhorizon = {}",
+                    actions.name,
+                    dim(&actions.shape, 1)
+                );
+            }
+        } else if let Some(x) = self.inputs.iter().find(|p| p.name == "noisy_actions") {
             let _ = writeln!(
                 out,
-                "\n[policy.chunk.actions]\noutput = {:?}\nhorizon = {horizon}",
-                actions.name
+                "\n[policy.{kind}.actions]\nhorizon = {}\ndim = {}    # the model's action width; the robot's joints come first",
+                dim(&x.shape, 1),
+                dim(&x.shape, 2)
+            );
+            let _ = writeln!(
+                out,
+                "\n# [policy.{kind}.norm_stats]\n# file = \"norm_stats.json\"\n# mode = \"z_score\""
             );
         }
         out

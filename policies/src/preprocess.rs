@@ -6,8 +6,8 @@
 //! once; filling them does not allocate.
 
 use reflex_runtime::launch::{
-    ImageLayout, ImagePreprocess, InputConfig, ObservationSource, PixelRange, ResizeMode,
-    TensorDtype,
+    ChannelOrder, ImageLayout, ImagePreprocess, InputConfig, ObservationSource, PixelRange,
+    ResizeMode, TensorDtype,
 };
 use reflex_runtime::types::{Image, Observation};
 
@@ -228,7 +228,12 @@ fn resize_stretch<T>(
 ) {
     let [oh, ow] = pre.resize;
     let (ih, iw) = (image.height, image.width);
-    let pixel = |x: usize, y: usize, c: usize| f32::from(image.rgb[(y * iw + x) * 3 + c]);
+    // Output channel c reads source channel c (RGB) or 2 - c (BGR models).
+    let bgr = pre.channels == ChannelOrder::Bgr;
+    let pixel = |x: usize, y: usize, c: usize| {
+        let c = if bgr { 2 - c } else { c };
+        f32::from(image.rgb[(y * iw + x) * 3 + c])
+    };
     let box_filter = ih % oh == 0 && iw % ow == 0;
     let (fy, fx) = (ih / oh.max(1), iw / ow.max(1));
     for y in 0..oh {
@@ -286,6 +291,7 @@ fn resize_with_pad<T>(
         layout: ImageLayout::Nhwc,
         range: pre.range,
         mode: ResizeMode::Stretch,
+        channels: pre.channels,
     };
     let mut resized = vec![0.0f32; rh * rw * 3];
     resize_stretch(image, &inner, &mut resized, |v| v);
@@ -329,7 +335,20 @@ mod tests {
             layout,
             range: PixelRange::ZeroOne,
             mode: ResizeMode::Stretch,
+            channels: ChannelOrder::Rgb,
         }
+    }
+
+    #[test]
+    fn bgr_models_get_their_channels_swapped() {
+        let img = image(2, 2, |_, _, c| [10, 20, 30][c]);
+        let mut out = vec![0.0f32; 12];
+        let bgr = ImagePreprocess {
+            channels: ChannelOrder::Bgr,
+            ..pre(2, 2, ImageLayout::Nhwc)
+        };
+        resize_into(&img, &bgr, &mut out, |v| v);
+        assert_eq!(&out[..3], &[30.0, 20.0, 10.0]);
     }
 
     #[test]

@@ -541,6 +541,17 @@ pub struct ImagePreprocess {
     /// with black (openpi's `resize_with_pad`).
     #[serde(default)]
     pub mode: ResizeMode,
+    /// Channel order the model expects (cameras deliver RGB).
+    #[serde(default)]
+    pub channels: ChannelOrder,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    #[default]
+    Rgb,
+    Bgr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
