@@ -113,3 +113,27 @@ fn the_counter_sees_allocations_on_this_thread() {
     drop(v);
     assert!(allocations >= 1);
 }
+
+/// Preprocessing (resize with pad, range mapping, normalization, padding, masks)
+/// allocates only for the first frame of a camera size, not per chunk.
+#[test]
+fn observation_preprocessing_allocates_nothing_after_the_first_frame() {
+    let launch = Launch::from_file(
+        &common::repo().join("launch/examples/flow_fixture.toml"),
+        &[],
+    )
+    .unwrap();
+    let inputs = launch.policy().inputs;
+    let mut mapper =
+        reflex_policies::preprocess::InputMapper::new(inputs, &launch.camera_names()).unwrap();
+    let mut obs = reflex_policies::preprocess::blank_observation(&launch);
+    obs.images[0] = reflex_runtime::types::Image::black(120, 90);
+    mapper.fill(&obs);
+    let ((), allocations) = counted(|| {
+        for i in 0..20 {
+            obs.images[0].rgb[i] = i as u8;
+            mapper.fill(&obs);
+        }
+    });
+    assert_eq!(allocations, 0);
+}

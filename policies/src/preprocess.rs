@@ -45,6 +45,8 @@ pub struct MappedInput {
     source: Source,
     image: Option<ImagePreprocess>,
     pub normalize: Option<VectorNorm>,
+    /// Kept between frames; rebuilt only when the camera's size changes.
+    plan: Option<ResizePlan>,
     pub values: Vec<f32>,
     pub bytes: Vec<u8>,
     pub flags: Vec<bool>,
@@ -118,6 +120,7 @@ impl InputMapper {
                     source,
                     image: c.image.clone(),
                     normalize: c.normalize.as_ref().map(VectorNorm::inline),
+                    plan: None,
                     values,
                     bytes,
                     flags,
@@ -177,15 +180,21 @@ impl InputMapper {
                 }
                 Source::Camera(index) => {
                     let Some(pre) = &input.image else { continue };
-                    match (present(obs, index), input.dtype) {
-                        (Some(image), TensorDtype::Float32) => {
-                            resize_into(image, pre, &mut input.values, |v| map_range(v, pre.range))
+                    let image = present(obs, index);
+                    if let Some(image) = image
+                        && !input.plan.as_ref().is_some_and(|p| p.fits(image))
+                    {
+                        input.plan = Some(ResizePlan::new(image.width, image.height, pre));
+                    }
+                    match (image, &input.plan, input.dtype) {
+                        (Some(image), Some(plan), TensorDtype::Float32) => {
+                            plan.apply(image, pre, &mut input.values, |v| map_range(v, pre.range))
                         }
-                        (Some(image), _) => {
-                            resize_into(image, pre, &mut input.bytes, |v| v.round() as u8)
+                        (Some(image), Some(plan), _) => {
+                            plan.apply(image, pre, &mut input.bytes, |v| v.round() as u8)
                         }
                         // A missing view is a black image (openpi), masked false.
-                        (None, _) => {
+                        _ => {
                             input.values.fill(map_range(0.0, pre.range));
                             input.bytes.fill(0);
                         }
@@ -205,109 +214,149 @@ fn map_range(v: f32, range: PixelRange) -> f32 {
 }
 
 /// Resizes `image` to `pre.resize` and writes it in `pre.layout`, mapping each
-/// resampled channel value (0..=255 as f32) through `convert`.
-pub fn resize_into<T>(
+/// resampled channel value (0..=255 as f32) through `convert`. Builds the plan each
+/// call; [`InputMapper`] keeps it between frames.
+pub fn resize_into<T: Copy>(
     image: &Image,
     pre: &ImagePreprocess,
     out: &mut [T],
     convert: impl Fn(f32) -> T,
 ) {
-    let [oh, ow] = pre.resize;
-    if pre.mode == ResizeMode::Pad && oh * image.width != ow * image.height {
-        resize_with_pad(image, pre, out, convert)
-    } else {
-        resize_stretch(image, pre, out, convert)
-    }
+    ResizePlan::new(image.width, image.height, pre).apply(image, pre, out, convert);
 }
 
-fn resize_stretch<T>(
-    image: &Image,
-    pre: &ImagePreprocess,
-    out: &mut [T],
-    convert: impl Fn(f32) -> T,
-) {
-    let [oh, ow] = pre.resize;
-    let (ih, iw) = (image.height, image.width);
-    // Output channel c reads source channel c (RGB) or 2 - c (BGR models).
-    let bgr = pre.channels == ChannelOrder::Bgr;
-    let pixel = |x: usize, y: usize, c: usize| {
-        let c = if bgr { 2 - c } else { c };
-        f32::from(image.rgb[(y * iw + x) * 3 + c])
-    };
-    let box_filter = ih % oh == 0 && iw % ow == 0;
-    let (fy, fx) = (ih / oh.max(1), iw / ow.max(1));
-    for y in 0..oh {
-        for x in 0..ow {
-            for c in 0..3 {
-                let value = if box_filter {
-                    let mut sum = 0.0;
-                    for sy in y * fy..(y + 1) * fy {
-                        for sx in x * fx..(x + 1) * fx {
-                            sum += pixel(sx, sy, c);
-                        }
-                    }
-                    sum / (fx * fy) as f32
-                } else {
-                    let sy = ((y as f32 + 0.5) * ih as f32 / oh as f32 - 0.5)
-                        .clamp(0.0, (ih - 1) as f32);
-                    let sx = ((x as f32 + 0.5) * iw as f32 / ow as f32 - 0.5)
-                        .clamp(0.0, (iw - 1) as f32);
-                    let (y0, x0) = (sy.floor() as usize, sx.floor() as usize);
-                    let (y1, x1) = ((y0 + 1).min(ih - 1), (x0 + 1).min(iw - 1));
-                    let (wy, wx) = (sy - y0 as f32, sx - x0 as f32);
-                    let top = pixel(x0, y0, c) * (1.0 - wx) + pixel(x1, y0, c) * wx;
-                    let bottom = pixel(x0, y1, c) * (1.0 - wx) + pixel(x1, y1, c) * wx;
-                    top * (1.0 - wy) + bottom * wy
-                };
-                let index = match pre.layout {
-                    ImageLayout::Nchw => (c * oh + y) * ow + x,
-                    ImageLayout::Nhwc => (y * ow + x) * 3 + c,
-                };
-                out[index] = convert(value);
-            }
+/// Where every output pixel reads from, for one input size and one setting.
+///
+/// Box filter when the (inner) size divides the input evenly, else bilinear with
+/// half-pixel centres (OpenCV's `INTER_AREA` / `INTER_LINEAR`). With `mode = "pad"`
+/// the image keeps its aspect ratio inside the output (openpi's `resize_with_pad`:
+/// integer sizes, extra padding pixel at the end) and the rest is black.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResizePlan {
+    input: (usize, usize),
+    /// The resized image's rectangle in the output: top, left, height, width.
+    top: usize,
+    left: usize,
+    height: usize,
+    width: usize,
+    /// Box filter block size, when it applies.
+    block: Option<(usize, usize)>,
+    /// Per output column / row of the rectangle: the two source indices and the
+    /// weight of the second.
+    columns: Vec<(usize, usize, f32)>,
+    rows: Vec<(usize, usize, f32)>,
+}
+
+impl ResizePlan {
+    pub fn new(in_w: usize, in_h: usize, pre: &ImagePreprocess) -> Self {
+        let [oh, ow] = pre.resize;
+        let (height, width) = if pre.mode == ResizeMode::Pad && oh * in_w != ow * in_h {
+            let ratio = f64::max(in_w as f64 / ow as f64, in_h as f64 / oh as f64);
+            (
+                ((in_h as f64 / ratio) as usize).clamp(1, oh),
+                ((in_w as f64 / ratio) as usize).clamp(1, ow),
+            )
+        } else {
+            (oh, ow)
+        };
+        let block = (in_h.is_multiple_of(height) && in_w.is_multiple_of(width))
+            .then(|| (in_h / height, in_w / width));
+        let taps = |out: usize, input: usize| -> Vec<(usize, usize, f32)> {
+            (0..out)
+                .map(|i| {
+                    let s = ((i as f32 + 0.5) * input as f32 / out as f32 - 0.5)
+                        .clamp(0.0, (input - 1) as f32);
+                    let i0 = s.floor() as usize;
+                    (i0, (i0 + 1).min(input - 1), s - i0 as f32)
+                })
+                .collect()
+        };
+        Self {
+            input: (in_w, in_h),
+            top: (oh - height) / 2,
+            left: (ow - width) / 2,
+            height,
+            width,
+            block,
+            columns: taps(width, in_w),
+            rows: taps(height, in_h),
         }
     }
-}
 
-/// Keeps the aspect ratio: the image is resized to fit inside `pre.resize` and
-/// centred, the rest is black (pixel value 0 before `convert`). Sizes and offsets
-/// follow openpi's `resize_with_pad` (integer division, extra pixel at the end).
-fn resize_with_pad<T>(
-    image: &Image,
-    pre: &ImagePreprocess,
-    out: &mut [T],
-    convert: impl Fn(f32) -> T,
-) {
-    let [oh, ow] = pre.resize;
-    let ratio = f64::max(
-        image.width as f64 / ow as f64,
-        image.height as f64 / oh as f64,
-    );
-    let rh = ((image.height as f64 / ratio) as usize).clamp(1, oh);
-    let rw = ((image.width as f64 / ratio) as usize).clamp(1, ow);
-    let (top, left) = ((oh - rh) / 2, (ow - rw) / 2);
-    let inner = ImagePreprocess {
-        resize: [rh, rw],
-        layout: ImageLayout::Nhwc,
-        range: pre.range,
-        mode: ResizeMode::Stretch,
-        channels: pre.channels,
-    };
-    let mut resized = vec![0.0f32; rh * rw * 3];
-    resize_stretch(image, &inner, &mut resized, |v| v);
-    for y in 0..oh {
-        for x in 0..ow {
-            for c in 0..3 {
-                let inside = (top..top + rh).contains(&y) && (left..left + rw).contains(&x);
-                let value = match inside {
-                    true => resized[((y - top) * rw + (x - left)) * 3 + c],
-                    false => 0.0,
-                };
-                let index = match pre.layout {
-                    ImageLayout::Nchw => (c * oh + y) * ow + x,
-                    ImageLayout::Nhwc => (y * ow + x) * 3 + c,
-                };
-                out[index] = convert(value);
+    fn fits(&self, image: &Image) -> bool {
+        self.input == (image.width, image.height)
+    }
+
+    pub fn apply<T: Copy>(
+        &self,
+        image: &Image,
+        pre: &ImagePreprocess,
+        out: &mut [T],
+        convert: impl Fn(f32) -> T,
+    ) {
+        let [oh, ow] = pre.resize;
+        let iw = image.width;
+        let rgb = &image.rgb[..];
+        // Output channel c reads source channel c (RGB) or 2 - c (BGR models).
+        let order = match pre.channels {
+            ChannelOrder::Rgb => [0, 1, 2],
+            ChannelOrder::Bgr => [2, 1, 0],
+        };
+        let index = |y: usize, x: usize, c: usize| match pre.layout {
+            ImageLayout::Nchw => (c * oh + y) * ow + x,
+            ImageLayout::Nhwc => (y * ow + x) * 3 + c,
+        };
+        if self.height != oh || self.width != ow {
+            let black = convert(0.0);
+            for y in 0..oh {
+                for x in 0..ow {
+                    let inside = (self.top..self.top + self.height).contains(&y)
+                        && (self.left..self.left + self.width).contains(&x);
+                    if !inside {
+                        for c in 0..3 {
+                            out[index(y, x, c)] = black;
+                        }
+                    }
+                }
+            }
+        }
+        // out[base(y) + x * x_stride + c * c_stride] for the rectangle's pixels.
+        let (x_stride, c_stride) = match pre.layout {
+            ImageLayout::Nchw => (1, oh * ow),
+            ImageLayout::Nhwc => (3, 1),
+        };
+        let stride = iw * 3;
+        for (y, &(y0, y1, wy)) in self.rows.iter().enumerate() {
+            let base = index(y + self.top, self.left, 0);
+            let (row0, row1) = (&rgb[y0 * stride..][..stride], &rgb[y1 * stride..][..stride]);
+            for (x, &(x0, x1, wx)) in self.columns.iter().enumerate() {
+                let at = base + x * x_stride;
+                match self.block {
+                    Some((fy, fx)) => {
+                        for (c, &src) in order.iter().enumerate() {
+                            let mut sum = 0.0;
+                            for sy in y * fy..(y + 1) * fy {
+                                let block = &rgb[sy * stride + x * fx * 3..][..fx * 3];
+                                sum += block
+                                    .iter()
+                                    .skip(src)
+                                    .step_by(3)
+                                    .map(|&v| f32::from(v))
+                                    .sum::<f32>();
+                            }
+                            out[at + c * c_stride] = convert(sum / (fx * fy) as f32);
+                        }
+                    }
+                    None => {
+                        let (a, b) = (&row0[x0 * 3..][..3], &row0[x1 * 3..][..3]);
+                        let (d, e) = (&row1[x0 * 3..][..3], &row1[x1 * 3..][..3]);
+                        for (c, &src) in order.iter().enumerate() {
+                            let top = f32::from(a[src]) * (1.0 - wx) + f32::from(b[src]) * wx;
+                            let bottom = f32::from(d[src]) * (1.0 - wx) + f32::from(e[src]) * wx;
+                            out[at + c * c_stride] = convert(top * (1.0 - wy) + bottom * wy);
+                        }
+                    }
+                }
             }
         }
     }
