@@ -9,12 +9,12 @@ use reflex_policies::preprocess::InputMapper;
 use reflex_runtime::launch::InputConfig;
 use reflex_runtime::types::{Image, JointState, Observation};
 
-fn mapper(mode: &str, cameras: &[String]) -> InputMapper {
+fn mapper(mode: &str, filter: &str, cameras: &[String]) -> InputMapper {
     let mut text = String::new();
     for name in cameras {
         text += &format!(
             "[[inputs]]\nname = \"{name}\"\nsource = \"camera.{name}\"\nshape = [1, 3, 224, 224]\n\
-             image = {{ resize = [224, 224], range = \"minus_one_one\", mode = \"{mode}\" }}\n\n"
+             image = {{ resize = [224, 224], range = \"minus_one_one\", mode = \"{mode}\", filter = \"{filter}\" }}\n\n"
         );
     }
     text += "[[inputs]]\nname = \"state\"\nsource = \"state.joint_positions\"\nshape = [1, 32]\n\
@@ -50,11 +50,16 @@ fn bench(c: &mut Criterion) {
         .map(String::from)
         .to_vec();
     let obs = observation(3);
-    for mode in ["pad", "stretch"] {
-        let mut m = mapper(mode, &cameras);
-        c.bench_function(&format!("3 cameras 640x480 -> 224x224 ({mode})"), |b| {
-            b.iter(|| m.fill(black_box(&obs)))
-        });
+    for (mode, filter) in [
+        ("pad", "linear"),
+        ("stretch", "linear"),
+        ("pad", "pil_bilinear"),
+    ] {
+        let mut m = mapper(mode, filter, &cameras);
+        c.bench_function(
+            &format!("3 cameras 640x480 -> 224x224 ({mode}, {filter})"),
+            |b| b.iter(|| m.fill(black_box(&obs))),
+        );
     }
 }
 

@@ -7,7 +7,7 @@
 
 use reflex_runtime::launch::{
     ChannelOrder, ImageLayout, ImagePreprocess, InputConfig, ObservationSource, PixelRange,
-    ResizeMode, TensorDtype,
+    ResizeFilter, ResizeMode, TensorDtype,
 };
 use reflex_runtime::types::{Image, Observation};
 
@@ -186,7 +186,7 @@ impl InputMapper {
                     {
                         input.plan = Some(ResizePlan::new(image.width, image.height, pre));
                     }
-                    match (image, &input.plan, input.dtype) {
+                    match (image, &mut input.plan, input.dtype) {
                         (Some(image), Some(plan), TensorDtype::Float32) => {
                             plan.apply(image, pre, &mut input.values, |v| map_range(v, pre.range))
                         }
@@ -245,6 +245,207 @@ pub struct ResizePlan {
     /// weight of the second.
     columns: Vec<(usize, usize, f32)>,
     rows: Vec<(usize, usize, f32)>,
+    /// Pillow's resampling, when asked for.
+    pil: Option<PilResize>,
+}
+
+/// Pillow's convolution resampling of 8-bit images (`Image.resize(...,
+/// BILINEAR)`, which openpi's `resize_with_pad` calls): a triangle filter widened by
+/// the downscaling factor (antialiasing), coefficients in 22-bit fixed point, two
+/// passes with rounding to uint8 in between. Written from Pillow's published
+/// algorithm so that the bytes match (checked against Pillow 13 in the tests).
+#[derive(Debug, Clone, PartialEq)]
+struct PilResize {
+    horizontal: PilAxis,
+    vertical: PilAxis,
+    /// Pillow 13 runs the vertical pass first when the height shrinks by more than
+    /// twice as many pixels as the width (Pillow 12 and older: always horizontal
+    /// first; the two orders can differ by one level on such images).
+    vertical_first: bool,
+    /// The first pass's output.
+    scratch: Vec<u8>,
+    /// Horizontal first: the first source row the vertical pass reads.
+    first_row: usize,
+    /// Per-row accumulators and one output row, sized for the wider pass.
+    acc: Vec<i32>,
+    line: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct PilAxis {
+    /// Per output index: the first source index and how many taps.
+    bounds: Vec<(usize, usize)>,
+    coefficients: Vec<i32>,
+    taps: usize,
+    /// False when the size does not change (Pillow skips the pass).
+    active: bool,
+}
+
+const PIL_PRECISION_BITS: u32 = 32 - 8 - 2;
+
+impl PilAxis {
+    fn new(input: usize, output: usize) -> Self {
+        let scale = input as f64 / output as f64;
+        let filter_scale = scale.max(1.0);
+        let support = filter_scale; // bilinear support 1.0, widened when downscaling
+        let taps = support.ceil() as usize * 2 + 1;
+        // Multiplied by the reciprocal, as Pillow does: dividing rounds differently.
+        let ss = 1.0 / filter_scale;
+        let mut bounds = Vec::with_capacity(output);
+        let mut coefficients = vec![0i32; output * taps];
+        let mut weights = vec![0f64; taps];
+        for (out, k) in coefficients.chunks_mut(taps).enumerate() {
+            let center = (out as f64 + 0.5) * scale;
+            // C's (int) cast truncates toward zero, as Rust's `as` does.
+            let first = ((center - support + 0.5) as i64).max(0) as usize;
+            let last = ((center + support + 0.5) as i64).min(input as i64) as usize;
+            let count = last.saturating_sub(first).min(taps);
+            let mut total = 0.0;
+            for (x, w) in weights.iter_mut().enumerate().take(count) {
+                let d = ((x + first) as f64 - center + 0.5) * ss;
+                *w = (1.0 - d.abs()).max(0.0);
+                total += *w;
+            }
+            for (dst, w) in k.iter_mut().zip(&weights).take(count) {
+                let w = if total != 0.0 { w / total } else { *w };
+                let fixed = w * f64::from(1u32 << PIL_PRECISION_BITS);
+                *dst = if w < 0.0 {
+                    (fixed - 0.5) as i32
+                } else {
+                    (fixed + 0.5) as i32
+                };
+            }
+            bounds.push((first, count));
+        }
+        Self {
+            bounds,
+            coefficients,
+            taps,
+            active: input != output,
+        }
+    }
+}
+
+impl PilAxis {
+    /// Resamples interleaved RGB `src` (one row) into `dst` (one row).
+    fn horizontal(&self, src: &[u8], dst: &mut [u8]) {
+        for (x, out) in dst.chunks_exact_mut(3).enumerate() {
+            let (first, count) = self.bounds[x];
+            let k = &self.coefficients[x * self.taps..][..count];
+            let mut acc = [1i32 << (PIL_PRECISION_BITS - 1); 3];
+            for (px, &c) in src[first * 3..].chunks_exact(3).zip(k) {
+                for (a, &v) in acc.iter_mut().zip(px) {
+                    *a += i32::from(v) * c;
+                }
+            }
+            for (o, a) in out.iter_mut().zip(acc) {
+                *o = (a >> PIL_PRECISION_BITS).clamp(0, 255) as u8;
+            }
+        }
+    }
+
+    /// Output row `y` from the rows of `src` (each `row` values long, the first
+    /// being source row `shift`), accumulating in `acc`.
+    fn vertical(
+        &self,
+        y: usize,
+        src: &[u8],
+        row: usize,
+        shift: usize,
+        acc: &mut [i32],
+        dst: &mut [u8],
+    ) {
+        let (first, count) = self.bounds[y];
+        let k = &self.coefficients[y * self.taps..][..count];
+        acc.fill(1 << (PIL_PRECISION_BITS - 1));
+        for (t, &c) in k.iter().enumerate() {
+            let line = &src[(first - shift + t) * row..][..row];
+            for (a, &v) in acc.iter_mut().zip(line) {
+                *a += i32::from(v) * c;
+            }
+        }
+        for (o, &a) in dst.iter_mut().zip(acc.iter()) {
+            *o = (a >> PIL_PRECISION_BITS).clamp(0, 255) as u8;
+        }
+    }
+}
+
+impl PilResize {
+    fn new(in_w: usize, in_h: usize, width: usize, height: usize) -> Self {
+        let horizontal = PilAxis::new(in_w, width);
+        let vertical = PilAxis::new(in_h, height);
+        let shrink_h = in_h as i64 - height as i64;
+        let vertical_first = shrink_h > 0 && shrink_h > (in_w as i64 - width as i64) * 2;
+        let (first_row, scratch_len) = if vertical_first {
+            (0, height * in_w * 3)
+        } else if vertical.active {
+            // Only the source rows the vertical pass reads go through the first pass.
+            let first = vertical.bounds[0].0;
+            let (last_first, last_count) = vertical.bounds[height - 1];
+            (first, (last_first + last_count - first) * width * 3)
+        } else {
+            (0, in_h * width * 3)
+        };
+        let widest = in_w.max(width) * 3;
+        Self {
+            horizontal,
+            vertical,
+            vertical_first,
+            scratch: vec![0; scratch_len],
+            first_row,
+            acc: vec![0; widest],
+            line: vec![0; widest],
+        }
+    }
+
+    /// Resizes `image` and calls `put(y, row)` with every output row (interleaved RGB).
+    fn run(
+        &mut self,
+        image: &Image,
+        width: usize,
+        height: usize,
+        mut put: impl FnMut(usize, &[u8]),
+    ) {
+        let stride = image.width * 3;
+        let row = width * 3;
+        let (scratch, acc, line) = (&mut self.scratch, &mut self.acc, &mut self.line);
+        if self.vertical_first {
+            for y in 0..height {
+                let dst = &mut scratch[y * stride..][..stride];
+                self.vertical
+                    .vertical(y, &image.rgb, stride, 0, &mut acc[..stride], dst);
+            }
+            for y in 0..height {
+                let src = &scratch[y * stride..][..stride];
+                match self.horizontal.active {
+                    true => self.horizontal.horizontal(src, &mut line[..row]),
+                    false => line[..row].copy_from_slice(&src[..row]),
+                }
+                put(y, &line[..row]);
+            }
+            return;
+        }
+        let rows = scratch.len() / row;
+        for r in 0..rows {
+            let src = &image.rgb[(self.first_row + r) * stride..][..stride];
+            let dst = &mut scratch[r * row..][..row];
+            match self.horizontal.active {
+                true => self.horizontal.horizontal(src, dst),
+                false => dst.copy_from_slice(&src[..row]),
+            }
+        }
+        for y in 0..height {
+            match self.vertical.active {
+                true => {
+                    let dst = &mut line[..row];
+                    self.vertical
+                        .vertical(y, scratch, row, self.first_row, &mut acc[..row], dst);
+                }
+                false => line[..row].copy_from_slice(&scratch[y * row..][..row]),
+            }
+            put(y, &line[..row]);
+        }
+    }
 }
 
 impl ResizePlan {
@@ -271,6 +472,8 @@ impl ResizePlan {
                 })
                 .collect()
         };
+        let pil = (pre.filter == ResizeFilter::PilBilinear)
+            .then(|| PilResize::new(in_w, in_h, width, height));
         Self {
             input: (in_w, in_h),
             top: (oh - height) / 2,
@@ -280,6 +483,7 @@ impl ResizePlan {
             block,
             columns: taps(width, in_w),
             rows: taps(height, in_h),
+            pil,
         }
     }
 
@@ -288,7 +492,7 @@ impl ResizePlan {
     }
 
     pub fn apply<T: Copy>(
-        &self,
+        &mut self,
         image: &Image,
         pre: &ImagePreprocess,
         out: &mut [T],
@@ -325,6 +529,19 @@ impl ResizePlan {
             ImageLayout::Nchw => (1, oh * ow),
             ImageLayout::Nhwc => (3, 1),
         };
+        if let Some(pil) = &mut self.pil {
+            let (top, left) = (self.top, self.left);
+            pil.run(image, self.width, self.height, |y, row| {
+                let base = index(y + top, left, 0);
+                for (x, px) in row.chunks_exact(3).enumerate() {
+                    let at = base + x * x_stride;
+                    for (c, &src) in order.iter().enumerate() {
+                        out[at + c * c_stride] = convert(f32::from(px[src]));
+                    }
+                }
+            });
+            return;
+        }
         let stride = iw * 3;
         for (y, &(y0, y1, wy)) in self.rows.iter().enumerate() {
             let base = index(y + self.top, self.left, 0);
@@ -385,6 +602,7 @@ mod tests {
             range: PixelRange::ZeroOne,
             mode: ResizeMode::Stretch,
             channels: ChannelOrder::Rgb,
+            filter: ResizeFilter::Linear,
         }
     }
 

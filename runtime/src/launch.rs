@@ -544,6 +544,19 @@ pub struct ImagePreprocess {
     /// Channel order the model expects (cameras deliver RGB).
     #[serde(default)]
     pub channels: ChannelOrder,
+    /// `linear`: area averaging when the size divides evenly, else bilinear with
+    /// half-pixel centres (OpenCV, torch `interpolate`); `pil_bilinear`: Pillow's
+    /// antialiased bilinear on uint8, bit-exact (openpi's `resize_with_pad`).
+    #[serde(default)]
+    pub filter: ResizeFilter,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeFilter {
+    #[default]
+    Linear,
+    PilBilinear,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
