@@ -510,3 +510,49 @@ fn trained_flow_policy_reaches_the_targets_and_replays() {
     let delta_std = stats["norm_stats"]["actions"]["std"][0].as_f64().unwrap();
     assert!(delta_std < state["std"][0].as_f64().unwrap(), "{stats}");
 }
+
+#[test]
+fn schedules_match_the_reference_and_load_from_files() {
+    let dir = scratch("ddim-schedule");
+    // The Python reference's alphas_cumprod, as a file reflex loads.
+    let table = dir.join("alphas_cumprod.npy");
+    let status = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("policies/export/sampler_reference.py"))
+        .args([
+            "schedule",
+            "--schedule",
+            "squared_cosine",
+            "--train-steps",
+            "100",
+        ])
+        .arg("--out")
+        .arg(&table)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let python: Vec<f64> = npy::read_f64(&table).unwrap().1;
+    let ours = reflex_policies::generative::alphas_cumprod(
+        reflex_runtime::launch::ScheduleKind::SquaredCosine,
+        100,
+        1e-4,
+        0.02,
+    );
+    assert_eq!(python.len(), 100);
+    for (p, o) in python.iter().zip(&ours) {
+        assert_eq!(*p as f32, *o, "alphas_cumprod differ");
+    }
+    // A DDIM run on the file-loaded table equals the one on the named schedule.
+    let obs = write_observation(&dir);
+    let (noise, _) = write_noise(&dir, 1, 5);
+    let named = reflex_infer(&dir, &ddim_launch(&dir, 1), &obs, &noise, "named");
+    let text = std::fs::read_to_string(ddim_launch(&dir, 1))
+        .unwrap()
+        .replace(
+            "kind = \"squared_cosine\", train_steps = 100,",
+            &format!("file = \"{}\",", table.display()),
+        );
+    let from_file = dir.join("from_file.toml");
+    std::fs::write(&from_file, text).unwrap();
+    let loaded = reflex_infer(&dir, &from_file, &obs, &noise, "file");
+    assert_eq!(named.raw, loaded.raw);
+}
