@@ -516,21 +516,16 @@ fn schedules_match_the_reference_and_load_from_files() {
     let dir = scratch("ddim-schedule");
     // The Python reference's alphas_cumprod, as a file reflex loads.
     let table = dir.join("alphas_cumprod.npy");
-    let status = Command::new(repo().join(".venv/bin/python"))
-        .arg(repo().join("policies/export/sampler_reference.py"))
-        .args([
+    let python = python_reference(
+        &[
             "schedule",
             "--schedule",
             "squared_cosine",
             "--train-steps",
             "100",
-        ])
-        .arg("--out")
-        .arg(&table)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let python: Vec<f64> = npy::read_f64(&table).unwrap().1;
+        ],
+        &table,
+    );
     let ours = reflex_policies::generative::alphas_cumprod(
         reflex_runtime::launch::ScheduleKind::SquaredCosine,
         100,
@@ -544,13 +539,14 @@ fn schedules_match_the_reference_and_load_from_files() {
     // A DDIM run on the file-loaded table equals the one on the named schedule.
     let obs = write_observation(&dir);
     let (noise, _) = write_noise(&dir, 1, 5);
-    let named = reflex_infer(&dir, &ddim_launch(&dir, 1), &obs, &noise, "named");
-    let text = std::fs::read_to_string(ddim_launch(&dir, 1))
-        .unwrap()
-        .replace(
-            "kind = \"squared_cosine\", train_steps = 100,",
-            &format!("file = \"{}\",", table.display()),
-        );
+    let named_launch = ddim_launch(&dir, 1);
+    let named = reflex_infer(&dir, &named_launch, &obs, &noise, "named");
+    let named_text = std::fs::read_to_string(&named_launch).unwrap();
+    let text = named_text.replace(
+        "kind = \"squared_cosine\", train_steps = 100,",
+        &format!("file = \"{}\",", table.display()),
+    );
+    assert_ne!(text, named_text, "the schedule table was not replaced");
     let from_file = dir.join("from_file.toml");
     std::fs::write(&from_file, text).unwrap();
     let loaded = reflex_infer(&dir, &from_file, &obs, &noise, "file");
