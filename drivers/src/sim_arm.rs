@@ -531,6 +531,7 @@ mod tests {
             position: [-2.8, 2.8],
             velocity: 1.5,
             acceleration: 8.0,
+            jerk: None,
         };
         (cfg, vec![joint("a"), joint("b"), joint("c")])
     }

@@ -21,6 +21,7 @@ fn params(joints: usize) -> TickParams {
                 position: [-2.8, 2.8],
                 velocity: 1.5,
                 acceleration: 8.0,
+                jerk: None,
             })
             .collect(),
         rate_hz: 1000.0,

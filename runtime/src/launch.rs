@@ -44,8 +44,8 @@ pub struct RobotConfig {
     pub joints: Vec<JointConfig>,
 }
 
-/// Limits of one joint, applied to every command in this order: position,
-/// velocity, acceleration.
+/// Limits of one joint, applied to every command: position, velocity,
+/// acceleration and (optionally) jerk.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JointConfig {
@@ -56,6 +56,36 @@ pub struct JointConfig {
     pub velocity: f64,
     /// Maximum acceleration, rad/s^2.
     pub acceleration: f64,
+    /// Maximum jerk, rad/s^3; without it the filter bounds only acceleration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jerk: Option<f64>,
+}
+
+impl JointConfig {
+    /// Checks the limits make sense; on error returns the offending field
+    /// (`position`, `velocity`, ...) and what is wrong with it.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let [lo, hi] = self.position;
+        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+            return Err((
+                "position",
+                format!("must be [min, max] with min < max, found [{lo}, {hi}]"),
+            ));
+        }
+        let positive = [
+            ("velocity", Some(self.velocity)),
+            ("acceleration", Some(self.acceleration)),
+            ("jerk", self.jerk),
+        ];
+        for (field, value) in positive {
+            if let Some(value) = value
+                && !(value.is_finite() && value > 0.0)
+            {
+                return Err((field, format!("must be a positive number, found {value}")));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -1137,23 +1167,8 @@ impl Launch {
             ));
         }
         for (i, joint) in c.robot.joints.iter().enumerate() {
-            let [lo, hi] = joint.position;
-            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
-                return Err(self.error_at(
-                    &format!("robot.joints[{i}].position"),
-                    format!("must be [min, max] with min < max, found [{lo}, {hi}]"),
-                ));
-            }
-            for (field, value) in [
-                ("velocity", joint.velocity),
-                ("acceleration", joint.acceleration),
-            ] {
-                if !(value.is_finite() && value > 0.0) {
-                    return Err(self.error_at(
-                        &format!("robot.joints[{i}].{field}"),
-                        format!("must be a positive number, found {value}"),
-                    ));
-                }
+            if let Err((field, message)) = joint.check() {
+                return Err(self.error_at(&format!("robot.joints[{i}].{field}"), message));
             }
         }
         let control = &c.control;

@@ -506,6 +506,7 @@ mod tests {
                 position: [-1.0, 1.0],
                 velocity: 1.0,
                 acceleration: 1.0,
+                jerk: None,
             }],
             max_state_age_ms: 50.0,
             estop_after_stale_ms: 500.0,

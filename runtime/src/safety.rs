@@ -177,6 +177,7 @@ mod tests {
             position: [lo, hi],
             velocity: v,
             acceleration: a,
+            jerk: None,
         }
     }
 
