@@ -50,6 +50,21 @@ enum Command {
     Calibrate(reflex::calibrate::CalibrateCommand),
     /// Print the JSON schema of launch files.
     Schema,
+    /// Stop the arm of a run on this machine (a controlled stop that latches).
+    Estop(OperatorArgs),
+    /// Move a latched stop of a run on this machine to hold (the arm stays still).
+    Rearm(OperatorArgs),
+    /// Let a held run on this machine move again.
+    Resume(OperatorArgs),
+    /// Send one operator heartbeat (for `safety.operator.heartbeat_ms`).
+    Heartbeat(OperatorArgs),
+}
+
+#[derive(clap::Args)]
+struct OperatorArgs {
+    /// The robot's name (`robot.name` in the launch file).
+    #[arg(long, default_value = "sim_arm")]
+    robot: String,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +92,10 @@ fn main() -> ExitCode {
                 })
                 .map_err(anyhow::Error::new)
         }
+        Command::Estop(a) => operator(&a.robot, "estop"),
+        Command::Rearm(a) => operator(&a.robot, "rearm"),
+        Command::Resume(a) => operator(&a.robot, "resume"),
+        Command::Heartbeat(a) => operator(&a.robot, "heartbeat"),
         Command::Schema => {
             println!(
                 "{}",
@@ -93,6 +112,17 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Sends an operator request to the local run's control socket.
+fn operator(robot: &str, request: &str) -> anyhow::Result<ExitCode> {
+    let answer = reflex_runtime::operator::send(robot, request)?;
+    println!("{request}: {answer}");
+    Ok(if answer == "ok" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn check(path: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<ExitCode> {

@@ -10,7 +10,10 @@ use anyhow::{Context, bail};
 use clap::Args;
 use reflex_runtime::bus::{Bus, OperatorListener, StatusThread};
 use reflex_runtime::clock::{Clock, SimClock, WallClock};
-use reflex_runtime::control::{ControlLoop, RunLimits, RunSummary, TickParams};
+use reflex_runtime::control::{
+    ControlLoop, OperatorRequests, RunLimits, RunSummary, TickParams,
+};
+use reflex_runtime::operator::{ControlSocket, OperatorError, TerminalKeys};
 use reflex_runtime::driver::DriverContext;
 use reflex_runtime::launch::{Launch, RealtimeConfig};
 use reflex_runtime::log::{LogHeader, Recorder};
@@ -71,6 +74,8 @@ pub struct Assembled {
     pub bus: Option<Bus>,
     pub status: StatusThread,
     pub operator: Option<OperatorListener>,
+    pub socket: Option<ControlSocket>,
+    pub keys: Option<TerminalKeys>,
 }
 
 impl Assembled {
@@ -82,6 +87,8 @@ impl Assembled {
             bus,
             status,
             operator,
+            socket,
+            keys,
         } = self;
         let summary = std::thread::Builder::new()
             .name("reflex-control".into())
@@ -94,7 +101,9 @@ impl Assembled {
             })?
             .join()
             .map_err(|_| anyhow::anyhow!("control thread panicked"))??;
+        drop(keys);
         status.finish();
+        drop(socket);
         drop(operator);
         if let Some(bus) = bus {
             bus.close();
@@ -139,6 +148,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         joints,
         robot: c.robot.name.clone(),
         key_prefix: c.zenoh.key_prefix.clone(),
+        command_format: c.zenoh.command_format,
         zenoh: bus.as_ref().map(Bus::session),
     };
     let mut arm = None;
@@ -160,7 +170,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
     }
 
     let mirror = match &bus {
-        Some(bus) if !arm.on_zenoh => Some(bus.spawn_mirror()?),
+        Some(bus) if !arm.on_zenoh => Some(bus.spawn_mirror(c.zenoh.command_format)?),
         _ => None,
     };
     let (status_writer, status_reader) = latest_slot(&StatusSnapshot::default());
@@ -169,7 +179,24 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         None => StatusThread::spawn(status_reader, 10.0, None)?,
     };
 
-    let operator = bus.as_ref().map(Bus::listen_for_operator).transpose()?;
+    let requests = OperatorRequests::default();
+    let operator = bus
+        .as_ref()
+        .map(|bus| bus.listen_for_operator(requests.clone(), c.safety.operator.zenoh_rearm))
+        .transpose()?;
+    // Re-arm and resume from this machine: the control socket, and the terminal.
+    let socket = match ControlSocket::bind(&c.robot.name, requests.clone()) {
+        Ok(socket) => Some(socket),
+        Err(e @ OperatorError::InUse { .. }) => {
+            eprintln!(
+                "reflex: warning: {e}; this run takes re-arm and resume from its terminal only"
+            );
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let keys = (c.safety.operator.terminal_keys && !how.simulated)
+        .then(|| TerminalKeys::start(requests.clone()));
 
     let template = Observation {
         tick: 0,
@@ -190,6 +217,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         horizon,
         action_rate_hz: common.action_rate_hz,
         replan_after: common.replan_after.min(horizon),
+        safety: c.safety.clone(),
     };
     let recorder = match how.log {
         Some(path) => {
@@ -204,6 +232,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
                 horizon: params.horizon,
                 action_rate_hz: params.action_rate_hz,
                 replan_after: params.replan_after,
+                safety: params.safety.clone(),
                 launch: launch.text.clone(),
             };
             Some(
@@ -233,18 +262,22 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         mirror,
         recorder,
         status: Some(status_writer),
-        operator: operator
-            .as_ref()
-            .map(|o| o.requests.clone())
-            .unwrap_or_default(),
+        operator: requests,
         sim_inference_ticks: c.control.sim_inference_ticks,
         startup_timeout: Duration::from_secs_f64(c.control.startup_timeout_ms / 1e3),
+        heartbeat_timeout: c
+            .safety
+            .operator
+            .heartbeat_ms
+            .map(|ms| Duration::from_secs_f64(ms / 1e3)),
     };
     Ok(Assembled {
         control,
         bus,
         status,
         operator,
+        socket,
+        keys,
     })
 }
 

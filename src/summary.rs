@@ -89,13 +89,36 @@ impl<'a> Report<'a> {
             "  chunks             applied {}, rejected {}, inference errors {}",
             s.chunks_applied, s.chunks_rejected, s.inference_errors
         );
+        let latched = match s.estop_latches {
+            0 => "never latched".to_string(),
+            1 => "latched once".to_string(),
+            n => format!("latched {n} times"),
+        };
         let _ = writeln!(
             out,
-            "  safety             limited {} ticks, stale state {} ticks, e-stop {}",
+            "  safety             limited {} ticks, stale state {} ticks, e-stop {latched}, final state: {}",
             s.limited_commands,
             s.stale_state_ticks,
-            if s.estops > 0 { "LATCHED" } else { "no" }
+            if s.final_motion.is_empty() { "not started" } else { s.final_motion }
         );
+        if s.invalid_states > 0 {
+            let _ = writeln!(
+                out,
+                "  invalid states     {} ignored, last: {}",
+                s.invalid_states,
+                s.last_invalid_state.as_deref().unwrap_or("?")
+            );
+        }
+        if s.robot_epochs > 0 {
+            let _ = writeln!(out, "  robot restarts     {} (new robot epochs)", s.robot_epochs);
+        }
+        if let Some(refusal) = &s.last_refusal {
+            let _ = writeln!(
+                out,
+                "  operator           {} requests refused, last: {refusal}",
+                s.refusals
+            );
+        }
         if let (Some(path), Some(log)) = (self.log, &self.run.log) {
             let state = match &log.error {
                 Some(e) => format!("INCOMPLETE: {e}"),
@@ -153,7 +176,15 @@ impl<'a> Report<'a> {
             "inference_errors": s.inference_errors,
             "limited_commands": s.limited_commands,
             "stale_state_ticks": s.stale_state_ticks,
-            "estop": s.estops > 0,
+            "estop": s.estop_latches > 0,
+            "estop_latches": s.estop_latches,
+            "final_state": s.final_motion,
+            "invalid_states": s.invalid_states,
+            "last_invalid_state": s.last_invalid_state,
+            "robot_epochs": s.robot_epochs,
+            "refusals": s.refusals,
+            "last_refusal": s.last_refusal.map(|r| r.to_string()),
+            "tracking_fault": s.tracking_fault.map(|(joint, error)| json!({"joint": joint, "error": error})),
             "log": self.run.log.as_ref().map(|l| json!({"records": l.records, "dropped": l.dropped, "error": l.error})),
             "tasks": self.run.task.iter().map(|t| json!({
                 "task": t.task,

@@ -23,6 +23,7 @@ pub struct ZenohArm {
     cfg: ZenohArmConfig,
     session: Option<zenoh::Session>,
     command_key: String,
+    command_format: u16,
     commands: Option<Arc<Mailbox<JointCommand>>>,
     subscriber: Option<zenoh::pubsub::Subscriber<()>>,
     stop: Arc<AtomicBool>,
@@ -35,6 +36,7 @@ impl ZenohArm {
             cfg,
             session: None,
             command_key: String::new(),
+            command_format: wire::VERSION,
             commands: None,
             subscriber: None,
             stop: Arc::new(AtomicBool::new(false)),
@@ -75,6 +77,7 @@ impl Driver for ZenohArm {
             .state_key
             .clone()
             .unwrap_or_else(|| key("joint_states"));
+        self.command_format = ctx.command_format;
         let (writer, reader) = latest_slot(&JointState::empty(ctx.joints));
         let writer = Mutex::new(writer);
         let joints = ctx.joints;
@@ -123,6 +126,7 @@ impl Driver for ZenohArm {
             .map_err(|e| self.zenoh(e))?;
         let stop = self.stop.clone();
         let name = self.cfg.name.clone();
+        let format = self.command_format;
         let thread = std::thread::Builder::new()
             .name(format!("reflex-zenoh-{name}"))
             .spawn(move || {
@@ -131,7 +135,7 @@ impl Driver for ZenohArm {
                     let Some(cmd) = commands.recv_timeout(Duration::from_millis(20)) else {
                         continue;
                     };
-                    wire::encode_command(&cmd, wire::unix_ns(), &mut buf);
+                    wire::encode_command(&cmd, wire::unix_ns(), format, &mut buf);
                     if let Err(e) = publisher.put(buf.clone()).wait() {
                         tracing::warn!("{name}: publishing command failed: {e}");
                     }

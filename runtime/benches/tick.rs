@@ -27,6 +27,7 @@ fn params(joints: usize) -> TickParams {
         rate_hz: 1000.0,
         max_state_age_ms: 50.0,
         estop_after_stale_ms: 500.0,
+        safety: Default::default(),
         horizon: 50,
         action_rate_hz: 50.0,
         replan_after: 25,
@@ -48,7 +49,7 @@ fn bench_tick(c: &mut Criterion) {
         let mut core = TickCore::new(&p);
         let mut state = JointState::empty(joints);
         state.seq = 1;
-        core.start(state.positions());
+        core.start(state.positions()).expect("a valid start");
         let (mut writer, mut reader) = latest_slot(&state);
         let arm = Mailbox::new(64);
         let bus = Mailbox::new(1024);
@@ -62,6 +63,8 @@ fn bench_tick(c: &mut Criterion) {
                     core.apply_chunk(&chunk(tick, joints), tick).unwrap();
                 }
                 state.stamp_ns = tick * 1_000_000;
+                state.seq += 1;
+                core.observe(black_box(&state), tick * 1_000_000);
                 black_box(core.step(tick, tick * 1_000_000, black_box(&state)))
             })
         });
@@ -76,6 +79,7 @@ fn bench_tick(c: &mut Criterion) {
                 state.seq += 1;
                 writer.publish_with(|s| *s = state);
                 let now = *reader.latest();
+                core.observe(&now, tick * 1_000_000);
                 let (command, flags) = core.step(tick, tick * 1_000_000, &now);
                 arm.send(command);
                 bus.send(command);

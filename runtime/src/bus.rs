@@ -7,13 +7,13 @@
 use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use zenoh::Wait;
 
-use crate::control::OperatorRequests;
+use crate::control::{OperatorRequests, Request};
 use crate::launch::{ZenohConfig, ZenohMode};
 use crate::mailbox::Mailbox;
 use crate::slot::SlotReader;
@@ -101,7 +101,7 @@ impl Bus {
     }
 
     /// Starts the thread that mirrors the tick's commands and joint states.
-    pub fn spawn_mirror(&self) -> Result<Mirror, BusError> {
+    pub fn spawn_mirror(&self, command_format: u16) -> Result<Mirror, BusError> {
         let commands: Arc<Mailbox<JointCommand>> = Mailbox::new(1024);
         let states: Arc<Mailbox<JointState>> = Mailbox::new(1024);
         let command_pub = self
@@ -128,7 +128,7 @@ impl Bus {
                             }
                         }
                         while let Some(cmd) = commands.try_recv() {
-                            wire::encode_command(&cmd, wire::unix_ns(), &mut buf);
+                            wire::encode_command(&cmd, wire::unix_ns(), command_format, &mut buf);
                             if let Err(e) = command_pub.put(buf.clone()).wait() {
                                 tracing::warn!("publishing joint command failed: {e}");
                             }
@@ -160,30 +160,55 @@ impl Bus {
         StatusThread::spawn(status, hz, Some(publisher))
     }
 
-    /// Listens on `<prefix>/<robot>/control` for `estop` and `rearm` (plain text)
-    /// and raises the matching request for the tick.
-    pub fn listen_for_operator(&self) -> Result<OperatorListener, BusError> {
-        let requests = OperatorRequests::default();
+    /// Listens on `<prefix>/<robot>/control` (plain text). `estop` is always
+    /// obeyed (fail safe); `rearm`, `resume` and `heartbeat` only when
+    /// `allow_rearm` (the launch file turned it on together with access control).
+    pub fn listen_for_operator(
+        &self,
+        requests: OperatorRequests,
+        allow_rearm: bool,
+    ) -> Result<OperatorListener, BusError> {
         let key = self.key("control");
+        let ignored = AtomicU64::new(0);
         let subscriber = {
             let requests = requests.clone();
             self.session
                 .declare_subscriber(key.clone())
                 .callback(move |sample| {
-                    let text = sample.payload().to_bytes();
-                    match text.as_ref() {
-                        b"estop" => requests.estop.store(true, Ordering::Release),
-                        b"rearm" => requests.rearm.store(true, Ordering::Release),
-                        other => tracing::warn!(
-                            "{key}: unknown request {:?} (expected `estop` or `rearm`)",
-                            String::from_utf8_lossy(other)
-                        ),
+                    let payload = sample.payload().to_bytes();
+                    let request = match payload.as_ref() {
+                        b"estop" => Some(Request::Estop),
+                        b"rearm" if allow_rearm => Some(Request::Rearm),
+                        b"resume" if allow_rearm => Some(Request::Resume),
+                        b"heartbeat" if allow_rearm => {
+                            requests.heartbeat();
+                            None
+                        }
+                        other => {
+                            // Rate-limited (1st, 2nd, 4th, ...), never echoing much.
+                            let n = ignored.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n.is_power_of_two() {
+                                let shown = String::from_utf8_lossy(&other[..other.len().min(32)]);
+                                let why = if matches!(other, b"rearm" | b"resume" | b"heartbeat") {
+                                    "re-arm over zenoh is off (safety.operator.zenoh_rearm); \
+                                     use `reflex rearm` on the robot's computer"
+                                } else {
+                                    "expected `estop`"
+                                };
+                                tracing::warn!(
+                                    "{key}: ignored {shown:?} ({n} ignored so far): {why}"
+                                );
+                            }
+                            None
+                        }
+                    };
+                    if let Some(request) = request {
+                        requests.raise(request);
                     }
                 })
                 .wait()?
         };
         Ok(OperatorListener {
-            requests,
             _subscriber: subscriber,
         })
     }
@@ -195,9 +220,8 @@ impl Bus {
     }
 }
 
-/// Keeps the operator subscription alive; `requests` goes to the loop.
+/// Keeps the operator subscription alive.
 pub struct OperatorListener {
-    pub requests: OperatorRequests,
     _subscriber: zenoh::pubsub::Subscriber<()>,
 }
 

@@ -8,8 +8,10 @@
 //! with `reflex replay`, which is how replay reproduces commands bit for bit.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
 
 use crate::bus::Mirror;
 use crate::clock::{Clock, TickTime};
@@ -17,10 +19,11 @@ use crate::driver::{ArmPorts, CameraPort, Driver, DriverError, TaskReport};
 use crate::executor::{ChunkExecutor, ChunkRejection};
 use crate::log::{LogEvent, LogHeader, LogSummary, Record, Recorder, TickRecord};
 use crate::policy::InferenceWorker;
-use crate::safety::{SafetyFilter, flags};
+use crate::launch::SafetyConfig;
+use crate::safety::{ArmError, Motion, Refusal, SafetyFilter, flags};
 use crate::slot::SlotWriter;
 use crate::stats::{Distribution, RunStats, StatusSnapshot};
-use crate::types::{ActionChunk, JointCommand, JointState, MAX_JOINTS, Observation};
+use crate::types::{ActionChunk, JointCommand, JointState, MAX_JOINTS, Observation, monotonic_ns};
 
 /// Parameters of the tick's decisions (all of them are in the log header).
 #[derive(Debug, Clone)]
@@ -32,6 +35,7 @@ pub struct TickParams {
     pub horizon: usize,
     pub action_rate_hz: f64,
     pub replan_after: usize,
+    pub safety: SafetyConfig,
 }
 
 impl TickParams {
@@ -44,63 +48,283 @@ impl TickParams {
             horizon: h.horizon,
             action_rate_hz: h.action_rate_hz,
             replan_after: h.replan_after,
+            safety: SafetyConfig {
+                estop_after_stale_ms: h.estop_after_stale_ms,
+                ..h.safety.clone()
+            },
         }
     }
 }
 
-/// The deterministic part of a tick: executor + safety filter.
+/// Why a measured joint state was not used (it counts as missing).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, thiserror::Error)]
+pub enum InvalidState {
+    #[error("the state has {found} joints, the robot has {expected}")]
+    JointCount { found: usize, expected: usize },
+    #[error("joint {joint} is not a finite number")]
+    NonFinite { joint: usize },
+    #[error("joint {joint} is {distance:.4} rad past its limit")]
+    OutsideLimits { joint: usize, distance: f64 },
+    #[error("sequence number {seq} is older than {last}, already seen (reordered or replayed)")]
+    Reordered { seq: u64, last: u64 },
+    #[error("stamp {stamp_ns} ns is older than {last_ns} ns, already seen")]
+    OlderStamp { stamp_ns: u64, last_ns: u64 },
+    #[error("robot epoch {epoch} is older than the current epoch {current}")]
+    OldEpoch { epoch: u64, current: u64 },
+}
+
+/// What an operator asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Request {
+    Estop,
+    Rearm,
+    Resume,
+}
+
+impl Request {
+    pub fn code(self) -> u8 {
+        match self {
+            Request::Estop => 1,
+            Request::Rearm => 2,
+            Request::Resume => 3,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Request::Estop),
+            2 => Some(Request::Rearm),
+            3 => Some(Request::Resume),
+            _ => None,
+        }
+    }
+}
+
+/// The tick's answer to an operator request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OperatorOutcome {
+    pub tick: u64,
+    pub request: Request,
+    pub result: Result<(), Refusal>,
+}
+
+/// The deterministic part of a tick: state validation, executor, safety filter
+/// and operator requests. Everything it decides depends only on what the log holds.
 pub struct TickCore {
     pub executor: ChunkExecutor,
     pub safety: SafetyFilter,
     joints: usize,
+    limits: [[f64; 2]; MAX_JOINTS],
+    margin: f64,
     max_state_age_ns: u64,
+    max_tracking_error: Option<[f64; MAX_JOINTS]>,
+    tracking_lag_s: f64,
     next_seq: u64,
+    /// (epoch, seq, stamp) of the newest valid state.
+    newest: Option<(u64, u64, u64)>,
+    /// (epoch, seq) of the last state looked at, so each sample is judged once.
+    last_seen: (u64, u64),
+    /// This tick's verdict on the measured state.
+    state_ok: bool,
+    pub invalid_states: u64,
+    pub last_invalid: Option<InvalidState>,
+    pub epochs: u64,
+    /// The joint and error that latched the e-stop on a tracking error.
+    pub tracking_fault: Option<(usize, f64)>,
 }
 
 impl TickCore {
     pub fn new(p: &TickParams) -> Self {
         let dt = 1.0 / p.rate_hz;
+        let joints = p.joints.len().min(MAX_JOINTS);
+        let mut limits = [[0.0; 2]; MAX_JOINTS];
+        for (j, joint) in p.joints.iter().take(MAX_JOINTS).enumerate() {
+            limits[j] = joint.position;
+        }
+        let max_tracking_error = p.safety.max_tracking_error.as_ref().map(|errors| {
+            let mut out = [f64::INFINITY; MAX_JOINTS];
+            for (o, e) in out.iter_mut().zip(errors) {
+                *o = *e;
+            }
+            out
+        });
         Self {
             executor: ChunkExecutor::new(
-                p.joints.len(),
+                joints,
                 p.horizon,
                 p.rate_hz / p.action_rate_hz,
                 p.replan_after,
             ),
-            safety: SafetyFilter::new(&p.joints, dt, (p.estop_after_stale_ms * 1e6) as u64),
-            joints: p.joints.len(),
+            safety: SafetyFilter::new(&p.joints, dt, &p.safety),
+            joints,
+            limits,
+            margin: p.safety.state_limit_margin,
             max_state_age_ns: (p.max_state_age_ms * 1e6) as u64,
+            max_tracking_error,
+            tracking_lag_s: p.safety.tracking_lag_ms / 1e3,
             next_seq: 1,
+            newest: None,
+            last_seen: (0, 0),
+            state_ok: false,
+            invalid_states: 0,
+            last_invalid: None,
+            epochs: 0,
+            tracking_fault: None,
         }
     }
 
-    /// Arms the filter and holds at the measured position.
-    pub fn start(&mut self, measured: &[f64]) {
-        self.safety.rearm(measured);
-        self.executor.hold(self.safety.command());
+    /// Arms the filter from the measured position and holds it.
+    pub fn start(&mut self, measured: &[f64]) -> Result<(), ArmError> {
+        self.safety.arm(measured)?;
+        self.executor.hold(&self.safety.command()[..self.joints]);
+        Ok(())
     }
 
-    pub fn state_is_fresh(&self, state: &JointState, now_ns: u64) -> bool {
-        state.seq > 0
-            && state.joints == self.joints
-            && now_ns.saturating_sub(state.stamp_ns) <= self.max_state_age_ns
+    /// Checks a state on its own: joint count, finite values, within the margin
+    /// of the limits. Ordering against earlier states is [`Self::observe`]'s job.
+    pub fn validate(&self, state: &JointState) -> Result<(), InvalidState> {
+        if state.joints != self.joints {
+            return Err(InvalidState::JointCount {
+                found: state.joints,
+                expected: self.joints,
+            });
+        }
+        for joint in 0..self.joints {
+            let (p, v) = (state.position[joint], state.velocity[joint]);
+            if !(p.is_finite() && v.is_finite()) {
+                return Err(InvalidState::NonFinite { joint });
+            }
+            let [lo, hi] = self.limits[joint];
+            let distance = (lo - p).max(p - hi);
+            if distance > self.margin {
+                return Err(InvalidState::OutsideLimits { joint, distance });
+            }
+        }
+        Ok(())
+    }
+
+    /// Judges this tick's measured state: valid (finite, in range, not older than
+    /// what was already seen) and fresh. Anything else counts as missing.
+    pub fn observe(&mut self, state: &JointState, now_ns: u64) -> bool {
+        self.state_ok = false;
+        if state.seq == 0 {
+            return false;
+        }
+        let verdict = self.validate(state).and_then(|()| self.ordering(state));
+        let sample = (state.epoch, state.seq);
+        let new_sample = sample != self.last_seen;
+        self.last_seen = sample;
+        match verdict {
+            Err(why) => {
+                if new_sample {
+                    self.invalid_states += 1;
+                    self.last_invalid = Some(why);
+                }
+                false
+            }
+            Ok(()) => {
+                if self.newest.is_some_and(|(epoch, _, _)| state.epoch > epoch) {
+                    self.epochs += 1;
+                }
+                self.newest = Some((state.epoch, state.seq, state.stamp_ns));
+                self.state_ok = now_ns.saturating_sub(state.stamp_ns) <= self.max_state_age_ns;
+                self.state_ok
+            }
+        }
+    }
+
+    fn ordering(&self, state: &JointState) -> Result<(), InvalidState> {
+        let Some((epoch, seq, stamp)) = self.newest else {
+            return Ok(());
+        };
+        if state.epoch < epoch {
+            return Err(InvalidState::OldEpoch {
+                epoch: state.epoch,
+                current: epoch,
+            });
+        }
+        if state.epoch > epoch {
+            return Ok(());
+        }
+        if state.seq < seq {
+            return Err(InvalidState::Reordered {
+                seq: state.seq,
+                last: seq,
+            });
+        }
+        if state.stamp_ns < stamp {
+            return Err(InvalidState::OlderStamp {
+                stamp_ns: state.stamp_ns,
+                last_ns: stamp,
+            });
+        }
+        Ok(())
+    }
+
+    /// This tick's verdict from [`Self::observe`].
+    pub fn state_ok(&self) -> bool {
+        self.state_ok
     }
 
     pub fn apply_chunk(&mut self, chunk: &ActionChunk, tick: u64) -> Result<(), ChunkRejection> {
         self.executor.accept(chunk, tick)
     }
 
-    /// Computes this tick's command; returns it with the safety flags.
+    /// Carries out an operator request at `tick`, after [`Self::observe`].
+    pub fn operator(&mut self, request: Request, state: &JointState, tick: u64) -> Result<(), Refusal> {
+        match request {
+            Request::Estop => {
+                self.safety.estop();
+                Ok(())
+            }
+            Request::Rearm => {
+                let fresh = self.state_ok.then_some(state);
+                self.safety.rearm(fresh)?;
+                // Nothing planned before the stop may run after it.
+                self.executor.flush(&self.safety.command()[..self.joints], tick);
+                Ok(())
+            }
+            Request::Resume => {
+                self.safety.resume()?;
+                self.executor.flush(&self.safety.command()[..self.joints], tick);
+                Ok(())
+            }
+        }
+    }
+
+    /// Latches the e-stop when the arm lags the command by more than allowed.
+    fn check_tracking(&mut self, state: &JointState) {
+        let Some(max_error) = &self.max_tracking_error else {
+            return;
+        };
+        if !self.state_ok || self.safety.motion() != Motion::Tracking {
+            return;
+        }
+        let (command, velocity) = (self.safety.command(), self.safety.velocity());
+        for j in 0..self.joints {
+            let error = (state.position[j] - command[j]).abs();
+            if error > max_error[j] + velocity[j].abs() * self.tracking_lag_s {
+                self.safety.estop();
+                self.tracking_fault = Some((j, error));
+                return;
+            }
+        }
+    }
+
+    /// Computes this tick's command (after [`Self::observe`]); returns it with the safety flags.
     pub fn step(&mut self, tick: u64, now_ns: u64, state: &JointState) -> (JointCommand, u32) {
-        let fresh = self.state_is_fresh(state, now_ns);
+        self.check_tracking(state);
         let target = self.executor.target(tick);
-        let raised = self.safety.apply(target, fresh, now_ns);
+        let raised = self.safety.apply(target, self.state_ok, now_ns);
         let mut command = JointCommand::empty(self.joints);
         command.seq = self.next_seq;
         self.next_seq += 1;
         command.tick = tick;
         command.stamp_ns = now_ns;
-        command.position[..self.joints].copy_from_slice(self.safety.command());
+        command.position = self.safety.command();
+        command.velocity = self.safety.velocity();
+        command.acceleration = self.safety.acceleration();
         (command, raised)
     }
 }
@@ -109,17 +333,60 @@ impl TickCore {
 pub enum ControlError {
     #[error("no joint state from the arm within {0:?}; is the robot (or its zenoh bridge) up?")]
     NoInitialState(Duration),
+    #[error(
+        "the arm sent joint states for {waited:?} but none can be started from: {why}"
+    )]
+    InvalidInitialState { waited: Duration, why: String },
+    #[error("interrupted while waiting for the first joint state")]
+    Interrupted,
     #[error(transparent)]
     Driver(#[from] DriverError),
 }
 
-/// Requests from an operator (over the bus), read by the tick with one atomic swap.
-#[derive(Clone, Default)]
+/// Requests from an operator, read by the tick with one atomic swap each. Stop
+/// may come from anywhere; who may raise re-arm and resume is decided by whoever
+/// holds these handles (the local control socket, the terminal, or zenoh when the
+/// launch file allows it).
+#[derive(Clone)]
 pub struct OperatorRequests {
     /// Latch the e-stop: the arm decelerates to rest and holds.
     pub estop: Arc<AtomicBool>,
-    /// Clear a latched e-stop, starting again from the measured position.
+    /// Move a latched stop to hold.
     pub rearm: Arc<AtomicBool>,
+    /// Start moving again after a re-arm.
+    pub resume: Arc<AtomicBool>,
+    /// `monotonic_ns()` of the latest operator heartbeat (deadman), 0 before any.
+    pub heartbeat_ns: Arc<AtomicU64>,
+    /// The tick's answers, for whoever asked (bounded; the oldest are dropped).
+    pub outcomes: Arc<ArrayQueue<OperatorOutcome>>,
+}
+
+impl Default for OperatorRequests {
+    fn default() -> Self {
+        Self {
+            estop: Arc::default(),
+            rearm: Arc::default(),
+            resume: Arc::default(),
+            heartbeat_ns: Arc::default(),
+            outcomes: Arc::new(ArrayQueue::new(16)),
+        }
+    }
+}
+
+impl OperatorRequests {
+    /// Raises `request` for the next tick.
+    pub fn raise(&self, request: Request) {
+        let flag = match request {
+            Request::Estop => &self.estop,
+            Request::Rearm => &self.rearm,
+            Request::Resume => &self.resume,
+        };
+        flag.store(true, Ordering::Release);
+    }
+
+    pub fn heartbeat(&self) {
+        self.heartbeat_ns.store(monotonic_ns().max(1), Ordering::Release);
+    }
 }
 
 /// Everything the loop owns, wired up by the caller.
@@ -136,6 +403,8 @@ pub struct ControlLoop {
     pub operator: OperatorRequests,
     pub sim_inference_ticks: u64,
     pub startup_timeout: Duration,
+    /// Deadman: latch the e-stop when no operator heartbeat came for this long.
+    pub heartbeat_timeout: Option<Duration>,
 }
 
 /// When a run ends.
@@ -182,17 +451,43 @@ impl ControlLoop {
         Ok(())
     }
 
-    /// Waits for the first joint state (stepping simulated drivers once).
-    fn first_state(&mut self) -> Result<JointState, ControlError> {
+    /// Waits for the first state that can be started from (stepping simulated
+    /// drivers once): valid, and no joint further past its limit than the margin.
+    fn first_state(
+        &mut self,
+        core: &TickCore,
+        stop: &AtomicBool,
+    ) -> Result<JointState, ControlError> {
         self.step_simulated(0)?;
-        let deadline = Instant::now() + self.startup_timeout;
+        let started = Instant::now();
+        let mut why: Option<String> = None;
         loop {
             let state = *self.arm.state.latest();
             if state.seq > 0 {
-                return Ok(state);
+                let verdict = core
+                    .validate(&state)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        core.safety
+                            .check_measured(state.positions())
+                            .map_err(|e| e.to_string())
+                    });
+                match verdict {
+                    Ok(()) => return Ok(state),
+                    Err(e) => why = Some(e),
+                }
             }
-            if Instant::now() >= deadline {
-                return Err(ControlError::NoInitialState(self.startup_timeout));
+            if stop.load(Ordering::Relaxed) {
+                return Err(ControlError::Interrupted);
+            }
+            if started.elapsed() >= self.startup_timeout {
+                return Err(match why {
+                    Some(why) => ControlError::InvalidInitialState {
+                        waited: self.startup_timeout,
+                        why,
+                    },
+                    None => ControlError::NoInitialState(self.startup_timeout),
+                });
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -201,14 +496,24 @@ impl ControlLoop {
     /// Runs until the duration is reached or `stop` is set, then brings the arm to rest.
     pub fn run(mut self, limits: RunLimits) -> Result<RunSummary, ControlError> {
         let joints = self.params.joints.len();
-        let first = self.first_state()?;
         let mut core = TickCore::new(&self.params);
-        core.start(first.positions());
+        let first = self.first_state(&core, limits.stop)?;
+        if let Err(e) = core.start(first.positions()) {
+            // first_state checked the same; a state that changed under us is a fault.
+            return Err(ControlError::InvalidInitialState {
+                waited: Duration::ZERO,
+                why: e.to_string(),
+            });
+        }
         if let Some(recorder) = &self.recorder {
             recorder.record(LogEvent::Start {
                 joints,
                 position: first.position,
             });
+        }
+        if self.heartbeat_timeout.is_some() {
+            // The deadman's grace starts with the run.
+            self.operator.heartbeat();
         }
         let images = self
             .cameras
@@ -270,13 +575,15 @@ impl ControlLoop {
                 r.stats.overruns += 1;
             }
         }
-        // Bring the arm to rest within its acceleration limits before letting go.
+        // How the run stood before the shutdown's own stop.
+        r.stats.estop_latches = r.core.safety.latches();
+        r.stats.final_motion = r.core.safety.motion().name();
+        // Bring the arm to rest within its limits before letting go.
         r.core.safety.estop();
         if let Some(recorder) = &self.recorder {
             recorder.record(LogEvent::Estop { tick: last_tick });
         }
-        let max_rest_ticks = self.params.rate_hz as u64 * 5;
-        for _ in 0..max_rest_ticks {
+        for _ in 0..=r.core.safety.stop_bound_ticks() {
             if r.core.safety.at_rest() {
                 break;
             }
@@ -300,6 +607,19 @@ impl ControlLoop {
             mirror.finish();
         }
         r.stats.inference_errors = self.worker.errors();
+        r.stats.invalid_states = r.core.invalid_states;
+        r.stats.last_invalid_state = r.core.last_invalid.map(|e| e.to_string());
+        r.stats.robot_epochs = r.core.epochs;
+        r.stats.tracking_fault = r.core.tracking_fault;
+        if fault.is_none()
+            && let Some((joint, error)) = r.core.tracking_fault
+        {
+            fault = Some(format!(
+                "joint {} `{}` lagged the command by {error:.4} rad (safety.max_tracking_error): \
+                 blocked or colliding arm?",
+                joint, self.params.joints[joint].name
+            ));
+        }
         let log = self.recorder.take().map(Recorder::finish);
         Ok(RunSummary {
             stats: r.stats,
@@ -323,9 +643,20 @@ impl ControlLoop {
         }
         r.last_tick_ns = Some(t.now_ns + t.lateness_ns);
 
-        // 1. Snapshot sensors.
+        // 1. Snapshot sensors and judge the joint state.
         let state = *self.arm.state.latest();
-        self.operator_requests(r, &state, t);
+        let invalid_before = r.core.invalid_states;
+        r.core.observe(&state, t.now_ns);
+        if r.core.invalid_states != invalid_before
+            && let Some(why) = r.core.last_invalid
+            && r.core.invalid_states.is_power_of_two()
+        {
+            // Rate-limited: the 1st, 2nd, 4th, 8th, ... invalid state.
+            tracing::warn!(
+                "invalid joint state ignored ({} so far): {why}",
+                r.core.invalid_states
+            );
+        }
 
         // 2. A finished chunk, if any (under the simulated clock: exactly when due).
         // While stopping, chunks are left unread: nothing may move the arm again.
@@ -348,6 +679,7 @@ impl ControlLoop {
             let accepted = if done.ok {
                 match r.core.apply_chunk(&done.chunk, t.tick) {
                     Ok(()) => true,
+                    Err(ChunkRejection::Flushed { .. }) => false,
                     Err(rejection) => {
                         tracing::warn!("chunk {} rejected: {rejection}", done.chunk.id);
                         false
@@ -373,6 +705,12 @@ impl ControlLoop {
             if let Some(chunk) = leftover {
                 self.worker.recycle(chunk);
             }
+        }
+
+        // Operator requests after the chunk: a re-arm flushes what arrived with it
+        // (replay applies them in this order too).
+        if !stopping {
+            self.operator_requests(r, &state, t);
         }
 
         // 3. Command through the safety filter.
@@ -405,9 +743,14 @@ impl ControlLoop {
             }));
         }
 
-        // 6. Request inference at the replan point.
-        let fresh = r.core.state_is_fresh(&state, t.now_ns);
-        if !stopping && fresh && !self.worker.in_flight() && r.core.executor.wants_chunk(t.tick) {
+        // 6. Request inference at the replan point, only while following the policy.
+        let moving = r.core.safety.motion() == Motion::Tracking;
+        if !stopping
+            && moving
+            && r.core.state_ok()
+            && !self.worker.in_flight()
+            && r.core.executor.wants_chunk(t.tick)
+        {
             r.obs.tick = t.tick;
             r.obs.stamp_ns = t.now_ns;
             r.obs.joints = state;
@@ -419,32 +762,55 @@ impl ControlLoop {
             }
         }
 
-        if r.core.safety.is_estopped() && !stopping {
-            r.stats.estops = 1;
-        }
         self.publish_status(r, t, stopping);
         Ok(())
     }
 
-    /// Applies an operator's e-stop or re-arm; both are logged so replay sees them.
+    /// Applies operator requests (and the deadman); each is logged with its
+    /// outcome, applied before this tick's step, so replay sees them.
     fn operator_requests(&mut self, r: &mut Running, state: &JointState, t: TickTime) {
-        if self.operator.estop.swap(false, Ordering::AcqRel) {
-            r.core.safety.estop();
-            if let Some(recorder) = &self.recorder {
-                recorder.record(LogEvent::Estop { tick: t.tick });
+        if let Some(timeout) = self.heartbeat_timeout {
+            let last = self.operator.heartbeat_ns.load(Ordering::Acquire);
+            let silent = monotonic_ns().saturating_sub(last);
+            if r.core.safety.motion() == Motion::Tracking && silent > timeout.as_nanos() as u64 {
+                tracing::warn!("operator heartbeat silent for {} ms: stopping", silent / 1_000_000);
+                self.operator.estop.store(true, Ordering::Release);
             }
         }
-        // Re-arming needs a fresh measurement to start from; otherwise it waits.
-        if r.core.state_is_fresh(state, t.now_ns)
-            && self.operator.rearm.swap(false, Ordering::AcqRel)
-        {
-            r.core.start(state.positions());
+        for (request, flag) in [
+            (Request::Estop, &self.operator.estop),
+            (Request::Rearm, &self.operator.rearm),
+            (Request::Resume, &self.operator.resume),
+        ] {
+            // Swapped every tick, so a refused request is forgotten, never applied later.
+            if !flag.swap(false, Ordering::AcqRel) {
+                continue;
+            }
+            let result = r.core.operator(request, state, t.tick);
             if let Some(recorder) = &self.recorder {
-                recorder.record(LogEvent::Start {
-                    joints: state.joints,
-                    position: state.position,
+                recorder.record(match request {
+                    Request::Estop => LogEvent::Estop { tick: t.tick },
+                    _ => LogEvent::Operator {
+                        tick: t.tick,
+                        request: request.code(),
+                        outcome: result.map_or_else(|e| e.code(), |()| 0),
+                    },
                 });
             }
+            match result {
+                Ok(()) => {}
+                Err(refusal) => {
+                    tracing::warn!("{request:?} refused: {refusal}");
+                    r.stats.refusals += 1;
+                    r.stats.last_refusal = Some(refusal);
+                }
+            }
+            let outcome = OperatorOutcome {
+                tick: t.tick,
+                request,
+                result,
+            };
+            self.operator.outcomes.force_push(outcome);
         }
     }
 
@@ -467,6 +833,7 @@ impl ControlLoop {
             r.window_jitter.percentiles(),
             r.window_compute.percentiles(),
         );
+        let motion = r.core.safety.motion();
         let snapshot = StatusSnapshot {
             tick: t.tick,
             elapsed_s: r.started.elapsed().as_secs_f64(),
@@ -480,7 +847,12 @@ impl ControlLoop {
             inference_errors: self.worker.errors(),
             overruns: r.stats.overruns,
             stale_state_ticks: r.stats.stale_state_ticks,
-            estop: r.core.safety.is_estopped() && !stopping,
+            invalid_states: r.core.invalid_states,
+            last_invalid_state: r.core.last_invalid,
+            estop: motion == Motion::Latched && !stopping,
+            hold: motion == Motion::Hold && !stopping,
+            estop_latches: r.core.safety.latches(),
+            last_refusal: r.stats.last_refusal,
             stopping,
         };
         status.publish_with(|slot| *slot = snapshot);
@@ -527,10 +899,22 @@ pub fn replay(header: &LogHeader, records: &[Record]) -> ReplayReport {
             report.first.push(Mismatch { tick, what });
         }
     };
+    // Operator requests act before the step of the tick that follows them.
+    let mut pending: Vec<(Request, Option<u8>)> = Vec::new();
     for record in records {
         match record {
-            Record::Start { joints, position } => core.start(&position[..*joints]),
-            Record::Estop { .. } => core.safety.estop(),
+            Record::Start { joints, position } => {
+                if let Err(e) = core.start(&position[..(*joints).min(MAX_JOINTS)]) {
+                    note(&mut report, 0, format!("cannot arm from the logged start: {e}"));
+                }
+            }
+            Record::Estop { .. } => pending.push((Request::Estop, None)),
+            Record::Operator {
+                request, outcome, ..
+            } => match Request::from_code(*request) {
+                Some(r) => pending.push((r, Some(*outcome))),
+                None => note(&mut report, 0, format!("unknown operator request {request}")),
+            },
             Record::Chunk {
                 tick,
                 accepted,
@@ -551,6 +935,21 @@ pub fn replay(header: &LogHeader, records: &[Record]) -> ReplayReport {
             }
             Record::Tick(logged) => {
                 report.ticks += 1;
+                core.observe(&logged.state, logged.now_ns);
+                for (request, logged_outcome) in pending.drain(..) {
+                    let outcome = core
+                        .operator(request, &logged.state, logged.tick)
+                        .map_or_else(|e| e.code(), |()| 0);
+                    if logged_outcome.is_some_and(|o| o != outcome) {
+                        note(
+                            &mut report,
+                            logged.tick,
+                            format!(
+                                "{request:?}: logged outcome {logged_outcome:?}, replay gives {outcome}"
+                            ),
+                        );
+                    }
+                }
                 let (command, raised) = core.step(logged.tick, logged.now_ns, &logged.state);
                 for j in 0..MAX_JOINTS.min(command.joints.max(logged.command.joints)) {
                     let (a, b) = (logged.command.position[j], command.position[j]);

@@ -17,6 +17,8 @@ pub struct DriverContext {
     pub joints: usize,
     pub robot: String,
     pub key_prefix: String,
+    /// Wire format version of published commands (`zenoh.command_format`).
+    pub command_format: u16,
     /// The run's zenoh session, for drivers that talk over zenoh.
     pub zenoh: Option<zenoh::Session>,
 }

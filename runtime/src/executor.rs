@@ -25,6 +25,10 @@ pub enum ChunkRejection {
         "chunk conditioned on tick {conditioned_on} arrived at tick {now}, older than the active chunk"
     )]
     Stale { conditioned_on: u64, now: u64 },
+    #[error(
+        "chunk conditioned on tick {conditioned_on} was planned before the stop flushed at tick {flushed_at}"
+    )]
+    Flushed { conditioned_on: u64, flushed_at: u64 },
 }
 
 pub struct ChunkExecutor {
@@ -35,6 +39,8 @@ pub struct ChunkExecutor {
     /// Row-major [horizon][dim] of the active chunk.
     points: Vec<f64>,
     chunk_start: Option<u64>,
+    /// Chunks conditioned before this tick were planned before a stop: dropped.
+    not_before: u64,
     anchor: [f64; MAX_JOINTS],
     anchor_tick: f64,
     target: [f64; MAX_JOINTS],
@@ -49,6 +55,7 @@ impl ChunkExecutor {
             replan_after,
             points: vec![0.0; horizon * dim],
             chunk_start: None,
+            not_before: 0,
             anchor: [0.0; MAX_JOINTS],
             anchor_tick: 0.0,
             target: [0.0; MAX_JOINTS],
@@ -59,6 +66,13 @@ impl ChunkExecutor {
     pub fn hold(&mut self, position: &[f64]) {
         self.chunk_start = None;
         self.target[..self.dim].copy_from_slice(&position[..self.dim]);
+    }
+
+    /// Drops the active chunk and every chunk conditioned before `tick` (one in
+    /// flight while the arm stopped, say), and holds `position`.
+    pub fn flush(&mut self, position: &[f64], tick: u64) {
+        self.hold(position);
+        self.not_before = tick;
     }
 
     /// Takes `chunk` as the active chunk at tick `now`.
@@ -76,6 +90,12 @@ impl ChunkExecutor {
         }
         if !chunk.is_finite() {
             return Err(ChunkRejection::NonFinite);
+        }
+        if chunk.conditioned_on_tick < self.not_before {
+            return Err(ChunkRejection::Flushed {
+                conditioned_on: chunk.conditioned_on_tick,
+                flushed_at: self.not_before,
+            });
         }
         if let Some(start) = self.chunk_start
             && chunk.conditioned_on_tick < start
@@ -227,6 +247,20 @@ mod tests {
             ex.accept(&chunk(5, &[1.0, 2.0]), 12),
             Err(ChunkRejection::Stale { .. })
         ));
+    }
+
+    #[test]
+    fn a_flush_drops_chunks_planned_before_it() {
+        let mut ex = ChunkExecutor::new(1, 2, 10.0, 1);
+        ex.hold(&[0.0]);
+        ex.accept(&chunk(0, &[1.0, 2.0]), 1).unwrap();
+        ex.flush(&[0.3], 20);
+        assert_eq!(ex.target(25)[0], 0.3, "holds where it was flushed");
+        assert!(matches!(
+            ex.accept(&chunk(19, &[1.0, 2.0]), 22),
+            Err(ChunkRejection::Flushed { .. })
+        ));
+        ex.accept(&chunk(20, &[1.0, 2.0]), 22).unwrap();
     }
 
     #[test]

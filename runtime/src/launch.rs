@@ -645,18 +645,79 @@ pub struct ActionsConfig {
     pub normalize: Option<Normalization>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+/// The safety filter's settings beyond the joint limits (see the README's Safety
+/// section for the command contract they are part of).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SafetyConfig {
-    /// Latch the e-stop after the joint state has been stale this long, ms.
+    /// Latch the e-stop after the joint state has been stale or invalid this long, ms.
     #[serde(default = "defaults::estop_after_stale_ms")]
     pub estop_after_stale_ms: f64,
+    /// A measured joint up to this far past its position limit (rad) is accepted and
+    /// commanded back inward, slowly; further out is a fault.
+    #[serde(default = "defaults::state_limit_margin")]
+    pub state_limit_margin: f64,
+    /// The speed limit, as a fraction of the joint's, while a joint is brought back
+    /// inside its limits.
+    #[serde(default = "defaults::recovery_velocity_fraction")]
+    pub recovery_velocity_fraction: f64,
+    /// Re-arm is refused while any measured joint moves faster than this, rad/s.
+    #[serde(default = "defaults::rearm_max_velocity")]
+    pub rearm_max_velocity: f64,
+    /// Re-arm is refused when a measured joint is further than this from the held
+    /// command (the arm was moved while stopped), rad.
+    #[serde(default = "defaults::rearm_position_tolerance")]
+    pub rearm_position_tolerance: f64,
+    /// Per joint, rad: the e-stop latches when the measured position is further than
+    /// this from the command (plus the commanded velocity times `tracking_lag_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tracking_error: Option<Vec<f64>>,
+    /// How far the robot is expected to lag the command, ms.
+    #[serde(default = "defaults::tracking_lag_ms")]
+    pub tracking_lag_ms: f64,
+    #[serde(default)]
+    pub operator: OperatorConfig,
 }
 
 impl Default for SafetyConfig {
     fn default() -> Self {
         Self {
             estop_after_stale_ms: defaults::estop_after_stale_ms(),
+            state_limit_margin: defaults::state_limit_margin(),
+            recovery_velocity_fraction: defaults::recovery_velocity_fraction(),
+            rearm_max_velocity: defaults::rearm_max_velocity(),
+            rearm_position_tolerance: defaults::rearm_position_tolerance(),
+            max_tracking_error: None,
+            tracking_lag_ms: defaults::tracking_lag_ms(),
+            operator: OperatorConfig::default(),
+        }
+    }
+}
+
+/// Who may stop, re-arm and resume the arm. Stop is open to everyone (fail safe);
+/// re-arm and resume come from this machine unless remote re-arm is turned on.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// Accept `rearm` / `resume` on the zenoh `control` key. Only together with a
+    /// `zenoh.config_file` that sets up access control (see the README's Security).
+    #[serde(default)]
+    pub zenoh_rearm: bool,
+    /// Deadman: when set, the e-stop latches if no operator heartbeat arrives
+    /// within this many ms (`reflex heartbeat`, or `heartbeat` on `control`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<f64>,
+    /// Read single keys from the run's terminal (s stop, r re-arm, g resume).
+    #[serde(default = "defaults::yes")]
+    pub terminal_keys: bool,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        Self {
+            zenoh_rearm: false,
+            heartbeat_ms: None,
+            terminal_keys: true,
         }
     }
 }
@@ -693,6 +754,10 @@ pub struct ZenohConfig {
     /// How often the status message is published, Hz.
     #[serde(default = "defaults::status_hz")]
     pub status_hz: f64,
+    /// Wire format of published joint commands: 1 (positions) or 2 (positions,
+    /// commanded velocities and accelerations, for a robot-side interpolator).
+    #[serde(default = "defaults::command_format")]
+    pub command_format: u16,
 }
 
 impl Default for ZenohConfig {
@@ -706,6 +771,7 @@ impl Default for ZenohConfig {
             key_prefix: defaults::key_prefix(),
             config_file: None,
             status_hz: defaults::status_hz(),
+            command_format: defaults::command_format(),
         }
     }
 }
@@ -852,6 +918,24 @@ mod defaults {
     }
     pub fn actions_output() -> String {
         "actions".into()
+    }
+    pub fn command_format() -> u16 {
+        1
+    }
+    pub fn state_limit_margin() -> f64 {
+        0.05
+    }
+    pub fn recovery_velocity_fraction() -> f64 {
+        0.1
+    }
+    pub fn rearm_max_velocity() -> f64 {
+        0.05
+    }
+    pub fn rearm_position_tolerance() -> f64 {
+        0.05
+    }
+    pub fn tracking_lag_ms() -> f64 {
+        100.0
     }
     pub fn estop_after_stale_ms() -> f64 {
         500.0
@@ -1171,6 +1255,7 @@ impl Launch {
                 return Err(self.error_at(&format!("robot.joints[{i}].{field}"), message));
             }
         }
+        self.check_safety(&c.safety, joints)?;
         let control = &c.control;
         if !(control.rate_hz.is_finite() && control.rate_hz > 0.0 && control.rate_hz <= 10_000.0) {
             return Err(self.error_at(
@@ -1213,6 +1298,23 @@ impl Launch {
                     format!(
                         "has {} values, expected {joints}",
                         arm.initial_position.len()
+                    ),
+                ));
+            }
+            if let Some((j, p)) = arm
+                .initial_position
+                .iter()
+                .enumerate()
+                .find(|(j, p)| {
+                    let [lo, hi] = c.robot.joints[*j].position;
+                    !(p.is_finite() && **p >= lo && **p <= hi)
+                })
+            {
+                return Err(self.error_at(
+                    &at("initial_position"),
+                    format!(
+                        "joint {j} starts at {p}: must be a finite number inside its limits {:?}",
+                        c.robot.joints[j].position
                     ),
                 ));
             }
@@ -1487,6 +1589,68 @@ impl Launch {
 }
 
 /// False for NaN, zero and negative numbers.
+impl Launch {
+    fn check_safety(&self, safety: &SafetyConfig, joints: usize) -> Result<(), LaunchError> {
+        // (field, value, smallest allowed, largest allowed)
+        let mut bounded = vec![
+            ("estop_after_stale_ms", safety.estop_after_stale_ms, 0.0, 60_000.0),
+            ("state_limit_margin", safety.state_limit_margin, 0.0, 0.5),
+            ("recovery_velocity_fraction", safety.recovery_velocity_fraction, 0.0, 1.0),
+            ("rearm_max_velocity", safety.rearm_max_velocity, 0.0, 10.0),
+            ("rearm_position_tolerance", safety.rearm_position_tolerance, 0.0, 1.0),
+            ("tracking_lag_ms", safety.tracking_lag_ms, 0.0, 10_000.0),
+        ];
+        if let Some(ms) = safety.operator.heartbeat_ms {
+            bounded.push(("operator.heartbeat_ms", ms, 1.0, 600_000.0));
+        }
+        for (field, value, lo, hi) in bounded {
+            // Written so that NaN fails too.
+            if !(value >= lo && value <= hi) {
+                return Err(self.error_at(
+                    &format!("safety.{field}"),
+                    format!("must be a number in [{lo}, {hi}], found {value}"),
+                ));
+            }
+        }
+        if safety.recovery_velocity_fraction == 0.0 {
+            return Err(self.error_at(
+                "safety.recovery_velocity_fraction",
+                "must be above 0 (a joint past its limit could never come back)",
+            ));
+        }
+        if let Some(errors) = &safety.max_tracking_error {
+            if errors.len() != joints {
+                return Err(self.error_at(
+                    "safety.max_tracking_error",
+                    format!("has {} values, expected one per joint ({joints})", errors.len()),
+                ));
+            }
+            if let Some(bad) = errors.iter().find(|e| !(e.is_finite() && **e > 0.0)) {
+                return Err(self.error_at(
+                    "safety.max_tracking_error",
+                    format!("each value must be a positive number of rad, found {bad}"),
+                ));
+            }
+        }
+        let format = self.config.zenoh.command_format;
+        if !(1..=2).contains(&format) {
+            return Err(self.error_at(
+                "zenoh.command_format",
+                format!("must be 1 (positions) or 2 (with velocities and accelerations), found {format}"),
+            ));
+        }
+        if safety.operator.zenoh_rearm && self.config.zenoh.config_file.is_none() {
+            return Err(self.error_at(
+                "safety.operator.zenoh_rearm",
+                "re-arm over zenoh needs zenoh access control: set zenoh.config_file to a \
+                 zenoh config with TLS or user/password authentication and ACL rules \
+                 (see the README's Security section)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn is_positive(x: f64) -> bool {
     x > 0.0
 }

@@ -16,6 +16,7 @@ pub mod launch;
 pub mod log;
 pub mod mailbox;
 pub mod npy;
+pub mod operator;
 pub mod policy;
 pub mod realtime;
 pub mod safety;

@@ -31,6 +31,7 @@ const KIND_START: u8 = 1;
 const KIND_TICK: u8 = 2;
 const KIND_CHUNK: u8 = 3;
 const KIND_ESTOP: u8 = 4;
+const KIND_OPERATOR: u8 = 5;
 const KIND_END: u8 = 0xFF;
 
 /// Everything replay needs to rebuild the tick, plus the launch text for the record.
@@ -47,6 +48,9 @@ pub struct LogHeader {
     pub horizon: usize,
     pub action_rate_hz: f64,
     pub replan_after: usize,
+    /// The safety filter's settings (defaults for logs written before they existed).
+    #[serde(default)]
+    pub safety: crate::launch::SafetyConfig,
     /// The launch file as run (overrides applied).
     pub launch: String,
 }
@@ -81,6 +85,13 @@ pub enum Record {
     Estop {
         tick: u64,
     },
+    /// A re-arm or resume request (`control::Request` code) and its outcome
+    /// (0 accepted, else `safety::Refusal` code), applied before `tick`'s step.
+    Operator {
+        tick: u64,
+        request: u8,
+        outcome: u8,
+    },
     End {
         ticks: u64,
     },
@@ -101,6 +112,11 @@ pub enum LogEvent {
     },
     Estop {
         tick: u64,
+    },
+    Operator {
+        tick: u64,
+        request: u8,
+        outcome: u8,
     },
 }
 
@@ -154,7 +170,7 @@ impl<W: Write> LogWriter<W> {
             Record::Tick(t) => {
                 let n = t.state.joints;
                 b.push(KIND_TICK);
-                for v in [t.tick, t.now_ns, t.state.seq, t.state.stamp_ns] {
+                for v in [t.tick, t.now_ns, t.state.epoch, t.state.seq, t.state.stamp_ns] {
                     b.extend_from_slice(&v.to_le_bytes());
                 }
                 b.extend_from_slice(&(n as u16).to_le_bytes());
@@ -184,6 +200,15 @@ impl<W: Write> LogWriter<W> {
             Record::Estop { tick } => {
                 b.push(KIND_ESTOP);
                 b.extend_from_slice(&tick.to_le_bytes());
+            }
+            Record::Operator {
+                tick,
+                request,
+                outcome,
+            } => {
+                b.push(KIND_OPERATOR);
+                b.extend_from_slice(&tick.to_le_bytes());
+                b.extend_from_slice(&[*request, *outcome]);
             }
             Record::End { ticks } => {
                 b.push(KIND_END);
@@ -284,10 +309,11 @@ pub fn parse_log(bytes: &[u8]) -> Result<(LogHeader, Vec<Record>), LogError> {
                 }
             }
             KIND_TICK => {
-                let (tick, now_ns, seq, stamp_ns) = (c.u64()?, c.u64()?, c.u64()?, c.u64()?);
+                let (tick, now_ns) = (c.u64()?, c.u64()?);
+                let (epoch, seq, stamp_ns) = (c.u64()?, c.u64()?, c.u64()?);
                 let n = c.joints()?;
                 let mut state = JointState::empty(n);
-                (state.seq, state.stamp_ns) = (seq, stamp_ns);
+                (state.epoch, state.seq, state.stamp_ns) = (epoch, seq, stamp_ns);
                 state.position = c.vector(n)?;
                 state.velocity = c.vector(n)?;
                 let mut command = JointCommand::empty(0);
@@ -332,6 +358,11 @@ pub fn parse_log(bytes: &[u8]) -> Result<(LogHeader, Vec<Record>), LogError> {
                 }
             }
             KIND_ESTOP => Record::Estop { tick: c.u64()? },
+            KIND_OPERATOR => Record::Operator {
+                tick: c.u64()?,
+                request: c.u8()?,
+                outcome: c.u8()?,
+            },
             KIND_END => Record::End { ticks: c.u64()? },
             kind => {
                 return Err(LogError::Corrupt {
@@ -415,6 +446,15 @@ impl Recorder {
                                 writer.write(&Record::Start { joints, position })
                             }
                             LogEvent::Estop { tick } => writer.write(&Record::Estop { tick }),
+                            LogEvent::Operator {
+                                tick,
+                                request,
+                                outcome,
+                            } => writer.write(&Record::Operator {
+                                tick,
+                                request,
+                                outcome,
+                            }),
                             LogEvent::Tick(t) => {
                                 ticks += 1;
                                 writer.write(&Record::Tick(t))
@@ -513,6 +553,7 @@ mod tests {
             horizon: 2,
             action_rate_hz: 10.0,
             replan_after: 1,
+            safety: Default::default(),
             launch: "seed = 1".into(),
         }
     }
@@ -552,6 +593,11 @@ mod tests {
                 flags: 1,
             }),
             Record::Estop { tick: 4 },
+            Record::Operator {
+                tick: 5,
+                request: 2,
+                outcome: 4,
+            },
             Record::End { ticks: 1 },
         ]
     }

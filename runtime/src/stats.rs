@@ -70,7 +70,21 @@ pub struct RunStats {
     pub chunks_rejected: u64,
     pub stale_state_ticks: u64,
     pub limited_commands: u64,
-    pub estops: u64,
+    /// How many times the e-stop latched during the run (the shutdown's own
+    /// controlled stop is not counted).
+    pub estop_latches: u64,
+    /// The safety filter's state when the run ended, before the shutdown stop.
+    pub final_motion: &'static str,
+    /// Joint states ignored as invalid (non-finite, out of range, reordered, ...).
+    pub invalid_states: u64,
+    pub last_invalid_state: Option<String>,
+    /// Restarts of the robot's driver seen (new robot epochs).
+    pub robot_epochs: u64,
+    /// The joint and error that latched the e-stop on a tracking error.
+    pub tracking_fault: Option<(usize, f64)>,
+    /// Re-arm / resume requests refused, and the last reason.
+    pub refusals: u64,
+    pub last_refusal: Option<crate::safety::Refusal>,
     pub inference_errors: u64,
 }
 
@@ -111,7 +125,15 @@ pub struct StatusSnapshot {
     pub inference_errors: u64,
     pub overruns: u64,
     pub stale_state_ticks: u64,
+    pub invalid_states: u64,
+    pub last_invalid_state: Option<crate::control::InvalidState>,
+    /// The e-stop is latched.
     pub estop: bool,
+    /// Re-armed and holding, waiting for resume.
+    pub hold: bool,
+    pub estop_latches: u64,
+    /// Why the last re-arm or resume was refused.
+    pub last_refusal: Option<crate::safety::Refusal>,
     /// The run is ending and the arm is being brought to rest.
     pub stopping: bool,
 }
@@ -134,10 +156,16 @@ impl StatusSnapshot {
             if self.stopping {
                 " stopping"
             } else if self.estop {
-                " E-STOP"
+                " E-STOP (r: re-arm)"
+            } else if self.hold {
+                " HOLD (g: resume)"
             } else {
                 ""
             }
-        )
+        ) + &self
+            .last_refusal
+            .filter(|_| self.estop || self.hold)
+            .map(|r| format!(" refused: {r}"))
+            .unwrap_or_default()
     }
 }

@@ -19,7 +19,10 @@ pub fn monotonic_ns() -> u64 {
 /// A measured joint state as an arm driver reports it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct JointState {
-    /// Increases by one per sample; 0 means "no sample yet".
+    /// Identifies one run of the robot's driver (e.g. its start time); a driver
+    /// that restarts picks a larger epoch and may start its `seq` again. 0 = unknown.
+    pub epoch: u64,
+    /// Increases with every sample of an epoch; 0 means "no sample yet".
     pub seq: u64,
     /// Capture time, ns on the run's clock.
     pub stamp_ns: u64,
@@ -31,6 +34,7 @@ pub struct JointState {
 impl JointState {
     pub fn empty(joints: usize) -> Self {
         Self {
+            epoch: 0,
             seq: 0,
             stamp_ns: 0,
             joints,
@@ -59,6 +63,10 @@ pub struct JointCommand {
     pub stamp_ns: u64,
     pub joints: usize,
     pub position: [f64; MAX_JOINTS],
+    /// Commanded velocity, rad/s: the slope the filter moves the command with.
+    pub velocity: [f64; MAX_JOINTS],
+    /// Commanded acceleration, rad/s^2.
+    pub acceleration: [f64; MAX_JOINTS],
 }
 
 impl JointCommand {
@@ -69,6 +77,8 @@ impl JointCommand {
             stamp_ns: 0,
             joints,
             position: [0.0; MAX_JOINTS],
+            velocity: [0.0; MAX_JOINTS],
+            acceleration: [0.0; MAX_JOINTS],
         }
     }
 

@@ -8,7 +8,7 @@
 //! | 4 | 2 | u16 format version (1) |
 //! | 6 | 2 | u16 joint count n |
 //! | 8 | 8 | u64 sequence number (strictly increasing per run) |
-//! | 16 | 8 | u64 tick (commands) or 0 (states) |
+//! | 16 | 8 | u64 tick (commands) or robot epoch (states: 0 = unknown; a restarted robot driver sends a larger one) |
 //! | 24 | 8 | u64 stamp, ns on the run's monotonic clock |
 //! | 32 | 8 | u64 stamp, ns since the Unix epoch (when it was published) |
 //! | 40 | 8n | f64 positions, rad |
@@ -19,6 +19,8 @@ use crate::types::{JointCommand, JointState, MAX_JOINTS};
 pub const COMMAND_MAGIC: [u8; 4] = *b"RFXC";
 pub const STATE_MAGIC: [u8; 4] = *b"RFXS";
 pub const VERSION: u16 = 1;
+/// Commands in version 2 also carry the commanded velocity and acceleration.
+pub const VERSION_WITH_DERIVATIVES: u16 = 2;
 const HEADER: usize = 40;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,9 +41,11 @@ pub enum WireError {
     },
 }
 
+#[allow(clippy::too_many_arguments)]
 fn put_header(
     out: &mut Vec<u8>,
     magic: [u8; 4],
+    version: u16,
     joints: usize,
     seq: u64,
     tick: u64,
@@ -50,18 +54,20 @@ fn put_header(
 ) {
     out.clear();
     out.extend_from_slice(&magic);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(joints as u16).to_le_bytes());
     for field in [seq, tick, stamp_ns, unix_ns] {
         out.extend_from_slice(&field.to_le_bytes());
     }
 }
 
-/// Encodes into `out` (cleared first; reuses its capacity).
-pub fn encode_command(cmd: &JointCommand, unix_ns: u64, out: &mut Vec<u8>) {
+/// Encodes into `out` (cleared first; reuses its capacity) in format `version`
+/// (1: positions; 2: positions, velocities, accelerations).
+pub fn encode_command(cmd: &JointCommand, unix_ns: u64, version: u16, out: &mut Vec<u8>) {
     put_header(
         out,
         COMMAND_MAGIC,
+        version,
         cmd.joints,
         cmd.seq,
         cmd.tick,
@@ -71,15 +77,22 @@ pub fn encode_command(cmd: &JointCommand, unix_ns: u64, out: &mut Vec<u8>) {
     for p in cmd.positions() {
         out.extend_from_slice(&p.to_le_bytes());
     }
+    if version >= VERSION_WITH_DERIVATIVES {
+        let n = cmd.joints;
+        for v in cmd.velocity[..n].iter().chain(&cmd.acceleration[..n]) {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
 }
 
 pub fn encode_state(state: &JointState, unix_ns: u64, out: &mut Vec<u8>) {
     put_header(
         out,
         STATE_MAGIC,
+        VERSION,
         state.joints,
         state.seq,
-        0,
+        state.epoch,
         state.stamp_ns,
         unix_ns,
     );
@@ -89,6 +102,7 @@ pub fn encode_state(state: &JointState, unix_ns: u64, out: &mut Vec<u8>) {
 }
 
 struct Header {
+    version: u16,
     joints: usize,
     seq: u64,
     tick: u64,
@@ -105,7 +119,12 @@ fn read_f64(bytes: &[u8], at: usize) -> f64 {
     f64::from_bits(read_u64(bytes, at))
 }
 
-fn read_header(bytes: &[u8], magic: [u8; 4], vectors: usize) -> Result<Header, WireError> {
+/// `vectors(version)`: how many f64 vectors of n values follow the header.
+fn read_header(
+    bytes: &[u8],
+    magic: [u8; 4],
+    vectors: impl Fn(u16) -> Option<usize>,
+) -> Result<Header, WireError> {
     if bytes.len() < HEADER {
         return Err(WireError::Short(bytes.len()));
     }
@@ -114,9 +133,9 @@ fn read_header(bytes: &[u8], magic: [u8; 4], vectors: usize) -> Result<Header, W
         return Err(WireError::Magic(found));
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    if version != VERSION {
+    let Some(vectors) = vectors(version) else {
         return Err(WireError::Version(version));
-    }
+    };
     let joints = usize::from(u16::from_le_bytes([bytes[6], bytes[7]]));
     if joints > MAX_JOINTS {
         return Err(WireError::TooManyJoints(joints));
@@ -130,6 +149,7 @@ fn read_header(bytes: &[u8], magic: [u8; 4], vectors: usize) -> Result<Header, W
         });
     }
     Ok(Header {
+        version,
         joints,
         seq: read_u64(bytes, 8),
         tick: read_u64(bytes, 16),
@@ -138,19 +158,28 @@ fn read_header(bytes: &[u8], magic: [u8; 4], vectors: usize) -> Result<Header, W
 }
 
 pub fn decode_command(bytes: &[u8]) -> Result<JointCommand, WireError> {
-    let h = read_header(bytes, COMMAND_MAGIC, 1)?;
+    let h = read_header(bytes, COMMAND_MAGIC, |version| match version {
+        VERSION => Some(1),
+        VERSION_WITH_DERIVATIVES => Some(3),
+        _ => None,
+    })?;
     let mut cmd = JointCommand::empty(h.joints);
     (cmd.seq, cmd.tick, cmd.stamp_ns) = (h.seq, h.tick, h.stamp_ns);
-    for j in 0..h.joints {
+    let n = h.joints;
+    for j in 0..n {
         cmd.position[j] = read_f64(bytes, HEADER + 8 * j);
+        if h.version == VERSION_WITH_DERIVATIVES {
+            cmd.velocity[j] = read_f64(bytes, HEADER + 8 * (n + j));
+            cmd.acceleration[j] = read_f64(bytes, HEADER + 8 * (2 * n + j));
+        }
     }
     Ok(cmd)
 }
 
 pub fn decode_state(bytes: &[u8]) -> Result<JointState, WireError> {
-    let h = read_header(bytes, STATE_MAGIC, 2)?;
+    let h = read_header(bytes, STATE_MAGIC, |version| (version == VERSION).then_some(2))?;
     let mut state = JointState::empty(h.joints);
-    (state.seq, state.stamp_ns) = (h.seq, h.stamp_ns);
+    (state.epoch, state.seq, state.stamp_ns) = (h.tick, h.seq, h.stamp_ns);
     for j in 0..h.joints {
         state.position[j] = read_f64(bytes, HEADER + 8 * j);
         state.velocity[j] = read_f64(bytes, HEADER + 8 * (h.joints + j));
@@ -175,12 +204,39 @@ mod tests {
         (cmd.seq, cmd.tick, cmd.stamp_ns) = (7, 9, 11);
         cmd.position[..2].copy_from_slice(&[0.5, -1.25]);
         let mut bytes = Vec::new();
-        encode_command(&cmd, 13, &mut bytes);
+        encode_command(&cmd, 13, VERSION, &mut bytes);
         assert_eq!(bytes.len(), 40 + 16);
         assert_eq!(&bytes[..4], b"RFXC");
         assert_eq!(u64::from_le_bytes(bytes[32..40].try_into().unwrap()), 13);
         assert_eq!(f64::from_le_bytes(bytes[48..56].try_into().unwrap()), -1.25);
         assert_eq!(decode_command(&bytes).unwrap(), cmd);
+    }
+
+    #[test]
+    fn version_2_commands_carry_velocity_and_acceleration() {
+        let mut cmd = JointCommand::empty(2);
+        (cmd.seq, cmd.tick, cmd.stamp_ns) = (7, 9, 11);
+        cmd.position[..2].copy_from_slice(&[0.5, -1.25]);
+        cmd.velocity[..2].copy_from_slice(&[0.1, -0.2]);
+        cmd.acceleration[..2].copy_from_slice(&[3.0, -4.0]);
+        let mut bytes = Vec::new();
+        encode_command(&cmd, 13, VERSION_WITH_DERIVATIVES, &mut bytes);
+        assert_eq!(bytes.len(), 40 + 3 * 16);
+        assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 2);
+        // Velocities after the positions, then accelerations.
+        assert_eq!(f64::from_le_bytes(bytes[64..72].try_into().unwrap()), -0.2);
+        assert_eq!(f64::from_le_bytes(bytes[80..88].try_into().unwrap()), -4.0);
+        assert_eq!(decode_command(&bytes).unwrap(), cmd);
+    }
+
+    #[test]
+    fn states_carry_the_robot_epoch() {
+        let mut state = JointState::empty(1);
+        (state.epoch, state.seq) = (1_700_000_000, 3);
+        let mut bytes = Vec::new();
+        encode_state(&state, 0, &mut bytes);
+        assert_eq!(u64::from_le_bytes(bytes[16..24].try_into().unwrap()), 1_700_000_000);
+        assert_eq!(decode_state(&bytes).unwrap(), state);
     }
 
     #[test]
@@ -197,14 +253,14 @@ mod tests {
     #[test]
     fn malformed_messages_are_errors() {
         let mut bytes = Vec::new();
-        encode_command(&JointCommand::empty(2), 0, &mut bytes);
+        encode_command(&JointCommand::empty(2), 0, VERSION, &mut bytes);
         assert_eq!(decode_command(&bytes[..10]), Err(WireError::Short(10)));
         assert!(matches!(
             decode_command(&bytes[..50]),
             Err(WireError::Length { .. })
         ));
         assert!(matches!(decode_state(&bytes), Err(WireError::Magic(_))));
-        bytes[4] = 2;
-        assert_eq!(decode_command(&bytes), Err(WireError::Version(2)));
+        bytes[4] = 3;
+        assert_eq!(decode_command(&bytes), Err(WireError::Version(3)));
     }
 }

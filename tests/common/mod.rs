@@ -57,7 +57,12 @@ pub fn summary(path: &Path) -> serde_json::Value {
 /// Spawns `reflex` and returns once its stderr has printed a line containing
 /// `ready`; the rest of stderr keeps draining in the background.
 pub fn spawn_until(args: &[String], ready: &str) -> Child {
-    let mut child = reflex()
+    spawn_until_with(reflex(), args, ready)
+}
+
+/// [`spawn_until`] with a prepared command (environment, say).
+pub fn spawn_until_with(mut command: Command, args: &[String], ready: &str) -> Child {
+    let mut child = command
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
