@@ -145,7 +145,7 @@ fn the_demo_policy_reaches_the_target() {
 }
 
 #[test]
-fn an_operator_estop_over_zenoh_stops_the_arm_and_rearm_resumes() {
+fn an_operator_estop_over_zenoh_stops_the_arm_and_local_rearm_and_resume_restart_it() {
     let dir = scratch("e2e-operator");
     let port = free_port();
     let endpoint = format!("tcp/127.0.0.1:{port}");
@@ -154,7 +154,7 @@ fn an_operator_estop_over_zenoh_stops_the_arm_and_rearm_resumes() {
         "run",
         "launch/sim_arm.toml",
         "--duration",
-        "4",
+        "5",
         "--set",
         &format!("zenoh.listen=[\"{endpoint}\"]"),
         "--log",
@@ -164,7 +164,9 @@ fn an_operator_estop_over_zenoh_stops_the_arm_and_rearm_resumes() {
     ]
     .map(String::from)
     .to_vec();
-    let mut child = spawn_until(&args, "reflex: zenoh");
+    let mut command = reflex();
+    command.env("XDG_RUNTIME_DIR", &dir);
+    let mut child = spawn_until_with(command, &args, "reflex: zenoh");
     let session = zenoh_peer(&endpoint);
     std::thread::sleep(Duration::from_millis(1500));
     session
@@ -172,35 +174,46 @@ fn an_operator_estop_over_zenoh_stops_the_arm_and_rearm_resumes() {
         .wait()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1000));
-    session
-        .put("reflex/sim_arm/control", "rearm")
-        .wait()
-        .unwrap();
+    let local = |request: &str| {
+        let out = reflex()
+            .env("XDG_RUNTIME_DIR", &dir)
+            .args([request, "--robot", "sim_arm"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    };
+    local("rearm");
+    std::thread::sleep(Duration::from_millis(300));
+    local("resume");
     assert!(child.wait().unwrap().success());
 
     let summary = summary(&summary_path);
     assert_eq!(summary["estop"], true, "{summary}");
+    assert_eq!(summary["final_state"], "running", "{summary}");
     let (header, records) = reflex_runtime::log::read_log(&log).unwrap();
     use reflex_runtime::log::Record;
     let estop_at = records
         .iter()
         .position(|r| matches!(r, Record::Estop { .. }))
         .expect("operator e-stop logged");
-    let rearm_at = records
-        .iter()
-        .rposition(|r| matches!(r, Record::Start { .. }))
-        .unwrap();
-    assert!(rearm_at > estop_at, "re-arm logged after the e-stop");
-    let chunks_after = records[rearm_at..]
+    let operator = |code: u8| {
+        records
+            .iter()
+            .position(|r| matches!(r, Record::Operator { request, outcome: 0, .. } if *request == code))
+            .expect("accepted operator request logged")
+    };
+    let (rearm_at, resume_at) = (operator(2), operator(3));
+    assert!(estop_at < rearm_at && rearm_at < resume_at, "logged in order");
+    let chunks_after = records[resume_at..]
         .iter()
         .filter(|r| matches!(r, Record::Chunk { accepted: true, .. }))
         .count();
     assert!(
         chunks_after > 0,
-        "the policy drives the arm again after re-arm"
+        "the policy drives the arm again after resume"
     );
-    // While e-stopped the command comes to rest and holds.
-    let held: Vec<_> = records[estop_at..rearm_at]
+    // From the e-stop until the resume the command comes to rest and holds.
+    let held: Vec<_> = records[estop_at..resume_at]
         .iter()
         .filter_map(|r| {
             if let Record::Tick(t) = r {
@@ -214,7 +227,7 @@ fn an_operator_estop_over_zenoh_stops_the_arm_and_rearm_resumes() {
     assert_eq!(
         held[held.len() - 1],
         held[held.len() - 2],
-        "at rest before re-arm"
+        "at rest before resume"
     );
     let report = reflex_runtime::control::replay(&header, &records);
     assert!(report.identical(), "{report:?}");

@@ -365,3 +365,28 @@ fn a_rearm_while_the_robot_is_silent_is_refused_and_never_fires_later() {
         "the command never followed the robot's new position"
     );
 }
+
+#[test]
+fn the_deadman_stops_the_arm_when_the_operator_heartbeat_stops() {
+    let port = free_port();
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let dir = private_dir("safety-deadman");
+    let mut child = start_run(
+        "launch/sim_arm.toml",
+        &endpoint,
+        &dir,
+        &["--duration", "5", "--set", "safety.operator.heartbeat_ms=1000"],
+    );
+    let tap = CommandTap::start(&endpoint, "sim_arm");
+    // Heartbeats for 2 s keep it running; then the operator goes quiet.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        assert!(operator(&dir, "sim_arm", "heartbeat").contains("heartbeat: ok"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(child.wait().unwrap().success());
+    let summary = summary(&dir.join("summary.json"));
+    assert_eq!(summary["estop_latches"], 1, "{summary}");
+    assert_eq!(summary["final_state"], "e-stop latched", "{summary}");
+    assert_commands_safe(&tap.commands(), &limits("launch/sim_arm.toml"), 0.01);
+}

@@ -122,6 +122,9 @@ impl Driver for ZenohArm {
         };
         let publisher = session
             .declare_publisher(self.command_key.clone())
+            // Every command reaches the robot; only the publisher thread waits.
+            .congestion_control(zenoh::qos::CongestionControl::Block)
+            .express(true)
             .wait()
             .map_err(|e| self.zenoh(e))?;
         let stop = self.stop.clone();

@@ -99,5 +99,39 @@ fn bench_tick(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_tick);
+/// Per-tick timings of `TickCore::observe` + `step` on a moving 7-joint arm, as a
+/// distribution (criterion reports means; the loop's budget is about the tail).
+fn tick_percentiles(_: &mut Criterion) {
+    let joints = 7;
+    let p = params(joints);
+    let mut core = TickCore::new(&p);
+    let mut state = JointState::empty(joints);
+    state.seq = 1;
+    core.start(state.positions()).expect("a valid start");
+    let mut samples = Vec::with_capacity(200_000);
+    for tick in 1..=200_000u64 {
+        if tick % 50 == 1 {
+            core.apply_chunk(&chunk(tick, joints), tick).unwrap();
+        }
+        state.seq += 1;
+        state.stamp_ns = tick * 1_000_000;
+        let started = std::time::Instant::now();
+        core.observe(black_box(&state), tick * 1_000_000);
+        black_box(core.step(tick, tick * 1_000_000, black_box(&state)));
+        samples.push(started.elapsed().as_nanos() as u64);
+        state.position = core.safety.command();
+    }
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize] as f64 / 1e3;
+    println!(
+        "tick_core (observe + step), 7 joints, {} ticks: p50 {:.2} us, p99 {:.2} us, p99.9 {:.2} us, max {:.2} us",
+        samples.len(),
+        at(0.5),
+        at(0.99),
+        at(0.999),
+        at(1.0)
+    );
+}
+
+criterion_group!(benches, bench_tick, tick_percentiles);
 criterion_main!(benches);

@@ -107,10 +107,14 @@ impl Bus {
         let command_pub = self
             .session
             .declare_publisher(self.key("joint_commands"))
+            // Every command reaches a connected subscriber; only this thread waits.
+            .congestion_control(zenoh::qos::CongestionControl::Block)
+            .express(true)
             .wait()?;
         let state_pub = self
             .session
             .declare_publisher(self.key("joint_states"))
+            .congestion_control(zenoh::qos::CongestionControl::Block)
             .wait()?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {

@@ -985,3 +985,87 @@ pub fn replay(header: &LogHeader, records: &[Record]) -> ReplayReport {
     }
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launch::JointConfig;
+
+    fn core() -> TickCore {
+        let joint = JointConfig {
+            name: "j".into(),
+            position: [-1.0, 1.0],
+            velocity: 1.0,
+            acceleration: 5.0,
+            jerk: None,
+        };
+        let mut core = TickCore::new(&TickParams {
+            joints: vec![joint],
+            rate_hz: 100.0,
+            max_state_age_ms: 50.0,
+            estop_after_stale_ms: 200.0,
+            horizon: 2,
+            action_rate_hz: 10.0,
+            replan_after: 1,
+            safety: SafetyConfig::default(),
+        });
+        core.start(&[0.0]).unwrap();
+        core
+    }
+
+    fn state(epoch: u64, seq: u64, stamp_ns: u64, position: f64) -> JointState {
+        let mut s = JointState::empty(1);
+        (s.epoch, s.seq, s.stamp_ns, s.position[0]) = (epoch, seq, stamp_ns, position);
+        s
+    }
+
+    #[test]
+    fn states_are_judged_valid_fresh_and_in_order() {
+        let mut core = core();
+        assert!(core.observe(&state(1, 5, 100, 0.1), 100));
+        assert!(!core.observe(&state(1, 4, 200, 0.1), 200), "older seq: replayed");
+        assert!(matches!(core.last_invalid, Some(InvalidState::Reordered { .. })));
+        assert!(!core.observe(&state(1, 6, 50, 0.1), 200), "older stamp");
+        assert!(!core.observe(&state(1, 7, 300, f64::NAN), 300));
+        assert!(!core.observe(&state(1, 8, 300, 1.2), 300), "beyond the margin");
+        assert!(core.observe(&state(1, 9, 300, 1.01), 300), "within the margin");
+        assert_eq!(core.invalid_states, 4);
+        // The same invalid sample seen on many ticks counts once.
+        assert!(!core.observe(&state(1, 8, 300, 1.2), 310));
+        assert!(!core.observe(&state(1, 8, 300, 1.2), 320));
+        assert_eq!(core.invalid_states, 5);
+        // A restarted robot driver: a larger epoch with seq from 1 is accepted.
+        assert!(core.observe(&state(2, 1, 400, 0.1), 400));
+        assert_eq!(core.epochs, 1);
+        assert!(!core.observe(&state(1, 50, 500, 0.1), 500), "the old epoch is over");
+        // Valid but old: not fresh.
+        assert!(!core.observe(&state(2, 2, 400, 0.1), 400 + 60_000_000));
+    }
+
+    #[test]
+    fn rearm_and_resume_flush_what_was_planned_before() {
+        let mut core = core();
+        let s = state(1, 1, 0, 0.0);
+        core.observe(&s, 0);
+        let mut chunk = ActionChunk::zeros(2, 1);
+        chunk.actions.copy_from_slice(&[0.5, 0.5]);
+        core.apply_chunk(&chunk, 1).unwrap();
+        core.operator(Request::Estop, &s, 2).unwrap();
+        for tick in 2..100 {
+            core.observe(&state(1, tick, tick * 10_000_000, core.safety.command()[0]), tick * 10_000_000);
+            core.step(tick, tick * 10_000_000, &s);
+        }
+        let s = state(1, 100, 1_000_000_000, core.safety.command()[0]);
+        core.observe(&s, 1_000_000_000);
+        assert_eq!(core.operator(Request::Resume, &s, 100), Err(Refusal::NotHolding));
+        core.operator(Request::Rearm, &s, 100).unwrap();
+        // A chunk that was in flight during the stop is dropped.
+        chunk.conditioned_on_tick = 50;
+        assert!(matches!(
+            core.apply_chunk(&chunk, 101),
+            Err(ChunkRejection::Flushed { .. })
+        ));
+        core.operator(Request::Resume, &s, 102).unwrap();
+        assert_eq!(core.safety.motion(), Motion::Tracking);
+    }
+}
