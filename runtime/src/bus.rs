@@ -65,6 +65,48 @@ pub fn zenoh_config(cfg: &ZenohConfig, base_dir: &Path) -> Result<zenoh::Config,
     Ok(config)
 }
 
+/// Checks that `key` is a zenoh key expression that names keys exactly: valid for
+/// zenoh (no empty chunk, no trailing `/`, canonical) and free of wildcards (`*`,
+/// `**`, `$*`), so that a publisher cannot fan out over keys it does not own.
+pub fn check_exact_key(key: &str) -> Result<(), String> {
+    let parsed = zenoh::key_expr::keyexpr::new(key)
+        .map_err(|e: zenoh::Error| format!("`{key}` is not a valid zenoh key expression: {e}"))?;
+    if parsed.as_str().contains('*') {
+        return Err(format!(
+            "`{key}` contains a wildcard (`*`, `**` or `$*`); name the keys exactly"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a `listen` / `connect` endpoint the way zenoh parses it
+/// (`<protocol>/<address>[?<metadata>][#<config>]`), and for the IP transports that
+/// the address is `host:port` with a port in 0..=65535 (without resolving the host).
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let parsed: zenoh::config::EndPoint = endpoint
+        .parse()
+        .map_err(|e: zenoh::Error| format!("`{endpoint}` is not a zenoh endpoint: {e}"))?;
+    let protocol = parsed.protocol();
+    let address = parsed.address();
+    if matches!(
+        protocol.as_str(),
+        "tcp" | "udp" | "tls" | "quic" | "ws" | "quic_datagram"
+    ) {
+        let (host, port) = address.as_str().rsplit_once(':').ok_or_else(|| {
+            format!("`{endpoint}`: the address must be host:port, e.g. tcp/127.0.0.1:7447")
+        })?;
+        if host.is_empty() {
+            return Err(format!("`{endpoint}`: the address has no host"));
+        }
+        if port.parse::<u16>().is_err() {
+            return Err(format!(
+                "`{endpoint}`: port `{port}` is not a number in 0..=65535"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod control;
 pub mod driver;
 pub mod executor;
+pub mod files;
 pub mod launch;
 pub mod log;
 pub mod mailbox;
