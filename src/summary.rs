@@ -96,6 +96,11 @@ impl<'a> Report<'a> {
             s.stale_state_ticks,
             if s.estops > 0 { "LATCHED" } else { "no" }
         );
+        let _ = writeln!(
+            out,
+            "  messages           dropped commands {}, dropped bus messages {}, refused from the robot {}",
+            s.dropped_commands, s.dropped_bus_messages, s.bad_robot_messages
+        );
         if let (Some(path), Some(log)) = (self.log, &self.run.log) {
             let state = match &log.error {
                 Some(e) => format!("INCOMPLETE: {e}"),
@@ -154,6 +159,9 @@ impl<'a> Report<'a> {
             "limited_commands": s.limited_commands,
             "stale_state_ticks": s.stale_state_ticks,
             "estop": s.estops > 0,
+            "dropped_commands": s.dropped_commands,
+            "dropped_bus_messages": s.dropped_bus_messages,
+            "bad_robot_messages": s.bad_robot_messages,
             "log": self.run.log.as_ref().map(|l| json!({"records": l.records, "dropped": l.dropped, "error": l.error})),
             "tasks": self.run.task.iter().map(|t| json!({
                 "task": t.task,

@@ -5,6 +5,10 @@
 //! States are stamped on arrival with this machine's monotonic clock, so the
 //! watchdog measures how long ago the robot was last heard from, independent of
 //! the robot's own clock.
+//!
+//! Bad messages (undecodable, wrong number of joints) are counted for the run
+//! summary and logged rate-limited: a peer flooding the state key cannot flood the
+//! log, and no log line carries more than a short excerpt of a message.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,6 +18,7 @@ use std::time::Duration;
 use reflex_runtime::driver::{ArmPorts, Driver, DriverContext, DriverError, DriverPorts};
 use reflex_runtime::launch::ZenohArmConfig;
 use reflex_runtime::mailbox::Mailbox;
+use reflex_runtime::ratelimit::{WarnLimiter, suppressed_note};
 use reflex_runtime::slot::latest_slot;
 use reflex_runtime::types::{JointCommand, JointState, monotonic_ns};
 use reflex_runtime::wire;
@@ -25,6 +30,7 @@ pub struct ZenohArm {
     command_key: String,
     commands: Option<Arc<Mailbox<JointCommand>>>,
     subscriber: Option<zenoh::pubsub::Subscriber<()>>,
+    bad_states: Arc<WarnLimiter>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -37,6 +43,7 @@ impl ZenohArm {
             command_key: String::new(),
             commands: None,
             subscriber: None,
+            bad_states: Arc::new(WarnLimiter::for_network()),
             stop: Arc::new(AtomicBool::new(false)),
             thread: None,
         }
@@ -79,24 +86,31 @@ impl Driver for ZenohArm {
         let writer = Mutex::new(writer);
         let joints = ctx.joints;
         let driver = self.cfg.name.clone();
+        let bad_states = self.bad_states.clone();
         let subscriber = session
             .declare_subscriber(state_key.clone())
-            .callback(
-                move |sample| match wire::decode_state(&sample.payload().to_bytes()) {
+            .callback(move |sample| {
+                let payload = sample.payload().to_bytes();
+                let problem = match wire::decode_state(&payload) {
                     Ok(mut state) if state.joints == joints => {
                         state.stamp_ns = monotonic_ns();
                         writer
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
                             .publish_with(|slot| *slot = state);
+                        return;
                     }
-                    Ok(state) => tracing::warn!(
-                        "{driver}: state with {} joints, expected {joints}",
-                        state.joints
-                    ),
-                    Err(e) => tracing::warn!("{driver}: undecodable joint state: {e}"),
-                },
-            )
+                    Ok(state) => format!("state with {} joints, expected {joints}", state.joints),
+                    Err(e) => format!("undecodable joint state ({} bytes): {e}", payload.len()),
+                };
+                if let Some(suppressed) = bad_states.hit() {
+                    tracing::warn!(
+                        "{driver}: {problem}; {} bad states so far{}",
+                        bad_states.total(),
+                        suppressed_note(suppressed)
+                    );
+                }
+            })
             .wait()
             .map_err(|e| self.zenoh(e))?;
         let commands = Mailbox::new(64);
@@ -108,6 +122,7 @@ impl Driver for ZenohArm {
                 state: reader,
                 commands,
                 on_zenoh: true,
+                bad_messages: self.bad_states.counter(),
             }),
             cameras: Vec::new(),
         })
@@ -152,6 +167,14 @@ impl Driver for ZenohArm {
         }
         if let Some(subscriber) = self.subscriber.take() {
             let _ = subscriber.undeclare().wait();
+        }
+        let bad = self.bad_states.total();
+        if bad > 0 {
+            tracing::warn!(
+                "{}: {bad} bad joint states in total{}",
+                self.cfg.name,
+                suppressed_note(self.bad_states.suppressed())
+            );
         }
         Ok(())
     }

@@ -21,23 +21,22 @@ pub const MAX_DATA_BYTES: u64 = 256 << 20;
 /// Launch files, `processor_config.json`, zenoh config files.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
+/// Why a file cannot be read; displays as `PATH: reason`.
 #[derive(Debug, thiserror::Error)]
+#[error("{}: {}", self.path().display(), self.reason())]
 pub enum FileError {
-    #[error("{}: not found", path.display())]
-    NotFound { path: PathBuf },
-    #[error("{}: not a regular file (it is {kind})", path.display())]
-    NotRegular { path: PathBuf, kind: &'static str },
-    #[error(
-        "{}: {size} bytes, more than the limit of {} for this kind of file",
-        path.display(),
-        human(*limit)
-    )]
+    NotFound {
+        path: PathBuf,
+    },
+    NotRegular {
+        path: PathBuf,
+        kind: &'static str,
+    },
     TooLarge {
         path: PathBuf,
         size: u64,
         limit: u64,
     },
-    #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -46,6 +45,28 @@ pub enum FileError {
 }
 
 impl FileError {
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::NotFound { path }
+            | Self::NotRegular { path, .. }
+            | Self::TooLarge { path, .. }
+            | Self::Io { path, .. } => path,
+        }
+    }
+
+    /// What is wrong, without the path (for messages that name it already).
+    pub fn reason(&self) -> String {
+        match self {
+            Self::NotFound { .. } => "not found".into(),
+            Self::NotRegular { kind, .. } => format!("not a regular file (it is {kind})"),
+            Self::TooLarge { size, limit, .. } => format!(
+                "{size} bytes, more than the limit of {} for this kind of file",
+                human(*limit)
+            ),
+            Self::Io { source, .. } => source.to_string(),
+        }
+    }
+
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::NotFound { .. })
     }

@@ -949,10 +949,7 @@ impl Launch {
                     crate::files::human(limit)
                 ),
                 crate::files::FileError::NotFound { .. } => "launch file not found".into(),
-                crate::files::FileError::NotRegular { kind, .. } => {
-                    format!("not a regular file (it is {kind})")
-                }
-                other => format!("cannot read launch file: {other}"),
+                other => format!("cannot read launch file: {}", other.reason()),
             };
             LaunchError {
                 file: origin.clone(),
@@ -1061,7 +1058,11 @@ impl Launch {
         let from_override = self
             .overrides
             .iter()
-            .find(|(key, _)| field == key || field.starts_with(&format!("{key}.")))
+            .find(|(key, _)| {
+                field == key
+                    || field.starts_with(&format!("{key}."))
+                    || field.starts_with(&format!("{key}["))
+            })
             .map(|(key, value)| format!("{key}={value}"));
         let (line, column) = toml_edit::Document::parse(self.text.as_str())
             .ok()
@@ -1150,16 +1151,7 @@ impl Launch {
             let problem = match crate::files::check_regular(&path, limit) {
                 Ok(_) => continue,
                 Err(FileError::NotFound { .. }) => format!("{what} not found: {}", path.display()),
-                Err(FileError::NotRegular { kind, .. }) => format!(
-                    "{what} {} is not a regular file (it is {kind})",
-                    path.display()
-                ),
-                Err(FileError::TooLarge { size, limit, .. }) => format!(
-                    "{what} {} is {size} bytes, more than the limit of {}",
-                    path.display(),
-                    crate::files::human(limit)
-                ),
-                Err(e) => format!("cannot read {what}: {e}"),
+                Err(e) => format!("{what} {e}"),
             };
             return Err(self.error_at(&format!("{}.{field}", common.table), problem));
         }

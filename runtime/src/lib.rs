@@ -18,6 +18,7 @@ pub mod log;
 pub mod mailbox;
 pub mod npy;
 pub mod policy;
+pub mod ratelimit;
 pub mod realtime;
 pub mod safety;
 pub mod slot;
