@@ -142,13 +142,19 @@ impl Driver for ZenohArm {
             .name(format!("reflex-zenoh-{name}"))
             .spawn(move || {
                 let mut buf = Vec::with_capacity(512);
+                let failures = WarnLimiter::for_network();
                 while !stop.load(Ordering::Acquire) || !commands.is_empty() {
                     let Some(cmd) = commands.recv_timeout(Duration::from_millis(20)) else {
                         continue;
                     };
                     wire::encode_command(&cmd, wire::unix_ns(), &mut buf);
-                    if let Err(e) = publisher.put(buf.clone()).wait() {
-                        tracing::warn!("{name}: publishing command failed: {e}");
+                    if let Err(e) = publisher.put(buf.clone()).wait()
+                        && let Some(left_out) = failures.hit()
+                    {
+                        tracing::warn!(
+                            "{name}: publishing command failed: {e}{}",
+                            suppressed_note(left_out)
+                        );
                     }
                 }
             })

@@ -16,6 +16,7 @@ use zenoh::Wait;
 use crate::control::OperatorRequests;
 use crate::launch::{ZenohConfig, ZenohMode};
 use crate::mailbox::Mailbox;
+use crate::ratelimit::{WarnLimiter, suppressed_note};
 use crate::slot::SlotReader;
 use crate::stats::StatusSnapshot;
 use crate::types::{JointCommand, JointState};
@@ -161,18 +162,30 @@ impl Bus {
                 .name("reflex-bus".into())
                 .spawn(move || {
                     let mut buf = Vec::with_capacity(1024);
+                    // A failing session fails every put: one line per few seconds.
+                    let failures = WarnLimiter::for_network();
                     loop {
                         let stopping = stop.load(Ordering::Acquire);
                         while let Some(state) = states.try_recv() {
                             wire::encode_state(&state, wire::unix_ns(), &mut buf);
-                            if let Err(e) = state_pub.put(buf.clone()).wait() {
-                                tracing::warn!("publishing joint state failed: {e}");
+                            if let Err(e) = state_pub.put(buf.clone()).wait()
+                                && let Some(left_out) = failures.hit()
+                            {
+                                tracing::warn!(
+                                    "publishing joint state failed: {e}{}",
+                                    suppressed_note(left_out)
+                                );
                             }
                         }
                         while let Some(cmd) = commands.try_recv() {
                             wire::encode_command(&cmd, wire::unix_ns(), &mut buf);
-                            if let Err(e) = command_pub.put(buf.clone()).wait() {
-                                tracing::warn!("publishing joint command failed: {e}");
+                            if let Err(e) = command_pub.put(buf.clone()).wait()
+                                && let Some(left_out) = failures.hit()
+                            {
+                                tracing::warn!(
+                                    "publishing joint command failed: {e}{}",
+                                    suppressed_note(left_out)
+                                );
                             }
                         }
                         if stopping {
@@ -275,7 +288,13 @@ impl StatusThread {
         publisher: Option<zenoh::pubsub::Publisher<'static>>,
     ) -> Result<Self, BusError> {
         let stop = Arc::new(AtomicBool::new(false));
-        let period = Duration::from_secs_f64(1.0 / hz.clamp(0.1, 100.0));
+        // Launch files are validated; this guards other callers (NaN would panic).
+        let hz = if hz.is_finite() {
+            hz.clamp(0.1, 100.0)
+        } else {
+            10.0
+        };
+        let period = Duration::from_secs_f64(1.0 / hz);
         let tty = std::io::stderr().is_terminal();
         let thread = {
             let stop = stop.clone();

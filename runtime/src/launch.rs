@@ -35,6 +35,8 @@ pub const MAX_ACTION_DIM: usize = 4096;
 pub const MAX_FAST_TOKENS: usize = 65_536;
 /// Height and width a camera image is resized to.
 pub const MAX_IMAGE_SIDE: usize = 4096;
+/// Robot, joint, driver and camera names.
+pub const MAX_NAME_BYTES: usize = 128;
 /// `zenoh.status_hz`, Hz.
 pub const STATUS_HZ_RANGE: (f64, f64) = (0.1, 100.0);
 
@@ -1240,6 +1242,28 @@ impl Launch {
                 "must be non-empty and usable in a zenoh key (no / * $ ? #)",
             ));
         }
+        // Names end up in zenoh keys, thread names and log lines.
+        let names = std::iter::once(("robot.name".to_string(), &c.robot.name))
+            .chain(
+                (c.robot.joints.iter().enumerate())
+                    .map(|(i, j)| (format!("robot.joints[{i}].name"), &j.name)),
+            )
+            .chain(
+                (c.drivers.sim_arm.iter().enumerate())
+                    .map(|(i, d)| (format!("drivers.sim_arm[{i}].name"), &d.name)),
+            )
+            .chain(
+                (c.drivers.zenoh_arm.iter().enumerate())
+                    .map(|(i, d)| (format!("drivers.zenoh_arm[{i}].name"), &d.name)),
+            );
+        for (field, name) in names {
+            if name.chars().any(char::is_control) || name.len() > MAX_NAME_BYTES {
+                return Err(self.error_at(
+                    &field,
+                    format!("must be at most {MAX_NAME_BYTES} bytes without control characters"),
+                ));
+            }
+        }
         let joints = c.robot.joints.len();
         if joints == 0 || joints > crate::MAX_JOINTS {
             return Err(self.error_at(
@@ -1406,8 +1430,14 @@ impl Launch {
                         format!("must be in (0, {MAX_CAMERA_FPS}], found {}", camera.fps),
                     ));
                 }
-                if camera.name.is_empty() {
-                    return Err(self.error_at(&at("camera.name"), "must not be empty"));
+                if camera.name.is_empty()
+                    || camera.name.len() > MAX_NAME_BYTES
+                    || camera.name.chars().any(char::is_control)
+                {
+                    return Err(self.error_at(
+                        &at("camera.name"),
+                        format!("must be 1 to {MAX_NAME_BYTES} bytes without control characters"),
+                    ));
                 }
             }
         }
@@ -2255,6 +2285,12 @@ mod tests {
             "{err}"
         );
         rejected_at(&["robot.joints[0].name=\"\""], "robot.joints[0].name");
+        // A NUL in a driver name used to panic when its thread was named.
+        rejected_at(
+            &["drivers.sim_arm[0].name=\"arm\\u0000\""],
+            "drivers.sim_arm[0].name",
+        );
+        rejected_at(&["robot.joints[1].name=\"a\\nb\""], "robot.joints[1].name");
     }
 
     #[test]
