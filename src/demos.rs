@@ -24,13 +24,34 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 40)]
     steps: usize,
     /// Expert joint speed, rad/s.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = positive)]
     speed: f64,
     /// Uniform noise added to executed actions, rad (widens the visited states).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = non_negative)]
     noise: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+fn number(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() => Ok(x),
+        _ => Err(format!("`{text}` is not a finite number")),
+    }
+}
+
+fn positive(text: &str) -> Result<f64, String> {
+    number(text).and_then(|x| match x > 0.0 {
+        true => Ok(x),
+        false => Err(format!("must be positive, found {text}")),
+    })
+}
+
+fn non_negative(text: &str) -> Result<f64, String> {
+    number(text).and_then(|x| match x >= 0.0 {
+        true => Ok(x),
+        false => Err(format!("must be zero or positive, found {text}")),
+    })
 }
 
 pub fn record(args: DemoArgs) -> anyhow::Result<()> {

@@ -58,11 +58,18 @@ fn read_input(path: Option<&Path>) -> anyhow::Result<Value> {
     let mut text = String::new();
     match path {
         Some(p) => {
-            text = std::fs::read_to_string(p)
+            text = reflex_runtime::files::read_to_string(p, reflex_runtime::files::MAX_DATA_BYTES)
                 .with_context(|| format!("cannot read {}", p.display()))?
         }
         None => {
-            std::io::stdin().read_to_string(&mut text)?;
+            let limit = reflex_runtime::files::MAX_DATA_BYTES;
+            std::io::stdin().take(limit + 1).read_to_string(&mut text)?;
+            if text.len() as u64 > limit {
+                anyhow::bail!(
+                    "standard input is larger than the limit of {}",
+                    reflex_runtime::files::human(limit)
+                );
+            }
         }
     }
     serde_json::from_str(&text).context("input is not JSON")

@@ -18,6 +18,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use reflex_runtime::files;
 use reflex_runtime::launch::{Launch, ObservationSource, TensorDtype};
 use reflex_runtime::npy::{self, NpyArray, NpyData};
 use reflex_runtime::types::{ActionChunk, Image, JointState, Observation};
@@ -209,15 +210,25 @@ fn read_arrays(path: &Path) -> anyhow::Result<Vec<(String, NpyArray)>> {
     match ext {
         "npy" => Ok(vec![("joint_positions".into(), npy::read(path)?)]),
         "npz" => {
-            let file = std::fs::File::open(path)?;
+            let (file, _) = files::open_regular(path, files::MAX_DATA_BYTES)?;
             let mut archive = zip::ZipArchive::new(file)
                 .with_context(|| format!("{}: not an .npz archive", path.display()))?;
             let mut arrays = Vec::new();
             for i in 0..archive.len() {
                 let mut entry = archive.by_index(i)?;
                 let name = entry.name().trim_end_matches(".npy").to_string();
-                let mut bytes = Vec::with_capacity(entry.size() as usize);
-                entry.read_to_end(&mut bytes)?;
+                // The archive's own size claims are not trusted: read at most the cap.
+                let mut bytes = Vec::new();
+                (&mut entry)
+                    .take(files::MAX_DATA_BYTES + 1)
+                    .read_to_end(&mut bytes)?;
+                if bytes.len() as u64 > files::MAX_DATA_BYTES {
+                    bail!(
+                        "{}: entry `{name}` is larger than the limit of {}",
+                        path.display(),
+                        files::human(files::MAX_DATA_BYTES)
+                    );
+                }
                 let array = npy::parse(&bytes)
                     .map_err(|e| anyhow::anyhow!("{}: entry `{name}`: {e}", path.display()))?;
                 arrays.push((name, array));
@@ -233,7 +244,7 @@ fn read_arrays(path: &Path) -> anyhow::Result<Vec<(String, NpyArray)>> {
                 #[serde(default)]
                 images: std::collections::BTreeMap<String, PathBuf>,
             }
-            let text = std::fs::read_to_string(path)?;
+            let text = files::read_to_string(path, files::MAX_DATA_BYTES)?;
             let parsed: JsonObservation = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not an observation", path.display()))?;
             let vector = |values: Vec<f64>| NpyArray {

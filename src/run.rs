@@ -26,8 +26,8 @@ use reflex_runtime::types::{Image, JointState, Observation};
 pub struct RunArgs {
     /// Launch file (default: the embedded launch/sim_arm.toml).
     launch: Option<PathBuf>,
-    /// Stop after this many seconds (default: run until Ctrl-C).
-    #[arg(long)]
+    /// Stop after this many seconds (default: run until Ctrl-C); at most a year.
+    #[arg(long, value_parser = parse_duration, allow_negative_numbers = true)]
     duration: Option<f64>,
     /// Seed for every random choice (overrides the launch file's `seed`).
     #[arg(long)]
@@ -45,6 +45,25 @@ pub struct RunArgs {
     /// Override a launch-file field: `--set control.rate_hz=200` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+}
+
+/// The longest `--duration`, s (a year); longer runs leave it out.
+pub const MAX_DURATION_S: f64 = 365.0 * 24.0 * 3600.0;
+
+/// `--duration`: a positive, finite number of seconds up to [`MAX_DURATION_S`]
+/// (clap reports anything else as a usage error, exit 2).
+pub fn parse_duration(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if seconds > 0.0 && seconds <= MAX_DURATION_S {
+        Ok(seconds)
+    } else {
+        Err(format!(
+            "must be a number of seconds in (0, {MAX_DURATION_S}] (leave it out to run until Ctrl-C), found {text}"
+        ))
+    }
 }
 
 /// Set by SIGINT/SIGTERM; the loop brings the arm to rest and the run ends cleanly.
@@ -90,7 +109,14 @@ impl Assembled {
             socket,
             keys,
         } = self;
-        let summary = std::thread::Builder::new()
+        // The loop owns its mailboxes; keep handles to read their drop counts after.
+        let arm_commands = control.arm.commands.clone();
+        let bad_messages = control.arm.bad_messages.clone();
+        let mirror = control
+            .mirror
+            .as_ref()
+            .map(|m| (m.commands.clone(), m.states.clone()));
+        let mut summary = std::thread::Builder::new()
             .name("reflex-control".into())
             .spawn(move || {
                 for warning in reflex_runtime::realtime::apply(&realtime) {
@@ -102,6 +128,9 @@ impl Assembled {
             .join()
             .map_err(|_| anyhow::anyhow!("control thread panicked"))??;
         drop(keys);
+        summary.stats.dropped_commands = arm_commands.dropped();
+        summary.stats.dropped_bus_messages = mirror.map_or(0, |(c, s)| c.dropped() + s.dropped());
+        summary.stats.bad_robot_messages = bad_messages.load(Ordering::Relaxed);
         status.finish();
         drop(socket);
         drop(operator);
@@ -296,7 +325,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     )?;
     install_signal_handlers();
     let limits = RunLimits {
-        duration: args.duration.map(Duration::from_secs_f64),
+        // parse_duration keeps it finite and positive, so this cannot panic.
+        duration: args
+            .duration
+            .and_then(|s| Duration::try_from_secs_f64(s).ok()),
         stop: &STOP,
     };
     let summary = assembled.run(launch.config.control.realtime.clone(), limits)?;
@@ -317,4 +349,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_finite_positive_and_bounded() {
+        assert_eq!(parse_duration("2.5"), Ok(2.5));
+        for bad in ["nan", "inf", "-inf", "1e300", "-1", "0", "", "two"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        // Every accepted value converts without panicking.
+        let max = parse_duration(&MAX_DURATION_S.to_string()).unwrap();
+        assert!(Duration::try_from_secs_f64(max).is_ok());
+    }
 }

@@ -119,6 +119,11 @@ impl<'a> Report<'a> {
                 s.refusals
             );
         }
+        let _ = writeln!(
+            out,
+            "  messages           dropped commands {}, dropped bus messages {}, refused from the robot {}",
+            s.dropped_commands, s.dropped_bus_messages, s.bad_robot_messages
+        );
         if let (Some(path), Some(log)) = (self.log, &self.run.log) {
             let state = match &log.error {
                 Some(e) => format!("INCOMPLETE: {e}"),
@@ -185,6 +190,9 @@ impl<'a> Report<'a> {
             "refusals": s.refusals,
             "last_refusal": s.last_refusal.map(|r| r.to_string()),
             "tracking_fault": s.tracking_fault.map(|(joint, error)| json!({"joint": joint, "error": error})),
+            "dropped_commands": s.dropped_commands,
+            "dropped_bus_messages": s.dropped_bus_messages,
+            "bad_robot_messages": s.bad_robot_messages,
             "log": self.run.log.as_ref().map(|l| json!({"records": l.records, "dropped": l.dropped, "error": l.error})),
             "tasks": self.run.task.iter().map(|t| json!({
                 "task": t.task,

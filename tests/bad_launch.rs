@@ -161,3 +161,216 @@ fn a_bad_override_names_the_override() {
         "{err}"
     );
 }
+
+/// Runs `reflex check launch/sim_arm.toml --set SPEC` (or on `launch`) and returns
+/// stderr, asserting a clear error (exit 2, not a panic's 101).
+fn check_set_fails(launch: &str, spec: &str) -> String {
+    let out = reflex()
+        .args(["check", launch, "--set", spec])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "--set {spec}: {stderr}");
+    assert!(!stderr.contains("panicked"), "--set {spec}: {stderr}");
+    stderr
+}
+
+/// Each of these passed `reflex check` and then made `reflex run` panic, hang or
+/// run without protection; now `check` names the field.
+#[test]
+fn values_that_broke_run_are_rejected_by_check() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "control.startup_timeout_ms=nan",
+            "control.startup_timeout_ms",
+            "must be in",
+        ),
+        (
+            "control.startup_timeout_ms=inf",
+            "control.startup_timeout_ms",
+            "must be in",
+        ),
+        (
+            "control.startup_timeout_ms=-1",
+            "control.startup_timeout_ms",
+            "must be in",
+        ),
+        (
+            "control.startup_timeout_ms=1e300",
+            "control.startup_timeout_ms",
+            "must be in",
+        ),
+        (
+            "control.max_state_age_ms=inf",
+            "control.max_state_age_ms",
+            "must be in",
+        ),
+        (
+            "safety.estop_after_stale_ms=inf",
+            "safety.estop_after_stale_ms",
+            "must be in",
+        ),
+        ("zenoh.status_hz=nan", "zenoh.status_hz", "must be in"),
+        (
+            "drivers.sim_arm[0].link_lengths=[nan, 0.3, 0.2]",
+            "drivers.sim_arm[0].link_lengths[0]",
+            "positive length",
+        ),
+        (
+            "drivers.sim_arm[0].link_lengths=[0.4, -0.3, 0.2]",
+            "drivers.sim_arm[0].link_lengths[1]",
+            "positive length",
+        ),
+        (
+            "drivers.sim_arm[0].physics_hz=1e12",
+            "drivers.sim_arm[0].physics_hz",
+            "at most 100000",
+        ),
+        (
+            "drivers.sim_arm[0].camera.fps=0",
+            "drivers.sim_arm[0].camera.fps",
+            "must be in",
+        ),
+        (
+            "drivers.sim_arm[0].camera.fps=nan",
+            "drivers.sim_arm[0].camera.fps",
+            "must be in",
+        ),
+        (
+            "zenoh.key_prefix=\"\"",
+            "zenoh.key_prefix",
+            "not a valid zenoh key",
+        ),
+        (
+            "zenoh.key_prefix=\"reflex/\"",
+            "zenoh.key_prefix",
+            "not a valid zenoh key",
+        ),
+        ("zenoh.key_prefix=\"**\"", "zenoh.key_prefix", "wildcard"),
+        (
+            "zenoh.listen=[\"garbage\"]",
+            "zenoh.listen[0]",
+            "not a zenoh endpoint",
+        ),
+        (
+            "zenoh.listen=[\"tcp/127.0.0.1:99999\"]",
+            "zenoh.listen[0]",
+            "99999",
+        ),
+        (
+            "zenoh.connect=[\"tcp/127.0.0.1:99999\"]",
+            "zenoh.connect[0]",
+            "99999",
+        ),
+        (
+            "zenoh.config_file=\"no_such.json5\"",
+            "zenoh.config_file",
+            "not found",
+        ),
+        (
+            "policy.chunk.intra_threads=2000",
+            "policy.chunk.intra_threads",
+            "1..=256",
+        ),
+        (
+            "policy.chunk.actions.normalize={ mean = [nan, 0, 0], std = [1, 1, 1] }",
+            "policy.chunk.actions.normalize.mean[0]",
+            "finite",
+        ),
+        (
+            "policy.chunk.actions.normalize={ mean = [0, 0, 0], std = [1, 0, 1] }",
+            "policy.chunk.actions.normalize.std[1]",
+            "positive",
+        ),
+        (
+            "robot.joints[2].name=\"shoulder\"",
+            "robot.joints[2].name",
+            "unique",
+        ),
+        (
+            "robot.joints[1].name=\"\"",
+            "robot.joints[1].name",
+            "must not be empty",
+        ),
+        (
+            "onnxruntime.library=\"/nonexistent/libonnxruntime.so\"",
+            "onnxruntime.library",
+            "library not found",
+        ),
+        ("control..rate_hz=50", "", "empty field name"),
+        ("robot.joints[2]=5", "", "is a table"),
+    ];
+    for (spec, field, fragment) in cases {
+        let err = check_set_fails("launch/sim_arm.toml", spec);
+        assert!(
+            err.contains(&format!("field `{field}`")) || field.is_empty(),
+            "--set {spec}: {err}"
+        );
+        assert!(err.contains(fragment), "--set {spec}: {err}");
+        assert!(
+            err.contains(&format!("(from --set {spec})")),
+            "--set {spec}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_zenoh_config_file_is_reported_at_its_line() {
+    let path = launch_with("zenoh-config", |t| {
+        t.replacen(
+            "key_prefix = \"reflex\"",
+            "key_prefix = \"reflex\"\nconfig_file = \"missing_zenoh.json5\"",
+            1,
+        )
+    });
+    let err = check_fails(&path);
+    let line = line_of(&path, "missing_zenoh.json5");
+    assert!(
+        err.contains(&format!(
+            "{}:{line}:1: field `zenoh.config_file`",
+            path.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("zenoh config file not found"), "{err}");
+}
+
+#[test]
+fn a_huge_launch_file_is_refused_before_parsing() {
+    // 10 million array elements took 3.7 GB before; now the size is checked first.
+    let path = launch_with("huge", |t| {
+        let zeros = "0.0, ".repeat(300_000);
+        t.replacen(
+            "initial_position = [0.0, 0.6, 0.6]",
+            &format!("initial_position = [{zeros}0.0, 0.6, 0.6]"),
+            1,
+        )
+    });
+    let err = check_fails(&path);
+    assert!(err.contains("launch files are limited to 1 MiB"), "{err}");
+}
+
+#[test]
+fn a_model_path_that_is_not_a_regular_file_says_so() {
+    let dir = scratch("model-kinds");
+    let fifo = dir.join("model.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for (path, kind) in [
+        ("/dev/zero".to_string(), "a character device"),
+        (dir.display().to_string(), "a directory"),
+        (fifo.display().to_string(), "a FIFO"),
+    ] {
+        let err = check_set_fails(
+            "launch/sim_arm.toml",
+            &format!("policy.chunk.model=\"{path}\""),
+        );
+        assert!(err.contains("field `policy.chunk.model`"), "{err}");
+        assert!(
+            err.contains(&format!("not a regular file (it is {kind})")),
+            "{err}"
+        );
+        assert!(!err.contains("not found"), "{err}");
+    }
+}

@@ -428,6 +428,7 @@ impl Driver for SimArm {
             state: state_reader,
             commands: commands.clone(),
             on_zenoh: false,
+            bad_messages: Default::default(),
         });
         self.outputs = Some(Outputs {
             state: state_writer,
@@ -453,7 +454,10 @@ impl Driver for SimArm {
             .name(format!("reflex-sim-{}", self.cfg.name))
             .spawn(move || {
                 let start = Instant::now();
-                let mut step = 0u32;
+                let period_ns = period.as_nanos() as u64;
+                // u64: a u32 step count wrapped after 50 days at 1 kHz, and the
+                // deadline then fell back to the start (a busy loop).
+                let mut step = 0u64;
                 while !stop.load(Ordering::Acquire) {
                     {
                         let mut world = world.lock().unwrap_or_else(PoisonError::into_inner);
@@ -462,8 +466,8 @@ impl Driver for SimArm {
                         let sim_time = world.time_ns();
                         outputs.publish(&mut world, monotonic_ns(), sim_time);
                     }
-                    step = step.wrapping_add(1);
-                    let deadline = start + period * step;
+                    step += 1;
+                    let deadline = start + Duration::from_nanos(period_ns.saturating_mul(step));
                     if Instant::now() < deadline {
                         sleep_until(deadline, Duration::ZERO);
                     }

@@ -5,6 +5,10 @@
 //! States are stamped on arrival with this machine's monotonic clock, so the
 //! watchdog measures how long ago the robot was last heard from, independent of
 //! the robot's own clock.
+//!
+//! Bad messages (undecodable, wrong number of joints) are counted for the run
+//! summary and logged rate-limited: a peer flooding the state key cannot flood the
+//! log, and no log line carries more than a short excerpt of a message.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,6 +18,7 @@ use std::time::Duration;
 use reflex_runtime::driver::{ArmPorts, Driver, DriverContext, DriverError, DriverPorts};
 use reflex_runtime::launch::ZenohArmConfig;
 use reflex_runtime::mailbox::Mailbox;
+use reflex_runtime::ratelimit::{WarnLimiter, suppressed_note};
 use reflex_runtime::slot::latest_slot;
 use reflex_runtime::types::{JointCommand, JointState, monotonic_ns};
 use reflex_runtime::wire;
@@ -26,6 +31,7 @@ pub struct ZenohArm {
     command_format: u16,
     commands: Option<Arc<Mailbox<JointCommand>>>,
     subscriber: Option<zenoh::pubsub::Subscriber<()>>,
+    bad_states: Arc<WarnLimiter>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -39,6 +45,7 @@ impl ZenohArm {
             command_format: wire::VERSION,
             commands: None,
             subscriber: None,
+            bad_states: Arc::new(WarnLimiter::for_network()),
             stop: Arc::new(AtomicBool::new(false)),
             thread: None,
         }
@@ -82,24 +89,31 @@ impl Driver for ZenohArm {
         let writer = Mutex::new(writer);
         let joints = ctx.joints;
         let driver = self.cfg.name.clone();
+        let bad_states = self.bad_states.clone();
         let subscriber = session
             .declare_subscriber(state_key.clone())
-            .callback(
-                move |sample| match wire::decode_state(&sample.payload().to_bytes()) {
+            .callback(move |sample| {
+                let payload = sample.payload().to_bytes();
+                let problem = match wire::decode_state(&payload) {
                     Ok(mut state) if state.joints == joints => {
                         state.stamp_ns = monotonic_ns();
                         writer
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
                             .publish_with(|slot| *slot = state);
+                        return;
                     }
-                    Ok(state) => tracing::warn!(
-                        "{driver}: state with {} joints, expected {joints}",
-                        state.joints
-                    ),
-                    Err(e) => tracing::warn!("{driver}: undecodable joint state: {e}"),
-                },
-            )
+                    Ok(state) => format!("state with {} joints, expected {joints}", state.joints),
+                    Err(e) => format!("undecodable joint state ({} bytes): {e}", payload.len()),
+                };
+                if let Some(suppressed) = bad_states.hit() {
+                    tracing::warn!(
+                        "{driver}: {problem}; {} bad states so far{}",
+                        bad_states.total(),
+                        suppressed_note(suppressed)
+                    );
+                }
+            })
             .wait()
             .map_err(|e| self.zenoh(e))?;
         let commands = Mailbox::new(64);
@@ -111,6 +125,7 @@ impl Driver for ZenohArm {
                 state: reader,
                 commands,
                 on_zenoh: true,
+                bad_messages: self.bad_states.counter(),
             }),
             cameras: Vec::new(),
         })
@@ -134,13 +149,19 @@ impl Driver for ZenohArm {
             .name(format!("reflex-zenoh-{name}"))
             .spawn(move || {
                 let mut buf = Vec::with_capacity(512);
+                let failures = WarnLimiter::for_network();
                 while !stop.load(Ordering::Acquire) || !commands.is_empty() {
                     let Some(cmd) = commands.recv_timeout(Duration::from_millis(20)) else {
                         continue;
                     };
                     wire::encode_command(&cmd, wire::unix_ns(), format, &mut buf);
-                    if let Err(e) = publisher.put(buf.clone()).wait() {
-                        tracing::warn!("{name}: publishing command failed: {e}");
+                    if let Err(e) = publisher.put(buf.clone()).wait()
+                        && let Some(left_out) = failures.hit()
+                    {
+                        tracing::warn!(
+                            "{name}: publishing command failed: {e}{}",
+                            suppressed_note(left_out)
+                        );
                     }
                 }
             })
@@ -159,6 +180,14 @@ impl Driver for ZenohArm {
         }
         if let Some(subscriber) = self.subscriber.take() {
             let _ = subscriber.undeclare().wait();
+        }
+        let bad = self.bad_states.total();
+        if bad > 0 {
+            tracing::warn!(
+                "{}: {bad} bad joint states in total{}",
+                self.cfg.name,
+                suppressed_note(self.bad_states.suppressed())
+            );
         }
         Ok(())
     }

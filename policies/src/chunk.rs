@@ -25,6 +25,11 @@ pub enum PolicyLoadError {
         searched.iter().map(|p| format!("  {}", p.display())).collect::<Vec<_>>().join("\n")
     )]
     LibraryNotFound { searched: Vec<PathBuf> },
+    #[error(
+        "ONNX Runtime library {}: {reason} (it was named explicitly, so no other library is searched for)",
+        path.display()
+    )]
+    LibraryMissing { path: PathBuf, reason: String },
     #[error("cannot load ONNX Runtime from {}: {message}", path.display())]
     LibraryLoad { path: PathBuf, message: String },
     #[error("cannot load model {}: {message}", path.display())]

@@ -34,10 +34,83 @@ pub struct FastConfig {
     pub action_dim: usize,
 }
 
+/// Bounds of `processor_config.json` values; beyond them decoding would allocate
+/// without bound or produce actions far outside any joint range.
+pub const MAX_TIME_HORIZON: usize = 10_000;
+pub const MAX_ACTION_DIM: usize = 4096;
+/// Coefficients per chunk (`time_horizon * action_dim`).
+pub const MAX_COEFFICIENTS: usize = 1 << 20;
+/// Above Unicode's code points a coefficient has no character to stand for.
+pub const MAX_VOCAB_SIZE: usize = 1 << 20;
+pub const SCALE_RANGE: (f64, f64) = (1e-3, 1e6);
+
+impl FastConfig {
+    /// Checks every value; on error returns the field and what is wrong with it.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let (lo, hi) = SCALE_RANGE;
+        if !(self.scale >= lo && self.scale <= hi) {
+            return Err((
+                "scale",
+                format!("must be in [{lo}, {hi}], found {}", self.scale),
+            ));
+        }
+        if !(1..=MAX_TIME_HORIZON).contains(&self.time_horizon) {
+            return Err((
+                "time_horizon",
+                format!(
+                    "must be in 1..={MAX_TIME_HORIZON}, found {}",
+                    self.time_horizon
+                ),
+            ));
+        }
+        if !(1..=MAX_ACTION_DIM).contains(&self.action_dim) {
+            return Err((
+                "action_dim",
+                format!("must be in 1..={MAX_ACTION_DIM}, found {}", self.action_dim),
+            ));
+        }
+        if self.time_horizon * self.action_dim > MAX_COEFFICIENTS {
+            return Err((
+                "action_dim",
+                format!(
+                    "time_horizon x action_dim = {} x {} is more than {MAX_COEFFICIENTS} coefficients",
+                    self.time_horizon, self.action_dim
+                ),
+            ));
+        }
+        if !(1..=MAX_VOCAB_SIZE).contains(&self.vocab_size) {
+            return Err((
+                "vocab_size",
+                format!("must be in 1..={MAX_VOCAB_SIZE}, found {}", self.vocab_size),
+            ));
+        }
+        // The quantized coefficients span fewer than vocab_size values and almost
+        // always include 0 (high frequencies of smooth chunks): their minimum lies
+        // within vocab_size of 0. Beyond it decoded actions are far off any range.
+        let vocab = self.vocab_size as i64;
+        if !(-vocab..=vocab).contains(&self.min_token) {
+            return Err((
+                "min_token",
+                format!(
+                    "must be in -vocab_size..=vocab_size ({}..={vocab}), found {}",
+                    -vocab, self.min_token
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FastError {
     #[error("cannot read {path}: {message}")]
     Load { path: String, message: String },
+    #[error("{path}: field `{field}`: {message}")]
+    Config {
+        path: String,
+        field: &'static str,
+        message: String,
+    },
     #[error("chunk has {found} values, expected {horizon} x {dim} = {}", horizon * dim)]
     ChunkShape {
         found: usize,
@@ -229,14 +302,24 @@ impl FastCodec {
             path: path.display().to_string(),
             message,
         };
-        let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| load_err(&tokenizer_path, e.to_string()))?;
+        use reflex_runtime::files;
         let config_path = dir.join("processor_config.json");
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|e| load_err(&config_path, e.to_string()))?;
+        let text = files::read_to_string(&config_path, files::MAX_CONFIG_BYTES)
+            .map_err(|e| load_err(&config_path, e.reason()))?;
         let config: FastConfig =
             serde_json::from_str(&text).map_err(|e| load_err(&config_path, e.to_string()))?;
+        config
+            .check()
+            .map_err(|(field, message)| FastError::Config {
+                path: config_path.display().to_string(),
+                field,
+                message,
+            })?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let bytes = files::read(&tokenizer_path, files::MAX_DATA_BYTES)
+            .map_err(|e| load_err(&tokenizer_path, e.reason()))?;
+        let tokenizer =
+            Tokenizer::from_bytes(&bytes).map_err(|e| load_err(&tokenizer_path, e.to_string()))?;
         Ok(Self::new(tokenizer, config))
     }
 
@@ -356,6 +439,12 @@ pub fn fit(
         time_horizon: horizon,
         action_dim: dim,
     };
+    let invalid = |(field, message): (&'static str, String)| FastError::Config {
+        path: "the fit parameters".into(),
+        field,
+        message,
+    };
+    provisional.check().map_err(invalid)?;
     let probe = FastCodec::new(Tokenizer::new(BPE::default()), provisional.clone());
     let quantized = chunks
         .iter()
@@ -374,6 +463,7 @@ pub fn fit(
         min_token,
         ..provisional
     };
+    config.check().map_err(invalid)?;
     let codec = FastCodec::new(Tokenizer::new(BPE::default()), config.clone());
     let texts = chunks
         .iter()
@@ -549,6 +639,87 @@ mod tests {
         assert_eq!(codec.quantize(&[2.5]).unwrap(), vec![2]);
         assert_eq!(codec.quantize(&[3.5]).unwrap(), vec![4]);
         assert_eq!(codec.quantize(&[-2.5]).unwrap(), vec![-2]);
+    }
+
+    #[test]
+    fn processor_config_values_are_checked_naming_file_and_field() {
+        let fixture = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/fast"));
+        let good: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture.join("processor_config.json")).unwrap())
+                .unwrap();
+        let dir = std::env::temp_dir().join(format!("reflex-fast-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(fixture.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+        let with = |key: &str, value: serde_json::Value| {
+            let mut config = good.clone();
+            config[key] = value;
+            std::fs::write(
+                dir.join("processor_config.json"),
+                serde_json::to_vec(&config).unwrap(),
+            )
+            .unwrap();
+            FastCodec::load(&dir)
+        };
+        assert!(with("scale", good["scale"].clone()).is_ok());
+        for (key, value, field) in [
+            (
+                "time_horizon",
+                serde_json::json!(100_000_000u64),
+                "time_horizon",
+            ),
+            (
+                "action_dim",
+                serde_json::json!(100_000_000u64),
+                "action_dim",
+            ),
+            ("action_dim", serde_json::json!(4097), "action_dim"),
+            ("action_dim", serde_json::json!(0), "action_dim"),
+            ("scale", serde_json::json!(0.0), "scale"),
+            ("scale", serde_json::json!(-10.0), "scale"),
+            ("scale", serde_json::json!(1e300), "scale"),
+            ("min_token", serde_json::json!(100_000), "min_token"),
+            ("min_token", serde_json::json!(-100_000), "min_token"),
+            ("vocab_size", serde_json::json!(0), "vocab_size"),
+        ] {
+            let err = match with(key, value.clone()) {
+                Ok(_) => panic!("{key} = {value} was accepted"),
+                Err(err) => err,
+            };
+            let text = err.to_string();
+            assert!(
+                text.contains("processor_config.json: field `") && text.contains(field),
+                "{key} = {value}: {text}"
+            );
+        }
+        // 80 PB of coefficients from two values that are each in range.
+        let mut config = good.clone();
+        config["time_horizon"] = serde_json::json!(10_000);
+        config["action_dim"] = serde_json::json!(4000);
+        std::fs::write(
+            dir.join("processor_config.json"),
+            serde_json::to_vec(&config).unwrap(),
+        )
+        .unwrap();
+        let err = FastCodec::load(&dir).err().expect("too many coefficients");
+        assert!(
+            err.to_string().contains("time_horizon x action_dim"),
+            "{err}"
+        );
+        // A directory where the config should be is said to be one.
+        std::fs::remove_file(dir.join("processor_config.json")).unwrap();
+        std::fs::create_dir(dir.join("processor_config.json")).unwrap();
+        let err = FastCodec::load(&dir).err().expect("a directory is refused");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn fit_refuses_parameters_a_load_would_refuse() {
+        let chunks = smooth_chunks(20, 10, 2, 3);
+        assert!(matches!(
+            fit(&chunks, 10, 2, 0.0, 256),
+            Err(FastError::Config { field: "scale", .. })
+        ));
     }
 
     mod fuzz {

@@ -116,9 +116,11 @@ impl FastPolicy {
             return Err(mismatch(&step_path, problems, &step_in, &step_out));
         }
 
+        // Reported at the launch file's `tokenizer` field; the message names the
+        // file inside the directory and its field.
         let codec = FastCodec::load(&launch.resolve(&cfg.tokenizer)).map_err(|e| {
-            PolicyLoadError::Model {
-                path: launch.resolve(&cfg.tokenizer),
+            PolicyLoadError::Config {
+                field: "policy.fast.tokenizer".into(),
                 message: e.to_string(),
             }
         })?;

@@ -156,7 +156,8 @@ pub fn schedule_table(launch: &Launch, schedule: &ScheduleConfig) -> Result<Vec<
     let path = launch.resolve(file);
     let values: Vec<f64> = if path.extension().is_some_and(|e| e == "json") {
         let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            reflex_runtime::files::read_to_string(&path, reflex_runtime::files::MAX_DATA_BYTES)
+                .map_err(|e| e.to_string())?;
         serde_json::from_str(&text).map_err(|e| {
             format!(
                 "{}: expected a JSON list of alphas_cumprod: {e}",

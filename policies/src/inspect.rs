@@ -91,10 +91,14 @@ pub fn read_versions(model: &[u8]) -> (Option<u64>, Vec<(String, u64)>) {
 }
 
 pub fn inspect(path: &Path, library: Option<&Path>) -> Result<ModelReport, PolicyLoadError> {
-    let bytes = std::fs::read(path).map_err(|e| PolicyLoadError::Model {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    // A regular file under the model cap: `/dev/zero` would otherwise be read forever.
+    let bytes =
+        reflex_runtime::files::read(path, reflex_runtime::files::MAX_MODEL_BYTES).map_err(|e| {
+            PolicyLoadError::Model {
+                path: path.to_path_buf(),
+                message: e.reason(),
+            }
+        })?;
     let (ir_version, opsets) = read_versions(&bytes);
     let (env, _) = crate::onnxruntime::environment(library)?;
     let session =

@@ -89,7 +89,9 @@ pub fn load_norm_stats(
     joints: usize,
 ) -> Result<LoadedNormStats, String> {
     let path = launch.resolve(&cfg.file);
-    let stats = NormStats::load(&path).map_err(|e| e.to_string())?;
+    let text = reflex_runtime::files::read_to_string(&path, reflex_runtime::files::MAX_DATA_BYTES)
+        .map_err(|e| e.to_string())?;
+    let stats = NormStats::parse(&text, &path).map_err(|e| e.to_string())?;
     let entry = |key: &str| -> Result<VectorNorm, String> {
         let stats = stats.get(key, &path).map_err(|e| e.to_string())?;
         VectorNorm::from_stats(stats, cfg.mode, joints)

@@ -4,7 +4,9 @@
 //! with the CPU build or `onnxruntime-gpu`. The library is searched in this order:
 //! the launch file's `onnxruntime.library`, `$ORT_DYLIB_PATH`, the project's
 //! `.venv` (PyPI `onnxruntime` ships `onnxruntime/capi/libonnxruntime.so.*`), then
-//! the system library paths. A miss names every place searched.
+//! the system library paths. A miss names every place searched. A library named
+//! explicitly (launch file or `--onnxruntime`) is used or refused, never replaced by
+//! one found elsewhere.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -16,12 +18,9 @@ use reflex_runtime::launch::{ExecutionProviderKind, Launch, OptimizationLevel};
 
 use crate::PolicyLoadError;
 
-/// Candidate library paths, most preferred first, for `configured` (launch file).
-pub fn candidates(configured: Option<&Path>) -> Vec<PathBuf> {
+/// Candidate library paths, most preferred first, when none is configured.
+pub fn candidates() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    if let Some(path) = configured {
-        out.push(path.to_path_buf());
-    }
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
         out.push(PathBuf::from(path));
     }
@@ -77,9 +76,22 @@ pub fn candidates(configured: Option<&Path>) -> Vec<PathBuf> {
     out
 }
 
-/// The first candidate that is a file.
+/// The configured library if it is a file (an error if not), else the first
+/// candidate that is a file.
 pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, PolicyLoadError> {
-    let searched = candidates(configured);
+    if let Some(path) = configured {
+        return match reflex_runtime::files::check_regular(
+            path,
+            reflex_runtime::files::MAX_MODEL_BYTES,
+        ) {
+            Ok(_) => Ok(path.to_path_buf()),
+            Err(e) => Err(PolicyLoadError::LibraryMissing {
+                path: path.to_path_buf(),
+                reason: e.reason(),
+            }),
+        };
+    }
+    let searched = candidates();
     searched
         .iter()
         .find(|p| p.is_file())
@@ -122,7 +134,13 @@ pub fn environment_for(
         .library
         .as_ref()
         .map(|p| launch.resolve(p));
-    environment(configured.as_deref())
+    environment(configured.as_deref()).map_err(|e| match e {
+        PolicyLoadError::LibraryMissing { .. } => PolicyLoadError::Config {
+            field: "onnxruntime.library".into(),
+            message: e.to_string(),
+        },
+        other => other,
+    })
 }
 
 /// How sessions are built: the launch file's `[onnxruntime]` plus the policy's threads.
@@ -288,12 +306,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn configured_path_comes_first_and_misses_list_every_place() {
-        let missing = Path::new("/nonexistent/libonnxruntime.so");
-        let list = candidates(Some(missing));
-        assert_eq!(list[0], missing);
+    fn the_search_lists_every_place() {
+        let list = candidates();
         assert!(list.iter().any(|p| p.to_string_lossy().contains(".venv")));
         assert!(list.iter().any(|p| p.starts_with("/usr/lib")));
+    }
+
+    #[test]
+    fn a_configured_library_is_never_replaced_by_another() {
+        // The .venv has a library, yet a missing configured one is an error.
+        assert!(find_library(None).is_ok());
+        let missing = Path::new("/nonexistent/libonnxruntime.so");
+        let err = find_library(Some(missing)).unwrap_err();
+        assert!(
+            matches!(err, PolicyLoadError::LibraryMissing { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("/nonexistent/libonnxruntime.so: not found"),
+            "{err}"
+        );
+        let err = find_library(Some(Path::new("/dev/zero"))).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 
     #[test]

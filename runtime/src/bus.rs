@@ -7,7 +7,7 @@
 use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use zenoh::Wait;
 use crate::control::{OperatorRequests, Request};
 use crate::launch::{ZenohConfig, ZenohMode};
 use crate::mailbox::Mailbox;
+use crate::ratelimit::{WarnLimiter, excerpt, suppressed_note};
 use crate::slot::SlotReader;
 use crate::stats::StatusSnapshot;
 use crate::types::{JointCommand, JointState};
@@ -63,6 +64,48 @@ pub fn zenoh_config(cfg: &ZenohConfig, base_dir: &Path) -> Result<zenoh::Config,
             .map_err(|e| BusError::Config(format!("{key} = {value}: {e}")))?;
     }
     Ok(config)
+}
+
+/// Checks that `key` is a zenoh key expression that names keys exactly: valid for
+/// zenoh (no empty chunk, no trailing `/`, canonical) and free of wildcards (`*`,
+/// `**`, `$*`), so that a publisher cannot fan out over keys it does not own.
+pub fn check_exact_key(key: &str) -> Result<(), String> {
+    let parsed = zenoh::key_expr::keyexpr::new(key)
+        .map_err(|e: zenoh::Error| format!("`{key}` is not a valid zenoh key expression: {e}"))?;
+    if parsed.as_str().contains('*') {
+        return Err(format!(
+            "`{key}` contains a wildcard (`*`, `**` or `$*`); name the keys exactly"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a `listen` / `connect` endpoint the way zenoh parses it
+/// (`<protocol>/<address>[?<metadata>][#<config>]`), and for the IP transports that
+/// the address is `host:port` with a port in 0..=65535 (without resolving the host).
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let parsed: zenoh::config::EndPoint = endpoint
+        .parse()
+        .map_err(|e: zenoh::Error| format!("`{endpoint}` is not a zenoh endpoint: {e}"))?;
+    let protocol = parsed.protocol();
+    let address = parsed.address();
+    if matches!(
+        protocol.as_str(),
+        "tcp" | "udp" | "tls" | "quic" | "ws" | "quic_datagram"
+    ) {
+        let (host, port) = address.as_str().rsplit_once(':').ok_or_else(|| {
+            format!("`{endpoint}`: the address must be host:port, e.g. tcp/127.0.0.1:7447")
+        })?;
+        if host.is_empty() {
+            return Err(format!("`{endpoint}`: the address has no host"));
+        }
+        if port.parse::<u16>().is_err() {
+            return Err(format!(
+                "`{endpoint}`: port `{port}` is not a number in 0..=65535"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn json<T: serde::Serialize>(value: &T) -> String {
@@ -123,18 +166,30 @@ impl Bus {
                 .name("reflex-bus".into())
                 .spawn(move || {
                     let mut buf = Vec::with_capacity(1024);
+                    // A failing session fails every put: one line per few seconds.
+                    let failures = WarnLimiter::for_network();
                     loop {
                         let stopping = stop.load(Ordering::Acquire);
                         while let Some(state) = states.try_recv() {
                             wire::encode_state(&state, wire::unix_ns(), &mut buf);
-                            if let Err(e) = state_pub.put(buf.clone()).wait() {
-                                tracing::warn!("publishing joint state failed: {e}");
+                            if let Err(e) = state_pub.put(buf.clone()).wait()
+                                && let Some(left_out) = failures.hit()
+                            {
+                                tracing::warn!(
+                                    "publishing joint state failed: {e}{}",
+                                    suppressed_note(left_out)
+                                );
                             }
                         }
                         while let Some(cmd) = commands.try_recv() {
                             wire::encode_command(&cmd, wire::unix_ns(), command_format, &mut buf);
-                            if let Err(e) = command_pub.put(buf.clone()).wait() {
-                                tracing::warn!("publishing joint command failed: {e}");
+                            if let Err(e) = command_pub.put(buf.clone()).wait()
+                                && let Some(left_out) = failures.hit()
+                            {
+                                tracing::warn!(
+                                    "publishing joint command failed: {e}{}",
+                                    suppressed_note(left_out)
+                                );
                             }
                         }
                         if stopping {
@@ -173,7 +228,7 @@ impl Bus {
         allow_rearm: bool,
     ) -> Result<OperatorListener, BusError> {
         let key = self.key("control");
-        let ignored = AtomicU64::new(0);
+        let ignored = WarnLimiter::for_network();
         let subscriber = {
             let requests = requests.clone();
             self.session
@@ -189,10 +244,7 @@ impl Bus {
                             None
                         }
                         other => {
-                            // Rate-limited (1st, 2nd, 4th, ...), never echoing much.
-                            let n = ignored.fetch_add(1, Ordering::Relaxed) + 1;
-                            if n.is_power_of_two() {
-                                let shown = String::from_utf8_lossy(&other[..other.len().min(32)]);
+                            if let Some(left_out) = ignored.hit() {
                                 let why = if matches!(other, b"rearm" | b"resume" | b"heartbeat") {
                                     "re-arm over zenoh is off (safety.operator.zenoh_rearm); \
                                      use `reflex rearm` on the robot's computer"
@@ -200,7 +252,9 @@ impl Bus {
                                     "expected `estop`"
                                 };
                                 tracing::warn!(
-                                    "{key}: ignored {shown:?} ({n} ignored so far): {why}"
+                                    "{key}: ignored {}: {why}{}",
+                                    excerpt(other),
+                                    suppressed_note(left_out)
                                 );
                             }
                             None
@@ -261,7 +315,13 @@ impl StatusThread {
         publisher: Option<zenoh::pubsub::Publisher<'static>>,
     ) -> Result<Self, BusError> {
         let stop = Arc::new(AtomicBool::new(false));
-        let period = Duration::from_secs_f64(1.0 / hz.clamp(0.1, 100.0));
+        // Launch files are validated; this guards other callers (NaN would panic).
+        let hz = if hz.is_finite() {
+            hz.clamp(0.1, 100.0)
+        } else {
+            10.0
+        };
+        let period = Duration::from_secs_f64(1.0 / hz);
         let tty = std::io::stderr().is_terminal();
         let thread = {
             let stop = stop.clone();

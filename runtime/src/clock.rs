@@ -3,7 +3,9 @@
 //! [`WallClock`] wakes at absolute deadlines `start + k * period` so that error never
 //! accumulates; it sleeps until shortly before a deadline and spins the rest, and
 //! when a tick overruns it skips whole missed periods (counting them) rather than
-//! firing a burst of late ticks. [`SimClock`] advances instantly: tick k is at
+//! firing a burst of late ticks. `start` is the first call to `next_tick`, not the
+//! clock's creation, so start-up (model load, waiting for the robot) is not counted
+//! as skipped periods. [`SimClock`] advances instantly: tick k is at
 //! `k * period`, which makes runs reproducible.
 
 use std::time::{Duration, Instant};
@@ -35,26 +37,35 @@ pub trait Clock: Send {
 pub struct WallClock {
     period: Duration,
     spin: Duration,
-    start: Instant,
-    start_ns: u64,
+    /// Set by the first tick: the instant and its monotonic time in ns.
+    start: Option<(Instant, u64)>,
     next: u64,
 }
 
 impl WallClock {
     pub fn new(period: Duration, spin: Duration) -> Self {
         Self {
-            period,
+            // A zero period would divide by zero below.
+            period: period.max(Duration::from_nanos(1)),
             spin,
-            start: Instant::now(),
-            start_ns: monotonic_ns(),
+            start: None,
             next: 0,
         }
+    }
+
+    /// Offset of period `k` from the start (u64 nanoseconds: no wrap for centuries,
+    /// where `period * k as u32` wrapped after 2^32 ticks).
+    fn offset(&self, k: u64) -> Duration {
+        Duration::from_nanos((self.period.as_nanos() as u64).saturating_mul(k))
     }
 }
 
 impl Clock for WallClock {
     fn next_tick(&mut self) -> TickTime {
-        let mut deadline = self.start + self.period * self.next as u32;
+        let (start, start_ns) = *self
+            .start
+            .get_or_insert_with(|| (Instant::now(), monotonic_ns()));
+        let mut deadline = start + self.offset(self.next);
         let mut skipped = 0;
         let now = Instant::now();
         if now > deadline + self.period {
@@ -62,7 +73,7 @@ impl Clock for WallClock {
             let behind = (now - deadline).as_nanos() / self.period.as_nanos();
             skipped = behind as u64;
             self.next += skipped;
-            deadline = self.start + self.period * self.next as u32;
+            deadline = start + self.offset(self.next);
         }
         sleep_until(deadline, self.spin);
         let woke = Instant::now();
@@ -70,7 +81,7 @@ impl Clock for WallClock {
         self.next += 1;
         TickTime {
             tick,
-            now_ns: self.start_ns + (deadline - self.start).as_nanos() as u64,
+            now_ns: start_ns + (deadline - start).as_nanos() as u64,
             lateness_ns: woke.saturating_duration_since(deadline).as_nanos() as u64,
             skipped,
         }
@@ -145,6 +156,22 @@ mod tests {
             vec![0, 10_000_000, 20_000_000]
         );
         assert!(clock.is_simulated());
+    }
+
+    #[test]
+    fn time_before_the_first_tick_is_not_skipped_periods() {
+        let mut clock = WallClock::new(Duration::from_millis(1), Duration::ZERO);
+        // Start-up: model load, waiting for the first joint state.
+        std::thread::sleep(Duration::from_millis(30));
+        let first = clock.next_tick();
+        assert_eq!((first.tick, first.skipped), (0, 0));
+    }
+
+    #[test]
+    fn deadlines_past_two_to_the_32_ticks_do_not_wrap() {
+        let clock = WallClock::new(Duration::from_micros(100), Duration::ZERO);
+        let k = (1u64 << 32) + 5;
+        assert_eq!(clock.offset(k).as_nanos(), u128::from(k) * 100_000);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! ever blocking.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use crate::mailbox::Mailbox;
 use crate::slot::SlotReader;
@@ -32,6 +33,9 @@ pub struct ArmPorts {
     /// True when the driver itself publishes commands and states on zenoh (the bus
     /// then does not mirror them).
     pub on_zenoh: bool,
+    /// Messages from the robot the driver refused (undecodable, wrong number of
+    /// joints), for the run summary.
+    pub bad_messages: Arc<AtomicU64>,
 }
 
 pub struct CameraPort {

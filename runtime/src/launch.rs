@@ -13,6 +13,33 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Launch files larger than this are refused before parsing.
+pub const MAX_LAUNCH_BYTES: u64 = crate::files::MAX_CONFIG_BYTES;
+
+// Bounds of launch-file values: beyond them a run would panic, hang, allocate
+// without bound or silently lose its protection.
+/// `max_state_age_ms` and `estop_after_stale_ms`, ms.
+pub const MAX_STALE_MS: f64 = 60_000.0;
+/// `startup_timeout_ms`, ms (one hour).
+pub const MAX_STARTUP_TIMEOUT_MS: f64 = 3_600_000.0;
+pub const MAX_SIM_INFERENCE_TICKS: u64 = 100_000;
+/// `drivers.sim_arm[].physics_hz`, Hz.
+pub const MAX_PHYSICS_HZ: f64 = 100_000.0;
+pub const MAX_CAMERA_FPS: f64 = 1000.0;
+/// ONNX Runtime intra-op threads.
+pub const MAX_INTRA_THREADS: usize = 256;
+/// Actions per chunk.
+pub const MAX_HORIZON: usize = 10_000;
+/// Width of a model's action or joint-vector input (pi0 pads to 32).
+pub const MAX_ACTION_DIM: usize = 4096;
+pub const MAX_FAST_TOKENS: usize = 65_536;
+/// Height and width a camera image is resized to.
+pub const MAX_IMAGE_SIDE: usize = 4096;
+/// Robot, joint, driver and camera names.
+pub const MAX_NAME_BYTES: usize = 128;
+/// `zenoh.status_hz`, Hz.
+pub const STATUS_HZ_RANGE: (f64, f64) = (0.1, 100.0);
+
 /// The launch file of the simulated-arm demo, compiled in as the default.
 pub const EMBEDDED_SIM_ARM: &str = include_str!("../../launch/sim_arm.toml");
 
@@ -461,6 +488,7 @@ pub struct PolicyCommon<'a> {
     pub model: &'a Path,
     pub action_rate_hz: f64,
     pub replan_after: usize,
+    pub intra_threads: usize,
     pub inputs: &'a [InputConfig],
 }
 
@@ -998,13 +1026,25 @@ impl Launch {
     /// Reads and validates a launch file from disk.
     pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self, LaunchError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| LaunchError {
-            file: origin.clone(),
-            line: 0,
-            column: 0,
-            field: String::new(),
-            message: format!("cannot read launch file: {e}"),
-            from_override: None,
+        // Capped before parsing: a huge file (a 10M-element array) would otherwise
+        // take gigabytes in the parser.
+        let text = crate::files::read_to_string(path, MAX_LAUNCH_BYTES).map_err(|e| {
+            let message = match e {
+                crate::files::FileError::TooLarge { size, limit, .. } => format!(
+                    "launch file is {size} bytes; launch files are limited to {}",
+                    crate::files::human(limit)
+                ),
+                crate::files::FileError::NotFound { .. } => "launch file not found".into(),
+                other => format!("cannot read launch file: {}", other.reason()),
+            };
+            LaunchError {
+                file: origin.clone(),
+                line: 0,
+                column: 0,
+                field: String::new(),
+                message,
+                from_override: None,
+            }
         })?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::from_text(&text, &origin, base_dir, overrides)
@@ -1037,6 +1077,18 @@ impl Launch {
             message,
             from_override: None,
         };
+        if text.len() as u64 > MAX_LAUNCH_BYTES {
+            return Err(error(
+                0,
+                0,
+                "",
+                format!(
+                    "launch file is {} bytes; launch files are limited to {}",
+                    text.len(),
+                    crate::files::human(MAX_LAUNCH_BYTES)
+                ),
+            ));
+        }
         let mut parsed_overrides = Vec::new();
         let text = if overrides.is_empty() {
             text.to_string()
@@ -1092,7 +1144,11 @@ impl Launch {
         let from_override = self
             .overrides
             .iter()
-            .find(|(key, _)| field == key || field.starts_with(&format!("{key}.")))
+            .find(|(key, _)| {
+                field == key
+                    || field.starts_with(&format!("{key}."))
+                    || field.starts_with(&format!("{key}["))
+            })
             .map(|(key, value)| format!("{key}={value}"));
         let (line, column) = toml_edit::Document::parse(self.text.as_str())
             .ok()
@@ -1134,33 +1190,56 @@ impl Launch {
     pub fn check_model_exists(&self) -> Result<PathBuf, LaunchError> {
         let common = self.policy();
         let policy = &self.config.policy;
-        let mut files = vec![("model", "model file", common.model)];
+        use crate::files::{FileError, MAX_DATA_BYTES, MAX_MODEL_BYTES};
+        let mut files = vec![("model", "model file", common.model, MAX_MODEL_BYTES)];
         if let Some(fast) = &policy.fast {
-            files.push(("prefix_model", "model file", fast.prefix_model.as_path()));
+            files.push((
+                "prefix_model",
+                "model file",
+                fast.prefix_model.as_path(),
+                MAX_MODEL_BYTES,
+            ));
         }
         if let Some(prefix) = policy.flow.as_ref().and_then(|f| f.prefix_model.as_ref()) {
-            files.push(("prefix_model", "model file", prefix.as_path()));
+            files.push((
+                "prefix_model",
+                "model file",
+                prefix.as_path(),
+                MAX_MODEL_BYTES,
+            ));
         }
         let stats = (policy.flow.as_ref().and_then(|f| f.norm_stats.as_ref())).or(policy
             .diffusion
             .as_ref()
             .and_then(|d| d.norm_stats.as_ref()));
         if let Some(stats) = stats {
-            files.push(("norm_stats.file", "statistics file", stats.file.as_path()));
+            files.push((
+                "norm_stats.file",
+                "statistics file",
+                stats.file.as_path(),
+                MAX_DATA_BYTES,
+            ));
         }
         if let Some(file) = policy
             .diffusion
             .as_ref()
             .and_then(|d| d.schedule.file.as_ref())
         {
-            files.push(("schedule.file", "schedule file", file.as_path()));
+            files.push((
+                "schedule.file",
+                "schedule file",
+                file.as_path(),
+                MAX_DATA_BYTES,
+            ));
         }
-        for (field, what, file) in files {
+        for (field, what, file, limit) in files {
             let path = self.resolve(file);
-            if !path.is_file() {
-                let at = format!("{}.{field}", common.table);
-                return Err(self.error_at(&at, format!("{what} not found: {}", path.display())));
-            }
+            let problem = match crate::files::check_regular(&path, limit) {
+                Ok(_) => continue,
+                Err(FileError::NotFound { .. }) => format!("{what} not found: {}", path.display()),
+                Err(e) => format!("{what} {e}"),
+            };
+            return Err(self.error_at(&format!("{}.{field}", common.table), problem));
         }
         Ok(self.resolve(common.model))
     }
@@ -1193,6 +1272,7 @@ impl Launch {
                 model: &c.model,
                 action_rate_hz: c.action_rate_hz,
                 replan_after: c.replan_after,
+                intra_threads: c.intra_threads,
                 inputs: &c.inputs,
             }
         } else if let Some(f) = &p.fast {
@@ -1201,6 +1281,7 @@ impl Launch {
                 model: &f.model,
                 action_rate_hz: f.action_rate_hz,
                 replan_after: f.replan_after,
+                intra_threads: f.intra_threads,
                 inputs: &f.inputs,
             }
         } else if let Some(f) = &p.flow {
@@ -1209,6 +1290,7 @@ impl Launch {
                 model: &f.model,
                 action_rate_hz: f.action_rate_hz,
                 replan_after: f.replan_after,
+                intra_threads: f.intra_threads,
                 inputs: &f.inputs,
             }
         } else if let Some(d) = &p.diffusion {
@@ -1217,6 +1299,7 @@ impl Launch {
                 model: &d.model,
                 action_rate_hz: d.action_rate_hz,
                 replan_after: d.replan_after,
+                intra_threads: d.intra_threads,
                 inputs: &d.inputs,
             }
         } else {
@@ -1243,6 +1326,28 @@ impl Launch {
                 "must be non-empty and usable in a zenoh key (no / * $ ? #)",
             ));
         }
+        // Names end up in zenoh keys, thread names and log lines.
+        let names = std::iter::once(("robot.name".to_string(), &c.robot.name))
+            .chain(
+                (c.robot.joints.iter().enumerate())
+                    .map(|(i, j)| (format!("robot.joints[{i}].name"), &j.name)),
+            )
+            .chain(
+                (c.drivers.sim_arm.iter().enumerate())
+                    .map(|(i, d)| (format!("drivers.sim_arm[{i}].name"), &d.name)),
+            )
+            .chain(
+                (c.drivers.zenoh_arm.iter().enumerate())
+                    .map(|(i, d)| (format!("drivers.zenoh_arm[{i}].name"), &d.name)),
+            );
+        for (field, name) in names {
+            if name.chars().any(char::is_control) || name.len() > MAX_NAME_BYTES {
+                return Err(self.error_at(
+                    &field,
+                    format!("must be at most {MAX_NAME_BYTES} bytes without control characters"),
+                ));
+            }
+        }
         let joints = c.robot.joints.len();
         if joints == 0 || joints > crate::MAX_JOINTS {
             return Err(self.error_at(
@@ -1254,6 +1359,21 @@ impl Launch {
             if let Err((field, message)) = joint.check() {
                 return Err(self.error_at(&format!("robot.joints[{i}].{field}"), message));
             }
+            if joint.name.trim().is_empty() {
+                return Err(self.error_at(&format!("robot.joints[{i}].name"), "must not be empty"));
+            }
+            if let Some(first) = c.robot.joints[..i]
+                .iter()
+                .position(|j| j.name == joint.name)
+            {
+                return Err(self.error_at(
+                    &format!("robot.joints[{i}].name"),
+                    format!(
+                        "`{}` is already the name of robot.joints[{first}]; joint names must be unique",
+                        joint.name
+                    ),
+                ));
+            }
         }
         self.check_safety(&c.safety, joints)?;
         let control = &c.control;
@@ -1263,8 +1383,41 @@ impl Launch {
                 format!("must be in (0, 10000], found {}", control.rate_hz),
             ));
         }
-        if !is_positive(control.max_state_age_ms) {
-            return Err(self.error_at("control.max_state_age_ms", "must be positive"));
+        // Durations become `Duration`s and nanosecond counts: finite and bounded,
+        // or a run panics (NaN, -1) or silently loses its protection (inf).
+        self.check_range(
+            "control.max_state_age_ms",
+            control.max_state_age_ms,
+            MAX_STALE_MS,
+        )?;
+        self.check_range(
+            "control.startup_timeout_ms",
+            control.startup_timeout_ms,
+            MAX_STARTUP_TIMEOUT_MS,
+        )?;
+        self.check_range(
+            "safety.estop_after_stale_ms",
+            c.safety.estop_after_stale_ms,
+            MAX_STALE_MS,
+        )?;
+        let period_us = 1e6 / control.rate_hz;
+        if control.spin_us as f64 > period_us {
+            return Err(self.error_at(
+                "control.spin_us",
+                format!(
+                    "must be at most one control period ({period_us:.0} us at {} Hz), found {}",
+                    control.rate_hz, control.spin_us
+                ),
+            ));
+        }
+        if control.sim_inference_ticks > MAX_SIM_INFERENCE_TICKS {
+            return Err(self.error_at(
+                "control.sim_inference_ticks",
+                format!(
+                    "must be at most {MAX_SIM_INFERENCE_TICKS}, found {}",
+                    control.sim_inference_ticks
+                ),
+            ));
         }
         if let Some(priority) = control.realtime.fifo_priority
             && !(1..=99).contains(&priority)
@@ -1292,6 +1445,14 @@ impl Launch {
                     ),
                 ));
             }
+            if let Some((j, length)) =
+                (arm.link_lengths.iter().enumerate()).find(|(_, l)| !(l.is_finite() && **l > 0.0))
+            {
+                return Err(self.error_at(
+                    &at(&format!("link_lengths[{j}]")),
+                    format!("must be a positive length in m, found {length}"),
+                ));
+            }
             if !arm.initial_position.is_empty() && arm.initial_position.len() != joints {
                 return Err(self.error_at(
                     &at("initial_position"),
@@ -1301,38 +1462,89 @@ impl Launch {
                     ),
                 ));
             }
+            if let Some((j, value)) =
+                (arm.initial_position.iter().enumerate()).find(|(_, q)| !q.is_finite())
+            {
+                return Err(self.error_at(
+                    &at(&format!("initial_position[{j}]")),
+                    format!("must be a finite position, found {value}"),
+                ));
+            }
             if let Some((j, p)) = arm
                 .initial_position
                 .iter()
                 .enumerate()
                 .find(|(j, p)| {
                     let [lo, hi] = c.robot.joints[*j].position;
-                    !(p.is_finite() && **p >= lo && **p <= hi)
+                    !(**p >= lo && **p <= hi)
                 })
             {
                 return Err(self.error_at(
                     &at("initial_position"),
                     format!(
-                        "joint {j} starts at {p}: must be a finite number inside its limits {:?}",
+                        "joint {j} starts at {p}: must be inside its limits {:?}",
                         c.robot.joints[j].position
                     ),
                 ));
             }
-            if arm.physics_hz.is_nan() || arm.physics_hz < control.rate_hz {
-                return Err(self.error_at(&at("physics_hz"), "must be at least control.rate_hz"));
+            // The simulated clock steps physics until it reaches the tick's time: a
+            // step too small to advance it would loop forever.
+            if !(arm.physics_hz >= control.rate_hz && arm.physics_hz <= MAX_PHYSICS_HZ) {
+                return Err(self.error_at(
+                    &at("physics_hz"),
+                    format!(
+                        "must be at least control.rate_hz ({}) and at most {MAX_PHYSICS_HZ}, found {}",
+                        control.rate_hz, arm.physics_hz
+                    ),
+                ));
             }
-            if !is_positive(arm.episode_seconds) {
-                return Err(self.error_at(&at("episode_seconds"), "must be positive"));
+            for (field, value) in [
+                ("stiffness", arm.stiffness),
+                ("episode_seconds", arm.episode_seconds),
+                ("target_tolerance", arm.target_tolerance),
+            ] {
+                if !(value.is_finite() && value > 0.0) {
+                    return Err(self.error_at(
+                        &at(field),
+                        format!("must be a positive number, found {value}"),
+                    ));
+                }
             }
-            if let Some(camera) = &arm.camera
-                && (camera.width < 8
+            if !(arm.damping.is_finite() && arm.damping >= 0.0) {
+                return Err(self.error_at(
+                    &at("damping"),
+                    format!("must be zero or positive, found {}", arm.damping),
+                ));
+            }
+            if let Some(camera) = &arm.camera {
+                if camera.width < 8
                     || camera.height < 8
                     || camera.width > 4096
-                    || camera.height > 4096)
-            {
-                return Err(self.error_at(&at("camera"), "width and height must be in 8..=4096"));
+                    || camera.height > 4096
+                {
+                    return Err(
+                        self.error_at(&at("camera"), "width and height must be in 8..=4096")
+                    );
+                }
+                if !(camera.fps > 0.0 && camera.fps <= MAX_CAMERA_FPS) {
+                    return Err(self.error_at(
+                        &at("camera.fps"),
+                        format!("must be in (0, {MAX_CAMERA_FPS}], found {}", camera.fps),
+                    ));
+                }
+                if camera.name.is_empty()
+                    || camera.name.len() > MAX_NAME_BYTES
+                    || camera.name.chars().any(char::is_control)
+                {
+                    return Err(self.error_at(
+                        &at("camera.name"),
+                        format!("must be 1 to {MAX_NAME_BYTES} bytes without control characters"),
+                    ));
+                }
             }
         }
+        self.check_zenoh()?;
+        self.check_onnxruntime()?;
         let tables = self.policy_tables();
         if tables.len() != 1 {
             return Err(self.error_at(
@@ -1355,9 +1567,22 @@ impl Launch {
         if common.replan_after == 0 {
             return Err(self.error_at(&format!("{table}.replan_after"), "must be at least 1"));
         }
+        if !(1..=MAX_INTRA_THREADS).contains(&common.intra_threads) {
+            return Err(self.error_at(
+                &format!("{table}.intra_threads"),
+                format!(
+                    "must be in 1..={MAX_INTRA_THREADS}, found {} (this machine has {} CPUs)",
+                    common.intra_threads,
+                    std::thread::available_parallelism().map_or(1, |n| n.get())
+                ),
+            ));
+        }
         if let Some(policy) = &c.policy.chunk {
-            if policy.actions.horizon == 0 {
-                return Err(self.error_at("policy.chunk.actions.horizon", "must be at least 1"));
+            if !(1..=MAX_HORIZON).contains(&policy.actions.horizon) {
+                return Err(self.error_at(
+                    "policy.chunk.actions.horizon",
+                    format!("must be in 1..={MAX_HORIZON}"),
+                ));
             }
             if policy.replan_after > policy.actions.horizon {
                 return Err(self.error_at(
@@ -1370,8 +1595,11 @@ impl Launch {
             }
         }
         if let Some(policy) = &c.policy.fast {
-            if policy.max_tokens == 0 {
-                return Err(self.error_at("policy.fast.max_tokens", "must be at least 1"));
+            if !(1..=MAX_FAST_TOKENS).contains(&policy.max_tokens) {
+                return Err(self.error_at(
+                    "policy.fast.max_tokens",
+                    format!("must be in 1..={MAX_FAST_TOKENS}"),
+                ));
             }
             if !(policy.temperature.is_finite() && policy.temperature >= 0.0) {
                 return Err(
@@ -1389,6 +1617,18 @@ impl Launch {
                             format!("has {} values, expected {joints}", values.len()),
                         ));
                     }
+                    if let Some((j, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                        return Err(self.error_at(
+                            &format!("policy.fast.quantiles.{name}[{j}]"),
+                            format!("must be finite, found {v}"),
+                        ));
+                    }
+                }
+                if let Some(j) = (0..joints).find(|&j| q.q99[j] < q.q01[j]) {
+                    return Err(self.error_at(
+                        &format!("policy.fast.quantiles.q99[{j}]"),
+                        format!("{} is below q01[{j}] = {}", q.q99[j], q.q01[j]),
+                    ));
                 }
             }
         }
@@ -1453,6 +1693,12 @@ impl Launch {
                         ));
                     };
                     let [h, w] = image.resize;
+                    if !(1..=MAX_IMAGE_SIDE).contains(&h) || !(1..=MAX_IMAGE_SIDE).contains(&w) {
+                        return Err(self.error_at(
+                            &at("image.resize"),
+                            format!("height and width must be in 1..={MAX_IMAGE_SIDE}"),
+                        ));
+                    }
                     let expected: Vec<i64> = match image.layout {
                         ImageLayout::Nchw => vec![1, 3, h as i64, w as i64],
                         ImageLayout::Nhwc => vec![1, h as i64, w as i64, 3],
@@ -1471,13 +1717,14 @@ impl Launch {
                     // Wider than the robot: zero padding (pi0 pads state to 32).
                     let fits = input.shape.len() == 2
                         && input.shape[0] == 1
-                        && input.shape[1] >= joints as i64;
+                        && input.shape[1] >= joints as i64
+                        && input.shape[1] <= MAX_ACTION_DIM as i64;
                     if !fits {
                         return Err(self.error_at(
                             &at("shape"),
                             format!(
-                                "a joint vector input has shape [1, N] with N >= {joints} \
-                                 (zero-padded), found {:?}",
+                                "a joint vector input has shape [1, N] with {joints} <= N <= \
+                                 {MAX_ACTION_DIM} (zero-padded), found {:?}",
                                 input.shape
                             ),
                         ));
@@ -1500,6 +1747,100 @@ impl Launch {
         Ok(())
     }
 
+    /// `value` (ms) must be finite, positive and at most `max`.
+    fn check_range(&self, field: &str, value: f64, max: f64) -> Result<(), LaunchError> {
+        if value > 0.0 && value <= max {
+            Ok(())
+        } else {
+            Err(self.error_at(field, format!("must be in (0, {max}], found {value}")))
+        }
+    }
+
+    /// Keys, endpoints and the config file, checked the way zenoh will use them.
+    fn check_zenoh(&self) -> Result<(), LaunchError> {
+        let z = &self.config.zenoh;
+        let (lo, hi) = STATUS_HZ_RANGE;
+        if !(z.status_hz >= lo && z.status_hz <= hi) {
+            return Err(self.error_at(
+                "zenoh.status_hz",
+                format!("must be in [{lo}, {hi}], found {}", z.status_hz),
+            ));
+        }
+        crate::bus::check_exact_key(&z.key_prefix).map_err(|message| {
+            self.error_at(
+                "zenoh.key_prefix",
+                format!("{message} (e.g. `reflex` or `lab/reflex`, no leading or trailing `/`)"),
+            )
+        })?;
+        let robot_key = format!("{}/{}", z.key_prefix, self.config.robot.name);
+        crate::bus::check_exact_key(&robot_key)
+            .map_err(|message| self.error_at("robot.name", message))?;
+        for (list, endpoints) in [("listen", &z.listen), ("connect", &z.connect)] {
+            for (i, endpoint) in endpoints.iter().enumerate() {
+                crate::bus::check_endpoint(endpoint)
+                    .map_err(|message| self.error_at(&format!("zenoh.{list}[{i}]"), message))?;
+            }
+        }
+        for (i, arm) in self.config.drivers.zenoh_arm.iter().enumerate() {
+            for (field, key) in [
+                ("command_key", &arm.command_key),
+                ("state_key", &arm.state_key),
+            ] {
+                if let Some(key) = key {
+                    crate::bus::check_exact_key(key).map_err(|message| {
+                        self.error_at(&format!("drivers.zenoh_arm[{i}].{field}"), message)
+                    })?;
+                }
+            }
+        }
+        if let Some(file) = &z.config_file {
+            let path = self.resolve(file);
+            let problem = match crate::files::check_regular(&path, crate::files::MAX_CONFIG_BYTES) {
+                Err(crate::files::FileError::NotFound { .. }) => {
+                    Some(format!("zenoh config file not found: {}", path.display()))
+                }
+                Err(e) => Some(format!("zenoh config file {e}")),
+                Ok(_) => zenoh::Config::from_file(&path)
+                    .err()
+                    .map(|e| format!("zenoh config file {}: {e}", path.display())),
+            };
+            if let Some(message) = problem {
+                return Err(self.error_at("zenoh.config_file", message));
+            }
+        }
+        // What `reflex run` does with all of it: the same settings through zenoh.
+        crate::bus::zenoh_config(z, &self.base_dir)
+            .map_err(|e| self.error_at("zenoh", e.to_string()))?;
+        Ok(())
+    }
+
+    /// A library named in the launch file must be there: falling back to another
+    /// one would run a different ONNX Runtime than the one asked for.
+    fn check_onnxruntime(&self) -> Result<(), LaunchError> {
+        let ort = &self.config.onnxruntime;
+        if let Some(library) = &ort.library {
+            let path = self.resolve(library);
+            crate::files::check_regular(&path, crate::files::MAX_MODEL_BYTES).map_err(|e| {
+                let message = match e {
+                    crate::files::FileError::NotFound { .. } => format!(
+                        "ONNX Runtime library not found: {} (remove the field to search \
+                         $ORT_DYLIB_PATH, the project's .venv and the system paths)",
+                        path.display()
+                    ),
+                    other => format!("ONNX Runtime library: {other}"),
+                };
+                self.error_at("onnxruntime.library", message)
+            })?;
+        }
+        if ort.device_id < 0 {
+            return Err(self.error_at(
+                "onnxruntime.device_id",
+                format!("must be 0 or more, found {}", ort.device_id),
+            ));
+        }
+        Ok(())
+    }
+
     fn check_generative(
         &self,
         table: &str,
@@ -1515,8 +1856,11 @@ impl Launch {
         if !(1..=1024).contains(&batch) {
             return Err(self.error_at(&format!("{table}.batch"), "must be in 1..=1024"));
         }
-        if actions.horizon == 0 {
-            return Err(self.error_at(&format!("{table}.actions.horizon"), "must be at least 1"));
+        if !(1..=MAX_HORIZON).contains(&actions.horizon) {
+            return Err(self.error_at(
+                &format!("{table}.actions.horizon"),
+                format!("must be in 1..={MAX_HORIZON}"),
+            ));
         }
         if replan_after > actions.horizon {
             return Err(self.error_at(
@@ -1530,6 +1874,14 @@ impl Launch {
             return Err(self.error_at(
                 &format!("{table}.actions.dim"),
                 format!("the model's action width must cover the {joints} joints, found {dim}"),
+            ));
+        }
+        if let Some(dim) = actions.dim
+            && dim > MAX_ACTION_DIM
+        {
+            return Err(self.error_at(
+                &format!("{table}.actions.dim"),
+                format!("must be at most {MAX_ACTION_DIM}, found {dim}"),
             ));
         }
         Ok(())
@@ -1581,8 +1933,20 @@ impl Launch {
                 ));
             }
         }
-        if norm.std.iter().any(|s| s.is_nan() || *s < 0.0) {
-            return Err(self.error_at(&format!("{field}.std"), "must be non-negative"));
+        for (name, values) in [("mean", &norm.mean), ("std", &norm.std)] {
+            if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(self.error_at(
+                    &format!("{field}.{name}[{i}]"),
+                    format!("must be finite, found {v}"),
+                ));
+            }
+        }
+        // A zero std would turn the tiny epsilon into the scale of the actions.
+        if let Some((i, v)) = norm.std.iter().enumerate().find(|(_, s)| **s <= 0.0) {
+            return Err(self.error_at(
+                &format!("{field}.std[{i}]"),
+                format!("must be positive, found {v}"),
+            ));
         }
         Ok(())
     }
@@ -1751,7 +2115,7 @@ fn apply_override(
         .ok_or_else(|| format!("`{spec}` is not key=value"))?;
     let (key, raw) = (key.trim(), raw.trim());
     let value: toml_edit::Value = raw.parse().unwrap_or_else(|_| raw.into());
-    let steps = path_steps(key);
+    let steps = override_steps(key)?;
     let Some((last, parents)) = steps.split_last() else {
         return Err(format!("`{spec}` has an empty key"));
     };
@@ -1769,9 +2133,11 @@ fn apply_override(
                     .get_mut(k)
                     .ok_or_else(|| format!("`{key}`: cannot create `{k}`"))?
             }
-            PathStep::Index(i) => item
-                .get_mut(*i)
-                .ok_or_else(|| format!("`{key}`: no element [{i}]"))?,
+            PathStep::Index(i) => {
+                let len = array_len(item).ok_or_else(|| format!("`{key}`: not an array"))?;
+                item.get_mut(*i)
+                    .ok_or_else(|| format!("`{key}`: no element [{i}], the array has {len}"))?
+            }
         };
     }
     match last {
@@ -1782,13 +2148,75 @@ fn apply_override(
             table.insert(k, toml_edit::Item::Value(value));
         }
         PathStep::Index(i) => {
-            let slot = item
-                .get_mut(*i)
-                .ok_or_else(|| format!("`{key}`: no element [{i}]"))?;
-            *slot = toml_edit::Item::Value(value);
+            let len = array_len(item).ok_or_else(|| format!("`{key}`: not an array"))?;
+            // An element of `[[array]]` tables is a table: a plain value there would
+            // silently vanish from the document (and the element with it).
+            let element = match (&*item, value) {
+                (toml_edit::Item::ArrayOfTables(_), toml_edit::Value::InlineTable(table)) => {
+                    toml_edit::Item::Table(table.into_table())
+                }
+                (toml_edit::Item::ArrayOfTables(_), _) => {
+                    return Err(format!(
+                        "`{key}` is a table: give an inline table, e.g. `{key}={{ name = \"...\", ... }}`, \
+                         or set one of its fields, e.g. `{key}.name=...`"
+                    ));
+                }
+                (_, value) => toml_edit::Item::Value(value),
+            };
+            let slot = item.get_mut(*i).ok_or_else(|| {
+                format!(
+                    "`{key}`: no element [{i}], the array has {len} (to add elements, set the whole array)"
+                )
+            })?;
+            *slot = element;
         }
     }
     Ok((key.to_string(), raw.to_string()))
+}
+
+/// Elements of an array or of an array of tables.
+fn array_len(item: &toml_edit::Item) -> Option<usize> {
+    match item {
+        toml_edit::Item::ArrayOfTables(tables) => Some(tables.len()),
+        toml_edit::Item::Value(toml_edit::Value::Array(array)) => Some(array.len()),
+        _ => None,
+    }
+}
+
+/// The steps of an override's key (`a.b[2].c`), strictly: every name non-empty and
+/// made of letters, digits, `_` and `-`, every index a number in brackets.
+fn override_steps(key: &str) -> Result<Vec<PathStep<'_>>, String> {
+    let mut steps = Vec::new();
+    for segment in key.split('.') {
+        let name_end = segment.find('[').unwrap_or(segment.len());
+        let (name, mut rest) = segment.split_at(name_end);
+        if name.is_empty() {
+            return Err(format!(
+                "`{key}`: empty field name (two dots in a row, or a dot at either end?)"
+            ));
+        }
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!(
+                "`{key}`: `{name}` is not a field name (letters, digits, `_`, `-`)"
+            ));
+        }
+        steps.push(PathStep::Key(name));
+        while !rest.is_empty() {
+            let (index, after) = rest
+                .strip_prefix('[')
+                .and_then(|r| r.split_once(']'))
+                .ok_or_else(|| format!("`{key}`: expected `[index]` after `{name}`"))?;
+            let index = index
+                .parse()
+                .map_err(|_| format!("`{key}`: `[{index}]` is not an array index"))?;
+            steps.push(PathStep::Index(index));
+            rest = after;
+        }
+    }
+    Ok(steps)
 }
 
 /// The JSON schema of launch files, for editors.
@@ -1936,6 +2364,300 @@ mod tests {
         let schema = json_schema().to_string();
         for section in ["robot", "drivers", "policy", "zenoh", "sim_arm"] {
             assert!(schema.contains(section), "{section}");
+        }
+    }
+
+    /// Each override must be refused with an error at `field`.
+    fn rejected_at(overrides: &[&str], field: &str) -> LaunchError {
+        let err = match load(EMBEDDED_SIM_ARM, overrides) {
+            Ok(_) => panic!("{overrides:?} was accepted"),
+            Err(err) => err,
+        };
+        assert_eq!(err.field, field, "{overrides:?}: {err}");
+        err
+    }
+
+    #[test]
+    fn durations_must_be_finite_positive_and_bounded() {
+        for value in ["nan", "inf", "-1", "0", "1e300", "-inf"] {
+            for field in [
+                "control.startup_timeout_ms",
+                "control.max_state_age_ms",
+                "safety.estop_after_stale_ms",
+            ] {
+                let err = rejected_at(&[&format!("{field}={value}")], field);
+                assert!(err.message.contains("must be in (0, "), "{err}");
+            }
+        }
+        assert!(load(EMBEDDED_SIM_ARM, &["control.startup_timeout_ms=10000"]).is_ok());
+        for value in ["nan", "inf", "0", "1000"] {
+            rejected_at(&[&format!("zenoh.status_hz={value}")], "zenoh.status_hz");
+        }
+        rejected_at(&["control.spin_us=1000000000"], "control.spin_us");
+        rejected_at(
+            &["control.sim_inference_ticks=18446744073709551615"],
+            "control.sim_inference_ticks",
+        );
+    }
+
+    #[test]
+    fn sim_arm_values_are_checked() {
+        for (value, bad) in [
+            ("[nan, 0.3, 0.2]", 0),
+            ("[0.4, -0.3, 0.2]", 1),
+            ("[0.4, 0.3, 0.0]", 2),
+            ("[0.4, 0.3, inf]", 2),
+        ] {
+            let err = rejected_at(
+                &[&format!("drivers.sim_arm[0].link_lengths={value}")],
+                &format!("drivers.sim_arm[0].link_lengths[{bad}]"),
+            );
+            assert!(err.message.contains("positive length"), "{err}");
+        }
+        for value in ["1e12", "nan", "inf", "50"] {
+            let err = rejected_at(
+                &[&format!("drivers.sim_arm[0].physics_hz={value}")],
+                "drivers.sim_arm[0].physics_hz",
+            );
+            assert!(err.message.contains("at most 100000"), "{err}");
+        }
+        for value in ["0", "nan", "inf", "-30"] {
+            rejected_at(
+                &[&format!("drivers.sim_arm[0].camera.fps={value}")],
+                "drivers.sim_arm[0].camera.fps",
+            );
+        }
+        rejected_at(
+            &["drivers.sim_arm[0].initial_position=[nan, 0.6, 0.6]"],
+            "drivers.sim_arm[0].initial_position[0]",
+        );
+        rejected_at(
+            &["drivers.sim_arm[0].episode_seconds=inf"],
+            "drivers.sim_arm[0].episode_seconds",
+        );
+        rejected_at(
+            &["drivers.sim_arm[0].damping=nan"],
+            "drivers.sim_arm[0].damping",
+        );
+    }
+
+    #[test]
+    fn joint_names_are_unique_and_not_empty() {
+        let err = rejected_at(&["robot.joints[2].name=\"elbow\""], "robot.joints[2].name");
+        assert!(
+            err.message.contains("already the name of robot.joints[1]"),
+            "{err}"
+        );
+        rejected_at(&["robot.joints[0].name=\"\""], "robot.joints[0].name");
+        // A NUL in a driver name used to panic when its thread was named.
+        rejected_at(
+            &["drivers.sim_arm[0].name=\"arm\\u0000\""],
+            "drivers.sim_arm[0].name",
+        );
+        rejected_at(&["robot.joints[1].name=\"a\\nb\""], "robot.joints[1].name");
+    }
+
+    #[test]
+    fn key_prefixes_must_be_exact_zenoh_keys() {
+        for prefix in [
+            "", "reflex/", "/reflex", "**", "a/*", "a//b", "a$*", "a?b", "a#b",
+        ] {
+            let err = rejected_at(
+                &[&format!("zenoh.key_prefix=\"{prefix}\"")],
+                "zenoh.key_prefix",
+            );
+            assert!(
+                err.message.contains("zenoh key expression") || err.message.contains("wildcard"),
+                "{prefix}: {err}"
+            );
+        }
+        assert!(load(EMBEDDED_SIM_ARM, &["zenoh.key_prefix=\"lab/reflex\""]).is_ok());
+        let zenoh_arm = include_str!("../../launch/zenoh_arm.toml");
+        assert!(load(zenoh_arm, &[]).is_ok());
+        for (field, key) in [
+            ("command_key", "robots/**"),
+            ("state_key", "robot/*/states"),
+        ] {
+            let set = format!("drivers.zenoh_arm[0].{field}=\"{key}\"");
+            let err = load(zenoh_arm, &[&set]).unwrap_err();
+            assert_eq!(err.field, format!("drivers.zenoh_arm[0].{field}"), "{err}");
+            assert!(err.message.contains("wildcard"), "{err}");
+        }
+        let set = "drivers.zenoh_arm[0].command_key=\"robot/joint_commands\"";
+        assert!(load(zenoh_arm, &[set]).is_ok());
+    }
+
+    #[test]
+    fn endpoints_are_parsed_like_zenoh() {
+        for (value, fragment) in [
+            ("[\"garbage\"]", "not a zenoh endpoint"),
+            ("[\"tcp/127.0.0.1:99999\"]", "port `99999`"),
+            ("[\"tcp/127.0.0.1\"]", "host:port"),
+            ("[\"tcp/:7447\"]", "no host"),
+        ] {
+            let err = rejected_at(&[&format!("zenoh.listen={value}")], "zenoh.listen[0]");
+            assert!(err.message.contains(fragment), "{value}: {err}");
+        }
+        let err = rejected_at(
+            &["zenoh.connect=[\"tcp/127.0.0.1:7447\", \"udp/[::1]:70000\"]"],
+            "zenoh.connect[1]",
+        );
+        assert!(err.message.contains("70000"), "{err}");
+        assert!(
+            load(
+                EMBEDDED_SIM_ARM,
+                &["zenoh.connect=[\"tcp/[::1]:7447\", \"tcp/robot.local:7447\", \"unixsock-stream//tmp/z.sock\"]"]
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_missing_zenoh_config_file_is_reported_at_the_field() {
+        let text = format!("{EMBEDDED_SIM_ARM}config_file = \"no_such_zenoh.json5\"\n");
+        let err = load(&text, &[]).unwrap_err();
+        assert_eq!(err.field, "zenoh.config_file", "{err}");
+        assert!(err.message.contains("zenoh config file not found"), "{err}");
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("config_file"))
+            .unwrap()
+            + 1;
+        assert_eq!(err.line, line, "{err}");
+        // A directory is not a config file either.
+        let err = rejected_at(&["zenoh.config_file=\"/\""], "zenoh.config_file");
+        assert!(err.message.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn onnxruntime_settings_are_checked() {
+        let err = rejected_at(
+            &["policy.chunk.intra_threads=2000"],
+            "policy.chunk.intra_threads",
+        );
+        assert!(err.message.contains("1..=256"), "{err}");
+        rejected_at(
+            &["policy.chunk.intra_threads=0"],
+            "policy.chunk.intra_threads",
+        );
+        let err = rejected_at(
+            &["onnxruntime.library=\"/nonexistent/libonnxruntime.so\""],
+            "onnxruntime.library",
+        );
+        assert!(err.message.contains("library not found"), "{err}");
+        rejected_at(
+            &["onnxruntime.library=\"/dev/zero\""],
+            "onnxruntime.library",
+        );
+        rejected_at(&["onnxruntime.device_id=-1"], "onnxruntime.device_id");
+    }
+
+    #[test]
+    fn normalization_must_be_finite_with_positive_std() {
+        let norm = |mean: &str, std: &str| {
+            format!("policy.chunk.actions.normalize={{ mean = {mean}, std = {std} }}")
+        };
+        assert!(load(EMBEDDED_SIM_ARM, &[&norm("[0, 0, 0]", "[1, 1, 1]")]).is_ok());
+        for (mean, std, field) in [
+            ("[nan, 0, 0]", "[1, 1, 1]", "mean[0]"),
+            ("[0, inf, 0]", "[1, 1, 1]", "mean[1]"),
+            ("[0, 0, 0]", "[1, 1, nan]", "std[2]"),
+            ("[0, 0, 0]", "[1, 0, 1]", "std[1]"),
+            ("[0, 0, 0]", "[1, -1, 1]", "std[1]"),
+        ] {
+            rejected_at(
+                &[&norm(mean, std)],
+                &format!("policy.chunk.actions.normalize.{field}"),
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        rejected_at(
+            &["policy.chunk.actions.horizon=100000000"],
+            "policy.chunk.actions.horizon",
+        );
+        rejected_at(
+            &["policy.chunk.inputs[1].shape=[1, 1000000000000]"],
+            "policy.chunk.inputs[1].shape",
+        );
+        rejected_at(
+            &["policy.chunk.inputs[0].image.resize=[100000, 100000]"],
+            "policy.chunk.inputs[0].image.resize",
+        );
+        let flow = include_str!("../../launch/sim_arm_flow.toml");
+        let err = load(flow, &["policy.flow.actions.dim=10000000000000000"]).unwrap_err();
+        assert_eq!(err.field, "policy.flow.actions.dim", "{err}");
+    }
+
+    #[test]
+    fn launch_files_over_the_cap_are_refused_before_parsing() {
+        let mut text = String::from(EMBEDDED_SIM_ARM);
+        text.push_str("# ");
+        text.push_str(&"x".repeat(MAX_LAUNCH_BYTES as usize));
+        let err = load(&text, &[]).unwrap_err();
+        assert!(err.message.contains("limited to 1 MiB"), "{err}");
+        let dir = std::env::temp_dir().join(format!("reflex-launch-cap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big.toml");
+        std::fs::write(&path, &text).unwrap();
+        let err = Launch::from_file(&path, &[]).unwrap_err();
+        assert!(err.message.contains("limited to 1 MiB"), "{err}");
+        let err = Launch::from_file(Path::new("/dev/zero"), &[]).unwrap_err();
+        assert!(err.message.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn overrides_reach_array_elements() {
+        let launch = load(
+            EMBEDDED_SIM_ARM,
+            &["drivers.sim_arm[0].link_lengths[1]=0.35"],
+        )
+        .unwrap();
+        assert_eq!(
+            launch.config.drivers.sim_arm[0].link_lengths,
+            [0.4, 0.35, 0.2]
+        );
+        // A whole `[[robot.joints]]` element from an inline table.
+        let launch = load(
+            EMBEDDED_SIM_ARM,
+            &["robot.joints[2]={ name = \"hand\", position = [-1.0, 1.0], velocity = 1.0, acceleration = 4.0 }"],
+        )
+        .unwrap();
+        assert_eq!(launch.config.robot.joints.len(), 3);
+        assert_eq!(launch.config.robot.joints[2].name, "hand");
+        assert_eq!(launch.config.robot.joints[2].position, [-1.0, 1.0]);
+        // A plain value cannot replace a table element: it used to delete the joint.
+        let err = load(EMBEDDED_SIM_ARM, &["robot.joints[2]=5"]).unwrap_err();
+        assert!(err.message.contains("is a table"), "{err}");
+        assert_eq!(err.from_override.as_deref(), Some("robot.joints[2]=5"));
+        let err = load(EMBEDDED_SIM_ARM, &["robot.joints[3].velocity=1"]).unwrap_err();
+        assert!(
+            err.message.contains("no element [3], the array has 3"),
+            "{err}"
+        );
+        let err = load(EMBEDDED_SIM_ARM, &["drivers.sim_arm[0].link_lengths[7]=1"]).unwrap_err();
+        assert!(err.message.contains("no element [7]"), "{err}");
+    }
+
+    #[test]
+    fn malformed_override_keys_are_errors() {
+        for spec in [
+            "control..rate_hz=50",
+            ".control.rate_hz=50",
+            "control.rate_hz.=50",
+            "=50",
+            "robot.joints[x].velocity=1",
+            "robot.joints[1.velocity=1",
+            "robot.joints[1]x.velocity=1",
+            "control.rate hz=50",
+        ] {
+            let err = match load(EMBEDDED_SIM_ARM, &[spec]) {
+                Ok(_) => panic!("`{spec}` was accepted"),
+                Err(err) => err,
+            };
+            assert_eq!(err.from_override.as_deref(), Some(spec), "{err}");
         }
     }
 

@@ -87,9 +87,11 @@ pub fn read_f64(path: &Path) -> std::io::Result<(Vec<usize>, Vec<f64>)> {
     }
 }
 
-/// Reads an `.npy` file.
+/// Reads an `.npy` file: a regular file of at most
+/// [`crate::files::MAX_DATA_BYTES`].
 pub fn read(path: &Path) -> std::io::Result<NpyArray> {
-    let bytes = std::fs::read(path)?;
+    let bytes = crate::files::read(path, crate::files::MAX_DATA_BYTES)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
     parse(&bytes).map_err(|m| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,

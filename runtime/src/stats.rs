@@ -86,6 +86,12 @@ pub struct RunStats {
     pub refusals: u64,
     pub last_refusal: Option<crate::safety::Refusal>,
     pub inference_errors: u64,
+    /// Commands the arm driver's mailbox replaced because its thread fell behind.
+    pub dropped_commands: u64,
+    /// Commands and states the bus mirror's mailboxes replaced (not published).
+    pub dropped_bus_messages: u64,
+    /// Messages from the robot its driver refused (undecodable, wrong joint count).
+    pub bad_robot_messages: u64,
 }
 
 #[cfg(test)]
