@@ -180,7 +180,8 @@ fn an_operator_estop_over_zenoh_stops_the_arm_and_rearm_resumes() {
 
     let summary = summary(&summary_path);
     assert_eq!(summary["estop"], true, "{summary}");
-    let (header, records) = reflex_runtime::log::read_log(&log).unwrap();
+    let log = reflex_runtime::log::read_log(&log).unwrap();
+    let (header, records) = (log.header, log.records);
     use reflex_runtime::log::Record;
     let estop_at = records
         .iter()

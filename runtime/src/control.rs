@@ -109,6 +109,8 @@ impl TickCore {
 pub enum ControlError {
     #[error("no joint state from the arm within {0:?}; is the robot (or its zenoh bridge) up?")]
     NoInitialState(Duration),
+    #[error("stopped while waiting for the first joint state; nothing was commanded")]
+    StoppedBeforeFirstState,
     #[error(transparent)]
     Driver(#[from] DriverError),
 }
@@ -182,14 +184,18 @@ impl ControlLoop {
         Ok(())
     }
 
-    /// Waits for the first joint state (stepping simulated drivers once).
-    fn first_state(&mut self) -> Result<JointState, ControlError> {
+    /// Waits for the first joint state (stepping simulated drivers once); gives up
+    /// at once when `stop` is set (a signal during start-up).
+    fn first_state(&mut self, stop: &AtomicBool) -> Result<JointState, ControlError> {
         self.step_simulated(0)?;
         let deadline = Instant::now() + self.startup_timeout;
         loop {
             let state = *self.arm.state.latest();
             if state.seq > 0 {
                 return Ok(state);
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Err(ControlError::StoppedBeforeFirstState);
             }
             if Instant::now() >= deadline {
                 return Err(ControlError::NoInitialState(self.startup_timeout));
@@ -201,7 +207,7 @@ impl ControlLoop {
     /// Runs until the duration is reached or `stop` is set, then brings the arm to rest.
     pub fn run(mut self, limits: RunLimits) -> Result<RunSummary, ControlError> {
         let joints = self.params.joints.len();
-        let first = self.first_state()?;
+        let first = self.first_state(limits.stop)?;
         let mut core = TickCore::new(&self.params);
         core.start(first.positions());
         if let Some(recorder) = &self.recorder {
@@ -517,7 +523,12 @@ impl ReplayReport {
 }
 
 /// Re-executes a log's ticks and compares every command and flag bit for bit.
-pub fn replay(header: &LogHeader, records: &[Record]) -> ReplayReport {
+///
+/// `records` may be a slice or a stream (`reflex replay` reads the log as it goes).
+pub fn replay<R: std::borrow::Borrow<Record>>(
+    header: &LogHeader,
+    records: impl IntoIterator<Item = R>,
+) -> ReplayReport {
     let params = TickParams::from_header(header);
     let mut core = TickCore::new(&params);
     let mut report = ReplayReport::default();
@@ -528,7 +539,7 @@ pub fn replay(header: &LogHeader, records: &[Record]) -> ReplayReport {
         }
     };
     for record in records {
-        match record {
+        match record.borrow() {
             Record::Start { joints, position } => core.start(&position[..*joints]),
             Record::Estop { .. } => core.safety.estop(),
             Record::Chunk {
