@@ -92,8 +92,9 @@ fn load_chunks(args: &FitArgs) -> anyhow::Result<(Vec<Vec<f64>>, usize, usize)> 
         debug_assert_eq!(chunks.len(), n);
         return Ok((chunks, t, d));
     }
-    let (_, records) = reflex_runtime::log::read_log(&args.input)
-        .with_context(|| format!("{} is neither .npy nor a reflex log", args.input.display()))?;
+    let records = reflex_runtime::log::read_log(&args.input)
+        .with_context(|| format!("{} is neither .npy nor a reflex log", args.input.display()))?
+        .records;
     let mut shape = None;
     let mut chunks = Vec::new();
     for record in records {

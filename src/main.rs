@@ -29,7 +29,9 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
-    /// Re-execute a run log and check every command bit for bit.
+    /// Re-execute a run log and check every command bit for bit. Exit status 0:
+    /// every command matches (a truncated log replays what it holds); 1: a
+    /// difference, a corrupt frame or no ticks; 2: the log cannot be read.
     Replay { log: PathBuf },
     /// Record scripted demonstrations on the simulated arm (training data).
     Demos(reflex::demos::DemoArgs),
@@ -173,25 +175,64 @@ fn check(path: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// Replays a log as it is read, so a long log needs no more memory than a short one.
+/// A truncated log (a killed run) replays every whole record; re-execution stops
+/// at the first corrupt frame, since the tick's state cannot be rebuilt across a gap.
 fn replay(path: &Path) -> anyhow::Result<ExitCode> {
-    let (header, records) = reflex_runtime::log::read_log(path)
+    let mut reader = reflex_runtime::log::open_log(path)
         .with_context(|| format!("cannot read log {}", path.display()))?;
-    let report = reflex_runtime::control::replay(&header, &records);
+    let header = reader.header().clone();
+    let mut after_gap = 0u64;
+    let report = {
+        let reader = &mut reader;
+        let after_gap = &mut after_gap;
+        let records = std::iter::from_fn(move || {
+            let record = reader.next_record()?;
+            if reader.report().corrupt_count == 0 {
+                Some(record)
+            } else {
+                *after_gap += 1;
+                None
+            }
+        });
+        reflex_runtime::control::replay(&header, records)
+    };
+    while reader.next_record().is_some() {
+        after_gap += 1;
+    }
+    let log = reader.report();
     println!(
-        "replayed {} ticks and {} chunks from {} ({} clock{})",
+        "replayed {} ticks and {} chunks from {} ({} clock)",
         report.ticks,
         report.chunks,
         path.display(),
         header.clock,
-        if report.complete {
-            ""
-        } else {
-            ", log ends early: the run did not finish cleanly"
-        }
     );
+    for line in log.lines() {
+        println!("{line}");
+    }
+    if let Some(gap) = log.corrupt.first() {
+        println!(
+            "replay stopped at the corrupt frame at byte {}: {after_gap} whole records after it \
+             were read but not re-executed (the tick's state cannot be rebuilt across a gap)",
+            gap.offset
+        );
+    }
+    if report.ticks == 0 {
+        println!("no ticks to compare: the run ended before its first tick");
+        return Ok(ExitCode::from(1));
+    }
     if report.identical() {
         println!("all {} commands are bit-identical", report.ticks);
-        Ok(ExitCode::SUCCESS)
+        if log.corrupt_count == 0 {
+            return Ok(ExitCode::SUCCESS);
+        }
+        // A damaged log fails even when what could be replayed matches.
+        println!(
+            "the log is damaged ({} corrupt frames): exit status 1",
+            log.corrupt_count
+        );
+        Ok(ExitCode::from(1))
     } else {
         println!("DIFFERENT: {} mismatches", report.mismatches);
         for m in &report.first {

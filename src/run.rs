@@ -1,9 +1,10 @@
 //! `reflex run`: wires the launch file's drivers, policy, bus and recorder into the
 //! control loop, runs it on its own thread, and prints the summary.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -11,7 +12,7 @@ use clap::Args;
 use reflex_runtime::bus::{Bus, OperatorListener, StatusThread};
 use reflex_runtime::clock::{Clock, SimClock, WallClock};
 use reflex_runtime::control::{
-    ControlLoop, OperatorRequests, RunLimits, RunSummary, TickParams,
+    ControlError, ControlLoop, OperatorRequests, RunLimits, RunSummary, TickParams,
 };
 use reflex_runtime::operator::{ControlSocket, OperatorError, TerminalKeys};
 use reflex_runtime::driver::DriverContext;
@@ -66,18 +67,55 @@ pub fn parse_duration(text: &str) -> Result<f64, String> {
     }
 }
 
-/// Set by SIGINT/SIGTERM; the loop brings the arm to rest and the run ends cleanly.
+/// Set by SIGINT, SIGTERM, SIGHUP or SIGQUIT: the loop brings the arm to rest,
+/// prints the summary and closes the log.
 static STOP: AtomicBool = AtomicBool::new(false);
+/// The signal that set `STOP` (0 = none yet).
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Until the log file is about to be created, a signal ends the process at once:
+/// nothing has been commanded, nothing needs closing, and loading a model cannot
+/// be interrupted any other way.
+static EXIT_ON_SIGNAL: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
+const STOP_SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    SIGNAL.store(signal, Ordering::Relaxed);
     STOP.store(true, Ordering::Relaxed);
+    if EXIT_ON_SIGNAL.load(Ordering::Relaxed) {
+        let message = b"reflex: signal during start-up: exiting before the first command\n";
+        // SAFETY: write(2) and _exit(2) are async-signal-safe.
+        unsafe {
+            libc::write(2, message.as_ptr().cast(), message.len());
+            libc::_exit(128 + signal);
+        }
+    }
 }
 
+/// Installed before anything slow (model load, waiting for the robot).
 fn install_signal_handlers() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    EXIT_ON_SIGNAL.store(true, Ordering::SeqCst);
+    for signal in STOP_SIGNALS {
+        // SAFETY: the handler only touches atomics and calls async-signal-safe functions.
+        unsafe {
+            libc::signal(signal, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+/// The log (if any) is about to be created: from now on a signal sets `STOP`, and
+/// the loop, or its wait for the first joint state, ends and closes the log.
+fn signals_stop_the_loop() {
+    EXIT_ON_SIGNAL.store(false, Ordering::SeqCst);
+}
+
+fn signal_name(signal: libc::c_int) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGQUIT => "SIGQUIT",
+        _ => "a signal",
     }
 }
 
@@ -116,7 +154,7 @@ impl Assembled {
             .mirror
             .as_ref()
             .map(|m| (m.commands.clone(), m.states.clone()));
-        let mut summary = std::thread::Builder::new()
+        let result = std::thread::Builder::new()
             .name("reflex-control".into())
             .spawn(move || {
                 for warning in reflex_runtime::realtime::apply(&realtime) {
@@ -125,18 +163,19 @@ impl Assembled {
                 }
                 control.run(limits)
             })?
-            .join()
-            .map_err(|_| anyhow::anyhow!("control thread panicked"))??;
+            .join();
         drop(keys);
-        summary.stats.dropped_commands = arm_commands.dropped();
-        summary.stats.dropped_bus_messages = mirror.map_or(0, |(c, s)| c.dropped() + s.dropped());
-        summary.stats.bad_robot_messages = bad_messages.load(Ordering::Relaxed);
+        // Also when the loop ended in an error (a signal before the first state).
         status.finish();
         drop(socket);
         drop(operator);
         if let Some(bus) = bus {
             bus.close();
         }
+        let mut summary = result.map_err(|_| anyhow::anyhow!("control thread panicked"))??;
+        summary.stats.dropped_commands = arm_commands.dropped();
+        summary.stats.dropped_bus_messages = mirror.map_or(0, |(c, s)| c.dropped() + s.dropped());
+        summary.stats.bad_robot_messages = bad_messages.load(Ordering::Relaxed);
         Ok(summary)
     }
 }
@@ -248,6 +287,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         replan_after: common.replan_after.min(horizon),
         safety: c.safety.clone(),
     };
+    signals_stop_the_loop();
     let recorder = match how.log {
         Some(path) => {
             let header = LogHeader {
@@ -315,6 +355,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(seed) = args.seed {
         overrides.push(format!("seed={seed}"));
     }
+    install_signal_handlers();
     let launch = crate::load_launch(args.launch.as_ref(), &overrides)?;
     let assembled = assemble(
         &launch,
@@ -323,7 +364,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             log: args.log.as_deref(),
         },
     )?;
-    install_signal_handlers();
     let limits = RunLimits {
         // parse_duration keeps it finite and positive, so this cannot panic.
         duration: args
@@ -331,14 +371,37 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .and_then(|s| Duration::try_from_secs_f64(s).ok()),
         stop: &STOP,
     };
-    let summary = assembled.run(launch.config.control.realtime.clone(), limits)?;
+    let summary = match assembled.run(launch.config.control.realtime.clone(), limits) {
+        Ok(summary) => summary,
+        Err(e)
+            if matches!(
+                e.downcast_ref::<ControlError>(),
+                Some(ControlError::StoppedBeforeFirstState)
+            ) =>
+        {
+            let signal = SIGNAL.load(Ordering::Relaxed);
+            eprintln!(
+                "reflex: {} while waiting for the first joint state: stopped before the \
+                 first command{}",
+                signal_name(signal),
+                match &args.log {
+                    Some(path) => format!("; log {} closed", path.display()),
+                    None => String::new(),
+                }
+            );
+            return Ok(ExitCode::from((128 + signal).clamp(0, 255) as u8));
+        }
+        Err(e) => return Err(e),
+    };
     let report = crate::summary::Report::new(
         &launch.origin,
         args.log.as_deref(),
         &summary,
         launch.config.control.rate_hz,
     );
-    print!("{}", report.table());
+    // The terminal may be gone (SIGHUP): the log is already closed, so a failed
+    // write must not turn into a panic.
+    let _ = write!(std::io::stdout(), "{}", report.table());
     if let Some(path) = &args.summary_json {
         std::fs::write(path, serde_json::to_vec_pretty(&report.json())?)
             .with_context(|| format!("cannot write {}", path.display()))?;

@@ -57,7 +57,8 @@ fn replay(log: &Path) -> (bool, String) {
 }
 
 fn rewrite(from: &Path, to: &Path, change: impl Fn(&mut Vec<Record>)) {
-    let (header, mut records) = read_log(from).unwrap();
+    let log = read_log(from).unwrap();
+    let (header, mut records) = (log.header, log.records);
     change(&mut records);
     let mut writer = LogWriter::new(Vec::new(), &header).unwrap();
     for r in &records {

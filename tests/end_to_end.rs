@@ -190,7 +190,8 @@ fn an_operator_estop_over_zenoh_stops_the_arm_and_local_rearm_and_resume_restart
     let summary = summary(&summary_path);
     assert_eq!(summary["estop"], true, "{summary}");
     assert_eq!(summary["final_state"], "running", "{summary}");
-    let (header, records) = reflex_runtime::log::read_log(&log).unwrap();
+    let log = reflex_runtime::log::read_log(&log).unwrap();
+    let (header, records) = (log.header, log.records);
     use reflex_runtime::log::Record;
     let estop_at = records
         .iter()

@@ -66,7 +66,7 @@ fn run_fast(name: &str, end_token: u64) -> (serde_json::Value, Vec<Record>) {
         "--summary-json",
         summary_path.to_str().unwrap(),
     ]);
-    (summary(&summary_path), read_log(&log).unwrap().1)
+    (summary(&summary_path), read_log(&log).unwrap().records)
 }
 
 fn commands(records: &[Record]) -> Vec<[f64; 3]> {

@@ -43,7 +43,7 @@ fn nan_chunks_are_rejected_and_the_arm_holds_still() {
         "{summary}"
     );
     assert_eq!(summary["chunks_applied"].as_u64(), Some(0), "{summary}");
-    let (_, records) = read_log(&log).unwrap();
+    let records = read_log(&log).unwrap().records;
     let Some(Record::Start {
         position: start, ..
     }) = records.first()

@@ -493,7 +493,7 @@ fn trained_flow_policy_reaches_the_targets_and_replays() {
         );
     }
     // Recompute the state mean from the log's ticks.
-    let (_, records) = reflex_runtime::log::read_log(&log).unwrap();
+    let records = reflex_runtime::log::read_log(&log).unwrap().records;
     let positions: Vec<f64> = records
         .iter()
         .filter_map(|r| match r {

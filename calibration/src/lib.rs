@@ -6,4 +6,4 @@
 
 pub mod norm_stats;
 
-pub use norm_stats::{NormStats, NormStatsError, Stats, StatsAccumulator};
+pub use norm_stats::{NormStats, NormStatsError, Stats, StatsAccumulator, StatsError};

@@ -165,21 +165,41 @@ impl NormStats {
     }
 }
 
+/// Why a set of samples has no statistics that a `norm_stats.json` can hold.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StatsError {
+    #[error("no finite samples ({skipped} skipped for NaN, infinite or misshapen values)")]
+    NoSamples { skipped: usize },
+    #[error(
+        "dimension {dimension}: {field} is {value:e}, which float32 (the format of \
+         norm_stats.json) cannot hold"
+    )]
+    OutOfRange {
+        dimension: usize,
+        field: &'static str,
+        value: f64,
+    },
+}
+
 /// Collects samples of a D-dimensional quantity and computes its statistics.
 ///
 /// Mean and std are the population values (numpy's default, ddof = 0), computed in
 /// f64. Quantiles are exact: numpy's default linear interpolation between order
 /// statistics (openpi approximates them with histograms; the two agree to within a
-/// bin width).
+/// bin width). A sample with a NaN or infinite value, or of the wrong width, is
+/// skipped and counted ([`Self::skipped`]): one NaN would make every statistic of
+/// its dimension NaN.
 #[derive(Debug, Clone)]
 pub struct StatsAccumulator {
     columns: Vec<Vec<f64>>,
+    skipped: usize,
 }
 
 impl StatsAccumulator {
     pub fn new(width: usize) -> Self {
         Self {
             columns: vec![Vec::new(); width],
+            skipped: 0,
         }
     }
 
@@ -187,37 +207,63 @@ impl StatsAccumulator {
         self.columns.len()
     }
 
+    /// Samples taken.
     pub fn count(&self) -> usize {
         self.columns.first().map_or(0, Vec::len)
     }
 
-    /// Adds one sample; panics in debug builds if its width is wrong.
-    pub fn push(&mut self, sample: &[f64]) {
-        debug_assert_eq!(sample.len(), self.columns.len());
+    /// Samples skipped (non-finite values or wrong width).
+    pub fn skipped(&self) -> usize {
+        self.skipped
+    }
+
+    /// Adds one sample; returns false (and counts it) when it is skipped.
+    pub fn push(&mut self, sample: &[f64]) -> bool {
+        if sample.len() != self.columns.len() || sample.iter().any(|x| !x.is_finite()) {
+            self.skipped += 1;
+            return false;
+        }
         for (column, &x) in self.columns.iter_mut().zip(sample) {
             column.push(x);
         }
+        true
     }
 
-    /// None when no samples were pushed.
-    pub fn finish(mut self) -> Option<Stats> {
+    /// The statistics; an error when there are no samples or a statistic does not
+    /// fit a float32 (values beyond ~3.4e38).
+    pub fn finish(mut self) -> Result<Stats, StatsError> {
         let n = self.count();
         if n == 0 {
-            return None;
+            return Err(StatsError::NoSamples {
+                skipped: self.skipped,
+            });
         }
         let mut stats = Stats::default();
         let (mut mean, mut std, mut q01, mut q99, mut min, mut max) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
-        for column in &mut self.columns {
+        for (dimension, column) in self.columns.iter_mut().enumerate() {
             let m = column.iter().sum::<f64>() / n as f64;
             let var = column.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / n as f64;
             column.sort_by(f64::total_cmp);
-            mean.push(m as f32);
-            std.push(var.sqrt() as f32);
-            q01.push(quantile(column, 0.01) as f32);
-            q99.push(quantile(column, 0.99) as f32);
-            min.push(column[0] as f32);
-            max.push(column[n - 1] as f32);
+            let values = [
+                ("mean", m, &mut mean),
+                ("std", var.sqrt(), &mut std),
+                ("q01", quantile(column, 0.01), &mut q01),
+                ("q99", quantile(column, 0.99), &mut q99),
+                ("min", column[0], &mut min),
+                ("max", column[n - 1], &mut max),
+            ];
+            for (field, value, out) in values {
+                let narrow = value as f32;
+                if !narrow.is_finite() {
+                    return Err(StatsError::OutOfRange {
+                        dimension,
+                        field,
+                        value,
+                    });
+                }
+                out.push(narrow);
+            }
         }
         stats.mean = Some(mean);
         stats.std = Some(std);
@@ -225,7 +271,7 @@ impl StatsAccumulator {
         stats.q99 = Some(q99);
         stats.min = Some(min);
         stats.max = Some(max);
-        Some(stats)
+        Ok(stats)
     }
 }
 
@@ -295,6 +341,49 @@ mod tests {
         assert_eq!(stats.q99.as_ref().unwrap(), &[99.0, -2.0]);
         assert_eq!(stats.min.as_ref().unwrap(), &[0.0, -200.0]);
         assert_eq!(stats.max.as_ref().unwrap(), &[100.0, 0.0]);
-        assert!(StatsAccumulator::new(3).finish().is_none());
+        assert_eq!(
+            StatsAccumulator::new(3).finish(),
+            Err(StatsError::NoSamples { skipped: 0 })
+        );
+    }
+
+    #[test]
+    fn non_finite_samples_are_skipped_and_counted() {
+        let mut acc = StatsAccumulator::new(2);
+        assert!(acc.push(&[1.0, 2.0]));
+        assert!(!acc.push(&[f64::NAN, 2.0]));
+        assert!(!acc.push(&[1.0, f64::INFINITY]));
+        assert!(!acc.push(&[1.0]));
+        assert!(acc.push(&[3.0, 4.0]));
+        assert_eq!((acc.count(), acc.skipped()), (2, 3));
+        let stats = acc.finish().unwrap();
+        assert_eq!(stats.mean.as_ref().unwrap(), &[2.0, 3.0]);
+        // What is written is what reflex reads back.
+        let mut all = NormStats::default();
+        all.entries.insert("state".into(), stats);
+        NormStats::parse(&all.to_json(), Path::new("n.json")).unwrap();
+
+        let mut nothing = StatsAccumulator::new(1);
+        nothing.push(&[f64::NAN]);
+        assert_eq!(nothing.finish(), Err(StatsError::NoSamples { skipped: 1 }));
+    }
+
+    #[test]
+    fn statistics_float32_cannot_hold_are_an_error() {
+        let mut acc = StatsAccumulator::new(2);
+        acc.push(&[0.0, 1e300]);
+        acc.push(&[0.0, -1e300]);
+        let err = acc.finish().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StatsError::OutOfRange {
+                    dimension: 1,
+                    field: "std",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

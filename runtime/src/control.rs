@@ -337,8 +337,8 @@ pub enum ControlError {
         "the arm sent joint states for {waited:?} but none can be started from: {why}"
     )]
     InvalidInitialState { waited: Duration, why: String },
-    #[error("interrupted while waiting for the first joint state")]
-    Interrupted,
+    #[error("stopped while waiting for the first joint state; nothing was commanded")]
+    StoppedBeforeFirstState,
     #[error(transparent)]
     Driver(#[from] DriverError),
 }
@@ -478,7 +478,7 @@ impl ControlLoop {
                 }
             }
             if stop.load(Ordering::Relaxed) {
-                return Err(ControlError::Interrupted);
+                return Err(ControlError::StoppedBeforeFirstState);
             }
             if started.elapsed() >= self.startup_timeout {
                 return Err(match why {
@@ -889,7 +889,12 @@ impl ReplayReport {
 }
 
 /// Re-executes a log's ticks and compares every command and flag bit for bit.
-pub fn replay(header: &LogHeader, records: &[Record]) -> ReplayReport {
+///
+/// `records` may be a slice or a stream (`reflex replay` reads the log as it goes).
+pub fn replay<R: std::borrow::Borrow<Record>>(
+    header: &LogHeader,
+    records: impl IntoIterator<Item = R>,
+) -> ReplayReport {
     let params = TickParams::from_header(header);
     let mut core = TickCore::new(&params);
     let mut report = ReplayReport::default();
@@ -902,7 +907,7 @@ pub fn replay(header: &LogHeader, records: &[Record]) -> ReplayReport {
     // Operator requests act before the step of the tick that follows them.
     let mut pending: Vec<(Request, Option<u8>)> = Vec::new();
     for record in records {
-        match record {
+        match record.borrow() {
             Record::Start { joints, position } => {
                 if let Err(e) = core.start(&position[..(*joints).min(MAX_JOINTS)]) {
                     note(&mut report, 0, format!("cannot arm from the logged start: {e}"));

@@ -707,6 +707,56 @@ pub struct SafetyConfig {
     pub operator: OperatorConfig,
 }
 
+impl SafetyConfig {
+    /// Checks the settings for a robot with `joints` joints; on error returns the
+    /// field (under `safety.`) and what is wrong with it.
+    pub fn check(&self, joints: usize) -> Result<(), (String, String)> {
+        let safety = self;
+        // (field, value, smallest allowed, largest allowed)
+        let mut bounded = vec![
+            ("estop_after_stale_ms", safety.estop_after_stale_ms, 0.0, 60_000.0),
+            ("state_limit_margin", safety.state_limit_margin, 0.0, 0.5),
+            ("recovery_velocity_fraction", safety.recovery_velocity_fraction, 0.0, 1.0),
+            ("rearm_max_velocity", safety.rearm_max_velocity, 0.0, 10.0),
+            ("rearm_position_tolerance", safety.rearm_position_tolerance, 0.0, 1.0),
+            ("tracking_lag_ms", safety.tracking_lag_ms, 0.0, 10_000.0),
+        ];
+        if let Some(ms) = safety.operator.heartbeat_ms {
+            bounded.push(("operator.heartbeat_ms", ms, 1.0, 600_000.0));
+        }
+        for (field, value, lo, hi) in bounded {
+            // Written so that NaN fails too.
+            if !(value >= lo && value <= hi) {
+                return Err((
+                    field.to_string(),
+                    format!("must be a number in [{lo}, {hi}], found {value}"),
+                ));
+            }
+        }
+        if safety.recovery_velocity_fraction == 0.0 {
+            return Err((
+                "recovery_velocity_fraction".into(),
+                "must be above 0 (a joint past its limit could never come back)".into(),
+            ));
+        }
+        if let Some(errors) = &safety.max_tracking_error {
+            if errors.len() != joints {
+                return Err((
+                    "max_tracking_error".into(),
+                    format!("has {} values, expected one per joint ({joints})", errors.len()),
+                ));
+            }
+            if let Some(bad) = errors.iter().find(|e| !(e.is_finite() && **e > 0.0)) {
+                return Err((
+                    "max_tracking_error".into(),
+                    format!("each value must be a positive number of rad, found {bad}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for SafetyConfig {
     fn default() -> Self {
         Self {
@@ -1955,46 +2005,8 @@ impl Launch {
 /// False for NaN, zero and negative numbers.
 impl Launch {
     fn check_safety(&self, safety: &SafetyConfig, joints: usize) -> Result<(), LaunchError> {
-        // (field, value, smallest allowed, largest allowed)
-        let mut bounded = vec![
-            ("estop_after_stale_ms", safety.estop_after_stale_ms, 0.0, 60_000.0),
-            ("state_limit_margin", safety.state_limit_margin, 0.0, 0.5),
-            ("recovery_velocity_fraction", safety.recovery_velocity_fraction, 0.0, 1.0),
-            ("rearm_max_velocity", safety.rearm_max_velocity, 0.0, 10.0),
-            ("rearm_position_tolerance", safety.rearm_position_tolerance, 0.0, 1.0),
-            ("tracking_lag_ms", safety.tracking_lag_ms, 0.0, 10_000.0),
-        ];
-        if let Some(ms) = safety.operator.heartbeat_ms {
-            bounded.push(("operator.heartbeat_ms", ms, 1.0, 600_000.0));
-        }
-        for (field, value, lo, hi) in bounded {
-            // Written so that NaN fails too.
-            if !(value >= lo && value <= hi) {
-                return Err(self.error_at(
-                    &format!("safety.{field}"),
-                    format!("must be a number in [{lo}, {hi}], found {value}"),
-                ));
-            }
-        }
-        if safety.recovery_velocity_fraction == 0.0 {
-            return Err(self.error_at(
-                "safety.recovery_velocity_fraction",
-                "must be above 0 (a joint past its limit could never come back)",
-            ));
-        }
-        if let Some(errors) = &safety.max_tracking_error {
-            if errors.len() != joints {
-                return Err(self.error_at(
-                    "safety.max_tracking_error",
-                    format!("has {} values, expected one per joint ({joints})", errors.len()),
-                ));
-            }
-            if let Some(bad) = errors.iter().find(|e| !(e.is_finite() && **e > 0.0)) {
-                return Err(self.error_at(
-                    "safety.max_tracking_error",
-                    format!("each value must be a positive number of rad, found {bad}"),
-                ));
-            }
+        if let Err((field, message)) = safety.check(joints) {
+            return Err(self.error_at(&format!("safety.{field}"), message));
         }
         let format = self.config.zenoh.command_format;
         if !(1..=2).contains(&format) {
