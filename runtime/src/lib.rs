@@ -18,6 +18,7 @@ pub mod mailbox;
 pub mod npy;
 pub mod policy;
 pub mod realtime;
+pub mod robot_model;
 pub mod safety;
 pub mod slot;
 pub mod stats;
