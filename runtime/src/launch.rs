@@ -1729,11 +1729,15 @@ impl Launch {
             });
         }
         if let (Some(e), Some(i)) = (entry, index) {
-            let mut note = |field: &str, ours: String, theirs: String, stricter: bool| {
-                let verdict = if stricter {
-                    "stricter than the URDF"
-                } else {
-                    "LOOSER than the URDF: it allows motion the robot's description forbids"
+            // `None`: the URDF's own value is no valid limit, so there is nothing to
+            // be stricter or looser than.
+            let mut note = |field: &str, ours: String, theirs: String, stricter: Option<bool>| {
+                let verdict = match stricter {
+                    Some(true) => "stricter than the URDF",
+                    Some(false) => {
+                        "LOOSER than the URDF: it allows motion the robot's description forbids"
+                    }
+                    None => "the URDF's value is not a valid limit",
                 };
                 warnings.push(format!(
                     "robot.joints[{i}] (`{name}`): {field} {ours} overrides {theirs} from \
@@ -1743,12 +1747,12 @@ impl Launch {
             if let (Some([lo, hi]), Some([ulo, uhi])) = (e.position, urdf.position)
                 && [lo, hi] != [ulo, uhi]
             {
-                let stricter = lo >= ulo && hi <= uhi;
+                let valid = ulo.is_finite() && uhi.is_finite() && ulo < uhi;
                 note(
                     "position",
                     format!("[{lo}, {hi}]"),
                     format!("[{ulo}, {uhi}]"),
-                    stricter,
+                    valid.then_some(lo >= ulo && hi <= uhi),
                 );
             }
             let scalars = [
@@ -1760,7 +1764,13 @@ impl Launch {
                 if let (Some(ours), Some(theirs)) = (ours, theirs)
                     && ours != theirs
                 {
-                    note(field, ours.to_string(), theirs.to_string(), ours < theirs);
+                    let valid = theirs.is_finite() && theirs > 0.0;
+                    note(
+                        field,
+                        ours.to_string(),
+                        theirs.to_string(),
+                        valid.then_some(ours < theirs),
+                    );
                 }
             }
         }
@@ -2226,7 +2236,12 @@ mod tests {
         );
         // An override fixes it, and a bad override is blamed on the launch file.
         let fixed = ["robot.joints[2].velocity=1.0".to_string()];
-        assert!(Launch::from_text(&text, "t.toml", dir.clone(), &fixed).is_ok());
+        let launch = Launch::from_text(&text, "t.toml", dir.clone(), &fixed).unwrap();
+        assert!(
+            launch.warnings[0].contains("not a valid limit"),
+            "{:?}",
+            launch.warnings
+        );
         let worse = ["robot.joints[2].velocity=nan".to_string()];
         let err = Launch::from_text(&text, "t.toml", dir, &worse).unwrap_err();
         assert_eq!(err.field, "robot.joints[2].velocity");

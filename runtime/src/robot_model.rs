@@ -162,7 +162,7 @@ impl KinematicChain {
             return nan_pose();
         };
         let mut pose = Isometry3::identity();
-        for (j, step) in self.steps[..frame.steps].iter().enumerate() {
+        for (j, step) in self.steps.iter().take(frame.steps).enumerate() {
             let Some(&value) = q.get(j) else {
                 return nan_pose();
             };
