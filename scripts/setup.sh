@@ -21,7 +21,7 @@ fi
 
 stamp=.venv/.reflex-requirements
 if [ ! -f "$stamp" ] || ! cmp -s policies/export/requirements.txt "$stamp"; then
-    echo "setup: creating .venv with onnxruntime, onnx, numpy, eclipse-zenoh"
+    echo "setup: creating .venv with onnxruntime, onnx, numpy, eclipse-zenoh, yourdfpy, ..."
     [ -x .venv/bin/python ] || python3 -m venv .venv
     .venv/bin/python -m pip install -q --disable-pip-version-check -r policies/export/requirements.txt
     cp policies/export/requirements.txt "$stamp"

@@ -56,7 +56,7 @@ pub struct InferArgs {
 }
 
 pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
-    let launch = Launch::from_file(&args.launch, &args.overrides)?;
+    let launch = crate::load_launch(Some(&args.launch), &args.overrides)?;
     let obs = read_observation(&args.obs, &launch, args.tick)?;
     let joints = launch.config.robot.joints.len();
     let horizon;

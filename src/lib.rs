@@ -14,12 +14,16 @@ use std::path::PathBuf;
 
 use reflex_runtime::launch::Launch;
 
-/// Loads a launch file, or the embedded default.
+/// Loads a launch file, or the embedded default, and prints its warnings once.
 pub fn load_launch(path: Option<&PathBuf>, overrides: &[String]) -> anyhow::Result<Launch> {
-    Ok(match path {
+    let launch = match path {
         Some(path) => Launch::from_file(path, overrides)?,
         None => Launch::embedded(overrides)?,
-    })
+    };
+    for warning in &launch.warnings {
+        tracing::warn!("{}: {warning}", launch.origin);
+    }
+    Ok(launch)
 }
 
 /// A loaded policy and where it came from.

@@ -138,6 +138,30 @@ fn check(path: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<ExitCode
         c.robot.joints.len(),
         c.control.rate_hz
     );
+    if let Some(model) = &launch.robot_model {
+        println!(
+            "  urdf       {} (robot `{}`, chain to `{}`; {})",
+            c.robot
+                .urdf
+                .as_ref()
+                .map(|p| launch.resolve(p).display().to_string())
+                .unwrap_or_default(),
+            model.name,
+            model.chain.link_name(model.tip),
+            c.robot
+                .joints
+                .iter()
+                .map(|j| j.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if let Some(ws) = &c.safety.workspace {
+        println!(
+            "  workspace  link `{}` inside {:?} .. {:?} m",
+            ws.link, ws.min, ws.max
+        );
+    }
     println!(
         "  drivers    {}",
         c.drivers

@@ -10,7 +10,7 @@ use common::*;
 /// The demo launch file with `edit` applied, written to a scratch file (model
 /// paths made absolute so the file works from anywhere).
 fn launch_with(name: &str, edit: impl Fn(String) -> String) -> PathBuf {
-    let text = std::fs::read_to_string(repo().join("launch/sim_arm.toml")).unwrap();
+    let text = demo_launch_text();
     let text = text.replace(
         "../policies/models/",
         &format!("{}/policies/models/", repo().display()),
@@ -373,4 +373,65 @@ fn a_model_path_that_is_not_a_regular_file_says_so() {
         );
         assert!(!err.contains("not found"), "{err}");
     }
+}
+
+#[test]
+fn a_urdf_override_warns_once_and_says_looser() {
+    let out = run_ok(&[
+        "check",
+        "launch/sim_arm.toml",
+        "--set",
+        "robot.joints[0].velocity=3.0",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("LOOSER than the URDF").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("(`shoulder`): velocity 3 overrides 1.5"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("chain to `tool`; shoulder, elbow, wrist"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_broken_urdf_is_reported_at_robot_urdf_naming_the_urdf() {
+    let dir = scratch("broken-urdf");
+    let urdf = dir.join("arm.urdf");
+    std::fs::write(&urdf, "<robot name=\"x\"><link name=\"a\"></robot>").unwrap();
+    let path = launch_with("broken-urdf-launch", |t| {
+        t.replace(
+            &format!("urdf = {:?}", repo().join("launch/sim_arm.urdf")),
+            &format!("urdf = {urdf:?}"),
+        )
+    });
+    let err = check_fails(&path);
+    let line = line_of(&path, "urdf = ");
+    assert!(
+        err.contains(&format!("{}:{line}:", path.display())) && err.contains("`robot.urdf`"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("URDF {} is not valid URDF XML", urdf.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_urdf_joint_without_acceleration_is_named() {
+    let path = launch_with("no-acceleration", |t| {
+        t.replace("acceleration = 10.0", "jerk = 200.0")
+    });
+    let err = check_fails(&path);
+    assert!(err.contains("`robot.joints[2].acceleration`"), "{err}");
+    assert!(
+        err.contains("joint `wrist` has no acceleration limit (URDF has none)"),
+        "{err}"
+    );
 }

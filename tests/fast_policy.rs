@@ -16,7 +16,7 @@ fn fixture_meta() -> serde_json::Value {
 
 /// The demo launch file with its chunk policy swapped for the fast fixture.
 fn fast_launch(name: &str, end_token: u64) -> PathBuf {
-    let text = std::fs::read_to_string(repo().join("launch/sim_arm.toml")).unwrap();
+    let text = demo_launch_text();
     let policy_start = text.find("[policy.chunk]").unwrap();
     let policy_end = text.find("[safety]").unwrap();
     let meta = fixture_meta();

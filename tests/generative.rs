@@ -53,7 +53,7 @@ mode = "quantile"
 
 /// The demo launch file with its policy replaced by `table`.
 fn launch_with(dir: &Path, table: &str) -> PathBuf {
-    let text = std::fs::read_to_string(repo().join("launch/sim_arm.toml")).unwrap();
+    let text = demo_launch_text();
     let start = text.find("[policy.chunk]").unwrap();
     let end = text.find("[safety]").unwrap();
     let path = dir.join("launch.toml");

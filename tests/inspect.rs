@@ -18,7 +18,7 @@ fn the_inspect_snippet_is_a_working_launch_file_section() {
     assert!(report.contains("actions: float32 [1, 10, 3]"), "{report}");
 
     let snippet = &report[report.find("[policy.chunk]").unwrap()..];
-    let launch = std::fs::read_to_string(repo().join("launch/sim_arm.toml")).unwrap();
+    let launch = demo_launch_text();
     let (start, end) = (
         launch.find("[policy.chunk]").unwrap(),
         launch.find("[safety]").unwrap(),
@@ -47,7 +47,7 @@ fn flow_and_diffusion_models_get_sampler_snippets_that_check() {
         let snippet = &report[report.find(&table).expect(&report)..];
         assert!(!snippet.contains("name = \"noisy_actions\""), "{snippet}");
         assert!(snippet.contains("horizon = 10\ndim = 8"), "{snippet}");
-        let launch = std::fs::read_to_string(repo().join("launch/sim_arm.toml")).unwrap();
+        let launch = demo_launch_text();
         let (start, end) = (
             launch.find("[policy.chunk]").unwrap(),
             launch.find("[safety]").unwrap(),

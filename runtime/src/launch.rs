@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,7 @@ pub const MAX_IMAGE_SIDE: usize = 4096;
 pub const MAX_NAME_BYTES: usize = 128;
 /// `zenoh.status_hz`, Hz.
 pub const STATUS_HZ_RANGE: (f64, f64) = (0.1, 100.0);
+use crate::robot_model::{JointKind, ModelJoint, RobotModel, WorkspaceBox};
 
 /// The launch file of the simulated-arm demo, compiled in as the default.
 pub const EMBEDDED_SIM_ARM: &str = include_str!("../../launch/sim_arm.toml");
@@ -68,7 +70,43 @@ pub struct LaunchFile {
 pub struct RobotConfig {
     /// Used in zenoh keys: `<prefix>/<name>/joint_commands`.
     pub name: String,
+    /// A URDF file (relative to the launch file) that gives the joints, their limits
+    /// and the kinematic chain; `[[robot.joints]]` entries then override its limits
+    /// by joint name, and only joints the URDF has no limit for need one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urdf: Option<PathBuf>,
+    /// The arm's last link in the URDF: the robot's joints are the movable joints
+    /// from the root to it. Needed only when the URDF's movable joints branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tip_link: Option<String>,
+    /// `[[robot.joints]]` as written. Without a URDF every entry gives position,
+    /// velocity and acceleration; with one, entries name URDF joints and give only
+    /// what they override or the URDF lacks.
+    #[serde(rename = "joints", default)]
+    pub joint_entries: Vec<JointEntry>,
+    /// The robot's joints after loading (the entries merged with the URDF, in the
+    /// URDF chain's order): what the rest of reflex uses.
+    #[serde(skip)]
     pub joints: Vec<JointConfig>,
+}
+
+/// One `[[robot.joints]]` entry: a joint's limits as the launch file writes them.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JointEntry {
+    pub name: String,
+    /// `[min, max]` in rad (or m for prismatic joints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<[f64; 2]>,
+    /// Maximum speed, rad/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub velocity: Option<f64>,
+    /// Maximum acceleration, rad/s^2 (URDF has none: always needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceleration: Option<f64>,
+    /// Maximum jerk, rad/s^3; without it the filter bounds only acceleration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jerk: Option<f64>,
 }
 
 /// Limits of one joint, applied to every command: position, velocity,
@@ -705,6 +743,9 @@ pub struct SafetyConfig {
     pub tracking_lag_ms: f64,
     #[serde(default)]
     pub operator: OperatorConfig,
+    /// A box a URDF link must stay inside (needs `robot.urdf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceConfig>,
 }
 
 impl SafetyConfig {
@@ -768,6 +809,7 @@ impl Default for SafetyConfig {
             max_tracking_error: None,
             tracking_lag_ms: defaults::tracking_lag_ms(),
             operator: OperatorConfig::default(),
+            workspace: None,
         }
     }
 }
@@ -798,6 +840,19 @@ impl Default for OperatorConfig {
             terminal_keys: true,
         }
     }
+}
+
+/// `[safety.workspace]`: an axis-aligned box, in the URDF root link's frame (m),
+/// that the origin of `link` must stay inside.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceConfig {
+    /// A URDF link moved only by the robot's joints (e.g. the tool).
+    pub link: String,
+    /// `[x, y, z]` lower corner, m.
+    pub min: [f64; 3],
+    /// `[x, y, z]` upper corner, m.
+    pub max: [f64; 3],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
@@ -1070,6 +1125,13 @@ pub struct Launch {
     pub base_dir: PathBuf,
     pub origin: String,
     overrides: Vec<(String, String)>,
+    /// The URDF model when `robot.urdf` is given.
+    pub robot_model: Option<Arc<RobotModel>>,
+    /// `[safety.workspace]`, resolved against the robot model.
+    pub workspace: Option<WorkspaceBox>,
+    /// Things worth a warning that do not stop the run (e.g. launch-file limits
+    /// that override the URDF's); the binary prints them once at load.
+    pub warnings: Vec<String>,
 }
 
 impl Launch {
@@ -1167,6 +1229,9 @@ impl Launch {
             base_dir,
             origin: origin.to_string(),
             overrides: parsed_overrides,
+            robot_model: None,
+            workspace: None,
+            warnings: Vec::new(),
         };
         let deserializer = toml::Deserializer::parse(&launch.text).map_err(|e| {
             let (line, column) = e
@@ -1185,7 +1250,9 @@ impl Launch {
             }
             err
         })?;
+        launch.resolve_robot()?;
         launch.validate()?;
+        launch.resolve_workspace()?;
         Ok(launch)
     }
 
@@ -2002,6 +2069,273 @@ impl Launch {
     }
 }
 
+/// The robot's joints and model: `[[robot.joints]]` alone, or merged with a URDF.
+impl Launch {
+    fn resolve_robot(&mut self) -> Result<(), LaunchError> {
+        let robot = &self.config.robot;
+        let Some(urdf) = &robot.urdf else {
+            if robot.tip_link.is_some() {
+                return Err(self.error_at("robot.tip_link", "is only used with robot.urdf"));
+            }
+            let mut joints = Vec::with_capacity(robot.joint_entries.len());
+            for (i, entry) in robot.joint_entries.iter().enumerate() {
+                let missing = |field: &str| {
+                    self.error_at(
+                        &format!("robot.joints[{i}]"),
+                        format!(
+                            "missing field `{field}` (without robot.urdf every joint gives \
+                             position, velocity and acceleration)"
+                        ),
+                    )
+                };
+                joints.push(JointConfig {
+                    name: entry.name.clone(),
+                    position: entry.position.ok_or_else(|| missing("position"))?,
+                    velocity: entry.velocity.ok_or_else(|| missing("velocity"))?,
+                    acceleration: entry.acceleration.ok_or_else(|| missing("acceleration"))?,
+                    jerk: entry.jerk,
+                });
+            }
+            self.config.robot.joints = joints;
+            return Ok(());
+        };
+        let path = self.resolve(urdf);
+        let file = path.display().to_string();
+        let tip = robot.tip_link.as_deref();
+        let model = RobotModel::from_file(&path, tip).map_err(|e| {
+            let field = match (&e, tip) {
+                (crate::robot_model::RobotModelError::UnknownTip { .. }, Some(_)) => {
+                    "robot.tip_link"
+                }
+                _ => "robot.urdf",
+            };
+            self.error_at(field, e.to_string())
+        })?;
+        if model.joints.is_empty() {
+            return Err(self.error_at(
+                "robot.urdf",
+                format!(
+                    "URDF {file} has no movable joint between its root and `{}`",
+                    model.chain.link_name(model.tip)
+                ),
+            ));
+        }
+        let names: Vec<&str> = model.joints.iter().map(|j| j.name.as_str()).collect();
+        for (i, entry) in robot.joint_entries.iter().enumerate() {
+            if !names.contains(&entry.name.as_str()) {
+                return Err(self.error_at(
+                    &format!("robot.joints[{i}].name"),
+                    format!(
+                        "URDF {file} has no joint `{}` on the arm's chain; its joints: {}",
+                        entry.name,
+                        names.join(", ")
+                    ),
+                ));
+            }
+            if let Some(first) = robot.joint_entries[..i]
+                .iter()
+                .position(|e| e.name == entry.name)
+            {
+                return Err(self.error_at(
+                    &format!("robot.joints[{i}].name"),
+                    format!(
+                        "joint `{}` already has an entry (robot.joints[{first}])",
+                        entry.name
+                    ),
+                ));
+            }
+        }
+        let mut joints = Vec::with_capacity(model.joints.len());
+        let mut warnings = Vec::new();
+        for urdf_joint in &model.joints {
+            let index = robot
+                .joint_entries
+                .iter()
+                .position(|e| e.name == urdf_joint.name);
+            let joint = self.merge_joint(urdf_joint, index, &file, &mut warnings)?;
+            joints.push(joint);
+        }
+        self.config.robot.joints = joints;
+        self.warnings.extend(warnings);
+        self.robot_model = Some(Arc::new(model));
+        Ok(())
+    }
+
+    /// One robot joint: the launch-file entry (`robot.joints[index]`) over the URDF.
+    fn merge_joint(
+        &self,
+        urdf: &ModelJoint,
+        index: Option<usize>,
+        file: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<JointConfig, LaunchError> {
+        let entry = index.map(|i| &self.config.robot.joint_entries[i]);
+        let name = &urdf.name;
+        let unit = match urdf.kind {
+            JointKind::Prismatic => "m",
+            _ => "rad",
+        };
+        // Where to point for a value the launch file must add.
+        let at = |field: &str| match index {
+            Some(i) => format!("robot.joints[{i}].{field}"),
+            None => "robot.urdf".into(),
+        };
+        let add = |field: &str, what: &str, example: &str| {
+            format!(
+                "joint `{name}` has no {what} in URDF {file}; add `{field} = {example}` \
+                 to a [[robot.joints]] entry with name = \"{name}\""
+            )
+        };
+        let position = entry
+            .and_then(|e| e.position)
+            .or(urdf.position)
+            .ok_or_else(|| {
+                let what = match urdf.kind {
+                    JointKind::Continuous => "position limits (it is continuous)",
+                    _ => "usable position limits",
+                };
+                self.error_at(&at("position"), add("position", what, "[min, max]"))
+            })?;
+        let velocity = entry
+            .and_then(|e| e.velocity)
+            .or(urdf.velocity)
+            .ok_or_else(|| {
+                self.error_at(
+                    &at("velocity"),
+                    add("velocity", "velocity limit", &format!("<{unit}/s>")),
+                )
+            })?;
+        let acceleration = entry
+            .and_then(|e| e.acceleration)
+            .or(urdf.acceleration)
+            .ok_or_else(|| {
+                self.error_at(
+                    &at("acceleration"),
+                    add(
+                        "acceleration",
+                        "acceleration limit (URDF has none)",
+                        &format!("<{unit}/s^2>"),
+                    ),
+                )
+            })?;
+        let joint = JointConfig {
+            name: name.clone(),
+            position,
+            velocity,
+            acceleration,
+            jerk: entry.and_then(|e| e.jerk).or(urdf.jerk),
+        };
+        if let Err((field, message)) = joint.check() {
+            let from_launch = entry.is_some_and(|e| match field {
+                "position" => e.position.is_some(),
+                "velocity" => e.velocity.is_some(),
+                "acceleration" => e.acceleration.is_some(),
+                _ => e.jerk.is_some(),
+            });
+            return Err(match (from_launch, index) {
+                (true, Some(i)) => self.error_at(&format!("robot.joints[{i}].{field}"), message),
+                _ => self.error_at(
+                    "robot.urdf",
+                    format!(
+                        "joint `{name}` in URDF {file}: {field} {message}; override it in a \
+                         [[robot.joints]] entry with name = \"{name}\""
+                    ),
+                ),
+            });
+        }
+        if let (Some(e), Some(i)) = (entry, index) {
+            // `None`: the URDF's own value is no valid limit, so there is nothing to
+            // be stricter or looser than.
+            let mut note = |field: &str, ours: String, theirs: String, stricter: Option<bool>| {
+                let verdict = match stricter {
+                    Some(true) => "stricter than the URDF",
+                    Some(false) => {
+                        "LOOSER than the URDF: it allows motion the robot's description forbids"
+                    }
+                    None => "the URDF's value is not a valid limit",
+                };
+                warnings.push(format!(
+                    "robot.joints[{i}] (`{name}`): {field} {ours} overrides {theirs} from \
+                     URDF {file} ({verdict})"
+                ));
+            };
+            if let (Some([lo, hi]), Some([ulo, uhi])) = (e.position, urdf.position)
+                && [lo, hi] != [ulo, uhi]
+            {
+                let valid = ulo.is_finite() && uhi.is_finite() && ulo < uhi;
+                note(
+                    "position",
+                    format!("[{lo}, {hi}]"),
+                    format!("[{ulo}, {uhi}]"),
+                    valid.then_some(lo >= ulo && hi <= uhi),
+                );
+            }
+            let scalars = [
+                ("velocity", e.velocity, urdf.velocity),
+                ("acceleration", e.acceleration, urdf.acceleration),
+                ("jerk", e.jerk, urdf.jerk),
+            ];
+            for (field, ours, theirs) in scalars {
+                if let (Some(ours), Some(theirs)) = (ours, theirs)
+                    && ours != theirs
+                {
+                    let valid = theirs.is_finite() && theirs > 0.0;
+                    note(
+                        field,
+                        ours.to_string(),
+                        theirs.to_string(),
+                        valid.then_some(ours < theirs),
+                    );
+                }
+            }
+        }
+        Ok(joint)
+    }
+
+    /// `[safety.workspace]`: the link must be one the URDF chain places.
+    fn resolve_workspace(&mut self) -> Result<(), LaunchError> {
+        let Some(ws) = &self.config.safety.workspace else {
+            return Ok(());
+        };
+        let Some(model) = &self.robot_model else {
+            return Err(self.error_at(
+                "safety.workspace",
+                "needs robot.urdf: the box is checked on a link's position, which comes from \
+                 the URDF's forward kinematics",
+            ));
+        };
+        if let Some(why) = model.why_unplaced(&ws.link) {
+            return Err(self.error_at("safety.workspace.link", why));
+        }
+        for (field, corner) in [("min", ws.min), ("max", ws.max)] {
+            if !corner.iter().all(|v| v.is_finite()) {
+                return Err(self.error_at(
+                    &format!("safety.workspace.{field}"),
+                    format!("must be [x, y, z] finite numbers (m), found {corner:?}"),
+                ));
+            }
+        }
+        if let Some(axis) = (0..3).find(|&a| ws.min[a] >= ws.max[a]) {
+            return Err(self.error_at(
+                "safety.workspace.max",
+                format!(
+                    "must be above min on every axis; on {} min is {} and max {}",
+                    ["x", "y", "z"][axis],
+                    ws.min[axis],
+                    ws.max[axis]
+                ),
+            ));
+        }
+        let link = model.chain.link_id(&ws.link);
+        self.workspace = link.map(|link| WorkspaceBox {
+            link,
+            min: ws.min.into(),
+            max: ws.max.into(),
+        });
+        Ok(())
+    }
+}
+
 /// False for NaN, zero and negative numbers.
 impl Launch {
     fn check_safety(&self, safety: &SafetyConfig, joints: usize) -> Result<(), LaunchError> {
@@ -2044,6 +2378,9 @@ fn placeholder() -> LaunchFile {
     LaunchFile {
         robot: RobotConfig {
             name: String::new(),
+            urdf: None,
+            tip_link: None,
+            joint_entries: Vec::new(),
             joints: Vec::new(),
         },
         control: ControlConfig::default(),
@@ -2369,6 +2706,263 @@ mod tests {
     fn invalid_limits_are_rejected() {
         let err = load(EMBEDDED_SIM_ARM, &["robot.joints[1].position=[1.0, -1.0]"]).unwrap_err();
         assert_eq!(err.field, "robot.joints[1].position");
+    }
+
+    /// A scratch directory holding `files`, for launch files that name a URDF.
+    fn scratch_with(name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("reflex-launch-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (file, text) in files {
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+        dir
+    }
+
+    const SIM_URDF: &str = include_str!("../../launch/sim_arm.urdf");
+
+    /// The embedded launch file's `[robot]` section replaced by `robot`.
+    fn with_robot(robot: &str) -> String {
+        let start = EMBEDDED_SIM_ARM.find("[robot]").unwrap();
+        let end = EMBEDDED_SIM_ARM.find("[control]").unwrap();
+        format!(
+            "{}{robot}\n{}",
+            &EMBEDDED_SIM_ARM[..start],
+            &EMBEDDED_SIM_ARM[end..]
+        )
+    }
+
+    #[test]
+    fn the_demo_reads_its_joints_from_the_urdf() {
+        let launch = Launch::embedded(&[]).unwrap();
+        assert!(launch.config.robot.urdf.is_some());
+        let joints = &launch.config.robot.joints;
+        let names: Vec<_> = joints.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(names, ["shoulder", "elbow", "wrist"]);
+        assert_eq!(joints[2].position, [-2.8, 2.8]);
+        assert_eq!(joints[2].velocity, 2.0, "from the URDF");
+        assert_eq!(joints[2].acceleration, 10.0, "from the launch file");
+        assert!(launch.warnings.is_empty(), "{:?}", launch.warnings);
+        let model = launch.robot_model.as_ref().unwrap();
+        assert_eq!(model.chain.link_name(model.tip), "tool");
+        assert_eq!(model.joints[0].effort, Some(100.0));
+    }
+
+    #[test]
+    fn launch_values_override_the_urdf_with_a_warning() {
+        let launch = load(
+            EMBEDDED_SIM_ARM,
+            &[
+                "robot.joints[0].velocity=1.0",
+                "robot.joints[1].position=[-3.0, 2.0]",
+                "robot.joints[2].jerk=50.0",
+            ],
+        )
+        .unwrap();
+        assert_eq!(launch.config.robot.joints[0].velocity, 1.0);
+        assert_eq!(launch.config.robot.joints[1].position, [-3.0, 2.0]);
+        assert_eq!(launch.config.robot.joints[2].jerk, Some(50.0));
+        let w = &launch.warnings;
+        assert_eq!(
+            w.len(),
+            2,
+            "jerk is not in the URDF, so not an override: {w:?}"
+        );
+        assert!(
+            w[0].contains("`shoulder`") && w[0].contains("stricter"),
+            "{w:?}"
+        );
+        assert!(w[1].contains("`elbow`") && w[1].contains("LOOSER"), "{w:?}");
+        assert!(w[1].contains("sim_arm.urdf"), "{w:?}");
+        // A looser velocity is called looser.
+        let launch = load(EMBEDDED_SIM_ARM, &["robot.joints[2].velocity=3.0"]).unwrap();
+        assert!(
+            launch.warnings[0].contains("LOOSER"),
+            "{:?}",
+            launch.warnings
+        );
+    }
+
+    #[test]
+    fn a_joint_without_acceleration_is_named() {
+        let text = with_robot(
+            "[robot]\nname = \"sim_arm\"\nurdf = \"sim_arm.urdf\"\n\n[[robot.joints]]\nname = \"shoulder\"\nacceleration = 8.0\n",
+        );
+        let err = load(&text, &[]).unwrap_err();
+        assert_eq!(err.field, "robot.urdf");
+        assert!(
+            err.message
+                .contains("joint `elbow` has no acceleration limit"),
+            "{err}"
+        );
+        assert!(err.message.contains("name = \"elbow\""), "{err}");
+        assert!(err.line > 0, "{err}");
+        // With an entry for the joint, the error points at that entry.
+        let text = EMBEDDED_SIM_ARM.replace("acceleration = 10.0", "jerk = 100.0");
+        let err = load(&text, &[]).unwrap_err();
+        assert_eq!(err.field, "robot.joints[2].acceleration");
+        assert!(err.message.contains("joint `wrist`"), "{err}");
+        let line = text
+            .lines()
+            .position(|l| l.contains("jerk = 100.0"))
+            .unwrap();
+        assert_eq!(err.line, line - 1, "at the entry: {err}");
+    }
+
+    #[test]
+    fn entries_must_name_urdf_joints_once() {
+        let text = EMBEDDED_SIM_ARM.replace("name = \"wrist\"", "name = \"wirst\"");
+        let err = load(&text, &[]).unwrap_err();
+        assert_eq!(err.field, "robot.joints[2].name");
+        assert!(err.message.contains("no joint `wirst`"), "{err}");
+        assert!(err.message.contains("shoulder, elbow, wrist"), "{err}");
+        let text = EMBEDDED_SIM_ARM.replace("name = \"wrist\"", "name = \"elbow\"");
+        let err = load(&text, &[]).unwrap_err();
+        assert_eq!(err.field, "robot.joints[2].name");
+        assert!(
+            err.message
+                .contains("already has an entry (robot.joints[1])"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_urdf_values_point_at_the_urdf_or_the_override() {
+        let bad = SIM_URDF.replace("velocity=\"2.0\"", "velocity=\"-2.0\"");
+        let dir = scratch_with("bad-velocity", &[("sim_arm.urdf", &bad)]);
+        let text = EMBEDDED_SIM_ARM.replace("../policies", "policies");
+        let err = Launch::from_text(&text, "t.toml", dir.clone(), &[]).unwrap_err();
+        assert_eq!(err.field, "robot.urdf");
+        assert!(
+            err.message.contains("joint `wrist`") && err.message.contains("velocity"),
+            "{err}"
+        );
+        // An override fixes it, and a bad override is blamed on the launch file.
+        let fixed = ["robot.joints[2].velocity=1.0".to_string()];
+        let launch = Launch::from_text(&text, "t.toml", dir.clone(), &fixed).unwrap();
+        assert!(
+            launch.warnings[0].contains("not a valid limit"),
+            "{:?}",
+            launch.warnings
+        );
+        let worse = ["robot.joints[2].velocity=nan".to_string()];
+        let err = Launch::from_text(&text, "t.toml", dir, &worse).unwrap_err();
+        assert_eq!(err.field, "robot.joints[2].velocity");
+        // A continuous joint needs position limits from the launch file.
+        let continuous = SIM_URDF.replace(
+            "<joint name=\"elbow\" type=\"revolute\">",
+            "<joint name=\"elbow\" type=\"continuous\">",
+        );
+        let dir = scratch_with("continuous", &[("sim_arm.urdf", &continuous)]);
+        let err = Launch::from_text(&text, "t.toml", dir.clone(), &[]).unwrap_err();
+        assert_eq!(err.field, "robot.joints[1].position");
+        assert!(err.message.contains("continuous"), "{err}");
+        let limited = ["robot.joints[1].position=[-3.0, 3.0]".to_string()];
+        assert!(Launch::from_text(&text, "t.toml", dir, &limited).is_ok());
+    }
+
+    #[test]
+    fn an_unreadable_or_broken_urdf_names_the_file() {
+        let err = load(EMBEDDED_SIM_ARM, &["robot.urdf=\"missing.urdf\""]).unwrap_err();
+        assert_eq!(err.field, "robot.urdf");
+        assert!(err.message.contains("missing.urdf"), "{err}");
+        let dir = scratch_with(
+            "broken",
+            &[("sim_arm.urdf", "<robot name='x'><link name='a'>")],
+        );
+        let text = EMBEDDED_SIM_ARM.replace("../policies", "policies");
+        let err = Launch::from_text(&text, "t.toml", dir.clone(), &[]).unwrap_err();
+        assert_eq!(err.field, "robot.urdf");
+        let file = dir.join("sim_arm.urdf").display().to_string();
+        assert!(err.message.contains(&file), "{err}");
+        assert!(err.message.contains("not valid URDF XML"), "{err}");
+        let line = text.lines().position(|l| l.starts_with("urdf =")).unwrap() + 1;
+        assert_eq!(err.line, line, "{err}");
+        let err = load(EMBEDDED_SIM_ARM, &["robot.tip_link=\"hand2\""]).unwrap_err();
+        assert_eq!(err.field, "robot.tip_link");
+        assert!(err.message.contains("no link `hand2`"), "{err}");
+    }
+
+    #[test]
+    fn without_a_urdf_entries_give_every_limit() {
+        let flow = include_str!("../../launch/sim_arm_flow.toml");
+        let launch = load(flow, &[]).unwrap();
+        assert!(launch.robot_model.is_none());
+        assert_eq!(launch.config.robot.joints.len(), 3);
+        let text = flow.replacen("velocity = 1.5\n", "", 1);
+        let err = load(&text, &[]).unwrap_err();
+        assert_eq!(err.field, "robot.joints[0]");
+        assert!(err.message.contains("missing field `velocity`"), "{err}");
+        let err = load(flow, &["robot.tip_link=\"tool\""]).unwrap_err();
+        assert_eq!(err.field, "robot.tip_link");
+    }
+
+    #[test]
+    fn a_workspace_box_is_resolved_and_validated() {
+        let boxed = format!(
+            "{EMBEDDED_SIM_ARM}\n[safety.workspace]\nlink = \"tool\"\nmin = [-1.0, -1.0, -0.1]\nmax = [1.0, 1.0, 0.1]\n"
+        );
+        let launch = load(&boxed, &[]).unwrap();
+        let ws = launch.workspace.unwrap();
+        let chain = &launch.robot_model.as_ref().unwrap().chain;
+        assert!(ws.contains(chain, &[0.0, 0.6, 0.6]));
+        let err = load(&boxed, &["safety.workspace.max=[1.0, 1.0, -0.2]"]).unwrap_err();
+        assert_eq!(err.field, "safety.workspace.max");
+        assert!(err.message.contains("on z"), "{err}");
+        let err = load(&boxed, &["safety.workspace.min=[nan, 0, 0]"]).unwrap_err();
+        assert_eq!(err.field, "safety.workspace.min");
+        let err = load(&boxed, &["safety.workspace.link=\"gripper\""]).unwrap_err();
+        assert_eq!(err.field, "safety.workspace.link");
+        assert!(err.message.contains("no link `gripper`"), "{err}");
+        let flow = include_str!("../../launch/sim_arm_flow.toml");
+        let err = load(
+            &format!(
+                "{flow}\n[safety.workspace]\nlink = \"tool\"\nmin = [0, 0, 0]\nmax = [1, 1, 1]\n"
+            ),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "safety.workspace");
+        assert!(err.message.contains("needs robot.urdf"), "{err}");
+    }
+
+    #[test]
+    fn a_seven_joint_urdf_gives_seven_joints_in_chain_order() {
+        let robot = format!(
+            "[robot]\nname = \"panda\"\nurdf = \"{}/../tests/fixtures/arm7.urdf\"\n{}",
+            env!("CARGO_MANIFEST_DIR"),
+            (1..=7)
+                .map(|j| format!(
+                    "\n[[robot.joints]]\nname = \"panda_joint{}\"\nacceleration = 10.0\n",
+                    8 - j
+                ))
+                .collect::<String>()
+        );
+        let text = with_robot(&robot)
+            .replace(
+                "[[drivers.sim_arm]]",
+                "[[drivers.zenoh_arm]]\n\n[[unused.sim_arm]]",
+            )
+            .replace("shape = [1, 3]", "shape = [1, 7]");
+        let start = text.find("[[unused.sim_arm]]").unwrap();
+        let end = text.find("[policy.chunk]").unwrap();
+        let text = format!("{}{}", &text[..start], &text[end..]).replace(
+            "source = \"camera.top\"",
+            "source = \"camera.top\"\noptional = true",
+        );
+        let launch = load(&text, &[]).unwrap();
+        let joints = &launch.config.robot.joints;
+        let names: Vec<_> = joints.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(
+            names,
+            (1..=7)
+                .map(|j| format!("panda_joint{j}"))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(joints[3].position, [-3.0718, -0.0698]);
+        assert_eq!(joints[6].velocity, 2.61);
+        let model = launch.robot_model.as_ref().unwrap();
+        assert_eq!(model.chain.link_name(model.tip), "panda_hand_tcp");
     }
 
     #[test]

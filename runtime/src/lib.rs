@@ -21,6 +21,7 @@ pub mod operator;
 pub mod policy;
 pub mod ratelimit;
 pub mod realtime;
+pub mod robot_model;
 pub mod safety;
 pub mod slot;
 pub mod stats;

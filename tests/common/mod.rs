@@ -46,6 +46,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The demo launch file (launch/sim_arm.toml) with its relative paths (the URDF,
+/// the model) made absolute, so a modified copy works from any directory.
+pub fn demo_launch_text() -> String {
+    let text = std::fs::read_to_string(repo().join("launch/sim_arm.toml")).unwrap();
+    text.replace(
+        "urdf = \"sim_arm.urdf\"",
+        &format!("urdf = {:?}", repo().join("launch/sim_arm.urdf")),
+    )
+    .replace(
+        "../policies/models/",
+        &format!("{}/policies/models/", repo().display()),
+    )
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     repo().join("policies/models/test").join(name)
 }
