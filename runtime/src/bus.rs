@@ -222,11 +222,21 @@ impl Bus {
     /// Listens on `<prefix>/<robot>/control` (plain text). `estop` is always
     /// obeyed (fail safe); `rearm`, `resume` and `heartbeat` only when
     /// `allow_rearm` (the launch file turned it on together with access control).
+    /// Any put on `<prefix>/<robot>/control/estop` is a stop too: zenoh access
+    /// control sees keys, not payloads, so this key can stay open to everyone
+    /// while `control` is limited to the operator.
     pub fn listen_for_operator(
         &self,
         requests: OperatorRequests,
         allow_rearm: bool,
     ) -> Result<OperatorListener, BusError> {
+        let stop_subscriber = {
+            let requests = requests.clone();
+            self.session
+                .declare_subscriber(self.key("control/estop"))
+                .callback(move |_| requests.raise(Request::Estop))
+                .wait()?
+        };
         let key = self.key("control");
         let ignored = WarnLimiter::for_network();
         let subscriber = {
@@ -267,7 +277,7 @@ impl Bus {
                 .wait()?
         };
         Ok(OperatorListener {
-            _subscriber: subscriber,
+            _subscribers: [subscriber, stop_subscriber],
         })
     }
 
@@ -280,7 +290,7 @@ impl Bus {
 
 /// Keeps the operator subscription alive.
 pub struct OperatorListener {
-    _subscriber: zenoh::pubsub::Subscriber<()>,
+    _subscribers: [zenoh::pubsub::Subscriber<()>; 2],
 }
 
 /// The tick's ends of the mirror thread.

@@ -2349,13 +2349,63 @@ impl Launch {
                 format!("must be 1 (positions) or 2 (with velocities and accelerations), found {format}"),
             ));
         }
-        if safety.operator.zenoh_rearm && self.config.zenoh.config_file.is_none() {
-            return Err(self.error_at(
-                "safety.operator.zenoh_rearm",
-                "re-arm over zenoh needs zenoh access control: set zenoh.config_file to a \
-                 zenoh config with TLS or user/password authentication and ACL rules \
-                 (see the README's Security section)",
-            ));
+        if safety.operator.zenoh_rearm {
+            let Some(file) = &self.config.zenoh.config_file else {
+                return Err(self.error_at(
+                    "safety.operator.zenoh_rearm",
+                    "re-arm over zenoh needs zenoh access control: set zenoh.config_file to a \
+                     zenoh config with TLS or user/password authentication and ACL rules \
+                     (see the README's Security section)",
+                ));
+            };
+            let path = self.resolve(file);
+            let zenoh = zenoh::Config::from_file(&path).map_err(|e| {
+                self.error_at(
+                    "zenoh.config_file",
+                    format!("cannot read the zenoh config {}: {e}", path.display()),
+                )
+            })?;
+            let value = |key: &str| {
+                zenoh
+                    .get_json(key)
+                    .ok()
+                    .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+                    .unwrap_or(serde_json::Value::Null)
+            };
+            let is_set = |key: &str| !value(key).is_null();
+            let mut missing = Vec::new();
+            if value("access_control/enabled") != serde_json::Value::Bool(true) {
+                missing.push("`access_control.enabled: true`");
+            }
+            // zenoh lets any matching deny rule win over allow rules, so under
+            // "allow" no rule can keep `control` for the operator alone.
+            if value("access_control/default_permission") != "deny" {
+                missing.push(
+                    "`access_control.default_permission: \"deny\"` (under \"allow\" a deny \
+                     rule cannot exempt the operator)",
+                );
+            }
+            let mtls = value("transport/link/tls/enable_mtls") == serde_json::Value::Bool(true)
+                && is_set("transport/link/tls/root_ca_certificate");
+            let usrpwd = is_set("transport/auth/usrpwd/dictionary_file");
+            if !(mtls || usrpwd) {
+                missing.push(
+                    "authentication of the other side: TLS client certificates \
+                     (`transport.link.tls.enable_mtls: true` with `root_ca_certificate`) or \
+                     user/password (`transport.auth.usrpwd.dictionary_file`)",
+                );
+            }
+            if !missing.is_empty() {
+                return Err(self.error_at(
+                    "safety.operator.zenoh_rearm",
+                    format!(
+                        "re-arm over zenoh needs zenoh access control, but {} lacks {} \
+                         (see the README's Security section)",
+                        path.display(),
+                        missing.join(" and ")
+                    ),
+                ));
+            }
         }
         Ok(())
     }
