@@ -15,6 +15,7 @@ use reflex_runtime::control::{
     ControlError, ControlLoop, OperatorRequests, RunLimits, RunSummary, TickParams,
 };
 use reflex_runtime::operator::{ControlSocket, OperatorError, TerminalKeys};
+use reflex_runtime::safety::WorkspaceGuard;
 use reflex_runtime::driver::DriverContext;
 use reflex_runtime::launch::{Launch, RealtimeConfig};
 use reflex_runtime::log::{LogHeader, Recorder};
@@ -286,6 +287,13 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         action_rate_hz: common.action_rate_hz,
         replan_after: common.replan_after.min(horizon),
         safety: c.safety.clone(),
+        workspace: match (&launch.robot_model, launch.workspace) {
+            (Some(model), Some(bounds)) => Some(WorkspaceGuard {
+                chain: std::sync::Arc::new(model.chain.clone()),
+                bounds,
+            }),
+            _ => None,
+        },
     };
     signals_stop_the_loop();
     let recorder = match how.log {
@@ -302,6 +310,18 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
                 action_rate_hz: params.action_rate_hz,
                 replan_after: params.replan_after,
                 safety: params.safety.clone(),
+                // Replay rebuilds the workspace box from the URDF the run used.
+                urdf: match &c.robot.urdf {
+                    Some(path) if params.workspace.is_some() => Some(
+                        reflex_runtime::files::read_to_string(
+                            &launch.resolve(path),
+                            reflex_runtime::files::MAX_CONFIG_BYTES * 16,
+                        )
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                    ),
+                    _ => None,
+                },
+                tip_link: c.robot.tip_link.clone(),
                 launch: launch.text.clone(),
             };
             Some(

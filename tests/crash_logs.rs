@@ -271,6 +271,8 @@ fn header(joints: &[&str]) -> LogHeader {
         action_rate_hz: 10.0,
         replan_after: 5,
         safety: Default::default(),
+        urdf: None,
+        tip_link: None,
         launch: String::new(),
     }
 }

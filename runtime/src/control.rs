@@ -20,7 +20,7 @@ use crate::executor::{ChunkExecutor, ChunkRejection};
 use crate::log::{LogEvent, LogHeader, LogSummary, Record, Recorder, TickRecord};
 use crate::policy::InferenceWorker;
 use crate::launch::SafetyConfig;
-use crate::safety::{ArmError, Motion, Refusal, SafetyFilter, flags};
+use crate::safety::{ArmError, Motion, Refusal, SafetyFilter, WorkspaceGuard, flags};
 use crate::slot::SlotWriter;
 use crate::stats::{Distribution, RunStats, StatusSnapshot};
 use crate::types::{ActionChunk, JointCommand, JointState, MAX_JOINTS, Observation, monotonic_ns};
@@ -36,6 +36,8 @@ pub struct TickParams {
     pub action_rate_hz: f64,
     pub replan_after: usize,
     pub safety: SafetyConfig,
+    /// `[safety.workspace]` resolved against the robot model.
+    pub workspace: Option<WorkspaceGuard>,
 }
 
 impl TickParams {
@@ -52,8 +54,27 @@ impl TickParams {
                 estop_after_stale_ms: h.estop_after_stale_ms,
                 ..h.safety.clone()
             },
+            workspace: workspace_from_header(h),
         }
     }
+}
+
+/// The workspace guard a logged run had: its box and the URDF text in the header.
+fn workspace_from_header(h: &LogHeader) -> Option<WorkspaceGuard> {
+    let ws = h.safety.workspace.as_ref()?;
+    let urdf = h.urdf.as_ref()?;
+    let model =
+        crate::robot_model::RobotModel::from_urdf(urdf, "<log header>", h.tip_link.as_deref())
+            .ok()?;
+    let link = model.chain.link_id(&ws.link)?;
+    Some(WorkspaceGuard {
+        chain: Arc::new(model.chain),
+        bounds: crate::robot_model::WorkspaceBox {
+            link,
+            min: ws.min.into(),
+            max: ws.max.into(),
+        },
+    })
 }
 
 /// Why a measured joint state was not used (it counts as missing).
@@ -156,7 +177,13 @@ impl TickCore {
                 p.rate_hz / p.action_rate_hz,
                 p.replan_after,
             ),
-            safety: SafetyFilter::new(&p.joints, dt, &p.safety),
+            safety: {
+                let mut filter = SafetyFilter::new(&p.joints, dt, &p.safety);
+                if let Some(guard) = &p.workspace {
+                    filter.set_workspace(guard.clone());
+                }
+                filter
+            },
             joints,
             limits,
             margin: p.safety.state_limit_margin,
@@ -1013,6 +1040,7 @@ mod tests {
             action_rate_hz: 10.0,
             replan_after: 1,
             safety: SafetyConfig::default(),
+            workspace: None,
         });
         core.start(&[0.0]).unwrap();
         core

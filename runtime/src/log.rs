@@ -122,6 +122,11 @@ pub struct LogHeader {
     /// The safety filter's settings (defaults for logs written before they existed).
     #[serde(default)]
     pub safety: crate::launch::SafetyConfig,
+    /// The URDF the run's robot model came from (for the workspace box on replay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urdf: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tip_link: Option<String>,
     /// The launch file as run (overrides applied).
     pub launch: String,
 }
@@ -744,6 +749,8 @@ impl<R: Read> LogReader<R> {
                 action_rate_hz: 0.0,
                 replan_after: 0,
                 safety: Default::default(),
+                urdf: None,
+                tip_link: None,
                 launch: String::new(),
             },
             report: LogReport {
@@ -1258,6 +1265,8 @@ mod tests {
             action_rate_hz: 10.0,
             replan_after: 1,
             safety: Default::default(),
+            urdf: None,
+            tip_link: None,
             launch: "seed = 1".into(),
         }
     }

@@ -39,6 +39,8 @@ pub mod flags {
     pub const HOLD: u32 = 1 << 4;
     /// The command is moving a joint that started past its limit back inward.
     pub const RECOVERING: u32 = 1 << 5;
+    /// The workspace box stopped the motion.
+    pub const WORKSPACE: u32 = 1 << 6;
 }
 
 /// What the filter is doing with the arm.
@@ -162,6 +164,21 @@ impl Kinematics {
     }
 }
 
+/// The braking paths of a set of plans.
+trait PlanPaths {
+    fn map_paths(&self) -> [Option<BrakePath>; MAX_JOINTS];
+}
+
+impl PlanPaths for [Plan] {
+    fn map_paths(&self) -> [Option<BrakePath>; MAX_JOINTS] {
+        let mut out = [None; MAX_JOINTS];
+        for (o, p) in out.iter_mut().zip(self) {
+            *o = p.path;
+        }
+        out
+    }
+}
+
 /// Halvings when searching for the largest acceptable step (1/256 resolution).
 const BISECTIONS: usize = 8;
 
@@ -170,6 +187,22 @@ const BISECTIONS: usize = 8;
 struct BrakePath {
     min: f64,
     max: f64,
+    end: f64,
+}
+
+/// One joint's next step, before it is taken.
+#[derive(Debug, Clone, Copy, Default)]
+struct Plan {
+    next: Kinematics,
+    path: Option<BrakePath>,
+    raised: u32,
+}
+
+/// A link that must stay inside a box: the chain that places it, and the box.
+#[derive(Debug, Clone)]
+pub struct WorkspaceGuard {
+    pub chain: std::sync::Arc<crate::robot_model::KinematicChain>,
+    pub bounds: crate::robot_model::WorkspaceBox,
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +224,7 @@ pub struct SafetyFilter {
     armed: bool,
     stop_bound_ticks: usize,
     latches: u64,
+    workspace: Option<WorkspaceGuard>,
     #[cfg(test)]
     mutant: Mutant,
 }
@@ -252,6 +286,7 @@ impl SafetyFilter {
             armed: false,
             stop_bound_ticks: stop_bound_ticks.min(1 << 20),
             latches: 0,
+            workspace: None,
             #[cfg(test)]
             mutant: Mutant::None,
         }
@@ -274,6 +309,11 @@ impl SafetyFilter {
                 _ => {}
             }
         }
+    }
+
+    /// Keeps `guard`'s link inside its box from now on.
+    pub fn set_workspace(&mut self, guard: WorkspaceGuard) {
+        self.workspace = Some(guard);
     }
 
     /// The longest any stop takes, in ticks: every state the filter enters can
@@ -469,6 +509,7 @@ impl SafetyFilter {
         }
         let brake =
             !self.armed || stopped || raised & (flags::STALE_STATE | flags::NON_FINITE) != 0;
+        let mut plans = [Plan::default(); MAX_JOINTS];
         for j in 0..self.joints {
             let goal = if brake {
                 None
@@ -480,13 +521,42 @@ impl SafetyFilter {
             {
                 raised |= flags::LIMITED;
             }
-            raised |= self.step_joint(j, goal);
+            plans[j] = self.plan_joint(j, goal);
+        }
+        // The workspace box: where the link would come to rest if the arm braked
+        // after this step must be inside the box (or, when the arm is outside, no
+        // further out than braking now would leave it). Otherwise every joint brakes.
+        if !brake && let Some(guard) = self.workspace.clone() {
+            let mut braking = [Plan::default(); MAX_JOINTS];
+            for j in 0..self.joints {
+                braking[j] = self.plan_joint_braking(j);
+            }
+            let next = self.rest_distance(&guard, &plans[..self.joints].map_paths());
+            let now = self.rest_distance(&guard, &braking[..self.joints].map_paths());
+            let inside = next <= 1e-12;
+            if !inside && (now.is_infinite() || next > now + 1e-12) {
+                raised |= flags::WORKSPACE | flags::LIMITED;
+                plans = braking;
+                self.last_goal = [None; MAX_JOINTS];
+            }
+        }
+        for j in 0..self.joints {
+            raised |= plans[j].raised;
+            self.commit(j, &plans[j]);
         }
         raised
     }
 
-    /// Moves joint `j` one tick towards `goal` (or brakes when there is none).
-    fn step_joint(&mut self, j: usize, goal: Option<f64>) -> u32 {
+    /// The braking step of joint `j`, without touching its goal history.
+    fn plan_joint_braking(&mut self, j: usize) -> Plan {
+        let last_goal = self.last_goal[j];
+        let plan = self.plan_joint(j, None);
+        self.last_goal[j] = last_goal;
+        plan
+    }
+
+    /// Plans joint `j`'s step towards `goal` (or braking when there is none).
+    fn plan_joint(&mut self, j: usize, goal: Option<f64>) -> Plan {
         let mut raised = 0;
         let l = self.limits[j];
         let now = self.state[j];
@@ -549,13 +619,37 @@ impl SafetyFilter {
         {
             raised |= flags::LIMITED;
         }
-        self.state[j] = next;
+        Plan { next, path, raised }
+    }
+
+    /// Takes a planned step.
+    fn commit(&mut self, j: usize, plan: &Plan) {
+        self.state[j] = plan.next;
         // A joint armed past its limit: the bounds close in behind it as it returns.
-        if let Some(path) = path {
+        if let Some(path) = plan.path {
+            let l = &self.limits[j];
             self.lo[j] = self.lo[j].max(l.lo.min(path.min));
             self.hi[j] = self.hi[j].min(l.hi.max(path.max));
         }
-        raised
+    }
+
+    /// How far outside the workspace box the guarded link comes to rest when every
+    /// joint brakes along `paths` (0 inside; infinite when a path is unknown).
+    fn rest_distance(&self, guard: &WorkspaceGuard, paths: &[Option<BrakePath>]) -> f64 {
+        let mut rest = [0.0; MAX_JOINTS];
+        for (j, path) in paths.iter().enumerate().take(self.joints) {
+            match path {
+                Some(path) => rest[j] = path.end,
+                None => return f64::INFINITY,
+            }
+        }
+        let p = guard.chain.link_position(&rest[..self.joints], guard.bounds.link);
+        let (lo, hi) = (guard.bounds.min, guard.bounds.max);
+        let outside = (0..3)
+            .map(|i| (lo[i] - p[i]).max(p[i] - hi[i]).max(0.0))
+            .fold(0.0, |acc: f64, d| acc + d * d);
+        // NaN (a broken chain) counts as far outside.
+        if outside.is_nan() { f64::INFINITY } else { outside.sqrt() }
     }
 
     /// The acceleration that follows `goal`: match the goal's own motion, and
@@ -649,6 +743,7 @@ impl SafetyFilter {
         let mut path = BrakePath {
             min: s.position,
             max: s.position,
+            end: s.position,
         };
         for _ in 0..=self.stop_bound_ticks {
             let fast = s.velocity.abs() > v_max * (1.0 + 1e-12);
@@ -658,6 +753,7 @@ impl SafetyFilter {
             path.min = path.min.min(s.position);
             path.max = path.max.max(s.position);
             if s.at_rest() {
+                path.end = s.position;
                 return Some(path);
             }
             s = s.step(self.brake_acceleration(l, s), self.dt);
@@ -886,6 +982,64 @@ mod tests {
             assert!((pair[1] - pair[0]).abs() / 0.01 <= slow + 1e-9, "slowly");
         }
         assert!(commands[inside..].iter().all(|c| *c <= 1.0), "stays inside once in");
+    }
+
+    #[test]
+    fn the_workspace_box_stops_the_tool_at_its_boundary_within_the_limits() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../launch/sim_arm.urdf");
+        let model = crate::robot_model::RobotModel::from_file(path.as_ref(), None).unwrap();
+        let tool = model.chain.link_id("tool").unwrap();
+        let joints: Vec<JointConfig> = (0..3)
+            .map(|_| joint(-2.8, 2.8, 1.5, 8.0, Some(400.0)))
+            .collect();
+        let mut f = SafetyFilter::new(&joints, 0.01, &SafetyConfig::default());
+        let chain = std::sync::Arc::new(model.chain.clone());
+        let bounds = crate::robot_model::WorkspaceBox {
+            link: tool,
+            min: [-1.0, -1.0, -1.0].into(),
+            max: [1.0, 0.5, 1.0].into(),
+        };
+        f.set_workspace(WorkspaceGuard {
+            chain: chain.clone(),
+            bounds,
+        });
+        f.arm(&[0.0, 0.6, 0.6]).unwrap();
+        // Sweep the whole arm counter-clockwise: the tool's y would pass 0.5.
+        let mut raised = 0;
+        let mut commands = vec![[0.0, 0.6, 0.6]];
+        for tick in 0..400 {
+            raised |= f.apply(&[1.5, 0.6, 0.6], true, tick * 10_000_000);
+            let c = f.command();
+            commands.push([c[0], c[1], c[2]]);
+            let y = chain.link_position(&c[..3], tool)[1];
+            assert!(y <= 0.5 + 0.02, "tick {tick}: tool y {y}");
+        }
+        assert!(raised & flags::WORKSPACE != 0);
+        for j in 0..3 {
+            let series: Vec<f64> = commands.iter().map(|c| c[j]).collect();
+            assert_within_limits_wide(&series, 0.01, 1.5, 8.0, 400.0);
+        }
+        let last = commands.last().unwrap();
+        let y = chain.link_position(last, tool)[1];
+        assert!(y > 0.4, "stopped near the boundary, not far from it: {y}");
+        // A target back inside is followed again.
+        for tick in 400..700 {
+            f.apply(&[0.0, 0.6, 0.6], true, tick * 10_000_000);
+        }
+        assert!((f.command()[0]).abs() < 1e-3);
+    }
+
+    fn assert_within_limits_wide(commands: &[f64], dt: f64, v_max: f64, a_max: f64, j_max: f64) {
+        let (mut v_prev, mut a_prev) = (0.0, 0.0);
+        for pair in commands.windows(2) {
+            let v = (pair[1] - pair[0]) / dt;
+            let a = (v - v_prev) / dt;
+            let jerk = (a - a_prev) / dt;
+            assert!(v.abs() <= v_max + 1e-9, "velocity {v}");
+            assert!(a.abs() <= a_max + 1e-6, "acceleration {a}");
+            assert!(jerk.abs() <= j_max * (1.0 + 1e-9) + 1e-3, "jerk {jerk}");
+            (v_prev, a_prev) = (v, a);
+        }
     }
 
     #[test]

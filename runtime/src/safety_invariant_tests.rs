@@ -207,6 +207,7 @@ fn params(setup: &Setup) -> TickParams {
             estop_after_stale_ms: 200.0,
             ..SafetyConfig::default()
         },
+        workspace: None,
     }
 }
 
