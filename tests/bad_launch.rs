@@ -285,7 +285,7 @@ fn values_that_broke_run_are_rejected_by_check() {
         (
             "robot.joints[2].name=\"shoulder\"",
             "robot.joints[2].name",
-            "unique",
+            "already has an entry",
         ),
         (
             "robot.joints[1].name=\"\"",

@@ -358,7 +358,10 @@ impl TickCore {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("no joint state from the arm within {0:?}; is the robot (or its zenoh bridge) up?")]
+    #[error(
+        "no joint state from the arm within {0:?}; is the robot (or its zenoh bridge) up? \
+         (states must number their samples from 1: a sequence number of 0 means no sample)"
+    )]
     NoInitialState(Duration),
     #[error(
         "the arm sent joint states for {waited:?} but none can be started from: {why}"

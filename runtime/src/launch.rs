@@ -753,9 +753,15 @@ impl SafetyConfig {
     /// field (under `safety.`) and what is wrong with it.
     pub fn check(&self, joints: usize) -> Result<(), (String, String)> {
         let safety = self;
+        let stale = safety.estop_after_stale_ms;
+        if !(stale > 0.0 && stale <= MAX_STALE_MS) {
+            return Err((
+                "estop_after_stale_ms".into(),
+                format!("must be in (0, {MAX_STALE_MS}] ms, found {stale}"),
+            ));
+        }
         // (field, value, smallest allowed, largest allowed)
         let mut bounded = vec![
-            ("estop_after_stale_ms", safety.estop_after_stale_ms, 0.0, 60_000.0),
             ("state_limit_margin", safety.state_limit_margin, 0.0, 0.5),
             ("recovery_velocity_fraction", safety.recovery_velocity_fraction, 0.0, 1.0),
             ("rearm_max_velocity", safety.rearm_max_velocity, 0.0, 10.0),
@@ -3100,8 +3106,10 @@ mod tests {
     #[test]
     fn joint_names_are_unique_and_not_empty() {
         let err = rejected_at(&["robot.joints[2].name=\"elbow\""], "robot.joints[2].name");
+        // With a URDF the merge finds the duplicate first.
         assert!(
-            err.message.contains("already the name of robot.joints[1]"),
+            err.message.contains("already the name of robot.joints[1]")
+                || err.message.contains("already has an entry (robot.joints[1])"),
             "{err}"
         );
         rejected_at(&["robot.joints[0].name=\"\""], "robot.joints[0].name");
@@ -3278,11 +3286,11 @@ mod tests {
         // A whole `[[robot.joints]]` element from an inline table.
         let launch = load(
             EMBEDDED_SIM_ARM,
-            &["robot.joints[2]={ name = \"hand\", position = [-1.0, 1.0], velocity = 1.0, acceleration = 4.0 }"],
+            &["robot.joints[2]={ name = \"wrist\", position = [-1.0, 1.0], velocity = 1.0, acceleration = 4.0 }"],
         )
         .unwrap();
         assert_eq!(launch.config.robot.joints.len(), 3);
-        assert_eq!(launch.config.robot.joints[2].name, "hand");
+        assert_eq!(launch.config.robot.joints[2].name, "wrist");
         assert_eq!(launch.config.robot.joints[2].position, [-1.0, 1.0]);
         // A plain value cannot replace a table element: it used to delete the joint.
         let err = load(EMBEDDED_SIM_ARM, &["robot.joints[2]=5"]).unwrap_err();

@@ -1336,7 +1336,7 @@ mod tests {
     fn a_cut_log_keeps_its_whole_records_and_says_where_it_ends() {
         let bytes = written(&records());
         let log = parse_log(&bytes[..bytes.len() - 3]).unwrap();
-        assert_eq!(log.records, records()[..4]);
+        assert_eq!(log.records, records()[..5]);
         let LogEnd::Truncated { offset, reason } = &log.report.end else {
             panic!("{:?}", log.report)
         };
@@ -1380,7 +1380,7 @@ mod tests {
         bytes.extend_from_slice(&frame);
         bytes.extend_from_slice(&written(&records()[3..])[written(&[]).len()..]);
         let log = parse_log(&bytes).unwrap();
-        assert_eq!(log.records.len(), 3);
+        assert_eq!(log.records.len(), 4);
         assert!(
             log.report.corrupt[0]
                 .reason
