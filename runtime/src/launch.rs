@@ -2128,6 +2128,9 @@ impl Launch {
         }
         let names: Vec<&str> = model.joints.iter().map(|j| j.name.as_str()).collect();
         for (i, entry) in robot.joint_entries.iter().enumerate() {
+            if entry.name.trim().is_empty() {
+                return Err(self.error_at(&format!("robot.joints[{i}].name"), "must not be empty"));
+            }
             if !names.contains(&entry.name.as_str()) {
                 return Err(self.error_at(
                     &format!("robot.joints[{i}].name"),
