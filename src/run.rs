@@ -14,12 +14,12 @@ use reflex_runtime::clock::{Clock, SimClock, WallClock};
 use reflex_runtime::control::{
     ControlError, ControlLoop, OperatorRequests, RunLimits, RunSummary, TickParams,
 };
-use reflex_runtime::operator::{ControlSocket, OperatorError, TerminalKeys};
-use reflex_runtime::safety::WorkspaceGuard;
 use reflex_runtime::driver::DriverContext;
 use reflex_runtime::launch::{Launch, RealtimeConfig};
 use reflex_runtime::log::{LogHeader, Recorder};
+use reflex_runtime::operator::{ControlSocket, OperatorError, TerminalKeys};
 use reflex_runtime::policy::InferenceWorker;
+use reflex_runtime::safety::WorkspaceGuard;
 use reflex_runtime::slot::latest_slot;
 use reflex_runtime::stats::StatusSnapshot;
 use reflex_runtime::types::{Image, JointState, Observation};

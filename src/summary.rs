@@ -99,7 +99,11 @@ impl<'a> Report<'a> {
             "  safety             limited {} ticks, stale state {} ticks, e-stop {latched}, final state: {}",
             s.limited_commands,
             s.stale_state_ticks,
-            if s.final_motion.is_empty() { "not started" } else { s.final_motion }
+            if s.final_motion.is_empty() {
+                "not started"
+            } else {
+                s.final_motion
+            }
         );
         if s.invalid_states > 0 {
             let _ = writeln!(
@@ -110,7 +114,11 @@ impl<'a> Report<'a> {
             );
         }
         if s.robot_epochs > 0 {
-            let _ = writeln!(out, "  robot restarts     {} (new robot epochs)", s.robot_epochs);
+            let _ = writeln!(
+                out,
+                "  robot restarts     {} (new robot epochs)",
+                s.robot_epochs
+            );
         }
         if let Some(refusal) = &s.last_refusal {
             let _ = writeln!(

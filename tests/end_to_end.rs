@@ -180,7 +180,11 @@ fn an_operator_estop_over_zenoh_stops_the_arm_and_local_rearm_and_resume_restart
             .args([request, "--robot", "sim_arm"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     };
     local("rearm");
     std::thread::sleep(Duration::from_millis(300));
@@ -200,11 +204,16 @@ fn an_operator_estop_over_zenoh_stops_the_arm_and_local_rearm_and_resume_restart
     let operator = |code: u8| {
         records
             .iter()
-            .position(|r| matches!(r, Record::Operator { request, outcome: 0, .. } if *request == code))
+            .position(
+                |r| matches!(r, Record::Operator { request, outcome: 0, .. } if *request == code),
+            )
             .expect("accepted operator request logged")
     };
     let (rearm_at, resume_at) = (operator(2), operator(3));
-    assert!(estop_at < rearm_at && rearm_at < resume_at, "logged in order");
+    assert!(
+        estop_at < rearm_at && rearm_at < resume_at,
+        "logged in order"
+    );
     let chunks_after = records[resume_at..]
         .iter()
         .filter(|r| matches!(r, Record::Chunk { accepted: true, .. }))

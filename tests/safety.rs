@@ -61,7 +61,11 @@ fn assert_commands_safe(commands: &[JointCommand], limits: &[(f64, f64, f64, f64
     for c in commands {
         for (j, &(lo, hi, _, _)) in limits.iter().enumerate() {
             let p = c.position[j];
-            assert!(p.is_finite() && p >= lo && p <= hi, "seq {}: joint {j} at {p}", c.seq);
+            assert!(
+                p.is_finite() && p >= lo && p <= hi,
+                "seq {}: joint {j} at {p}",
+                c.seq
+            );
         }
     }
     for w in commands.windows(3) {
@@ -72,8 +76,16 @@ fn assert_commands_safe(commands: &[JointCommand], limits: &[(f64, f64, f64, f64
             let v1 = (w[1].position[j] - w[0].position[j]) / dt;
             let v2 = (w[2].position[j] - w[1].position[j]) / dt;
             let a = (v2 - v1) / dt;
-            assert!(v2.abs() <= v_max + 1e-6, "seq {}: joint {j} velocity {v2}", w[2].seq);
-            assert!(a.abs() <= a_max + 1e-4, "seq {}: joint {j} acceleration {a}", w[2].seq);
+            assert!(
+                v2.abs() <= v_max + 1e-6,
+                "seq {}: joint {j} velocity {v2}",
+                w[2].seq
+            );
+            assert!(
+                a.abs() <= a_max + 1e-4,
+                "seq {}: joint {j} acceleration {a}",
+                w[2].seq
+            );
         }
     }
 }
@@ -221,7 +233,12 @@ fn a_robot_that_starts_with_nan_then_sends_valid_states_gets_only_safe_commands(
         s.position[..3].copy_from_slice(&[if bad { f64::NAN } else { 0.1 }, 0.2, 0.3]);
         true
     });
-    let mut child = start_run("launch/zenoh_arm.toml", &endpoint, &dir, &["--duration", "3"]);
+    let mut child = start_run(
+        "launch/zenoh_arm.toml",
+        &endpoint,
+        &dir,
+        &["--duration", "3"],
+    );
     let tap = CommandTap::start(&endpoint, "zarm");
     assert!(child.wait().unwrap().success());
     drop(robot);
@@ -229,7 +246,10 @@ fn a_robot_that_starts_with_nan_then_sends_valid_states_gets_only_safe_commands(
     assert!(commands.len() > 100, "{} commands", commands.len());
     assert_commands_safe(&commands, &limits("launch/zenoh_arm.toml"), 0.01);
     for c in &commands {
-        assert!((c.position[0] - 0.1).abs() < 1e-6, "held at the valid state: {c:?}");
+        assert!(
+            (c.position[0] - 0.1).abs() < 1e-6,
+            "held at the valid state: {c:?}"
+        );
     }
 }
 
@@ -250,14 +270,25 @@ fn invalid_and_replayed_states_count_as_missing_and_latch_the_stop() {
         }
         true
     });
-    let mut child = start_run("launch/zenoh_arm.toml", &endpoint, &dir, &["--duration", "3"]);
+    let mut child = start_run(
+        "launch/zenoh_arm.toml",
+        &endpoint,
+        &dir,
+        &["--duration", "3"],
+    );
     assert!(child.wait().unwrap().success());
     drop(robot);
     let summary = summary(&dir.join("summary.json"));
     assert_eq!(summary["estop_latches"], 1, "{summary}");
     assert_eq!(summary["final_state"], "e-stop latched", "{summary}");
-    assert!(summary["invalid_states"].as_u64().unwrap() > 20, "{summary}");
-    assert!(summary["stale_state_ticks"].as_u64().unwrap() > 50, "{summary}");
+    assert!(
+        summary["invalid_states"].as_u64().unwrap() > 20,
+        "{summary}"
+    );
+    assert!(
+        summary["stale_state_ticks"].as_u64().unwrap() > 50,
+        "{summary}"
+    );
 }
 
 #[test]
@@ -269,7 +300,12 @@ fn remote_rearm_is_ignored_and_local_rearm_holds_until_resume() {
         "launch/sim_arm.toml",
         &endpoint,
         &dir,
-        &["--duration", "7", "--set", "safety.rearm_position_tolerance=0.2"],
+        &[
+            "--duration",
+            "7",
+            "--set",
+            "safety.rearm_position_tolerance=0.2",
+        ],
     );
     let tap = CommandTap::start(&endpoint, "sim_arm");
     std::thread::sleep(Duration::from_millis(1200));
@@ -300,12 +336,17 @@ fn remote_rearm_is_ignored_and_local_rearm_holds_until_resume() {
     // Between the remote attempts and the local re-arm the arm stood still.
     let still = &commands[after_remote.saturating_sub(30)..after_remote];
     assert!(
-        still.windows(2).all(|w| w[0].positions() == w[1].positions()),
+        still
+            .windows(2)
+            .all(|w| w[0].positions() == w[1].positions()),
         "held still while only remote peers asked to re-arm"
     );
     // And it moved again after the resume.
     let last = &commands[commands.len() - 100..];
-    assert!(last.windows(2).any(|w| w[0].positions() != w[1].positions()));
+    assert!(
+        last.windows(2)
+            .any(|w| w[0].positions() != w[1].positions())
+    );
 }
 
 #[test]
@@ -317,7 +358,12 @@ fn request_spam_never_breaks_the_limits() {
         "launch/sim_arm.toml",
         &endpoint,
         &dir,
-        &["--duration", "6", "--set", "safety.rearm_position_tolerance=0.5"],
+        &[
+            "--duration",
+            "6",
+            "--set",
+            "safety.rearm_position_tolerance=0.5",
+        ],
     );
     let tap = CommandTap::start(&endpoint, "sim_arm");
     let started = Instant::now();
@@ -346,11 +392,19 @@ fn a_rearm_while_the_robot_is_silent_is_refused_and_never_fires_later() {
         s.position[..3].copy_from_slice(&[if back { 1.1 } else { 0.1 }, 0.2, 0.3]);
         t < Duration::from_millis(1000) || back
     });
-    let mut child = start_run("launch/zenoh_arm.toml", &endpoint, &dir, &["--duration", "4.5"]);
+    let mut child = start_run(
+        "launch/zenoh_arm.toml",
+        &endpoint,
+        &dir,
+        &["--duration", "4.5"],
+    );
     let tap = CommandTap::start(&endpoint, "zarm");
     std::thread::sleep(Duration::from_millis(1800));
     let answer = operator(&dir, "zarm", "rearm");
-    assert!(answer.contains("refused: no fresh valid joint state"), "{answer}");
+    assert!(
+        answer.contains("refused: no fresh valid joint state"),
+        "{answer}"
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let answer = operator(&dir, "zarm", "rearm");
     assert!(answer.contains("rad from the held command"), "{answer}");
@@ -375,7 +429,12 @@ fn the_deadman_stops_the_arm_when_the_operator_heartbeat_stops() {
         "launch/sim_arm.toml",
         &endpoint,
         &dir,
-        &["--duration", "5", "--set", "safety.operator.heartbeat_ms=1000"],
+        &[
+            "--duration",
+            "5",
+            "--set",
+            "safety.operator.heartbeat_ms=1000",
+        ],
     );
     let tap = CommandTap::start(&endpoint, "sim_arm");
     // Heartbeats for 2 s keep it running; then the operator goes quiet.

@@ -10,9 +10,9 @@ use reflex_runtime::control::{TickCore, TickParams};
 use reflex_runtime::launch::JointConfig;
 use reflex_runtime::log::{LogEvent, TickRecord};
 use reflex_runtime::mailbox::Mailbox;
-use reflex_runtime::slot::latest_slot;
 use reflex_runtime::robot_model::{RobotModel, WorkspaceBox};
 use reflex_runtime::safety::WorkspaceGuard;
+use reflex_runtime::slot::latest_slot;
 use reflex_runtime::types::{ActionChunk, JointState};
 
 fn params(joints: usize) -> TickParams {
@@ -111,7 +111,10 @@ fn tick_percentiles(_: &mut Criterion) {
     // of the braking rest point runs every tick.
     let urdf = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/arm7.urdf");
     let model = RobotModel::from_file(urdf.as_ref(), None).expect("arm7.urdf");
-    let link = model.chain.link_id(model.chain.link_names().last().unwrap_or("")).unwrap();
+    let link = model
+        .chain
+        .link_id(model.chain.link_names().last().unwrap_or(""))
+        .unwrap();
     p.workspace = Some(WorkspaceGuard {
         chain: std::sync::Arc::new(model.chain.clone()),
         bounds: WorkspaceBox {

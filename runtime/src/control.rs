@@ -17,9 +17,9 @@ use crate::bus::Mirror;
 use crate::clock::{Clock, TickTime};
 use crate::driver::{ArmPorts, CameraPort, Driver, DriverError, TaskReport};
 use crate::executor::{ChunkExecutor, ChunkRejection};
+use crate::launch::SafetyConfig;
 use crate::log::{LogEvent, LogHeader, LogSummary, Record, Recorder, TickRecord};
 use crate::policy::InferenceWorker;
-use crate::launch::SafetyConfig;
 use crate::safety::{ArmError, Motion, Refusal, SafetyFilter, WorkspaceGuard, flags};
 use crate::slot::SlotWriter;
 use crate::stats::{Distribution, RunStats, StatusSnapshot};
@@ -299,7 +299,12 @@ impl TickCore {
     }
 
     /// Carries out an operator request at `tick`, after [`Self::observe`].
-    pub fn operator(&mut self, request: Request, state: &JointState, tick: u64) -> Result<(), Refusal> {
+    pub fn operator(
+        &mut self,
+        request: Request,
+        state: &JointState,
+        tick: u64,
+    ) -> Result<(), Refusal> {
         match request {
             Request::Estop => {
                 self.safety.estop();
@@ -309,12 +314,14 @@ impl TickCore {
                 let fresh = self.state_ok.then_some(state);
                 self.safety.rearm(fresh)?;
                 // Nothing planned before the stop may run after it.
-                self.executor.flush(&self.safety.command()[..self.joints], tick);
+                self.executor
+                    .flush(&self.safety.command()[..self.joints], tick);
                 Ok(())
             }
             Request::Resume => {
                 self.safety.resume()?;
-                self.executor.flush(&self.safety.command()[..self.joints], tick);
+                self.executor
+                    .flush(&self.safety.command()[..self.joints], tick);
                 Ok(())
             }
         }
@@ -363,9 +370,7 @@ pub enum ControlError {
          (states must number their samples from 1: a sequence number of 0 means no sample)"
     )]
     NoInitialState(Duration),
-    #[error(
-        "the arm sent joint states for {waited:?} but none can be started from: {why}"
-    )]
+    #[error("the arm sent joint states for {waited:?} but none can be started from: {why}")]
     InvalidInitialState { waited: Duration, why: String },
     #[error("stopped while waiting for the first joint state; nothing was commanded")]
     StoppedBeforeFirstState,
@@ -415,7 +420,8 @@ impl OperatorRequests {
     }
 
     pub fn heartbeat(&self) {
-        self.heartbeat_ns.store(monotonic_ns().max(1), Ordering::Release);
+        self.heartbeat_ns
+            .store(monotonic_ns().max(1), Ordering::Release);
     }
 }
 
@@ -803,7 +809,10 @@ impl ControlLoop {
             let last = self.operator.heartbeat_ns.load(Ordering::Acquire);
             let silent = monotonic_ns().saturating_sub(last);
             if r.core.safety.motion() == Motion::Tracking && silent > timeout.as_nanos() as u64 {
-                tracing::warn!("operator heartbeat silent for {} ms: stopping", silent / 1_000_000);
+                tracing::warn!(
+                    "operator heartbeat silent for {} ms: stopping",
+                    silent / 1_000_000
+                );
                 self.operator.estop.store(true, Ordering::Release);
             }
         }
@@ -940,7 +949,11 @@ pub fn replay<R: std::borrow::Borrow<Record>>(
         match record.borrow() {
             Record::Start { joints, position } => {
                 if let Err(e) = core.start(&position[..(*joints).min(MAX_JOINTS)]) {
-                    note(&mut report, 0, format!("cannot arm from the logged start: {e}"));
+                    note(
+                        &mut report,
+                        0,
+                        format!("cannot arm from the logged start: {e}"),
+                    );
                 }
             }
             Record::Estop { .. } => pending.push((Request::Estop, None)),
@@ -948,7 +961,11 @@ pub fn replay<R: std::borrow::Borrow<Record>>(
                 request, outcome, ..
             } => match Request::from_code(*request) {
                 Some(r) => pending.push((r, Some(*outcome))),
-                None => note(&mut report, 0, format!("unknown operator request {request}")),
+                None => note(
+                    &mut report,
+                    0,
+                    format!("unknown operator request {request}"),
+                ),
             },
             Record::Chunk {
                 tick,
@@ -1059,12 +1076,24 @@ mod tests {
     fn states_are_judged_valid_fresh_and_in_order() {
         let mut core = core();
         assert!(core.observe(&state(1, 5, 100, 0.1), 100));
-        assert!(!core.observe(&state(1, 4, 200, 0.1), 200), "older seq: replayed");
-        assert!(matches!(core.last_invalid, Some(InvalidState::Reordered { .. })));
+        assert!(
+            !core.observe(&state(1, 4, 200, 0.1), 200),
+            "older seq: replayed"
+        );
+        assert!(matches!(
+            core.last_invalid,
+            Some(InvalidState::Reordered { .. })
+        ));
         assert!(!core.observe(&state(1, 6, 50, 0.1), 200), "older stamp");
         assert!(!core.observe(&state(1, 7, 300, f64::NAN), 300));
-        assert!(!core.observe(&state(1, 8, 300, 1.2), 300), "beyond the margin");
-        assert!(core.observe(&state(1, 9, 300, 1.01), 300), "within the margin");
+        assert!(
+            !core.observe(&state(1, 8, 300, 1.2), 300),
+            "beyond the margin"
+        );
+        assert!(
+            core.observe(&state(1, 9, 300, 1.01), 300),
+            "within the margin"
+        );
         assert_eq!(core.invalid_states, 4);
         // The same invalid sample seen on many ticks counts once.
         assert!(!core.observe(&state(1, 8, 300, 1.2), 310));
@@ -1073,7 +1102,10 @@ mod tests {
         // A restarted robot driver: a larger epoch with seq from 1 is accepted.
         assert!(core.observe(&state(2, 1, 400, 0.1), 400));
         assert_eq!(core.epochs, 1);
-        assert!(!core.observe(&state(1, 50, 500, 0.1), 500), "the old epoch is over");
+        assert!(
+            !core.observe(&state(1, 50, 500, 0.1), 500),
+            "the old epoch is over"
+        );
         // Valid but old: not fresh.
         assert!(!core.observe(&state(2, 2, 400, 0.1), 400 + 60_000_000));
     }
@@ -1088,12 +1120,18 @@ mod tests {
         core.apply_chunk(&chunk, 1).unwrap();
         core.operator(Request::Estop, &s, 2).unwrap();
         for tick in 2..100 {
-            core.observe(&state(1, tick, tick * 10_000_000, core.safety.command()[0]), tick * 10_000_000);
+            core.observe(
+                &state(1, tick, tick * 10_000_000, core.safety.command()[0]),
+                tick * 10_000_000,
+            );
             core.step(tick, tick * 10_000_000, &s);
         }
         let s = state(1, 100, 1_000_000_000, core.safety.command()[0]);
         core.observe(&s, 1_000_000_000);
-        assert_eq!(core.operator(Request::Resume, &s, 100), Err(Refusal::NotHolding));
+        assert_eq!(
+            core.operator(Request::Resume, &s, 100),
+            Err(Refusal::NotHolding)
+        );
         core.operator(Request::Rearm, &s, 100).unwrap();
         // A chunk that was in flight during the stop is dropped.
         chunk.conditioned_on_tick = 50;
@@ -1103,5 +1141,58 @@ mod tests {
         ));
         core.operator(Request::Resume, &s, 102).unwrap();
         assert_eq!(core.safety.motion(), Motion::Tracking);
+    }
+}
+
+#[cfg(test)]
+mod tracking_tests {
+    use super::*;
+    use crate::launch::JointConfig;
+
+    #[test]
+    fn a_blocked_joint_latches_the_stop_and_is_named() {
+        let joint = |name: &str| JointConfig {
+            name: name.into(),
+            position: [-1.0, 1.0],
+            velocity: 1.0,
+            acceleration: 5.0,
+            jerk: None,
+        };
+        let mut core = TickCore::new(&TickParams {
+            joints: vec![joint("a"), joint("b")],
+            rate_hz: 100.0,
+            max_state_age_ms: 50.0,
+            estop_after_stale_ms: 200.0,
+            horizon: 2,
+            action_rate_hz: 10.0,
+            replan_after: 1,
+            safety: SafetyConfig {
+                max_tracking_error: Some(vec![0.05, 0.05]),
+                tracking_lag_ms: 50.0,
+                ..SafetyConfig::default()
+            },
+            workspace: None,
+        });
+        core.start(&[0.0, 0.0]).unwrap();
+        let mut chunk = ActionChunk::zeros(2, 2);
+        chunk.actions.copy_from_slice(&[0.0, 0.8, 0.0, 0.8]);
+        core.apply_chunk(&chunk, 1).unwrap();
+        let mut state = JointState::empty(2);
+        for tick in 1..200u64 {
+            let now = tick * 10_000_000;
+            state.seq = tick;
+            state.stamp_ns = now;
+            // Joint a follows the command; joint b is stuck at 0.
+            state.position[0] = core.safety.command()[0];
+            core.observe(&state, now);
+            core.step(tick, now, &state);
+            if core.safety.is_estopped() {
+                let (joint, error) = core.tracking_fault.expect("the fault is named");
+                assert_eq!(joint, 1);
+                assert!(error > 0.05, "{error}");
+                return;
+            }
+        }
+        panic!("a joint stuck at 0 while commanded to 0.8 must latch the stop");
     }
 }

@@ -28,7 +28,10 @@ pub enum ChunkRejection {
     #[error(
         "chunk conditioned on tick {conditioned_on} was planned before the stop flushed at tick {flushed_at}"
     )]
-    Flushed { conditioned_on: u64, flushed_at: u64 },
+    Flushed {
+        conditioned_on: u64,
+        flushed_at: u64,
+    },
 }
 
 pub struct ChunkExecutor {

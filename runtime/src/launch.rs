@@ -763,9 +763,19 @@ impl SafetyConfig {
         // (field, value, smallest allowed, largest allowed)
         let mut bounded = vec![
             ("state_limit_margin", safety.state_limit_margin, 0.0, 0.5),
-            ("recovery_velocity_fraction", safety.recovery_velocity_fraction, 0.0, 1.0),
+            (
+                "recovery_velocity_fraction",
+                safety.recovery_velocity_fraction,
+                0.0,
+                1.0,
+            ),
             ("rearm_max_velocity", safety.rearm_max_velocity, 0.0, 10.0),
-            ("rearm_position_tolerance", safety.rearm_position_tolerance, 0.0, 1.0),
+            (
+                "rearm_position_tolerance",
+                safety.rearm_position_tolerance,
+                0.0,
+                1.0,
+            ),
             ("tracking_lag_ms", safety.tracking_lag_ms, 0.0, 10_000.0),
         ];
         if let Some(ms) = safety.operator.heartbeat_ms {
@@ -790,7 +800,10 @@ impl SafetyConfig {
             if errors.len() != joints {
                 return Err((
                     "max_tracking_error".into(),
-                    format!("has {} values, expected one per joint ({joints})", errors.len()),
+                    format!(
+                        "has {} values, expected one per joint ({joints})",
+                        errors.len()
+                    ),
                 ));
             }
             if let Some(bad) = errors.iter().find(|e| !(e.is_finite() && **e > 0.0)) {
@@ -1593,15 +1606,10 @@ impl Launch {
                     format!("must be a finite position, found {value}"),
                 ));
             }
-            if let Some((j, p)) = arm
-                .initial_position
-                .iter()
-                .enumerate()
-                .find(|(j, p)| {
-                    let [lo, hi] = c.robot.joints[*j].position;
-                    !(**p >= lo && **p <= hi)
-                })
-            {
+            if let Some((j, p)) = arm.initial_position.iter().enumerate().find(|(j, p)| {
+                let [lo, hi] = c.robot.joints[*j].position;
+                !(**p >= lo && **p <= hi)
+            }) {
                 return Err(self.error_at(
                     &at("initial_position"),
                     format!(
@@ -2355,7 +2363,9 @@ impl Launch {
         if !(1..=2).contains(&format) {
             return Err(self.error_at(
                 "zenoh.command_format",
-                format!("must be 1 (positions) or 2 (with velocities and accelerations), found {format}"),
+                format!(
+                    "must be 1 (positions) or 2 (with velocities and accelerations), found {format}"
+                ),
             ));
         }
         if safety.operator.zenoh_rearm {
@@ -3112,7 +3122,9 @@ mod tests {
         // With a URDF the merge finds the duplicate first.
         assert!(
             err.message.contains("already the name of robot.joints[1]")
-                || err.message.contains("already has an entry (robot.joints[1])"),
+                || err
+                    .message
+                    .contains("already has an entry (robot.joints[1])"),
             "{err}"
         );
         rejected_at(&["robot.joints[0].name=\"\""], "robot.joints[0].name");

@@ -308,7 +308,13 @@ fn encode_body(record: &Record, b: &mut Vec<u8>) {
         }
         Record::Tick(t) => {
             b.push(kind::TICK);
-            for v in [t.tick, t.now_ns, t.state.epoch, t.state.seq, t.state.stamp_ns] {
+            for v in [
+                t.tick,
+                t.now_ns,
+                t.state.epoch,
+                t.state.seq,
+                t.state.stamp_ns,
+            ] {
                 b.extend_from_slice(&v.to_le_bytes());
             }
             b.extend_from_slice(&(t.state.joints as u16).to_le_bytes());

@@ -250,7 +250,10 @@ fn handle(stream: UnixStream, requests: &OperatorRequests) -> io::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    writeln!(out, "error: the control loop did not answer (still starting?)")
+    writeln!(
+        out,
+        "error: the control loop did not answer (still starting?)"
+    )
 }
 
 /// Sends `request` to `robot`'s run on this machine; returns its answer line.
@@ -367,7 +370,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let requests = OperatorRequests::default();
         let socket = ControlSocket::bind("op_test", requests.clone()).unwrap();
-        let mode = std::fs::metadata(socket_dir()).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(socket_dir())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o700);
         // A stand-in for the tick: answers re-arm with a refusal.
         let tick = {
@@ -375,11 +382,13 @@ mod tests {
             std::thread::spawn(move || {
                 for _ in 0..200 {
                     if requests.rearm.swap(false, Ordering::AcqRel) {
-                        requests.outcomes.force_push(crate::control::OperatorOutcome {
-                            tick: 1,
-                            request: Request::Rearm,
-                            result: Err(crate::safety::Refusal::NotLatched),
-                        });
+                        requests
+                            .outcomes
+                            .force_push(crate::control::OperatorOutcome {
+                                tick: 1,
+                                request: Request::Rearm,
+                                result: Err(crate::safety::Refusal::NotLatched),
+                            });
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(5));
@@ -389,7 +398,11 @@ mod tests {
         let answer = send("op_test", "rearm").unwrap();
         assert!(answer.starts_with("refused: nothing to re-arm"), "{answer}");
         tick.join().unwrap();
-        assert!(send("op_test", "launch missiles").unwrap().starts_with("error"));
+        assert!(
+            send("op_test", "launch missiles")
+                .unwrap()
+                .starts_with("error")
+        );
         assert_eq!(send("op_test", "heartbeat").unwrap(), "ok");
         assert!(requests.heartbeat_ns.load(Ordering::Acquire) > 0);
         drop(socket);

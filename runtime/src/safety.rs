@@ -155,7 +155,11 @@ impl Kinematics {
     fn step(&self, acceleration: f64, dt: f64) -> Self {
         let velocity = self.velocity + acceleration * dt;
         // Landing on rest leaves a rounding residue; rest must be exact to be seen.
-        let velocity = if velocity.abs() <= 1e-12 { 0.0 } else { velocity };
+        let velocity = if velocity.abs() <= 1e-12 {
+            0.0
+        } else {
+            velocity
+        };
         Self {
             position: self.position + velocity * dt,
             velocity,
@@ -395,7 +399,7 @@ impl SafetyFilter {
         let limit = self.config.rearm_max_velocity;
         for (joint, &velocity) in state.velocities().iter().enumerate() {
             // A NaN velocity is no evidence of standing still.
-            if !(velocity.abs() <= limit) {
+            if velocity.is_nan() || velocity.abs() > limit {
                 return Err(Refusal::Moving {
                     joint,
                     velocity,
@@ -406,7 +410,7 @@ impl SafetyFilter {
         let tolerance = self.config.rearm_position_tolerance;
         for (joint, &position) in state.positions().iter().enumerate() {
             let difference = (position - self.state[joint].position).abs();
-            if !(difference <= tolerance) {
+            if difference.is_nan() || difference > tolerance {
                 return Err(Refusal::Moved {
                     joint,
                     difference,
@@ -592,7 +596,10 @@ impl SafetyFilter {
         };
         // Take the wanted step if the arm can still stop from where it leads;
         // otherwise the largest fraction of it towards braking that can.
-        let mut chosen = (brake, self.brake_path(&l, v_max, lo, hi, now.step(brake, self.dt)));
+        let mut chosen = (
+            brake,
+            self.brake_path(&l, v_max, lo, hi, now.step(brake, self.dt)),
+        );
         if wanted != brake {
             if let Some(path) = self.brake_path(&l, v_max, lo, hi, now.step(wanted, self.dt)) {
                 chosen = (wanted, Some(path));
@@ -643,13 +650,19 @@ impl SafetyFilter {
                 None => return f64::INFINITY,
             }
         }
-        let p = guard.chain.link_position(&rest[..self.joints], guard.bounds.link);
+        let p = guard
+            .chain
+            .link_position(&rest[..self.joints], guard.bounds.link);
         let (lo, hi) = (guard.bounds.min, guard.bounds.max);
         let outside = (0..3)
             .map(|i| (lo[i] - p[i]).max(p[i] - hi[i]).max(0.0))
             .fold(0.0, |acc: f64, d| acc + d * d);
         // NaN (a broken chain) counts as far outside.
-        if outside.is_nan() { f64::INFINITY } else { outside.sqrt() }
+        if outside.is_nan() {
+            f64::INFINITY
+        } else {
+            outside.sqrt()
+        }
     }
 
     /// The acceleration that follows `goal`: match the goal's own motion, and
@@ -667,8 +680,8 @@ impl SafetyFilter {
         a_hi: f64,
     ) -> f64 {
         let dt = self.dt;
-        let goal_velocity = self.last_goal[j]
-            .map_or(0.0, |last| ((goal - last) / dt).clamp(-v_max, v_max));
+        let goal_velocity =
+            self.last_goal[j].map_or(0.0, |last| ((goal - last) / dt).clamp(-v_max, v_max));
         self.last_goal[j] = Some(goal);
         let follow = velocity_servo(l, now, goal_velocity, dt).clamp(a_lo, a_hi);
         let gap = goal - now.position;
@@ -676,9 +689,8 @@ impl SafetyFilter {
         if gap == 0.0 || toward == follow {
             return follow;
         }
-        let passes = |a: f64| {
-            self.passes_goal(l, now.step(a, dt), goal, goal_velocity, gap.signum())
-        };
+        let passes =
+            |a: f64| self.passes_goal(l, now.step(a, dt), goal, goal_velocity, gap.signum());
         if !passes(toward) {
             return toward;
         }
@@ -771,8 +783,7 @@ fn velocity_servo(l: &Limits, now: Kinematics, v_wanted: f64, dt: f64) -> f64 {
     // Arrive this tick when that is allowed and leaves an acceleration the jerk
     // limit can take back to zero next tick.
     let land = error / dt;
-    if land.abs() <= l.acceleration && (land - now.acceleration).abs() <= jdt && land.abs() <= jdt
-    {
+    if land.abs() <= l.acceleration && (land - now.acceleration).abs() <= jdt && land.abs() <= jdt {
         return land;
     }
     let wanted = if l.jerk.is_finite() {
@@ -846,7 +857,10 @@ mod tests {
             }
             assert_within_limits(&commands, 0.01, 2.0, 10.0, jerk.unwrap_or(f64::INFINITY));
             let last = *commands.last().unwrap();
-            assert!((last - 0.8).abs() < 1e-3, "{jerk:?}: settles at the goal: {last}");
+            assert!(
+                (last - 0.8).abs() < 1e-3,
+                "{jerk:?}: settles at the goal: {last}"
+            );
         }
     }
 
@@ -921,7 +935,10 @@ mod tests {
         assert!(f.is_estopped(), "stale for 300 ms > 100 ms");
         let held = f.command()[0];
         let raised = f.apply(&[0.5], true, 500_000_000);
-        assert!(raised & flags::ESTOP != 0, "fresh state alone does not clear it");
+        assert!(
+            raised & flags::ESTOP != 0,
+            "fresh state alone does not clear it"
+        );
         assert_eq!(f.command()[0], held);
         assert_eq!(f.rearm(None), Err(Refusal::NoFreshState));
         assert!(matches!(
@@ -939,7 +956,10 @@ mod tests {
             assert!(raised & flags::HOLD != 0);
             assert_eq!(f.command()[0], held, "holding until resumed");
         }
-        assert_eq!(f.rearm(Some(&measured(held, 0.0))), Err(Refusal::NotLatched));
+        assert_eq!(
+            f.rearm(Some(&measured(held, 0.0))),
+            Err(Refusal::NotLatched)
+        );
         f.resume().unwrap();
         f.apply(&[0.5], true, 600_000_000);
         assert_ne!(f.command()[0], held, "moving after resume");
@@ -964,9 +984,18 @@ mod tests {
     fn arming_refuses_non_finite_and_far_out_states_and_recovers_slightly_out_ones() {
         let config = SafetyConfig::default();
         let mut f = SafetyFilter::new(&[joint(-1.0, 1.0, 2.0, 10.0, None)], 0.01, &config);
-        assert!(matches!(f.arm(&[f64::NAN]), Err(ArmError::NonFinite { .. })));
-        assert!(matches!(f.arm(&[f64::INFINITY]), Err(ArmError::NonFinite { .. })));
-        assert!(matches!(f.arm(&[10.0]), Err(ArmError::OutsideLimits { .. })));
+        assert!(matches!(
+            f.arm(&[f64::NAN]),
+            Err(ArmError::NonFinite { .. })
+        ));
+        assert!(matches!(
+            f.arm(&[f64::INFINITY]),
+            Err(ArmError::NonFinite { .. })
+        ));
+        assert!(matches!(
+            f.arm(&[10.0]),
+            Err(ArmError::OutsideLimits { .. })
+        ));
         let start = 1.0 + config.state_limit_margin * 0.5;
         f.arm(&[start]).unwrap();
         let mut commands = vec![start];
@@ -976,12 +1005,18 @@ mod tests {
             commands.push(f.command()[0]);
         }
         let slow = 2.0 * config.recovery_velocity_fraction;
-        let inside = commands.iter().position(|c| *c <= 1.0).expect("came back inside");
+        let inside = commands
+            .iter()
+            .position(|c| *c <= 1.0)
+            .expect("came back inside");
         for pair in commands[..=inside].windows(2) {
             assert!(pair[1] < pair[0], "only inward: {} -> {}", pair[0], pair[1]);
             assert!((pair[1] - pair[0]).abs() / 0.01 <= slow + 1e-9, "slowly");
         }
-        assert!(commands[inside..].iter().all(|c| *c <= 1.0), "stays inside once in");
+        assert!(
+            commands[inside..].iter().all(|c| *c <= 1.0),
+            "stays inside once in"
+        );
     }
 
     #[test]

@@ -58,7 +58,10 @@ fn setup() -> impl Strategy<Value = Setup> {
 #[derive(Debug, Clone)]
 enum StateEvent {
     /// Follows the last command, off by `noise`, moving at `velocity`.
-    Good { noise: f64, velocity: f64 },
+    Good {
+        noise: f64,
+        velocity: f64,
+    },
     /// The same sample again (no news: it ages).
     Silent,
     NonFinite(f64),
@@ -172,7 +175,10 @@ impl InvariantCheck {
                 joint.acceleration
             );
             if let Some(limit) = joint.jerk {
-                prop_assert!(!over(jerk, limit, tj), "joint {j}: jerk {jerk} (limit {limit})");
+                prop_assert!(
+                    !over(jerk, limit, tj),
+                    "joint {j}: jerk {jerk} (limit {limit})"
+                );
             }
             moving |= p != p2 || p2 != p1;
             self.history[j] = [p1, p2, p];
@@ -212,11 +218,7 @@ fn params(setup: &Setup) -> TickParams {
 }
 
 /// Runs one random episode through the real tick and checks every command.
-fn tick_property(
-    setup: &Setup,
-    events: &[TickEvent],
-    mutant: Mutant,
-) -> Result<(), TestCaseError> {
+fn tick_property(setup: &Setup, events: &[TickEvent], mutant: Mutant) -> Result<(), TestCaseError> {
     let p = params(setup);
     let mut core = TickCore::new(&p);
     core.safety.mutate(mutant);
@@ -226,7 +228,8 @@ fn tick_property(
         let [lo, hi] = joint.position;
         start[j] = lo + setup.start[j] * (hi - lo);
     }
-    core.start(&start).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    core.start(&start)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut check = InvariantCheck::new(
         &setup.joints,
         1.0 / setup.rate_hz,
@@ -346,7 +349,8 @@ fn filter_property(
         let [lo, hi] = joint.position;
         start[j] = lo + setup.start[j] * (hi - lo);
     }
-    f.arm(&start).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    f.arm(&start)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut check = InvariantCheck::new(&setup.joints, dt, &start, f.stop_bound_ticks());
     let mut target = start;
     for (i, event) in events.iter().enumerate() {

@@ -177,7 +177,9 @@ pub fn decode_command(bytes: &[u8]) -> Result<JointCommand, WireError> {
 }
 
 pub fn decode_state(bytes: &[u8]) -> Result<JointState, WireError> {
-    let h = read_header(bytes, STATE_MAGIC, |version| (version == VERSION).then_some(2))?;
+    let h = read_header(bytes, STATE_MAGIC, |version| {
+        (version == VERSION).then_some(2)
+    })?;
     let mut state = JointState::empty(h.joints);
     (state.epoch, state.seq, state.stamp_ns) = (h.tick, h.seq, h.stamp_ns);
     for j in 0..h.joints {
@@ -235,7 +237,10 @@ mod tests {
         (state.epoch, state.seq) = (1_700_000_000, 3);
         let mut bytes = Vec::new();
         encode_state(&state, 0, &mut bytes);
-        assert_eq!(u64::from_le_bytes(bytes[16..24].try_into().unwrap()), 1_700_000_000);
+        assert_eq!(
+            u64::from_le_bytes(bytes[16..24].try_into().unwrap()),
+            1_700_000_000
+        );
         assert_eq!(decode_state(&bytes).unwrap(), state);
     }
 
