@@ -183,8 +183,8 @@ impl PlanPaths for [Plan] {
     }
 }
 
-/// Halvings when searching for the largest acceptable step (1/256 resolution).
-const BISECTIONS: usize = 8;
+/// Halvings when searching for the largest acceptable step (1/64 resolution).
+const BISECTIONS: usize = 6;
 
 /// Where the braking trajectory from a state goes: its extreme and final positions.
 #[derive(Debug, Clone, Copy)]
@@ -229,6 +229,9 @@ pub struct SafetyFilter {
     stop_bound_ticks: usize,
     latches: u64,
     workspace: Option<WorkspaceGuard>,
+    /// Where each joint comes to rest if it brakes from its current command (NaN
+    /// when not simulated to the end).
+    rest: [f64; MAX_JOINTS],
     #[cfg(test)]
     mutant: Mutant,
 }
@@ -266,7 +269,7 @@ impl SafetyFilter {
             } else {
                 0.0
             };
-            let seconds = 1.5 * (l.velocity / l.acceleration + 2.0 * ramp);
+            let seconds = 2.0 * (l.velocity / l.acceleration + 2.0 * ramp);
             let ticks = (seconds / dt).ceil();
             stop_bound_ticks = stop_bound_ticks.max(if ticks.is_finite() {
                 ticks as usize + 10
@@ -291,6 +294,7 @@ impl SafetyFilter {
             stop_bound_ticks: stop_bound_ticks.min(1 << 20),
             latches: 0,
             workspace: None,
+            rest: [f64::NAN; MAX_JOINTS],
             #[cfg(test)]
             mutant: Mutant::None,
         }
@@ -368,6 +372,7 @@ impl SafetyFilter {
             self.lo[j] = self.limits[j].lo.min(p);
             self.hi[j] = self.limits[j].hi.max(p);
             self.last_goal[j] = None;
+            self.rest[j] = p;
         }
         self.motion = Motion::Tracking;
         self.stale_since_ns = None;
@@ -531,17 +536,18 @@ impl SafetyFilter {
         // after this step must be inside the box (or, when the arm is outside, no
         // further out than braking now would leave it). Otherwise every joint brakes.
         if !brake && let Some(guard) = self.workspace.clone() {
-            let mut braking = [Plan::default(); MAX_JOINTS];
-            for j in 0..self.joints {
-                braking[j] = self.plan_joint_braking(j);
-            }
             let next = self.rest_distance(&guard, &plans[..self.joints].map_paths());
-            let now = self.rest_distance(&guard, &braking[..self.joints].map_paths());
-            let inside = next <= 1e-12;
-            if !inside && (now.is_infinite() || next > now + 1e-12) {
-                raised |= flags::WORKSPACE | flags::LIMITED;
-                plans = braking;
-                self.last_goal = [None; MAX_JOINTS];
+            // Braking now ends where braking after the last step would have (the
+            // braking law is time-consistent): the rest point kept from that step.
+            if next > 1e-12 {
+                let now = self.box_distance(&guard, &self.rest);
+                if now.is_infinite() || next > now + 1e-12 {
+                    for j in 0..self.joints {
+                        plans[j] = self.plan_joint_braking(j);
+                    }
+                    raised |= flags::WORKSPACE | flags::LIMITED;
+                    self.last_goal = [None; MAX_JOINTS];
+                }
             }
         }
         for j in 0..self.joints {
@@ -596,29 +602,32 @@ impl SafetyFilter {
         };
         // Take the wanted step if the arm can still stop from where it leads;
         // otherwise the largest fraction of it towards braking that can.
-        let mut chosen = (
-            brake,
-            self.brake_path(&l, v_max, lo, hi, now.step(brake, self.dt)),
-        );
-        if wanted != brake {
-            if let Some(path) = self.brake_path(&l, v_max, lo, hi, now.step(wanted, self.dt)) {
-                chosen = (wanted, Some(path));
-            } else {
-                raised |= flags::LIMITED;
-                let (mut safe, mut unsafe_) = (0.0, 1.0);
-                for _ in 0..BISECTIONS {
-                    let mid = 0.5 * (safe + unsafe_);
-                    let a = brake + mid * (wanted - brake);
-                    match self.brake_path(&l, v_max, lo, hi, now.step(a, self.dt)) {
-                        Some(path) => {
-                            safe = mid;
-                            chosen = (a, Some(path));
+        let wanted_path = self.brake_path(&l, v_max, lo, hi, now.step(wanted, self.dt));
+        let chosen = match wanted_path {
+            Some(path) => (wanted, Some(path)),
+            None => {
+                let mut chosen = (
+                    brake,
+                    self.brake_path(&l, v_max, lo, hi, now.step(brake, self.dt)),
+                );
+                if wanted != brake {
+                    raised |= flags::LIMITED;
+                    let (mut safe, mut unsafe_) = (0.0, 1.0);
+                    for _ in 0..BISECTIONS {
+                        let mid = 0.5 * (safe + unsafe_);
+                        let a = brake + mid * (wanted - brake);
+                        match self.brake_path(&l, v_max, lo, hi, now.step(a, self.dt)) {
+                            Some(path) => {
+                                safe = mid;
+                                chosen = (a, Some(path));
+                            }
+                            None => unsafe_ = mid,
                         }
-                        None => unsafe_ = mid,
                     }
                 }
+                chosen
             }
-        }
+        };
         let (acceleration, path) = chosen;
         let next = now.step(acceleration, self.dt);
         if let Some(goal) = goal
@@ -632,6 +641,7 @@ impl SafetyFilter {
     /// Takes a planned step.
     fn commit(&mut self, j: usize, plan: &Plan) {
         self.state[j] = plan.next;
+        self.rest[j] = plan.path.map_or(f64::NAN, |path| path.end);
         // A joint armed past its limit: the bounds close in behind it as it returns.
         if let Some(path) = plan.path {
             let l = &self.limits[j];
@@ -650,14 +660,19 @@ impl SafetyFilter {
                 None => return f64::INFINITY,
             }
         }
+        self.box_distance(guard, &rest)
+    }
+
+    /// How far outside the box the guarded link is at joint positions `q`.
+    fn box_distance(&self, guard: &WorkspaceGuard, q: &[f64; MAX_JOINTS]) -> f64 {
         let p = guard
             .chain
-            .link_position(&rest[..self.joints], guard.bounds.link);
+            .link_position(&q[..self.joints], guard.bounds.link);
         let (lo, hi) = (guard.bounds.min, guard.bounds.max);
         let outside = (0..3)
             .map(|i| (lo[i] - p[i]).max(p[i] - hi[i]).max(0.0))
             .fold(0.0, |acc: f64, d| acc + d * d);
-        // NaN (a broken chain) counts as far outside.
+        // NaN (a broken chain or path) counts as far outside.
         if outside.is_nan() {
             f64::INFINITY
         } else {
@@ -719,9 +734,13 @@ impl SafetyFilter {
         goal_velocity: f64,
         side: f64,
     ) -> bool {
+        // Only the quality of tracking depends on this, not safety: a coarser step
+        // (at most ~32 of them) keeps it cheap at high control rates.
+        let coarse = (self.stop_bound_ticks as f64 / 64.0).ceil().max(1.0);
+        let dt = self.dt * coarse;
         let mut s = from;
         let mut goal_at = goal;
-        for _ in 0..=self.stop_bound_ticks {
+        for _ in 0..=(self.stop_bound_ticks / coarse as usize + 1) {
             if side * (goal_at - s.position) < -1e-9 {
                 return true;
             }
@@ -730,8 +749,8 @@ impl SafetyFilter {
             if settled {
                 return false;
             }
-            s = s.step(velocity_servo(l, s, goal_velocity, self.dt), self.dt);
-            goal_at += goal_velocity * self.dt;
+            s = s.step(velocity_servo(l, s, goal_velocity, dt), dt);
+            goal_at += goal_velocity * dt;
         }
         true
     }
@@ -833,6 +852,12 @@ mod tests {
 
     /// Checks every step of a command sequence against the limits by finite differences.
     fn assert_within_limits(commands: &[f64], dt: f64, v_max: f64, a_max: f64, j_max: f64) {
+        assert_within_limits_of(commands, dt, [1.0, v_max, a_max, j_max]);
+    }
+
+    /// `[|position|, velocity, acceleration, jerk]` limits.
+    fn assert_within_limits_of(commands: &[f64], dt: f64, limits: [f64; 4]) {
+        let [p_max, v_max, a_max, j_max] = limits;
         let (mut v_prev, mut a_prev) = (0.0, 0.0);
         for pair in commands.windows(2) {
             let v = (pair[1] - pair[0]) / dt;
@@ -841,7 +866,7 @@ mod tests {
             assert!(v.abs() <= v_max + 1e-9, "velocity {v}");
             assert!(a.abs() <= a_max + 1e-6, "acceleration {a}");
             assert!(jerk.abs() <= j_max * (1.0 + 1e-9) + 1e-3, "jerk {jerk}");
-            assert!(pair[1].abs() <= 1.0, "position {}", pair[1]);
+            assert!(pair[1].abs() <= p_max, "position {}", pair[1]);
             (v_prev, a_prev) = (v, a);
         }
     }
@@ -1052,7 +1077,7 @@ mod tests {
         assert!(raised & flags::WORKSPACE != 0);
         for j in 0..3 {
             let series: Vec<f64> = commands.iter().map(|c| c[j]).collect();
-            assert_within_limits_wide(&series, 0.01, 1.5, 8.0, 400.0);
+            assert_within_limits_of(&series, 0.01, [2.8, 1.5, 8.0, 400.0]);
         }
         let last = commands.last().unwrap();
         let y = chain.link_position(last, tool)[1];
@@ -1062,19 +1087,6 @@ mod tests {
             f.apply(&[0.0, 0.6, 0.6], true, tick * 10_000_000);
         }
         assert!((f.command()[0]).abs() < 1e-3);
-    }
-
-    fn assert_within_limits_wide(commands: &[f64], dt: f64, v_max: f64, a_max: f64, j_max: f64) {
-        let (mut v_prev, mut a_prev) = (0.0, 0.0);
-        for pair in commands.windows(2) {
-            let v = (pair[1] - pair[0]) / dt;
-            let a = (v - v_prev) / dt;
-            let jerk = (a - a_prev) / dt;
-            assert!(v.abs() <= v_max + 1e-9, "velocity {v}");
-            assert!(a.abs() <= a_max + 1e-6, "acceleration {a}");
-            assert!(jerk.abs() <= j_max * (1.0 + 1e-9) + 1e-3, "jerk {jerk}");
-            (v_prev, a_prev) = (v, a);
-        }
     }
 
     #[test]

@@ -180,7 +180,7 @@ impl InvariantCheck {
                     "joint {j}: jerk {jerk} (limit {limit})"
                 );
             }
-            moving |= p != p2 || p2 != p1;
+            moving |= p != p2;
             self.history[j] = [p1, p2, p];
         }
         self.stopping_for = match (latched, self.stopping_for) {
