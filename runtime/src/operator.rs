@@ -145,9 +145,19 @@ impl ControlSocket {
             // Left behind by a run that did not end cleanly.
             let _ = std::fs::remove_file(&path);
         }
-        let listener = UnixListener::bind(&path).map_err(|source| OperatorError::Socket {
-            path: path.clone(),
-            source,
+        let listener = UnixListener::bind(&path).map_err(|source| {
+            // Another run bound it between our check and our bind.
+            if source.kind() == io::ErrorKind::AddrInUse {
+                OperatorError::InUse {
+                    robot: robot.to_string(),
+                    path: path.clone(),
+                }
+            } else {
+                OperatorError::Socket {
+                    path: path.clone(),
+                    source,
+                }
+            }
         })?;
         listener
             .set_nonblocking(true)
