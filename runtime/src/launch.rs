@@ -1531,11 +1531,7 @@ impl Launch {
             control.startup_timeout_ms,
             MAX_STARTUP_TIMEOUT_MS,
         )?;
-        self.check_range(
-            "safety.estop_after_stale_ms",
-            c.safety.estop_after_stale_ms,
-            MAX_STALE_MS,
-        )?;
+        // safety.estop_after_stale_ms: checked with the rest of [safety] (check_safety).
         let period_us = 1e6 / control.rate_hz;
         if control.spin_us as f64 > period_us {
             return Err(self.error_at(
