@@ -186,6 +186,17 @@ fn operator(dir: &std::path::Path, robot: &str, request: &str) -> String {
     )
 }
 
+/// A simulated-arm run on a free port with a private control-socket directory,
+/// and a command tap on it.
+fn sim_arm_run(name: &str, extra: &[&str]) -> (Child, CommandTap, PathBuf) {
+    let port = free_port();
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let dir = private_dir(name);
+    let child = start_run("launch/sim_arm.toml", &endpoint, &dir, extra);
+    let tap = CommandTap::start(&endpoint, "sim_arm");
+    (child, tap, dir)
+}
+
 fn private_dir(name: &str) -> PathBuf {
     scratch(name)
 }
@@ -293,13 +304,8 @@ fn invalid_and_replayed_states_count_as_missing_and_latch_the_stop() {
 
 #[test]
 fn remote_rearm_is_ignored_and_local_rearm_holds_until_resume() {
-    let port = free_port();
-    let endpoint = format!("tcp/127.0.0.1:{port}");
-    let dir = private_dir("safety-authority");
-    let mut child = start_run(
-        "launch/sim_arm.toml",
-        &endpoint,
-        &dir,
+    let (mut child, tap, dir) = sim_arm_run(
+        "safety-authority",
         &[
             "--duration",
             "7",
@@ -307,7 +313,6 @@ fn remote_rearm_is_ignored_and_local_rearm_holds_until_resume() {
             "safety.rearm_position_tolerance=0.2",
         ],
     );
-    let tap = CommandTap::start(&endpoint, "sim_arm");
     std::thread::sleep(Duration::from_millis(1200));
     tap.put("reflex/sim_arm/control", "estop");
     std::thread::sleep(Duration::from_millis(1000));
@@ -351,13 +356,8 @@ fn remote_rearm_is_ignored_and_local_rearm_holds_until_resume() {
 
 #[test]
 fn request_spam_never_breaks_the_limits() {
-    let port = free_port();
-    let endpoint = format!("tcp/127.0.0.1:{port}");
-    let dir = private_dir("safety-spam");
-    let mut child = start_run(
-        "launch/sim_arm.toml",
-        &endpoint,
-        &dir,
+    let (mut child, tap, dir) = sim_arm_run(
+        "safety-spam",
         &[
             "--duration",
             "6",
@@ -365,7 +365,6 @@ fn request_spam_never_breaks_the_limits() {
             "safety.rearm_position_tolerance=0.5",
         ],
     );
-    let tap = CommandTap::start(&endpoint, "sim_arm");
     let started = Instant::now();
     let mut i = 0;
     while started.elapsed() < Duration::from_secs(4) {
@@ -422,13 +421,8 @@ fn a_rearm_while_the_robot_is_silent_is_refused_and_never_fires_later() {
 
 #[test]
 fn the_deadman_stops_the_arm_when_the_operator_heartbeat_stops() {
-    let port = free_port();
-    let endpoint = format!("tcp/127.0.0.1:{port}");
-    let dir = private_dir("safety-deadman");
-    let mut child = start_run(
-        "launch/sim_arm.toml",
-        &endpoint,
-        &dir,
+    let (mut child, tap, dir) = sim_arm_run(
+        "safety-deadman",
         &[
             "--duration",
             "5",
@@ -436,7 +430,6 @@ fn the_deadman_stops_the_arm_when_the_operator_heartbeat_stops() {
             "safety.operator.heartbeat_ms=1000",
         ],
     );
-    let tap = CommandTap::start(&endpoint, "sim_arm");
     // Heartbeats for 2 s keep it running; then the operator goes quiet.
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(2) {

@@ -1043,25 +1043,32 @@ mod tests {
     use super::*;
     use crate::launch::JointConfig;
 
-    fn core() -> TickCore {
-        let joint = JointConfig {
-            name: "j".into(),
-            position: [-1.0, 1.0],
-            velocity: 1.0,
-            acceleration: 5.0,
-            jerk: None,
-        };
-        let mut core = TickCore::new(&TickParams {
-            joints: vec![joint],
+    /// Parameters of a 100 Hz test robot with these joints and safety settings.
+    pub(super) fn params(names: &[&str], safety: SafetyConfig) -> TickParams {
+        TickParams {
+            joints: names
+                .iter()
+                .map(|name| JointConfig {
+                    name: (*name).into(),
+                    position: [-1.0, 1.0],
+                    velocity: 1.0,
+                    acceleration: 5.0,
+                    jerk: None,
+                })
+                .collect(),
             rate_hz: 100.0,
             max_state_age_ms: 50.0,
             estop_after_stale_ms: 200.0,
             horizon: 2,
             action_rate_hz: 10.0,
             replan_after: 1,
-            safety: SafetyConfig::default(),
+            safety,
             workspace: None,
-        });
+        }
+    }
+
+    fn core() -> TickCore {
+        let mut core = TickCore::new(&params(&["j"], SafetyConfig::default()));
         core.start(&[0.0]).unwrap();
         core
     }
@@ -1147,32 +1154,17 @@ mod tests {
 #[cfg(test)]
 mod tracking_tests {
     use super::*;
-    use crate::launch::JointConfig;
 
     #[test]
     fn a_blocked_joint_latches_the_stop_and_is_named() {
-        let joint = |name: &str| JointConfig {
-            name: name.into(),
-            position: [-1.0, 1.0],
-            velocity: 1.0,
-            acceleration: 5.0,
-            jerk: None,
-        };
-        let mut core = TickCore::new(&TickParams {
-            joints: vec![joint("a"), joint("b")],
-            rate_hz: 100.0,
-            max_state_age_ms: 50.0,
-            estop_after_stale_ms: 200.0,
-            horizon: 2,
-            action_rate_hz: 10.0,
-            replan_after: 1,
-            safety: SafetyConfig {
+        let mut core = TickCore::new(&super::tests::params(
+            &["a", "b"],
+            SafetyConfig {
                 max_tracking_error: Some(vec![0.05, 0.05]),
                 tracking_lag_ms: 50.0,
                 ..SafetyConfig::default()
             },
-            workspace: None,
-        });
+        ));
         core.start(&[0.0, 0.0]).unwrap();
         let mut chunk = ActionChunk::zeros(2, 2);
         chunk.actions.copy_from_slice(&[0.0, 0.8, 0.0, 0.8]);
