@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use reflex_drivers::sim_arm::SimWorld;
+use reflex_drivers::sim_arm::{SimArmSpec, SimWorld};
+use reflex_policies::config::ChunkPolicyConfig;
 use reflex_policies::preprocess::InputMapper;
 use reflex_runtime::types::{Image, JointState, Observation};
 
@@ -57,18 +58,22 @@ fn non_negative(text: &str) -> Result<f64, String> {
 pub fn record(args: DemoArgs) -> anyhow::Result<()> {
     let launch = crate::load_launch(args.launch.as_ref(), &[])?;
     let c = &launch.config;
-    let Some(arm) = c.drivers.sim_arm.first() else {
-        bail!("demos need a [[drivers.sim_arm]]")
+    let Some(arm) = launch
+        .arm()
+        .and_then(|d| d.as_any().downcast_ref::<SimArmSpec>())
+        .map(|spec| &spec.config)
+    else {
+        bail!("demos need a `sim_arm` driver")
     };
     let Some(camera) = &arm.camera else {
         bail!("demos need the sim arm's camera")
     };
-    let Some(policy) = launch.chunk_policy() else {
-        bail!("demos train a [policy.chunk]; this launch file has none")
+    let Some(policy) = launch.policy().as_any().downcast_ref::<ChunkPolicyConfig>() else {
+        bail!("demos train a `chunk` policy; this launch file has another kind")
     };
     let horizon = policy.actions.horizon;
     let joints = c.robot.joints.len();
-    let action_dt = 1.0 / policy.action_rate_hz;
+    let action_dt = 1.0 / c.execution.action_rate_hz;
     let physics_dt = 1.0 / arm.physics_hz;
     let physics_steps = (action_dt / physics_dt).round() as usize;
     let mut mapper =
@@ -132,7 +137,7 @@ pub fn record(args: DemoArgs) -> anyhow::Result<()> {
     )?;
     let meta = serde_json::json!({
         "samples": samples, "episodes": args.episodes, "horizon": horizon, "joints": joints,
-        "action_rate_hz": policy.action_rate_hz, "expert_speed": args.speed, "noise": args.noise,
+        "action_rate_hz": c.execution.action_rate_hz, "expert_speed": args.speed, "noise": args.noise,
         "seed": args.seed, "inputs": mapper.inputs.iter().map(|i| &i.name).collect::<Vec<_>>(),
     });
     std::fs::write(

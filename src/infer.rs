@@ -18,8 +18,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use reflex_policies::config::{ObservationSource, TensorDtype, inputs_of};
 use reflex_runtime::files;
-use reflex_runtime::launch::{Launch, ObservationSource, TensorDtype};
+use reflex_runtime::launch::Launch;
 use reflex_runtime::npy::{self, NpyArray, NpyData};
 use reflex_runtime::types::{ActionChunk, Image, JointState, Observation};
 
@@ -302,9 +303,8 @@ pub fn read_observation(path: &Path, launch: &Launch, tick: u64) -> anyhow::Resu
         }
         target[..joints].copy_from_slice(&values);
     }
-    let optional: Vec<&str> = launch
-        .policy()
-        .inputs
+    let optional: Vec<&str> = inputs_of(launch.policy())
+        .unwrap_or_default()
         .iter()
         .filter(|i| i.optional)
         .filter_map(|i| match &i.source {

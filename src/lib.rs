@@ -10,15 +10,28 @@ pub use reflex_runtime::npy;
 pub mod run;
 pub mod summary;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use reflex_runtime::launch::Launch;
+use reflex_runtime::launch::{Launch, LaunchError};
+use reflex_runtime::policy::LoadedPolicy;
+use reflex_runtime::registry::Registry;
+
+/// The launch file of the simulated-arm demo, compiled in as the default.
+pub const EMBEDDED_SIM_ARM: &str = include_str!("../launch/sim_arm.toml");
+
+/// Every kind this binary knows: one registration line per crate.
+pub fn registry() -> Registry {
+    let mut registry = Registry::new();
+    reflex_drivers::register(&mut registry);
+    reflex_policies::register(&mut registry);
+    registry
+}
 
 /// Loads a launch file, or the embedded default, and prints its warnings once.
 pub fn load_launch(path: Option<&PathBuf>, overrides: &[String]) -> anyhow::Result<Launch> {
     let launch = match path {
-        Some(path) => Launch::from_file(path, overrides)?,
-        None => Launch::embedded(overrides)?,
+        Some(path) => Launch::from_file(path, overrides, &registry())?,
+        None => embedded_launch(overrides)?,
     };
     for warning in &launch.warnings {
         tracing::warn!("{}: {warning}", launch.origin);
@@ -26,74 +39,54 @@ pub fn load_launch(path: Option<&PathBuf>, overrides: &[String]) -> anyhow::Resu
     Ok(launch)
 }
 
-/// A loaded policy and where it came from.
-pub struct LoadedPolicy {
-    pub policy: Box<dyn reflex_runtime::policy::Policy>,
-    pub model_path: PathBuf,
-    pub library_path: PathBuf,
-    pub warm_up_ms: f64,
-    /// The execution provider the policy runs on (`cpu`, `cuda`, `tensorrt`).
-    pub provider: &'static str,
+/// The compiled-in simulated-arm launch file; its paths resolve against this
+/// source tree's `launch/`.
+pub fn embedded_launch(overrides: &[String]) -> Result<Launch, LaunchError> {
+    Launch::from_text(
+        EMBEDDED_SIM_ARM,
+        "<embedded launch/sim_arm.toml>",
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/launch")),
+        overrides,
+        &registry(),
+    )
 }
 
-/// Loads the launch file's policy; a signature mismatch is reported at the
-/// launch file's policy table.
+/// A launch file from text (tests), with paths relative to `base_dir`.
+pub fn launch_from_text(
+    text: &str,
+    base_dir: &Path,
+    overrides: &[&str],
+) -> Result<Launch, LaunchError> {
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    Launch::from_text(
+        text,
+        "test.toml",
+        base_dir.to_path_buf(),
+        &overrides,
+        &registry(),
+    )
+}
+
+/// Loads the launch file's policy; errors about the launch file carry its
+/// position.
 pub fn load_policy(launch: &Launch) -> anyhow::Result<LoadedPolicy> {
-    launch.check_model_exists()?;
-    let located = |e| located(launch, e);
-    if let Some(p) = load_generative(launch)? {
-        return Ok(LoadedPolicy {
-            model_path: p.model_path.clone(),
-            library_path: p.library_path.clone(),
-            warm_up_ms: p.warm_up_ms,
-            provider: p.provider,
-            policy: Box::new(p),
-        });
-    }
-    if let Some(cfg) = &launch.config.policy.fast {
-        let p = reflex_policies::fast_policy::FastPolicy::load(launch, cfg).map_err(located)?;
-        return Ok(LoadedPolicy {
-            model_path: p.model_path.clone(),
-            library_path: p.library_path.clone(),
-            warm_up_ms: p.warm_up_ms,
-            provider: p.provider,
-            policy: Box::new(p),
-        });
-    }
-    let p = reflex_policies::ChunkPolicy::load(launch).map_err(located)?;
-    Ok(LoadedPolicy {
-        model_path: p.model_path.clone(),
-        library_path: p.library_path.clone(),
-        warm_up_ms: p.warm_up_ms,
-        provider: p.provider,
-        policy: Box::new(p),
-    })
-}
-
-/// A signature mismatch is reported at the launch file's policy inputs.
-fn located(launch: &Launch, e: reflex_policies::PolicyLoadError) -> anyhow::Error {
-    match e {
-        reflex_policies::PolicyLoadError::Signature { .. } => anyhow::Error::new(
-            launch.error_at(&format!("{}.inputs", launch.policy().table), e.to_string()),
-        ),
-        reflex_policies::PolicyLoadError::Config { field, message } => {
-            anyhow::Error::new(launch.error_at(&field, message))
-        }
-        other => anyhow::Error::new(other),
-    }
+    launch
+        .policy()
+        .load(launch)
+        .map_err(|e| match e.downcast::<LaunchError>() {
+            Ok(located) => anyhow::Error::new(*located),
+            Err(other) => anyhow::anyhow!(other),
+        })
 }
 
 /// Loads a `flow` or `diffusion` policy; None for the other kinds.
 pub fn load_generative(
     launch: &Launch,
 ) -> anyhow::Result<Option<reflex_policies::generative::GenerativePolicy>> {
-    use reflex_policies::generative::GenerativePolicy;
-    launch.check_model_exists()?;
-    let located = |e| located(launch, e);
-    let policy = &launch.config.policy;
-    Ok(match (&policy.flow, &policy.diffusion) {
-        (Some(cfg), _) => Some(GenerativePolicy::load_flow(launch, cfg).map_err(located)?),
-        (None, Some(cfg)) => Some(GenerativePolicy::load_diffusion(launch, cfg).map_err(located)?),
-        (None, None) => None,
+    reflex_policies::generative::load_generative(launch).map_err(|e| {
+        match e.downcast::<LaunchError>() {
+            Ok(located) => anyhow::Error::new(*located),
+            Err(other) => anyhow::anyhow!(other),
+        }
     })
 }

@@ -101,8 +101,10 @@ fn main() -> ExitCode {
         Command::Schema => {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&reflex_runtime::launch::json_schema())
-                    .unwrap_or_default()
+                serde_json::to_string_pretty(&reflex_runtime::launch::json_schema_with(
+                    &reflex::registry()
+                ))
+                .unwrap_or_default()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -164,22 +166,16 @@ fn check(path: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<ExitCode
     }
     println!(
         "  drivers    {}",
-        c.drivers
-            .sim_arm
+        launch
+            .drivers
             .iter()
-            .map(|d| format!("sim_arm `{}`", d.name))
-            .chain(
-                c.drivers
-                    .zenoh_arm
-                    .iter()
-                    .map(|d| format!("zenoh_arm `{}`", d.name))
-            )
+            .map(|d| format!("{} `{}`", d.kind(), d.name()))
             .collect::<Vec<_>>()
             .join(", ")
     );
     println!(
         "  policy     {} {} (signature matches)",
-        launch.policy().table,
+        launch.policy().kind(),
         policy.model_path.display()
     );
     println!(

@@ -185,7 +185,6 @@ impl Assembled {
 pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled> {
     let c = &launch.config;
     let joints = c.robot.joints.len();
-    let common = launch.policy();
     let policy = crate::load_policy(launch)?;
     eprintln!(
         "reflex: {} with {} ({} on {}; warm-up {:.2} ms/inference), {} clock",
@@ -210,7 +209,11 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         None
     };
 
-    let mut drivers = reflex_drivers::from_launch(launch);
+    let mut drivers = launch
+        .drivers
+        .iter()
+        .map(|spec| spec.build(launch))
+        .collect::<Result<Vec<_>, _>>()?;
     let ctx = DriverContext {
         simulated: how.simulated,
         seed: c.seed,
@@ -284,8 +287,8 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         max_state_age_ms: c.control.max_state_age_ms,
         estop_after_stale_ms: c.safety.estop_after_stale_ms,
         horizon,
-        action_rate_hz: common.action_rate_hz,
-        replan_after: common.replan_after.min(horizon),
+        action_rate_hz: c.execution.action_rate_hz,
+        replan_after: c.execution.replan_after.min(horizon),
         safety: c.safety.clone(),
         workspace: match (&launch.robot_model, launch.workspace) {
             (Some(model), Some(bounds)) => Some(WorkspaceGuard {

@@ -81,16 +81,19 @@ fn a_wrong_type_names_the_field_and_its_position() {
 #[test]
 fn an_unknown_driver_lists_the_known_ones() {
     let path = launch_with("driver", |t| {
-        t.replace("drivers.sim_arm", "drivers.sim_ram")
+        t.replace("kind = \"sim_arm\"", "kind = \"sim_ram\"")
     });
     let err = check_fails(&path);
-    let line = line_of(&path, "[[drivers.sim_ram]]");
+    let line = line_of(&path, "kind = \"sim_ram\"");
     assert!(
-        err.contains(&format!("{}:{line}:", path.display())),
+        err.contains(&format!(
+            "{}:{line}:1: field `drivers[0].kind`",
+            path.display()
+        )),
         "{err}"
     );
     assert!(
-        err.contains("unknown field `sim_ram`") && err.contains("zenoh_arm"),
+        err.contains("unknown kind `sim_ram`; known kinds: `sim_arm` or `zenoh_arm`"),
         "{err}"
     );
 }
@@ -104,7 +107,7 @@ fn a_missing_model_file_is_reported_at_the_model_field() {
     let line = line_of(&path, "no_such_model.onnx");
     assert!(
         err.contains(&format!(
-            "{}:{line}:1: field `policy.chunk.model`",
+            "{}:{line}:1: field `policy.model`",
             path.display()
         )),
         "{err}"
@@ -118,7 +121,7 @@ fn a_model_signature_mismatch_lists_expected_and_found() {
         t.replace("sim_reach.onnx", "test/chunk_wrong_input.onnx")
     });
     let err = check_fails(&path);
-    let line = line_of(&path, "[[policy.chunk.inputs]]");
+    let line = line_of(&path, "[[policy.inputs]]");
     assert!(
         err.contains(&format!("{}:{line}:", path.display())),
         "{err}"
@@ -212,28 +215,28 @@ fn values_that_broke_run_are_rejected_by_check() {
         ),
         ("zenoh.status_hz=nan", "zenoh.status_hz", "must be in"),
         (
-            "drivers.sim_arm[0].link_lengths=[nan, 0.3, 0.2]",
-            "drivers.sim_arm[0].link_lengths[0]",
+            "drivers[0].link_lengths=[nan, 0.3, 0.2]",
+            "drivers[0].link_lengths[0]",
             "positive length",
         ),
         (
-            "drivers.sim_arm[0].link_lengths=[0.4, -0.3, 0.2]",
-            "drivers.sim_arm[0].link_lengths[1]",
+            "drivers[0].link_lengths=[0.4, -0.3, 0.2]",
+            "drivers[0].link_lengths[1]",
             "positive length",
         ),
         (
-            "drivers.sim_arm[0].physics_hz=1e12",
-            "drivers.sim_arm[0].physics_hz",
+            "drivers[0].physics_hz=1e12",
+            "drivers[0].physics_hz",
             "at most 100000",
         ),
         (
-            "drivers.sim_arm[0].camera.fps=0",
-            "drivers.sim_arm[0].camera.fps",
+            "drivers[0].camera.fps=0",
+            "drivers[0].camera.fps",
             "must be in",
         ),
         (
-            "drivers.sim_arm[0].camera.fps=nan",
-            "drivers.sim_arm[0].camera.fps",
+            "drivers[0].camera.fps=nan",
+            "drivers[0].camera.fps",
             "must be in",
         ),
         (
@@ -268,18 +271,18 @@ fn values_that_broke_run_are_rejected_by_check() {
             "not found",
         ),
         (
-            "policy.chunk.intra_threads=2000",
-            "policy.chunk.intra_threads",
+            "policy.intra_threads=2000",
+            "policy.intra_threads",
             "1..=256",
         ),
         (
-            "policy.chunk.actions.normalize={ mean = [nan, 0, 0], std = [1, 1, 1] }",
-            "policy.chunk.actions.normalize.mean[0]",
+            "policy.actions.normalize={ mean = [nan, 0, 0], std = [1, 1, 1] }",
+            "policy.actions.normalize.mean[0]",
             "finite",
         ),
         (
-            "policy.chunk.actions.normalize={ mean = [0, 0, 0], std = [1, 0, 1] }",
-            "policy.chunk.actions.normalize.std[1]",
+            "policy.actions.normalize={ mean = [0, 0, 0], std = [1, 0, 1] }",
+            "policy.actions.normalize.std[1]",
             "positive",
         ),
         (
@@ -362,11 +365,8 @@ fn a_model_path_that_is_not_a_regular_file_says_so() {
         (dir.display().to_string(), "a directory"),
         (fifo.display().to_string(), "a FIFO"),
     ] {
-        let err = check_set_fails(
-            "launch/sim_arm.toml",
-            &format!("policy.chunk.model=\"{path}\""),
-        );
-        assert!(err.contains("field `policy.chunk.model`"), "{err}");
+        let err = check_set_fails("launch/sim_arm.toml", &format!("policy.model=\"{path}\""));
+        assert!(err.contains("field `policy.model`"), "{err}");
         assert!(
             err.contains(&format!("not a regular file (it is {kind})")),
             "{err}"

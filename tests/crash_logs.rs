@@ -468,7 +468,7 @@ fn a_real_log_cut_at_every_byte_replays_what_it_holds() {
         "zenoh.enabled=false",
         // A chunk every 10 ticks, so a short log holds several.
         "--set",
-        "policy.chunk.replan_after=1",
+        "execution.replan_after=1",
         "--log",
         log.to_str().unwrap(),
     ]);

@@ -16,22 +16,18 @@ fn fixture_meta() -> serde_json::Value {
 
 /// The demo launch file with its chunk policy swapped for the fast fixture.
 fn fast_launch(name: &str, end_token: u64) -> PathBuf {
-    let text = demo_launch_text();
-    let policy_start = text.find("[policy.chunk]").unwrap();
-    let policy_end = text.find("[safety]").unwrap();
     let meta = fixture_meta();
     let fast = format!(
-        r#"[policy.fast]
+        r#"[policy]
+kind = "fast"
 prefix_model = "{prefix}"
 model = "{step}"
 tokenizer = "{tokenizer}"
-action_rate_hz = 10.0
-replan_after = 5
 end_token = {end_token}
 max_tokens = 64
 quantiles = {{ q01 = {q01}, q99 = {q99} }}
 
-[[policy.fast.inputs]]
+[[policy.inputs]]
 name = "state"
 source = "state.joint_positions"
 shape = [1, 3]
@@ -43,7 +39,7 @@ shape = [1, 3]
         q01 = meta["q01"],
         q99 = meta["q99"],
     );
-    let text = format!("{}{fast}{}", &text[..policy_start], &text[policy_end..]);
+    let text = demo_with_policy(&fast, 5);
     let path = scratch(name).join("fast.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -171,7 +167,7 @@ fn a_step_graph_without_the_cache_interface_is_a_clear_error() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("field `policy.fast.inputs`"), "{err}");
+    assert!(err.contains("field `policy.inputs`"), "{err}");
     assert!(
         err.contains("step input `input_ids`") && err.contains("past.pos"),
         "{err}"

@@ -18,10 +18,7 @@ use zenoh::Wait;
 fn nan_chunks_are_rejected_and_the_arm_holds_still() {
     let dir = scratch("fault-nan");
     let (log, summary_path) = (dir.join("nan.log"), dir.join("summary.json"));
-    let model = format!(
-        "policy.chunk.model=\"{}\"",
-        fixture("chunk_nan.onnx").display()
-    );
+    let model = format!("policy.model=\"{}\"", fixture("chunk_nan.onnx").display());
     run_ok(&[
         "run",
         "launch/sim_arm.toml",

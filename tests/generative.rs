@@ -19,29 +19,28 @@ const JOINTS: usize = 3;
 /// The flow / diffusion table for the pi0-like fixtures (image + padded state).
 fn policy_table(kind: &str, model: &str, extra: &str, batch: usize) -> String {
     format!(
-        r#"[policy.{kind}]
+        r#"[policy]
+kind = "{kind}"
 model = "{model}"
-action_rate_hz = 10.0
-replan_after = 5
 batch = {batch}
 {extra}
 
-[[policy.{kind}.inputs]]
+[[policy.inputs]]
 name = "image"
 source = "camera.top"
 shape = [1, 3, 32, 32]
 image = {{ resize = [32, 32], range = "minus_one_one", mode = "pad" }}
 
-[[policy.{kind}.inputs]]
+[[policy.inputs]]
 name = "state"
 source = "state.joint_positions"
 shape = [1, 8]
 
-[policy.{kind}.actions]
+[policy.actions]
 horizon = 10
 dim = 8
 
-[policy.{kind}.norm_stats]
+[policy.norm_stats]
 file = "{stats}"
 mode = "quantile"
 
@@ -53,11 +52,8 @@ mode = "quantile"
 
 /// The demo launch file with its policy replaced by `table`.
 fn launch_with(dir: &Path, table: &str) -> PathBuf {
-    let text = demo_launch_text();
-    let start = text.find("[policy.chunk]").unwrap();
-    let end = text.find("[safety]").unwrap();
     let path = dir.join("launch.toml");
-    std::fs::write(&path, format!("{}{table}{}", &text[..start], &text[end..])).unwrap();
+    std::fs::write(&path, demo_with_policy(table, 5)).unwrap();
     path
 }
 
@@ -335,7 +331,7 @@ fn bad_models_and_stats_are_clear_errors() {
         None,
         1,
     ));
-    assert!(err.contains("field `policy.flow.inputs`"), "{err}");
+    assert!(err.contains("field `policy.inputs`"), "{err}");
     assert!(
         err.contains("output `velocity` is float32 [-1, 10, 5], expected float32 [1, 10, 8]"),
         "{err}"
@@ -354,10 +350,7 @@ fn bad_models_and_stats_are_clear_errors() {
     let text = text.replace("flow_norm_stats.json", "flow_norm_stats_wrong_width.json");
     std::fs::write(dir.join("stats.toml"), text).unwrap();
     let err = check_fails(&dir.join("stats.toml"));
-    assert!(
-        err.contains("field `policy.flow.norm_stats.file`: "),
-        "{err}"
-    );
+    assert!(err.contains("field `policy.norm_stats.file`: "), "{err}");
     assert!(err.contains("flow_norm_stats_wrong_width.json: entry `state` has 2 values in `q01`, the robot has 3 joints"), "{err}");
     // A missing stats file is reported at its field.
     let text = std::fs::read_to_string(flow_launch(&dir, "flow_velocity.onnx", None, 1)).unwrap();
@@ -365,7 +358,7 @@ fn bad_models_and_stats_are_clear_errors() {
     std::fs::write(dir.join("missing.toml"), text).unwrap();
     let err = check_fails(&dir.join("missing.toml"));
     assert!(
-        err.contains("field `policy.flow.norm_stats.file`: statistics file not found"),
+        err.contains("field `policy.norm_stats.file`: statistics file not found"),
         "{err}"
     );
     // A schedule that is neither named nor loaded.
@@ -374,7 +367,7 @@ fn bad_models_and_stats_are_clear_errors() {
     std::fs::write(dir.join("schedule.toml"), text).unwrap();
     let err = check_fails(&dir.join("schedule.toml"));
     assert!(
-        err.contains("field `policy.diffusion.schedule`: give exactly one of `kind`"),
+        err.contains("field `policy.schedule`: give exactly one of `kind`"),
         "{err}"
     );
     // Noise of the wrong size for `reflex infer`.
@@ -527,7 +520,7 @@ fn schedules_match_the_reference_and_load_from_files() {
         &table,
     );
     let ours = reflex_policies::generative::alphas_cumprod(
-        reflex_runtime::launch::ScheduleKind::SquaredCosine,
+        reflex_policies::config::ScheduleKind::SquaredCosine,
         100,
         1e-4,
         0.02,

@@ -7,10 +7,10 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use reflex_policies::preprocess::resize_into;
-use reflex_runtime::launch::{
+use reflex_policies::config::{
     ChannelOrder, ImageLayout, ImagePreprocess, PixelRange, ResizeFilter, ResizeMode,
 };
+use reflex_policies::preprocess::resize_into;
 use reflex_runtime::npy::{self, NpyData};
 use reflex_runtime::types::Image;
 

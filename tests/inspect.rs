@@ -17,10 +17,10 @@ fn the_inspect_snippet_is_a_working_launch_file_section() {
     assert!(report.contains("image: float32 [1, 3, 32, 32]"), "{report}");
     assert!(report.contains("actions: float32 [1, 10, 3]"), "{report}");
 
-    let snippet = &report[report.find("[policy.chunk]").unwrap()..];
+    let snippet = &report[report.find("[execution]").unwrap()..];
     let launch = demo_launch_text();
     let (start, end) = (
-        launch.find("[policy.chunk]").unwrap(),
+        launch.find("[execution]").unwrap(),
         launch.find("[safety]").unwrap(),
     );
     let text = format!(
@@ -43,13 +43,14 @@ fn flow_and_diffusion_models_get_sampler_snippets_that_check() {
     ] {
         let out = run_ok(&["inspect", fixture(model).to_str().unwrap()]);
         let report = String::from_utf8_lossy(&out.stdout).into_owned();
-        let table = format!("[policy.{kind}]");
-        let snippet = &report[report.find(&table).expect(&report)..];
+        let table = format!("[policy]\nkind = \"{kind}\"");
+        assert!(report.contains(&table), "{report}");
+        let snippet = &report[report.find("[execution]").expect(&report)..];
         assert!(!snippet.contains("name = \"noisy_actions\""), "{snippet}");
         assert!(snippet.contains("horizon = 10\ndim = 8"), "{snippet}");
         let launch = demo_launch_text();
         let (start, end) = (
-            launch.find("[policy.chunk]").unwrap(),
+            launch.find("[execution]").unwrap(),
             launch.find("[safety]").unwrap(),
         );
         let text = format!(

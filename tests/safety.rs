@@ -92,7 +92,7 @@ fn assert_commands_safe(commands: &[JointCommand], limits: &[(f64, f64, f64, f64
 
 /// (min, max, velocity, acceleration) of a launch file's joints.
 fn limits(launch: &str) -> Vec<(f64, f64, f64, f64)> {
-    let launch = reflex_runtime::launch::Launch::from_file(&repo().join(launch), &[]).unwrap();
+    let launch = reflex::load_launch(Some(&repo().join(launch)), &[]).unwrap();
     launch
         .config
         .robot

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use reflex::run::{Assembly, assemble};
 use reflex_runtime::control::RunLimits;
-use reflex_runtime::launch::Launch;
 
 struct CountingAllocator;
 
@@ -67,10 +66,13 @@ fn allocations_in_run(seconds: f64) -> (u64, u64) {
     let overrides = [
         "zenoh.enabled=false".to_string(),
         // One long episode, so the task report is the same size in both runs.
-        "drivers.sim_arm[0].episode_seconds=1000".to_string(),
+        "drivers[0].episode_seconds=1000".to_string(),
     ];
-    let launch =
-        Launch::from_file(&common::repo().join("launch/sim_arm.toml"), &overrides).unwrap();
+    let launch = reflex::load_launch(
+        Some(&common::repo().join("launch/sim_arm.toml")),
+        &overrides,
+    )
+    .unwrap();
     let log = dir.join("run.log");
     let assembled = assemble(
         &launch,
@@ -118,12 +120,12 @@ fn the_counter_sees_allocations_on_this_thread() {
 /// allocates only for the first frame of a camera size, not per chunk.
 #[test]
 fn observation_preprocessing_allocates_nothing_after_the_first_frame() {
-    let launch = Launch::from_file(
-        &common::repo().join("launch/examples/flow_fixture.toml"),
+    let launch = reflex::load_launch(
+        Some(&common::repo().join("launch/examples/flow_fixture.toml")),
         &[],
     )
     .unwrap();
-    let inputs = launch.policy().inputs;
+    let inputs = reflex_policies::config::inputs_of(launch.policy()).unwrap();
     let mut mapper =
         reflex_policies::preprocess::InputMapper::new(inputs, &launch.camera_names()).unwrap();
     let mut obs = reflex_policies::preprocess::blank_observation(&launch);

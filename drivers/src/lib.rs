@@ -3,25 +3,16 @@
 //! - [`sim_arm`]: a simulated planar arm with servo dynamics and a top-down camera,
 //!   the stand-in for hardware in demos and tests;
 //! - [`zenoh_arm`]: a real arm reached over zenoh (commands out, joint states in).
+//!
+//! Each kind owns its launch-file table and registers itself in [`register`].
 
 pub mod sim_arm;
 pub mod zenoh_arm;
 
-use reflex_runtime::driver::Driver;
-use reflex_runtime::launch::Launch;
+use reflex_runtime::registry::Registry;
 
-/// Builds every driver the launch file names, in file order.
-pub fn from_launch(launch: &Launch) -> Vec<Box<dyn Driver>> {
-    let c = &launch.config;
-    let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
-    for cfg in &c.drivers.sim_arm {
-        drivers.push(Box::new(sim_arm::SimArm::new(
-            cfg.clone(),
-            c.robot.joints.clone(),
-        )));
-    }
-    for cfg in &c.drivers.zenoh_arm {
-        drivers.push(Box::new(zenoh_arm::ZenohArm::new(cfg.clone())));
-    }
-    drivers
+/// Registers every driver kind of this crate.
+pub fn register(registry: &mut Registry) {
+    registry.driver(sim_arm::SimArmKind);
+    registry.driver(zenoh_arm::ZenohArmKind);
 }

@@ -18,10 +18,14 @@ use reflex_runtime::driver::{
     ArmPorts, CameraPort, Driver, DriverContext, DriverError, DriverPorts, EpisodeOutcome,
     TaskReport,
 };
-use reflex_runtime::launch::{JointConfig, SimArmConfig};
+use reflex_runtime::launch::{JointConfig, Launch, LaunchError, MAX_CAMERA_FPS};
 use reflex_runtime::mailbox::Mailbox;
+use reflex_runtime::registry::{DriverKind, DriverSpec, KindTable, schema_of};
 use reflex_runtime::slot::{SlotWriter, latest_slot};
+use reflex_runtime::stream::StreamDecl;
 use reflex_runtime::types::{Image, JointCommand, JointState, MAX_JOINTS, monotonic_ns};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// Targets are drawn at angles in ±this from the +x axis (rad) ...
 const TARGET_ANGLE: f64 = 1.8;
@@ -29,6 +33,224 @@ const TARGET_ANGLE: f64 = 1.8;
 const TARGET_RADIUS: (f64, f64) = (0.45, 0.95);
 const TARGET_DRAW_RADIUS: f64 = 0.08;
 const EFFECTOR_DRAW_RADIUS: f64 = 0.05;
+
+/// `drivers[].physics_hz`, Hz.
+pub const MAX_PHYSICS_HZ: f64 = 100_000.0;
+
+/// `[[drivers]] kind = "sim_arm"`: a simulated planar arm with joint-space servo
+/// dynamics and (optionally) a top-down camera.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SimArmConfig {
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// One length per joint, m; the arm moves in the plane.
+    pub link_lengths: Vec<f64>,
+    /// Physics steps per second when running on the wall clock.
+    #[serde(default = "default_physics_hz")]
+    pub physics_hz: f64,
+    /// Servo stiffness, 1/s^2.
+    #[serde(default = "default_stiffness")]
+    pub stiffness: f64,
+    /// Servo damping, 1/s.
+    #[serde(default = "default_damping")]
+    pub damping: f64,
+    /// Joint positions at start, rad (default: all zero).
+    #[serde(default)]
+    pub initial_position: Vec<f64>,
+    /// A new target is drawn every this many seconds.
+    #[serde(default = "default_episode_seconds")]
+    pub episode_seconds: f64,
+    /// The end effector counts as on target within this distance, m.
+    #[serde(default = "default_target_tolerance")]
+    pub target_tolerance: f64,
+    pub camera: Option<SimCameraConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SimCameraConfig {
+    /// The image stream's name; policy inputs use it as `camera.<name>`.
+    pub name: String,
+    pub width: usize,
+    pub height: usize,
+    pub fps: f64,
+}
+
+fn default_name() -> String {
+    "arm".into()
+}
+fn default_physics_hz() -> f64 {
+    1000.0
+}
+fn default_stiffness() -> f64 {
+    400.0
+}
+fn default_damping() -> f64 {
+    40.0
+}
+fn default_episode_seconds() -> f64 {
+    5.0
+}
+fn default_target_tolerance() -> f64 {
+    0.05
+}
+
+/// Registers `sim_arm`.
+pub struct SimArmKind;
+
+/// A checked `sim_arm` table.
+#[derive(Debug)]
+pub struct SimArmSpec {
+    pub config: SimArmConfig,
+    pub joints: Vec<JointConfig>,
+}
+
+impl DriverKind for SimArmKind {
+    fn kind(&self) -> &'static str {
+        "sim_arm"
+    }
+
+    fn schema(&self) -> serde_json::Value {
+        schema_of::<SimArmConfig>()
+    }
+
+    fn check(&self, table: &KindTable<'_>) -> Result<Arc<dyn DriverSpec>, LaunchError> {
+        let arm: SimArmConfig = table.parse()?;
+        let launch = table.launch();
+        let robot_joints = &launch.config.robot.joints;
+        let joints = robot_joints.len();
+        let rate_hz = launch.config.control.rate_hz;
+        table.check_name("name", &arm.name)?;
+        if arm.link_lengths.len() != joints {
+            return Err(table.error_at(
+                "link_lengths",
+                format!(
+                    "has {} links but robot.joints has {joints} joints",
+                    arm.link_lengths.len()
+                ),
+            ));
+        }
+        if let Some((j, length)) =
+            (arm.link_lengths.iter().enumerate()).find(|(_, l)| !(l.is_finite() && **l > 0.0))
+        {
+            return Err(table.error_at(
+                &format!("link_lengths[{j}]"),
+                format!("must be a positive length in m, found {length}"),
+            ));
+        }
+        if !arm.initial_position.is_empty() && arm.initial_position.len() != joints {
+            return Err(table.error_at(
+                "initial_position",
+                format!(
+                    "has {} values, expected {joints}",
+                    arm.initial_position.len()
+                ),
+            ));
+        }
+        if let Some((j, value)) =
+            (arm.initial_position.iter().enumerate()).find(|(_, q)| !q.is_finite())
+        {
+            return Err(table.error_at(
+                &format!("initial_position[{j}]"),
+                format!("must be a finite position, found {value}"),
+            ));
+        }
+        if let Some((j, p)) = arm.initial_position.iter().enumerate().find(|(j, p)| {
+            let [lo, hi] = robot_joints[*j].position;
+            !(**p >= lo && **p <= hi)
+        }) {
+            return Err(table.error_at(
+                "initial_position",
+                format!(
+                    "joint {j} starts at {p}: must be inside its limits {:?}",
+                    robot_joints[j].position
+                ),
+            ));
+        }
+        // The simulated clock steps physics until it reaches the tick's time: a
+        // step too small to advance it would loop forever.
+        if !(arm.physics_hz >= rate_hz && arm.physics_hz <= MAX_PHYSICS_HZ) {
+            return Err(table.error_at(
+                "physics_hz",
+                format!(
+                    "must be at least control.rate_hz ({rate_hz}) and at most {MAX_PHYSICS_HZ}, found {}",
+                    arm.physics_hz
+                ),
+            ));
+        }
+        for (field, value) in [
+            ("stiffness", arm.stiffness),
+            ("episode_seconds", arm.episode_seconds),
+            ("target_tolerance", arm.target_tolerance),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(
+                    table.error_at(field, format!("must be a positive number, found {value}"))
+                );
+            }
+        }
+        if !(arm.damping.is_finite() && arm.damping >= 0.0) {
+            return Err(table.error_at(
+                "damping",
+                format!("must be zero or positive, found {}", arm.damping),
+            ));
+        }
+        if let Some(camera) = &arm.camera {
+            if camera.width < 8 || camera.height < 8 || camera.width > 4096 || camera.height > 4096
+            {
+                return Err(table.error_at("camera", "width and height must be in 8..=4096"));
+            }
+            if !(camera.fps > 0.0 && camera.fps <= MAX_CAMERA_FPS) {
+                return Err(table.error_at(
+                    "camera.fps",
+                    format!("must be in (0, {MAX_CAMERA_FPS}], found {}", camera.fps),
+                ));
+            }
+            table.check_name("camera.name", &camera.name)?;
+        }
+        Ok(Arc::new(SimArmSpec {
+            config: arm,
+            joints: robot_joints.clone(),
+        }))
+    }
+}
+
+impl DriverSpec for SimArmSpec {
+    fn kind(&self) -> &'static str {
+        "sim_arm"
+    }
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+    fn streams(&self) -> Vec<StreamDecl> {
+        let mut streams = vec![StreamDecl::joint_state(
+            &self.config.name,
+            self.joints.len(),
+        )];
+        if let Some(camera) = &self.config.camera {
+            streams.push(StreamDecl::image(
+                &camera.name,
+                camera.width,
+                camera.height,
+                camera.fps,
+            ));
+        }
+        streams
+    }
+    fn is_arm(&self) -> bool {
+        true
+    }
+    fn build(&self, _launch: &Launch) -> Result<Box<dyn Driver>, DriverError> {
+        Ok(Box::new(SimArm::new(
+            self.config.clone(),
+            self.joints.clone(),
+        )))
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
 
 /// The deterministic state of the simulated arm and its task.
 #[derive(Debug, Clone)]

@@ -16,13 +16,99 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use reflex_runtime::driver::{ArmPorts, Driver, DriverContext, DriverError, DriverPorts};
-use reflex_runtime::launch::ZenohArmConfig;
+use reflex_runtime::launch::{Launch, LaunchError};
 use reflex_runtime::mailbox::Mailbox;
 use reflex_runtime::ratelimit::{WarnLimiter, suppressed_note};
+use reflex_runtime::registry::{DriverKind, DriverSpec, KindTable, schema_of};
 use reflex_runtime::slot::latest_slot;
+use reflex_runtime::stream::StreamDecl;
 use reflex_runtime::types::{JointCommand, JointState, monotonic_ns};
 use reflex_runtime::wire;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use zenoh::Wait;
+
+/// `[[drivers]] kind = "zenoh_arm"`: an arm reached over zenoh, commands out and
+/// joint states in.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ZenohArmConfig {
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Default `<prefix>/<robot>/joint_commands`.
+    pub command_key: Option<String>,
+    /// Default `<prefix>/<robot>/joint_states`.
+    pub state_key: Option<String>,
+}
+
+fn default_name() -> String {
+    "arm".into()
+}
+
+/// Registers `zenoh_arm`.
+pub struct ZenohArmKind;
+
+#[derive(Debug)]
+pub struct ZenohArmSpec {
+    pub config: ZenohArmConfig,
+    joints: usize,
+}
+
+impl DriverKind for ZenohArmKind {
+    fn kind(&self) -> &'static str {
+        "zenoh_arm"
+    }
+
+    fn schema(&self) -> serde_json::Value {
+        schema_of::<ZenohArmConfig>()
+    }
+
+    fn check(&self, table: &KindTable<'_>) -> Result<Arc<dyn DriverSpec>, LaunchError> {
+        let config: ZenohArmConfig = table.parse()?;
+        table.check_name("name", &config.name)?;
+        for (field, key) in [
+            ("command_key", &config.command_key),
+            ("state_key", &config.state_key),
+        ] {
+            if let Some(key) = key {
+                reflex_runtime::bus::check_exact_key(key)
+                    .map_err(|message| table.error_at(field, message))?;
+            }
+        }
+        let launch = table.launch();
+        if !launch.config.zenoh.enabled {
+            return Err(table.error_at(
+                "",
+                "an arm over zenoh needs the zenoh session: set zenoh.enabled = true",
+            ));
+        }
+        Ok(Arc::new(ZenohArmSpec {
+            config,
+            joints: launch.config.robot.joints.len(),
+        }))
+    }
+}
+
+impl DriverSpec for ZenohArmSpec {
+    fn kind(&self) -> &'static str {
+        "zenoh_arm"
+    }
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+    fn streams(&self) -> Vec<StreamDecl> {
+        vec![StreamDecl::joint_state(&self.config.name, self.joints)]
+    }
+    fn is_arm(&self) -> bool {
+        true
+    }
+    fn build(&self, _launch: &Launch) -> Result<Box<dyn Driver>, DriverError> {
+        Ok(Box::new(ZenohArm::new(self.config.clone())))
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
 
 pub struct ZenohArm {
     cfg: ZenohArmConfig,

@@ -22,21 +22,28 @@ fn main() {
     let end = meta["end_token"].as_u64().unwrap();
     let text = std::fs::read_to_string(repo.join("launch/sim_arm.toml")).unwrap();
     let (start, stop) = (
-        text.find("[policy.chunk]").unwrap(),
+        text.find("[execution]").unwrap(),
         text.find("[safety]").unwrap(),
     );
     let path = |name: &str| -> PathBuf { fixtures.join(name) };
     let fast = format!(
-        "[policy.fast]\nprefix_model = {:?}\nmodel = {:?}\ntokenizer = {:?}\naction_rate_hz = 10.0\nreplan_after = 5\nend_token = {end}\n\n[[policy.fast.inputs]]\nname = \"state\"\nsource = \"state.joint_positions\"\nshape = [1, 3]\n\n",
+        "[execution]\naction_rate_hz = 10.0\nreplan_after = 5\n\n[policy]\nkind = \"fast\"\nprefix_model = {:?}\nmodel = {:?}\ntokenizer = {:?}\nend_token = {end}\n\n[[policy.inputs]]\nname = \"state\"\nsource = \"state.joint_positions\"\nshape = [1, 3]\n\n",
         path("fast_prefix.onnx"),
         path("fast_step.onnx"),
         path("fast_10x3"),
     );
     let launch_text = format!("{}{fast}{}", &text[..start], &text[stop..]);
-    let launch =
-        Launch::from_text(&launch_text, "bench", repo.join("launch"), &[]).expect("launch");
-    let mut policy =
-        FastPolicy::load(&launch, launch.config.policy.fast.as_ref().unwrap()).expect("policy");
+    let mut registry = reflex_runtime::registry::Registry::new();
+    reflex_drivers::register(&mut registry);
+    reflex_policies::register(&mut registry);
+    let launch = Launch::from_text(&launch_text, "bench", repo.join("launch"), &[], &registry)
+        .expect("launch");
+    let config = launch
+        .policy()
+        .as_any()
+        .downcast_ref::<reflex_policies::config::FastPolicyConfig>()
+        .expect("a fast policy");
+    let mut policy = FastPolicy::load(&launch, config).expect("policy");
     let obs = Observation {
         tick: 1,
         stamp_ns: 0,

@@ -5,8 +5,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use reflex_policies::config::InputConfig;
 use reflex_policies::preprocess::InputMapper;
-use reflex_runtime::launch::InputConfig;
 use reflex_runtime::types::{Image, JointState, Observation};
 
 fn mapper(mode: &str, filter: &str, cameras: &[String]) -> InputMapper {

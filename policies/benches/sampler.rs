@@ -12,7 +12,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use reflex_policies::generative::GenerativePolicy;
 use reflex_runtime::launch::Launch;
 use reflex_runtime::types::{Image, JointState, Observation};
 
@@ -67,19 +66,27 @@ const CASES: [Case; 4] = [
     },
 ];
 
+/// The kinds a launch file of these benches uses.
+fn registry() -> reflex_runtime::registry::Registry {
+    let mut registry = reflex_runtime::registry::Registry::new();
+    reflex_drivers::register(&mut registry);
+    reflex_policies::register(&mut registry);
+    registry
+}
+
 fn launch_for(repo: &Path, case: &Case) -> Launch {
     if let Some(file) = case.launch {
-        return Launch::from_file(&repo.join(file), &[]).expect("launch");
+        return Launch::from_file(&repo.join(file), &[], &registry()).expect("launch");
     }
     let fixtures = repo.join(case.dir);
     let text = std::fs::read_to_string(repo.join("launch/sim_arm.toml")).unwrap();
     let (start, stop) = (
-        text.find("[policy.chunk]").unwrap(),
+        text.find("[execution]").unwrap(),
         text.find("[safety]").unwrap(),
     );
     let kind = case.kind;
     let mut table = format!(
-        "[policy.{kind}]\nmodel = {:?}\naction_rate_hz = 10.0\nreplan_after = 5\nnum_steps = {}\n",
+        "[execution]\naction_rate_hz = 10.0\nreplan_after = 5\n\n[policy]\nkind = \"{kind}\"\nmodel = {:?}\nnum_steps = {}\n",
         fixtures.join(case.model),
         case.steps
     );
@@ -89,14 +96,12 @@ fn launch_for(repo: &Path, case: &Case) -> Launch {
     if kind == "diffusion" {
         table += "schedule = { kind = \"squared_cosine\", train_steps = 100, clip_sample = 1.0 }\n";
     }
-    table += &format!(
-        "\n[[policy.{kind}.inputs]]\nname = \"image\"\nsource = \"camera.top\"\nshape = [1, 3, 32, 32]\n\
-         image = {{ resize = [32, 32], range = \"minus_one_one\" }}\n\n\
-         [[policy.{kind}.inputs]]\nname = \"state\"\nsource = \"state.joint_positions\"\nshape = [1, 8]\n\n\
-         [policy.{kind}.actions]\nhorizon = 10\ndim = 8\n\n"
-    );
+    table += "\n[[policy.inputs]]\nname = \"image\"\nsource = \"camera.top\"\nshape = [1, 3, 32, 32]\n\
+         image = { resize = [32, 32], range = \"minus_one_one\" }\n\n\
+         [[policy.inputs]]\nname = \"state\"\nsource = \"state.joint_positions\"\nshape = [1, 8]\n\n\
+         [policy.actions]\nhorizon = 10\ndim = 8\n\n";
     let text = format!("{}{table}{}", &text[..start], &text[stop..]);
-    Launch::from_text(&text, "bench", repo.join("launch"), &[]).expect("launch")
+    Launch::from_text(&text, "bench", repo.join("launch"), &[], &registry()).expect("launch")
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -114,14 +119,9 @@ struct Measured {
 
 fn measure(repo: &Path, case: &Case, repeat: usize, scratch: &Path) -> Measured {
     let launch = launch_for(repo, case);
-    let mut policy = match case.kind {
-        "flow" => GenerativePolicy::load_flow(&launch, launch.config.policy.flow.as_ref().unwrap()),
-        _ => GenerativePolicy::load_diffusion(
-            &launch,
-            launch.config.policy.diffusion.as_ref().unwrap(),
-        ),
-    }
-    .expect("policy");
+    let mut policy = reflex_policies::generative::load_generative(&launch)
+        .expect("policy")
+        .expect("a flow or diffusion policy");
     let mut image = Image::black(96, 96);
     for (i, p) in image.rgb.iter_mut().enumerate() {
         *p = (i % 251) as u8;

@@ -12,7 +12,14 @@ use std::time::Instant;
 
 use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
-use reflex_runtime::launch::{ChunkPolicyConfig, InputConfig, Launch, Normalization, TensorDtype};
+use std::any::Any;
+use std::sync::Arc;
+
+use reflex_runtime::launch::{Launch, LaunchError, MAX_HORIZON};
+use reflex_runtime::policy::LoadedPolicy;
+use reflex_runtime::registry::{KindTable, LoadError, PolicyKind, PolicySpec, schema_of};
+
+use crate::config::{ChunkPolicyConfig, InputConfig, Normalization, TensorDtype};
 use reflex_runtime::policy::{Policy, PolicyError};
 use reflex_runtime::types::{ActionChunk, Observation};
 
@@ -259,13 +266,7 @@ pub struct ChunkPolicy {
 
 impl ChunkPolicy {
     /// Loads ONNX Runtime and the model, checks the signature and warms up.
-    pub fn load(launch: &Launch) -> Result<Self, PolicyLoadError> {
-        let cfg = launch
-            .chunk_policy()
-            .ok_or_else(|| PolicyLoadError::Model {
-                path: launch.base_dir.clone(),
-                message: "the launch file has no [policy.chunk]".into(),
-            })?;
+    pub fn load(launch: &Launch, cfg: &ChunkPolicyConfig) -> Result<Self, PolicyLoadError> {
         let joints = launch.config.robot.joints.len();
         let (env, library_path) = crate::onnxruntime::environment_for(launch)?;
         let model_path = launch.resolve(&cfg.model);
@@ -364,6 +365,63 @@ impl Policy for ChunkPolicy {
     }
 }
 
+/// Registers `[policy] kind = "chunk"`.
+pub struct ChunkKind;
+
+/// A checked `chunk` table.
+#[derive(Debug)]
+pub struct ChunkSpec(pub ChunkPolicyConfig);
+
+impl PolicyKind for ChunkKind {
+    fn kind(&self) -> &'static str {
+        "chunk"
+    }
+
+    fn schema(&self) -> serde_json::Value {
+        schema_of::<ChunkPolicyConfig>()
+    }
+
+    fn check(&self, table: &KindTable<'_>) -> Result<Arc<dyn PolicySpec>, LaunchError> {
+        let cfg: ChunkPolicyConfig = table.parse()?;
+        let joints = table.launch().config.robot.joints.len();
+        crate::config::check_intra_threads(table, cfg.intra_threads)?;
+        if !(1..=MAX_HORIZON).contains(&cfg.actions.horizon) {
+            return Err(table.error_at("actions.horizon", format!("must be in 1..={MAX_HORIZON}")));
+        }
+        if let Some(norm) = &cfg.actions.normalize {
+            crate::config::check_normalization(table, norm, joints, "actions.normalize")?;
+        }
+        crate::config::check_inputs(table, &cfg.inputs)?;
+        crate::check_models(table, &[("model", &cfg.model)])?;
+        Ok(Arc::new(ChunkSpec(cfg)))
+    }
+}
+
+impl PolicySpec for ChunkSpec {
+    fn kind(&self) -> &'static str {
+        "chunk"
+    }
+    fn horizon(&self) -> usize {
+        self.0.actions.horizon
+    }
+    fn model(&self) -> PathBuf {
+        self.0.model.clone()
+    }
+    fn load(&self, launch: &Launch) -> Result<LoadedPolicy, LoadError> {
+        let p = ChunkPolicy::load(launch, &self.0).map_err(|e| crate::located(launch, e))?;
+        let (model, library, warm_up, provider) = (
+            p.model_path.clone(),
+            p.library_path.clone(),
+            p.warm_up_ms,
+            p.provider,
+        );
+        Ok(crate::loaded(p, model, library, warm_up, provider))
+    }
+    fn as_any(&self) -> &dyn Any {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,9 +434,12 @@ mod tests {
         }
     }
 
+    /// The demo launch file's `[policy]` table.
     fn config() -> ChunkPolicyConfig {
-        let launch = Launch::embedded(&[]).unwrap();
-        launch.chunk_policy().unwrap().clone()
+        let file: toml::Table = toml::from_str(include_str!("../../launch/sim_arm.toml")).unwrap();
+        let mut policy = file["policy"].as_table().unwrap().clone();
+        assert_eq!(policy.remove("kind").unwrap().as_str(), Some("chunk"));
+        policy.try_into().unwrap()
     }
 
     #[test]

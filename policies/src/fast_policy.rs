@@ -17,7 +17,14 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorRef};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use reflex_runtime::launch::{FastDecode, FastPolicyConfig, Launch, Quantiles, TokenMap};
+use std::any::Any;
+use std::sync::Arc;
+
+use reflex_runtime::launch::{Launch, LaunchError};
+use reflex_runtime::policy::LoadedPolicy;
+use reflex_runtime::registry::{KindTable, LoadError, PolicyKind, PolicySpec, schema_of};
+
+use crate::config::{FastDecode, FastPolicyConfig, MAX_FAST_TOKENS, Quantiles, TokenMap};
 use reflex_runtime::policy::{Policy, PolicyError};
 use reflex_runtime::types::{ActionChunk, Observation};
 
@@ -120,7 +127,7 @@ impl FastPolicy {
         // file inside the directory and its field.
         let codec = FastCodec::load(&launch.resolve(&cfg.tokenizer)).map_err(|e| {
             PolicyLoadError::Config {
-                field: "policy.fast.tokenizer".into(),
+                field: "policy.tokenizer".into(),
                 message: e.to_string(),
             }
         })?;
@@ -275,5 +282,108 @@ impl Policy for FastPolicy {
             };
         }
         Ok(())
+    }
+}
+
+/// Registers `[policy] kind = "fast"`.
+pub struct FastKind;
+
+/// A checked `fast` table; the horizon comes from the tokenizer's processor config.
+#[derive(Debug)]
+pub struct FastSpec {
+    pub config: FastPolicyConfig,
+    horizon: usize,
+}
+
+impl PolicyKind for FastKind {
+    fn kind(&self) -> &'static str {
+        "fast"
+    }
+
+    fn schema(&self) -> serde_json::Value {
+        schema_of::<FastPolicyConfig>()
+    }
+
+    fn check(&self, table: &KindTable<'_>) -> Result<Arc<dyn PolicySpec>, LaunchError> {
+        let cfg: FastPolicyConfig = table.parse()?;
+        let joints = table.launch().config.robot.joints.len();
+        crate::config::check_intra_threads(table, cfg.intra_threads)?;
+        if !(1..=MAX_FAST_TOKENS).contains(&cfg.max_tokens) {
+            return Err(table.error_at("max_tokens", format!("must be in 1..={MAX_FAST_TOKENS}")));
+        }
+        if !(cfg.temperature.is_finite() && cfg.temperature >= 0.0) {
+            return Err(table.error_at("temperature", "must be 0 (greedy) or positive"));
+        }
+        if cfg.token_map.sign.abs() != 1 {
+            return Err(table.error_at("token_map.sign", "must be 1 or -1"));
+        }
+        if let Some(q) = &cfg.quantiles {
+            for (name, values) in [("q01", &q.q01), ("q99", &q.q99)] {
+                if values.len() != joints {
+                    return Err(table.error_at(
+                        &format!("quantiles.{name}"),
+                        format!("has {} values, expected {joints}", values.len()),
+                    ));
+                }
+                if let Some((j, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                    return Err(table.error_at(
+                        &format!("quantiles.{name}[{j}]"),
+                        format!("must be finite, found {v}"),
+                    ));
+                }
+            }
+            if let Some(j) = (0..joints).find(|&j| q.q99[j] < q.q01[j]) {
+                return Err(table.error_at(
+                    &format!("quantiles.q99[{j}]"),
+                    format!("{} is below q01[{j}] = {}", q.q99[j], q.q01[j]),
+                ));
+            }
+        }
+        crate::config::check_inputs(table, &cfg.inputs)?;
+        crate::check_models(
+            table,
+            &[("model", &cfg.model), ("prefix_model", &cfg.prefix_model)],
+        )?;
+        // The tokenizer gives the horizon the execution settings are checked against.
+        let codec = FastCodec::load(&table.resolve(&cfg.tokenizer))
+            .map_err(|e| table.error_at("tokenizer", e.to_string()))?;
+        if codec.config.action_dim != joints {
+            return Err(table.error_at(
+                "tokenizer",
+                format!(
+                    "tokenizer action_dim is {}, the robot has {joints} joints",
+                    codec.config.action_dim
+                ),
+            ));
+        }
+        Ok(Arc::new(FastSpec {
+            horizon: codec.config.time_horizon,
+            config: cfg,
+        }))
+    }
+}
+
+impl PolicySpec for FastSpec {
+    fn kind(&self) -> &'static str {
+        "fast"
+    }
+    fn horizon(&self) -> usize {
+        self.horizon
+    }
+    fn model(&self) -> PathBuf {
+        self.config.model.clone()
+    }
+    fn load(&self, launch: &Launch) -> Result<LoadedPolicy, LoadError> {
+        let p = FastPolicy::load(launch, &self.config).map_err(|e| crate::located(launch, e))?;
+        let (model, library, warm_up, provider) = (
+            p.model_path.clone(),
+            p.library_path.clone(),
+            p.warm_up_ms,
+            p.provider,
+        );
+        Ok(crate::loaded(p, model, library, warm_up, provider))
+    }
+    fn as_any(&self) -> &dyn Any {
+        &self.config
     }
 }

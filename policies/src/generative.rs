@@ -24,9 +24,16 @@ use ort::session::{IoBinding, Session};
 use ort::value::{DynValue, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use reflex_runtime::launch::{
-    DiffusionPolicyConfig, FlowPolicyConfig, GenerativeActions, InputConfig, Launch,
-    NormStatsConfig, ScheduleConfig, ScheduleKind, TensorDtype,
+use std::any::Any;
+use std::sync::Arc;
+
+use reflex_runtime::launch::{Launch, LaunchError};
+use reflex_runtime::policy::LoadedPolicy;
+use reflex_runtime::registry::{KindTable, LoadError, PolicyKind, PolicySpec, schema_of};
+
+use crate::config::{
+    DiffusionPolicyConfig, FlowPolicyConfig, GenerativeActions, InputConfig, NormStatsConfig,
+    ScheduleConfig, ScheduleKind, TensorDtype,
 };
 use reflex_runtime::policy::{Policy, PolicyError};
 use reflex_runtime::types::{ActionChunk, Observation};
@@ -216,7 +223,6 @@ struct Ports {
 
 /// What differs between the generative kinds' launch tables.
 struct Spec<'a> {
-    table: &'static str,
     model: &'a Path,
     prefix: Option<&'a Path>,
     intra_threads: usize,
@@ -290,7 +296,6 @@ impl GenerativePolicy {
         Self::load(
             launch,
             Spec {
-                table: "policy.flow",
                 model: &cfg.model,
                 prefix: cfg.prefix_model.as_deref(),
                 intra_threads: cfg.intra_threads,
@@ -316,7 +321,7 @@ impl GenerativePolicy {
         cfg: &DiffusionPolicyConfig,
     ) -> Result<Self, PolicyLoadError> {
         let schedule_error = |message: String| PolicyLoadError::Config {
-            field: "policy.diffusion.schedule".into(),
+            field: "policy.schedule".into(),
             message,
         };
         let table = schedule_table(launch, &cfg.schedule).map_err(schedule_error)?;
@@ -331,7 +336,6 @@ impl GenerativePolicy {
         Self::load(
             launch,
             Spec {
-                table: "policy.diffusion",
                 model: &cfg.model,
                 prefix: None,
                 intra_threads: cfg.intra_threads,
@@ -507,7 +511,7 @@ impl GenerativePolicy {
         if let Some(stats_cfg) = spec.norm_stats {
             let stats = load_norm_stats(launch, stats_cfg, joints).map_err(|message| {
                 PolicyLoadError::Config {
-                    field: format!("{}.norm_stats.file", spec.table),
+                    field: "policy.norm_stats.file".into(),
                     message,
                 }
             })?;
@@ -881,6 +885,174 @@ impl Policy for GenerativePolicy {
         out.dim = self.joints;
         Ok(())
     }
+}
+
+/// Registers `[policy] kind = "flow"`.
+pub struct FlowKind;
+
+/// Registers `[policy] kind = "diffusion"`.
+pub struct DiffusionKind;
+
+/// A checked `flow` table.
+#[derive(Debug)]
+pub struct FlowSpec(pub FlowPolicyConfig);
+
+/// A checked `diffusion` table.
+#[derive(Debug)]
+pub struct DiffusionSpec(pub DiffusionPolicyConfig);
+
+/// What the generative kinds check alike: sampler sizes, inputs and files.
+#[allow(clippy::too_many_arguments)]
+fn check_common(
+    table: &KindTable<'_>,
+    intra_threads: usize,
+    num_steps: usize,
+    batch: usize,
+    actions: &GenerativeActions,
+    inputs: &[InputConfig],
+    models: &[(&str, &Path)],
+    norm_stats: Option<&NormStatsConfig>,
+) -> Result<(), LaunchError> {
+    crate::config::check_intra_threads(table, intra_threads)?;
+    crate::config::check_generative(table, num_steps, batch, actions)?;
+    crate::config::check_inputs(table, inputs)?;
+    crate::check_models(table, models)?;
+    if let Some(stats) = norm_stats {
+        table.check_file(
+            "norm_stats.file",
+            &stats.file,
+            "statistics file",
+            reflex_runtime::files::MAX_DATA_BYTES,
+        )?;
+    }
+    Ok(())
+}
+
+impl PolicyKind for FlowKind {
+    fn kind(&self) -> &'static str {
+        "flow"
+    }
+
+    fn schema(&self) -> serde_json::Value {
+        schema_of::<FlowPolicyConfig>()
+    }
+
+    fn check(&self, table: &KindTable<'_>) -> Result<Arc<dyn PolicySpec>, LaunchError> {
+        let cfg: FlowPolicyConfig = table.parse()?;
+        let mut models = vec![("model", cfg.model.as_path())];
+        if let Some(prefix) = &cfg.prefix_model {
+            models.push(("prefix_model", prefix.as_path()));
+        }
+        check_common(
+            table,
+            cfg.intra_threads,
+            cfg.num_steps,
+            cfg.batch,
+            &cfg.actions,
+            &cfg.inputs,
+            &models,
+            cfg.norm_stats.as_ref(),
+        )?;
+        Ok(Arc::new(FlowSpec(cfg)))
+    }
+}
+
+impl PolicyKind for DiffusionKind {
+    fn kind(&self) -> &'static str {
+        "diffusion"
+    }
+
+    fn schema(&self) -> serde_json::Value {
+        schema_of::<DiffusionPolicyConfig>()
+    }
+
+    fn check(&self, table: &KindTable<'_>) -> Result<Arc<dyn PolicySpec>, LaunchError> {
+        let cfg: DiffusionPolicyConfig = table.parse()?;
+        check_common(
+            table,
+            cfg.intra_threads,
+            cfg.num_steps,
+            cfg.batch,
+            &cfg.actions,
+            &cfg.inputs,
+            &[("model", cfg.model.as_path())],
+            cfg.norm_stats.as_ref(),
+        )?;
+        crate::config::check_schedule(table, &cfg.schedule, cfg.num_steps)?;
+        if let Some(file) = &cfg.schedule.file {
+            table.check_file(
+                "schedule.file",
+                file,
+                "schedule file",
+                reflex_runtime::files::MAX_DATA_BYTES,
+            )?;
+        }
+        Ok(Arc::new(DiffusionSpec(cfg)))
+    }
+}
+
+fn into_loaded(
+    launch: &Launch,
+    p: Result<GenerativePolicy, PolicyLoadError>,
+) -> Result<LoadedPolicy, LoadError> {
+    let p = p.map_err(|e| crate::located(launch, e))?;
+    let (model, library, warm_up, provider) = (
+        p.model_path.clone(),
+        p.library_path.clone(),
+        p.warm_up_ms,
+        p.provider,
+    );
+    Ok(crate::loaded(p, model, library, warm_up, provider))
+}
+
+impl PolicySpec for FlowSpec {
+    fn kind(&self) -> &'static str {
+        "flow"
+    }
+    fn horizon(&self) -> usize {
+        self.0.actions.horizon
+    }
+    fn model(&self) -> PathBuf {
+        self.0.model.clone()
+    }
+    fn load(&self, launch: &Launch) -> Result<LoadedPolicy, LoadError> {
+        into_loaded(launch, GenerativePolicy::load_flow(launch, &self.0))
+    }
+    fn as_any(&self) -> &dyn Any {
+        &self.0
+    }
+}
+
+impl PolicySpec for DiffusionSpec {
+    fn kind(&self) -> &'static str {
+        "diffusion"
+    }
+    fn horizon(&self) -> usize {
+        self.0.actions.horizon
+    }
+    fn model(&self) -> PathBuf {
+        self.0.model.clone()
+    }
+    fn load(&self, launch: &Launch) -> Result<LoadedPolicy, LoadError> {
+        into_loaded(launch, GenerativePolicy::load_diffusion(launch, &self.0))
+    }
+    fn as_any(&self) -> &dyn Any {
+        &self.0
+    }
+}
+
+/// The flow or diffusion policy of a launch file, as the concrete type (for
+/// `reflex infer`, which sets the noise); None for other kinds.
+pub fn load_generative(launch: &Launch) -> Result<Option<GenerativePolicy>, LoadError> {
+    let any = launch.policy().as_any();
+    let loaded = if let Some(cfg) = any.downcast_ref::<FlowPolicyConfig>() {
+        GenerativePolicy::load_flow(launch, cfg)
+    } else if let Some(cfg) = any.downcast_ref::<DiffusionPolicyConfig>() {
+        GenerativePolicy::load_diffusion(launch, cfg)
+    } else {
+        return Ok(None);
+    };
+    loaded.map(Some).map_err(|e| crate::located(launch, e))
 }
 
 #[cfg(test)]

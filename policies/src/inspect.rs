@@ -127,8 +127,8 @@ pub fn inspect(path: &Path, library: Option<&Path>) -> Result<ModelReport, Polic
 }
 
 impl ModelReport {
-    /// The human-readable report with a `[policy.chunk]`, `[policy.flow]` or
-    /// `[policy.diffusion]` snippet mapping the inputs.
+    /// The human-readable report with an `[execution]` and a `[policy]` snippet
+    /// (kind `chunk`, `flow` or `diffusion`) mapping the inputs.
     pub fn render(&self, path: &Path) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "{}", path.display());
@@ -173,13 +173,9 @@ impl ModelReport {
         let sampler_ports = ["noisy_actions", "time", "timestep"];
         let _ = writeln!(
             out,
-            "\n# launch-file snippet (edit the sources):\n[policy.{kind}]"
+            "\n# launch-file snippet (edit the sources):\n[execution]\naction_rate_hz = 10.0\nreplan_after = 5\n\n[policy]\nkind = \"{kind}\""
         );
-        let _ = writeln!(
-            out,
-            "model = {:?}\naction_rate_hz = 10.0\nreplan_after = 5",
-            path.display().to_string()
-        );
+        let _ = writeln!(out, "model = {:?}", path.display().to_string());
         match kind {
             "flow" => {
                 let _ = writeln!(out, "num_steps = 10");
@@ -198,7 +194,7 @@ impl ModelReport {
             }
             let shape: Vec<i64> = p.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
             let image = shape.len() == 4;
-            let _ = writeln!(out, "\n[[policy.{kind}.inputs]]\nname = {:?}", p.name);
+            let _ = writeln!(out, "\n[[policy.inputs]]\nname = {:?}", p.name);
             if image {
                 let (h, w, layout) = if shape[1] == 3 {
                     (shape[2], shape[3], "nchw")
@@ -222,7 +218,7 @@ impl ModelReport {
             if let Some(actions) = self.outputs.first() {
                 let _ = writeln!(
                     out,
-                    "\n[policy.chunk.actions]\noutput = {:?}\nhorizon = {}",
+                    "\n[policy.actions]\noutput = {:?}\nhorizon = {}",
                     actions.name,
                     dim(&actions.shape, 1)
                 );
@@ -230,13 +226,13 @@ impl ModelReport {
         } else if let Some(x) = self.inputs.iter().find(|p| p.name == "noisy_actions") {
             let _ = writeln!(
                 out,
-                "\n[policy.{kind}.actions]\nhorizon = {}\ndim = {}    # the model's action width; the robot's joints come first",
+                "\n[policy.actions]\nhorizon = {}\ndim = {}    # the model's action width; the robot's joints come first",
                 dim(&x.shape, 1),
                 dim(&x.shape, 2)
             );
             let _ = writeln!(
                 out,
-                "\n# [policy.{kind}.norm_stats]\n# file = \"norm_stats.json\"\n# mode = \"z_score\""
+                "\n# [policy.norm_stats]\n# file = \"norm_stats.json\"\n# mode = \"z_score\""
             );
         }
         out

@@ -1,11 +1,17 @@
 //! reflex-policies: policies on ONNX Runtime.
 //!
-//! - [`onnxruntime`]: finds and loads `libonnxruntime.so` once per process;
+//! - [`onnxruntime`]: finds and loads `libonnxruntime.so` once per process, and
+//!   owns the launch file's `[onnxruntime]` section;
+//! - [`config`]: the policy kinds' launch-file tables and their checks;
 //! - [`preprocess`]: turns an observation into model inputs (resize, normalize);
 //! - [`chunk`]: the `chunk` policy, a model mapping observations to `[1, H, D]`;
-//! - [`fast`]: the FAST action-token codec; [`fast_policy`]: the autoregressive `fast` policy.
+//! - [`fast`]: the FAST action-token codec; [`fast_policy`]: the autoregressive `fast` policy;
+//! - [`generative`]: the `flow` and `diffusion` policies.
+//!
+//! Each kind registers itself in [`register`].
 
 pub mod chunk;
+pub mod config;
 pub mod fast;
 pub mod fast_policy;
 pub mod generative;
@@ -15,3 +21,64 @@ pub mod onnxruntime;
 pub mod preprocess;
 
 pub use chunk::{ChunkPolicy, PolicyLoadError};
+
+use std::path::{Path, PathBuf};
+
+use reflex_runtime::launch::{Launch, LaunchError};
+use reflex_runtime::policy::{LoadedPolicy, Policy};
+use reflex_runtime::registry::{KindTable, LoadError, Registry};
+
+/// Registers every policy kind and section of this crate.
+pub fn register(registry: &mut Registry) {
+    registry.policy(chunk::ChunkKind);
+    registry.policy(fast_policy::FastKind);
+    registry.policy(generative::FlowKind);
+    registry.policy(generative::DiffusionKind);
+    registry.section(onnxruntime::OnnxRuntimeSection);
+}
+
+/// A load error about the launch file becomes a [`LaunchError`] at its field: a
+/// signature mismatch at `policy.inputs`, a bad setting at the setting.
+pub(crate) fn located(launch: &Launch, e: PolicyLoadError) -> LoadError {
+    match e {
+        PolicyLoadError::Signature { .. } => {
+            Box::new(launch.error_at("policy.inputs", e.to_string()))
+        }
+        PolicyLoadError::Config { field, message } => Box::new(launch.error_at(&field, message)),
+        other => Box::new(other),
+    }
+}
+
+/// What a loaded ONNX policy reports about itself.
+pub(crate) fn loaded(
+    policy: impl Policy + 'static,
+    model_path: PathBuf,
+    library_path: PathBuf,
+    warm_up_ms: f64,
+    provider: &'static str,
+) -> LoadedPolicy {
+    LoadedPolicy {
+        policy: Box::new(policy),
+        model_path,
+        library_path,
+        warm_up_ms,
+        provider,
+    }
+}
+
+/// Checks the model files of a policy table exist (at check time, so that
+/// `reflex check` catches them).
+pub(crate) fn check_models(
+    table: &KindTable<'_>,
+    files: &[(&str, &Path)],
+) -> Result<(), LaunchError> {
+    for (field, path) in files {
+        table.check_file(
+            field,
+            path,
+            "model file",
+            reflex_runtime::files::MAX_MODEL_BYTES,
+        )?;
+    }
+    Ok(())
+}

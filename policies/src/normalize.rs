@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use reflex_calibration::NormStats;
-use reflex_runtime::launch::{Launch, NormMode, NormStatsConfig, Normalization};
+use reflex_runtime::launch::Launch;
+
+use crate::config::{NormMode, NormStatsConfig, Normalization};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum VectorNorm {

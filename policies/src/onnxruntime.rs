@@ -14,9 +14,126 @@ use std::sync::OnceLock;
 use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use reflex_runtime::launch::{ExecutionProviderKind, Launch, OptimizationLevel};
+use std::any::Any;
+use std::sync::Arc;
+
+use reflex_runtime::launch::{Launch, LaunchError};
+use reflex_runtime::registry::{KindTable, SectionKind, schema_of};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::PolicyLoadError;
+
+/// `[onnxruntime]`: which library, execution providers and optimization.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OnnxRuntimeConfig {
+    /// Path to libonnxruntime.so; searched for when absent.
+    pub library: Option<PathBuf>,
+    /// Execution providers in order of preference. One that cannot be registered
+    /// (e.g. `cuda` with the CPU build of ONNX Runtime) is skipped with a warning;
+    /// the CPU provider always remains as the fallback.
+    #[serde(default = "default_providers")]
+    pub providers: Vec<ExecutionProviderKind>,
+    /// CUDA / TensorRT device.
+    #[serde(default)]
+    pub device_id: i32,
+    /// TensorRT: build FP16 engines.
+    #[serde(default)]
+    pub tensorrt_fp16: bool,
+    /// TensorRT: cache built engines here (relative to the launch file).
+    pub tensorrt_cache: Option<PathBuf>,
+    /// ONNX Runtime graph optimization level.
+    #[serde(default = "default_optimization")]
+    pub optimization: OptimizationLevel,
+}
+
+impl Default for OnnxRuntimeConfig {
+    fn default() -> Self {
+        Self {
+            library: None,
+            providers: default_providers(),
+            device_id: 0,
+            tensorrt_fp16: false,
+            tensorrt_cache: None,
+            optimization: default_optimization(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProviderKind {
+    Cpu,
+    Cuda,
+    Tensorrt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizationLevel {
+    Disabled,
+    Basic,
+    Extended,
+    All,
+}
+
+fn default_providers() -> Vec<ExecutionProviderKind> {
+    vec![ExecutionProviderKind::Cpu]
+}
+
+fn default_optimization() -> OptimizationLevel {
+    OptimizationLevel::All
+}
+
+/// Registers the `[onnxruntime]` section.
+pub struct OnnxRuntimeSection;
+
+impl SectionKind for OnnxRuntimeSection {
+    fn section(&self) -> &'static str {
+        "onnxruntime"
+    }
+
+    fn schema(&self) -> serde_json::Value {
+        schema_of::<OnnxRuntimeConfig>()
+    }
+
+    /// A library named in the launch file must be there: falling back to another
+    /// one would run a different ONNX Runtime than the one asked for.
+    fn check(&self, table: &KindTable<'_>) -> Result<Arc<dyn Any + Send + Sync>, LaunchError> {
+        let ort: OnnxRuntimeConfig = table.parse()?;
+        if let Some(library) = &ort.library {
+            let path = table.resolve(library);
+            reflex_runtime::files::check_regular(&path, reflex_runtime::files::MAX_MODEL_BYTES)
+                .map_err(|e| {
+                    let message = match e {
+                        reflex_runtime::files::FileError::NotFound { .. } => format!(
+                            "ONNX Runtime library not found: {} (remove the field to search \
+                             $ORT_DYLIB_PATH, the project's .venv and the system paths)",
+                            path.display()
+                        ),
+                        other => format!("ONNX Runtime library: {other}"),
+                    };
+                    table.error_at("library", message)
+                })?;
+        }
+        if ort.device_id < 0 {
+            return Err(table.error_at(
+                "device_id",
+                format!("must be 0 or more, found {}", ort.device_id),
+            ));
+        }
+        Ok(Arc::new(ort))
+    }
+}
+
+/// The launch file's `[onnxruntime]` (its defaults when the section is absent).
+pub fn config(launch: &Launch) -> OnnxRuntimeConfig {
+    launch
+        .section::<OnnxRuntimeConfig>("onnxruntime")
+        .cloned()
+        .unwrap_or_default()
+}
 
 /// Candidate library paths, most preferred first, when none is configured.
 pub fn candidates() -> Vec<PathBuf> {
@@ -128,12 +245,7 @@ pub fn environment(
 pub fn environment_for(
     launch: &reflex_runtime::launch::Launch,
 ) -> Result<(ort::environment::Environment, PathBuf), PolicyLoadError> {
-    let configured = launch
-        .config
-        .onnxruntime
-        .library
-        .as_ref()
-        .map(|p| launch.resolve(p));
+    let configured = config(launch).library.as_ref().map(|p| launch.resolve(p));
     environment(configured.as_deref()).map_err(|e| match e {
         PolicyLoadError::LibraryMissing { .. } => PolicyLoadError::Config {
             field: "onnxruntime.library".into(),
@@ -156,10 +268,10 @@ pub struct SessionSettings {
 
 impl SessionSettings {
     pub fn from_launch(launch: &Launch, intra_threads: usize) -> Self {
-        let ort = &launch.config.onnxruntime;
+        let ort = config(launch);
         Self {
             intra_threads,
-            providers: ort.providers.clone(),
+            providers: ort.providers,
             device_id: ort.device_id,
             tensorrt_fp16: ort.tensorrt_fp16,
             tensorrt_cache: ort.tensorrt_cache.as_ref().map(|p| launch.resolve(p)),

@@ -5,10 +5,11 @@
 //! masks, and normalization and zero padding of joint vectors. Buffers are sized
 //! once; filling them does not allocate.
 
-use reflex_runtime::launch::{
+use crate::config::{
     ChannelOrder, ImageLayout, ImagePreprocess, InputConfig, ObservationSource, PixelRange,
     ResizeFilter, ResizeMode, TensorDtype,
 };
+use reflex_runtime::stream::StreamKind;
 use reflex_runtime::types::{Image, Observation};
 
 use std::borrow::Cow;
@@ -22,12 +23,12 @@ use crate::normalize::VectorNorm;
 /// warming up models before the first real one arrives.
 pub fn blank_observation(launch: &reflex_runtime::launch::Launch) -> Observation {
     let images = launch
-        .config
-        .drivers
-        .sim_arm
+        .streams
         .iter()
-        .filter_map(|a| a.camera.as_ref())
-        .map(|c| Image::black(c.width, c.height))
+        .filter_map(|s| match s.kind {
+            StreamKind::Image { width, height } => Some(Image::black(width, height)),
+            _ => None,
+        })
         .collect();
     Observation {
         tick: 0,
@@ -639,7 +640,7 @@ mod tests {
 
     #[test]
     fn missing_optional_camera_is_black_and_masked() {
-        use reflex_runtime::launch::InputConfig;
+        use crate::config::InputConfig;
         let toml_inputs = r#"
             [[inputs]]
             name = "wrist"

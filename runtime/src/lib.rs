@@ -21,10 +21,12 @@ pub mod operator;
 pub mod policy;
 pub mod ratelimit;
 pub mod realtime;
+pub mod registry;
 pub mod robot_model;
 pub mod safety;
 pub mod slot;
 pub mod stats;
+pub mod stream;
 pub mod types;
 pub mod wire;
 

@@ -25,6 +25,17 @@ pub trait Policy: Send {
     fn infer(&mut self, obs: &Observation, out: &mut ActionChunk) -> Result<(), PolicyError>;
 }
 
+/// A policy ready to run, and what it runs on (for the start-up line and `reflex check`).
+pub struct LoadedPolicy {
+    pub policy: Box<dyn Policy>,
+    pub model_path: std::path::PathBuf,
+    /// The inference library (e.g. libonnxruntime.so).
+    pub library_path: std::path::PathBuf,
+    pub warm_up_ms: f64,
+    /// Where it runs (`cpu`, `cuda`, `tensorrt`).
+    pub provider: &'static str,
+}
+
 /// A finished inference as the tick receives it.
 pub struct Inference {
     pub chunk: Box<ActionChunk>,

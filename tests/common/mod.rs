@@ -115,9 +115,22 @@ pub fn zenoh_peer(endpoint: &str) -> zenoh::Session {
     zenoh::open(config).wait().expect("zenoh session")
 }
 
+/// The demo launch file with its `[execution]` and `[policy]` replaced by
+/// `policy` (a `[policy]` table in the launch-file format) and `replan_after`.
+pub fn demo_with_policy(policy: &str, replan_after: usize) -> String {
+    let text = demo_launch_text();
+    let start = text.find("[execution]").unwrap();
+    let end = text.find("[safety]").unwrap();
+    format!(
+        "{}[execution]\naction_rate_hz = 10.0\nreplan_after = {replan_after}\n\n{policy}\n{}",
+        &text[..start],
+        &text[end..]
+    )
+}
+
 /// The embedded launch file's joint limits: (min, max, velocity) per joint.
 pub fn sim_arm_limits() -> Vec<(f64, f64, f64)> {
-    let launch = reflex_runtime::launch::Launch::embedded(&[]).unwrap();
+    let launch = reflex::embedded_launch(&[]).unwrap();
     launch
         .config
         .robot

@@ -4,14 +4,17 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use reflex_drivers::sim_arm::SimArmSpec;
 use reflex_drivers::sim_arm::SimWorld;
-use reflex_runtime::launch::Launch;
 
 #[test]
 fn the_urdf_chain_matches_the_simulated_arm() {
-    let launch = Launch::embedded(&[]).expect("demo launch file");
+    let launch = reflex::embedded_launch(&[]).expect("demo launch file");
     let model = launch.robot_model.as_ref().expect("the demo names a URDF");
-    let arm = &launch.config.drivers.sim_arm[0];
+    let arm = &(launch.drivers[0].as_any())
+        .downcast_ref::<SimArmSpec>()
+        .expect("a sim_arm driver")
+        .config;
     let mut world = SimWorld::new(arm, &launch.config.robot.joints, 0);
     let tool = model.chain.link_id("tool").expect("tool link");
     let hand = model.chain.link_id("hand").expect("hand link");
@@ -34,7 +37,7 @@ fn the_urdf_chain_matches_the_simulated_arm() {
 
 #[test]
 fn the_urdf_limits_are_the_launch_files() {
-    let launch = Launch::embedded(&[]).expect("demo launch file");
+    let launch = reflex::embedded_launch(&[]).expect("demo launch file");
     let joints = &launch.config.robot.joints;
     let limits: Vec<_> = joints
         .iter()

@@ -1,0 +1,725 @@
+//! The launch-file tables of the ONNX policy kinds (`[policy] kind = "chunk" |
+//! "fast" | "flow" | "diffusion"`), their inputs and preprocessing, and the checks
+//! that run on them when the launch file is checked.
+
+use std::path::PathBuf;
+
+use reflex_runtime::launch::{LaunchError, MAX_ACTION_DIM, MAX_HORIZON, MAX_IMAGE_SIDE};
+use reflex_runtime::registry::KindTable;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// ONNX Runtime intra-op threads.
+pub const MAX_INTRA_THREADS: usize = 256;
+pub const MAX_FAST_TOKENS: usize = 65_536;
+
+/// A flow-matching policy (pi0 / pi0.5 / SmolVLA convention): `t = 1` is noise,
+/// `t = 0` is data; Euler steps `x += dt * v(x, t)` with `dt = -1 / num_steps`.
+///
+/// Single form (`model` only): the velocity graph takes the mapped observation
+/// inputs plus `noisy_actions` [B, H, D] and `time` [B] and returns `velocity`
+/// [B, H, D]. Split form (`prefix_model` too): the prefix graph runs once per chunk
+/// on the observation; every one of its outputs is fed, by name, to the expert step
+/// graph (`model`), which also takes `noisy_actions` and `time`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowPolicyConfig {
+    /// The velocity graph (single form) or the expert step graph (split form).
+    pub model: PathBuf,
+    /// The prefix graph of the split form (observation -> cache tensors).
+    pub prefix_model: Option<PathBuf>,
+    #[serde(default = "defaults::intra_threads")]
+    pub intra_threads: usize,
+    /// Euler steps per chunk.
+    #[serde(default = "defaults::flow_steps")]
+    pub num_steps: usize,
+    /// Chunks sampled per inference (B); above 1 needs a dynamic batch dimension.
+    /// The first is executed.
+    #[serde(default = "defaults::batch")]
+    pub batch: usize,
+    pub inputs: Vec<InputConfig>,
+    pub actions: GenerativeActions,
+    pub norm_stats: Option<NormStatsConfig>,
+    #[serde(default)]
+    pub ports: FlowPorts,
+}
+
+/// Names of the sampler's ports in the velocity / expert graph.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowPorts {
+    #[serde(default = "defaults::noisy_actions")]
+    pub noisy_actions: String,
+    #[serde(default = "defaults::time")]
+    pub time: String,
+    #[serde(default = "defaults::velocity")]
+    pub output: String,
+}
+
+impl Default for FlowPorts {
+    fn default() -> Self {
+        Self {
+            noisy_actions: defaults::noisy_actions(),
+            time: defaults::time(),
+            output: defaults::velocity(),
+        }
+    }
+}
+
+/// A diffusion policy: an eps-prediction network sampled with DDIM (eta = 0) on a
+/// noise schedule. The graph takes the mapped observation inputs plus
+/// `noisy_actions` [B, H, D] and `timestep` [B] (int64 or float32) and returns
+/// `eps` [B, H, D].
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiffusionPolicyConfig {
+    pub model: PathBuf,
+    #[serde(default = "defaults::intra_threads")]
+    pub intra_threads: usize,
+    /// DDIM steps per chunk.
+    #[serde(default = "defaults::ddim_steps")]
+    pub num_steps: usize,
+    #[serde(default = "defaults::batch")]
+    pub batch: usize,
+    pub inputs: Vec<InputConfig>,
+    pub actions: GenerativeActions,
+    pub norm_stats: Option<NormStatsConfig>,
+    pub schedule: ScheduleConfig,
+    #[serde(default)]
+    pub ports: DiffusionPorts,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiffusionPorts {
+    #[serde(default = "defaults::noisy_actions")]
+    pub noisy_actions: String,
+    #[serde(default = "defaults::timestep")]
+    pub timestep: String,
+    #[serde(default = "defaults::eps")]
+    pub output: String,
+}
+
+impl Default for DiffusionPorts {
+    fn default() -> Self {
+        Self {
+            noisy_actions: defaults::noisy_actions(),
+            timestep: defaults::timestep(),
+            output: defaults::eps(),
+        }
+    }
+}
+
+/// The training noise schedule (diffusers `DDIMScheduler` semantics).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// `squared_cosine` (Diffusion Policy's `squaredcos_cap_v2`), `linear` or
+    /// `scaled_linear`; or leave it out and give `file`.
+    pub kind: Option<ScheduleKind>,
+    /// A `.npy` (float32/float64 [T]) or JSON list of `alphas_cumprod`.
+    pub file: Option<PathBuf>,
+    /// T, the number of training timesteps.
+    #[serde(default = "defaults::train_steps")]
+    pub train_steps: usize,
+    #[serde(default = "defaults::beta_start")]
+    pub beta_start: f64,
+    #[serde(default = "defaults::beta_end")]
+    pub beta_end: f64,
+    /// Clip the predicted clean sample to [-clip, clip] (Diffusion Policy: 1.0).
+    pub clip_sample: Option<f32>,
+    /// The last step goes to alpha_bar = 1 (diffusers' `set_alpha_to_one`).
+    #[serde(default = "defaults::yes")]
+    pub set_alpha_to_one: bool,
+    #[serde(default)]
+    pub steps_offset: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    SquaredCosine,
+    Linear,
+    ScaledLinear,
+}
+
+/// The action chunk of a generative policy, in the model's space.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerativeActions {
+    /// H, actions per chunk.
+    pub horizon: usize,
+    /// D, the model's action width; the robot's joints are the first ones and the
+    /// rest is padding (pi0: 32). Defaults to the number of joints.
+    pub dim: Option<usize>,
+    /// The model's actions are relative to the joint positions it saw (openpi's
+    /// delta actions): the positions are added back after unnormalizing.
+    #[serde(default)]
+    pub delta: bool,
+}
+
+/// Normalization statistics from a file (openpi `norm_stats.json`, or the same
+/// keys without the `norm_stats` wrapper).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NormStatsConfig {
+    pub file: PathBuf,
+    #[serde(default)]
+    pub mode: NormMode,
+    /// Which entry normalizes joint-vector inputs.
+    #[serde(default = "defaults::state_key")]
+    pub state_key: String,
+    /// Which entry unnormalizes the actions.
+    #[serde(default = "defaults::actions_key")]
+    pub actions_key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NormMode {
+    /// `(x - mean) / (std + 1e-6)` (pi0)
+    #[default]
+    ZScore,
+    /// `(x - q01) / (q99 - q01 + 1e-6) * 2 - 1` (pi0-FAST, pi0.5)
+    Quantile,
+    /// `(x - min) / (max - min + 1e-8) * 2 - 1` (LeRobot MIN_MAX)
+    MinMax,
+}
+
+/// An autoregressive VLA that emits FAST action tokens: a prefix graph run once per
+/// chunk on the observation, then a decoder step graph run per token with a cache.
+///
+/// Prefix graph: the mapped observation inputs -> `logits` [1, V] and cache tensors
+/// `present.<name>`. Step graph: `input_ids` [1, 1] int64 and `past.<name>` ->
+/// `logits` [1, V] and `present.<name>`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FastPolicyConfig {
+    /// The prefix graph (observation -> first logits + cache), relative to the launch file.
+    pub prefix_model: PathBuf,
+    /// The decoder step graph.
+    pub model: PathBuf,
+    /// Directory with `tokenizer.json` and `processor_config.json`.
+    pub tokenizer: PathBuf,
+    #[serde(default = "defaults::intra_threads")]
+    pub intra_threads: usize,
+    pub inputs: Vec<InputConfig>,
+    /// Stop decoding at this model token id (e.g. the id of `|`).
+    pub end_token: u32,
+    #[serde(default = "defaults::max_tokens")]
+    pub max_tokens: usize,
+    /// FAST id = `offset + sign * model id` (openpi with PaliGemma: 257023, -1).
+    #[serde(default)]
+    pub token_map: TokenMap,
+    /// 0 decodes greedily; above 0 samples from softmax(logits / temperature) with
+    /// a generator seeded by (seed, tick).
+    #[serde(default)]
+    pub temperature: f32,
+    /// `strict` rejects sequences that do not give exactly T x D coefficients;
+    /// `pad_missing` fills missing trailing coefficients with zeros.
+    #[serde(default)]
+    pub decode: FastDecode,
+    /// Undo the quantile normalization of pi0-FAST: `(x + 1) / 2 * (q99 - q01) + q01`.
+    pub quantiles: Option<Quantiles>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenMap {
+    pub offset: i64,
+    pub sign: i64,
+}
+
+impl Default for TokenMap {
+    fn default() -> Self {
+        Self { offset: 0, sign: 1 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FastDecode {
+    #[default]
+    Strict,
+    PadMissing,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quantiles {
+    pub q01: Vec<f32>,
+    pub q99: Vec<f32>,
+}
+
+/// An ONNX model that maps observations to an action chunk `[1, H, D]` of absolute
+/// joint positions.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkPolicyConfig {
+    /// Path to the .onnx file, relative to the launch file.
+    pub model: PathBuf,
+    /// ONNX Runtime intra-op threads.
+    #[serde(default = "defaults::intra_threads")]
+    pub intra_threads: usize,
+    pub inputs: Vec<InputConfig>,
+    pub actions: ActionsConfig,
+}
+
+/// One ONNX input and the observation that fills it.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// The ONNX input's name.
+    pub name: String,
+    /// `state.joint_positions`, `state.joint_velocities` or `camera.<name>`.
+    #[schemars(with = "String")]
+    pub source: ObservationSource,
+    #[serde(default)]
+    pub dtype: TensorDtype,
+    /// The ONNX input's shape, batch included; -1 marks a dynamic dimension.
+    pub shape: Vec<i64>,
+    /// Image preprocessing (camera sources only).
+    pub image: Option<ImagePreprocess>,
+    /// z-score normalization of a vector source.
+    pub normalize: Option<Normalization>,
+    /// A camera the robot may not have (e.g. pi0's third view on a one-arm robot):
+    /// when it is not in the launch file or sends no image, the input is a black
+    /// image and its `camera_mask.<name>` input is false.
+    #[serde(default)]
+    pub optional: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TensorDtype {
+    #[default]
+    Float32,
+    Uint8,
+    /// Camera masks only.
+    Bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ObservationSource {
+    JointPositions,
+    JointVelocities,
+    Camera(String),
+    /// True when the camera's image is present (pi0's `image_mask`).
+    CameraMask(String),
+}
+
+impl TryFrom<String> for ObservationSource {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "state.joint_positions" => Ok(Self::JointPositions),
+            "state.joint_velocities" => Ok(Self::JointVelocities),
+            _ => match (
+                text.strip_prefix("camera."),
+                text.strip_prefix("camera_mask."),
+            ) {
+                (Some(name), _) if !name.is_empty() => Ok(Self::Camera(name.to_string())),
+                (_, Some(name)) if !name.is_empty() => Ok(Self::CameraMask(name.to_string())),
+                _ => Err(format!(
+                    "unknown observation source `{text}`, expected `state.joint_positions`, \
+                     `state.joint_velocities`, `camera.<name>` or `camera_mask.<name>`"
+                )),
+            },
+        }
+    }
+}
+
+impl From<ObservationSource> for String {
+    fn from(source: ObservationSource) -> String {
+        match source {
+            ObservationSource::JointPositions => "state.joint_positions".into(),
+            ObservationSource::JointVelocities => "state.joint_velocities".into(),
+            ObservationSource::Camera(name) => format!("camera.{name}"),
+            ObservationSource::CameraMask(name) => format!("camera_mask.{name}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePreprocess {
+    /// `[height, width]` the image is resized to.
+    pub resize: [usize; 2],
+    #[serde(default)]
+    pub layout: ImageLayout,
+    #[serde(default)]
+    pub range: PixelRange,
+    /// `stretch` resizes to exactly `resize`; `pad` keeps the aspect ratio and pads
+    /// with black (openpi's `resize_with_pad`).
+    #[serde(default)]
+    pub mode: ResizeMode,
+    /// Channel order the model expects (cameras deliver RGB).
+    #[serde(default)]
+    pub channels: ChannelOrder,
+    /// `linear`: area averaging when the size divides evenly, else bilinear with
+    /// half-pixel centres (OpenCV, torch `interpolate`); `pil_bilinear`: Pillow's
+    /// antialiased bilinear on uint8, bit-exact (openpi's `resize_with_pad`).
+    #[serde(default)]
+    pub filter: ResizeFilter,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeFilter {
+    #[default]
+    Linear,
+    PilBilinear,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    #[default]
+    Rgb,
+    Bgr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeMode {
+    #[default]
+    Stretch,
+    Pad,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageLayout {
+    #[default]
+    Nchw,
+    Nhwc,
+}
+
+/// How uint8 pixels map to float inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PixelRange {
+    /// x / 255
+    #[default]
+    ZeroOne,
+    /// x / 255 * 2 - 1 (SigLIP / pi0)
+    MinusOneOne,
+    /// x as is
+    Raw,
+}
+
+/// `(x - mean) / (std + 1e-6)` on the way in, the inverse on the way out.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Normalization {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionsConfig {
+    /// The ONNX output holding `[1, H, D]` actions.
+    #[serde(default = "defaults::actions_output")]
+    pub output: String,
+    /// H, the number of actions in a chunk.
+    pub horizon: usize,
+    pub normalize: Option<Normalization>,
+}
+
+/// The inputs of an ONNX policy kind's table (None for other kinds).
+pub fn inputs_of(spec: &dyn reflex_runtime::registry::PolicySpec) -> Option<&[InputConfig]> {
+    let any = spec.as_any();
+    if let Some(c) = any.downcast_ref::<ChunkPolicyConfig>() {
+        Some(&c.inputs)
+    } else if let Some(c) = any.downcast_ref::<FastPolicyConfig>() {
+        Some(&c.inputs)
+    } else if let Some(c) = any.downcast_ref::<FlowPolicyConfig>() {
+        Some(&c.inputs)
+    } else {
+        any.downcast_ref::<DiffusionPolicyConfig>()
+            .map(|c| c.inputs.as_slice())
+    }
+}
+
+/// Checks the inputs against the robot and the declared streams.
+pub fn check_inputs(table: &KindTable<'_>, inputs: &[InputConfig]) -> Result<(), LaunchError> {
+    let launch = table.launch();
+    let joints = launch.config.robot.joints.len();
+    let cameras = launch.camera_names();
+    for (i, input) in inputs.iter().enumerate() {
+        let at = |field: &str| format!("inputs[{i}].{field}");
+        match &input.source {
+            ObservationSource::CameraMask(name) => {
+                let camera_input = inputs.iter().find(
+                    |other| matches!(&other.source, ObservationSource::Camera(n) if n == name),
+                );
+                if camera_input.is_none() {
+                    return Err(table.error_at(
+                        &at("source"),
+                        format!("no `camera.{name}` input for this mask to describe"),
+                    ));
+                }
+                if input.shape != [1] && input.shape != [1, 1] {
+                    return Err(table.error_at(
+                        &at("shape"),
+                        format!("a camera mask has shape [1], found {:?}", input.shape),
+                    ));
+                }
+                if input.dtype == TensorDtype::Uint8 {
+                    return Err(table.error_at(&at("dtype"), "a camera mask is bool or float32"));
+                }
+            }
+            ObservationSource::Camera(name) => {
+                if !cameras.contains(name) && !input.optional {
+                    return Err(table.error_at(
+                        &at("source"),
+                        format!(
+                            "no camera named `{name}`; cameras: {} (set `optional = true` \
+                             for a view this robot does not have)",
+                            list_or_none(&cameras)
+                        ),
+                    ));
+                }
+                if input.normalize.is_some() {
+                    return Err(table.error_at(
+                        &at("normalize"),
+                        "camera inputs are scaled by `image.range`; `normalize` (mean, std) \
+                         applies to joint vectors",
+                    ));
+                }
+                let Some(image) = &input.image else {
+                    return Err(table.error_at(
+                        &at("image"),
+                        "camera inputs need an [image] table (resize, layout)",
+                    ));
+                };
+                let [h, w] = image.resize;
+                if !(1..=MAX_IMAGE_SIDE).contains(&h) || !(1..=MAX_IMAGE_SIDE).contains(&w) {
+                    return Err(table.error_at(
+                        &at("image.resize"),
+                        format!("height and width must be in 1..={MAX_IMAGE_SIDE}"),
+                    ));
+                }
+                let expected: Vec<i64> = match image.layout {
+                    ImageLayout::Nchw => vec![1, 3, h as i64, w as i64],
+                    ImageLayout::Nhwc => vec![1, h as i64, w as i64, 3],
+                };
+                if input.shape != expected {
+                    return Err(table.error_at(
+                        &at("shape"),
+                        format!(
+                            "{:?} does not match the image settings, which give {expected:?}",
+                            input.shape
+                        ),
+                    ));
+                }
+            }
+            ObservationSource::JointPositions | ObservationSource::JointVelocities => {
+                // Wider than the robot: zero padding (pi0 pads state to 32).
+                let fits = input.shape.len() == 2
+                    && input.shape[0] == 1
+                    && input.shape[1] >= joints as i64
+                    && input.shape[1] <= MAX_ACTION_DIM as i64;
+                if !fits {
+                    return Err(table.error_at(
+                        &at("shape"),
+                        format!(
+                            "a joint vector input has shape [1, N] with {joints} <= N <= \
+                             {MAX_ACTION_DIM} (zero-padded), found {:?}",
+                            input.shape
+                        ),
+                    ));
+                }
+                if input.dtype != TensorDtype::Float32 {
+                    return Err(table.error_at(&at("dtype"), "joint vectors are float32"));
+                }
+                if input.image.is_some() {
+                    return Err(
+                        table.error_at(&at("image"), "only camera inputs take image preprocessing")
+                    );
+                }
+                if let Some(norm) = &input.normalize {
+                    check_normalization(table, norm, joints, &at("normalize"))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `intra_threads` of an ONNX policy.
+pub fn check_intra_threads(table: &KindTable<'_>, threads: usize) -> Result<(), LaunchError> {
+    if (1..=MAX_INTRA_THREADS).contains(&threads) {
+        return Ok(());
+    }
+    Err(table.error_at(
+        "intra_threads",
+        format!(
+            "must be in 1..={MAX_INTRA_THREADS}, found {threads} (this machine has {} CPUs)",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ),
+    ))
+}
+
+pub fn check_generative(
+    table: &KindTable<'_>,
+    num_steps: usize,
+    batch: usize,
+    actions: &GenerativeActions,
+) -> Result<(), LaunchError> {
+    let joints = table.launch().config.robot.joints.len();
+    if !(1..=1000).contains(&num_steps) {
+        return Err(table.error_at("num_steps", "must be in 1..=1000"));
+    }
+    if !(1..=1024).contains(&batch) {
+        return Err(table.error_at("batch", "must be in 1..=1024"));
+    }
+    if !(1..=MAX_HORIZON).contains(&actions.horizon) {
+        return Err(table.error_at("actions.horizon", format!("must be in 1..={MAX_HORIZON}")));
+    }
+    if let Some(dim) = actions.dim
+        && dim < joints
+    {
+        return Err(table.error_at(
+            "actions.dim",
+            format!("the model's action width must cover the {joints} joints, found {dim}"),
+        ));
+    }
+    if let Some(dim) = actions.dim
+        && dim > MAX_ACTION_DIM
+    {
+        return Err(table.error_at(
+            "actions.dim",
+            format!("must be at most {MAX_ACTION_DIM}, found {dim}"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_schedule(
+    table: &KindTable<'_>,
+    schedule: &ScheduleConfig,
+    num_steps: usize,
+) -> Result<(), LaunchError> {
+    let at = |field: &str| format!("schedule.{field}");
+    if schedule.kind.is_some() == schedule.file.is_some() {
+        return Err(table.error_at(
+            "schedule",
+            "give exactly one of `kind` (squared_cosine, linear, scaled_linear) or `file`",
+        ));
+    }
+    if schedule.kind.is_some() {
+        if schedule.train_steps < num_steps || schedule.train_steps > 100_000 {
+            return Err(table.error_at(
+                &at("train_steps"),
+                format!("must be in {num_steps}..=100000 (at least num_steps)"),
+            ));
+        }
+        let (start, end) = (schedule.beta_start, schedule.beta_end);
+        if !(start > 0.0 && end > 0.0 && start < 1.0 && end < 1.0) {
+            return Err(table.error_at(&at("beta_start"), "betas must be in (0, 1)"));
+        }
+    }
+    if let Some(clip) = schedule.clip_sample
+        && !(clip.is_finite() && clip > 0.0)
+    {
+        return Err(table.error_at(&at("clip_sample"), "must be positive"));
+    }
+    Ok(())
+}
+
+pub fn check_normalization(
+    table: &KindTable<'_>,
+    norm: &Normalization,
+    width: usize,
+    field: &str,
+) -> Result<(), LaunchError> {
+    for (name, values) in [("mean", &norm.mean), ("std", &norm.std)] {
+        if values.len() != width {
+            return Err(table.error_at(
+                &format!("{field}.{name}"),
+                format!("has {} values, expected {width}", values.len()),
+            ));
+        }
+    }
+    for (name, values) in [("mean", &norm.mean), ("std", &norm.std)] {
+        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(table.error_at(
+                &format!("{field}.{name}[{i}]"),
+                format!("must be finite, found {v}"),
+            ));
+        }
+    }
+    // A zero std would turn the tiny epsilon into the scale of the actions.
+    if let Some((i, v)) = norm.std.iter().enumerate().find(|(_, s)| **s <= 0.0) {
+        return Err(table.error_at(
+            &format!("{field}.std[{i}]"),
+            format!("must be positive, found {v}"),
+        ));
+    }
+    Ok(())
+}
+
+mod defaults {
+    pub fn intra_threads() -> usize {
+        1
+    }
+    pub fn max_tokens() -> usize {
+        256
+    }
+    pub fn flow_steps() -> usize {
+        10
+    }
+    pub fn ddim_steps() -> usize {
+        10
+    }
+    pub fn batch() -> usize {
+        1
+    }
+    pub fn noisy_actions() -> String {
+        "noisy_actions".into()
+    }
+    pub fn time() -> String {
+        "time".into()
+    }
+    pub fn velocity() -> String {
+        "velocity".into()
+    }
+    pub fn timestep() -> String {
+        "timestep".into()
+    }
+    pub fn eps() -> String {
+        "eps".into()
+    }
+    pub fn train_steps() -> usize {
+        100
+    }
+    pub fn beta_start() -> f64 {
+        1e-4
+    }
+    pub fn beta_end() -> f64 {
+        0.02
+    }
+    pub fn state_key() -> String {
+        "state".into()
+    }
+    pub fn actions_key() -> String {
+        "actions".into()
+    }
+    pub fn actions_output() -> String {
+        "actions".into()
+    }
+    pub fn yes() -> bool {
+        true
+    }
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
