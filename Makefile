@@ -51,6 +51,7 @@ models: setup
 	.venv/bin/python policies/export/make_fast_tokenizer.py --dim 3 --out policies/models/test/fast_10x3
 	.venv/bin/python policies/export/make_test_models.py --out-dir policies/models/test
 	.venv/bin/python policies/export/make_generative_models.py --out-dir policies/models/test
+	.venv/bin/python policies/export/make_prompt_tokenizer.py --out policies/models/test/prompt
 
 clean:
 	$(CARGO) clean

@@ -6,7 +6,8 @@
 //! - [`preprocess`]: turns an observation into model inputs (resize, normalize);
 //! - [`chunk`]: the `chunk` policy, a model mapping observations to `[1, H, D]`;
 //! - [`fast`]: the FAST action-token codec; [`fast_policy`]: the autoregressive `fast` policy;
-//! - [`generative`]: the `flow` and `diffusion` policies.
+//! - [`generative`]: the `flow` and `diffusion` policies;
+//! - [`prompt`]: a VLA's task instruction as fixed-length `input_ids` / `attention_mask`.
 //!
 //! Each kind registers itself in [`register`].
 
@@ -19,6 +20,7 @@ pub mod inspect;
 pub mod normalize;
 pub mod onnxruntime;
 pub mod preprocess;
+pub mod prompt;
 
 pub use chunk::{ChunkPolicy, PolicyLoadError};
 
