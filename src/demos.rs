@@ -85,6 +85,7 @@ pub fn record(args: DemoArgs) -> anyhow::Result<()> {
         stamp_ns: 0,
         joints: JointState::empty(joints),
         images: vec![Image::black(camera.width, camera.height)],
+        history: Vec::new(),
     };
     let mut samples = 0;
     for episode in 0..args.episodes {

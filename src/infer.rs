@@ -345,5 +345,6 @@ pub fn read_observation(path: &Path, launch: &Launch, tick: u64) -> anyhow::Resu
         stamp_ns: 0,
         joints: state,
         images,
+        history: Vec::new(),
     })
 }

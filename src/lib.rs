@@ -24,6 +24,7 @@ pub fn registry() -> Registry {
     let mut registry = Registry::new();
     reflex_drivers::register(&mut registry);
     reflex_policies::register(&mut registry);
+    reflex_zenoh::register(&mut registry);
     registry
 }
 

@@ -60,6 +60,18 @@ enum Command {
     Resume(OperatorArgs),
     /// Send one operator heartbeat (for `safety.operator.heartbeat_ms`).
     Heartbeat(OperatorArgs),
+    /// Change the task instruction of a run on this machine (policies with a prompt input).
+    Prompt(PromptArgs),
+}
+
+#[derive(clap::Args)]
+struct PromptArgs {
+    /// The robot's name (`robot.name` in the launch file).
+    #[arg(long, default_value = "sim_arm")]
+    robot: String,
+    /// The new instruction (the words are joined with spaces).
+    #[arg(required = true)]
+    instruction: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -98,6 +110,14 @@ fn main() -> ExitCode {
         Command::Rearm(a) => operator(&a.robot, "rearm"),
         Command::Resume(a) => operator(&a.robot, "resume"),
         Command::Heartbeat(a) => operator(&a.robot, "heartbeat"),
+        Command::Prompt(a) => {
+            let text = a.instruction.join(" ");
+            if text.contains(['\n', '\r']) {
+                Err(anyhow::anyhow!("the instruction must be one line"))
+            } else {
+                operator(&a.robot, &format!("prompt {text}"))
+            }
+        }
         Command::Schema => {
             println!(
                 "{}",
@@ -133,6 +153,7 @@ fn check(path: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<ExitCode
     let launch = reflex::load_launch(path.as_ref(), overrides)?;
     let policy = reflex::load_policy(&launch)?;
     let c = &launch.config;
+    let zenoh = reflex_zenoh::config(&launch);
     println!("{}: OK", launch.origin);
     println!(
         "  robot      {} ({} joints) at {} Hz",
@@ -186,8 +207,8 @@ fn check(path: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<ExitCode
     );
     println!(
         "  zenoh      {}",
-        if c.zenoh.enabled {
-            format!("{:?} listening on {:?}", c.zenoh.mode, c.zenoh.listen)
+        if zenoh.enabled {
+            format!("{:?} listening on {:?}", zenoh.mode, zenoh.listen)
         } else {
             "off".into()
         }

@@ -9,20 +9,23 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use reflex_runtime::bus::{Bus, OperatorListener, StatusThread};
 use reflex_runtime::clock::{Clock, SimClock, WallClock};
 use reflex_runtime::control::{
     ControlError, ControlLoop, OperatorRequests, RunLimits, RunSummary, TickParams,
 };
-use reflex_runtime::driver::DriverContext;
+use reflex_runtime::driver::{DriverContext, Services};
 use reflex_runtime::launch::{Launch, RealtimeConfig};
 use reflex_runtime::log::{LogHeader, Recorder};
 use reflex_runtime::operator::{ControlSocket, OperatorError, TerminalKeys};
 use reflex_runtime::policy::InferenceWorker;
+use reflex_runtime::prompt::PromptCell;
 use reflex_runtime::safety::WorkspaceGuard;
 use reflex_runtime::slot::latest_slot;
 use reflex_runtime::stats::StatusSnapshot;
-use reflex_runtime::types::{Image, JointState, Observation};
+use reflex_runtime::status::StatusThread;
+use reflex_runtime::types::{Image, JointState, Observation, PastFrame};
+use reflex_zenoh::Bus;
+use reflex_zenoh::bus::OperatorListener;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -151,10 +154,10 @@ impl Assembled {
         // The loop owns its mailboxes; keep handles to read their drop counts after.
         let arm_commands = control.arm.commands.clone();
         let bad_messages = control.arm.bad_messages.clone();
-        let mirror = control
-            .mirror
+        let tap = control
+            .tap
             .as_ref()
-            .map(|m| (m.commands.clone(), m.states.clone()));
+            .map(|t| (t.commands.clone(), t.states.clone()));
         let result = std::thread::Builder::new()
             .name("reflex-control".into())
             .spawn(move || {
@@ -175,7 +178,7 @@ impl Assembled {
         }
         let mut summary = result.map_err(|_| anyhow::anyhow!("control thread panicked"))??;
         summary.stats.dropped_commands = arm_commands.dropped();
-        summary.stats.dropped_bus_messages = mirror.map_or(0, |(c, s)| c.dropped() + s.dropped());
+        summary.stats.dropped_bus_messages = tap.map_or(0, |(c, s)| c.dropped() + s.dropped());
         summary.stats.bad_robot_messages = bad_messages.load(Ordering::Relaxed);
         Ok(summary)
     }
@@ -196,18 +199,23 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         if how.simulated { "simulated" } else { "wall" }
     );
 
-    let bus = if c.zenoh.enabled {
-        let bus = Bus::open(&c.zenoh, &launch.base_dir, &c.robot.name)?;
+    let zenoh = reflex_zenoh::config(launch);
+    let bus = if zenoh.enabled {
+        let bus = Bus::open(&zenoh, &launch.base_dir, &c.robot.name)?;
         eprintln!(
             "reflex: zenoh {:?} on {:?}, keys {}",
-            c.zenoh.mode,
-            c.zenoh.listen,
+            zenoh.mode,
+            zenoh.listen,
             bus.key("*")
         );
         Some(bus)
     } else {
         None
     };
+    let mut services = Services::default();
+    if let Some(bus) = &bus {
+        services.insert(bus.session());
+    }
 
     let mut drivers = launch
         .drivers
@@ -219,9 +227,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         seed: c.seed,
         joints,
         robot: c.robot.name.clone(),
-        key_prefix: c.zenoh.key_prefix.clone(),
-        command_format: c.zenoh.command_format,
-        zenoh: bus.as_ref().map(Bus::session),
+        services,
     };
     let mut arm = None;
     let mut cameras = Vec::new();
@@ -241,17 +247,20 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         driver.start()?;
     }
 
-    let mirror = match &bus {
-        Some(bus) if !arm.on_zenoh => Some(bus.spawn_mirror(c.zenoh.command_format)?),
+    let tap = match &bus {
+        Some(bus) if !arm.publishes_itself => Some(bus.spawn_mirror(zenoh.command_format)?),
         _ => None,
     };
     let (status_writer, status_reader) = latest_slot(&StatusSnapshot::default());
     let status = match &bus {
-        Some(bus) => bus.spawn_status(status_reader, c.zenoh.status_hz)?,
+        Some(bus) => bus.spawn_status(status_reader, zenoh.status_hz)?,
         None => StatusThread::spawn(status_reader, 10.0, None)?,
     };
 
-    let requests = OperatorRequests::default();
+    let requests = OperatorRequests {
+        prompt: PromptCell::new(&c.task.instruction),
+        ..OperatorRequests::default()
+    };
     let operator = bus
         .as_ref()
         .map(|bus| bus.listen_for_operator(requests.clone(), c.safety.operator.zenoh_rearm))
@@ -270,6 +279,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
     let keys = (c.safety.operator.terminal_keys && !how.simulated)
         .then(|| TerminalKeys::start(requests.clone()));
 
+    let observation_frames = launch.policy().history();
     let template = Observation {
         tick: 0,
         stamp_ns: 0,
@@ -278,9 +288,20 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
             .iter()
             .map(|cam| Image::black(cam.width, cam.height))
             .collect(),
+        history: vec![
+            PastFrame {
+                stamp_ns: 0,
+                joints: JointState::empty(joints),
+                images: cameras
+                    .iter()
+                    .map(|cam| Image::black(cam.width, cam.height))
+                    .collect(),
+            };
+            observation_frames.saturating_sub(1)
+        ],
     };
     let horizon = policy.policy.horizon();
-    let worker = InferenceWorker::spawn(policy.policy, &template)?;
+    let worker = InferenceWorker::spawn(policy.policy, &template, requests.prompt.clone())?;
     let params = TickParams {
         joints: c.robot.joints.clone(),
         rate_hz: c.control.rate_hz,
@@ -351,11 +372,12 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         arm,
         cameras,
         worker,
-        mirror,
+        tap,
         recorder,
         status: Some(status_writer),
         operator: requests,
         sim_inference_ticks: c.control.sim_inference_ticks,
+        observation_frames,
         startup_timeout: Duration::from_secs_f64(c.control.startup_timeout_ms / 1e3),
         heartbeat_timeout: c
             .safety

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use reflex_runtime::types::JointState;
-use reflex_runtime::wire;
+use reflex_zenoh::wire;
 use zenoh::Wait;
 
 /// Runs `cmd`, killing it if it is still running after `limit` (a read of

@@ -19,7 +19,7 @@ use reflex_runtime::log::{
     LogEnd, LogHeader, LogReader, LogWriter, Record, TickRecord, parse_log, read_log,
 };
 use reflex_runtime::types::{JointCommand, JointState};
-use reflex_runtime::wire;
+use reflex_zenoh::wire;
 use zenoh::Wait;
 
 /// Spawns `reflex` with stderr collected (and echoed) in the background.

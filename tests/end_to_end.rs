@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use reflex_runtime::wire;
+use reflex_zenoh::wire;
 use zenoh::Wait;
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use reflex_runtime::log::{Record, read_log};
 use reflex_runtime::types::JointState;
-use reflex_runtime::wire;
+use reflex_zenoh::wire;
 use zenoh::Wait;
 
 #[test]

@@ -97,7 +97,7 @@ fn overrides_change_fields() {
     .unwrap();
     assert_eq!(launch.config.control.rate_hz, 250.0);
     assert_eq!(launch.config.seed, 7);
-    assert!(!launch.config.zenoh.enabled);
+    assert!(!reflex_zenoh::config(&launch).enabled);
     let launch = load(EMBEDDED_SIM_ARM, &["robot.joints[0].velocity=0.5"]).unwrap();
     assert_eq!(launch.config.robot.joints[0].velocity, 0.5);
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use reflex_runtime::JointCommand;
 use reflex_runtime::types::JointState;
-use reflex_runtime::wire;
+use reflex_zenoh::wire;
 use zenoh::Wait;
 
 /// Listens to a run's commands on zenoh, decoding them with the wire format alone.

@@ -61,13 +61,14 @@ static ALLOCATOR: CountingAllocator = CountingAllocator;
 static NEVER: AtomicBool = AtomicBool::new(false);
 
 /// Allocations made on this thread by a run of `seconds` (at 100 Hz).
-fn allocations_in_run(seconds: f64) -> (u64, u64) {
-    let dir = common::scratch(&format!("alloc-{seconds}"));
-    let overrides = [
+fn allocations_in_run(seconds: f64, extra: &[String]) -> (u64, u64) {
+    let dir = common::scratch(&format!("alloc-{seconds}-{}", extra.len()));
+    let mut overrides = vec![
         "zenoh.enabled=false".to_string(),
         // One long episode, so the task report is the same size in both runs.
         "drivers[0].episode_seconds=1000".to_string(),
     ];
+    overrides.extend_from_slice(extra);
     let launch = reflex::load_launch(
         Some(&common::repo().join("launch/sim_arm.toml")),
         &overrides,
@@ -93,8 +94,25 @@ fn allocations_in_run(seconds: f64) -> (u64, u64) {
 
 #[test]
 fn ticks_after_warm_up_allocate_nothing() {
-    let (short, short_ticks) = allocations_in_run(6.0);
-    let (long, long_ticks) = allocations_in_run(9.0);
+    same_allocations(&[]);
+}
+
+/// With observation history the tick also records every state and camera frame.
+#[test]
+fn ticks_with_observation_history_allocate_nothing() {
+    let model = common::fixture("chunk_history2.onnx");
+    same_allocations(&[
+        format!("policy.model={:?}", model.display().to_string()),
+        "policy.inputs[0].shape=[1, 2, 3, 32, 32]".into(),
+        "policy.inputs[0].history=2".into(),
+        "policy.inputs[1].shape=[1, 2, 3]".into(),
+        "policy.inputs[1].history=2".into(),
+    ]);
+}
+
+fn same_allocations(extra: &[String]) {
+    let (short, short_ticks) = allocations_in_run(6.0, extra);
+    let (long, long_ticks) = allocations_in_run(9.0, extra);
     assert!(
         long_ticks >= short_ticks + 290,
         "{short_ticks} vs {long_ticks} ticks"

@@ -17,7 +17,7 @@ use rcgen::{
 };
 use reflex_runtime::JointCommand;
 use reflex_runtime::types::JointState;
-use reflex_runtime::wire;
+use reflex_zenoh::wire;
 use serde_json::Value;
 use zenoh::Wait;
 

@@ -1,18 +1,17 @@
 //! reflex-drivers: the hardware side of the loop, behind the runtime's `Driver` trait.
 //!
 //! - [`sim_arm`]: a simulated planar arm with servo dynamics and a top-down camera,
-//!   the stand-in for hardware in demos and tests;
-//! - [`zenoh_arm`]: a real arm reached over zenoh (commands out, joint states in).
+//!   the stand-in for hardware in demos and tests.
+//!
+//! The arm over zenoh is in reflex-zenoh.
 //!
 //! Each kind owns its launch-file table and registers itself in [`register`].
 
 pub mod sim_arm;
-pub mod zenoh_arm;
 
 use reflex_runtime::registry::Registry;
 
 /// Registers every driver kind of this crate.
 pub fn register(registry: &mut Registry) {
     registry.driver(sim_arm::SimArmKind);
-    registry.driver(zenoh_arm::ZenohArmKind);
 }

@@ -649,7 +649,7 @@ impl Driver for SimArm {
         ports.arm = Some(ArmPorts {
             state: state_reader,
             commands: commands.clone(),
-            on_zenoh: false,
+            publishes_itself: false,
             bad_messages: Default::default(),
         });
         self.outputs = Some(Outputs {

@@ -36,6 +36,7 @@ fn main() {
     let mut registry = reflex_runtime::registry::Registry::new();
     reflex_drivers::register(&mut registry);
     reflex_policies::register(&mut registry);
+    reflex_zenoh::register(&mut registry);
     let launch = Launch::from_text(&launch_text, "bench", repo.join("launch"), &[], &registry)
         .expect("launch");
     let config = launch
@@ -49,6 +50,7 @@ fn main() {
         stamp_ns: 0,
         joints: JointState::empty(3),
         images: Vec::new(),
+        history: Vec::new(),
     };
     let mut times = Vec::with_capacity(repeat);
     let mut tokens = 0;

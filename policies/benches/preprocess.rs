@@ -42,6 +42,7 @@ fn observation(cameras: usize) -> Observation {
         stamp_ns: 0,
         joints: JointState::empty(7),
         images,
+        history: Vec::new(),
     }
 }
 

@@ -71,6 +71,7 @@ fn registry() -> reflex_runtime::registry::Registry {
     let mut registry = reflex_runtime::registry::Registry::new();
     reflex_drivers::register(&mut registry);
     reflex_policies::register(&mut registry);
+    reflex_zenoh::register(&mut registry);
     registry
 }
 
@@ -133,6 +134,7 @@ fn measure(repo: &Path, case: &Case, repeat: usize, scratch: &Path) -> Measured 
         stamp_ns: 0,
         joints,
         images: vec![image],
+        history: Vec::new(),
     };
     let (mut total, mut graph) = (Vec::with_capacity(repeat), Vec::with_capacity(repeat));
     let (mut preprocess, mut overhead) = (Vec::with_capacity(repeat), Vec::with_capacity(repeat));

@@ -13,6 +13,13 @@ and return `actions` float32 [1,10,3] rad:
 - chunk_dynamic_batch.onnx: identity with a symbolic "batch" first dimension;
 - chunk_state_hold.onnx: identity with no image input at all (state -> actions;
   used by launch/zenoh_arm.toml for bring-up);
+- chunk_history2.onnx: a Diffusion-Policy-style observation of the last two
+  frames (LeRobot n_obs_steps = 2): `state` [1,2,3] and `image` [1,2,3,32,32], oldest
+  first; actions[0,h,:] = s1 + (h + 1) * (0.5 * (s1 - s0) + 0.02) where s0, s1 are
+  the two states, so every chunk shows which two states it was fed;
+- chunk_prompt.onnx: `state` [1,3], `input_ids` and `attention_mask` int64 [1,16];
+  actions [1,11,3] are the state plus 1e-3 times the ids followed by the mask
+  (flattened, zero-padded to 33), so every chunk shows the tokens it was fed;
 - fast_prefix.onnx + fast_step.onnx (+ fast_fixture.json): a tiny autoregressive
   FAST model with a cache that emits a known token sequence (needs the [10, 3]
   tokenizer made by make_fast_tokenizer.py --dim 3, by default in <out-dir>/fast_10x3).
@@ -75,6 +82,105 @@ def chunk_model(name, state_name="state", out_joints=JOINTS, image=True, ramp=Fa
     inputs = ([tensor("image", [batch, *IMAGE])] if image else []) + [tensor(state_name, [batch, JOINTS])]
     graph = helper.make_graph(nodes, name, inputs, [tensor("actions", [batch, HORIZON, out_joints])], inits)
     return graph, (out_joints, ramp, nan)
+
+
+HISTORY_GAIN, HISTORY_DRIFT = 0.5, 0.02
+
+
+def history_model():
+    """chunk_history2.onnx: actions from the last two joint states (and both images)."""
+    nodes = [
+        helper.make_node("Gather", ["state", "idx1"], ["s1"], axis=1),  # [1,3]
+        helper.make_node("Gather", ["state", "idx0"], ["s0"], axis=1),
+        helper.make_node("Sub", ["s1", "s0"], ["d"]),
+        helper.make_node("Mul", ["d", "gain"], ["gd"]),
+        helper.make_node("Add", ["gd", "drift"], ["v"]),
+        helper.make_node("Unsqueeze", ["v", "axis1"], ["v3"]),  # [1,1,3]
+        helper.make_node("Mul", ["v3", "steps"], ["moves"]),  # [1,H,3]
+        helper.make_node("Unsqueeze", ["s1", "axis1"], ["s13"]),
+        helper.make_node("Add", ["s13", "moves"], ["chunk"]),
+        # Both images are consumed (times zero): the input stays live.
+        helper.make_node("ReduceMean", ["image"], ["image_mean"], axes=[1, 2, 3, 4], keepdims=0),
+        helper.make_node("Mul", ["image_mean", "zero"], ["image_term"]),
+        helper.make_node("Add", ["chunk", "image_term"], ["actions"]),
+    ]
+    inits = [
+        const("idx0", np.array(0, np.int64)),
+        const("idx1", np.array(1, np.int64)),
+        const("gain", np.array(HISTORY_GAIN, np.float32)),
+        const("drift", np.array(HISTORY_DRIFT, np.float32)),
+        const("axis1", np.array([1], np.int64)),
+        const("steps", np.arange(1, HORIZON + 1, dtype=np.float32).reshape(1, HORIZON, 1)),
+        const("zero", np.array(0.0, np.float32)),
+    ]
+    inputs = [tensor("image", [1, 2, *IMAGE]), tensor("state", [1, 2, JOINTS])]
+    return helper.make_graph(nodes, "chunk_history2", inputs, [tensor("actions", [1, HORIZON, JOINTS])], inits)
+
+
+def history_expected(state):
+    """What chunk_history2 returns for `state` [1,2,3]."""
+    s0, s1 = state[:, 0, :], state[:, 1, :]
+    v = HISTORY_GAIN * (s1 - s0) + HISTORY_DRIFT
+    return s1[:, None, :] + np.arange(1, HORIZON + 1, dtype=np.float32)[None, :, None] * v[:, None, :]
+
+
+def build_history(out_dir: str):
+    path = os.path.join(out_dir, "chunk_history2.onnx")
+    save(history_model(), path, {"producer": "policies/export/make_test_models.py", "history": 2})
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    state = rng.uniform(-2, 2, (1, 2, JOINTS)).astype(np.float32)
+    image = rng.random((1, 2, *IMAGE), np.float32)
+    result = session.run(["actions"], {"state": state, "image": image})[0]
+    if not np.allclose(result, history_expected(state), atol=1e-6):
+        raise SystemExit(f"chunk_history2.onnx: got {result}, expected {history_expected(state)}")
+    print(f"wrote {path} ({os.path.getsize(path)} B)")
+
+
+PROMPT_LENGTH, PROMPT_HORIZON, PROMPT_SCALE = 16, 11, 1e-3
+
+
+def prompt_model():
+    """chunk_prompt.onnx: actions that carry the prompt tensors they were fed."""
+    from onnx import TensorProto
+    nodes = [
+        helper.make_node("Concat", ["input_ids", "attention_mask"], ["tokens"], axis=1),  # [1,32]
+        helper.make_node("Cast", ["tokens"], ["tokens_f"], to=TensorProto.FLOAT),
+        helper.make_node("Pad", ["tokens_f", "pads"], ["padded"]),  # [1,33]
+        helper.make_node("Reshape", ["padded", "chunk_shape"], ["grid"]),  # [1,11,3]
+        helper.make_node("Mul", ["grid", "scale"], ["offsets"]),
+        helper.make_node("Unsqueeze", ["state", "axis1"], ["row"]),
+        helper.make_node("Add", ["row", "offsets"], ["actions"]),
+    ]
+    inits = [
+        const("pads", np.array([0, 0, 0, PROMPT_HORIZON * JOINTS - 2 * PROMPT_LENGTH], np.int64)),
+        const("chunk_shape", np.array([1, PROMPT_HORIZON, JOINTS], np.int64)),
+        const("scale", np.array(PROMPT_SCALE, np.float32)),
+        const("axis1", np.array([1], np.int64)),
+    ]
+    inputs = [
+        tensor("state", [1, JOINTS]),
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, PROMPT_LENGTH]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [1, PROMPT_LENGTH]),
+    ]
+    outputs = [tensor("actions", [1, PROMPT_HORIZON, JOINTS])]
+    return helper.make_graph(nodes, "chunk_prompt", inputs, outputs, inits)
+
+
+def build_prompt(out_dir: str):
+    path = os.path.join(out_dir, "chunk_prompt.onnx")
+    save(prompt_model(), path, {"producer": "policies/export/make_test_models.py"})
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    state = np.array([[0.1, -0.2, 0.3]], np.float32)
+    ids = np.arange(2, 2 + PROMPT_LENGTH, dtype=np.int64).reshape(1, -1)
+    mask = (np.arange(PROMPT_LENGTH) < 5).astype(np.int64).reshape(1, -1)
+    result = session.run(["actions"], {"state": state, "input_ids": ids, "attention_mask": mask})[0]
+    flat = np.zeros(PROMPT_HORIZON * JOINTS, np.float32)
+    flat[: 2 * PROMPT_LENGTH] = np.concatenate([ids[0], mask[0]]).astype(np.float32)
+    want = state[:, None, :] + PROMPT_SCALE * flat.reshape(1, PROMPT_HORIZON, JOINTS)
+    if not np.allclose(result, want, atol=1e-6):
+        raise SystemExit(f"chunk_prompt.onnx: got {result}, expected {want}")
+    print(f"wrote {path} ({os.path.getsize(path)} B)")
 
 
 def expected_actions(state, out_joints, ramp, nan):
@@ -193,5 +299,7 @@ if __name__ == "__main__":
     parser.add_argument("--skip-fast", action="store_true", help="write only the chunk fixtures")
     args = parser.parse_args()
     build(args.out_dir)
+    build_history(args.out_dir)
+    build_prompt(args.out_dir)
     if not args.skip_fast:
         fast_fixture(args.out_dir, args.fast_tokenizer or os.path.join(args.out_dir, "fast_10x3"))

@@ -105,6 +105,7 @@ fn dtype_name(dtype: TensorDtype) -> &'static str {
         TensorDtype::Float32 => "float32",
         TensorDtype::Uint8 => "uint8",
         TensorDtype::Bool => "bool",
+        TensorDtype::Int64 => "int64",
     }
 }
 
@@ -288,6 +289,7 @@ impl ChunkPolicy {
         )?;
         let mapper = InputMapper::new(&cfg.inputs, &launch.camera_names())
             .map_err(PolicyLoadError::WarmUp)?;
+        let mapper = crate::attach_prompt(launch, mapper, cfg.prompt.as_ref())?;
         let mut policy = Self {
             session,
             mapper,
@@ -329,6 +331,10 @@ pub fn open_session(
 }
 
 impl Policy for ChunkPolicy {
+    fn set_prompt(&mut self, prompt: &str) -> Result<(), PolicyError> {
+        Ok(self.mapper.set_prompt(prompt)?)
+    }
+
     fn horizon(&self) -> usize {
         self.horizon
     }
@@ -391,7 +397,7 @@ impl PolicyKind for ChunkKind {
         if let Some(norm) = &cfg.actions.normalize {
             crate::config::check_normalization(table, norm, joints, "actions.normalize")?;
         }
-        crate::config::check_inputs(table, &cfg.inputs)?;
+        crate::config::check_inputs(table, &cfg.inputs, cfg.prompt.as_ref())?;
         crate::check_models(table, &[("model", &cfg.model)])?;
         Ok(Arc::new(ChunkSpec(cfg)))
     }
@@ -403,6 +409,9 @@ impl PolicySpec for ChunkSpec {
     }
     fn horizon(&self) -> usize {
         self.0.actions.horizon
+    }
+    fn history(&self) -> usize {
+        crate::config::max_history(&self.0.inputs)
     }
     fn model(&self) -> PathBuf {
         self.0.model.clone()

@@ -9,6 +9,8 @@ use reflex_runtime::registry::KindTable;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::prompt::{PromptConfig, PromptTokenizer};
+
 /// ONNX Runtime intra-op threads.
 pub const MAX_INTRA_THREADS: usize = 256;
 pub const MAX_FAST_TOKENS: usize = 65_536;
@@ -38,6 +40,8 @@ pub struct FlowPolicyConfig {
     #[serde(default = "defaults::batch")]
     pub batch: usize,
     pub inputs: Vec<InputConfig>,
+    /// How the task instruction (`[task]`) becomes `prompt.*` inputs.
+    pub prompt: Option<PromptConfig>,
     pub actions: GenerativeActions,
     pub norm_stats: Option<NormStatsConfig>,
     #[serde(default)]
@@ -82,6 +86,8 @@ pub struct DiffusionPolicyConfig {
     #[serde(default = "defaults::batch")]
     pub batch: usize,
     pub inputs: Vec<InputConfig>,
+    /// How the task instruction (`[task]`) becomes `prompt.*` inputs.
+    pub prompt: Option<PromptConfig>,
     pub actions: GenerativeActions,
     pub norm_stats: Option<NormStatsConfig>,
     pub schedule: ScheduleConfig,
@@ -204,6 +210,8 @@ pub struct FastPolicyConfig {
     #[serde(default = "defaults::intra_threads")]
     pub intra_threads: usize,
     pub inputs: Vec<InputConfig>,
+    /// How the task instruction (`[task]`) becomes `prompt.*` inputs.
+    pub prompt: Option<PromptConfig>,
     /// Stop decoding at this model token id (e.g. the id of `|`).
     pub end_token: u32,
     #[serde(default = "defaults::max_tokens")]
@@ -262,6 +270,8 @@ pub struct ChunkPolicyConfig {
     #[serde(default = "defaults::intra_threads")]
     pub intra_threads: usize,
     pub inputs: Vec<InputConfig>,
+    /// How the task instruction (`[task]`) becomes `prompt.*` inputs.
+    pub prompt: Option<PromptConfig>,
     pub actions: ActionsConfig,
 }
 
@@ -287,6 +297,11 @@ pub struct InputConfig {
     /// image and its `camera_mask.<name>` input is false.
     #[serde(default)]
     pub optional: bool,
+    /// Observations this input holds, the current one last, one action period
+    /// apart (LeRobot's `n_obs_steps`): above 1 the shape gains a time axis after
+    /// the batch, e.g. `[1, 2, 3]` for two joint vectors of three joints.
+    #[serde(default = "defaults::history")]
+    pub history: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
@@ -295,8 +310,10 @@ pub enum TensorDtype {
     #[default]
     Float32,
     Uint8,
-    /// Camera masks only.
+    /// Camera masks and prompt attention masks.
     Bool,
+    /// Prompt token ids and attention masks.
+    Int64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,6 +324,10 @@ pub enum ObservationSource {
     Camera(String),
     /// True when the camera's image is present (pi0's `image_mask`).
     CameraMask(String),
+    /// The task instruction's token ids (`[policy.prompt]`), `[1, max_length]`.
+    PromptIds,
+    /// 1 for the instruction's tokens, 0 for padding, `[1, max_length]`.
+    PromptMask,
 }
 
 impl TryFrom<String> for ObservationSource {
@@ -315,6 +336,8 @@ impl TryFrom<String> for ObservationSource {
         match text.as_str() {
             "state.joint_positions" => Ok(Self::JointPositions),
             "state.joint_velocities" => Ok(Self::JointVelocities),
+            "prompt.input_ids" => Ok(Self::PromptIds),
+            "prompt.attention_mask" => Ok(Self::PromptMask),
             _ => match (
                 text.strip_prefix("camera."),
                 text.strip_prefix("camera_mask."),
@@ -323,7 +346,8 @@ impl TryFrom<String> for ObservationSource {
                 (_, Some(name)) if !name.is_empty() => Ok(Self::CameraMask(name.to_string())),
                 _ => Err(format!(
                     "unknown observation source `{text}`, expected `state.joint_positions`, \
-                     `state.joint_velocities`, `camera.<name>` or `camera_mask.<name>`"
+                     `state.joint_velocities`, `camera.<name>`, `camera_mask.<name>`, \
+                     `prompt.input_ids` or `prompt.attention_mask`"
                 )),
             },
         }
@@ -337,6 +361,8 @@ impl From<ObservationSource> for String {
             ObservationSource::JointVelocities => "state.joint_velocities".into(),
             ObservationSource::Camera(name) => format!("camera.{name}"),
             ObservationSource::CameraMask(name) => format!("camera_mask.{name}"),
+            ObservationSource::PromptIds => "prompt.input_ids".into(),
+            ObservationSource::PromptMask => "prompt.attention_mask".into(),
         }
     }
 }
@@ -444,13 +470,92 @@ pub fn inputs_of(spec: &dyn reflex_runtime::registry::PolicySpec) -> Option<&[In
 }
 
 /// Checks the inputs against the robot and the declared streams.
-pub fn check_inputs(table: &KindTable<'_>, inputs: &[InputConfig]) -> Result<(), LaunchError> {
+pub fn check_inputs(
+    table: &KindTable<'_>,
+    inputs: &[InputConfig],
+    prompt: Option<&PromptConfig>,
+) -> Result<(), LaunchError> {
     let launch = table.launch();
+    let tokenizer = prompt.map(|p| load_prompt(table, p)).transpose()?;
     let joints = launch.config.robot.joints.len();
     let cameras = launch.camera_names();
     for (i, input) in inputs.iter().enumerate() {
         let at = |field: &str| format!("inputs[{i}].{field}");
+        if !(1..=MAX_HISTORY).contains(&input.history) {
+            return Err(table.error_at(
+                &at("history"),
+                format!("must be in 1..={MAX_HISTORY}, found {}", input.history),
+            ));
+        }
+        // With history the time axis follows the batch axis; what follows it is one
+        // observation, checked like an input without history.
+        let frames = input.history;
+        let frame_input;
+        let input = if frames > 1 {
+            if input.shape.get(1) != Some(&(frames as i64)) {
+                return Err(table.error_at(
+                    &at("shape"),
+                    format!(
+                        "with history = {frames} the shape is [1, {frames}, ...] (batch, time, \
+                         one observation), found {:?}",
+                        input.shape
+                    ),
+                ));
+            }
+            if matches!(input.source, ObservationSource::CameraMask(_)) {
+                return Err(table.error_at(&at("history"), "a camera mask has no history"));
+            }
+            frame_input = InputConfig {
+                shape: std::iter::once(input.shape[0])
+                    .chain(input.shape[2..].iter().copied())
+                    .collect(),
+                ..input.clone()
+            };
+            &frame_input
+        } else {
+            input
+        };
         match &input.source {
+            ObservationSource::PromptIds | ObservationSource::PromptMask => {
+                let Some(tokenizer) = &tokenizer else {
+                    return Err(table.error_at(
+                        &at("source"),
+                        "prompt inputs need a [policy.prompt] table (tokenizer, max_length)",
+                    ));
+                };
+                let length = tokenizer.max_length() as i64;
+                if input.shape != [1, length] {
+                    return Err(table.error_at(
+                        &at("shape"),
+                        format!(
+                            "prompt inputs have shape [1, {length}] (prompt.max_length), found {:?}",
+                            input.shape
+                        ),
+                    ));
+                }
+                let ids = matches!(input.source, ObservationSource::PromptIds);
+                let dtype_ok = match input.dtype {
+                    TensorDtype::Int64 => true,
+                    TensorDtype::Bool | TensorDtype::Float32 => !ids,
+                    TensorDtype::Uint8 => false,
+                };
+                if !dtype_ok {
+                    return Err(table.error_at(
+                        &at("dtype"),
+                        if ids {
+                            "token ids are int64"
+                        } else {
+                            "an attention mask is int64, bool or float32"
+                        },
+                    ));
+                }
+                if input.history != 1 || input.image.is_some() || input.normalize.is_some() {
+                    return Err(table.error_at(
+                        &at("source"),
+                        "prompt inputs take no history, image or normalize settings",
+                    ));
+                }
+            }
             ObservationSource::CameraMask(name) => {
                 let camera_input = inputs.iter().find(
                     |other| matches!(&other.source, ObservationSource::Camera(n) if n == name),
@@ -467,7 +572,7 @@ pub fn check_inputs(table: &KindTable<'_>, inputs: &[InputConfig]) -> Result<(),
                         format!("a camera mask has shape [1], found {:?}", input.shape),
                     ));
                 }
-                if input.dtype == TensorDtype::Uint8 {
+                if matches!(input.dtype, TensorDtype::Uint8 | TensorDtype::Int64) {
                     return Err(table.error_at(&at("dtype"), "a camera mask is bool or float32"));
                 }
             }
@@ -481,6 +586,9 @@ pub fn check_inputs(table: &KindTable<'_>, inputs: &[InputConfig]) -> Result<(),
                             list_or_none(&cameras)
                         ),
                     ));
+                }
+                if !matches!(input.dtype, TensorDtype::Float32 | TensorDtype::Uint8) {
+                    return Err(table.error_at(&at("dtype"), "images are float32 or uint8"));
                 }
                 if input.normalize.is_some() {
                     return Err(table.error_at(
@@ -547,6 +655,22 @@ pub fn check_inputs(table: &KindTable<'_>, inputs: &[InputConfig]) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// Loads the prompt's tokenizer the way the policy will, reporting problems at
+/// `prompt.*`.
+pub fn load_prompt(
+    table: &KindTable<'_>,
+    prompt: &PromptConfig,
+) -> Result<PromptTokenizer, LaunchError> {
+    let resolved = PromptConfig {
+        tokenizer: table.resolve(&prompt.tokenizer),
+        ..prompt.clone()
+    };
+    resolved
+        .check()
+        .map_err(|e| table.error_at("prompt.max_length", e.to_string()))?;
+    PromptTokenizer::load(&resolved).map_err(|e| table.error_at("prompt.tokenizer", e.to_string()))
 }
 
 /// `intra_threads` of an ONNX policy.
@@ -662,7 +786,18 @@ pub fn check_normalization(
     Ok(())
 }
 
+/// Most observations one input may hold.
+pub const MAX_HISTORY: usize = 64;
+
+/// Observations a policy with these inputs conditions on.
+pub fn max_history(inputs: &[InputConfig]) -> usize {
+    inputs.iter().map(|i| i.history).max().unwrap_or(1).max(1)
+}
+
 mod defaults {
+    pub fn history() -> usize {
+        1
+    }
     pub fn intra_threads() -> usize {
         1
     }

@@ -142,6 +142,7 @@ impl FastPolicy {
         }
         let mapper = InputMapper::new(&cfg.inputs, &launch.camera_names())
             .map_err(PolicyLoadError::WarmUp)?;
+        let mapper = crate::attach_prompt(launch, mapper, cfg.prompt.as_ref())?;
         let mut policy = Self {
             prefix,
             step,
@@ -257,6 +258,10 @@ impl FastPolicy {
 }
 
 impl Policy for FastPolicy {
+    fn set_prompt(&mut self, prompt: &str) -> Result<(), PolicyError> {
+        Ok(self.mapper.set_prompt(prompt)?)
+    }
+
     fn horizon(&self) -> usize {
         self.codec.config.time_horizon
     }
@@ -339,7 +344,7 @@ impl PolicyKind for FastKind {
                 ));
             }
         }
-        crate::config::check_inputs(table, &cfg.inputs)?;
+        crate::config::check_inputs(table, &cfg.inputs, cfg.prompt.as_ref())?;
         crate::check_models(
             table,
             &[("model", &cfg.model), ("prefix_model", &cfg.prefix_model)],
@@ -369,6 +374,9 @@ impl PolicySpec for FastSpec {
     }
     fn horizon(&self) -> usize {
         self.horizon
+    }
+    fn history(&self) -> usize {
+        crate::config::max_history(&self.config.inputs)
     }
     fn model(&self) -> PathBuf {
         self.config.model.clone()

@@ -35,6 +35,7 @@ use crate::config::{
     DiffusionPolicyConfig, FlowPolicyConfig, GenerativeActions, InputConfig, NormStatsConfig,
     ScheduleConfig, ScheduleKind, TensorDtype,
 };
+use crate::prompt::PromptConfig;
 use reflex_runtime::policy::{Policy, PolicyError};
 use reflex_runtime::types::{ActionChunk, Observation};
 
@@ -228,6 +229,7 @@ struct Spec<'a> {
     intra_threads: usize,
     batch: usize,
     inputs: &'a [InputConfig],
+    prompt: Option<&'a PromptConfig>,
     actions: &'a GenerativeActions,
     norm_stats: Option<&'a NormStatsConfig>,
     ports: Ports,
@@ -301,6 +303,7 @@ impl GenerativePolicy {
                 intra_threads: cfg.intra_threads,
                 batch: cfg.batch,
                 inputs: &cfg.inputs,
+                prompt: cfg.prompt.as_ref(),
                 actions: &cfg.actions,
                 norm_stats: cfg.norm_stats.as_ref(),
                 ports: Ports {
@@ -341,6 +344,7 @@ impl GenerativePolicy {
                 intra_threads: cfg.intra_threads,
                 batch: cfg.batch,
                 inputs: &cfg.inputs,
+                prompt: cfg.prompt.as_ref(),
                 actions: &cfg.actions,
                 norm_stats: cfg.norm_stats.as_ref(),
                 ports: Ports {
@@ -505,8 +509,9 @@ impl GenerativePolicy {
             ));
         }
 
-        let mut mapper = InputMapper::new(spec.inputs, &launch.camera_names())
+        let mapper = InputMapper::new(spec.inputs, &launch.camera_names())
             .map_err(PolicyLoadError::WarmUp)?;
+        let mut mapper = crate::attach_prompt(launch, mapper, spec.prompt)?;
         let mut actions_norm = None;
         if let Some(stats_cfg) = spec.norm_stats {
             let stats = load_norm_stats(launch, stats_cfg, joints).map_err(|message| {
@@ -674,6 +679,11 @@ impl GenerativePolicy {
                         TensorDtype::Bool => {
                             let mut t = Tensor::<bool>::new(&allocator, shape)?;
                             fill_tiled(t.extract_tensor_mut().1, &input.flags);
+                            self.binding.bind_input(input.name.as_str(), &t)?;
+                        }
+                        TensorDtype::Int64 => {
+                            let mut t = Tensor::<i64>::new(&allocator, shape)?;
+                            fill_tiled(t.extract_tensor_mut().1, &input.ids);
                             self.binding.bind_input(input.name.as_str(), &t)?;
                         }
                     }
@@ -869,6 +879,10 @@ fn batch_problems(ports: &[Port], batch: usize) -> Vec<String> {
 }
 
 impl Policy for GenerativePolicy {
+    fn set_prompt(&mut self, prompt: &str) -> Result<(), PolicyError> {
+        Ok(self.mapper.set_prompt(prompt)?)
+    }
+
     fn horizon(&self) -> usize {
         self.horizon
     }
@@ -910,12 +924,13 @@ fn check_common(
     batch: usize,
     actions: &GenerativeActions,
     inputs: &[InputConfig],
+    prompt: Option<&PromptConfig>,
     models: &[(&str, &Path)],
     norm_stats: Option<&NormStatsConfig>,
 ) -> Result<(), LaunchError> {
     crate::config::check_intra_threads(table, intra_threads)?;
     crate::config::check_generative(table, num_steps, batch, actions)?;
-    crate::config::check_inputs(table, inputs)?;
+    crate::config::check_inputs(table, inputs, prompt)?;
     crate::check_models(table, models)?;
     if let Some(stats) = norm_stats {
         table.check_file(
@@ -950,6 +965,7 @@ impl PolicyKind for FlowKind {
             cfg.batch,
             &cfg.actions,
             &cfg.inputs,
+            cfg.prompt.as_ref(),
             &models,
             cfg.norm_stats.as_ref(),
         )?;
@@ -975,6 +991,7 @@ impl PolicyKind for DiffusionKind {
             cfg.batch,
             &cfg.actions,
             &cfg.inputs,
+            cfg.prompt.as_ref(),
             &[("model", cfg.model.as_path())],
             cfg.norm_stats.as_ref(),
         )?;
@@ -1012,6 +1029,9 @@ impl PolicySpec for FlowSpec {
     fn horizon(&self) -> usize {
         self.0.actions.horizon
     }
+    fn history(&self) -> usize {
+        crate::config::max_history(&self.0.inputs)
+    }
     fn model(&self) -> PathBuf {
         self.0.model.clone()
     }
@@ -1029,6 +1049,9 @@ impl PolicySpec for DiffusionSpec {
     }
     fn horizon(&self) -> usize {
         self.0.actions.horizon
+    }
+    fn history(&self) -> usize {
+        crate::config::max_history(&self.0.inputs)
     }
     fn model(&self) -> PathBuf {
         self.0.model.clone()

@@ -68,6 +68,33 @@ pub(crate) fn loaded(
     }
 }
 
+/// Gives the mapper the `[policy.prompt]` tokenizer and the launch file's
+/// instruction (`[task]`), when the policy has a prompt.
+pub(crate) fn attach_prompt(
+    launch: &Launch,
+    mapper: preprocess::InputMapper,
+    prompt: Option<&prompt::PromptConfig>,
+) -> Result<preprocess::InputMapper, PolicyLoadError> {
+    let Some(prompt) = prompt else {
+        return Ok(mapper);
+    };
+    let resolved = prompt::PromptConfig {
+        tokenizer: launch.resolve(&prompt.tokenizer),
+        ..prompt.clone()
+    };
+    let tokenizer =
+        prompt::PromptTokenizer::load(&resolved).map_err(|e| PolicyLoadError::Config {
+            field: "policy.prompt.tokenizer".into(),
+            message: e.to_string(),
+        })?;
+    mapper
+        .with_prompt(tokenizer, &launch.config.task.instruction)
+        .map_err(|e| PolicyLoadError::Config {
+            field: "task.instruction".into(),
+            message: e.to_string(),
+        })
+}
+
 /// Checks the model files of a policy table exist (at check time, so that
 /// `reflex check` catches them).
 pub(crate) fn check_models(

@@ -10,7 +10,7 @@ use crate::config::{
     ResizeFilter, ResizeMode, TensorDtype,
 };
 use reflex_runtime::stream::StreamKind;
-use reflex_runtime::types::{Image, Observation};
+use reflex_runtime::types::{Image, JointState, Observation, PastFrame};
 
 use std::borrow::Cow;
 
@@ -18,11 +18,12 @@ use ort::session::SessionInputValue;
 use ort::value::TensorRef;
 
 use crate::normalize::VectorNorm;
+use crate::prompt::PromptTokenizer;
 
 /// An all-black, zero-state observation shaped like the launch file's sensors, for
 /// warming up models before the first real one arrives.
 pub fn blank_observation(launch: &reflex_runtime::launch::Launch) -> Observation {
-    let images = launch
+    let images: Vec<Image> = launch
         .streams
         .iter()
         .filter_map(|s| match s.kind {
@@ -30,11 +31,18 @@ pub fn blank_observation(launch: &reflex_runtime::launch::Launch) -> Observation
             _ => None,
         })
         .collect();
+    let joints = reflex_runtime::types::JointState::empty(launch.config.robot.joints.len());
+    let past = PastFrame {
+        stamp_ns: 0,
+        joints,
+        images: images.clone(),
+    };
     Observation {
         tick: 0,
         stamp_ns: 0,
-        joints: reflex_runtime::types::JointState::empty(launch.config.robot.joints.len()),
+        joints,
         images,
+        history: vec![past; launch.policy().history().saturating_sub(1)],
     }
 }
 
@@ -46,11 +54,14 @@ pub struct MappedInput {
     source: Source,
     image: Option<ImagePreprocess>,
     pub normalize: Option<VectorNorm>,
+    /// Observations along the time axis (1: no time axis), the current one last.
+    pub history: usize,
     /// Kept between frames; rebuilt only when the camera's size changes.
     plan: Option<ResizePlan>,
     pub values: Vec<f32>,
     pub bytes: Vec<u8>,
     pub flags: Vec<bool>,
+    pub ids: Vec<i64>,
 }
 
 impl MappedInput {
@@ -72,6 +83,9 @@ enum Source {
     /// launch file does not have.
     Camera(Option<usize>),
     CameraMask(Option<usize>),
+    /// Set by [`InputMapper::set_prompt`], not by observations.
+    PromptIds,
+    PromptMask,
 }
 
 /// The observation's image `index`, unless the camera is absent or sent nothing.
@@ -84,6 +98,8 @@ fn present(obs: &Observation, index: Option<usize>) -> Option<&Image> {
 /// Fills every configured input from an observation.
 pub struct InputMapper {
     pub inputs: Vec<MappedInput>,
+    /// Tokenizes the instruction for `prompt.*` inputs.
+    prompt: Option<PromptTokenizer>,
 }
 
 impl InputMapper {
@@ -101,6 +117,8 @@ impl InputMapper {
                         (found, _) => Source::Camera(found),
                     },
                     ObservationSource::CameraMask(name) => Source::CameraMask(index(name)),
+                    ObservationSource::PromptIds => Source::PromptIds,
+                    ObservationSource::PromptMask => Source::PromptMask,
                 };
                 // Dynamic dimensions (-1) are a batch of one here.
                 let shape: Vec<usize> = c
@@ -109,11 +127,14 @@ impl InputMapper {
                     .map(|&d| if d < 0 { 1 } else { d as usize })
                     .collect();
                 let len = shape.iter().product();
-                let (values, bytes, flags) = match c.dtype {
-                    TensorDtype::Float32 => (vec![0.0; len], Vec::new(), Vec::new()),
-                    TensorDtype::Uint8 => (Vec::new(), vec![0; len], Vec::new()),
-                    TensorDtype::Bool => (Vec::new(), Vec::new(), vec![false; len]),
-                };
+                let (mut values, mut bytes, mut flags, mut ids) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                match c.dtype {
+                    TensorDtype::Float32 => values = vec![0.0; len],
+                    TensorDtype::Uint8 => bytes = vec![0; len],
+                    TensorDtype::Bool => flags = vec![false; len],
+                    TensorDtype::Int64 => ids = vec![0; len],
+                }
                 Ok(MappedInput {
                     name: c.name.clone(),
                     shape,
@@ -121,14 +142,65 @@ impl InputMapper {
                     source,
                     image: c.image.clone(),
                     normalize: c.normalize.as_ref().map(VectorNorm::inline),
+                    history: c.history.max(1),
                     plan: None,
                     values,
                     bytes,
                     flags,
+                    ids,
                 })
             })
             .collect::<Result<_, String>>()?;
-        Ok(Self { inputs })
+        Ok(Self {
+            inputs,
+            prompt: None,
+        })
+    }
+
+    /// Tokenizes `text` with `tokenizer` into the `prompt.*` inputs; later
+    /// instructions go through [`set_prompt`](Self::set_prompt).
+    pub fn with_prompt(
+        mut self,
+        tokenizer: PromptTokenizer,
+        text: &str,
+    ) -> Result<Self, crate::prompt::PromptError> {
+        self.prompt = Some(tokenizer);
+        self.set_prompt(text)?;
+        Ok(self)
+    }
+
+    /// A new task instruction for the `prompt.*` inputs (allocates: call it when
+    /// the instruction changes, on the inference thread).
+    pub fn set_prompt(&mut self, text: &str) -> Result<(), crate::prompt::PromptError> {
+        let Some(tokenizer) = &self.prompt else {
+            return Ok(());
+        };
+        let encoded = tokenizer.encode(text)?;
+        if encoded.truncated {
+            tracing::warn!(
+                "the instruction is longer than prompt.max_length = {} tokens and was cut",
+                tokenizer.max_length()
+            );
+        }
+        for input in &mut self.inputs {
+            let from = match input.source {
+                Source::PromptIds => &encoded.input_ids,
+                Source::PromptMask => &encoded.attention_mask,
+                _ => continue,
+            };
+            for (i, v) in from.iter().enumerate() {
+                if let Some(out) = input.ids.get_mut(i) {
+                    *out = *v;
+                }
+                if let Some(out) = input.flags.get_mut(i) {
+                    *out = *v != 0;
+                }
+                if let Some(out) = input.values.get_mut(i) {
+                    *out = *v as f32;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The filled buffers as session inputs (views, no copies).
@@ -142,6 +214,7 @@ impl InputMapper {
                 }
                 TensorDtype::Uint8 => TensorRef::from_array_view((shape, &input.bytes[..]))?.into(),
                 TensorDtype::Bool => TensorRef::from_array_view((shape, &input.flags[..]))?.into(),
+                TensorDtype::Int64 => TensorRef::from_array_view((shape, &input.ids[..]))?.into(),
             };
             inputs.push((Cow::from(input.name.as_str()), value));
         }
@@ -160,45 +233,71 @@ impl InputMapper {
 
     pub fn fill(&mut self, obs: &Observation) {
         for input in &mut self.inputs {
-            match input.source {
-                Source::Positions | Source::Velocities => {
-                    let values = match input.source {
-                        Source::Positions => obs.joints.positions(),
-                        _ => obs.joints.velocities(),
+            let frames = input.history;
+            // Oldest first: the time axis runs forward, the current observation last.
+            for f in 0..frames {
+                let (joints, images) = obs.frame(frames - 1 - f);
+                input.fill_frame(f, joints, images, obs);
+            }
+        }
+    }
+}
+
+impl MappedInput {
+    /// Fills the `f`-th of the input's frames from one observation's joints and
+    /// images (`obs` for what has no history: camera masks).
+    fn fill_frame(&mut self, f: usize, joints: &JointState, images: &[Image], obs: &Observation) {
+        let per = |len: usize| len / self.history;
+        match self.source {
+            Source::Positions | Source::Velocities => {
+                let values = match self.source {
+                    Source::Positions => joints.positions(),
+                    _ => joints.velocities(),
+                };
+                let n = per(self.values.len());
+                // Entries past the robot's joints stay zero (padding).
+                for (j, (out, v)) in self.values[f * n..(f + 1) * n]
+                    .iter_mut()
+                    .zip(values)
+                    .enumerate()
+                {
+                    *out = match &self.normalize {
+                        Some(norm) => norm.normalize(j, *v as f32),
+                        None => *v as f32,
                     };
-                    // Entries past the robot's joints stay zero (padding).
-                    for (j, (out, v)) in input.values.iter_mut().zip(values).enumerate() {
-                        *out = match &input.normalize {
-                            Some(n) => n.normalize(j, *v as f32),
-                            None => *v as f32,
-                        };
-                    }
                 }
-                Source::CameraMask(index) => {
-                    let seen = present(obs, index).is_some();
-                    input.flags.fill(seen);
-                    input.values.fill(if seen { 1.0 } else { 0.0 });
+            }
+            // Set when the instruction changes, not per observation.
+            Source::PromptIds | Source::PromptMask => {}
+            Source::CameraMask(index) => {
+                let seen = present(obs, index).is_some();
+                self.flags.fill(seen);
+                self.values.fill(if seen { 1.0 } else { 0.0 });
+            }
+            Source::Camera(index) => {
+                let Some(pre) = &self.image else { return };
+                let image = index
+                    .and_then(|i| images.get(i))
+                    .filter(|image| image.width > 0 && image.height > 0);
+                if let Some(image) = image
+                    && !self.plan.as_ref().is_some_and(|p| p.fits(image))
+                {
+                    self.plan = Some(ResizePlan::new(image.width, image.height, pre));
                 }
-                Source::Camera(index) => {
-                    let Some(pre) = &input.image else { continue };
-                    let image = present(obs, index);
-                    if let Some(image) = image
-                        && !input.plan.as_ref().is_some_and(|p| p.fits(image))
-                    {
-                        input.plan = Some(ResizePlan::new(image.width, image.height, pre));
+                let (nv, nb) = (per(self.values.len()), per(self.bytes.len()));
+                let values = &mut self.values[f * nv..(f + 1) * nv];
+                let bytes = &mut self.bytes[f * nb..(f + 1) * nb];
+                match (image, &mut self.plan, self.dtype) {
+                    (Some(image), Some(plan), TensorDtype::Float32) => {
+                        plan.apply(image, pre, values, |v| map_range(v, pre.range))
                     }
-                    match (image, &mut input.plan, input.dtype) {
-                        (Some(image), Some(plan), TensorDtype::Float32) => {
-                            plan.apply(image, pre, &mut input.values, |v| map_range(v, pre.range))
-                        }
-                        (Some(image), Some(plan), _) => {
-                            plan.apply(image, pre, &mut input.bytes, |v| v.round() as u8)
-                        }
-                        // A missing view is a black image (openpi), masked false.
-                        _ => {
-                            input.values.fill(map_range(0.0, pre.range));
-                            input.bytes.fill(0);
-                        }
+                    (Some(image), Some(plan), _) => {
+                        plan.apply(image, pre, bytes, |v| v.round() as u8)
+                    }
+                    // A missing view is a black image (openpi), masked false.
+                    _ => {
+                        values.fill(map_range(0.0, pre.range));
+                        bytes.fill(0);
                     }
                 }
             }
@@ -664,18 +763,68 @@ mod tests {
         }
         let parsed: Inputs = toml::from_str(toml_inputs).unwrap();
         let mut mapper = InputMapper::new(&parsed.inputs, &[]).unwrap();
-        let mut obs = Observation {
-            tick: 0,
-            stamp_ns: 0,
-            joints: reflex_runtime::types::JointState::empty(3),
-            images: Vec::new(),
-        };
+        let mut obs = Observation::of_joints(0, reflex_runtime::types::JointState::empty(3));
         obs.joints.position[..3].copy_from_slice(&[0.5, 1.0, 1.5]);
         mapper.fill(&obs);
         assert_eq!(mapper.inputs[0].values, vec![-1.0; 12]);
         assert_eq!(mapper.inputs[1].flags, vec![false]);
         // Three joints into a width-5 input: zero padded.
         assert_eq!(mapper.inputs[2].values, vec![0.5, 1.0, 1.5, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn history_inputs_hold_their_frames_oldest_first() {
+        let toml_inputs = r#"
+            [[inputs]]
+            name = "state"
+            source = "state.joint_positions"
+            shape = [1, 3, 2]
+            history = 3
+
+            [[inputs]]
+            name = "image"
+            source = "camera.top"
+            shape = [1, 2, 1, 1, 3]
+            history = 2
+            image = { resize = [1, 1], layout = "nhwc", range = "raw" }
+        "#;
+        #[derive(serde::Deserialize)]
+        struct Inputs {
+            inputs: Vec<InputConfig>,
+        }
+        let parsed: Inputs = toml::from_str(toml_inputs).unwrap();
+        let mut mapper = InputMapper::new(&parsed.inputs, &["top".to_string()]).unwrap();
+        let joints = |x: f64| {
+            let mut j = reflex_runtime::types::JointState::empty(2);
+            j.position[..2].copy_from_slice(&[x, x + 0.5]);
+            j
+        };
+        let pixel = |v: u8| Image {
+            seq: 1,
+            stamp_ns: 0,
+            width: 1,
+            height: 1,
+            rgb: vec![v, v, v],
+        };
+        let past = |x: f64, v: u8| PastFrame {
+            stamp_ns: 0,
+            joints: joints(x),
+            images: vec![pixel(v)],
+        };
+        let mut obs = Observation::of_joints(0, joints(3.0));
+        obs.images = vec![pixel(30)];
+        // Newest first: one period back, then two.
+        obs.history = vec![past(2.0, 20), past(1.0, 10)];
+        mapper.fill(&obs);
+        assert_eq!(mapper.inputs[0].values, vec![1.0, 1.5, 2.0, 2.5, 3.0, 3.5]);
+        assert_eq!(
+            mapper.inputs[1].values,
+            vec![20.0, 20.0, 20.0, 30.0, 30.0, 30.0]
+        );
+        // Too little history: the oldest frame there is stands in.
+        obs.history.truncate(1);
+        mapper.fill(&obs);
+        assert_eq!(mapper.inputs[0].values, vec![2.0, 2.5, 2.0, 2.5, 3.0, 3.5]);
     }
 
     #[test]

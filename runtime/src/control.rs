@@ -13,16 +13,18 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::bus::Mirror;
 use crate::clock::{Clock, TickTime};
 use crate::driver::{ArmPorts, CameraPort, Driver, DriverError, TaskReport};
 use crate::executor::{ChunkExecutor, ChunkRejection};
+use crate::history::ObservationHistory;
 use crate::launch::SafetyConfig;
 use crate::log::{LogEvent, LogHeader, LogSummary, Record, Recorder, TickRecord};
 use crate::policy::InferenceWorker;
+use crate::prompt::PromptCell;
 use crate::safety::{ArmError, Motion, Refusal, SafetyFilter, WorkspaceGuard, flags};
 use crate::slot::SlotWriter;
 use crate::stats::{Distribution, RunStats, StatusSnapshot};
+use crate::taps::Tap;
 use crate::types::{ActionChunk, JointCommand, JointState, MAX_JOINTS, Observation, monotonic_ns};
 
 /// Parameters of the tick's decisions (all of them are in the log header).
@@ -394,6 +396,8 @@ pub struct OperatorRequests {
     pub heartbeat_ns: Arc<AtomicU64>,
     /// The tick's answers, for whoever asked (bounded; the oldest are dropped).
     pub outcomes: Arc<ArrayQueue<OperatorOutcome>>,
+    /// The task instruction (the inference thread reads it; the tick never does).
+    pub prompt: PromptCell,
 }
 
 impl Default for OperatorRequests {
@@ -404,6 +408,7 @@ impl Default for OperatorRequests {
             resume: Arc::default(),
             heartbeat_ns: Arc::default(),
             outcomes: Arc::new(ArrayQueue::new(16)),
+            prompt: PromptCell::default(),
         }
     }
 }
@@ -433,11 +438,14 @@ pub struct ControlLoop {
     pub arm: ArmPorts,
     pub cameras: Vec<CameraPort>,
     pub worker: InferenceWorker,
-    pub mirror: Option<Mirror>,
+    /// Copies of every command and measured state for an observer (the zenoh bus).
+    pub tap: Option<Tap>,
     pub recorder: Option<Recorder>,
     pub status: Option<SlotWriter<StatusSnapshot>>,
     pub operator: OperatorRequests,
     pub sim_inference_ticks: u64,
+    /// Observations the policy conditions on (1: the current one only).
+    pub observation_frames: usize,
     pub startup_timeout: Duration,
     /// Deadman: latch the e-stop when no operator heartbeat came for this long.
     pub heartbeat_timeout: Option<Duration>,
@@ -465,6 +473,7 @@ pub struct RunSummary {
 struct Running {
     core: TickCore,
     obs: Observation,
+    history: ObservationHistory,
     stats: RunStats,
     window_jitter: Distribution,
     window_compute: Distribution,
@@ -556,6 +565,17 @@ impl ControlLoop {
             .iter()
             .map(|c| crate::types::Image::black(c.width, c.height))
             .collect();
+        // One observation frame per action period, a whole number of ticks.
+        let ticks_per_frame = (self.params.rate_hz / self.params.action_rate_hz)
+            .round()
+            .max(1.0) as usize;
+        let history = ObservationHistory::new(
+            self.observation_frames,
+            ticks_per_frame,
+            ticks_per_frame as u64 * self.clock.period_ns(),
+            joints,
+            &self.cameras,
+        );
         let mut r = Running {
             core,
             obs: Observation {
@@ -563,7 +583,9 @@ impl ControlLoop {
                 stamp_ns: 0,
                 joints: first,
                 images,
+                history: history.template(joints, &self.cameras),
             },
+            history,
             stats: RunStats::default(),
             window_jitter: Distribution::default(),
             window_compute: Distribution::default(),
@@ -639,8 +661,8 @@ impl ControlLoop {
             .iter()
             .filter_map(|d| d.task_report())
             .collect();
-        if let Some(mirror) = self.mirror.take() {
-            mirror.finish();
+        if let Some(tap) = self.tap.take() {
+            tap.finish();
         }
         r.stats.inference_errors = self.worker.errors();
         r.stats.invalid_states = r.core.invalid_states;
@@ -693,6 +715,10 @@ impl ControlLoop {
                 r.core.invalid_states
             );
         }
+
+        // Policies that see past observations: this tick's state and camera frames.
+        r.history
+            .record(r.core.state_ok().then_some(&state), &mut self.cameras);
 
         // 2. A finished chunk, if any (under the simulated clock: exactly when due).
         // While stopping, chunks are left unread: nothing may move the arm again.
@@ -760,10 +786,10 @@ impl ControlLoop {
 
         // 4. Publish.
         self.arm.commands.send(command);
-        if let Some(mirror) = &self.mirror {
-            mirror.commands.send(command);
+        if let Some(tap) = &self.tap {
+            tap.commands.send(command);
             if state.seq != r.last_state_seq {
-                mirror.states.send(state);
+                tap.states.send(state);
             }
         }
         r.last_state_seq = state.seq;
@@ -793,6 +819,7 @@ impl ControlLoop {
             for (image, camera) in r.obs.images.iter_mut().zip(&mut self.cameras) {
                 image.copy_from(camera.frames.latest());
             }
+            r.history.fill(&mut r.obs);
             if self.worker.request(&r.obs) {
                 r.inference_due = Some(t.tick + self.sim_inference_ticks.max(1));
             }

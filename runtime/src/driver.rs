@@ -2,6 +2,8 @@
 //! which the control loop reads the newest samples and hands over commands without
 //! ever blocking.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -17,11 +19,25 @@ pub struct DriverContext {
     pub seed: u64,
     pub joints: usize,
     pub robot: String,
-    pub key_prefix: String,
-    /// Wire format version of published commands (`zenoh.command_format`).
-    pub command_format: u16,
-    /// The run's zenoh session, for drivers that talk over zenoh.
-    pub zenoh: Option<zenoh::Session>,
+    /// Shared handles the binary opened before the drivers (e.g. the run's zenoh
+    /// session), found by type.
+    pub services: Services,
+}
+
+/// Values shared with drivers, one per type.
+#[derive(Clone, Default)]
+pub struct Services {
+    by_type: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+}
+
+impl Services {
+    pub fn insert<T: Any + Send + Sync>(&mut self, value: T) {
+        self.by_type.insert(TypeId::of::<T>(), Arc::new(value));
+    }
+
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.by_type.get(&TypeId::of::<T>())?.downcast_ref()
+    }
 }
 
 /// The ends of an arm the control loop holds.
@@ -30,9 +46,9 @@ pub struct ArmPorts {
     pub state: SlotReader<JointState>,
     /// Where commands go; the driver's thread drains it.
     pub commands: Arc<Mailbox<JointCommand>>,
-    /// True when the driver itself publishes commands and states on zenoh (the bus
-    /// then does not mirror them).
-    pub on_zenoh: bool,
+    /// True when the driver itself publishes the commands and states on the bus
+    /// (a tap then does not mirror them).
+    pub publishes_itself: bool,
     /// Messages from the robot the driver refused (undecodable, wrong number of
     /// joints), for the run summary.
     pub bad_messages: Arc<AtomicU64>,
@@ -71,11 +87,11 @@ pub struct TaskReport {
 pub enum DriverError {
     #[error("driver `{driver}`: {message}")]
     Failed { driver: String, message: String },
-    #[error("driver `{driver}`: zenoh: {source}")]
-    Zenoh {
+    #[error("driver `{driver}`: {source}")]
+    Source {
         driver: String,
         #[source]
-        source: zenoh::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 

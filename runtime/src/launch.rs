@@ -33,8 +33,6 @@ pub const MAX_ACTION_DIM: usize = 4096;
 pub const MAX_IMAGE_SIDE: usize = 4096;
 /// Robot, joint, driver and camera names.
 pub const MAX_NAME_BYTES: usize = 128;
-/// `zenoh.status_hz`, Hz.
-pub const STATUS_HZ_RANGE: (f64, f64) = (0.1, 100.0);
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -54,10 +52,11 @@ pub struct LaunchFile {
     pub control: ControlConfig,
     /// How chunks are executed: action rate and when the next one is requested.
     pub execution: ExecutionConfig,
+    /// What the robot is asked to do (the instruction of language-conditioned policies).
+    #[serde(default)]
+    pub task: TaskConfig,
     #[serde(default)]
     pub safety: SafetyConfig,
-    #[serde(default)]
-    pub zenoh: ZenohConfig,
     /// Seeds every random choice of the run (targets, sampling noise).
     #[serde(default)]
     pub seed: u64,
@@ -210,6 +209,15 @@ pub struct RealtimeConfig {
 }
 
 /// Drivers by kind; each kind is an array of tables, e.g. `[[drivers.sim_arm]]`.
+/// `[task]`: the instruction given to policies with a prompt input; `reflex
+/// prompt` changes it while running.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    #[serde(default)]
+    pub instruction: String,
+}
+
 /// `[execution]`: how the actions of a chunk become commands.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -382,60 +390,6 @@ pub struct WorkspaceConfig {
     pub max: [f64; 3],
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ZenohMode {
-    #[default]
-    Peer,
-    Client,
-    Router,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ZenohConfig {
-    /// Turn the bus off entirely (sim-only runs, tests).
-    #[serde(default = "defaults::yes")]
-    pub enabled: bool,
-    #[serde(default)]
-    pub mode: ZenohMode,
-    #[serde(default = "defaults::zenoh_listen")]
-    pub listen: Vec<String>,
-    #[serde(default)]
-    pub connect: Vec<String>,
-    #[serde(default)]
-    pub multicast_scouting: bool,
-    /// First segment of every key.
-    #[serde(default = "defaults::key_prefix")]
-    pub key_prefix: String,
-    /// A zenoh JSON5 config file (TLS, mTLS, user/password, ACLs); the fields above
-    /// are applied on top of it.
-    pub config_file: Option<PathBuf>,
-    /// How often the status message is published, Hz.
-    #[serde(default = "defaults::status_hz")]
-    pub status_hz: f64,
-    /// Wire format of published joint commands: 1 (positions) or 2 (positions,
-    /// commanded velocities and accelerations, for a robot-side interpolator).
-    #[serde(default = "defaults::command_format")]
-    pub command_format: u16,
-}
-
-impl Default for ZenohConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            mode: ZenohMode::Peer,
-            listen: defaults::zenoh_listen(),
-            connect: Vec::new(),
-            multicast_scouting: false,
-            key_prefix: defaults::key_prefix(),
-            config_file: None,
-            status_hz: defaults::status_hz(),
-            command_format: defaults::command_format(),
-        }
-    }
-}
-
 mod defaults {
     pub fn rate_hz() -> f64 {
         100.0
@@ -451,9 +405,6 @@ mod defaults {
     }
     pub fn sim_inference_ticks() -> u64 {
         3
-    }
-    pub fn command_format() -> u16 {
-        1
     }
     pub fn state_limit_margin() -> f64 {
         0.05
@@ -475,15 +426,6 @@ mod defaults {
     }
     pub fn yes() -> bool {
         true
-    }
-    pub fn zenoh_listen() -> Vec<String> {
-        vec!["tcp/127.0.0.1:7447".into()]
-    }
-    pub fn key_prefix() -> String {
-        "reflex".into()
-    }
-    pub fn status_hz() -> f64 {
-        10.0
     }
 }
 
@@ -847,6 +789,8 @@ impl Launch {
     }
 
     fn check_execution(&self) -> Result<(), LaunchError> {
+        crate::prompt::check_prompt(&self.config.task.instruction)
+            .map_err(|e| self.error_at("task.instruction", e.to_string()))?;
         let execution = &self.config.execution;
         let rate = self.config.control.rate_hz;
         if !(execution.action_rate_hz > 0.0 && execution.action_rate_hz <= rate) {
@@ -1085,7 +1029,7 @@ impl Launch {
                 format!("must be 1..=99, found {priority}"),
             ));
         }
-        self.check_zenoh()
+        Ok(())
     }
 
     /// `value` (ms) must be finite, positive and at most `max`.
@@ -1095,52 +1039,6 @@ impl Launch {
         } else {
             Err(self.error_at(field, format!("must be in (0, {max}], found {value}")))
         }
-    }
-
-    /// Keys, endpoints and the config file, checked the way zenoh will use them.
-    fn check_zenoh(&self) -> Result<(), LaunchError> {
-        let z = &self.config.zenoh;
-        let (lo, hi) = STATUS_HZ_RANGE;
-        if !(z.status_hz >= lo && z.status_hz <= hi) {
-            return Err(self.error_at(
-                "zenoh.status_hz",
-                format!("must be in [{lo}, {hi}], found {}", z.status_hz),
-            ));
-        }
-        crate::bus::check_exact_key(&z.key_prefix).map_err(|message| {
-            self.error_at(
-                "zenoh.key_prefix",
-                format!("{message} (e.g. `reflex` or `lab/reflex`, no leading or trailing `/`)"),
-            )
-        })?;
-        let robot_key = format!("{}/{}", z.key_prefix, self.config.robot.name);
-        crate::bus::check_exact_key(&robot_key)
-            .map_err(|message| self.error_at("robot.name", message))?;
-        for (list, endpoints) in [("listen", &z.listen), ("connect", &z.connect)] {
-            for (i, endpoint) in endpoints.iter().enumerate() {
-                crate::bus::check_endpoint(endpoint)
-                    .map_err(|message| self.error_at(&format!("zenoh.{list}[{i}]"), message))?;
-            }
-        }
-        if let Some(file) = &z.config_file {
-            let path = self.resolve(file);
-            let problem = match crate::files::check_regular(&path, crate::files::MAX_CONFIG_BYTES) {
-                Err(crate::files::FileError::NotFound { .. }) => {
-                    Some(format!("zenoh config file not found: {}", path.display()))
-                }
-                Err(e) => Some(format!("zenoh config file {e}")),
-                Ok(_) => zenoh::Config::from_file(&path)
-                    .err()
-                    .map(|e| format!("zenoh config file {}: {e}", path.display())),
-            };
-            if let Some(message) = problem {
-                return Err(self.error_at("zenoh.config_file", message));
-            }
-        }
-        // What `reflex run` does with all of it: the same settings through zenoh.
-        crate::bus::zenoh_config(z, &self.base_dir)
-            .map_err(|e| self.error_at("zenoh", e.to_string()))?;
-        Ok(())
     }
 }
 
@@ -1418,73 +1316,6 @@ impl Launch {
         if let Err((field, message)) = safety.check(joints) {
             return Err(self.error_at(&format!("safety.{field}"), message));
         }
-        let format = self.config.zenoh.command_format;
-        if !(1..=2).contains(&format) {
-            return Err(self.error_at(
-                "zenoh.command_format",
-                format!(
-                    "must be 1 (positions) or 2 (with velocities and accelerations), found {format}"
-                ),
-            ));
-        }
-        if safety.operator.zenoh_rearm {
-            let Some(file) = &self.config.zenoh.config_file else {
-                return Err(self.error_at(
-                    "safety.operator.zenoh_rearm",
-                    "re-arm over zenoh needs zenoh access control: set zenoh.config_file to a \
-                     zenoh config with TLS or user/password authentication and ACL rules \
-                     (see the README's Security section)",
-                ));
-            };
-            let path = self.resolve(file);
-            let zenoh = zenoh::Config::from_file(&path).map_err(|e| {
-                self.error_at(
-                    "zenoh.config_file",
-                    format!("cannot read the zenoh config {}: {e}", path.display()),
-                )
-            })?;
-            let value = |key: &str| {
-                zenoh
-                    .get_json(key)
-                    .ok()
-                    .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
-                    .unwrap_or(serde_json::Value::Null)
-            };
-            let is_set = |key: &str| !value(key).is_null();
-            let mut missing = Vec::new();
-            if value("access_control/enabled") != serde_json::Value::Bool(true) {
-                missing.push("`access_control.enabled: true`");
-            }
-            // zenoh lets any matching deny rule win over allow rules, so under
-            // "allow" no rule can keep `control` for the operator alone.
-            if value("access_control/default_permission") != "deny" {
-                missing.push(
-                    "`access_control.default_permission: \"deny\"` (under \"allow\" a deny \
-                     rule cannot exempt the operator)",
-                );
-            }
-            let mtls = value("transport/link/tls/enable_mtls") == serde_json::Value::Bool(true)
-                && is_set("transport/link/tls/root_ca_certificate");
-            let usrpwd = is_set("transport/auth/usrpwd/dictionary_file");
-            if !(mtls || usrpwd) {
-                missing.push(
-                    "authentication of the other side: TLS client certificates \
-                     (`transport.link.tls.enable_mtls: true` with `root_ca_certificate`) or \
-                     user/password (`transport.auth.usrpwd.dictionary_file`)",
-                );
-            }
-            if !missing.is_empty() {
-                return Err(self.error_at(
-                    "safety.operator.zenoh_rearm",
-                    format!(
-                        "re-arm over zenoh needs zenoh access control, but {} lacks {} \
-                         (see the README's Security section)",
-                        path.display(),
-                        missing.join(" and ")
-                    ),
-                ));
-            }
-        }
         Ok(())
     }
 }
@@ -1512,8 +1343,8 @@ fn placeholder() -> LaunchFile {
             action_rate_hz: 1.0,
             replan_after: 1,
         },
+        task: TaskConfig::default(),
         safety: SafetyConfig::default(),
-        zenoh: ZenohConfig::default(),
         seed: 0,
         drivers: Vec::new(),
         policy: toml::Table::new(),

@@ -3,22 +3,23 @@
 //! Follow one tick through these modules, in order:
 //! [`clock`] wakes the loop, [`slot`] hands it the newest sensor samples,
 //! [`executor`] picks the action for this tick from the active chunk, [`safety`]
-//! limits it, [`mailbox`] carries the command to the arm driver and the zenoh [`bus`],
+//! limits it, [`mailbox`] carries the command to the arm driver and any [`taps`],
 //! [`log`] records the step, and [`control`] ties them together and asks the
 //! [`policy`] worker for the next chunk.
 
-pub mod bus;
 pub mod clock;
 pub mod control;
 pub mod driver;
 pub mod executor;
 pub mod files;
+pub mod history;
 pub mod launch;
 pub mod log;
 pub mod mailbox;
 pub mod npy;
 pub mod operator;
 pub mod policy;
+pub mod prompt;
 pub mod ratelimit;
 pub mod realtime;
 pub mod registry;
@@ -26,8 +27,9 @@ pub mod robot_model;
 pub mod safety;
 pub mod slot;
 pub mod stats;
+pub mod status;
 pub mod stream;
+pub mod taps;
 pub mod types;
-pub mod wire;
 
 pub use types::{ActionChunk, Image, JointCommand, JointState, MAX_JOINTS, Observation};

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use crate::control::{OperatorRequests, Request};
 
+/// The longest request line: `prompt ` and an instruction of MAX_PROMPT_BYTES.
+const MAX_REQUEST_BYTES: u64 = crate::prompt::MAX_PROMPT_BYTES as u64 + 16;
+
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
     #[error("control socket directory {dir}: {source}")]
@@ -227,8 +230,18 @@ fn handle(stream: UnixStream, requests: &OperatorRequests) -> io::Result<()> {
         return writeln!(out, "refused: uid {peer} is not the run's user");
     }
     let mut line = String::new();
-    // One short line; anything longer is not a request.
-    BufReader::new(stream.take(64)).read_line(&mut line)?;
+    // One line; the longest request is an instruction of MAX_PROMPT_BYTES.
+    BufReader::new(stream.take(MAX_REQUEST_BYTES)).read_line(&mut line)?;
+    if let Some(text) = line.strip_prefix("prompt ") {
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        return match requests.prompt.set(text) {
+            Ok(()) => {
+                tracing::info!("instruction changed: {text:?}");
+                writeln!(out, "ok")
+            }
+            Err(e) => writeln!(out, "refused: {e}"),
+        };
+    }
     let request = match line.trim() {
         "estop" | "stop" => Request::Estop,
         "rearm" => Request::Rearm,
@@ -241,7 +254,7 @@ fn handle(stream: UnixStream, requests: &OperatorRequests) -> io::Result<()> {
             let shown: String = other.chars().take(32).collect();
             return writeln!(
                 out,
-                "error: unknown request {shown:?} (estop, rearm, resume, heartbeat)"
+                "error: unknown request {shown:?} (estop, rearm, resume, heartbeat, prompt <text>)"
             );
         }
     };
@@ -415,6 +428,11 @@ mod tests {
         );
         assert_eq!(send("op_test", "heartbeat").unwrap(), "ok");
         assert!(requests.heartbeat_ns.load(Ordering::Acquire) > 0);
+        assert_eq!(send("op_test", "prompt stack the cups").unwrap(), "ok");
+        assert_eq!(requests.prompt.get(), "stack the cups");
+        let refused = send("op_test", "prompt a\u{1b}[2J").unwrap();
+        assert!(refused.starts_with("refused: "), "{refused}");
+        assert_eq!(requests.prompt.get(), "stack the cups");
         drop(socket);
         assert!(matches!(
             send("op_test", "rearm"),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::ArrayQueue;
 
 use crate::mailbox::Mailbox;
+use crate::prompt::PromptCell;
 use crate::types::{ActionChunk, Observation};
 
 pub type PolicyError = Box<dyn std::error::Error + Send + Sync>;
@@ -23,6 +24,11 @@ pub trait Policy: Send {
     fn action_dim(&self) -> usize;
     /// Fills `out.actions` (`horizon * action_dim` values, row-major).
     fn infer(&mut self, obs: &Observation, out: &mut ActionChunk) -> Result<(), PolicyError>;
+    /// A new task instruction, given before the next `infer` (on the inference
+    /// thread). Policies without a language input ignore it.
+    fn set_prompt(&mut self, _prompt: &str) -> Result<(), PolicyError> {
+        Ok(())
+    }
 }
 
 /// A policy ready to run, and what it runs on (for the start-up line and `reflex check`).
@@ -58,7 +64,13 @@ pub struct InferenceWorker {
 
 impl InferenceWorker {
     /// Starts the worker thread; `template` sizes the observation buffers.
-    pub fn spawn(mut policy: Box<dyn Policy>, template: &Observation) -> std::io::Result<Self> {
+    /// The worker hands `prompt` to the policy before the first inference and
+    /// again whenever it changes.
+    pub fn spawn(
+        mut policy: Box<dyn Policy>,
+        template: &Observation,
+        prompt: PromptCell,
+    ) -> std::io::Result<Self> {
         let free_observations = Arc::new(ArrayQueue::new(2));
         for _ in 0..2 {
             let _ = free_observations.push(Box::new(template.clone()));
@@ -87,10 +99,18 @@ impl InferenceWorker {
                 .name("reflex-inference".into())
                 .spawn(move || {
                     let mut next_id = 1;
+                    let mut prompt_seen = 0;
                     while !shutdown.load(Ordering::Acquire) {
                         let Some(obs) = requests.recv_timeout(Duration::from_millis(50)) else {
                             continue;
                         };
+                        if let Some((version, text)) = prompt.newer_than(prompt_seen) {
+                            prompt_seen = version;
+                            if let Err(e) = policy.set_prompt(&text) {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                tracing::error!("the policy refused the instruction: {e}");
+                            }
+                        }
                         let mut chunk = free_chunks.pop().unwrap_or_else(|| {
                             Box::new(ActionChunk::zeros(policy.horizon(), policy.action_dim()))
                         });
@@ -222,12 +242,51 @@ mod tests {
             stamp_ns: 0,
             joints,
             images: Vec::new(),
+            history: Vec::new(),
+        }
+    }
+
+    /// Answers with the length of the instruction it was given.
+    struct Prompted(usize);
+    impl Policy for Prompted {
+        fn horizon(&self) -> usize {
+            1
+        }
+        fn action_dim(&self) -> usize {
+            1
+        }
+        fn infer(&mut self, _obs: &Observation, out: &mut ActionChunk) -> Result<(), PolicyError> {
+            out.actions[0] = self.0 as f32;
+            Ok(())
+        }
+        fn set_prompt(&mut self, prompt: &str) -> Result<(), PolicyError> {
+            self.0 = prompt.len();
+            Ok(())
         }
     }
 
     #[test]
+    fn the_instruction_reaches_the_policy_before_the_next_inference() {
+        let prompt = PromptCell::new("ab");
+        let mut worker =
+            InferenceWorker::spawn(Box::new(Prompted(0)), &obs(0, 0.0), prompt.clone()).unwrap();
+        let mut ask = |tick| {
+            assert!(worker.request(&obs(tick, 0.0)));
+            let done = worker.wait(Duration::from_secs(5)).expect("result");
+            let value = done.chunk.actions[0];
+            worker.recycle(done.chunk);
+            value
+        };
+        assert_eq!(ask(1), 2.0);
+        prompt.set("abcd").unwrap();
+        assert_eq!(ask(2), 4.0);
+        assert_eq!(ask(3), 4.0);
+    }
+
+    #[test]
     fn runs_requests_one_at_a_time_and_reports_failures() {
-        let mut worker = InferenceWorker::spawn(Box::new(Echo), &obs(0, 0.0)).unwrap();
+        let mut worker =
+            InferenceWorker::spawn(Box::new(Echo), &obs(0, 0.0), PromptCell::default()).unwrap();
         assert!(worker.request(&obs(5, 0.25)));
         assert!(!worker.request(&obs(6, 0.5)), "one request in flight");
         let done = worker.wait(Duration::from_secs(5)).expect("result");

@@ -146,6 +146,11 @@ pub trait PolicySpec: Send + Sync + fmt::Debug {
     fn kind(&self) -> &'static str;
     /// Actions per chunk.
     fn horizon(&self) -> usize;
+    /// Observations the policy conditions on, the current one included (LeRobot's
+    /// `n_obs_steps`); the loop keeps that many, one action period apart.
+    fn history(&self) -> usize {
+        1
+    }
     /// The main model file (for messages).
     fn model(&self) -> PathBuf;
     /// Loads the model and checks it against the table; errors about the launch

@@ -127,15 +127,64 @@ pub struct Observation {
     pub joints: JointState,
     /// One image per camera, in launch-file order.
     pub images: Vec<Image>,
+    /// Earlier observations for inputs with `history` (LeRobot's `n_obs_steps`),
+    /// newest first: `history[k]` is from `k + 1` action periods before `stamp_ns`.
+    pub history: Vec<PastFrame>,
+}
+
+/// One earlier observation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PastFrame {
+    pub stamp_ns: u64,
+    pub joints: JointState,
+    pub images: Vec<Image>,
+}
+
+impl PastFrame {
+    pub fn copy_from(&mut self, stamp_ns: u64, joints: &JointState, images: &[Image]) {
+        self.stamp_ns = stamp_ns;
+        self.joints = *joints;
+        for (mine, theirs) in self.images.iter_mut().zip(images) {
+            mine.copy_from(theirs);
+        }
+    }
 }
 
 impl Observation {
+    /// An observation with no images and no history.
+    pub fn of_joints(tick: u64, joints: JointState) -> Self {
+        Self {
+            tick,
+            stamp_ns: 0,
+            joints,
+            images: Vec::new(),
+            history: Vec::new(),
+        }
+    }
+
+    /// Copies `other` into `self`, reusing every buffer when the sizes match.
     pub fn copy_from(&mut self, other: &Observation) {
         self.tick = other.tick;
         self.stamp_ns = other.stamp_ns;
         self.joints = other.joints;
         for (mine, theirs) in self.images.iter_mut().zip(&other.images) {
             mine.copy_from(theirs);
+        }
+        for (mine, theirs) in self.history.iter_mut().zip(&other.history) {
+            mine.copy_from(theirs.stamp_ns, &theirs.joints, &theirs.images);
+        }
+    }
+
+    /// The joints and images `back` frames ago (0: now). Before enough history
+    /// exists the oldest frame there is stands in (LeRobot fills its queue with the
+    /// first observation the same way).
+    pub fn frame(&self, back: usize) -> (&JointState, &[Image]) {
+        match back
+            .checked_sub(1)
+            .and_then(|k| self.history.get(k).or(self.history.last()))
+        {
+            Some(past) => (&past.joints, &past.images),
+            None => (&self.joints, &self.images),
         }
     }
 }

@@ -14,7 +14,7 @@
 //! | 40 | 8n | f64 positions, rad |
 //! | 40+8n | 8n | f64 velocities, rad/s (states only) |
 
-use crate::types::{JointCommand, JointState, MAX_JOINTS};
+use reflex_runtime::types::{JointCommand, JointState, MAX_JOINTS};
 
 pub const COMMAND_MAGIC: [u8; 4] = *b"RFXC";
 pub const STATE_MAGIC: [u8; 4] = *b"RFXS";

@@ -4,23 +4,24 @@
 //! Keys: `<prefix>/<robot>/joint_commands`, `<prefix>/<robot>/joint_states` (both in
 //! the [`crate::wire`] format) and `<prefix>/<robot>/status` (JSON).
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use zenoh::Wait;
 
-use crate::control::{OperatorRequests, Request};
-use crate::launch::{ZenohConfig, ZenohMode};
-use crate::mailbox::Mailbox;
-use crate::ratelimit::{WarnLimiter, excerpt, suppressed_note};
-use crate::slot::SlotReader;
-use crate::stats::StatusSnapshot;
-use crate::types::{JointCommand, JointState};
+use reflex_runtime::control::{OperatorRequests, Request};
+use reflex_runtime::mailbox::Mailbox;
+use reflex_runtime::ratelimit::{WarnLimiter, excerpt, suppressed_note};
+use reflex_runtime::slot::SlotReader;
+use reflex_runtime::stats::StatusSnapshot;
+use reflex_runtime::status::StatusThread;
+use reflex_runtime::taps::Tap;
+use reflex_runtime::types::{JointCommand, JointState};
+
 use crate::wire;
+use crate::{ZenohConfig, ZenohMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -144,7 +145,7 @@ impl Bus {
     }
 
     /// Starts the thread that mirrors the tick's commands and joint states.
-    pub fn spawn_mirror(&self, command_format: u16) -> Result<Mirror, BusError> {
+    pub fn spawn_mirror(&self, command_format: u16) -> Result<Tap, BusError> {
         let commands: Arc<Mailbox<JointCommand>> = Mailbox::new(1024);
         let states: Arc<Mailbox<JointState>> = Mailbox::new(1024);
         let command_pub = self
@@ -200,12 +201,12 @@ impl Bus {
                     }
                 })?
         };
-        Ok(Mirror {
-            commands,
-            states,
-            stop,
-            thread: Some(thread),
-        })
+        Ok(Tap::new(commands, states).on_finish(move || {
+            // Publishes what is queued, then stops.
+            stop.store(true, Ordering::Release);
+            thread.thread().unpark();
+            let _ = thread.join();
+        }))
     }
 
     /// Starts the thread that publishes the status as JSON at `hz`, and prints it as
@@ -216,7 +217,14 @@ impl Bus {
         hz: f64,
     ) -> Result<StatusThread, BusError> {
         let publisher = self.session.declare_publisher(self.key("status")).wait()?;
-        StatusThread::spawn(status, hz, Some(publisher))
+        let publish = move |snapshot: &StatusSnapshot| {
+            if let Ok(json) = serde_json::to_vec(snapshot)
+                && let Err(e) = publisher.put(json).wait()
+            {
+                tracing::warn!("publishing status failed: {e}");
+            }
+        };
+        Ok(StatusThread::spawn(status, hz, Some(Box::new(publish)))?)
     }
 
     /// Listens on `<prefix>/<robot>/control` (plain text). `estop` is always
@@ -291,85 +299,4 @@ impl Bus {
 /// Keeps the operator subscription alive.
 pub struct OperatorListener {
     _subscribers: [zenoh::pubsub::Subscriber<()>; 2],
-}
-
-/// The tick's ends of the mirror thread.
-pub struct Mirror {
-    pub commands: Arc<Mailbox<JointCommand>>,
-    pub states: Arc<Mailbox<JointState>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Mirror {
-    /// Publishes what is queued, then stops.
-    pub fn finish(mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            thread.thread().unpark();
-            let _ = thread.join();
-        }
-    }
-}
-
-pub struct StatusThread {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl StatusThread {
-    /// Without a publisher only the terminal line is shown.
-    pub fn spawn(
-        mut status: SlotReader<StatusSnapshot>,
-        hz: f64,
-        publisher: Option<zenoh::pubsub::Publisher<'static>>,
-    ) -> Result<Self, BusError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        // Launch files are validated; this guards other callers (NaN would panic).
-        let hz = if hz.is_finite() {
-            hz.clamp(0.1, 100.0)
-        } else {
-            10.0
-        };
-        let period = Duration::from_secs_f64(1.0 / hz);
-        let tty = std::io::stderr().is_terminal();
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("reflex-status".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Acquire) {
-                        std::thread::park_timeout(period);
-                        let snapshot = *status.latest();
-                        if snapshot.tick == 0 {
-                            continue;
-                        }
-                        if tty {
-                            eprint!("\r\x1b[2K{}", snapshot.line());
-                        }
-                        if let Some(publisher) = &publisher
-                            && let Ok(json) = serde_json::to_vec(&snapshot)
-                            && let Err(e) = publisher.put(json).wait()
-                        {
-                            tracing::warn!("publishing status failed: {e}");
-                        }
-                    }
-                    if tty {
-                        eprintln!();
-                    }
-                })?
-        };
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    pub fn finish(mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            thread.thread().unpark();
-            let _ = thread.join();
-        }
-    }
 }

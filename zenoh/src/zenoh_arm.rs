@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::wire;
 use reflex_runtime::driver::{ArmPorts, Driver, DriverContext, DriverError, DriverPorts};
 use reflex_runtime::launch::{Launch, LaunchError};
 use reflex_runtime::mailbox::Mailbox;
@@ -23,7 +24,6 @@ use reflex_runtime::registry::{DriverKind, DriverSpec, KindTable, schema_of};
 use reflex_runtime::slot::latest_slot;
 use reflex_runtime::stream::StreamDecl;
 use reflex_runtime::types::{JointCommand, JointState, monotonic_ns};
-use reflex_runtime::wire;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use zenoh::Wait;
@@ -71,12 +71,12 @@ impl DriverKind for ZenohArmKind {
             ("state_key", &config.state_key),
         ] {
             if let Some(key) = key {
-                reflex_runtime::bus::check_exact_key(key)
+                crate::bus::check_exact_key(key)
                     .map_err(|message| table.error_at(field, message))?;
             }
         }
         let launch = table.launch();
-        if !launch.config.zenoh.enabled {
+        if !crate::config(launch).enabled {
             return Err(table.error_at(
                 "",
                 "an arm over zenoh needs the zenoh session: set zenoh.enabled = true",
@@ -102,8 +102,13 @@ impl DriverSpec for ZenohArmSpec {
     fn is_arm(&self) -> bool {
         true
     }
-    fn build(&self, _launch: &Launch) -> Result<Box<dyn Driver>, DriverError> {
-        Ok(Box::new(ZenohArm::new(self.config.clone())))
+    fn build(&self, launch: &Launch) -> Result<Box<dyn Driver>, DriverError> {
+        let zenoh = crate::config(launch);
+        Ok(Box::new(ZenohArm::new(
+            self.config.clone(),
+            zenoh.key_prefix,
+            zenoh.command_format,
+        )))
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
@@ -112,6 +117,7 @@ impl DriverSpec for ZenohArmSpec {
 
 pub struct ZenohArm {
     cfg: ZenohArmConfig,
+    key_prefix: String,
     session: Option<zenoh::Session>,
     command_key: String,
     command_format: u16,
@@ -123,12 +129,14 @@ pub struct ZenohArm {
 }
 
 impl ZenohArm {
-    pub fn new(cfg: ZenohArmConfig) -> Self {
+    /// `key_prefix` and `command_format` come from the launch file's `[zenoh]`.
+    pub fn new(cfg: ZenohArmConfig, key_prefix: String, command_format: u16) -> Self {
         Self {
             cfg,
+            key_prefix,
             session: None,
             command_key: String::new(),
-            command_format: wire::VERSION,
+            command_format,
             commands: None,
             subscriber: None,
             bad_states: Arc::new(WarnLimiter::for_network()),
@@ -142,7 +150,7 @@ impl ZenohArm {
     }
 
     fn zenoh(&self, source: zenoh::Error) -> DriverError {
-        DriverError::Zenoh {
+        DriverError::Source {
             driver: self.cfg.name.clone(),
             source,
         }
@@ -156,10 +164,11 @@ impl Driver for ZenohArm {
 
     fn open(&mut self, ctx: &DriverContext) -> Result<DriverPorts, DriverError> {
         let session = ctx
-            .zenoh
-            .clone()
+            .services
+            .get::<zenoh::Session>()
+            .cloned()
             .ok_or_else(|| self.failed("needs the zenoh bus (zenoh.enabled = true)"))?;
-        let key = |leaf: &str| format!("{}/{}/{leaf}", ctx.key_prefix, ctx.robot);
+        let key = |leaf: &str| format!("{}/{}/{leaf}", self.key_prefix, ctx.robot);
         self.command_key = self
             .cfg
             .command_key
@@ -170,7 +179,6 @@ impl Driver for ZenohArm {
             .state_key
             .clone()
             .unwrap_or_else(|| key("joint_states"));
-        self.command_format = ctx.command_format;
         let (writer, reader) = latest_slot(&JointState::empty(ctx.joints));
         let writer = Mutex::new(writer);
         let joints = ctx.joints;
@@ -210,7 +218,7 @@ impl Driver for ZenohArm {
             arm: Some(ArmPorts {
                 state: reader,
                 commands,
-                on_zenoh: true,
+                publishes_itself: true,
                 bad_messages: self.bad_states.counter(),
             }),
             cameras: Vec::new(),
