@@ -236,7 +236,7 @@ fn replay(path: &Path) -> anyhow::Result<ExitCode> {
                 None
             }
         });
-        reflex_runtime::control::replay(&header, records)
+        reflex_runtime::control::replay_with(&header, records, &reflex::registry())
     };
     while reader.next_record().is_some() {
         after_gap += 1;

@@ -318,6 +318,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
             }),
             _ => None,
         },
+        executor: launch.executor(),
     };
     signals_stop_the_loop();
     let recorder = match how.log {
@@ -333,6 +334,8 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
                 horizon: params.horizon,
                 action_rate_hz: params.action_rate_hz,
                 replan_after: params.replan_after,
+                strategy: params.executor.strategy.clone(),
+                strategy_params: params.executor.params.clone(),
                 safety: params.safety.clone(),
                 // Replay rebuilds the workspace box from the URDF the run used.
                 urdf: match &c.robot.urdf {
@@ -378,6 +381,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         operator: requests,
         sim_inference_ticks: c.control.sim_inference_ticks,
         observation_frames,
+        stream_watches: launch.stream_watches(),
         startup_timeout: Duration::from_secs_f64(c.control.startup_timeout_ms / 1e3),
         heartbeat_timeout: c
             .safety

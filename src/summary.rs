@@ -127,6 +127,16 @@ impl<'a> Report<'a> {
                 s.refusals
             );
         }
+        for fault in s.stream_faults.iter().filter(|f| f.episodes > 0) {
+            let _ = writeln!(
+                out,
+                "  stream {:<11} stale {} times, {:.2} s in all: {}",
+                format!("`{}`", fault.name),
+                fault.episodes,
+                fault.stale_ticks as f64 / self.rate_hz,
+                fault.on_stale.verb()
+            );
+        }
         let _ = writeln!(
             out,
             "  messages           dropped commands {}, dropped bus messages {}, refused from the robot {}",
@@ -201,6 +211,12 @@ impl<'a> Report<'a> {
             "dropped_commands": s.dropped_commands,
             "dropped_bus_messages": s.dropped_bus_messages,
             "bad_robot_messages": s.bad_robot_messages,
+            "streams": s.stream_faults.iter().map(|f| json!({
+                "name": f.name,
+                "on_stale": f.on_stale,
+                "stale_episodes": f.episodes,
+                "stale_ticks": f.stale_ticks,
+            })).collect::<Vec<_>>(),
             "log": self.run.log.as_ref().map(|l| json!({"records": l.records, "dropped": l.dropped, "error": l.error})),
             "tasks": self.run.task.iter().map(|t| json!({
                 "task": t.task,

@@ -270,6 +270,8 @@ fn header(joints: &[&str]) -> LogHeader {
         horizon: 10,
         action_rate_hz: 10.0,
         replan_after: 5,
+        strategy: "replace".into(),
+        strategy_params: serde_json::Value::Null,
         safety: Default::default(),
         urdf: None,
         tip_link: None,

@@ -34,6 +34,7 @@ fn params(joints: usize) -> TickParams {
         horizon: 50,
         action_rate_hz: 50.0,
         replan_after: 25,
+        executor: reflex_runtime::executor::ExecutorFactory::replace(),
     }
 }
 
@@ -49,7 +50,7 @@ fn chunk(start: u64, joints: usize) -> ActionChunk {
 fn bench_tick(c: &mut Criterion) {
     for joints in [7, 14] {
         let p = params(joints);
-        let mut core = TickCore::new(&p);
+        let mut core = TickCore::new(&p).unwrap();
         let mut state = JointState::empty(joints);
         state.seq = 1;
         core.start(state.positions()).expect("a valid start");
@@ -123,7 +124,7 @@ fn tick_percentiles(_: &mut Criterion) {
             max: [2.0, 2.0, 2.0].into(),
         },
     });
-    let mut core = TickCore::new(&p);
+    let mut core = TickCore::new(&p).unwrap();
     let mut state = JointState::empty(joints);
     state.seq = 1;
     core.start(state.positions()).expect("a valid start");

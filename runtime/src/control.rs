@@ -15,15 +15,18 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::clock::{Clock, TickTime};
 use crate::driver::{ArmPorts, CameraPort, Driver, DriverError, TaskReport};
-use crate::executor::{ChunkExecutor, ChunkRejection};
+use crate::executor::{ChunkRejection, Executor, ExecutorFactory, ExecutorParams};
 use crate::history::ObservationHistory;
 use crate::launch::SafetyConfig;
 use crate::log::{LogEvent, LogHeader, LogSummary, Record, Recorder, TickRecord};
 use crate::policy::InferenceWorker;
 use crate::prompt::PromptCell;
+use crate::registry::Registry;
 use crate::safety::{ArmError, Motion, Refusal, SafetyFilter, WorkspaceGuard, flags};
 use crate::slot::SlotWriter;
+use crate::stats::ShortName;
 use crate::stats::{Distribution, RunStats, StatusSnapshot};
+use crate::stream::{OnStale, StreamFaults, StreamWatch};
 use crate::taps::Tap;
 use crate::types::{ActionChunk, JointCommand, JointState, MAX_JOINTS, Observation, monotonic_ns};
 
@@ -40,11 +43,16 @@ pub struct TickParams {
     pub safety: SafetyConfig,
     /// `[safety.workspace]` resolved against the robot model.
     pub workspace: Option<WorkspaceGuard>,
+    /// The execution strategy and its parameters.
+    pub executor: ExecutorFactory,
 }
 
 impl TickParams {
-    pub fn from_header(h: &LogHeader) -> Self {
-        Self {
+    /// The parameters a logged run had; its execution strategy is looked up in
+    /// `registry` (replace, the built-in one, is always there).
+    pub fn from_header(h: &LogHeader, registry: &Registry) -> Result<Self, String> {
+        let executor = registry.executor_from_header(&h.strategy, &h.strategy_params)?;
+        Ok(Self {
             joints: h.joints.clone(),
             rate_hz: h.rate_hz,
             max_state_age_ms: h.max_state_age_ms,
@@ -57,6 +65,17 @@ impl TickParams {
                 ..h.safety.clone()
             },
             workspace: workspace_from_header(h),
+            executor,
+        })
+    }
+
+    /// What the executor is built from.
+    pub fn executor_params(&self) -> ExecutorParams {
+        ExecutorParams {
+            dim: self.joints.len().min(MAX_JOINTS),
+            horizon: self.horizon,
+            ticks_per_action: self.rate_hz / self.action_rate_hz,
+            replan_after: self.replan_after,
         }
     }
 }
@@ -135,7 +154,7 @@ pub struct OperatorOutcome {
 /// The deterministic part of a tick: state validation, executor, safety filter
 /// and operator requests. Everything it decides depends only on what the log holds.
 pub struct TickCore {
-    pub executor: ChunkExecutor,
+    pub executor: Box<dyn Executor>,
     pub safety: SafetyFilter,
     joints: usize,
     limits: [[f64; 2]; MAX_JOINTS],
@@ -158,7 +177,8 @@ pub struct TickCore {
 }
 
 impl TickCore {
-    pub fn new(p: &TickParams) -> Self {
+    /// Fails only when the execution strategy cannot be built from `p`.
+    pub fn new(p: &TickParams) -> Result<Self, String> {
         let dt = 1.0 / p.rate_hz;
         let joints = p.joints.len().min(MAX_JOINTS);
         let mut limits = [[0.0; 2]; MAX_JOINTS];
@@ -172,13 +192,8 @@ impl TickCore {
             }
             out
         });
-        Self {
-            executor: ChunkExecutor::new(
-                joints,
-                p.horizon,
-                p.rate_hz / p.action_rate_hz,
-                p.replan_after,
-            ),
+        Ok(Self {
+            executor: p.executor.build(&p.executor_params())?,
             safety: {
                 let mut filter = SafetyFilter::new(&p.joints, dt, &p.safety);
                 if let Some(guard) = &p.workspace {
@@ -200,7 +215,7 @@ impl TickCore {
             last_invalid: None,
             epochs: 0,
             tracking_fault: None,
-        }
+        })
     }
 
     /// Arms the filter from the measured position and holds it.
@@ -378,6 +393,8 @@ pub enum ControlError {
     StoppedBeforeFirstState,
     #[error(transparent)]
     Driver(#[from] DriverError),
+    #[error("execution strategy: {0}")]
+    Executor(String),
 }
 
 /// Requests from an operator, read by the tick with one atomic swap each. Stop
@@ -446,6 +463,8 @@ pub struct ControlLoop {
     pub sim_inference_ticks: u64,
     /// Observations the policy conditions on (1: the current one only).
     pub observation_frames: usize,
+    /// Each camera's fault policy, in camera order.
+    pub stream_watches: Vec<StreamWatch>,
     pub startup_timeout: Duration,
     /// Deadman: latch the e-stop when no operator heartbeat came for this long.
     pub heartbeat_timeout: Option<Duration>,
@@ -474,6 +493,12 @@ struct Running {
     core: TickCore,
     obs: Observation,
     history: ObservationHistory,
+    /// Per camera: stale on the last tick.
+    stale: Vec<bool>,
+    /// A stale stream with `on_stale = "pause"`: no new chunk is requested.
+    paused: bool,
+    /// The first tick's time (a stream with no sample yet is as old as the run).
+    first_tick_ns: Option<u64>,
     stats: RunStats,
     window_jitter: Distribution,
     window_compute: Distribution,
@@ -541,7 +566,7 @@ impl ControlLoop {
     /// Runs until the duration is reached or `stop` is set, then brings the arm to rest.
     pub fn run(mut self, limits: RunLimits) -> Result<RunSummary, ControlError> {
         let joints = self.params.joints.len();
-        let mut core = TickCore::new(&self.params);
+        let mut core = TickCore::new(&self.params).map_err(ControlError::Executor)?;
         let first = self.first_state(&core, limits.stop)?;
         if let Err(e) = core.start(first.positions()) {
             // first_state checked the same; a state that changed under us is a fault.
@@ -586,7 +611,22 @@ impl ControlLoop {
                 history: history.template(joints, &self.cameras),
             },
             history,
-            stats: RunStats::default(),
+            stale: vec![false; self.cameras.len()],
+            paused: false,
+            first_tick_ns: None,
+            stats: RunStats {
+                stream_faults: self
+                    .stream_watches
+                    .iter()
+                    .map(|w| StreamFaults {
+                        name: w.name.clone(),
+                        on_stale: w.on_stale,
+                        episodes: 0,
+                        stale_ticks: 0,
+                    })
+                    .collect(),
+                ..RunStats::default()
+            },
             window_jitter: Distribution::default(),
             window_compute: Distribution::default(),
             window_start_tick: 0,
@@ -719,6 +759,7 @@ impl ControlLoop {
         // Policies that see past observations: this tick's state and camera frames.
         r.history
             .record(r.core.state_ok().then_some(&state), &mut self.cameras);
+        self.watch_streams(r, t);
 
         // 2. A finished chunk, if any (under the simulated clock: exactly when due).
         // While stopping, chunks are left unread: nothing may move the arm again.
@@ -811,6 +852,7 @@ impl ControlLoop {
             && moving
             && r.core.state_ok()
             && !self.worker.in_flight()
+            && !r.paused
             && r.core.executor.wants_chunk(t.tick)
         {
             r.obs.tick = t.tick;
@@ -820,6 +862,19 @@ impl ControlLoop {
                 image.copy_from(camera.frames.latest());
             }
             r.history.fill(&mut r.obs);
+            for ((image, watch), stale) in r
+                .obs
+                .images
+                .iter_mut()
+                .zip(&self.stream_watches)
+                .zip(&r.stale)
+            {
+                if *stale && watch.on_stale == OnStale::Mask {
+                    // Absent to the policy: a black image, its mask false.
+                    image.width = 0;
+                    image.height = 0;
+                }
+            }
             if self.worker.request(&r.obs) {
                 r.inference_due = Some(t.tick + self.sim_inference_ticks.max(1));
             }
@@ -831,6 +886,47 @@ impl ControlLoop {
 
     /// Applies operator requests (and the deadman); each is logged with its
     /// outcome, applied before this tick's step, so replay sees them.
+    /// Judges each camera's newest frame against its `[streams]` fault policy.
+    fn watch_streams(&mut self, r: &mut Running, t: TickTime) {
+        let start = *r.first_tick_ns.get_or_insert(t.now_ns);
+        let mut paused = false;
+        for (i, (watch, camera)) in self
+            .stream_watches
+            .iter()
+            .zip(&mut self.cameras)
+            .enumerate()
+        {
+            let frame = camera.frames.latest();
+            let since = if frame.seq == 0 {
+                start
+            } else {
+                frame.stamp_ns
+            };
+            let stale = t.now_ns.saturating_sub(since) > watch.max_age_ns;
+            let fault = &mut r.stats.stream_faults[i];
+            if stale && !r.stale[i] {
+                fault.episodes += 1;
+                tracing::warn!(
+                    "stream `{}` stale (no frame for {} ms): {}",
+                    watch.name,
+                    t.now_ns.saturating_sub(since) / 1_000_000,
+                    watch.on_stale.verb()
+                );
+                if watch.on_stale == OnStale::Stop && r.core.safety.motion() == Motion::Tracking {
+                    self.operator.estop.store(true, Ordering::Release);
+                }
+            } else if !stale && r.stale[i] {
+                tracing::warn!("stream `{}` fresh again", watch.name);
+            }
+            r.stale[i] = stale;
+            if stale {
+                fault.stale_ticks += 1;
+                paused |= watch.on_stale == OnStale::Pause;
+            }
+        }
+        r.paused = paused;
+    }
+
     fn operator_requests(&mut self, r: &mut Running, state: &JointState, t: TickTime) {
         if let Some(timeout) = self.heartbeat_timeout {
             let last = self.operator.heartbeat_ns.load(Ordering::Acquire);
@@ -920,6 +1016,12 @@ impl ControlLoop {
             estop_latches: r.core.safety.latches(),
             last_refusal: r.stats.last_refusal,
             stopping,
+            stale_stream: r
+                .stale
+                .iter()
+                .zip(&self.stream_watches)
+                .find(|(stale, _)| **stale)
+                .map(|(_, w)| (ShortName::new(&w.name), w.on_stale)),
         };
         status.publish_with(|slot| *slot = snapshot);
         if r.window_start.elapsed() >= Duration::from_secs(1) || simulated {
@@ -961,9 +1063,28 @@ pub fn replay<R: std::borrow::Borrow<Record>>(
     header: &LogHeader,
     records: impl IntoIterator<Item = R>,
 ) -> ReplayReport {
-    let params = TickParams::from_header(header);
-    let mut core = TickCore::new(&params);
+    replay_with(header, records, &Registry::new())
+}
+
+/// [`replay`] with the execution strategies of `registry` (a binary's own).
+pub fn replay_with<R: std::borrow::Borrow<Record>>(
+    header: &LogHeader,
+    records: impl IntoIterator<Item = R>,
+    registry: &Registry,
+) -> ReplayReport {
     let mut report = ReplayReport::default();
+    let core = TickParams::from_header(header, registry).and_then(|p| TickCore::new(&p));
+    let mut core = match core {
+        Ok(core) => core,
+        Err(e) => {
+            report.mismatches += 1;
+            report.first.push(Mismatch {
+                tick: 0,
+                what: format!("cannot rebuild the tick: {e}"),
+            });
+            return report;
+        }
+    };
     let note = |report: &mut ReplayReport, tick: u64, what: String| {
         report.mismatches += 1;
         if report.first.len() < 10 {
@@ -1091,11 +1212,12 @@ mod tests {
             replan_after: 1,
             safety,
             workspace: None,
+            executor: ExecutorFactory::replace(),
         }
     }
 
     fn core() -> TickCore {
-        let mut core = TickCore::new(&params(&["j"], SafetyConfig::default()));
+        let mut core = TickCore::new(&params(&["j"], SafetyConfig::default())).unwrap();
         core.start(&[0.0]).unwrap();
         core
     }
@@ -1191,7 +1313,8 @@ mod tracking_tests {
                 tracking_lag_ms: 50.0,
                 ..SafetyConfig::default()
             },
-        ));
+        ))
+        .unwrap();
         core.start(&[0.0, 0.0]).unwrap();
         let mut chunk = ActionChunk::zeros(2, 2);
         chunk.actions.copy_from_slice(&[0.0, 0.8, 0.0, 0.8]);

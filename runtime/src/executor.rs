@@ -1,13 +1,161 @@
-//! Open-loop execution of action chunks.
+//! Execution strategies: how action chunks become one target per tick.
 //!
-//! Action k of a chunk conditioned on tick t0 is the target for tick
+//! [`Executor`] is the contract; strategies register a [`crate::registry::StrategyKind`]
+//! and are picked by `[execution] strategy`. The built-in `replace` strategy
+//! ([`ChunkExecutor`], [`ReplaceStrategy`]) executes the newest chunk open loop:
+//! action k of a chunk conditioned on tick t0 is the target for tick
 //! `t0 + (k + 1) * ticks_per_action`. When a chunk arrives late, the actions whose
 //! time has already passed are dropped and the target is interpolated from the last
 //! target handed out, so switching chunks never jumps. Between actions the target
 //! is interpolated linearly (the control rate is usually higher than the action
 //! rate); after the last action it holds.
 
+use std::fmt;
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::launch::LaunchError;
+use crate::registry::{KindTable, StrategyKind, schema_of};
 use crate::types::{ActionChunk, MAX_JOINTS};
+
+/// Turns chunks into the target of every tick. Runs inside the tick: no
+/// allocation, no blocking.
+pub trait Executor: Send {
+    /// Drops any chunk and holds `position` (start-up, re-arm).
+    fn hold(&mut self, position: &[f64]);
+    /// Drops the active chunk and every chunk conditioned before `tick`, and holds
+    /// `position`.
+    fn flush(&mut self, position: &[f64], tick: u64);
+    /// Takes a finished chunk at tick `now`.
+    fn accept(&mut self, chunk: &ActionChunk, now: u64) -> Result<(), ChunkRejection>;
+    /// The target for tick `now` (the safety filter limits it).
+    fn target(&mut self, now: u64) -> &[f64];
+    /// True when the next chunk should be requested at tick `now`.
+    fn wants_chunk(&self, now: u64) -> bool;
+    /// Actions not yet reached (for the status line).
+    fn queued(&self, now: u64) -> usize;
+}
+
+/// What every strategy is built from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExecutorParams {
+    /// Joints (action width the executor sees).
+    pub dim: usize,
+    /// Actions in a chunk as the policy returns it.
+    pub horizon: usize,
+    /// Control ticks per action (`control.rate_hz / execution.action_rate_hz`).
+    pub ticks_per_action: f64,
+    /// `execution.replan_after`.
+    pub replan_after: usize,
+}
+
+type BuildFn = dyn Fn(&ExecutorParams) -> Result<Box<dyn Executor>, String> + Send + Sync;
+
+/// A checked strategy with its parameters: builds the executor of a run, and is
+/// written to the run log so that replay builds the same one.
+#[derive(Clone)]
+pub struct ExecutorFactory {
+    pub strategy: String,
+    /// The strategy's own parameters, as checked.
+    pub params: serde_json::Value,
+    build: Arc<BuildFn>,
+}
+
+impl fmt::Debug for ExecutorFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecutorFactory")
+            .field("strategy", &self.strategy)
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExecutorFactory {
+    /// A registered strategy with checked parameters.
+    pub fn new(kind: Arc<dyn StrategyKind>, params: serde_json::Value) -> Self {
+        let strategy = kind.name().to_string();
+        let captured = params.clone();
+        Self {
+            strategy,
+            params,
+            build: Arc::new(move |p| kind.build(&captured, p)),
+        }
+    }
+
+    /// The built-in `replace` strategy with its defaults.
+    pub fn replace() -> Self {
+        Self::new(Arc::new(ReplaceStrategy), serde_json::json!({}))
+    }
+
+    pub fn build(&self, p: &ExecutorParams) -> Result<Box<dyn Executor>, String> {
+        (self.build)(p)
+    }
+}
+
+/// `[execution] strategy = "replace"` (the default): the newest chunk replaces
+/// the active one; between actions the target is interpolated.
+pub struct ReplaceStrategy;
+
+/// The `replace` strategy's own fields of `[execution]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceParams {
+    /// Index of the first action executed: LeRobot's Diffusion Policy executes
+    /// from `n_obs_steps - 1`, the earlier actions being the past it denoised too.
+    #[serde(default)]
+    pub first_action: usize,
+}
+
+impl StrategyKind for ReplaceStrategy {
+    fn name(&self) -> &'static str {
+        "replace"
+    }
+
+    fn schema(&self) -> serde_json::Value {
+        schema_of::<ReplaceParams>()
+    }
+
+    fn check(&self, table: &KindTable<'_>) -> Result<serde_json::Value, LaunchError> {
+        let params: ReplaceParams = table.parse()?;
+        let launch = table.launch();
+        let horizon = launch.policy().horizon();
+        let replan_after = launch.config.execution.replan_after;
+        if params.first_action + replan_after > horizon {
+            return Err(table.error_at(
+                "first_action",
+                format!(
+                    "{} skipped + replan_after {replan_after} is more than the policy's horizon {horizon}",
+                    params.first_action
+                ),
+            ));
+        }
+        serde_json::to_value(params).map_err(|e| table.error_at("", e.to_string()))
+    }
+
+    fn build(
+        &self,
+        params: &serde_json::Value,
+        p: &ExecutorParams,
+    ) -> Result<Box<dyn Executor>, String> {
+        let params: ReplaceParams = if params.is_null() {
+            ReplaceParams::default()
+        } else {
+            serde_json::from_value(params.clone()).map_err(|e| e.to_string())?
+        };
+        if params.first_action + p.replan_after.max(1) > p.horizon {
+            return Err(format!(
+                "first_action {} + replan_after {} exceeds the horizon {}",
+                params.first_action, p.replan_after, p.horizon
+            ));
+        }
+        Ok(Box::new(
+            ChunkExecutor::new(p.dim, p.horizon, p.ticks_per_action, p.replan_after)
+                .starting_at(params.first_action),
+        ))
+    }
+}
 
 /// Why a chunk was not executed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -36,7 +184,11 @@ pub enum ChunkRejection {
 
 pub struct ChunkExecutor {
     dim: usize,
+    /// Actions per chunk from the policy.
+    model_horizon: usize,
+    /// Actions of a chunk executed: those from `first_action` on.
     horizon: usize,
+    first_action: usize,
     ticks_per_action: f64,
     replan_after: usize,
     /// Row-major [horizon][dim] of the active chunk.
@@ -53,7 +205,9 @@ impl ChunkExecutor {
     pub fn new(dim: usize, horizon: usize, ticks_per_action: f64, replan_after: usize) -> Self {
         Self {
             dim,
+            model_horizon: horizon,
             horizon,
+            first_action: 0,
             ticks_per_action,
             replan_after,
             points: vec![0.0; horizon * dim],
@@ -65,29 +219,37 @@ impl ChunkExecutor {
         }
     }
 
-    /// Drops any chunk and holds `position` (start-up, re-arm).
-    pub fn hold(&mut self, position: &[f64]) {
+    /// Executes each chunk from action `first` on (checked against the horizon
+    /// by [`ReplaceStrategy`]).
+    pub fn starting_at(mut self, first: usize) -> Self {
+        let first = first.min(self.model_horizon.saturating_sub(1));
+        self.first_action = first;
+        self.horizon = self.model_horizon - first;
+        self.points.truncate(self.horizon * self.dim);
+        self
+    }
+}
+
+impl Executor for ChunkExecutor {
+    fn hold(&mut self, position: &[f64]) {
         self.chunk_start = None;
         self.target[..self.dim].copy_from_slice(&position[..self.dim]);
     }
 
-    /// Drops the active chunk and every chunk conditioned before `tick` (one in
-    /// flight while the arm stopped, say), and holds `position`.
-    pub fn flush(&mut self, position: &[f64], tick: u64) {
+    fn flush(&mut self, position: &[f64], tick: u64) {
         self.hold(position);
         self.not_before = tick;
     }
 
-    /// Takes `chunk` as the active chunk at tick `now`.
-    pub fn accept(&mut self, chunk: &ActionChunk, now: u64) -> Result<(), ChunkRejection> {
-        if chunk.horizon != self.horizon
+    fn accept(&mut self, chunk: &ActionChunk, now: u64) -> Result<(), ChunkRejection> {
+        if chunk.horizon != self.model_horizon
             || chunk.dim != self.dim
-            || chunk.actions.len() != self.horizon * self.dim
+            || chunk.actions.len() != self.model_horizon * self.dim
         {
             return Err(ChunkRejection::Shape {
                 horizon: chunk.horizon,
                 dim: chunk.dim,
-                expected_horizon: self.horizon,
+                expected_horizon: self.model_horizon,
                 expected_dim: self.dim,
             });
         }
@@ -108,7 +270,8 @@ impl ChunkExecutor {
                 now,
             });
         }
-        for (point, action) in self.points.iter_mut().zip(&chunk.actions) {
+        let executed = &chunk.actions[self.first_action * self.dim..];
+        for (point, action) in self.points.iter_mut().zip(executed) {
             *point = f64::from(*action);
         }
         self.chunk_start = Some(chunk.conditioned_on_tick);
@@ -118,12 +281,7 @@ impl ChunkExecutor {
         Ok(())
     }
 
-    fn point_tick(&self, start: u64, k: usize) -> f64 {
-        start as f64 + (k as f64 + 1.0) * self.ticks_per_action
-    }
-
-    /// The target for tick `now`.
-    pub fn target(&mut self, now: u64) -> &[f64] {
+    fn target(&mut self, now: u64) -> &[f64] {
         let Some(start) = self.chunk_start else {
             return &self.target[..self.dim];
         };
@@ -161,17 +319,15 @@ impl ChunkExecutor {
         &self.target[..dim]
     }
 
-    /// True when the next chunk should be requested at tick `now`: no chunk yet, or
-    /// `replan_after` actions of the active one have been reached.
-    pub fn wants_chunk(&self, now: u64) -> bool {
+    /// No chunk yet, or `replan_after` actions of the active one have been reached.
+    fn wants_chunk(&self, now: u64) -> bool {
         match self.chunk_start {
             None => true,
             Some(start) => now as f64 >= self.point_tick(start, self.replan_after - 1),
         }
     }
 
-    /// Actions of the active chunk not yet reached.
-    pub fn queued(&self, now: u64) -> usize {
+    fn queued(&self, now: u64) -> usize {
         self.chunk_start
             .map(|start| {
                 (0..self.horizon)
@@ -179,6 +335,12 @@ impl ChunkExecutor {
                     .count()
             })
             .unwrap_or(0)
+    }
+}
+
+impl ChunkExecutor {
+    fn point_tick(&self, start: u64, k: usize) -> f64 {
+        start as f64 + (k as f64 + 1.0) * self.ticks_per_action
     }
 }
 
@@ -264,6 +426,38 @@ mod tests {
             Err(ChunkRejection::Flushed { .. })
         ));
         ex.accept(&chunk(20, &[1.0, 2.0]), 22).unwrap();
+    }
+
+    #[test]
+    fn first_action_skips_the_chunks_past() {
+        // A Diffusion Policy chunk with n_obs_steps = 2 starts one action in the past.
+        let mut ex = ChunkExecutor::new(1, 4, 10.0, 2).starting_at(1);
+        ex.hold(&[0.0]);
+        ex.accept(&chunk(0, &[-5.0, 1.0, 2.0, 3.0]), 1).unwrap();
+        assert!((ex.target(10)[0] - 1.0).abs() < 1e-12);
+        assert!((ex.target(30)[0] - 3.0).abs() < 1e-12);
+        assert!(ex.target(5)[0] > 0.0, "never heads for the skipped action");
+        assert_eq!(ex.queued(0), 3);
+        // The strategy refuses what cannot run.
+        let p = ExecutorParams {
+            dim: 1,
+            horizon: 4,
+            ticks_per_action: 10.0,
+            replan_after: 3,
+        };
+        let replace = ReplaceStrategy;
+        assert!(
+            replace
+                .build(&serde_json::json!({"first_action": 1}), &p)
+                .is_ok()
+        );
+        assert!(
+            replace
+                .build(&serde_json::json!({"first_action": 2}), &p)
+                .is_err()
+        );
+        assert!(replace.build(&serde_json::json!({"first": 2}), &p).is_err());
+        assert!(replace.build(&serde_json::Value::Null, &p).is_ok());
     }
 
     #[test]

@@ -37,9 +37,10 @@ pub const MAX_NAME_BYTES: usize = 128;
 use std::any::Any;
 use std::collections::BTreeMap;
 
+use crate::executor::{ExecutorFactory, ExecutorParams};
 use crate::registry::{DriverSpec, KindTable, LoadError, PolicySpec, Registry, one_of};
 use crate::robot_model::{JointKind, ModelJoint, RobotModel, WorkspaceBox};
-use crate::stream::StreamDecl;
+use crate::stream::{OnStale, StreamDecl, StreamWatch};
 
 /// The runtime's part of a launch file. `[[drivers]]` and `[policy]` tables
 /// belong to their kinds and other sections (`[onnxruntime]`) to the crates that
@@ -55,6 +56,9 @@ pub struct LaunchFile {
     /// What the robot is asked to do (the instruction of language-conditioned policies).
     #[serde(default)]
     pub task: TaskConfig,
+    /// Per image stream: when it counts as stale and what that does.
+    #[serde(default)]
+    pub streams: BTreeMap<String, StreamConfig>,
     #[serde(default)]
     pub safety: SafetyConfig,
     /// Seeds every random choice of the run (targets, sampling noise).
@@ -218,14 +222,32 @@ pub struct TaskConfig {
     pub instruction: String,
 }
 
-/// `[execution]`: how the actions of a chunk become commands.
+/// `[streams.<name>]`: the fault policy of one stream a driver declares.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// A sample older than this is stale, ms (default 500).
+    #[serde(default = "defaults::stream_max_age_ms")]
+    pub max_age_ms: f64,
+    /// `ignore`, `mask`, `pause` (default) or `stop`.
+    #[serde(default)]
+    pub on_stale: OnStale,
+}
+
+/// `[execution]`: how the actions of a chunk become commands.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 pub struct ExecutionConfig {
     /// Rate of the actions in a chunk, Hz; the loop interpolates between them.
     pub action_rate_hz: f64,
     /// Ask for the next chunk after this many actions of the current one.
     pub replan_after: usize,
+    /// The execution strategy (`replace`, or one a crate registers).
+    #[serde(default = "defaults::strategy")]
+    pub strategy: String,
+    /// The strategy's own fields (checked by the strategy).
+    #[serde(flatten)]
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
+    pub params: toml::Table,
 }
 
 /// section for the command contract they are part of).
@@ -391,6 +413,12 @@ pub struct WorkspaceConfig {
 }
 
 mod defaults {
+    pub fn stream_max_age_ms() -> f64 {
+        500.0
+    }
+    pub fn strategy() -> String {
+        "replace".into()
+    }
     pub fn rate_hz() -> f64 {
         100.0
     }
@@ -482,6 +510,7 @@ pub struct Launch {
     pub streams: Vec<StreamDecl>,
     policy: Option<Arc<dyn PolicySpec>>,
     sections: BTreeMap<&'static str, Arc<dyn Any + Send + Sync>>,
+    executor: Option<ExecutorFactory>,
 }
 
 impl fmt::Debug for Launch {
@@ -598,6 +627,7 @@ impl Launch {
             streams: Vec::new(),
             policy: None,
             sections: BTreeMap::new(),
+            executor: None,
         };
         let mut root: toml::Table =
             toml::from_str(&launch.text).map_err(|e: toml::de::Error| {
@@ -638,7 +668,7 @@ impl Launch {
         launch.check_sections(section_tables, registry)?;
         launch.check_drivers(registry)?;
         launch.check_policy(registry)?;
-        launch.check_execution()?;
+        launch.check_execution(registry)?;
         launch.resolve_workspace()?;
         Ok(launch)
     }
@@ -773,7 +803,46 @@ impl Launch {
         }
         self.drivers = specs;
         self.streams = streams;
+        for (name, config) in &self.config.streams {
+            let at = format!("streams.{name}");
+            match self.streams.iter().find(|s| &s.name == name) {
+                None => {
+                    return Err(self.error_at(
+                        &at,
+                        format!(
+                            "no stream named `{name}`; image streams: {}",
+                            list_or_none(&self.camera_names())
+                        ),
+                    ));
+                }
+                Some(stream) if !stream.is_image() => {
+                    return Err(self.error_at(
+                        &at,
+                        "a stale joint state always stops the arm (control.max_state_age_ms, \
+                         safety.estop_after_stale_ms); [streams] configures image streams",
+                    ));
+                }
+                Some(_) => {}
+            }
+            self.check_range(&format!("{at}.max_age_ms"), config.max_age_ms, MAX_STALE_MS)?;
+        }
         Ok(())
+    }
+
+    /// How the loop watches each image stream, in camera order.
+    pub fn stream_watches(&self) -> Vec<StreamWatch> {
+        self.camera_names()
+            .into_iter()
+            .map(|name| {
+                let config = self.config.streams.get(&name);
+                let max_age_ms = config.map_or(defaults::stream_max_age_ms(), |c| c.max_age_ms);
+                StreamWatch {
+                    max_age_ns: (max_age_ms * 1e6) as u64,
+                    on_stale: config.map(|c| c.on_stale).unwrap_or_default(),
+                    name,
+                }
+            })
+            .collect()
     }
 
     fn check_policy(&mut self, registry: &Registry) -> Result<(), LaunchError> {
@@ -788,7 +857,7 @@ impl Launch {
         Ok(())
     }
 
-    fn check_execution(&self) -> Result<(), LaunchError> {
+    fn check_execution(&mut self, registry: &Registry) -> Result<(), LaunchError> {
         crate::prompt::check_prompt(&self.config.task.instruction)
             .map_err(|e| self.error_at("task.instruction", e.to_string()))?;
         let execution = &self.config.execution;
@@ -812,7 +881,41 @@ impl Launch {
                 ),
             ));
         }
+        let Some(kind) = registry.find_strategy(&execution.strategy) else {
+            return Err(self.error_at(
+                "execution.strategy",
+                format!(
+                    "unknown strategy `{}`; strategies: {}",
+                    execution.strategy,
+                    one_of(&registry.strategy_names())
+                ),
+            ));
+        };
+        let params = kind.check(&KindTable::new(self, "execution", execution.params.clone()))?;
+        let factory = ExecutorFactory::new(kind.clone(), params);
+        // Built once here so that a strategy that cannot start fails the check.
+        factory
+            .build(&self.executor_params())
+            .map_err(|e| self.error_at("execution", e))?;
+        self.executor = Some(factory);
         Ok(())
+    }
+
+    /// What the run's executor is built from.
+    pub fn executor_params(&self) -> ExecutorParams {
+        ExecutorParams {
+            dim: self.config.robot.joints.len(),
+            horizon: self.policy().horizon(),
+            ticks_per_action: self.config.control.rate_hz / self.config.execution.action_rate_hz,
+            replan_after: self.config.execution.replan_after,
+        }
+    }
+
+    /// The checked execution strategy.
+    pub fn executor(&self) -> ExecutorFactory {
+        self.executor
+            .clone()
+            .unwrap_or_else(ExecutorFactory::replace)
     }
 
     /// The checked policy.
@@ -1342,8 +1445,11 @@ fn placeholder() -> LaunchFile {
         execution: ExecutionConfig {
             action_rate_hz: 1.0,
             replan_after: 1,
+            strategy: defaults::strategy(),
+            params: toml::Table::new(),
         },
         task: TaskConfig::default(),
+        streams: BTreeMap::new(),
         safety: SafetyConfig::default(),
         seed: 0,
         drivers: Vec::new(),

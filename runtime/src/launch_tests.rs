@@ -344,6 +344,30 @@ fn execution_is_checked_against_the_policy() {
 }
 
 #[test]
+fn the_execution_strategy_checks_its_own_fields() {
+    let launch = load(FILE, &[]).unwrap();
+    assert_eq!(launch.executor().strategy, "replace");
+    let launch = load(FILE, &["execution.first_action=4"]).unwrap();
+    assert_eq!(launch.executor().params["first_action"], 4);
+    let err = load(FILE, &["execution.first_action=5"]).unwrap_err();
+    assert_eq!(err.field, "execution.first_action");
+    assert!(
+        err.message.contains("more than the policy's horizon 8"),
+        "{err}"
+    );
+    let err = load(FILE, &["execution.strategy=\"rtc\""]).unwrap_err();
+    assert_eq!(err.field, "execution.strategy");
+    assert!(
+        err.message
+            .contains("unknown strategy `rtc`; strategies: `replace`"),
+        "{err}"
+    );
+    let err = load(FILE, &["execution.frist_action=1"]).unwrap_err();
+    assert_eq!(err.field, "execution.frist_action");
+    assert!(err.message.contains("unknown field"), "{err}");
+}
+
+#[test]
 fn drivers_need_one_arm_and_unique_names() {
     let two = format!("{FILE}\n[[drivers]]\nkind = \"fake_arm\"\nname = \"arm\"\n");
     let err = load(&two, &[]).unwrap_err();

@@ -105,6 +105,10 @@ mod kind {
     pub const END: u8 = 0xFF;
 }
 
+fn replace() -> String {
+    "replace".into()
+}
+
 /// Everything replay needs to rebuild the tick, plus the launch text for the record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogHeader {
@@ -119,6 +123,12 @@ pub struct LogHeader {
     pub horizon: usize,
     pub action_rate_hz: f64,
     pub replan_after: usize,
+    /// The execution strategy (`replace` for logs written before strategies).
+    #[serde(default = "replace")]
+    pub strategy: String,
+    /// The strategy's checked parameters.
+    #[serde(default)]
+    pub strategy_params: serde_json::Value,
     /// The safety filter's settings (defaults for logs written before they existed).
     #[serde(default)]
     pub safety: crate::launch::SafetyConfig,
@@ -754,6 +764,8 @@ impl<R: Read> LogReader<R> {
                 horizon: 0,
                 action_rate_hz: 0.0,
                 replan_after: 0,
+                strategy: "replace".into(),
+                strategy_params: serde_json::Value::Null,
                 safety: Default::default(),
                 urdf: None,
                 tip_link: None,
@@ -1270,6 +1282,8 @@ mod tests {
             horizon: 2,
             action_rate_hz: 10.0,
             replan_after: 1,
+            strategy: "replace".into(),
+            strategy_params: serde_json::Value::Null,
             safety: Default::default(),
             urdf: None,
             tip_link: None,

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use crate::driver::{Driver, DriverError};
+use crate::executor::{Executor, ExecutorParams};
 use crate::launch::{Launch, LaunchError};
 use crate::policy::LoadedPolicy;
 use crate::stream::StreamDecl;
@@ -160,6 +161,24 @@ pub trait PolicySpec: Send + Sync + fmt::Debug {
     fn as_any(&self) -> &dyn Any;
 }
 
+/// An execution strategy: `[execution] strategy = "<name>"` and the strategy's
+/// own fields of `[execution]`.
+pub trait StrategyKind: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// JSON schema of the strategy's own fields.
+    fn schema(&self) -> serde_json::Value;
+    /// Checks the strategy's fields (the table holds `[execution]` without
+    /// `action_rate_hz`, `replan_after` and `strategy`) and returns them as JSON:
+    /// they are written to the run log, and replay builds from them.
+    fn check(&self, table: &KindTable<'_>) -> Result<serde_json::Value, LaunchError>;
+    /// Builds the executor from checked parameters (at start and at replay).
+    fn build(
+        &self,
+        params: &serde_json::Value,
+        p: &ExecutorParams,
+    ) -> Result<Box<dyn Executor>, String>;
+}
+
 /// A top-level launch-file section owned by a crate (`[onnxruntime]`).
 pub trait SectionKind: Send + Sync {
     /// The section's name: `[<name>]`.
@@ -171,11 +190,18 @@ pub trait SectionKind: Send + Sync {
 }
 
 /// Every kind a binary knows, by name.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Registry {
     drivers: BTreeMap<&'static str, Arc<dyn DriverKind>>,
     policies: BTreeMap<&'static str, Arc<dyn PolicyKind>>,
     sections: BTreeMap<&'static str, Arc<dyn SectionKind>>,
+    strategies: BTreeMap<&'static str, Arc<dyn StrategyKind>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl fmt::Debug for Registry {
@@ -184,13 +210,22 @@ impl fmt::Debug for Registry {
             .field("drivers", &self.drivers.keys().collect::<Vec<_>>())
             .field("policies", &self.policies.keys().collect::<Vec<_>>())
             .field("sections", &self.sections.keys().collect::<Vec<_>>())
+            .field("strategies", &self.strategies.keys().collect::<Vec<_>>())
             .finish()
     }
 }
 
 impl Registry {
+    /// A registry with the runtime's built-in `replace` execution strategy.
     pub fn new() -> Self {
-        Self::default()
+        let mut registry = Self {
+            drivers: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            sections: BTreeMap::new(),
+            strategies: BTreeMap::new(),
+        };
+        registry.strategy(crate::executor::ReplaceStrategy);
+        registry
     }
 
     /// Registers a driver kind; a second kind of the same name replaces the first.
@@ -207,6 +242,38 @@ impl Registry {
     pub fn section(&mut self, kind: impl SectionKind + 'static) -> &mut Self {
         self.sections.insert(kind.section(), Arc::new(kind));
         self
+    }
+
+    pub fn strategy(&mut self, kind: impl StrategyKind + 'static) -> &mut Self {
+        self.strategies.insert(kind.name(), Arc::new(kind));
+        self
+    }
+
+    pub fn find_strategy(&self, name: &str) -> Option<&Arc<dyn StrategyKind>> {
+        self.strategies.get(name)
+    }
+
+    pub fn strategy_names(&self) -> Vec<&'static str> {
+        self.strategies.keys().copied().collect()
+    }
+
+    /// The executor a run log's header names (for replay).
+    pub fn executor_from_header(
+        &self,
+        strategy: &str,
+        params: &serde_json::Value,
+    ) -> Result<crate::executor::ExecutorFactory, String> {
+        let kind = self.find_strategy(strategy).ok_or_else(|| {
+            format!(
+                "the log was written with execution strategy `{strategy}`, which this binary \
+                 does not have (strategies: {})",
+                one_of(&self.strategy_names())
+            )
+        })?;
+        Ok(crate::executor::ExecutorFactory::new(
+            kind.clone(),
+            params.clone(),
+        ))
     }
 
     pub fn find_driver(&self, kind: &str) -> Option<&Arc<dyn DriverKind>> {
@@ -247,6 +314,7 @@ impl Registry {
             "drivers": map(self.drivers.iter().map(|(k, v)| (*k, v.schema())).collect()),
             "policies": map(self.policies.iter().map(|(k, v)| (*k, v.schema())).collect()),
             "sections": map(self.sections.iter().map(|(k, v)| (*k, v.schema())).collect()),
+            "strategies": map(self.strategies.iter().map(|(k, v)| (*k, v.schema())).collect()),
         })
     }
 }

@@ -214,13 +214,14 @@ fn params(setup: &Setup) -> TickParams {
             ..SafetyConfig::default()
         },
         workspace: None,
+        executor: crate::executor::ExecutorFactory::replace(),
     }
 }
 
 /// Runs one random episode through the real tick and checks every command.
 fn tick_property(setup: &Setup, events: &[TickEvent], mutant: Mutant) -> Result<(), TestCaseError> {
     let p = params(setup);
-    let mut core = TickCore::new(&p);
+    let mut core = TickCore::new(&p).unwrap();
     core.safety.mutate(mutant);
     let period_ns = (1e9 / setup.rate_hz) as u64;
     let mut start = [0.0; JOINTS];

@@ -92,6 +92,8 @@ pub struct RunStats {
     pub dropped_bus_messages: u64,
     /// Messages from the robot its driver refused (undecodable, wrong joint count).
     pub bad_robot_messages: u64,
+    /// Per camera: how often it went stale and what that did.
+    pub stream_faults: Vec<crate::stream::StreamFaults>,
 }
 
 #[cfg(test)]
@@ -142,6 +144,41 @@ pub struct StatusSnapshot {
     pub last_refusal: Option<crate::safety::Refusal>,
     /// The run is ending and the arm is being brought to rest.
     pub stopping: bool,
+    /// A stream that is stale now, and what that does.
+    pub stale_stream: Option<(ShortName, crate::stream::OnStale)>,
+}
+
+/// A name in a fixed buffer, so that snapshots stay `Copy` (at most 32 bytes; a
+/// longer one is cut at a character boundary).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ShortName {
+    bytes: [u8; 32],
+    len: u8,
+}
+
+impl ShortName {
+    pub fn new(name: &str) -> Self {
+        let mut len = name.len().min(32);
+        while !name.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut bytes = [0; 32];
+        bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+        Self {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl serde::Serialize for ShortName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 impl StatusSnapshot {
@@ -173,5 +210,11 @@ impl StatusSnapshot {
             .filter(|_| self.estop || self.hold)
             .map(|r| format!(" refused: {r}"))
             .unwrap_or_default()
+            + &self
+                .stale_stream
+                .map(|(name, action)| {
+                    format!(" stream `{}` stale: {}", name.as_str(), action.verb())
+                })
+                .unwrap_or_default()
     }
 }

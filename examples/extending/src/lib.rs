@@ -4,10 +4,13 @@
 //! - [`pattern_camera`]: `[[drivers]] kind = "pattern_camera"`, a camera that is not
 //!   part of an arm and draws a moving test pattern;
 //! - [`goto`]: `[policy] kind = "goto"`, a policy in plain Rust (no model) that
-//!   moves the arm to a configured pose in straight joint-space segments.
+//!   moves the arm to a configured pose in straight joint-space segments;
+//! - [`ema`]: `[execution] strategy = "ema"`, an execution strategy that smooths
+//!   the targets of the built-in `replace` strategy.
 //!
 //! A binary adds them with one line each ([`register`]).
 
+pub mod ema;
 pub mod goto;
 pub mod pattern_camera;
 
@@ -17,4 +20,5 @@ use reflex_runtime::registry::Registry;
 pub fn register(registry: &mut Registry) {
     registry.driver(pattern_camera::PatternCameraKind);
     registry.policy(goto::GotoKind);
+    registry.strategy(ema::EmaStrategy);
 }

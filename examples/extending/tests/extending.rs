@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use reflex::run::{Assembly, assemble};
-use reflex_runtime::control::RunLimits;
+use reflex_runtime::control::{RunLimits, replay_with};
 use reflex_runtime::launch::{Launch, LaunchError};
 use reflex_runtime::log::{Record, read_log};
 use reflex_runtime::registry::Registry;
@@ -144,9 +144,13 @@ fn the_kinds_check_their_tables_with_positions() {
     );
 }
 
-/// Final measured positions of a simulated run, and whether the camera's frames
-/// reached the policy.
+/// Final measured positions of a simulated run.
 fn run(overrides: &[&str], name: &str) -> Vec<f64> {
+    run_logged(overrides, name).0
+}
+
+/// Final measured positions of a simulated run, and its log.
+fn run_logged(overrides: &[&str], name: &str) -> (Vec<f64>, reflex_runtime::log::LogContents) {
     let launch = load(&launch_text(), overrides).unwrap();
     let dir = std::env::temp_dir().join(format!("reflex-ext-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -180,7 +184,7 @@ fn run(overrides: &[&str], name: &str) -> Vec<f64> {
         })
         .expect("tick records");
     let _ = std::fs::remove_dir_all(&dir);
-    last.positions().to_vec()
+    (last.positions().to_vec(), contents)
 }
 
 #[test]
@@ -195,4 +199,38 @@ fn a_run_with_the_extension_reaches_the_target() {
     for q in &held {
         assert!(q.abs() < 0.02, "{held:?}");
     }
+}
+
+#[test]
+fn an_execution_strategy_from_outside_runs_and_replays() {
+    let err = load(
+        &launch_text(),
+        &["execution.strategy=\"ema\"", "execution.alpha=2"],
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "execution.alpha");
+    let (reached, log) = run_logged(
+        &["execution.strategy=\"ema\"", "execution.alpha=0.2"],
+        "ema",
+    );
+    for (q, goal) in reached.iter().zip(TARGET) {
+        assert!((q - goal).abs() < 0.05, "{reached:?} vs {TARGET:?}");
+    }
+    assert_eq!(log.header.strategy, "ema");
+    assert_eq!(log.header.strategy_params["alpha"], 0.2);
+    let replayed = replay_with(&log.header, &log.records, &registry());
+    assert!(replayed.identical(), "{:?}", replayed.first);
+    // Replay rebuilds the strategy the log names: the default one differs.
+    let mut as_replace = log.header.clone();
+    as_replace.strategy = "replace".into();
+    as_replace.strategy_params = serde_json::Value::Null;
+    assert!(!replay_with(&as_replace, &log.records, &registry()).identical());
+    // A binary without the strategy says so instead of replaying something else.
+    let missing = replay_with(&log.header, &log.records, &reflex::registry());
+    assert!(!missing.identical());
+    assert!(
+        missing.first[0].what.contains("execution strategy `ema`"),
+        "{:?}",
+        missing.first
+    );
 }
