@@ -86,6 +86,9 @@ pub fn record(args: DemoArgs) -> anyhow::Result<()> {
         joints: JointState::empty(joints),
         images: vec![Image::black(camera.width, camera.height)],
         history: Vec::new(),
+        committed: Vec::new(),
+        committed_len: 0,
+        expected_delay_ticks: 0,
     };
     let mut samples = 0;
     for episode in 0..args.episodes {

@@ -312,6 +312,21 @@ pub fn read_observation(path: &Path, launch: &Launch, tick: u64) -> anyhow::Resu
             _ => None,
         })
         .collect();
+    // An image for a camera no driver declares would never reach the policy (an
+    // optional input would quietly see black): say so instead.
+    let cameras = launch.camera_names();
+    if let Some((name, _)) = arrays.iter().find(|(name, _)| {
+        name.strip_prefix("camera.")
+            .is_some_and(|camera| !cameras.iter().any(|c| c == camera))
+    }) {
+        bail!(
+            "{}: `{name}` is not a camera of {} (cameras: {}); an input can only see \
+             images of cameras a driver declares",
+            path.display(),
+            launch.origin,
+            cameras.join(", ")
+        );
+    }
     let mut images = Vec::new();
     for camera in launch.camera_names() {
         let Some(array) = get(&format!("camera.{camera}")) else {
@@ -346,5 +361,8 @@ pub fn read_observation(path: &Path, launch: &Launch, tick: u64) -> anyhow::Resu
         joints: state,
         images,
         history: Vec::new(),
+        committed: Vec::new(),
+        committed_len: 0,
+        expected_delay_ticks: 0,
     })
 }

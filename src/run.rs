@@ -280,6 +280,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         .then(|| TerminalKeys::start(requests.clone()));
 
     let observation_frames = launch.policy().history();
+    let horizon = policy.policy.horizon();
     let template = Observation {
         tick: 0,
         stamp_ns: 0,
@@ -299,8 +300,10 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
             };
             observation_frames.saturating_sub(1)
         ],
+        committed: vec![0.0; horizon * joints],
+        committed_len: 0,
+        expected_delay_ticks: 0,
     };
-    let horizon = policy.policy.horizon();
     let worker = InferenceWorker::spawn(policy.policy, &template, requests.prompt.clone())?;
     let params = TickParams {
         joints: c.robot.joints.clone(),

@@ -545,3 +545,47 @@ fn schedules_match_the_reference_and_load_from_files() {
     let loaded = reflex_infer(&dir, &from_file, &obs, &noise, "file");
     assert_eq!(named.raw, loaded.raw);
 }
+
+/// A noise source that gives the same value everywhere.
+struct Constant(f32);
+
+impl reflex_policies::generative::NoiseSource for Constant {
+    fn fill(
+        &mut self,
+        _obs: &reflex_runtime::Observation,
+        out: &mut [f32],
+    ) -> Result<(), reflex_runtime::policy::PolicyError> {
+        out.fill(self.0);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_noise_source_replaces_the_seeded_gaussian() {
+    use reflex_runtime::policy::Policy;
+    use reflex_runtime::types::ActionChunk;
+    let launch =
+        reflex::load_launch(Some(&repo().join("launch/examples/flow_fixture.toml")), &[]).unwrap();
+    let mut policy = reflex::load_generative(&launch).unwrap().unwrap();
+    let obs = reflex_policies::preprocess::blank_observation(&launch);
+    let infer = |policy: &mut reflex_policies::generative::GenerativePolicy| {
+        let mut chunk = ActionChunk::zeros(policy.horizon(), JOINTS);
+        policy.infer(&obs, &mut chunk).map(|()| chunk.actions)
+    };
+    let seeded = infer(&mut policy).unwrap();
+    let n = policy.noise_len();
+    policy.set_next_noise(vec![0.5; n]).unwrap();
+    let given_once = infer(&mut policy).unwrap();
+    assert_ne!(given_once, seeded);
+    assert_eq!(
+        infer(&mut policy).unwrap(),
+        seeded,
+        "set_next_noise is one chunk only"
+    );
+    policy.set_noise_source(Box::new(Constant(0.5)));
+    assert_eq!(infer(&mut policy).unwrap(), given_once);
+    assert_eq!(infer(&mut policy).unwrap(), given_once, "the source stays");
+    policy.set_noise_source(Box::new(Constant(f32::NAN)));
+    let err = infer(&mut policy).unwrap_err().to_string();
+    assert!(err.contains("NaN or infinite noise"), "{err}");
+}

@@ -51,6 +51,9 @@ fn main() {
         joints: JointState::empty(3),
         images: Vec::new(),
         history: Vec::new(),
+        committed: Vec::new(),
+        committed_len: 0,
+        expected_delay_ticks: 0,
     };
     let mut times = Vec::with_capacity(repeat);
     let mut tokens = 0;

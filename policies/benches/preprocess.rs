@@ -43,6 +43,9 @@ fn observation(cameras: usize) -> Observation {
         joints: JointState::empty(7),
         images,
         history: Vec::new(),
+        committed: Vec::new(),
+        committed_len: 0,
+        expected_delay_ticks: 0,
     }
 }
 

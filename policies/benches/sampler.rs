@@ -135,6 +135,9 @@ fn measure(repo: &Path, case: &Case, repeat: usize, scratch: &Path) -> Measured 
         joints,
         images: vec![image],
         history: Vec::new(),
+        committed: Vec::new(),
+        committed_len: 0,
+        expected_delay_ticks: 0,
     };
     let (mut total, mut graph) = (Vec::with_capacity(repeat), Vec::with_capacity(repeat));
     let (mut preprocess, mut overhead) = (Vec::with_capacity(repeat), Vec::with_capacity(repeat));

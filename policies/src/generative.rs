@@ -11,9 +11,10 @@
 //! The arithmetic mirrors `policies/export/sampler_reference.py` operation for
 //! operation in f32, so reflex and the Python loop agree to rounding.
 //!
-//! The initial noise is standard normal from a generator seeded by (seed, tick),
-//! or supplied from outside with [`GenerativePolicy::set_next_noise`] (DSRL's
-//! latent-noise steering, `reflex infer --noise`). The first of the B sampled
+//! The initial noise comes from a [`NoiseSource`]: [`SeededGaussian`] (standard
+//! normal from a generator keyed by (seed, tick)) unless another is set with
+//! [`GenerativePolicy::set_noise_source`] (DSRL's latent-noise policy), or given
+//! once with [`GenerativePolicy::set_next_noise`] (`reflex infer --noise`). The first of the B sampled
 //! chunks is executed; all of them are kept for inspection.
 
 use std::path::{Path, PathBuf};
@@ -272,7 +273,7 @@ pub struct GenerativePolicy {
     joints: usize,
     actions_norm: Option<VectorNorm>,
     delta: bool,
-    seed: u64,
+    noise: Box<dyn NoiseSource>,
     next_noise: Option<Vec<f32>>,
     rebind_each_step: bool,
     /// The last sample in the model's space, all B chunks: [B, H, D].
@@ -574,7 +575,9 @@ impl GenerativePolicy {
             joints,
             actions_norm,
             delta: spec.actions.delta,
-            seed: launch.config.seed,
+            noise: Box::new(SeededGaussian {
+                seed: launch.config.seed,
+            }),
             next_noise: None,
             rebind_each_step: provider != "cpu",
             last_raw: vec![0.0; batch * horizon * model_dim],
@@ -693,22 +696,22 @@ impl GenerativePolicy {
         Ok(())
     }
 
-    fn fill_noise(&mut self, tick: u64) {
+    fn fill_noise(&mut self, obs: &Observation) -> Result<(), PolicyError> {
         let x = self.x.extract_tensor_mut().1;
         if let Some(noise) = self.next_noise.take() {
             x.copy_from_slice(&noise);
-            return;
+            return Ok(());
         }
-        // Keyed by (seed, tick): a replayed tick samples the same noise.
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(self.seed ^ tick.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        for pair in x.chunks_mut(2) {
-            let (a, b) = standard_normal_pair(&mut rng);
-            pair[0] = a;
-            if let Some(second) = pair.get_mut(1) {
-                *second = b;
-            }
+        self.noise.fill(obs, x)?;
+        if x.iter().any(|v| !v.is_finite()) {
+            return Err("the noise source gave NaN or infinite noise".into());
         }
+        Ok(())
+    }
+
+    /// Where every later chunk's initial noise comes from.
+    pub fn set_noise_source(&mut self, source: Box<dyn NoiseSource>) {
+        self.noise = source;
     }
 
     /// One step-graph run on the current `x` and time; applies `update(x, out)`.
@@ -749,7 +752,7 @@ impl GenerativePolicy {
 
     fn sample_inner(&mut self, obs: &Observation) -> Result<(), PolicyError> {
         self.bind_conditioning(obs)?;
-        self.fill_noise(obs.tick);
+        self.fill_noise(obs)?;
         let mut bad_step = None;
         match &self.sampler {
             Sampler::Flow { steps } => {
@@ -817,6 +820,34 @@ impl GenerativePolicy {
         }
         if self.last_actions.iter().any(|v| !v.is_finite()) {
             return Err("unnormalized actions are NaN or infinite; chunk rejected".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where a flow or diffusion sampler's initial noise `x` [B, H, D] comes from.
+/// Runs on the inference thread, once per chunk.
+pub trait NoiseSource: Send {
+    fn fill(&mut self, obs: &Observation, out: &mut [f32]) -> Result<(), PolicyError>;
+}
+
+/// Standard normal noise from a generator keyed by (seed, the observation's tick):
+/// a replayed tick samples the same noise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeededGaussian {
+    pub seed: u64,
+}
+
+impl NoiseSource for SeededGaussian {
+    fn fill(&mut self, obs: &Observation, out: &mut [f32]) -> Result<(), PolicyError> {
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(self.seed ^ obs.tick.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        for pair in out.chunks_mut(2) {
+            let (a, b) = standard_normal_pair(&mut rng);
+            pair[0] = a;
+            if let Some(second) = pair.get_mut(1) {
+                *second = b;
+            }
         }
         Ok(())
     }

@@ -43,6 +43,9 @@ pub fn blank_observation(launch: &reflex_runtime::launch::Launch) -> Observation
         joints,
         images,
         history: vec![past; launch.policy().history().saturating_sub(1)],
+        committed: Vec::new(),
+        committed_len: 0,
+        expected_delay_ticks: 0,
     }
 }
 

@@ -609,6 +609,9 @@ impl ControlLoop {
                 joints: first,
                 images,
                 history: history.template(joints, &self.cameras),
+                committed: vec![0.0; self.params.horizon * joints],
+                committed_len: 0,
+                expected_delay_ticks: 0,
             },
             history,
             stale: vec![false; self.cameras.len()],
@@ -862,6 +865,17 @@ impl ControlLoop {
                 image.copy_from(camera.frames.latest());
             }
             r.history.fill(&mut r.obs);
+            // What runs while this chunk is computed, for strategies such as RTC.
+            let delay = if self.clock.is_simulated() {
+                self.sim_inference_ticks.max(1)
+            } else {
+                (r.last_infer_ms * self.params.rate_hz / 1e3).ceil() as u64
+            };
+            r.obs.expected_delay_ticks = delay;
+            r.obs.committed_len = r
+                .core
+                .executor
+                .committed(t.tick, delay, &mut r.obs.committed);
             for ((image, watch), stale) in r
                 .obs
                 .images

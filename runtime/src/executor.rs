@@ -36,6 +36,12 @@ pub trait Executor: Send {
     fn wants_chunk(&self, now: u64) -> bool;
     /// Actions not yet reached (for the status line).
     fn queued(&self, now: u64) -> usize;
+    /// The targets it will hand out at the action points after `now` up to
+    /// `now + delay_ticks` (what a chunk requested now cannot change), written
+    /// row by row into `out`; returns the number of rows.
+    fn committed(&self, _now: u64, _delay_ticks: u64, _out: &mut [f64]) -> usize {
+        0
+    }
 }
 
 /// What every strategy is built from.
@@ -327,6 +333,26 @@ impl Executor for ChunkExecutor {
         }
     }
 
+    fn committed(&self, now: u64, delay_ticks: u64, out: &mut [f64]) -> usize {
+        let Some(start) = self.chunk_start else {
+            return 0;
+        };
+        let (from, to) = (now as f64, (now + delay_ticks) as f64);
+        let mut rows = 0;
+        for k in 0..self.horizon {
+            let at = self.point_tick(start, k);
+            if at <= from || at > to {
+                continue;
+            }
+            let Some(row) = out.get_mut(rows * self.dim..(rows + 1) * self.dim) else {
+                break;
+            };
+            row.copy_from_slice(&self.points[k * self.dim..(k + 1) * self.dim]);
+            rows += 1;
+        }
+        rows
+    }
+
     fn queued(&self, now: u64) -> usize {
         self.chunk_start
             .map(|start| {
@@ -458,6 +484,22 @@ mod tests {
         );
         assert!(replace.build(&serde_json::json!({"first": 2}), &p).is_err());
         assert!(replace.build(&serde_json::Value::Null, &p).is_ok());
+    }
+
+    #[test]
+    fn committed_actions_are_those_due_before_the_next_chunk() {
+        let mut ex = ChunkExecutor::new(1, 5, 10.0, 2);
+        ex.hold(&[0.0]);
+        let mut out = [0.0; 5];
+        assert_eq!(ex.committed(0, 30, &mut out), 0, "nothing planned yet");
+        ex.accept(&chunk(0, &[1.0, 2.0, 3.0, 4.0, 5.0]), 1).unwrap();
+        // At tick 15, a chunk 20 ticks away: the actions at ticks 20 and 30 run first.
+        assert_eq!(ex.committed(15, 20, &mut out), 2);
+        assert_eq!(&out[..2], &[2.0, 3.0]);
+        assert_eq!(ex.committed(15, 0, &mut out), 0);
+        // Past the chunk's end nothing more is planned.
+        assert_eq!(ex.committed(45, 100, &mut out), 1);
+        assert_eq!(out[0], 5.0);
     }
 
     #[test]

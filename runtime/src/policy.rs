@@ -243,6 +243,9 @@ mod tests {
             joints,
             images: Vec::new(),
             history: Vec::new(),
+            committed: Vec::new(),
+            committed_len: 0,
+            expected_delay_ticks: 0,
         }
     }
 
@@ -281,6 +284,38 @@ mod tests {
         prompt.set("abcd").unwrap();
         assert_eq!(ask(2), 4.0);
         assert_eq!(ask(3), 4.0);
+    }
+
+    /// Answers with the first committed target and the expected delay.
+    struct Committed;
+    impl Policy for Committed {
+        fn horizon(&self) -> usize {
+            1
+        }
+        fn action_dim(&self) -> usize {
+            2
+        }
+        fn infer(&mut self, obs: &Observation, out: &mut ActionChunk) -> Result<(), PolicyError> {
+            let first = obs.committed_rows().next().map_or(-1.0, |row| row[0]);
+            out.actions[0] = first as f32;
+            out.actions[1] = obs.expected_delay_ticks as f32;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn requests_carry_the_committed_actions_and_the_expected_delay() {
+        let mut template = obs(0, 0.0);
+        template.committed = vec![0.0; 4];
+        let mut worker =
+            InferenceWorker::spawn(Box::new(Committed), &template, PromptCell::default()).unwrap();
+        let mut request = template.clone();
+        request.committed[..2].copy_from_slice(&[0.7, 0.9]);
+        request.committed_len = 2;
+        request.expected_delay_ticks = 12;
+        assert!(worker.request(&request));
+        let done = worker.wait(Duration::from_secs(5)).expect("result");
+        assert_eq!(done.chunk.actions, vec![0.7, 12.0]);
     }
 
     #[test]

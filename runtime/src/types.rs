@@ -130,6 +130,14 @@ pub struct Observation {
     /// Earlier observations for inputs with `history` (LeRobot's `n_obs_steps`),
     /// newest first: `history[k]` is from `k + 1` action periods before `stamp_ns`.
     pub history: Vec<PastFrame>,
+    /// What the loop will command while this observation's chunk is computed
+    /// (real-time chunking conditions on it): the first `committed_len` rows of
+    /// `[horizon][joints]`, one target per action period after `tick`.
+    pub committed: Vec<f64>,
+    pub committed_len: usize,
+    /// Ticks the chunk is expected to take to arrive (the simulated clock's
+    /// `sim_inference_ticks`, else the last inference's latency).
+    pub expected_delay_ticks: u64,
 }
 
 /// One earlier observation.
@@ -159,7 +167,16 @@ impl Observation {
             joints,
             images: Vec::new(),
             history: Vec::new(),
+            committed: Vec::new(),
+            committed_len: 0,
+            expected_delay_ticks: 0,
         }
+    }
+
+    /// The committed targets as rows of `joints` values.
+    pub fn committed_rows(&self) -> impl Iterator<Item = &[f64]> {
+        let width = self.joints.joints.max(1);
+        self.committed[..(self.committed_len * width).min(self.committed.len())].chunks(width)
     }
 
     /// Copies `other` into `self`, reusing every buffer when the sizes match.
@@ -173,6 +190,9 @@ impl Observation {
         for (mine, theirs) in self.history.iter_mut().zip(&other.history) {
             mine.copy_from(theirs.stamp_ns, &theirs.joints, &theirs.images);
         }
+        self.committed.clone_from(&other.committed);
+        self.committed_len = other.committed_len;
+        self.expected_delay_ticks = other.expected_delay_ticks;
     }
 
     /// The joints and images `back` frames ago (0: now). Before enough history
