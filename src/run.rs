@@ -304,7 +304,13 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         committed_len: 0,
         expected_delay_ticks: 0,
     };
-    let worker = InferenceWorker::spawn(policy.policy, &template, requests.prompt.clone())?;
+    let stages = launch
+        .stage_specs
+        .iter()
+        .map(|spec| spec.build(launch))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let worker = InferenceWorker::spawn(policy.policy, &template, requests.prompt.clone(), stages)?;
     let params = TickParams {
         joints: c.robot.joints.clone(),
         rate_hz: c.control.rate_hz,

@@ -930,6 +930,20 @@ impl Policy for GenerativePolicy {
         out.dim = self.joints;
         Ok(())
     }
+
+    fn candidates(&self) -> usize {
+        self.batch
+    }
+
+    fn infer_candidates(
+        &mut self,
+        obs: &Observation,
+        out: &mut reflex_runtime::stage::Candidates,
+    ) -> Result<(), PolicyError> {
+        self.sample(obs)?;
+        out.values.copy_from_slice(&self.last_actions);
+        Ok(())
+    }
 }
 
 /// Registers `[policy] kind = "flow"`.
@@ -1057,6 +1071,9 @@ impl PolicySpec for FlowSpec {
     fn kind(&self) -> &'static str {
         "flow"
     }
+    fn candidates(&self) -> usize {
+        self.0.batch
+    }
     fn horizon(&self) -> usize {
         self.0.actions.horizon
     }
@@ -1077,6 +1094,9 @@ impl PolicySpec for FlowSpec {
 impl PolicySpec for DiffusionSpec {
     fn kind(&self) -> &'static str {
         "diffusion"
+    }
+    fn candidates(&self) -> usize {
+        self.0.batch
     }
     fn horizon(&self) -> usize {
         self.0.actions.horizon

@@ -38,7 +38,7 @@ use std::any::Any;
 use std::collections::BTreeMap;
 
 use crate::executor::{ExecutorFactory, ExecutorParams};
-use crate::registry::{DriverSpec, KindTable, LoadError, PolicySpec, Registry, one_of};
+use crate::registry::{DriverSpec, KindTable, LoadError, PolicySpec, Registry, StageSpec, one_of};
 use crate::robot_model::{JointKind, ModelJoint, RobotModel, WorkspaceBox};
 use crate::stream::{OnStale, StreamDecl, StreamWatch};
 
@@ -71,6 +71,11 @@ pub struct LaunchFile {
     /// `[policy]`: a `kind` and the kind's fields.
     #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub policy: toml::Table,
+    /// `[[stages]]`: chunk stages between the policy's candidates and the executed
+    /// chunk, in order; each has a `kind`.
+    #[serde(default)]
+    #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
+    pub stages: Vec<toml::Table>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -511,6 +516,8 @@ pub struct Launch {
     policy: Option<Arc<dyn PolicySpec>>,
     sections: BTreeMap<&'static str, Arc<dyn Any + Send + Sync>>,
     executor: Option<ExecutorFactory>,
+    /// `[[stages]]`, checked by their kinds, in order.
+    pub stage_specs: Vec<Arc<dyn StageSpec>>,
 }
 
 impl fmt::Debug for Launch {
@@ -628,6 +635,7 @@ impl Launch {
             policy: None,
             sections: BTreeMap::new(),
             executor: None,
+            stage_specs: Vec::new(),
         };
         let mut root: toml::Table =
             toml::from_str(&launch.text).map_err(|e: toml::de::Error| {
@@ -668,6 +676,7 @@ impl Launch {
         launch.check_sections(section_tables, registry)?;
         launch.check_drivers(registry)?;
         launch.check_policy(registry)?;
+        launch.check_stages(registry)?;
         launch.check_execution(registry)?;
         launch.resolve_workspace()?;
         Ok(launch)
@@ -854,6 +863,22 @@ impl Launch {
         };
         let spec = policy_kind.check(&KindTable::new(self, "policy", table))?;
         self.policy = Some(spec);
+        Ok(())
+    }
+
+    fn check_stages(&mut self, registry: &Registry) -> Result<(), LaunchError> {
+        let known = registry.stage_kinds();
+        let mut specs = Vec::new();
+        for (i, table) in self.config.stages.iter().enumerate() {
+            let at = format!("stages[{i}]");
+            let mut table = table.clone();
+            let kind = self.take_kind(&at, &mut table, &known)?;
+            let Some(stage_kind) = registry.find_stage(&kind) else {
+                unreachable!("take_kind checked the kind")
+            };
+            specs.push(stage_kind.check(&KindTable::new(self, at, table))?);
+        }
+        self.stage_specs = specs;
         Ok(())
     }
 
@@ -1454,6 +1479,7 @@ fn placeholder() -> LaunchFile {
         seed: 0,
         drivers: Vec::new(),
         policy: toml::Table::new(),
+        stages: Vec::new(),
     }
 }
 

@@ -26,6 +26,7 @@ pub mod registry;
 pub mod robot_model;
 pub mod safety;
 pub mod slot;
+pub mod stage;
 pub mod stats;
 pub mod status;
 pub mod stream;

@@ -14,6 +14,7 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::mailbox::Mailbox;
 use crate::prompt::PromptCell;
+use crate::stage::{Candidates, ChunkStage};
 use crate::types::{ActionChunk, Observation};
 
 pub type PolicyError = Box<dyn std::error::Error + Send + Sync>;
@@ -24,6 +25,30 @@ pub trait Policy: Send {
     fn action_dim(&self) -> usize;
     /// Fills `out.actions` (`horizon * action_dim` values, row-major).
     fn infer(&mut self, obs: &Observation, out: &mut ActionChunk) -> Result<(), PolicyError>;
+    /// Candidate chunks one inference samples (a flow or diffusion `batch`).
+    fn candidates(&self) -> usize {
+        1
+    }
+    /// Fills every candidate (`out` is `[candidates][horizon][action_dim]`); for
+    /// the chunk stages. The default runs [`infer`](Self::infer) for one.
+    fn infer_candidates(
+        &mut self,
+        obs: &Observation,
+        out: &mut Candidates,
+    ) -> Result<(), PolicyError> {
+        let mut chunk = ActionChunk {
+            id: 0,
+            conditioned_on_tick: obs.tick,
+            horizon: self.horizon(),
+            dim: self.action_dim(),
+            // Lent, not copied: the worker's buffers stay allocation-free.
+            actions: std::mem::take(&mut out.values),
+            infer_ns: 0,
+        };
+        let result = self.infer(obs, &mut chunk);
+        out.values = chunk.actions;
+        result
+    }
     /// A new task instruction, given before the next `infer` (on the inference
     /// thread). Policies without a language input ignore it.
     fn set_prompt(&mut self, _prompt: &str) -> Result<(), PolicyError> {
@@ -49,6 +74,30 @@ pub struct Inference {
     pub ok: bool,
 }
 
+/// Samples the candidates and runs the stages in order; the selected candidate
+/// is checked to exist.
+fn run_stages(
+    policy: &mut dyn Policy,
+    stages: &mut [Box<dyn ChunkStage>],
+    obs: &Observation,
+    candidates: &mut Candidates,
+) -> Result<(), PolicyError> {
+    candidates.selected = 0;
+    candidates.scores.fill(0.0);
+    policy.infer_candidates(obs, candidates)?;
+    for stage in stages.iter_mut() {
+        stage.apply(obs, candidates)?;
+    }
+    if candidates.selected >= candidates.batch {
+        return Err(format!(
+            "a stage selected candidate {} of {}",
+            candidates.selected, candidates.batch
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// The tick's handle on the worker.
 pub struct InferenceWorker {
     free_observations: Arc<ArrayQueue<Box<Observation>>>,
@@ -66,10 +115,14 @@ impl InferenceWorker {
     /// Starts the worker thread; `template` sizes the observation buffers.
     /// The worker hands `prompt` to the policy before the first inference and
     /// again whenever it changes.
+    ///
+    /// With `stages`, every inference samples the policy's candidates and the
+    /// stages pick the executed one.
     pub fn spawn(
         mut policy: Box<dyn Policy>,
         template: &Observation,
         prompt: PromptCell,
+        mut stages: Vec<Box<dyn ChunkStage>>,
     ) -> std::io::Result<Self> {
         let free_observations = Arc::new(ArrayQueue::new(2));
         for _ in 0..2 {
@@ -100,6 +153,11 @@ impl InferenceWorker {
                 .spawn(move || {
                     let mut next_id = 1;
                     let mut prompt_seen = 0;
+                    let mut candidates = Candidates::zeros(
+                        policy.candidates().max(1),
+                        policy.horizon(),
+                        policy.action_dim(),
+                    );
                     while !shutdown.load(Ordering::Acquire) {
                         let Some(obs) = requests.recv_timeout(Duration::from_millis(50)) else {
                             continue;
@@ -121,7 +179,16 @@ impl InferenceWorker {
                         chunk.dim = policy.action_dim();
                         chunk.actions.resize(chunk.horizon * chunk.dim, 0.0);
                         let started = Instant::now();
-                        let ok = match policy.infer(&obs, &mut chunk) {
+                        let result = if stages.is_empty() {
+                            policy.infer(&obs, &mut chunk)
+                        } else {
+                            run_stages(&mut *policy, &mut stages, &obs, &mut candidates).map(|()| {
+                                chunk
+                                    .actions
+                                    .copy_from_slice(candidates.chunk(candidates.selected))
+                            })
+                        };
+                        let ok = match result {
                             Ok(()) => true,
                             Err(e) => {
                                 errors.fetch_add(1, Ordering::Relaxed);
@@ -271,8 +338,13 @@ mod tests {
     #[test]
     fn the_instruction_reaches_the_policy_before_the_next_inference() {
         let prompt = PromptCell::new("ab");
-        let mut worker =
-            InferenceWorker::spawn(Box::new(Prompted(0)), &obs(0, 0.0), prompt.clone()).unwrap();
+        let mut worker = InferenceWorker::spawn(
+            Box::new(Prompted(0)),
+            &obs(0, 0.0),
+            prompt.clone(),
+            Vec::new(),
+        )
+        .unwrap();
         let mut ask = |tick| {
             assert!(worker.request(&obs(tick, 0.0)));
             let done = worker.wait(Duration::from_secs(5)).expect("result");
@@ -307,8 +379,13 @@ mod tests {
     fn requests_carry_the_committed_actions_and_the_expected_delay() {
         let mut template = obs(0, 0.0);
         template.committed = vec![0.0; 4];
-        let mut worker =
-            InferenceWorker::spawn(Box::new(Committed), &template, PromptCell::default()).unwrap();
+        let mut worker = InferenceWorker::spawn(
+            Box::new(Committed),
+            &template,
+            PromptCell::default(),
+            Vec::new(),
+        )
+        .unwrap();
         let mut request = template.clone();
         request.committed[..2].copy_from_slice(&[0.7, 0.9]);
         request.committed_len = 2;
@@ -318,10 +395,46 @@ mod tests {
         assert_eq!(done.chunk.actions, vec![0.7, 12.0]);
     }
 
+    /// Doubles every action, or selects a candidate that does not exist.
+    struct Doubler {
+        select: usize,
+    }
+    impl ChunkStage for Doubler {
+        fn apply(&mut self, _obs: &Observation, c: &mut Candidates) -> Result<(), PolicyError> {
+            c.values.iter_mut().for_each(|v| *v *= 2.0);
+            c.selected = self.select;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn stages_run_on_the_candidates_and_a_bad_selection_fails_the_chunk() {
+        let stages: Vec<Box<dyn ChunkStage>> = vec![Box::new(Doubler { select: 0 })];
+        let mut worker =
+            InferenceWorker::spawn(Box::new(Echo), &obs(0, 0.0), PromptCell::default(), stages)
+                .unwrap();
+        assert!(worker.request(&obs(1, 0.25)));
+        let done = worker.wait(Duration::from_secs(5)).expect("result");
+        assert!(done.ok);
+        assert_eq!(done.chunk.actions, vec![0.5, 0.5]);
+        let stages: Vec<Box<dyn ChunkStage>> = vec![Box::new(Doubler { select: 3 })];
+        let mut worker =
+            InferenceWorker::spawn(Box::new(Echo), &obs(0, 0.0), PromptCell::default(), stages)
+                .unwrap();
+        assert!(worker.request(&obs(1, 0.25)));
+        assert!(!worker.wait(Duration::from_secs(5)).expect("result").ok);
+        assert_eq!(worker.errors(), 1);
+    }
+
     #[test]
     fn runs_requests_one_at_a_time_and_reports_failures() {
-        let mut worker =
-            InferenceWorker::spawn(Box::new(Echo), &obs(0, 0.0), PromptCell::default()).unwrap();
+        let mut worker = InferenceWorker::spawn(
+            Box::new(Echo),
+            &obs(0, 0.0),
+            PromptCell::default(),
+            Vec::new(),
+        )
+        .unwrap();
         assert!(worker.request(&obs(5, 0.25)));
         assert!(!worker.request(&obs(6, 0.5)), "one request in flight");
         let done = worker.wait(Duration::from_secs(5)).expect("result");

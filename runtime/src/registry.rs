@@ -20,6 +20,7 @@ use crate::driver::{Driver, DriverError};
 use crate::executor::{Executor, ExecutorParams};
 use crate::launch::{Launch, LaunchError};
 use crate::policy::LoadedPolicy;
+use crate::stage::ChunkStage;
 use crate::stream::StreamDecl;
 
 /// A table of the launch file handed to the kind that owns it.
@@ -152,6 +153,10 @@ pub trait PolicySpec: Send + Sync + fmt::Debug {
     fn history(&self) -> usize {
         1
     }
+    /// Candidate chunks one inference samples (what `[[stages]]` choose from).
+    fn candidates(&self) -> usize {
+        1
+    }
     /// The main model file (for messages).
     fn model(&self) -> PathBuf;
     /// Loads the model and checks it against the table; errors about the launch
@@ -179,6 +184,21 @@ pub trait StrategyKind: Send + Sync {
     ) -> Result<Box<dyn Executor>, String>;
 }
 
+/// A chunk stage kind: `[[stages]] kind = "<name>"`.
+pub trait StageKind: Send + Sync {
+    fn kind(&self) -> &'static str;
+    fn schema(&self) -> serde_json::Value;
+    /// Called after the policy is checked (`table.launch().policy()`).
+    fn check(&self, table: &KindTable<'_>) -> Result<Arc<dyn StageSpec>, LaunchError>;
+}
+
+/// A checked chunk stage.
+pub trait StageSpec: Send + Sync + fmt::Debug {
+    fn kind(&self) -> &'static str;
+    /// Builds the stage (loading what it needs, e.g. a value model).
+    fn build(&self, launch: &Launch) -> Result<Box<dyn ChunkStage>, LoadError>;
+}
+
 /// A top-level launch-file section owned by a crate (`[onnxruntime]`).
 pub trait SectionKind: Send + Sync {
     /// The section's name: `[<name>]`.
@@ -196,6 +216,7 @@ pub struct Registry {
     policies: BTreeMap<&'static str, Arc<dyn PolicyKind>>,
     sections: BTreeMap<&'static str, Arc<dyn SectionKind>>,
     strategies: BTreeMap<&'static str, Arc<dyn StrategyKind>>,
+    stages: BTreeMap<&'static str, Arc<dyn StageKind>>,
 }
 
 impl Default for Registry {
@@ -211,6 +232,7 @@ impl fmt::Debug for Registry {
             .field("policies", &self.policies.keys().collect::<Vec<_>>())
             .field("sections", &self.sections.keys().collect::<Vec<_>>())
             .field("strategies", &self.strategies.keys().collect::<Vec<_>>())
+            .field("stages", &self.stages.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -223,6 +245,7 @@ impl Registry {
             policies: BTreeMap::new(),
             sections: BTreeMap::new(),
             strategies: BTreeMap::new(),
+            stages: BTreeMap::new(),
         };
         registry.strategy(crate::executor::ReplaceStrategy);
         registry
@@ -247,6 +270,19 @@ impl Registry {
     pub fn strategy(&mut self, kind: impl StrategyKind + 'static) -> &mut Self {
         self.strategies.insert(kind.name(), Arc::new(kind));
         self
+    }
+
+    pub fn stage(&mut self, kind: impl StageKind + 'static) -> &mut Self {
+        self.stages.insert(kind.kind(), Arc::new(kind));
+        self
+    }
+
+    pub fn find_stage(&self, kind: &str) -> Option<&Arc<dyn StageKind>> {
+        self.stages.get(kind)
+    }
+
+    pub fn stage_kinds(&self) -> Vec<&'static str> {
+        self.stages.keys().copied().collect()
     }
 
     pub fn find_strategy(&self, name: &str) -> Option<&Arc<dyn StrategyKind>> {
@@ -315,6 +351,7 @@ impl Registry {
             "policies": map(self.policies.iter().map(|(k, v)| (*k, v.schema())).collect()),
             "sections": map(self.sections.iter().map(|(k, v)| (*k, v.schema())).collect()),
             "strategies": map(self.strategies.iter().map(|(k, v)| (*k, v.schema())).collect()),
+            "stages": map(self.stages.iter().map(|(k, v)| (*k, v.schema())).collect()),
         })
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use reflex_runtime::launch::{Launch, LaunchError, MAX_HORIZON};
 use reflex_runtime::policy::{LoadedPolicy, Policy, PolicyError};
 use reflex_runtime::registry::{KindTable, LoadError, PolicyKind, PolicySpec, schema_of};
+use reflex_runtime::stage::Candidates;
 use reflex_runtime::types::{ActionChunk, Observation};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -26,6 +27,17 @@ pub struct GotoConfig {
     /// camera check for bring-up. Optional.
     #[serde(default)]
     pub wait_for_camera: Option<String>,
+    /// Candidate chunks per inference, for `[[stages]]` to choose from: candidate
+    /// `b` is the plan shifted by `candidate_spread * (candidates - 1 - b)` rad on
+    /// every joint, so only the last one is exact.
+    #[serde(default = "one")]
+    pub candidates: usize,
+    #[serde(default)]
+    pub candidate_spread: f64,
+}
+
+fn one() -> usize {
+    1
 }
 
 pub struct GotoKind;
@@ -74,6 +86,9 @@ impl PolicyKind for GotoKind {
         if !(config.max_step.is_finite() && config.max_step > 0.0) {
             return Err(table.error_at("max_step", "must be a positive number of rad"));
         }
+        if !(1..=64).contains(&config.candidates) {
+            return Err(table.error_at("candidates", "must be in 1..=64"));
+        }
         if !(1..=MAX_HORIZON).contains(&config.horizon) {
             return Err(table.error_at("horizon", format!("must be in 1..={MAX_HORIZON}")));
         }
@@ -108,6 +123,9 @@ impl PolicySpec for GotoSpec {
     }
     fn horizon(&self) -> usize {
         self.config.horizon
+    }
+    fn candidates(&self) -> usize {
+        self.config.candidates
     }
     fn model(&self) -> PathBuf {
         PathBuf::from("(no model)")
@@ -144,6 +162,31 @@ impl Policy for Goto {
     }
 
     fn infer(&mut self, obs: &Observation, out: &mut ActionChunk) -> Result<(), PolicyError> {
+        let offset = self.config.candidate_spread * (self.config.candidates - 1) as f64;
+        self.plan(obs, offset, &mut out.actions);
+        Ok(())
+    }
+
+    fn candidates(&self) -> usize {
+        self.config.candidates
+    }
+
+    fn infer_candidates(
+        &mut self,
+        obs: &Observation,
+        out: &mut Candidates,
+    ) -> Result<(), PolicyError> {
+        for b in 0..out.batch {
+            let offset = self.config.candidate_spread * (out.batch - 1 - b) as f64;
+            self.plan(obs, offset, out.chunk_mut(b));
+        }
+        Ok(())
+    }
+}
+
+impl Goto {
+    /// Straight steps toward the target, shifted by `offset` on every joint.
+    fn plan(&self, obs: &Observation, offset: f64, out: &mut [f32]) {
         let joints = self.config.target.len();
         let waiting = self
             .camera_index
@@ -155,10 +198,9 @@ impl Policy for Goto {
                     *q += (goal - *q).clamp(-self.config.max_step, self.config.max_step);
                 }
             }
-            for (slot, q) in out.actions[k * joints..][..joints].iter_mut().zip(&pose) {
-                *slot = *q as f32;
+            for (slot, q) in out[k * joints..][..joints].iter_mut().zip(&pose) {
+                *slot = (*q + offset) as f32;
             }
         }
-        Ok(())
     }
 }

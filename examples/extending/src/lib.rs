@@ -6,10 +6,13 @@
 //! - [`goto`]: `[policy] kind = "goto"`, a policy in plain Rust (no model) that
 //!   moves the arm to a configured pose in straight joint-space segments;
 //! - [`ema`]: `[execution] strategy = "ema"`, an execution strategy that smooths
-//!   the targets of the built-in `replace` strategy.
+//!   the targets of the built-in `replace` strategy;
+//! - [`closest`]: `[[stages]] kind = "closest"`, a chunk stage that executes the
+//!   candidate chunk nearest the arm.
 //!
 //! A binary adds them with one line each ([`register`]).
 
+pub mod closest;
 pub mod ema;
 pub mod goto;
 pub mod pattern_camera;
@@ -21,4 +24,5 @@ pub fn register(registry: &mut Registry) {
     registry.driver(pattern_camera::PatternCameraKind);
     registry.policy(goto::GotoKind);
     registry.strategy(ema::EmaStrategy);
+    registry.stage(closest::ClosestKind);
 }

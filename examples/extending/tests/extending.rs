@@ -149,9 +149,17 @@ fn run(overrides: &[&str], name: &str) -> Vec<f64> {
     run_logged(overrides, name).0
 }
 
+/// Final measured positions of a simulated run of `text`.
+fn run_text(text: &str, overrides: &[&str], name: &str) -> Vec<f64> {
+    run_launch(load(text, overrides).unwrap(), name).0
+}
+
 /// Final measured positions of a simulated run, and its log.
 fn run_logged(overrides: &[&str], name: &str) -> (Vec<f64>, reflex_runtime::log::LogContents) {
-    let launch = load(&launch_text(), overrides).unwrap();
+    run_launch(load(&launch_text(), overrides).unwrap(), name)
+}
+
+fn run_launch(launch: Launch, name: &str) -> (Vec<f64>, reflex_runtime::log::LogContents) {
     let dir = std::env::temp_dir().join(format!("reflex-ext-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("run.log");
@@ -233,4 +241,31 @@ fn an_execution_strategy_from_outside_runs_and_replays() {
         "{:?}",
         missing.first
     );
+}
+
+#[test]
+fn a_chunk_stage_from_outside_chooses_among_the_candidates() {
+    // Four candidates; only the last is the plan, the others are it shifted by
+    // 0.2, 0.4 and 0.6 rad from where the arm is. Without a stage the first one
+    // runs, and every chunk pushes the arm 0.6 rad further: it ends far away.
+    let candidates = ["policy.candidates=4", "policy.candidate_spread=0.2"];
+    let missed = run(&candidates, "no-stage");
+    assert!(
+        missed
+            .iter()
+            .zip(TARGET)
+            .all(|(q, goal)| (q - goal).abs() > 0.5),
+        "without a stage the first candidate runs: {missed:?}"
+    );
+    let text = format!("{}\n[[stages]]\nkind = \"closest\"\n", launch_text());
+    let launch = load(&text, &candidates).unwrap();
+    assert_eq!(launch.stage_specs.len(), 1);
+    let reached = run_text(&text, &candidates, "closest");
+    for (q, goal) in reached.iter().zip(TARGET) {
+        assert!((q - goal).abs() < 0.05, "{reached:?} vs {TARGET:?}");
+    }
+    // A stage has nothing to choose from with one candidate: a check error.
+    let err = load(&text, &[]).unwrap_err();
+    assert_eq!(err.field, "stages[0]");
+    assert!(err.message.contains("nothing to choose from"), "{err}");
 }

@@ -1,0 +1,77 @@
+//! Chunk stages: what happens between a policy's samples and the executed chunk,
+//! on the inference thread. A policy that samples B candidate chunks (a flow or
+//! diffusion policy with `batch = B`) hands all of them to the stages in launch-file
+//! order (`[[stages]]`); each may score, rerank or replace them, and the one
+//! `selected` at the end is executed. Without stages the first candidate runs.
+
+use crate::policy::PolicyError;
+use crate::types::Observation;
+
+/// B candidate chunks of joint targets, row-major `[B][horizon][dim]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidates {
+    pub batch: usize,
+    pub horizon: usize,
+    pub dim: usize,
+    pub values: Vec<f32>,
+    /// A score per candidate, for stages that rank (0 until one sets them).
+    pub scores: Vec<f32>,
+    /// The candidate that will be executed.
+    pub selected: usize,
+}
+
+impl Candidates {
+    pub fn zeros(batch: usize, horizon: usize, dim: usize) -> Self {
+        Self {
+            batch,
+            horizon,
+            dim,
+            values: vec![0.0; batch * horizon * dim],
+            scores: vec![0.0; batch],
+            selected: 0,
+        }
+    }
+
+    /// Candidate `b`, `[horizon][dim]`.
+    pub fn chunk(&self, b: usize) -> &[f32] {
+        let len = self.horizon * self.dim;
+        &self.values[b * len..(b + 1) * len]
+    }
+
+    pub fn chunk_mut(&mut self, b: usize) -> &mut [f32] {
+        let len = self.horizon * self.dim;
+        &mut self.values[b * len..(b + 1) * len]
+    }
+
+    /// The candidate with the highest score (the first among equals).
+    pub fn best(&self) -> usize {
+        (0..self.batch).fold(0, |best, b| {
+            if self.scores[b] > self.scores[best] {
+                b
+            } else {
+                best
+            }
+        })
+    }
+}
+
+/// One stage of the pipeline.
+pub trait ChunkStage: Send {
+    /// Looks at the candidates sampled for `obs` and may score, change or select.
+    fn apply(&mut self, obs: &Observation, candidates: &mut Candidates) -> Result<(), PolicyError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_are_rows_and_the_best_is_the_first_highest() {
+        let mut c = Candidates::zeros(3, 2, 1);
+        c.chunk_mut(1).copy_from_slice(&[1.0, 2.0]);
+        assert_eq!(c.chunk(1), &[1.0, 2.0]);
+        assert_eq!(c.best(), 0);
+        c.scores = vec![0.5, 2.0, 2.0];
+        assert_eq!(c.best(), 1);
+    }
+}
