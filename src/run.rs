@@ -281,22 +281,20 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
 
     let observation_frames = launch.policy().history();
     let horizon = policy.policy.horizon();
+    let images: Vec<Image> = cameras
+        .iter()
+        .map(|cam| Image::black(cam.width, cam.height))
+        .collect();
     let template = Observation {
         tick: 0,
         stamp_ns: 0,
         joints: JointState::empty(joints),
-        images: cameras
-            .iter()
-            .map(|cam| Image::black(cam.width, cam.height))
-            .collect(),
+        images: images.clone(),
         history: vec![
             PastFrame {
                 stamp_ns: 0,
                 joints: JointState::empty(joints),
-                images: cameras
-                    .iter()
-                    .map(|cam| Image::black(cam.width, cam.height))
-                    .collect(),
+                images,
             };
             observation_frames.saturating_sub(1)
         ],

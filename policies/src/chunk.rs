@@ -19,7 +19,8 @@ use reflex_runtime::launch::{Launch, LaunchError, MAX_HORIZON};
 use reflex_runtime::policy::LoadedPolicy;
 use reflex_runtime::registry::{KindTable, LoadError, PolicyKind, PolicySpec, schema_of};
 
-use crate::config::{ChunkPolicyConfig, InputConfig, Normalization, TensorDtype};
+use crate::config::{ChunkPolicyConfig, InputConfig, TensorDtype};
+use crate::normalize::VectorNorm;
 use reflex_runtime::policy::{Policy, PolicyError};
 use reflex_runtime::types::{ActionChunk, Observation};
 
@@ -257,7 +258,7 @@ pub struct ChunkPolicy {
     output: String,
     horizon: usize,
     joints: usize,
-    unnormalize: Option<Normalization>,
+    unnormalize: Option<VectorNorm>,
     pub model_path: PathBuf,
     pub library_path: PathBuf,
     pub warm_up_ms: f64,
@@ -296,7 +297,7 @@ impl ChunkPolicy {
             output: cfg.actions.output.clone(),
             horizon: cfg.actions.horizon,
             joints,
-            unnormalize: cfg.actions.normalize.clone(),
+            unnormalize: cfg.actions.normalize.as_ref().map(VectorNorm::inline),
             model_path,
             library_path,
             warm_up_ms: 0.0,
@@ -319,15 +320,15 @@ impl ChunkPolicy {
     }
 }
 
-/// Opens a session with the launch file's execution providers and optimization.
-pub fn open_session(
-    env: &ort::environment::Environment,
-    path: &Path,
-    launch: &Launch,
-    intra_threads: usize,
-) -> Result<Session, PolicyLoadError> {
-    let settings = crate::onnxruntime::SessionSettings::from_launch(launch, intra_threads);
-    Ok(crate::onnxruntime::open_session(env, path, &settings)?.session)
+impl crate::Reported for ChunkPolicy {
+    fn report(&self) -> (PathBuf, PathBuf, f64, &'static str) {
+        (
+            self.model_path.clone(),
+            self.library_path.clone(),
+            self.warm_up_ms,
+            self.provider,
+        )
+    }
 }
 
 impl Policy for ChunkPolicy {
@@ -361,7 +362,7 @@ impl Policy for ChunkPolicy {
         }
         for (i, (dst, src)) in out.actions.iter_mut().zip(values).enumerate() {
             *dst = match &self.unnormalize {
-                Some(n) => src * (n.std[i % self.joints] + 1e-6) + n.mean[i % self.joints],
+                Some(n) => n.unnormalize(i % self.joints, *src),
                 None => *src,
             };
         }
@@ -417,14 +418,9 @@ impl PolicySpec for ChunkSpec {
         self.0.model.clone()
     }
     fn load(&self, launch: &Launch) -> Result<LoadedPolicy, LoadError> {
-        let p = ChunkPolicy::load(launch, &self.0).map_err(|e| crate::located(launch, e))?;
-        let (model, library, warm_up, provider) = (
-            p.model_path.clone(),
-            p.library_path.clone(),
-            p.warm_up_ms,
-            p.provider,
-        );
-        Ok(crate::loaded(p, model, library, warm_up, provider))
+        ChunkPolicy::load(launch, &self.0)
+            .map(crate::into_loaded)
+            .map_err(|e| crate::located(launch, e))
     }
     fn as_any(&self) -> &dyn Any {
         &self.0

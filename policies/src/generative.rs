@@ -952,13 +952,57 @@ pub struct FlowKind;
 /// Registers `[policy] kind = "diffusion"`.
 pub struct DiffusionKind;
 
-/// A checked `flow` table.
+/// A checked `flow` or `diffusion` table.
 #[derive(Debug)]
-pub struct FlowSpec(pub FlowPolicyConfig);
+pub struct GenerativeSpec<C>(pub C);
 
-/// A checked `diffusion` table.
-#[derive(Debug)]
-pub struct DiffusionSpec(pub DiffusionPolicyConfig);
+/// What the two generative kinds' tables answer alike.
+pub trait GenerativeConfig: std::fmt::Debug + Send + Sync + 'static {
+    const KIND: &'static str;
+    fn batch(&self) -> usize;
+    fn actions(&self) -> &GenerativeActions;
+    fn inputs(&self) -> &[InputConfig];
+    fn model(&self) -> &Path;
+    fn load(&self, launch: &Launch) -> Result<GenerativePolicy, PolicyLoadError>;
+}
+
+impl GenerativeConfig for FlowPolicyConfig {
+    const KIND: &'static str = "flow";
+    fn batch(&self) -> usize {
+        self.batch
+    }
+    fn actions(&self) -> &GenerativeActions {
+        &self.actions
+    }
+    fn inputs(&self) -> &[InputConfig] {
+        &self.inputs
+    }
+    fn model(&self) -> &Path {
+        &self.model
+    }
+    fn load(&self, launch: &Launch) -> Result<GenerativePolicy, PolicyLoadError> {
+        GenerativePolicy::load_flow(launch, self)
+    }
+}
+
+impl GenerativeConfig for DiffusionPolicyConfig {
+    const KIND: &'static str = "diffusion";
+    fn batch(&self) -> usize {
+        self.batch
+    }
+    fn actions(&self) -> &GenerativeActions {
+        &self.actions
+    }
+    fn inputs(&self) -> &[InputConfig] {
+        &self.inputs
+    }
+    fn model(&self) -> &Path {
+        &self.model
+    }
+    fn load(&self, launch: &Launch) -> Result<GenerativePolicy, PolicyLoadError> {
+        GenerativePolicy::load_diffusion(launch, self)
+    }
+}
 
 /// What the generative kinds check alike: sampler sizes, inputs and files.
 #[allow(clippy::too_many_arguments)]
@@ -1014,7 +1058,7 @@ impl PolicyKind for FlowKind {
             &models,
             cfg.norm_stats.as_ref(),
         )?;
-        Ok(Arc::new(FlowSpec(cfg)))
+        Ok(Arc::new(GenerativeSpec(cfg)))
     }
 }
 
@@ -1049,7 +1093,7 @@ impl PolicyKind for DiffusionKind {
                 reflex_runtime::files::MAX_DATA_BYTES,
             )?;
         }
-        Ok(Arc::new(DiffusionSpec(cfg)))
+        Ok(Arc::new(GenerativeSpec(cfg)))
     }
 }
 
@@ -1057,58 +1101,39 @@ fn into_loaded(
     launch: &Launch,
     p: Result<GenerativePolicy, PolicyLoadError>,
 ) -> Result<LoadedPolicy, LoadError> {
-    let p = p.map_err(|e| crate::located(launch, e))?;
-    let (model, library, warm_up, provider) = (
-        p.model_path.clone(),
-        p.library_path.clone(),
-        p.warm_up_ms,
-        p.provider,
-    );
-    Ok(crate::loaded(p, model, library, warm_up, provider))
+    p.map(crate::into_loaded)
+        .map_err(|e| crate::located(launch, e))
 }
 
-impl PolicySpec for FlowSpec {
-    fn kind(&self) -> &'static str {
-        "flow"
-    }
-    fn candidates(&self) -> usize {
-        self.0.batch
-    }
-    fn horizon(&self) -> usize {
-        self.0.actions.horizon
-    }
-    fn history(&self) -> usize {
-        crate::config::max_history(&self.0.inputs)
-    }
-    fn model(&self) -> PathBuf {
-        self.0.model.clone()
-    }
-    fn load(&self, launch: &Launch) -> Result<LoadedPolicy, LoadError> {
-        into_loaded(launch, GenerativePolicy::load_flow(launch, &self.0))
-    }
-    fn as_any(&self) -> &dyn Any {
-        &self.0
+impl crate::Reported for GenerativePolicy {
+    fn report(&self) -> (PathBuf, PathBuf, f64, &'static str) {
+        (
+            self.model_path.clone(),
+            self.library_path.clone(),
+            self.warm_up_ms,
+            self.provider,
+        )
     }
 }
 
-impl PolicySpec for DiffusionSpec {
+impl<C: GenerativeConfig> PolicySpec for GenerativeSpec<C> {
     fn kind(&self) -> &'static str {
-        "diffusion"
+        C::KIND
     }
     fn candidates(&self) -> usize {
-        self.0.batch
+        self.0.batch()
     }
     fn horizon(&self) -> usize {
-        self.0.actions.horizon
+        self.0.actions().horizon
     }
     fn history(&self) -> usize {
-        crate::config::max_history(&self.0.inputs)
+        crate::config::max_history(self.0.inputs())
     }
     fn model(&self) -> PathBuf {
-        self.0.model.clone()
+        self.0.model().to_path_buf()
     }
     fn load(&self, launch: &Launch) -> Result<LoadedPolicy, LoadError> {
-        into_loaded(launch, GenerativePolicy::load_diffusion(launch, &self.0))
+        into_loaded(launch, self.0.load(launch))
     }
     fn as_any(&self) -> &dyn Any {
         &self.0

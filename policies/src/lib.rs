@@ -51,14 +51,15 @@ pub(crate) fn located(launch: &Launch, e: PolicyLoadError) -> LoadError {
     }
 }
 
-/// What a loaded ONNX policy reports about itself.
-pub(crate) fn loaded(
-    policy: impl Policy + 'static,
-    model_path: PathBuf,
-    library_path: PathBuf,
-    warm_up_ms: f64,
-    provider: &'static str,
-) -> LoadedPolicy {
+/// What a loaded ONNX policy reports about itself: model, library, warm-up ms,
+/// execution provider.
+pub(crate) trait Reported {
+    fn report(&self) -> (PathBuf, PathBuf, f64, &'static str);
+}
+
+/// One loaded policy as the binary holds it.
+pub(crate) fn into_loaded(policy: impl Policy + Reported + 'static) -> LoadedPolicy {
+    let (model_path, library_path, warm_up_ms, provider) = policy.report();
     LoadedPolicy {
         policy: Box::new(policy),
         model_path,

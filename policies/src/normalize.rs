@@ -69,6 +69,20 @@ impl VectorNorm {
         }
     }
 
+    /// [`unnormalize`](Self::unnormalize) of an f64 value (FAST decodes in f64):
+    /// the statistics' spread is formed in f32 as the f32 form does, the rest in f64.
+    pub fn unnormalize_f64(&self, j: usize, x: f64) -> f64 {
+        match self {
+            Self::ZScore { mean, std } => x * f64::from(std[j] + 1e-6) + f64::from(mean[j]),
+            Self::Quantile { q01, q99 } => {
+                (x + 1.0) / 2.0 * f64::from(q99[j] - q01[j] + 1e-6) + f64::from(q01[j])
+            }
+            Self::MinMax { min, max } => {
+                (x + 1.0) / 2.0 * f64::from(max[j] - min[j] + 1e-8) + f64::from(min[j])
+            }
+        }
+    }
+
     pub fn unnormalize(&self, j: usize, x: f32) -> f32 {
         match self {
             Self::ZScore { mean, std } => x * (std[j] + 1e-6) + mean[j],
