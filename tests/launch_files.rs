@@ -718,3 +718,46 @@ fn line_column_counts_from_one() {
     assert_eq!(line_column("ab\ncd", 0), (1, 1));
     assert_eq!(line_column("ab\ncd", 4), (2, 2));
 }
+
+#[test]
+fn sources_name_declared_streams() {
+    let named = EMBEDDED_SIM_ARM
+        .replace("source = \"camera.top\"", "source = \"top.image\"")
+        .replace(
+            "source = \"state.joint_positions\"",
+            "source = \"arm.position\"",
+        );
+    let launch = load(&named, &[]).unwrap();
+    let legacy = load(EMBEDDED_SIM_ARM, &[]).unwrap();
+    let inputs = |l: &Launch| {
+        reflex_policies::config::inputs_of(l.policy())
+            .unwrap()
+            .iter()
+            .map(|i| i.source.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(inputs(&launch), inputs(&legacy), "both forms resolve alike");
+    let err = load(&named, &["policy.inputs[0].source=\"wrist.image\""]).unwrap_err();
+    assert_eq!(err.field, "policy.inputs[0].source");
+    assert!(
+        err.message
+            .contains("no stream named `wrist`; streams: arm, top"),
+        "{err}"
+    );
+    let err = load(&named, &["policy.inputs[0].source=\"top.depth\""]).unwrap_err();
+    assert!(
+        err.message.contains("its fields are `image` and `present`"),
+        "{err}"
+    );
+    let err = load(&named, &["policy.inputs[1].source=\"arm.effort\""]).unwrap_err();
+    assert!(
+        err.message
+            .contains("its fields are `position` and `velocity`"),
+        "{err}"
+    );
+    let err = load(&named, &["drivers[0].camera.name=\"prompt\""]).unwrap_err();
+    assert!(
+        err.message.contains("a stream may not be named `prompt`"),
+        "{err}"
+    );
+}

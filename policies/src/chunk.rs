@@ -389,7 +389,7 @@ impl PolicyKind for ChunkKind {
     }
 
     fn check(&self, table: &KindTable<'_>) -> Result<Arc<dyn PolicySpec>, LaunchError> {
-        let cfg: ChunkPolicyConfig = table.parse()?;
+        let mut cfg: ChunkPolicyConfig = table.parse()?;
         let joints = table.launch().config.robot.joints.len();
         crate::config::check_intra_threads(table, cfg.intra_threads)?;
         if !(1..=MAX_HORIZON).contains(&cfg.actions.horizon) {
@@ -398,7 +398,7 @@ impl PolicyKind for ChunkKind {
         if let Some(norm) = &cfg.actions.normalize {
             crate::config::check_normalization(table, norm, joints, "actions.normalize")?;
         }
-        crate::config::check_inputs(table, &cfg.inputs, cfg.prompt.as_ref())?;
+        crate::config::check_inputs(table, &mut cfg.inputs, cfg.prompt.as_ref())?;
         crate::check_models(table, &[("model", &cfg.model)])?;
         Ok(Arc::new(ChunkSpec(cfg)))
     }

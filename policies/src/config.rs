@@ -328,6 +328,13 @@ pub enum ObservationSource {
     PromptIds,
     /// 1 for the instruction's tokens, 0 for padding, `[1, max_length]`.
     PromptMask,
+    /// `<stream>.<field>` as written, resolved against the streams the drivers
+    /// declare when the launch file is checked: a joint state's `position` or
+    /// `velocity`, an image stream's `image` or `present`.
+    Stream {
+        stream: String,
+        field: String,
+    },
 }
 
 impl TryFrom<String> for ObservationSource {
@@ -344,10 +351,20 @@ impl TryFrom<String> for ObservationSource {
             ) {
                 (Some(name), _) if !name.is_empty() => Ok(Self::Camera(name.to_string())),
                 (_, Some(name)) if !name.is_empty() => Ok(Self::CameraMask(name.to_string())),
+                _ if text.split_once('.').is_some_and(|(stream, field)| {
+                    !stream.is_empty() && !field.is_empty() && !field.contains('.')
+                }) =>
+                {
+                    let (stream, field) = text.split_once('.').unwrap_or_default();
+                    Ok(Self::Stream {
+                        stream: stream.to_string(),
+                        field: field.to_string(),
+                    })
+                }
                 _ => Err(format!(
-                    "unknown observation source `{text}`, expected `state.joint_positions`, \
-                     `state.joint_velocities`, `camera.<name>`, `camera_mask.<name>`, \
-                     `prompt.input_ids` or `prompt.attention_mask`"
+                    "unknown observation source `{text}`, expected `<stream>.<field>` (e.g. \
+                     `arm.position`, `top.image`), `prompt.input_ids` or \
+                     `prompt.attention_mask`"
                 )),
             },
         }
@@ -363,6 +380,7 @@ impl From<ObservationSource> for String {
             ObservationSource::CameraMask(name) => format!("camera_mask.{name}"),
             ObservationSource::PromptIds => "prompt.input_ids".into(),
             ObservationSource::PromptMask => "prompt.attention_mask".into(),
+            ObservationSource::Stream { stream, field } => format!("{stream}.{field}"),
         }
     }
 }
@@ -472,10 +490,17 @@ pub fn inputs_of(spec: &dyn reflex_runtime::registry::PolicySpec) -> Option<&[In
 /// Checks the inputs against the robot and the declared streams.
 pub fn check_inputs(
     table: &KindTable<'_>,
-    inputs: &[InputConfig],
+    inputs: &mut [InputConfig],
     prompt: Option<&PromptConfig>,
 ) -> Result<(), LaunchError> {
     let launch = table.launch();
+    for (i, input) in inputs.iter_mut().enumerate() {
+        if let ObservationSource::Stream { stream, field } = &input.source {
+            input.source = resolve_stream(launch, stream, field)
+                .map_err(|message| table.error_at(&format!("inputs[{i}].source"), message))?;
+        }
+    }
+    let inputs: &[InputConfig] = inputs;
     let tokenizer = prompt.map(|p| load_prompt(table, p)).transpose()?;
     let joints = launch.config.robot.joints.len();
     let cameras = launch.camera_names();
@@ -516,6 +541,8 @@ pub fn check_inputs(
             input
         };
         match &input.source {
+            // Resolved above.
+            ObservationSource::Stream { .. } => {}
             ObservationSource::PromptIds | ObservationSource::PromptMask => {
                 let Some(tokenizer) = &tokenizer else {
                     return Err(table.error_at(
@@ -655,6 +682,42 @@ pub fn check_inputs(
         }
     }
     Ok(())
+}
+
+/// `<stream>.<field>` against the declared streams.
+fn resolve_stream(
+    launch: &reflex_runtime::launch::Launch,
+    stream: &str,
+    field: &str,
+) -> Result<ObservationSource, String> {
+    use reflex_runtime::stream::StreamKind;
+    let Some(declared) = launch.streams.iter().find(|s| s.name == stream) else {
+        let names: Vec<String> = launch.streams.iter().map(|s| s.name.clone()).collect();
+        return Err(format!(
+            "no stream named `{stream}`; streams: {}",
+            list_or_none(&names)
+        ));
+    };
+    match (&declared.kind, field) {
+        (StreamKind::JointState { .. }, "position") => {
+            if launch.arm().is_some_and(|arm| arm.name() == stream) {
+                Ok(ObservationSource::JointPositions)
+            } else {
+                Err(format!("`{stream}` is not the arm's joint state"))
+            }
+        }
+        (StreamKind::JointState { .. }, "velocity") => Ok(ObservationSource::JointVelocities),
+        (StreamKind::Image { .. }, "image") => Ok(ObservationSource::Camera(stream.to_string())),
+        (StreamKind::Image { .. }, "present") => {
+            Ok(ObservationSource::CameraMask(stream.to_string()))
+        }
+        (StreamKind::JointState { .. }, _) => Err(format!(
+            "`{stream}` is a joint state: its fields are `position` and `velocity`, not `{field}`"
+        )),
+        (StreamKind::Image { .. }, _) => Err(format!(
+            "`{stream}` is an image stream: its fields are `image` and `present`, not `{field}`"
+        )),
+    }
 }
 
 /// Loads the prompt's tokenizer the way the policy will, reporting problems at

@@ -323,7 +323,7 @@ impl PolicyKind for FastKind {
     }
 
     fn check(&self, table: &KindTable<'_>) -> Result<Arc<dyn PolicySpec>, LaunchError> {
-        let cfg: FastPolicyConfig = table.parse()?;
+        let mut cfg: FastPolicyConfig = table.parse()?;
         let joints = table.launch().config.robot.joints.len();
         crate::config::check_intra_threads(table, cfg.intra_threads)?;
         if !(1..=MAX_FAST_TOKENS).contains(&cfg.max_tokens) {
@@ -357,7 +357,7 @@ impl PolicyKind for FastKind {
                 ));
             }
         }
-        crate::config::check_inputs(table, &cfg.inputs, cfg.prompt.as_ref())?;
+        crate::config::check_inputs(table, &mut cfg.inputs, cfg.prompt.as_ref())?;
         crate::check_models(
             table,
             &[("model", &cfg.model), ("prefix_model", &cfg.prefix_model)],

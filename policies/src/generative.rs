@@ -1005,21 +1005,17 @@ impl GenerativeConfig for DiffusionPolicyConfig {
 }
 
 /// What the generative kinds check alike: sampler sizes, inputs and files.
-#[allow(clippy::too_many_arguments)]
 fn check_common(
     table: &KindTable<'_>,
     intra_threads: usize,
     num_steps: usize,
     batch: usize,
     actions: &GenerativeActions,
-    inputs: &[InputConfig],
-    prompt: Option<&PromptConfig>,
     models: &[(&str, &Path)],
     norm_stats: Option<&NormStatsConfig>,
 ) -> Result<(), LaunchError> {
     crate::config::check_intra_threads(table, intra_threads)?;
     crate::config::check_generative(table, num_steps, batch, actions)?;
-    crate::config::check_inputs(table, inputs, prompt)?;
     crate::check_models(table, models)?;
     if let Some(stats) = norm_stats {
         table.check_file(
@@ -1042,7 +1038,8 @@ impl PolicyKind for FlowKind {
     }
 
     fn check(&self, table: &KindTable<'_>) -> Result<Arc<dyn PolicySpec>, LaunchError> {
-        let cfg: FlowPolicyConfig = table.parse()?;
+        let mut cfg: FlowPolicyConfig = table.parse()?;
+        crate::config::check_inputs(table, &mut cfg.inputs, cfg.prompt.as_ref())?;
         let mut models = vec![("model", cfg.model.as_path())];
         if let Some(prefix) = &cfg.prefix_model {
             models.push(("prefix_model", prefix.as_path()));
@@ -1053,8 +1050,6 @@ impl PolicyKind for FlowKind {
             cfg.num_steps,
             cfg.batch,
             &cfg.actions,
-            &cfg.inputs,
-            cfg.prompt.as_ref(),
             &models,
             cfg.norm_stats.as_ref(),
         )?;
@@ -1072,15 +1067,14 @@ impl PolicyKind for DiffusionKind {
     }
 
     fn check(&self, table: &KindTable<'_>) -> Result<Arc<dyn PolicySpec>, LaunchError> {
-        let cfg: DiffusionPolicyConfig = table.parse()?;
+        let mut cfg: DiffusionPolicyConfig = table.parse()?;
+        crate::config::check_inputs(table, &mut cfg.inputs, cfg.prompt.as_ref())?;
         check_common(
             table,
             cfg.intra_threads,
             cfg.num_steps,
             cfg.batch,
             &cfg.actions,
-            &cfg.inputs,
-            cfg.prompt.as_ref(),
             &[("model", cfg.model.as_path())],
             cfg.norm_stats.as_ref(),
         )?;

@@ -122,6 +122,11 @@ impl InputMapper {
                     ObservationSource::CameraMask(name) => Source::CameraMask(index(name)),
                     ObservationSource::PromptIds => Source::PromptIds,
                     ObservationSource::PromptMask => Source::PromptMask,
+                    ObservationSource::Stream { stream, field } => {
+                        return Err(format!(
+                            "`{stream}.{field}` was not resolved against the launch file's streams"
+                        ));
+                    }
                 };
                 // Dynamic dimensions (-1) are a batch of one here.
                 let shape: Vec<usize> = c

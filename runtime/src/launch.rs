@@ -217,7 +217,6 @@ pub struct RealtimeConfig {
     pub lock_memory: bool,
 }
 
-/// Drivers by kind; each kind is an array of tables, e.g. `[[drivers.sim_arm]]`.
 /// `[task]`: the instruction given to policies with a prompt input; `reflex
 /// prompt` changes it while running.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -532,11 +531,20 @@ impl fmt::Debug for Launch {
     }
 }
 
-/// Where launch files moved a field or table, for files in the old format.
-const NEW_FORMAT: &str = "launch files name kinds now: `[[drivers]]` tables with \
-     `kind = \"sim_arm\"` (was `[[drivers.sim_arm]]`), one `[policy]` table with \
-     `kind = \"chunk\"` (was `[policy.chunk]`), and `action_rate_hz` / `replan_after` \
-     in `[execution]` (see the README's \"Launch files\")";
+/// Names the source forms `state.joint_positions`, `camera.<name>`,
+/// `camera_mask.<name>` and `prompt.<field>` use: no stream may take them.
+pub const RESERVED_STREAM_NAMES: [&str; 4] = ["state", "camera", "camera_mask", "prompt"];
+
+/// Where launch files moved a field or table, for files in the old format: the
+/// kinds named are the file's own.
+fn new_format(driver: &str, policy: &str) -> String {
+    format!(
+        "launch files name kinds now: `[[drivers]]` tables with `kind = \"{driver}\"` \
+         (was `[[drivers.{driver}]]`), one `[policy]` table with `kind = \"{policy}\"` \
+         (was `[policy.{policy}]`), and `action_rate_hz` / `replan_after` in \
+         `[execution]` (see the README's \"Launch files\")"
+    )
+}
 
 impl Launch {
     /// Reads and checks a launch file from disk with the kinds of `registry`.
@@ -689,24 +697,35 @@ impl Launch {
         root: &toml::Table,
         registry: &Registry,
     ) -> Result<(), LaunchError> {
+        // The old format: `[policy.<kind>]` with no `kind`.
+        let old_policy = match root.get("policy") {
+            Some(toml::Value::Table(policy)) if !policy.contains_key("kind") => policy
+                .iter()
+                .find(|(key, value)| value.is_table() && registry.find_policy(key).is_some())
+                .map(|(key, _)| key.as_str()),
+            _ => None,
+        };
+        let policy_kind = old_policy
+            .or_else(|| registry.policy_kinds().first().copied())
+            .unwrap_or("<kind>");
         if let Some(toml::Value::Table(drivers)) = root.get("drivers") {
-            let kind = drivers.keys().next().map_or("sim_arm", String::as_str);
+            let driver = drivers.keys().next().map_or("<kind>", String::as_str);
             return Err(self.error_at(
                 "drivers",
-                format!("`[[drivers.{kind}]]` is the old format; {NEW_FORMAT}"),
+                format!(
+                    "`[[drivers.{driver}]]` is the old format; {}",
+                    new_format(driver, policy_kind)
+                ),
             ));
         }
-        if let Some(toml::Value::Table(policy)) = root.get("policy")
-            && !policy.contains_key("kind")
-            && let Some((kind, _)) = policy.iter().find(|(key, value)| {
-                value.is_table()
-                    && (registry.find_policy(key).is_some()
-                        || ["chunk", "fast", "flow", "diffusion"].contains(&key.as_str()))
-            })
-        {
+        if let Some(kind) = old_policy {
+            let driver = registry.driver_kinds().first().copied().unwrap_or("<kind>");
             return Err(self.error_at(
                 &format!("policy.{kind}"),
-                format!("`[policy.{kind}]` is the old format; {NEW_FORMAT}"),
+                format!(
+                    "`[policy.{kind}]` is the old format; {}",
+                    new_format(driver, kind)
+                ),
             ));
         }
         Ok(())
@@ -798,6 +817,16 @@ impl Launch {
         let mut streams: Vec<StreamDecl> = Vec::new();
         for (i, driver) in specs.iter().enumerate() {
             for stream in driver.streams() {
+                if RESERVED_STREAM_NAMES.contains(&stream.name.as_str()) {
+                    return Err(self.error_at(
+                        &format!("drivers[{i}]"),
+                        format!(
+                            "a stream may not be named `{}` (reserved: {})",
+                            stream.name,
+                            RESERVED_STREAM_NAMES.join(", ")
+                        ),
+                    ));
+                }
                 if let Some(other) = streams.iter().position(|s| s.name == stream.name) {
                     return Err(self.error_at(
                         &format!("drivers[{i}]"),

@@ -318,7 +318,8 @@ fn the_old_format_is_explained() {
             .contains("`[[drivers.fake_arm]]` is the old format"),
         "{err}"
     );
-    assert!(err.message.contains("kind = \"sim_arm\""), "{err}");
+    assert!(err.message.contains("kind = \"fake_arm\""), "{err}");
+    assert!(err.message.contains("kind = \"fake_policy\""), "{err}");
     assert!(err.message.contains("[execution]"), "{err}");
     let old = FILE.replace("[policy]\nkind = \"fake_policy\"", "[policy.fake_policy]");
     let err = load(&old, &[]).unwrap_err();

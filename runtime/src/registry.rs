@@ -1,8 +1,8 @@
 //! The kind registry: how drivers, policies and launch-file sections plug into the
 //! runtime without the runtime knowing any of them.
 //!
-//! A launch file names kinds (`[[drivers]] kind = "sim_arm"`, `[policy] kind =
-//! "flow"`); each kind is registered once by the crate that implements it and
+//! A launch file names kinds (`[[drivers]] kind = "<driver>"`, `[policy] kind =
+//! "<policy>"`); each kind is registered once by the crate that implements it and
 //! receives its table as a [`KindTable`]: it deserializes its own typed config,
 //! reports errors at `file:line:col: field` through the table, resolves paths, and
 //! returns a checked spec. `reflex check` and `reflex run` go through the same
