@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use reflex_runtime::stream::StreamKind;
 
 #[derive(Parser)]
 #[command(
@@ -194,6 +195,55 @@ fn check(path: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<ExitCode
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let watches = launch.stream_watches();
+    println!(
+        "  streams    {}",
+        launch
+            .streams
+            .iter()
+            .map(|s| match s.kind {
+                StreamKind::JointState { joints } =>
+                    format!("{} (joint state, {joints} joints)", s.name),
+                StreamKind::Image { width, height } => {
+                    let watch = watches.iter().find(|w| w.name == s.name);
+                    format!(
+                        "{} (image {width}x{height}{}; stale after {} ms: {})",
+                        s.name,
+                        s.rate_hz
+                            .map(|hz| format!(" at {hz} Hz"))
+                            .unwrap_or_default(),
+                        watch.map_or(0, |w| w.max_age_ns / 1_000_000),
+                        watch.map_or("?", |w| w.on_stale.verb())
+                    )
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let executor = launch.executor();
+    println!(
+        "  execution  {} {} at {} Hz actions, replan after {}{}",
+        executor.strategy,
+        executor.params,
+        c.execution.action_rate_hz,
+        c.execution.replan_after,
+        if launch.stage_specs.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; stages {}",
+                launch
+                    .stage_specs
+                    .iter()
+                    .map(|s| s.kind())
+                    .collect::<Vec<_>>()
+                    .join(" -> ")
+            )
+        }
+    );
+    if !c.task.instruction.is_empty() {
+        println!("  task       {:?}", c.task.instruction);
+    }
     println!(
         "  policy     {} {} (signature matches)",
         launch.policy().kind(),

@@ -45,6 +45,14 @@ fn the_shipped_launch_file_checks_clean() {
     let out = run_ok(&["check", "launch/sim_arm.toml"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("signature matches"), "{stdout}");
+    assert!(
+        stdout.contains("top (image 96x96 at 30 Hz; stale after 500 ms: paused inference)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("execution  replace {\"first_action\":0} at 10 Hz actions, replan after 3"),
+        "{stdout}"
+    );
 }
 
 #[test]
