@@ -19,7 +19,7 @@ use crate::executor::{ChunkRejection, Executor, ExecutorFactory, ExecutorParams}
 use crate::history::ObservationHistory;
 use crate::launch::SafetyConfig;
 use crate::log::{LogEvent, LogHeader, LogSummary, Record, Recorder, TickRecord};
-use crate::policy::InferenceWorker;
+use crate::policy::{InferenceWorker, MAX_IN_FLIGHT};
 use crate::prompt::PromptCell;
 use crate::registry::Registry;
 use crate::safety::{ArmError, Motion, Refusal, SafetyFilter, WorkspaceGuard, flags};
@@ -507,7 +507,9 @@ struct Running {
     last_tick_ns: Option<u64>,
     last_state_seq: u64,
     last_infer_ms: f64,
-    inference_due: Option<u64>,
+    /// Under the simulated clock, the ticks the requests in flight come back at
+    /// (oldest first; capacity MAX_IN_FLIGHT, so pushing never allocates).
+    inference_due: std::collections::VecDeque<u64>,
     started: Instant,
 }
 
@@ -567,6 +569,7 @@ impl ControlLoop {
     pub fn run(mut self, limits: RunLimits) -> Result<RunSummary, ControlError> {
         let joints = self.params.joints.len();
         let mut core = TickCore::new(&self.params).map_err(ControlError::Executor)?;
+        self.worker.set_max_in_flight(core.executor.max_in_flight());
         let first = self.first_state(&core, limits.stop)?;
         if let Err(e) = core.start(first.positions()) {
             // first_state checked the same; a state that changed under us is a fault.
@@ -637,7 +640,7 @@ impl ControlLoop {
             last_tick_ns: None,
             last_state_seq: 0,
             last_infer_ms: 0.0,
-            inference_due: None,
+            inference_due: std::collections::VecDeque::with_capacity(MAX_IN_FLIGHT),
             started: Instant::now(),
         };
         let period_ns = self.clock.period_ns();
@@ -766,11 +769,11 @@ impl ControlLoop {
 
         // 2. A finished chunk, if any (under the simulated clock: exactly when due).
         // While stopping, chunks are left unread: nothing may move the arm again.
-        let done = match r.inference_due {
+        let done = match r.inference_due.front() {
             _ if stopping => None,
-            Some(due) if self.clock.is_simulated() => {
+            Some(&due) if self.clock.is_simulated() => {
                 if t.tick >= due {
-                    r.inference_due = None;
+                    r.inference_due.pop_front();
                     self.worker.wait(Duration::from_secs(60))
                 } else {
                     None
@@ -779,7 +782,6 @@ impl ControlLoop {
             _ => self.worker.poll(),
         };
         if let Some(done) = done {
-            r.inference_due = None;
             r.last_infer_ms = done.chunk.infer_ns as f64 / 1e6;
             r.stats.inference.record_ns(done.chunk.infer_ns);
             let accepted = if done.ok {
@@ -854,7 +856,7 @@ impl ControlLoop {
         if !stopping
             && moving
             && r.core.state_ok()
-            && !self.worker.in_flight()
+            && self.worker.can_request()
             && !r.paused
             && r.core.executor.wants_chunk(t.tick)
         {
@@ -889,8 +891,9 @@ impl ControlLoop {
                     image.height = 0;
                 }
             }
-            if self.worker.request(&r.obs) {
-                r.inference_due = Some(t.tick + self.sim_inference_ticks.max(1));
+            if self.worker.request(&r.obs) && self.clock.is_simulated() {
+                r.inference_due
+                    .push_back(t.tick + self.sim_inference_ticks.max(1));
             }
         }
 

@@ -42,6 +42,11 @@ pub trait Executor: Send {
     fn committed(&self, _now: u64, _delay_ticks: u64, _out: &mut [f64]) -> usize {
         0
     }
+    /// Requests the loop may have in flight at once (asynchronous strategies ask
+    /// again before a chunk comes back); at most `policy::MAX_IN_FLIGHT`.
+    fn max_in_flight(&self) -> usize {
+        1
+    }
 }
 
 /// What every strategy is built from.

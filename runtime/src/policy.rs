@@ -67,6 +67,10 @@ pub struct LoadedPolicy {
     pub provider: &'static str,
 }
 
+/// The most requests an executor may keep in flight (buffers are allocated for
+/// this many at start).
+pub const MAX_IN_FLIGHT: usize = 4;
+
 /// A finished inference as the tick receives it.
 pub struct Inference {
     pub chunk: Box<ActionChunk>,
@@ -108,7 +112,8 @@ pub struct InferenceWorker {
     errors: Arc<AtomicU64>,
     shutdown: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    in_flight: bool,
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 impl InferenceWorker {
@@ -124,8 +129,8 @@ impl InferenceWorker {
         prompt: PromptCell,
         mut stages: Vec<Box<dyn ChunkStage>>,
     ) -> std::io::Result<Self> {
-        let free_observations = Arc::new(ArrayQueue::new(2));
-        for _ in 0..2 {
+        let free_observations = Arc::new(ArrayQueue::new(MAX_IN_FLIGHT + 1));
+        for _ in 0..MAX_IN_FLIGHT + 1 {
             let _ = free_observations.push(Box::new(template.clone()));
         }
         let free_chunks = Arc::new(ArrayQueue::new(16));
@@ -135,8 +140,8 @@ impl InferenceWorker {
                 policy.action_dim(),
             )));
         }
-        let requests: Arc<Mailbox<Box<Observation>>> = Mailbox::new(1);
-        let results = Arc::new(ArrayQueue::new(4));
+        let requests: Arc<Mailbox<Box<Observation>>> = Mailbox::new(MAX_IN_FLIGHT);
+        let results = Arc::new(ArrayQueue::new(MAX_IN_FLIGHT + 1));
         let errors = Arc::new(AtomicU64::new(0));
         let shutdown = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -212,19 +217,31 @@ impl InferenceWorker {
             errors,
             shutdown,
             thread: Some(thread),
-            in_flight: false,
+            in_flight: 0,
+            max_in_flight: 1,
         })
     }
 
     /// True while a request has not come back.
     pub fn in_flight(&self) -> bool {
-        self.in_flight
+        self.in_flight > 0
+    }
+
+    /// Lets up to `n` requests be in flight (1..=MAX_IN_FLIGHT; the worker still
+    /// runs them one after the other, in order).
+    pub fn set_max_in_flight(&mut self, n: usize) {
+        self.max_in_flight = n.clamp(1, MAX_IN_FLIGHT);
+    }
+
+    /// True when another request may be sent.
+    pub fn can_request(&self) -> bool {
+        self.in_flight < self.max_in_flight
     }
 
     /// Copies `obs` into a free buffer and hands it to the worker. Returns false
-    /// (and sends nothing) while a request is in flight.
+    /// (and sends nothing) while `max_in_flight` requests have not come back.
     pub fn request(&mut self, obs: &Observation) -> bool {
-        if self.in_flight {
+        if !self.can_request() {
             return false;
         }
         let Some(mut buffer) = self.free_observations.pop() else {
@@ -232,7 +249,7 @@ impl InferenceWorker {
         };
         buffer.copy_from(obs);
         self.requests.send(buffer);
-        self.in_flight = true;
+        self.in_flight += 1;
         true
     }
 
@@ -240,7 +257,7 @@ impl InferenceWorker {
     pub fn poll(&mut self) -> Option<Inference> {
         let result = self.results.pop();
         if result.is_some() {
-            self.in_flight = false;
+            self.in_flight = self.in_flight.saturating_sub(1);
         }
         result
     }
@@ -249,7 +266,7 @@ impl InferenceWorker {
     /// what makes inference latency a fixed number of ticks).
     pub fn wait(&mut self, timeout: Duration) -> Option<Inference> {
         let deadline = Instant::now() + timeout;
-        while self.in_flight && Instant::now() < deadline {
+        while self.in_flight > 0 && Instant::now() < deadline {
             if let Some(result) = self.poll() {
                 return Some(result);
             }
@@ -424,6 +441,33 @@ mod tests {
         assert!(worker.request(&obs(1, 0.25)));
         assert!(!worker.wait(Duration::from_secs(5)).expect("result").ok);
         assert_eq!(worker.errors(), 1);
+    }
+
+    #[test]
+    fn several_requests_may_be_in_flight_and_come_back_in_order() {
+        let mut worker = InferenceWorker::spawn(
+            Box::new(Echo),
+            &obs(0, 0.0),
+            PromptCell::default(),
+            Vec::new(),
+        )
+        .unwrap();
+        worker.set_max_in_flight(2);
+        assert!(worker.request(&obs(1, 0.25)));
+        assert!(worker.request(&obs(2, 0.5)));
+        assert!(!worker.request(&obs(3, 0.75)), "two at most");
+        let first = worker.wait(Duration::from_secs(5)).expect("result");
+        assert_eq!(first.chunk.conditioned_on_tick, 1);
+        assert!(worker.can_request());
+        let second = worker.wait(Duration::from_secs(5)).expect("result");
+        assert_eq!(second.chunk.conditioned_on_tick, 2);
+        assert_eq!(second.chunk.actions, vec![0.5, 0.5]);
+        assert!(!worker.in_flight());
+        worker.set_max_in_flight(99);
+        for tick in 0..MAX_IN_FLIGHT as u64 {
+            assert!(worker.request(&obs(tick, 0.0)));
+        }
+        assert!(!worker.request(&obs(9, 0.0)), "capped at MAX_IN_FLIGHT");
     }
 
     #[test]

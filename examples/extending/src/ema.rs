@@ -15,6 +15,14 @@ use serde::{Deserialize, Serialize};
 pub struct EmaParams {
     /// Weight of the newest target each tick, in (0, 1]; 1 is `replace`.
     pub alpha: f64,
+    /// Requests allowed in flight at once (asking again before the last chunk
+    /// came back pipelines inference at the replan point).
+    #[serde(default = "one")]
+    pub max_in_flight: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 pub struct EmaStrategy;
@@ -49,6 +57,7 @@ impl StrategyKind for EmaStrategy {
         Ok(Box::new(Ema {
             inner: ChunkExecutor::new(p.dim, p.horizon, p.ticks_per_action, p.replan_after),
             alpha: params.alpha,
+            max_in_flight: params.max_in_flight,
             dim: p.dim,
             smoothed: [0.0; MAX_JOINTS],
         }))
@@ -58,6 +67,7 @@ impl StrategyKind for EmaStrategy {
 pub struct Ema {
     inner: ChunkExecutor,
     alpha: f64,
+    max_in_flight: usize,
     dim: usize,
     smoothed: [f64; MAX_JOINTS],
 }
@@ -91,5 +101,9 @@ impl Executor for Ema {
 
     fn queued(&self, now: u64) -> usize {
         self.inner.queued(now)
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.max_in_flight
     }
 }

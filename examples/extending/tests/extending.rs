@@ -269,3 +269,40 @@ fn a_chunk_stage_from_outside_chooses_among_the_candidates() {
     assert_eq!(err.field, "stages[0]");
     assert!(err.message.contains("nothing to choose from"), "{err}");
 }
+
+/// The ticks the chunks of a logged run were conditioned on.
+fn conditioned_ticks(log: &reflex_runtime::log::LogContents) -> Vec<u64> {
+    log.records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Chunk { chunk, .. } => Some(chunk.conditioned_on_tick),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_strategy_may_keep_two_requests_in_flight() {
+    let closest_pair = |ticks: &[u64]| ticks.windows(2).map(|w| w[1] - w[0]).min().unwrap();
+    let (_, one) = run_logged(
+        &["execution.strategy=\"ema\"", "execution.alpha=1.0"],
+        "flight1",
+    );
+    // One in flight: a new request only after the last chunk came back.
+    assert!(closest_pair(&conditioned_ticks(&one)) >= 2);
+    let (reached, two) = run_logged(
+        &[
+            "execution.strategy=\"ema\"",
+            "execution.alpha=1.0",
+            "execution.max_in_flight=2",
+        ],
+        "flight2",
+    );
+    // Two in flight: the second request follows the first on the next tick.
+    assert_eq!(closest_pair(&conditioned_ticks(&two)), 1);
+    for (q, goal) in reached.iter().zip(TARGET) {
+        assert!((q - goal).abs() < 0.05, "{reached:?} vs {TARGET:?}");
+    }
+    let replayed = replay_with(&two.header, &two.records, &registry());
+    assert!(replayed.identical(), "{:?}", replayed.first);
+}
