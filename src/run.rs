@@ -23,7 +23,7 @@ use reflex_runtime::safety::WorkspaceGuard;
 use reflex_runtime::slot::latest_slot;
 use reflex_runtime::stats::StatusSnapshot;
 use reflex_runtime::status::StatusThread;
-use reflex_runtime::types::{Image, JointState, Observation, PastFrame};
+use reflex_runtime::types::Observation;
 use reflex_zenoh::Bus;
 use reflex_zenoh::bus::OperatorListener;
 
@@ -281,27 +281,15 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
 
     let observation_frames = launch.policy().history();
     let horizon = policy.policy.horizon();
-    let images: Vec<Image> = cameras
-        .iter()
-        .map(|cam| Image::black(cam.width, cam.height))
-        .collect();
-    let template = Observation {
-        tick: 0,
-        stamp_ns: 0,
-        joints: JointState::empty(joints),
-        images: images.clone(),
-        history: vec![
-            PastFrame {
-                stamp_ns: 0,
-                joints: JointState::empty(joints),
-                images,
-            };
-            observation_frames.saturating_sub(1)
-        ],
-        committed: vec![0.0; horizon * joints],
-        committed_len: 0,
-        expected_delay_ticks: 0,
-    };
+    let template = Observation::blank(
+        joints,
+        &cameras
+            .iter()
+            .map(|cam| (cam.width, cam.height))
+            .collect::<Vec<_>>(),
+        observation_frames,
+        horizon * joints,
+    );
     let stages = launch
         .stage_specs
         .iter()

@@ -10,7 +10,7 @@ use crate::config::{
     ResizeFilter, ResizeMode, TensorDtype,
 };
 use reflex_runtime::stream::StreamKind;
-use reflex_runtime::types::{Image, JointState, Observation, PastFrame};
+use reflex_runtime::types::{Image, JointState, Observation};
 
 use std::borrow::Cow;
 
@@ -23,30 +23,20 @@ use crate::prompt::PromptTokenizer;
 /// An all-black, zero-state observation shaped like the launch file's sensors, for
 /// warming up models before the first real one arrives.
 pub fn blank_observation(launch: &reflex_runtime::launch::Launch) -> Observation {
-    let images: Vec<Image> = launch
+    let image_sizes: Vec<(usize, usize)> = launch
         .streams
         .iter()
         .filter_map(|s| match s.kind {
-            StreamKind::Image { width, height } => Some(Image::black(width, height)),
+            StreamKind::Image { width, height } => Some((width, height)),
             _ => None,
         })
         .collect();
-    let joints = reflex_runtime::types::JointState::empty(launch.config.robot.joints.len());
-    let past = PastFrame {
-        stamp_ns: 0,
-        joints,
-        images: images.clone(),
-    };
-    Observation {
-        tick: 0,
-        stamp_ns: 0,
-        joints,
-        images,
-        history: vec![past; launch.policy().history().saturating_sub(1)],
-        committed: Vec::new(),
-        committed_len: 0,
-        expected_delay_ticks: 0,
-    }
+    Observation::blank(
+        launch.config.robot.joints.len(),
+        &image_sizes,
+        launch.policy().history(),
+        0,
+    )
 }
 
 /// One model input: where its values come from and the buffer they go into.
@@ -690,6 +680,7 @@ impl ResizePlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reflex_runtime::types::PastFrame;
 
     fn image(w: usize, h: usize, f: impl Fn(usize, usize, usize) -> u8) -> Image {
         let mut img = Image::black(w, h);

@@ -588,11 +588,8 @@ impl ControlLoop {
             // The deadman's grace starts with the run.
             self.operator.heartbeat();
         }
-        let images = self
-            .cameras
-            .iter()
-            .map(|c| crate::types::Image::black(c.width, c.height))
-            .collect();
+        let camera_sizes: Vec<(usize, usize)> =
+            self.cameras.iter().map(|c| (c.width, c.height)).collect();
         // One observation frame per action period, a whole number of ticks.
         let ticks_per_frame = (self.params.rate_hz / self.params.action_rate_hz)
             .round()
@@ -607,14 +604,13 @@ impl ControlLoop {
         let mut r = Running {
             core,
             obs: Observation {
-                tick: 0,
-                stamp_ns: 0,
                 joints: first,
-                images,
-                history: history.template(joints, &self.cameras),
-                committed: vec![0.0; self.params.horizon * joints],
-                committed_len: 0,
-                expected_delay_ticks: 0,
+                ..Observation::blank(
+                    joints,
+                    &camera_sizes,
+                    self.observation_frames,
+                    self.params.horizon * joints,
+                )
             },
             history,
             stale: vec![false; self.cameras.len()],

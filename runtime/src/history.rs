@@ -9,7 +9,7 @@
 //! fills its queue with the first observation.
 
 use crate::driver::CameraPort;
-use crate::types::{Image, JointState, Observation, PastFrame};
+use crate::types::{Image, JointState, Observation};
 
 /// Fixed-capacity ring, newest last.
 struct Ring<T> {
@@ -86,19 +86,6 @@ impl ObservationHistory {
     /// True when the policy sees past observations (and the tick must record).
     pub fn is_needed(&self) -> bool {
         self.frames > 1
-    }
-
-    /// The observation's past frames, sized for this history (allocates; once).
-    pub fn template(&self, joints: usize, cameras: &[CameraPort]) -> Vec<PastFrame> {
-        let frame = PastFrame {
-            stamp_ns: 0,
-            joints: JointState::empty(joints),
-            images: cameras
-                .iter()
-                .map(|c| Image::black(c.width, c.height))
-                .collect(),
-        };
-        vec![frame; self.frames - 1]
     }
 
     /// Records this tick's state (None when it was invalid: the last valid one is
@@ -179,9 +166,7 @@ mod tests {
         }];
         // 3 frames, 4 ticks a frame, 10 ms a tick.
         let mut history = ObservationHistory::new(3, 4, 40_000_000, 1, &cameras);
-        let mut obs = Observation::of_joints(0, state(0.0));
-        obs.images = vec![Image::black(2, 1)];
-        obs.history = history.template(1, &cameras);
+        let mut obs = Observation::blank(1, &[(2, 1)], 3, 0);
         for tick in 0..=10u64 {
             // A camera frame every other tick, stamped with its tick's time.
             if tick % 2 == 0 {

@@ -159,6 +159,33 @@ impl PastFrame {
 }
 
 impl Observation {
+    /// An all-black, zero-state observation with images of `image_sizes`
+    /// (width, height), `frames - 1` past frames like it, and room for `committed`
+    /// values: the buffers that circulate between the tick and the inference
+    /// thread (allocates; made once).
+    pub fn blank(
+        joints: usize,
+        image_sizes: &[(usize, usize)],
+        frames: usize,
+        committed: usize,
+    ) -> Self {
+        let images: Vec<Image> = image_sizes
+            .iter()
+            .map(|&(width, height)| Image::black(width, height))
+            .collect();
+        let past = PastFrame {
+            stamp_ns: 0,
+            joints: JointState::empty(joints),
+            images: images.clone(),
+        };
+        Self {
+            history: vec![past; frames.saturating_sub(1)],
+            images,
+            committed: vec![0.0; committed],
+            ..Self::of_joints(0, JointState::empty(joints))
+        }
+    }
+
     /// An observation with no images and no history.
     pub fn of_joints(tick: u64, joints: JointState) -> Self {
         Self {
