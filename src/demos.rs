@@ -81,14 +81,8 @@ pub fn record(args: DemoArgs) -> anyhow::Result<()> {
     let mut inputs: Vec<Vec<f32>> = vec![Vec::new(); mapper.inputs.len()];
     let mut actions = Vec::new();
     let mut obs = Observation {
-        tick: 0,
-        stamp_ns: 0,
-        joints: JointState::empty(joints),
         images: vec![Image::black(camera.width, camera.height)],
-        history: Vec::new(),
-        committed: Vec::new(),
-        committed_len: 0,
-        expected_delay_ticks: 0,
+        ..Observation::of_joints(0, JointState::empty(joints))
     };
     let mut samples = 0;
     for episode in 0..args.episodes {

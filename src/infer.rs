@@ -22,6 +22,7 @@ use reflex_policies::config::{ObservationSource, TensorDtype, inputs_of};
 use reflex_runtime::files;
 use reflex_runtime::launch::Launch;
 use reflex_runtime::npy::{self, NpyArray, NpyData};
+use reflex_runtime::stage::{Candidates, ChunkStage};
 use reflex_runtime::types::{ActionChunk, Image, JointState, Observation};
 
 #[derive(clap::Args)]
@@ -59,7 +60,8 @@ pub struct InferArgs {
 pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
     let launch = crate::load_launch(Some(&args.launch), &args.overrides)?;
     let obs = read_observation(&args.obs, &launch, args.tick)?;
-    let joints = launch.config.robot.joints.len();
+    // Action columns: the joints and the gripper.
+    let joints = launch.action_width();
     let horizon;
     let (actions, rows, raw, infer_ms, provider);
     let mut latency = serde_json::Value::Null;
@@ -143,6 +145,21 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
         raw = None;
         provider = loaded.provider;
     }
+    // As the run executes them: absolute positions (delta / velocity targets
+    // resolved against this observation), the gripper last.
+    let mut candidates = Candidates {
+        batch: rows,
+        horizon,
+        dim: joints,
+        values: actions,
+        scores: vec![0.0; rows],
+        selected: 0,
+    };
+    launch
+        .action_targets()
+        .apply(&obs, &mut candidates)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let actions = candidates.values;
     if let (Some(path), Some((values, dim))) = (&args.raw_out, &raw) {
         npy::write_f32(path, &[rows, horizon, *dim], values)?;
     }
@@ -356,13 +373,7 @@ pub fn read_observation(path: &Path, launch: &Launch, tick: u64) -> anyhow::Resu
         });
     }
     Ok(Observation {
-        tick,
-        stamp_ns: 0,
-        joints: state,
         images,
-        history: Vec::new(),
-        committed: Vec::new(),
-        committed_len: 0,
-        expected_delay_ticks: 0,
+        ..Observation::of_joints(tick, state)
     })
 }

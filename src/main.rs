@@ -222,10 +222,18 @@ fn check(path: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<ExitCode
     );
     let executor = launch.executor();
     println!(
-        "  execution  {} {} at {} Hz actions, replan after {}{}",
+        "  execution  {} {} at {} Hz actions ({} targets{}), replan after {}{}",
         executor.strategy,
         executor.params,
         c.execution.action_rate_hz,
+        c.execution.target.name(),
+        c.robot.gripper.as_ref().map_or(String::new(), |g| format!(
+            " + gripper ({}, column {}, range {:?}, max {}/s)",
+            format!("{:?}", g.mode).to_lowercase(),
+            g.column(c.robot.joints.len()),
+            g.range,
+            g.max_speed
+        )),
         c.execution.replan_after,
         if launch.stage_specs.is_empty() {
             String::new()

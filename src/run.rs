@@ -226,6 +226,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         simulated: how.simulated,
         seed: c.seed,
         joints,
+        gripper: c.robot.gripper.clone(),
         robot: c.robot.name.clone(),
         services,
     };
@@ -288,14 +289,9 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
             .map(|cam| (cam.width, cam.height))
             .collect::<Vec<_>>(),
         observation_frames,
-        horizon * joints,
+        horizon * launch.action_width(),
     );
-    let stages = launch
-        .stage_specs
-        .iter()
-        .map(|spec| spec.build(launch))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stages = launch.chunk_stages().map_err(|e| anyhow::anyhow!("{e}"))?;
     let worker = InferenceWorker::spawn(policy.policy, &template, requests.prompt.clone(), stages)?;
     let params = TickParams {
         joints: c.robot.joints.clone(),
@@ -314,6 +310,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
             _ => None,
         },
         executor: launch.executor(),
+        gripper: c.robot.gripper.clone(),
     };
     signals_stop_the_loop();
     let recorder = match how.log {
@@ -344,6 +341,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
                     _ => None,
                 },
                 tip_link: c.robot.tip_link.clone(),
+                gripper: params.gripper.clone(),
                 launch: launch.text.clone(),
             };
             Some(

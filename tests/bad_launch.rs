@@ -50,7 +50,9 @@ fn the_shipped_launch_file_checks_clean() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("execution  replace {\"first_action\":0} at 10 Hz actions, replan after 3"),
+        stdout.contains(
+            "execution  replace {\"first_action\":0} at 10 Hz actions (position targets), replan after 3"
+        ),
         "{stdout}"
     );
 }

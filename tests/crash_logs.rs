@@ -275,6 +275,7 @@ fn header(joints: &[&str]) -> LogHeader {
         safety: Default::default(),
         urdf: None,
         tip_link: None,
+        gripper: None,
         launch: String::new(),
     }
 }

@@ -124,7 +124,11 @@ fn generative_tables_are_validated_at_their_fields() {
     let err = load(flow, &["policy.num_steps=0"]).unwrap_err();
     assert_eq!(err.field, "policy.num_steps");
     let err = load(flow, &["policy.actions.dim=2"]).unwrap_err();
-    assert!(err.message.contains("must cover the 3 joints"), "{err}");
+    assert!(
+        err.message
+            .contains("must cover the robot's 3 action columns"),
+        "{err}"
+    );
     let err = load(flow, &["policy.inputs[1].shape=[1, 2]"]).unwrap_err();
     assert_eq!(err.field, "policy.inputs[1].shape");
     assert!(load(flow, &["policy.inputs[1].shape=[1, 32]"]).is_ok());

@@ -18,6 +18,7 @@ use reflex_runtime::driver::{
     ArmPorts, CameraPort, Driver, DriverContext, DriverError, DriverPorts, EpisodeOutcome,
     TaskReport,
 };
+use reflex_runtime::gripper::GripperConfig;
 use reflex_runtime::launch::{JointConfig, Launch, LaunchError, MAX_CAMERA_FPS};
 use reflex_runtime::mailbox::Mailbox;
 use reflex_runtime::registry::{DriverKind, DriverSpec, KindTable, schema_of};
@@ -271,6 +272,16 @@ pub struct SimWorld {
     reached_at_ns: Option<u64>,
     outcomes: Vec<EpisodeOutcome>,
     seq: u64,
+    gripper: Option<SimGripper>,
+}
+
+/// A simulated gripper: its opening follows the command at its top speed.
+#[derive(Debug, Clone, Copy)]
+struct SimGripper {
+    opening: f64,
+    command: f64,
+    speed: f64,
+    range: [f64; 2],
 }
 
 impl SimWorld {
@@ -297,6 +308,7 @@ impl SimWorld {
             // Room for many episodes, so finishing one does not allocate in a tick.
             outcomes: Vec::with_capacity(1024),
             seq: 0,
+            gripper: None,
         };
         world.target = world.draw_target();
         world
@@ -388,6 +400,30 @@ impl SimWorld {
         self.command[..n].copy_from_slice(&command[..n]);
     }
 
+    /// Adds a gripper that starts open.
+    pub fn add_gripper(&mut self, config: &GripperConfig) {
+        let open = config.open_position();
+        self.gripper = Some(SimGripper {
+            opening: open,
+            command: open,
+            speed: config.max_speed,
+            range: config.range,
+        });
+    }
+
+    pub fn set_gripper_command(&mut self, command: f64) {
+        if let Some(g) = &mut self.gripper
+            && command.is_finite()
+        {
+            g.command = command.clamp(g.range[0], g.range[1]);
+        }
+    }
+
+    /// The gripper's opening, when the arm has one.
+    pub fn gripper(&self) -> Option<f64> {
+        self.gripper.map(|g| g.opening)
+    }
+
     /// Advances the servo dynamics by `dt` seconds.
     pub fn step(&mut self, dt: f64) {
         for j in 0..self.joints() {
@@ -401,6 +437,10 @@ impl SimWorld {
                 self.q[j] = self.q[j].clamp(lo, hi);
                 self.qd[j] = 0.0;
             }
+        }
+        if let Some(g) = &mut self.gripper {
+            let step = g.speed * dt;
+            g.opening += (g.command - g.opening).clamp(-step, step);
         }
         self.time_ns += (dt * 1e9).round() as u64;
         let error = self.target_error();
@@ -447,6 +487,7 @@ impl SimWorld {
         out.joints = self.joints();
         out.position = self.q;
         out.velocity = self.qd;
+        out.gripper = self.gripper();
     }
 
     /// Renders the top-down view into `image` (its size is kept): dark floor, arm
@@ -569,6 +610,9 @@ impl Outputs {
             && cmd.joints == world.joints()
         {
             world.set_command(cmd.positions());
+            if let Some(gripper) = cmd.gripper {
+                world.set_gripper_command(gripper);
+            }
         }
     }
 
@@ -631,7 +675,10 @@ impl Driver for SimArm {
             )));
         }
         self.simulated = ctx.simulated;
-        let world = SimWorld::new(&self.cfg, &self.joints, ctx.seed);
+        let mut world = SimWorld::new(&self.cfg, &self.joints, ctx.seed);
+        if let Some(gripper) = &ctx.gripper {
+            world.add_gripper(gripper);
+        }
         let (state_writer, state_reader) = latest_slot(&JointState::empty(ctx.joints));
         let commands = Mailbox::new(64);
         let mut ports = DriverPorts::default();

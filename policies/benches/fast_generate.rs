@@ -45,16 +45,7 @@ fn main() {
         .downcast_ref::<reflex_policies::config::FastPolicyConfig>()
         .expect("a fast policy");
     let mut policy = FastPolicy::load(&launch, config).expect("policy");
-    let obs = Observation {
-        tick: 1,
-        stamp_ns: 0,
-        joints: JointState::empty(3),
-        images: Vec::new(),
-        history: Vec::new(),
-        committed: Vec::new(),
-        committed_len: 0,
-        expected_delay_ticks: 0,
-    };
+    let obs = Observation::of_joints(1, JointState::empty(3));
     let mut times = Vec::with_capacity(repeat);
     let mut tokens = 0;
     for _ in 0..repeat {

@@ -38,14 +38,8 @@ fn observation(cameras: usize) -> Observation {
         })
         .collect();
     Observation {
-        tick: 1,
-        stamp_ns: 0,
-        joints: JointState::empty(7),
         images,
-        history: Vec::new(),
-        committed: Vec::new(),
-        committed_len: 0,
-        expected_delay_ticks: 0,
+        ..Observation::of_joints(1, JointState::empty(7))
     }
 }
 

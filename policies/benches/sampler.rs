@@ -130,14 +130,8 @@ fn measure(repo: &Path, case: &Case, repeat: usize, scratch: &Path) -> Measured 
     let mut joints = JointState::empty(3);
     joints.position[..3].copy_from_slice(&[0.1, 0.5, -0.3]);
     let obs = Observation {
-        tick: 7,
-        stamp_ns: 0,
-        joints,
         images: vec![image],
-        history: Vec::new(),
-        committed: Vec::new(),
-        committed_len: 0,
-        expected_delay_ticks: 0,
+        ..Observation::of_joints(7, joints)
     };
     let (mut total, mut graph) = (Vec::with_capacity(repeat), Vec::with_capacity(repeat));
     let (mut preprocess, mut overhead) = (Vec::with_capacity(repeat), Vec::with_capacity(repeat));

@@ -20,6 +20,11 @@ and return `actions` float32 [1,10,3] rad:
 - chunk_prompt.onnx: `state` [1,3], `input_ids` and `attention_mask` int64 [1,16];
   actions [1,11,3] are the state plus 1e-3 times the ids followed by the mask
   (flattened, zero-padded to 33), so every chunk shows the tokens it was fed;
+- chunk_gripper.onnx: a robot with a gripper: `state` [1,4] (3 joints, then the
+  gripper's opening) -> actions [1,10,4] = the state with the opening 0.02 smaller
+  (hold the joints, close the gripper step by step from what it measures);
+- chunk_velocity.onnx: `state` [1,3] (consumed, unused) -> actions [1,10,3] =
+  joint velocities (0.3, -0.2, 0.1) rad/s at every step;
 - fast_prefix.onnx + fast_step.onnx (+ fast_fixture.json): a tiny autoregressive
   FAST model with a cache that emits a known token sequence (needs the [10, 3]
   tokenizer made by make_fast_tokenizer.py --dim 3, by default in <out-dir>/fast_10x3).
@@ -183,6 +188,58 @@ def build_prompt(out_dir: str):
     print(f"wrote {path} ({os.path.getsize(path)} B)")
 
 
+GRIPPER_STEP = 0.02
+VELOCITY = [0.3, -0.2, 0.1]
+
+
+def targets_models():
+    """chunk_gripper.onnx and chunk_velocity.onnx (see the module docstring)."""
+    axis1 = const("axis1", np.array([1], np.int64))
+    repeat = const("repeat", np.array([1, HORIZON, 1], np.int64))
+    gripper = helper.make_graph(
+        [
+            helper.make_node("Add", ["state", "step"], ["closer"]),
+            helper.make_node("Unsqueeze", ["closer", "axis1"], ["row"]),
+            helper.make_node("Expand", ["row", "repeat"], ["actions"]),
+        ],
+        "chunk_gripper",
+        [tensor("state", [1, JOINTS + 1])],
+        [tensor("actions", [1, HORIZON, JOINTS + 1])],
+        [const("step", np.array([[0, 0, 0, -GRIPPER_STEP]], np.float32)), axis1, repeat],
+    )
+    velocity = helper.make_graph(
+        [
+            helper.make_node("Mul", ["state", "zero"], ["nothing"]),
+            helper.make_node("Add", ["nothing", "velocity"], ["row2"]),
+            helper.make_node("Unsqueeze", ["row2", "axis1"], ["row"]),
+            helper.make_node("Expand", ["row", "repeat"], ["actions"]),
+        ],
+        "chunk_velocity",
+        [tensor("state", [1, JOINTS])],
+        [tensor("actions", [1, HORIZON, JOINTS])],
+        [const("zero", np.array(0.0, np.float32)),
+         const("velocity", np.array([VELOCITY], np.float32)), axis1, repeat],
+    )
+    return {"chunk_gripper.onnx": gripper, "chunk_velocity.onnx": velocity}
+
+
+def build_targets(out_dir: str):
+    state = np.array([[0.1, -0.2, 0.3, 0.08]], np.float32)
+    for name, graph in targets_models().items():
+        path = os.path.join(out_dir, name)
+        save(graph, path, {"producer": "policies/export/make_test_models.py"})
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        if name == "chunk_gripper.onnx":
+            want = np.repeat((state + [[0, 0, 0, -GRIPPER_STEP]])[:, None, :], HORIZON, axis=1)
+            result = session.run(["actions"], {"state": state})[0]
+        else:
+            want = np.repeat(np.array([[VELOCITY]], np.float32), HORIZON, axis=1)
+            result = session.run(["actions"], {"state": state[:, :JOINTS]})[0]
+        if not np.allclose(result, want, atol=1e-7):
+            raise SystemExit(f"{name}: got {result}, expected {want}")
+        print(f"wrote {path} ({os.path.getsize(path)} B)")
+
+
 def expected_actions(state, out_joints, ramp, nan):
     """What a chunk fixture must return for `state` [B,J] (numpy, float32)."""
     padded = np.zeros((len(state), out_joints), np.float32)
@@ -301,5 +358,6 @@ if __name__ == "__main__":
     build(args.out_dir)
     build_history(args.out_dir)
     build_prompt(args.out_dir)
+    build_targets(args.out_dir)
     if not args.skip_fast:
         fast_fixture(args.out_dir, args.fast_tokenizer or os.path.join(args.out_dir, "fast_10x3"))

@@ -199,7 +199,7 @@ pub fn check_signature(
             p.name, p.dtype
         )),
         Some(p) if !shape_matches(&p.shape, &wanted_actions) => problems.push(format!(
-            "output `{}` has shape {:?}, expected [1, horizon = {}, joints = {joints}]",
+            "output `{}` has shape {:?}, expected [1, horizon = {}, action columns = {joints}]",
             p.name, p.shape, cfg.actions.horizon
         )),
         Some(_) => {}
@@ -269,7 +269,8 @@ pub struct ChunkPolicy {
 impl ChunkPolicy {
     /// Loads ONNX Runtime and the model, checks the signature and warms up.
     pub fn load(launch: &Launch, cfg: &ChunkPolicyConfig) -> Result<Self, PolicyLoadError> {
-        let joints = launch.config.robot.joints.len();
+        // Action columns: the joints and the gripper.
+        let joints = launch.action_width();
         let (env, library_path) = crate::onnxruntime::environment_for(launch)?;
         let model_path = launch.resolve(&cfg.model);
         let settings = crate::onnxruntime::SessionSettings::from_launch(launch, cfg.intra_threads);
@@ -390,7 +391,7 @@ impl PolicyKind for ChunkKind {
 
     fn check(&self, table: &KindTable<'_>) -> Result<Arc<dyn PolicySpec>, LaunchError> {
         let mut cfg: ChunkPolicyConfig = table.parse()?;
-        let joints = table.launch().config.robot.joints.len();
+        let joints = table.launch().action_width();
         crate::config::check_intra_threads(table, cfg.intra_threads)?;
         if !(1..=MAX_HORIZON).contains(&cfg.actions.horizon) {
             return Err(table.error_at("actions.horizon", format!("must be in 1..={MAX_HORIZON}")));

@@ -158,9 +158,9 @@ pub struct GenerativeActions {
     /// D, the model's action width; the robot's joints are the first ones and the
     /// rest is padding (pi0: 32). Defaults to the number of joints.
     pub dim: Option<usize>,
-    /// The model's actions are relative to the joint positions it saw (openpi's
-    /// delta actions): the positions are added back after unnormalizing.
+    /// Replaced by `[execution] target = "delta"`; kept to say so.
     #[serde(default)]
+    #[schemars(skip)]
     pub delta: bool,
 }
 
@@ -502,7 +502,9 @@ pub fn check_inputs(
     }
     let inputs: &[InputConfig] = inputs;
     let tokenizer = prompt.map(|p| load_prompt(table, p)).transpose()?;
-    let joints = launch.config.robot.joints.len();
+    // A joint vector: the joints, then the gripper's opening when the robot has one
+    // (the state layout of LeRobot and openpi).
+    let joints = launch.action_width();
     let cameras = launch.camera_names();
     for (i, input) in inputs.iter().enumerate() {
         let at = |field: &str| format!("inputs[{i}].{field}");
@@ -756,7 +758,13 @@ pub fn check_generative(
     batch: usize,
     actions: &GenerativeActions,
 ) -> Result<(), LaunchError> {
-    let joints = table.launch().config.robot.joints.len();
+    let joints = table.launch().action_width();
+    if actions.delta {
+        return Err(table.error_at(
+            "actions.delta",
+            "moved: write `target = \"delta\"` in [execution] (it works for every policy kind)",
+        ));
+    }
     if !(1..=1000).contains(&num_steps) {
         return Err(table.error_at("num_steps", "must be in 1..=1000"));
     }
@@ -771,7 +779,7 @@ pub fn check_generative(
     {
         return Err(table.error_at(
             "actions.dim",
-            format!("the model's action width must cover the {joints} joints, found {dim}"),
+            format!("the model's action width must cover the robot's {joints} action columns, found {dim}"),
         ));
     }
     if let Some(dim) = actions.dim

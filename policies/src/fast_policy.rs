@@ -71,7 +71,8 @@ fn mismatch(
 
 impl FastPolicy {
     pub fn load(launch: &Launch, cfg: &FastPolicyConfig) -> Result<Self, PolicyLoadError> {
-        let joints = launch.config.robot.joints.len();
+        // Action columns: the joints and the gripper.
+        let joints = launch.action_width();
         let (env, library_path) = crate::onnxruntime::environment_for(launch)?;
         let prefix_path = launch.resolve(&cfg.prefix_model);
         let step_path = launch.resolve(&cfg.model);
@@ -137,7 +138,7 @@ impl FastPolicy {
             return Err(PolicyLoadError::Model {
                 path: launch.resolve(&cfg.tokenizer),
                 message: format!(
-                    "tokenizer action_dim is {}, the robot has {joints} joints",
+                    "tokenizer action_dim is {}, the robot takes {joints} action columns (joints and gripper)",
                     codec.config.action_dim
                 ),
             });
@@ -324,7 +325,7 @@ impl PolicyKind for FastKind {
 
     fn check(&self, table: &KindTable<'_>) -> Result<Arc<dyn PolicySpec>, LaunchError> {
         let mut cfg: FastPolicyConfig = table.parse()?;
-        let joints = table.launch().config.robot.joints.len();
+        let joints = table.launch().action_width();
         crate::config::check_intra_threads(table, cfg.intra_threads)?;
         if !(1..=MAX_FAST_TOKENS).contains(&cfg.max_tokens) {
             return Err(table.error_at("max_tokens", format!("must be in 1..={MAX_FAST_TOKENS}")));
@@ -369,7 +370,7 @@ impl PolicyKind for FastKind {
             return Err(table.error_at(
                 "tokenizer",
                 format!(
-                    "tokenizer action_dim is {}, the robot has {joints} joints",
+                    "tokenizer action_dim is {}, the robot takes {joints} action columns (joints and gripper)",
                     codec.config.action_dim
                 ),
             ));

@@ -272,7 +272,6 @@ pub struct GenerativePolicy {
     model_dim: usize,
     joints: usize,
     actions_norm: Option<VectorNorm>,
-    delta: bool,
     noise: Box<dyn NoiseSource>,
     next_noise: Option<Vec<f32>>,
     rebind_each_step: bool,
@@ -360,7 +359,8 @@ impl GenerativePolicy {
     }
 
     fn load(launch: &Launch, spec: Spec<'_>) -> Result<Self, PolicyLoadError> {
-        let joints = launch.config.robot.joints.len();
+        // Action columns: the joints and the gripper.
+        let joints = launch.action_width();
         let (horizon, model_dim, batch) = (
             spec.actions.horizon,
             spec.actions.dim.unwrap_or(joints),
@@ -574,7 +574,6 @@ impl GenerativePolicy {
             model_dim,
             joints,
             actions_norm,
-            delta: spec.actions.delta,
             noise: Box::new(SeededGaussian {
                 seed: launch.config.seed,
             }),
@@ -802,20 +801,15 @@ impl GenerativePolicy {
             )
             .into());
         }
-        let positions = obs.joints.positions();
         let (h, d, joints) = (self.horizon, self.model_dim, self.joints);
         for (row, out) in self.last_actions.chunks_mut(joints).enumerate() {
             let src = &x[row * d..row * d + joints];
             debug_assert!(row < self.batch * h);
             for (j, (dst, v)) in out.iter_mut().zip(src).enumerate() {
-                let mut value = match &self.actions_norm {
+                *dst = match &self.actions_norm {
                     Some(n) => n.unnormalize(j, *v),
                     None => *v,
                 };
-                if self.delta {
-                    value += positions[j] as f32;
-                }
-                *dst = value;
             }
         }
         if self.last_actions.iter().any(|v| !v.is_finite()) {

@@ -61,6 +61,19 @@ impl VectorNorm {
         })
     }
 
+    /// Values it has statistics for.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::ZScore { mean, .. } => mean.len(),
+            Self::Quantile { q01, .. } => q01.len(),
+            Self::MinMax { min, .. } => min.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn normalize(&self, j: usize, x: f32) -> f32 {
         match self {
             Self::ZScore { mean, std } => (x - mean[j]) / (std[j] + 1e-6),

@@ -248,21 +248,23 @@ impl MappedInput {
         let per = |len: usize| len / self.history;
         match self.source {
             Source::Positions | Source::Velocities => {
-                let values = match self.source {
-                    Source::Positions => joints.positions(),
-                    _ => joints.velocities(),
+                let (values, gripper) = match self.source {
+                    Source::Positions => (joints.positions(), joints.gripper),
+                    _ => (joints.velocities(), None),
                 };
                 let n = per(self.values.len());
-                // Entries past the robot's joints stay zero (padding).
-                for (j, (out, v)) in self.values[f * n..(f + 1) * n]
-                    .iter_mut()
-                    .zip(values)
-                    .enumerate()
-                {
-                    *out = match &self.normalize {
-                        Some(norm) => norm.normalize(j, *v as f32),
-                        None => *v as f32,
-                    };
+                // The gripper's opening follows the joints; entries past them stay
+                // zero (padding).
+                let gripper = gripper.map(|g| (values.len(), g));
+                let frame = &mut self.values[f * n..(f + 1) * n];
+                frame.fill(0.0);
+                for (j, v) in values.iter().copied().enumerate().chain(gripper) {
+                    if let Some(out) = frame.get_mut(j) {
+                        *out = match &self.normalize {
+                            Some(norm) if j < norm.len() => norm.normalize(j, v as f32),
+                            _ => v as f32,
+                        };
+                    }
                 }
             }
             // Set when the instruction changes, not per observation.
@@ -824,6 +826,39 @@ mod tests {
         obs.history.truncate(1);
         mapper.fill(&obs);
         assert_eq!(mapper.inputs[0].values, vec![2.0, 2.5, 2.0, 2.5, 3.0, 3.5]);
+    }
+
+    #[test]
+    fn a_joint_vector_of_an_arm_with_a_gripper_ends_with_its_opening() {
+        #[derive(serde::Deserialize)]
+        struct Inputs {
+            inputs: Vec<InputConfig>,
+        }
+        let parsed: Inputs = toml::from_str(
+            r#"
+            [[inputs]]
+            name = "state"
+            source = "state.joint_positions"
+            shape = [1, 5]
+            normalize = { mean = [0.0, 0.0, 0.04], std = [1.0, 1.0, 0.02] }
+        "#,
+        )
+        .unwrap();
+        let mut mapper = InputMapper::new(&parsed.inputs, &[]).unwrap();
+        let mut joints = reflex_runtime::types::JointState::empty(2);
+        joints.position[..2].copy_from_slice(&[0.5, -0.5]);
+        joints.gripper = Some(0.06);
+        mapper.fill(&Observation::of_joints(0, joints));
+        let v = &mapper.inputs[0].values;
+        assert!(
+            (v[0] - 0.5).abs() < 1e-5 && (v[1] + 0.5).abs() < 1e-5,
+            "{v:?}"
+        );
+        assert!((v[2] - 1.0).abs() < 1e-4, "normalized opening {}", v[2]);
+        assert_eq!(&v[3..], &[0.0, 0.0], "padding");
+        joints.gripper = None;
+        mapper.fill(&Observation::of_joints(0, joints));
+        assert_eq!(mapper.inputs[0].values[2], 0.0, "no gripper: padding");
     }
 
     #[test]

@@ -35,6 +35,7 @@ fn params(joints: usize) -> TickParams {
         action_rate_hz: 50.0,
         replan_after: 25,
         executor: reflex_runtime::executor::ExecutorFactory::replace(),
+        gripper: None,
     }
 }
 
@@ -53,7 +54,7 @@ fn bench_tick(c: &mut Criterion) {
         let mut core = TickCore::new(&p).unwrap();
         let mut state = JointState::empty(joints);
         state.seq = 1;
-        core.start(state.positions()).expect("a valid start");
+        core.start(state.positions(), None).expect("a valid start");
         let (mut writer, mut reader) = latest_slot(&state);
         let arm = Mailbox::new(64);
         let bus = Mailbox::new(1024);
@@ -127,7 +128,7 @@ fn tick_percentiles(_: &mut Criterion) {
     let mut core = TickCore::new(&p).unwrap();
     let mut state = JointState::empty(joints);
     state.seq = 1;
-    core.start(state.positions()).expect("a valid start");
+    core.start(state.positions(), None).expect("a valid start");
     let mut samples = Vec::with_capacity(200_000);
     for tick in 1..=200_000u64 {
         if tick % 50 == 1 {

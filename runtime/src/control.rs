@@ -16,6 +16,7 @@ use crossbeam_queue::ArrayQueue;
 use crate::clock::{Clock, TickTime};
 use crate::driver::{ArmPorts, CameraPort, Driver, DriverError, TaskReport};
 use crate::executor::{ChunkRejection, Executor, ExecutorFactory, ExecutorParams};
+use crate::gripper::{GripperConfig, GripperFilter};
 use crate::history::ObservationHistory;
 use crate::launch::SafetyConfig;
 use crate::log::{LogEvent, LogHeader, LogSummary, Record, Recorder, TickRecord};
@@ -45,6 +46,8 @@ pub struct TickParams {
     pub workspace: Option<WorkspaceGuard>,
     /// The execution strategy and its parameters.
     pub executor: ExecutorFactory,
+    /// `[robot.gripper]`: one more action column, commanded on its own.
+    pub gripper: Option<GripperConfig>,
 }
 
 impl TickParams {
@@ -66,13 +69,14 @@ impl TickParams {
             },
             workspace: workspace_from_header(h),
             executor,
+            gripper: h.gripper.clone(),
         })
     }
 
     /// What the executor is built from.
     pub fn executor_params(&self) -> ExecutorParams {
         ExecutorParams {
-            dim: self.joints.len().min(MAX_JOINTS),
+            dim: self.joints.len().min(MAX_JOINTS) + usize::from(self.gripper.is_some()),
             horizon: self.horizon,
             ticks_per_action: self.rate_hz / self.action_rate_hz,
             replan_after: self.replan_after,
@@ -96,6 +100,19 @@ fn workspace_from_header(h: &LogHeader) -> Option<WorkspaceGuard> {
             max: ws.max.into(),
         },
     })
+}
+
+/// The executor's hold target (joints, then the gripper) without allocating.
+struct HeldTarget {
+    values: [f64; MAX_JOINTS + 1],
+    len: usize,
+}
+
+impl std::ops::Deref for HeldTarget {
+    type Target = [f64];
+    fn deref(&self) -> &[f64] {
+        &self.values[..self.len]
+    }
 }
 
 /// Why a measured joint state was not used (it counts as missing).
@@ -156,6 +173,9 @@ pub struct OperatorOutcome {
 pub struct TickCore {
     pub executor: Box<dyn Executor>,
     pub safety: SafetyFilter,
+    /// The gripper's own filter, when the robot has one (its target is the
+    /// executor's last column).
+    pub gripper: Option<GripperFilter>,
     joints: usize,
     limits: [[f64; 2]; MAX_JOINTS],
     margin: f64,
@@ -201,6 +221,7 @@ impl TickCore {
                 }
                 filter
             },
+            gripper: p.gripper.as_ref().map(|g| GripperFilter::new(g, dt)),
             joints,
             limits,
             margin: p.safety.state_limit_margin,
@@ -218,11 +239,28 @@ impl TickCore {
         })
     }
 
-    /// Arms the filter from the measured position and holds it.
-    pub fn start(&mut self, measured: &[f64]) -> Result<(), ArmError> {
+    /// Arms the filter from the measured position (and gripper opening) and holds it.
+    pub fn start(&mut self, measured: &[f64], gripper: Option<f64>) -> Result<(), ArmError> {
         self.safety.arm(measured)?;
-        self.executor.hold(&self.safety.command()[..self.joints]);
+        if let Some(filter) = &mut self.gripper {
+            filter.start(gripper);
+        }
+        self.executor.hold(&self.held());
         Ok(())
+    }
+
+    /// What the executor holds: the joint command, then the gripper's.
+    fn held(&self) -> HeldTarget {
+        let mut held = HeldTarget {
+            values: [0.0; MAX_JOINTS + 1],
+            len: self.joints,
+        };
+        held.values[..self.joints].copy_from_slice(&self.safety.command()[..self.joints]);
+        if let Some(filter) = &self.gripper {
+            held.values[self.joints] = filter.command();
+            held.len += 1;
+        }
+        held
     }
 
     /// Checks a state on its own: joint count, finite values, within the margin
@@ -331,14 +369,12 @@ impl TickCore {
                 let fresh = self.state_ok.then_some(state);
                 self.safety.rearm(fresh)?;
                 // Nothing planned before the stop may run after it.
-                self.executor
-                    .flush(&self.safety.command()[..self.joints], tick);
+                self.executor.flush(&self.held(), tick);
                 Ok(())
             }
             Request::Resume => {
                 self.safety.resume()?;
-                self.executor
-                    .flush(&self.safety.command()[..self.joints], tick);
+                self.executor.flush(&self.held(), tick);
                 Ok(())
             }
         }
@@ -367,8 +403,15 @@ impl TickCore {
     pub fn step(&mut self, tick: u64, now_ns: u64, state: &JointState) -> (JointCommand, u32) {
         self.check_tracking(state);
         let target = self.executor.target(tick);
-        let raised = self.safety.apply(target, self.state_ok, now_ns);
+        let gripper_target = target.get(self.joints).copied();
+        let mut raised = self
+            .safety
+            .apply(&target[..self.joints], self.state_ok, now_ns);
         let mut command = JointCommand::empty(self.joints);
+        if let (Some(filter), Some(action)) = (&mut self.gripper, gripper_target) {
+            raised |= filter.apply(action, self.safety.motion() == Motion::Tracking);
+            command.gripper = Some(filter.command());
+        }
         command.seq = self.next_seq;
         self.next_seq += 1;
         command.tick = tick;
@@ -568,10 +611,11 @@ impl ControlLoop {
     /// Runs until the duration is reached or `stop` is set, then brings the arm to rest.
     pub fn run(mut self, limits: RunLimits) -> Result<RunSummary, ControlError> {
         let joints = self.params.joints.len();
+        let action_width = self.params.executor_params().dim;
         let mut core = TickCore::new(&self.params).map_err(ControlError::Executor)?;
         self.worker.set_max_in_flight(core.executor.max_in_flight());
         let first = self.first_state(&core, limits.stop)?;
-        if let Err(e) = core.start(first.positions()) {
+        if let Err(e) = core.start(first.positions(), first.gripper) {
             // first_state checked the same; a state that changed under us is a fault.
             return Err(ControlError::InvalidInitialState {
                 waited: Duration::ZERO,
@@ -582,6 +626,7 @@ impl ControlLoop {
             recorder.record(LogEvent::Start {
                 joints,
                 position: first.position,
+                gripper: first.gripper,
             });
         }
         if self.heartbeat_timeout.is_some() {
@@ -605,11 +650,12 @@ impl ControlLoop {
             core,
             obs: Observation {
                 joints: first,
+                committed_width: action_width,
                 ..Observation::blank(
                     joints,
                     &camera_sizes,
                     self.observation_frames,
-                    self.params.horizon * joints,
+                    self.params.horizon * action_width,
                 )
             },
             history,
@@ -859,6 +905,7 @@ impl ControlLoop {
             r.obs.tick = t.tick;
             r.obs.stamp_ns = t.now_ns;
             r.obs.joints = state;
+            r.obs.command = command.position;
             for (image, camera) in r.obs.images.iter_mut().zip(&mut self.cameras) {
                 image.copy_from(camera.frames.latest());
             }
@@ -1108,8 +1155,12 @@ pub fn replay_with<R: std::borrow::Borrow<Record>>(
     let mut pending: Vec<(Request, Option<u8>)> = Vec::new();
     for record in records {
         match record.borrow() {
-            Record::Start { joints, position } => {
-                if let Err(e) = core.start(&position[..(*joints).min(MAX_JOINTS)]) {
+            Record::Start {
+                joints,
+                position,
+                gripper,
+            } => {
+                if let Err(e) = core.start(&position[..(*joints).min(MAX_JOINTS)], *gripper) {
                     note(
                         &mut report,
                         0,
@@ -1175,6 +1226,14 @@ pub fn replay_with<R: std::borrow::Borrow<Record>>(
                         break;
                     }
                 }
+                let (a, b) = (logged.command.gripper, command.gripper);
+                if a.map(f64::to_bits) != b.map(f64::to_bits) {
+                    note(
+                        &mut report,
+                        logged.tick,
+                        format!("gripper: logged {a:?}, replayed {b:?}"),
+                    );
+                }
                 if raised != logged.flags {
                     note(
                         &mut report,
@@ -1226,12 +1285,13 @@ mod tests {
             safety,
             workspace: None,
             executor: ExecutorFactory::replace(),
+            gripper: None,
         }
     }
 
     fn core() -> TickCore {
         let mut core = TickCore::new(&params(&["j"], SafetyConfig::default())).unwrap();
-        core.start(&[0.0]).unwrap();
+        core.start(&[0.0], None).unwrap();
         core
     }
 
@@ -1328,7 +1388,7 @@ mod tracking_tests {
             },
         ))
         .unwrap();
-        core.start(&[0.0, 0.0]).unwrap();
+        core.start(&[0.0, 0.0], None).unwrap();
         let mut chunk = ActionChunk::zeros(2, 2);
         chunk.actions.copy_from_slice(&[0.0, 0.8, 0.0, 0.8]);
         core.apply_chunk(&chunk, 1).unwrap();

@@ -18,6 +18,8 @@ pub struct DriverContext {
     pub simulated: bool,
     pub seed: u64,
     pub joints: usize,
+    /// `[robot.gripper]`: an arm driver commands and reports it too.
+    pub gripper: Option<crate::gripper::GripperConfig>,
     pub robot: String,
     /// Shared handles the binary opened before the drivers (e.g. the run's zenoh
     /// session), found by type.

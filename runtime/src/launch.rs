@@ -101,6 +101,10 @@ pub struct RobotConfig {
     /// URDF chain's order): what the rest of reflex uses.
     #[serde(skip)]
     pub joints: Vec<JointConfig>,
+    /// A gripper commanded through its own column of the actions, with its own
+    /// limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gripper: Option<crate::gripper::GripperConfig>,
 }
 
 /// One `[[robot.joints]]` entry: a joint's limits as the launch file writes them.
@@ -245,6 +249,11 @@ pub struct ExecutionConfig {
     pub action_rate_hz: f64,
     /// Ask for the next chunk after this many actions of the current one.
     pub replan_after: usize,
+    /// What the joint columns of the actions are: `position` (absolute, the
+    /// default), `delta` (relative to the measured positions the policy saw) or
+    /// `velocity` (rad/s, integrated into positions).
+    #[serde(default)]
+    pub target: crate::targets::ActionTarget,
     /// The execution strategy (`replace`, or one a crate registers).
     #[serde(default = "defaults::strategy")]
     pub strategy: String,
@@ -958,11 +967,42 @@ impl Launch {
     /// What the run's executor is built from.
     pub fn executor_params(&self) -> ExecutorParams {
         ExecutorParams {
-            dim: self.config.robot.joints.len(),
+            dim: self.action_width(),
             horizon: self.policy().horizon(),
             ticks_per_action: self.config.control.rate_hz / self.config.execution.action_rate_hz,
             replan_after: self.config.execution.replan_after,
         }
+    }
+
+    /// Columns of the policy's actions: one per joint, and the gripper's.
+    pub fn action_width(&self) -> usize {
+        self.config.robot.joints.len() + usize::from(self.config.robot.gripper.is_some())
+    }
+
+    /// The first chunk stage: the action target and the gripper's column.
+    pub fn action_targets(&self) -> crate::targets::ActionTargets {
+        let joints = self.config.robot.joints.len();
+        crate::targets::ActionTargets::new(
+            self.config.execution.target,
+            joints,
+            self.config.robot.gripper.as_ref().map(|g| g.column(joints)),
+            self.config.execution.action_rate_hz,
+        )
+    }
+
+    /// The run's chunk stages: the action targets first (when they change
+    /// anything), then `[[stages]]` in order.
+    pub fn chunk_stages(
+        &self,
+    ) -> Result<Vec<Box<dyn crate::stage::ChunkStage>>, crate::registry::LoadError> {
+        let targets = self.action_targets();
+        let first = (!targets.is_identity())
+            .then(|| Box::new(targets) as Box<dyn crate::stage::ChunkStage>);
+        first
+            .into_iter()
+            .map(Ok)
+            .chain(self.stage_specs.iter().map(|spec| spec.build(self)))
+            .collect()
     }
 
     /// The checked execution strategy.
@@ -1137,6 +1177,11 @@ impl Launch {
                     ),
                 ));
             }
+        }
+        if let Some(gripper) = &c.robot.gripper
+            && let Err((field, message)) = gripper.check(joints)
+        {
+            return Err(self.error_at(&format!("robot.gripper.{field}"), message));
         }
         self.check_safety(&c.safety, joints)?;
         let control = &c.control;
@@ -1494,9 +1539,11 @@ fn placeholder() -> LaunchFile {
             tip_link: None,
             joint_entries: Vec::new(),
             joints: Vec::new(),
+            gripper: None,
         },
         control: ControlConfig::default(),
         execution: ExecutionConfig {
+            target: Default::default(),
             action_rate_hz: 1.0,
             replan_after: 1,
             strategy: defaults::strategy(),

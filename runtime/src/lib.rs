@@ -12,6 +12,7 @@ pub mod control;
 pub mod driver;
 pub mod executor;
 pub mod files;
+pub mod gripper;
 pub mod history;
 pub mod launch;
 pub mod log;
@@ -31,6 +32,7 @@ pub mod stats;
 pub mod status;
 pub mod stream;
 pub mod taps;
+pub mod targets;
 pub mod types;
 
 pub use types::{ActionChunk, Image, JointCommand, JointState, MAX_JOINTS, Observation};

@@ -137,6 +137,9 @@ pub struct LogHeader {
     pub urdf: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tip_link: Option<String>,
+    /// `[robot.gripper]`, when the robot has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gripper: Option<crate::gripper::GripperConfig>,
     /// The launch file as run (overrides applied).
     pub launch: String,
 }
@@ -170,6 +173,11 @@ impl LogHeader {
             if let Err((name, message)) = joint.check() {
                 return field(&format!("joints[{i}].{name}"), message);
             }
+        }
+        if let Some(gripper) = &self.gripper
+            && let Err((name, message)) = gripper.check(joints)
+        {
+            return field(&format!("gripper.{name}"), message);
         }
         for (name, value) in [
             ("max_state_age_ms", self.max_state_age_ms),
@@ -231,6 +239,8 @@ pub enum Record {
     Start {
         joints: usize,
         position: [f64; MAX_JOINTS],
+        /// The gripper's measured opening, when the arm reports one.
+        gripper: Option<f64>,
     },
     Tick(TickRecord),
     /// A chunk that reached the tick, accepted or rejected.
@@ -261,6 +271,7 @@ pub enum LogEvent {
     Start {
         joints: usize,
         position: [f64; MAX_JOINTS],
+        gripper: Option<f64>,
     },
     Tick(TickRecord),
     Chunk {
@@ -311,10 +322,18 @@ fn encode_body(record: &Record, b: &mut Vec<u8>) {
             .for_each(|v| b.extend_from_slice(&v.to_le_bytes()))
     };
     match record {
-        Record::Start { joints, position } => {
+        Record::Start {
+            joints,
+            position,
+            gripper,
+        } => {
             b.push(kind::START);
             b.extend_from_slice(&(*joints as u16).to_le_bytes());
             f64s(b, &position[..*joints]);
+            // Optional trailing values: logs of robots without a gripper stay as they were.
+            if let Some(g) = gripper {
+                f64s(b, &[*g]);
+            }
         }
         Record::Tick(t) => {
             b.push(kind::TICK);
@@ -334,6 +353,9 @@ fn encode_body(record: &Record, b: &mut Vec<u8>) {
             b.extend_from_slice(&(t.command.joints as u16).to_le_bytes());
             f64s(b, t.command.positions());
             b.extend_from_slice(&t.flags.to_le_bytes());
+            if let Some(command) = t.command.gripper {
+                f64s(b, &[t.state.gripper.unwrap_or(f64::NAN), command]);
+            }
         }
         Record::Chunk {
             tick,
@@ -383,9 +405,16 @@ fn decode_body(body: &[u8], joints: usize) -> Result<Record, String> {
                     "Start record with {n} joints, the header has {joints}"
                 ));
             }
+            let position = c.vector(n)?;
+            let gripper = if c.remaining() == 8 {
+                Some(c.f64()?)
+            } else {
+                None
+            };
             Record::Start {
                 joints: n,
-                position: c.vector(n)?,
+                position,
+                gripper,
             }
         }
         kind::TICK => {
@@ -401,12 +430,18 @@ fn decode_body(body: &[u8], joints: usize) -> Result<Record, String> {
             command.joints = c.joints()?;
             command.position = c.vector(command.joints)?;
             (command.tick, command.stamp_ns) = (tick, now_ns);
+            let flags = c.u32()?;
+            if c.remaining() == 16 {
+                let measured = c.f64()?;
+                state.gripper = (!measured.is_nan()).then_some(measured);
+                command.gripper = Some(c.f64()?);
+            }
             Record::Tick(TickRecord {
                 tick,
                 now_ns,
                 state,
                 command,
-                flags: c.u32()?,
+                flags,
             })
         }
         kind::CHUNK => {
@@ -497,6 +532,10 @@ impl BodyCursor<'_> {
     fn u32(&mut self) -> Result<u32, String> {
         self.array().map(u32::from_le_bytes)
     }
+    fn f64(&mut self) -> Result<f64, String> {
+        Ok(f64::from_le_bytes(self.array()?))
+    }
+
     fn u64(&mut self) -> Result<u64, String> {
         self.array().map(u64::from_le_bytes)
     }
@@ -769,6 +808,7 @@ impl<R: Read> LogReader<R> {
                 safety: Default::default(),
                 urdf: None,
                 tip_link: None,
+                gripper: None,
                 launch: String::new(),
             },
             report: LogReport {
@@ -1131,9 +1171,15 @@ impl Recorder {
                     loop {
                         if let Some(event) = events.pop() {
                             let result = match event {
-                                LogEvent::Start { joints, position } => {
-                                    writer.write(&Record::Start { joints, position })
-                                }
+                                LogEvent::Start {
+                                    joints,
+                                    position,
+                                    gripper,
+                                } => writer.write(&Record::Start {
+                                    joints,
+                                    position,
+                                    gripper,
+                                }),
                                 LogEvent::Estop { tick } => writer.write(&Record::Estop { tick }),
                                 LogEvent::Operator {
                                     tick,
@@ -1287,6 +1333,7 @@ mod tests {
             safety: Default::default(),
             urdf: None,
             tip_link: None,
+            gripper: None,
             launch: "seed = 1".into(),
         }
     }
@@ -1305,6 +1352,7 @@ mod tests {
             Record::Start {
                 joints: 1,
                 position: state.position,
+                gripper: None,
             },
             Record::Chunk {
                 tick: 4,
@@ -1331,6 +1379,40 @@ mod tests {
                 request: 2,
                 outcome: 4,
             },
+            // A robot with a gripper: its measured opening and its command (the
+            // opening unknown on the second tick).
+            Record::Start {
+                joints: 1,
+                position: state.position,
+                gripper: Some(0.04),
+            },
+            Record::Tick(TickRecord {
+                tick: 5,
+                now_ns: 50,
+                state: JointState {
+                    gripper: Some(0.03),
+                    ..state
+                },
+                command: JointCommand {
+                    gripper: Some(0.02),
+                    tick: 5,
+                    stamp_ns: 50,
+                    ..command
+                },
+                flags: 0,
+            }),
+            Record::Tick(TickRecord {
+                tick: 6,
+                now_ns: 60,
+                state,
+                command: JointCommand {
+                    gripper: Some(0.02),
+                    tick: 6,
+                    stamp_ns: 60,
+                    ..command
+                },
+                flags: 0,
+            }),
             Record::End { ticks: 1 },
         ]
     }
@@ -1356,7 +1438,7 @@ mod tests {
     fn a_cut_log_keeps_its_whole_records_and_says_where_it_ends() {
         let bytes = written(&records());
         let log = parse_log(&bytes[..bytes.len() - 3]).unwrap();
-        assert_eq!(log.records, records()[..5]);
+        assert_eq!(log.records, records()[..records().len() - 1]);
         let LogEnd::Truncated { offset, reason } = &log.report.end else {
             panic!("{:?}", log.report)
         };
@@ -1400,7 +1482,7 @@ mod tests {
         bytes.extend_from_slice(&frame);
         bytes.extend_from_slice(&written(&records()[3..])[written(&[]).len()..]);
         let log = parse_log(&bytes).unwrap();
-        assert_eq!(log.records.len(), 4);
+        assert_eq!(log.records.len(), 1 + records()[3..].len());
         assert!(
             log.report.corrupt[0]
                 .reason
@@ -1454,6 +1536,7 @@ mod tests {
         let log = parse_log(&written(&[Record::Start {
             joints: 2,
             position,
+            gripper: None,
         }]))
         .unwrap();
         assert!(log.records.is_empty());

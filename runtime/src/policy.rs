@@ -321,16 +321,7 @@ mod tests {
     fn obs(tick: u64, x: f64) -> Observation {
         let mut joints = JointState::empty(1);
         joints.position[0] = x;
-        Observation {
-            tick,
-            stamp_ns: 0,
-            joints,
-            images: Vec::new(),
-            history: Vec::new(),
-            committed: Vec::new(),
-            committed_len: 0,
-            expected_delay_ticks: 0,
-        }
+        Observation::of_joints(tick, joints)
     }
 
     /// Answers with the length of the instruction it was given.

@@ -215,6 +215,7 @@ fn params(setup: &Setup) -> TickParams {
         },
         workspace: None,
         executor: crate::executor::ExecutorFactory::replace(),
+        gripper: None,
     }
 }
 
@@ -229,7 +230,7 @@ fn tick_property(setup: &Setup, events: &[TickEvent], mutant: Mutant) -> Result<
         let [lo, hi] = joint.position;
         start[j] = lo + setup.start[j] * (hi - lo);
     }
-    core.start(&start)
+    core.start(&start, None)
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut check = InvariantCheck::new(
         &setup.joints,
@@ -448,4 +449,142 @@ fn each_broken_guarantee_is_caught() {
         };
         eprintln!("{mutant:?} caught: {why}");
     }
+}
+
+/// One tick of a robot with a gripper: a chunk (its gripper column anything from
+/// NaN to huge) and maybe an operator request.
+#[derive(Debug, Clone)]
+struct GripperTick {
+    gripper_action: Option<f64>,
+    request: Option<Request>,
+}
+
+fn gripper_ticks() -> impl Strategy<Value = Vec<GripperTick>> {
+    let action = prop_oneof![
+        6 => -1.0..2.0f64,
+        1 => prop::sample::select(vec![f64::NAN, f64::INFINITY, -f64::INFINITY, 1e300, -1e300]),
+    ];
+    let request = prop_oneof![
+        20 => Just(None),
+        1 => Just(Some(Request::Estop)),
+        1 => Just(Some(Request::Rearm)),
+        1 => Just(Some(Request::Resume)),
+    ];
+    prop::collection::vec(
+        (prop::option::weighted(0.3, action), request).prop_map(|(gripper_action, request)| {
+            GripperTick {
+                gripper_action,
+                request,
+            }
+        }),
+        20..200,
+    )
+}
+
+/// The gripper's command through the real tick: finite, inside its range, moving
+/// at most `max_speed`, and still while the arm is stopped or held. With `filtered`
+/// false the raw executor target is checked instead, which must fail (the check can
+/// see a violation).
+fn gripper_property(
+    range: [f64; 2],
+    max_speed: f64,
+    ticks: &[GripperTick],
+    filtered: bool,
+) -> Result<(), TestCaseError> {
+    let joint = JointConfig {
+        name: "j".into(),
+        position: [-1.0, 1.0],
+        velocity: 1.0,
+        acceleration: 10.0,
+        jerk: None,
+    };
+    let setup = Setup {
+        joints: vec![joint.clone(), joint],
+        rate_hz: 100.0,
+        start: [0.5, 0.5],
+    };
+    let gripper = crate::gripper::GripperConfig {
+        column: None,
+        range,
+        max_speed,
+        mode: crate::gripper::GripperMode::Continuous,
+        threshold: 0.5,
+        open: None,
+        closed: None,
+    };
+    let p = TickParams {
+        gripper: Some(gripper),
+        ..params(&setup)
+    };
+    let mut core = TickCore::new(&p).unwrap();
+    core.start(&[0.0, 0.0], Some(range[0] - 5.0))
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let max_step = max_speed / setup.rate_hz + 1e-12;
+    let mut last = core
+        .gripper
+        .as_ref()
+        .map(|g| g.command())
+        .unwrap_or(f64::NAN);
+    let mut state = JointState::empty(JOINTS);
+    state.epoch = 1;
+    for (i, t) in ticks.iter().enumerate() {
+        let tick = i as u64 + 1;
+        let now_ns = tick * 10_000_000;
+        state.seq += 1;
+        state.stamp_ns = now_ns;
+        state.position[..JOINTS].copy_from_slice(&core.safety.command()[..JOINTS]);
+        core.observe(&state, now_ns);
+        if let Some(action) = t.gripper_action {
+            let mut c = ActionChunk::zeros(HORIZON, JOINTS + 1);
+            (c.id, c.conditioned_on_tick) = (tick, tick);
+            for row in c.actions.chunks_mut(JOINTS + 1) {
+                row[JOINTS] = action as f32;
+            }
+            let _ = core.apply_chunk(&c, tick);
+        }
+        if let Some(request) = t.request {
+            let _ = core.operator(request, &state, tick);
+        }
+        let held = core.safety.motion() != Motion::Tracking;
+        let (command, _) = core.step(tick, now_ns, &state);
+        let value = if filtered {
+            command.gripper.unwrap_or(f64::NAN)
+        } else {
+            core.executor.target(tick)[JOINTS]
+        };
+        prop_assert!(value.is_finite(), "tick {tick}: gripper command {value}");
+        prop_assert!(
+            (range[0]..=range[1]).contains(&value),
+            "tick {tick}: {value} outside {range:?}"
+        );
+        prop_assert!(
+            (value - last).abs() <= max_step,
+            "tick {tick}: moved {} > {max_step}",
+            (value - last).abs()
+        );
+        if held {
+            prop_assert!(value == last, "tick {tick}: moved while the arm was held");
+        }
+        last = value;
+    }
+    Ok(())
+}
+
+#[test]
+fn every_gripper_command_through_the_tick_is_finite_in_range_and_slow_enough() {
+    let strategy = ((0.0..0.05f64, 0.06..0.2f64), 0.01..1.0f64, gripper_ticks());
+    let result = runner(500).run(&strategy, |((lo, hi), speed, ticks)| {
+        gripper_property([lo, hi], speed, &ticks, true)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    // Negative control: the executor's raw gripper targets break the same check.
+    let unfiltered = runner(200).run(&strategy, |((lo, hi), speed, ticks)| {
+        gripper_property([lo, hi], speed, &ticks, false)
+    });
+    assert!(
+        matches!(unfiltered, Err(TestError::Fail(..))),
+        "the check cannot see an unfiltered gripper"
+    );
 }

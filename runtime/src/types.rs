@@ -29,6 +29,9 @@ pub struct JointState {
     pub joints: usize,
     pub position: [f64; MAX_JOINTS],
     pub velocity: [f64; MAX_JOINTS],
+    /// The gripper's measured opening (`[robot.gripper]` units), when the arm has
+    /// one and reports it.
+    pub gripper: Option<f64>,
 }
 
 impl JointState {
@@ -40,6 +43,7 @@ impl JointState {
             joints,
             position: [0.0; MAX_JOINTS],
             velocity: [0.0; MAX_JOINTS],
+            gripper: None,
         }
     }
 
@@ -67,6 +71,8 @@ pub struct JointCommand {
     pub velocity: [f64; MAX_JOINTS],
     /// Commanded acceleration, rad/s^2.
     pub acceleration: [f64; MAX_JOINTS],
+    /// The gripper's command (`[robot.gripper]`), when the robot has one.
+    pub gripper: Option<f64>,
 }
 
 impl JointCommand {
@@ -79,6 +85,7 @@ impl JointCommand {
             position: [0.0; MAX_JOINTS],
             velocity: [0.0; MAX_JOINTS],
             acceleration: [0.0; MAX_JOINTS],
+            gripper: None,
         }
     }
 
@@ -125,6 +132,9 @@ pub struct Observation {
     pub tick: u64,
     pub stamp_ns: u64,
     pub joints: JointState,
+    /// The joint command the loop published at `tick` (velocity targets are
+    /// integrated from it).
+    pub command: [f64; MAX_JOINTS],
     /// One image per camera, in launch-file order.
     pub images: Vec<Image>,
     /// Earlier observations for inputs with `history` (LeRobot's `n_obs_steps`),
@@ -135,6 +145,8 @@ pub struct Observation {
     /// `[horizon][joints]`, one target per action period after `tick`.
     pub committed: Vec<f64>,
     pub committed_len: usize,
+    /// Values per committed row: the joints, and the gripper when there is one.
+    pub committed_width: usize,
     /// Ticks the chunk is expected to take to arrive (the simulated clock's
     /// `sim_inference_ticks`, else the last inference's latency).
     pub expected_delay_ticks: u64,
@@ -191,18 +203,20 @@ impl Observation {
         Self {
             tick,
             stamp_ns: 0,
+            command: joints.position,
             joints,
             images: Vec::new(),
             history: Vec::new(),
             committed: Vec::new(),
             committed_len: 0,
+            committed_width: joints.joints,
             expected_delay_ticks: 0,
         }
     }
 
-    /// The committed targets as rows of `joints` values.
+    /// The committed targets as rows of `committed_width` values.
     pub fn committed_rows(&self) -> impl Iterator<Item = &[f64]> {
-        let width = self.joints.joints.max(1);
+        let width = self.committed_width.max(1);
         self.committed[..(self.committed_len * width).min(self.committed.len())].chunks(width)
     }
 
@@ -211,6 +225,7 @@ impl Observation {
         self.tick = other.tick;
         self.stamp_ns = other.stamp_ns;
         self.joints = other.joints;
+        self.command = other.command;
         for (mine, theirs) in self.images.iter_mut().zip(&other.images) {
             mine.copy_from(theirs);
         }
@@ -219,6 +234,7 @@ impl Observation {
         }
         self.committed.clone_from(&other.committed);
         self.committed_len = other.committed_len;
+        self.committed_width = other.committed_width;
         self.expected_delay_ticks = other.expected_delay_ticks;
     }
 

@@ -160,6 +160,10 @@ impl Bus {
             .declare_publisher(self.key("joint_states"))
             .congestion_control(zenoh::qos::CongestionControl::Block)
             .wait()?;
+        // Declared on the first gripper command, so robots without one add no key.
+        let mut gripper_pub = None;
+        let gripper_key = self.key("gripper_command");
+        let session = self.session.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (commands, states, stop) = (commands.clone(), states.clone(), stop.clone());
@@ -184,7 +188,23 @@ impl Bus {
                         }
                         while let Some(cmd) = commands.try_recv() {
                             wire::encode_command(&cmd, wire::unix_ns(), command_format, &mut buf);
-                            if let Err(e) = command_pub.put(buf.clone()).wait()
+                            let mut sent = command_pub.put(buf.clone()).wait();
+                            if wire::encode_gripper_command(&cmd, wire::unix_ns(), &mut buf)
+                                .is_some()
+                            {
+                                if gripper_pub.is_none() {
+                                    gripper_pub = session
+                                        .declare_publisher(gripper_key.clone())
+                                        .congestion_control(zenoh::qos::CongestionControl::Block)
+                                        .express(true)
+                                        .wait()
+                                        .ok();
+                                }
+                                if let Some(publisher) = &gripper_pub {
+                                    sent = sent.and(publisher.put(buf.clone()).wait());
+                                }
+                            }
+                            if let Err(e) = sent
                                 && let Some(left_out) = failures.hit()
                             {
                                 tracing::warn!(

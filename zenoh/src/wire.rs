@@ -13,11 +13,17 @@
 //! | 32 | 8 | u64 stamp, ns since the Unix epoch (when it was published) |
 //! | 40 | 8n | f64 positions, rad |
 //! | 40+8n | 8n | f64 velocities, rad/s (states only) |
+//! | 40+16n | 8 | f64 gripper opening (states of an arm with a gripper; optional) |
+//!
+//! A gripper's command (`[robot.gripper]`) is its own message on its own key, the
+//! same header with magic `RFXG` and a count of 1, then one f64: the commanded
+//! opening in the gripper's unit.
 
 use reflex_runtime::types::{JointCommand, JointState, MAX_JOINTS};
 
 pub const COMMAND_MAGIC: [u8; 4] = *b"RFXC";
 pub const STATE_MAGIC: [u8; 4] = *b"RFXS";
+pub const GRIPPER_MAGIC: [u8; 4] = *b"RFXG";
 pub const VERSION: u16 = 1;
 /// Commands in version 2 also carry the commanded velocity and acceleration.
 pub const VERSION_WITH_DERIVATIVES: u16 = 2;
@@ -85,6 +91,36 @@ pub fn encode_command(cmd: &JointCommand, unix_ns: u64, version: u16, out: &mut 
     }
 }
 
+/// Encodes the gripper part of `cmd` (None when the command has none).
+pub fn encode_gripper_command(cmd: &JointCommand, unix_ns: u64, out: &mut Vec<u8>) -> Option<()> {
+    let opening = cmd.gripper?;
+    put_header(
+        out,
+        GRIPPER_MAGIC,
+        VERSION,
+        1,
+        cmd.seq,
+        cmd.tick,
+        cmd.stamp_ns,
+        unix_ns,
+    );
+    out.extend_from_slice(&opening.to_le_bytes());
+    Some(())
+}
+
+/// Decodes a gripper command into (seq, tick, stamp_ns, opening).
+pub fn decode_gripper_command(bytes: &[u8]) -> Result<(u64, u64, u64, f64), WireError> {
+    let h = read_header(bytes, GRIPPER_MAGIC, |v| (v == VERSION).then_some(1), false)?;
+    if h.joints != 1 {
+        return Err(WireError::Length {
+            found: bytes.len(),
+            expected: HEADER + 8,
+            joints: h.joints,
+        });
+    }
+    Ok((h.seq, h.tick, h.stamp_ns, read_f64(bytes, HEADER)))
+}
+
 pub fn encode_state(state: &JointState, unix_ns: u64, out: &mut Vec<u8>) {
     put_header(
         out,
@@ -99,10 +135,15 @@ pub fn encode_state(state: &JointState, unix_ns: u64, out: &mut Vec<u8>) {
     for v in state.positions().iter().chain(state.velocities()) {
         out.extend_from_slice(&v.to_le_bytes());
     }
+    if let Some(g) = state.gripper {
+        out.extend_from_slice(&g.to_le_bytes());
+    }
 }
 
 struct Header {
     version: u16,
+    /// An optional trailing f64 is there.
+    tail: bool,
     joints: usize,
     seq: u64,
     tick: u64,
@@ -119,11 +160,13 @@ fn read_f64(bytes: &[u8], at: usize) -> f64 {
     f64::from_bits(read_u64(bytes, at))
 }
 
-/// `vectors(version)`: how many f64 vectors of n values follow the header.
+/// `vectors(version)`: how many f64 vectors of n values follow the header;
+/// `tail`: one more f64 may follow.
 fn read_header(
     bytes: &[u8],
     magic: [u8; 4],
     vectors: impl Fn(u16) -> Option<usize>,
+    tail: bool,
 ) -> Result<Header, WireError> {
     if bytes.len() < HEADER {
         return Err(WireError::Short(bytes.len()));
@@ -141,7 +184,8 @@ fn read_header(
         return Err(WireError::TooManyJoints(joints));
     }
     let expected = HEADER + 8 * joints * vectors;
-    if bytes.len() != expected {
+    let with_tail = tail && bytes.len() == expected + 8;
+    if bytes.len() != expected && !with_tail {
         return Err(WireError::Length {
             found: bytes.len(),
             expected,
@@ -150,6 +194,7 @@ fn read_header(
     }
     Ok(Header {
         version,
+        tail: with_tail,
         joints,
         seq: read_u64(bytes, 8),
         tick: read_u64(bytes, 16),
@@ -158,11 +203,16 @@ fn read_header(
 }
 
 pub fn decode_command(bytes: &[u8]) -> Result<JointCommand, WireError> {
-    let h = read_header(bytes, COMMAND_MAGIC, |version| match version {
-        VERSION => Some(1),
-        VERSION_WITH_DERIVATIVES => Some(3),
-        _ => None,
-    })?;
+    let h = read_header(
+        bytes,
+        COMMAND_MAGIC,
+        |version| match version {
+            VERSION => Some(1),
+            VERSION_WITH_DERIVATIVES => Some(3),
+            _ => None,
+        },
+        false,
+    )?;
     let mut cmd = JointCommand::empty(h.joints);
     (cmd.seq, cmd.tick, cmd.stamp_ns) = (h.seq, h.tick, h.stamp_ns);
     let n = h.joints;
@@ -177,14 +227,20 @@ pub fn decode_command(bytes: &[u8]) -> Result<JointCommand, WireError> {
 }
 
 pub fn decode_state(bytes: &[u8]) -> Result<JointState, WireError> {
-    let h = read_header(bytes, STATE_MAGIC, |version| {
-        (version == VERSION).then_some(2)
-    })?;
+    let h = read_header(
+        bytes,
+        STATE_MAGIC,
+        |version| (version == VERSION).then_some(2),
+        true,
+    )?;
     let mut state = JointState::empty(h.joints);
     (state.epoch, state.seq, state.stamp_ns) = (h.tick, h.seq, h.stamp_ns);
     for j in 0..h.joints {
         state.position[j] = read_f64(bytes, HEADER + 8 * j);
         state.velocity[j] = read_f64(bytes, HEADER + 8 * (h.joints + j));
+    }
+    if h.tail {
+        state.gripper = Some(read_f64(bytes, HEADER + 16 * h.joints));
     }
     Ok(state)
 }
@@ -242,6 +298,29 @@ mod tests {
             1_700_000_000
         );
         assert_eq!(decode_state(&bytes).unwrap(), state);
+    }
+
+    #[test]
+    fn a_gripper_travels_as_its_own_message_and_at_the_end_of_a_state() {
+        let mut cmd = JointCommand::empty(2);
+        (cmd.seq, cmd.tick, cmd.stamp_ns, cmd.gripper) = (7, 9, 11, Some(0.035));
+        let mut buf = Vec::new();
+        encode_gripper_command(&cmd, 5, &mut buf).unwrap();
+        assert_eq!(&buf[..4], b"RFXG");
+        assert_eq!(buf.len(), HEADER + 8);
+        assert_eq!(decode_gripper_command(&buf).unwrap(), (7, 9, 11, 0.035));
+        assert!(decode_gripper_command(&buf[..HEADER + 4]).is_err());
+        assert!(encode_gripper_command(&JointCommand::empty(2), 5, &mut buf).is_none());
+
+        let mut state = JointState::empty(2);
+        (state.seq, state.gripper) = (3, Some(0.01));
+        encode_state(&state, 5, &mut buf);
+        assert_eq!(decode_state(&buf).unwrap(), state);
+        state.gripper = None;
+        encode_state(&state, 5, &mut buf);
+        assert_eq!(decode_state(&buf).unwrap(), state);
+        buf.extend_from_slice(&[0; 4]);
+        assert!(decode_state(&buf).is_err(), "a partial tail is damage");
     }
 
     #[test]

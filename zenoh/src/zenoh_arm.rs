@@ -39,6 +39,9 @@ pub struct ZenohArmConfig {
     pub command_key: Option<String>,
     /// Default `<prefix>/<robot>/joint_states`.
     pub state_key: Option<String>,
+    /// Where the gripper's commands go (`[robot.gripper]`); default
+    /// `<prefix>/<robot>/gripper_command`.
+    pub gripper_key: Option<String>,
 }
 
 fn default_name() -> String {
@@ -69,6 +72,7 @@ impl DriverKind for ZenohArmKind {
         for (field, key) in [
             ("command_key", &config.command_key),
             ("state_key", &config.state_key),
+            ("gripper_key", &config.gripper_key),
         ] {
             if let Some(key) = key {
                 crate::bus::check_exact_key(key)
@@ -120,6 +124,8 @@ pub struct ZenohArm {
     key_prefix: String,
     session: Option<zenoh::Session>,
     command_key: String,
+    /// Set when the robot has a gripper.
+    gripper_key: Option<String>,
     command_format: u16,
     commands: Option<Arc<Mailbox<JointCommand>>>,
     subscriber: Option<zenoh::pubsub::Subscriber<()>>,
@@ -136,6 +142,7 @@ impl ZenohArm {
             key_prefix,
             session: None,
             command_key: String::new(),
+            gripper_key: None,
             command_format,
             commands: None,
             subscriber: None,
@@ -174,6 +181,12 @@ impl Driver for ZenohArm {
             .command_key
             .clone()
             .unwrap_or_else(|| key("joint_commands"));
+        self.gripper_key = ctx.gripper.as_ref().map(|_| {
+            self.cfg
+                .gripper_key
+                .clone()
+                .unwrap_or_else(|| key("gripper_command"))
+        });
         let state_key = self
             .cfg
             .state_key
@@ -236,6 +249,18 @@ impl Driver for ZenohArm {
             .express(true)
             .wait()
             .map_err(|e| self.zenoh(e))?;
+        let gripper_publisher = self
+            .gripper_key
+            .clone()
+            .map(|key| {
+                session
+                    .declare_publisher(key)
+                    .congestion_control(zenoh::qos::CongestionControl::Block)
+                    .express(true)
+                    .wait()
+            })
+            .transpose()
+            .map_err(|e| self.zenoh(e))?;
         let stop = self.stop.clone();
         let name = self.cfg.name.clone();
         let format = self.command_format;
@@ -249,7 +274,13 @@ impl Driver for ZenohArm {
                         continue;
                     };
                     wire::encode_command(&cmd, wire::unix_ns(), format, &mut buf);
-                    if let Err(e) = publisher.put(buf.clone()).wait()
+                    let mut sent = publisher.put(buf.clone()).wait();
+                    if let Some(gripper) = &gripper_publisher
+                        && wire::encode_gripper_command(&cmd, wire::unix_ns(), &mut buf).is_some()
+                    {
+                        sent = sent.and(gripper.put(buf.clone()).wait());
+                    }
+                    if let Err(e) = sent
                         && let Some(left_out) = failures.hit()
                     {
                         tracing::warn!(
