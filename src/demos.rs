@@ -76,8 +76,12 @@ pub fn record(args: DemoArgs) -> anyhow::Result<()> {
     let action_dt = 1.0 / c.execution.action_rate_hz;
     let physics_dt = 1.0 / arm.physics_hz;
     let physics_steps = (action_dt / physics_dt).round() as usize;
-    let mut mapper =
-        InputMapper::new(&policy.inputs, &launch.camera_names()).map_err(anyhow::Error::msg)?;
+    let mut mapper = InputMapper::new(
+        &policy.inputs,
+        &launch.camera_names(),
+        &launch.tensor_names(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let mut inputs: Vec<Vec<f32>> = vec![Vec::new(); mapper.inputs.len()];
     let mut actions = Vec::new();
     let mut obs = Observation {

@@ -201,21 +201,32 @@ fn check(path: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<ExitCode
         launch
             .streams
             .iter()
-            .map(|s| match s.kind {
-                StreamKind::JointState { joints } =>
-                    format!("{} (joint state, {joints} joints)", s.name),
-                StreamKind::Image { width, height } => {
-                    let watch = watches.iter().find(|w| w.name == s.name);
-                    format!(
-                        "{} (image {width}x{height}{}; stale after {} ms: {})",
-                        s.name,
-                        s.rate_hz
-                            .map(|hz| format!(" at {hz} Hz"))
-                            .unwrap_or_default(),
-                        watch.map_or(0, |w| w.max_age_ns / 1_000_000),
-                        watch.map_or("?", |w| w.on_stale.verb())
-                    )
-                }
+            .map(|s| {
+                let what = match &s.kind {
+                    StreamKind::JointState { joints } => {
+                        return format!("{} (joint state, {joints} joints)", s.name);
+                    }
+                    StreamKind::Text => return format!("{} (text)", s.name),
+                    StreamKind::Image { width, height } => format!("image {width}x{height}"),
+                    StreamKind::Tensor { shape } => format!("tensor {shape:?}"),
+                    StreamKind::Audio {
+                        frames,
+                        channels,
+                        sample_rate_hz,
+                    } => {
+                        format!("audio {channels} ch at {sample_rate_hz} Hz in chunks of {frames}")
+                    }
+                };
+                let watch = watches.iter().find(|w| w.name == s.name);
+                format!(
+                    "{} ({what}{}; stale after {} ms: {})",
+                    s.name,
+                    s.rate_hz
+                        .map(|hz| format!(" at {hz} Hz"))
+                        .unwrap_or_default(),
+                    watch.map_or(0, |w| w.max_age_ns / 1_000_000),
+                    watch.map_or("?", |w| w.on_stale.verb())
+                )
             })
             .collect::<Vec<_>>()
             .join(", ")

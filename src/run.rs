@@ -231,19 +231,34 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         services,
     };
     let mut arm = None;
-    let mut cameras = Vec::new();
+    let (mut cameras, mut tensors, mut texts) = (Vec::new(), Vec::new(), Vec::new());
     for driver in &mut drivers {
         let ports = driver.open(&ctx)?;
         if ports.arm.is_some() {
             arm = ports.arm;
         }
         cameras.extend(ports.cameras);
+        tensors.extend(ports.tensors);
+        texts.extend(ports.texts);
     }
     let Some(arm) = arm else {
         bail!("the launch file has no arm driver")
     };
     let camera_order = launch.camera_names();
     cameras.sort_by_key(|c| camera_order.iter().position(|n| *n == c.name));
+    let tensor_order = launch.tensor_names();
+    tensors.sort_by_key(|t| tensor_order.iter().position(|n| *n == t.name));
+    // Policies see the streams the launch file checked, in its order: a driver that
+    // opened other ports than it declared is a bug to report, not to feed.
+    let opened: Vec<&str> = cameras
+        .iter()
+        .map(|c| c.name.as_str())
+        .chain(tensors.iter().map(|t| t.name.as_str()))
+        .collect();
+    let declared = launch.sensor_names();
+    if opened != declared.iter().map(String::as_str).collect::<Vec<_>>() {
+        bail!("the drivers opened the streams {opened:?}, but declared {declared:?}");
+    }
     for driver in &mut drivers {
         driver.start()?;
     }
@@ -258,8 +273,23 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         None => StatusThread::spawn(status_reader, 10.0, None)?,
     };
 
+    // The instruction: the text stream `[task] source` names when there is one
+    // (its driver replaces the launch file's instruction with each text it gets),
+    // else a cell of its own; `reflex prompt` writes to the same cell.
+    let prompt = match launch.task_stream() {
+        Some(name) => {
+            let Some(port) = texts.iter().find(|t| t.name == name) else {
+                bail!("no driver opened the text stream `{name}` that [task] source names");
+            };
+            if !c.task.instruction.is_empty() {
+                port.text.set(&c.task.instruction)?;
+            }
+            port.text.clone()
+        }
+        None => PromptCell::new(&c.task.instruction),
+    };
     let requests = OperatorRequests {
-        prompt: PromptCell::new(&c.task.instruction),
+        prompt,
         ..OperatorRequests::default()
     };
     let operator = bus
@@ -288,6 +318,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
             .iter()
             .map(|cam| (cam.width, cam.height))
             .collect::<Vec<_>>(),
+        &tensors.iter().map(|t| t.len).collect::<Vec<_>>(),
         observation_frames,
         horizon * launch.action_width(),
     );
@@ -367,6 +398,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         drivers,
         arm,
         cameras,
+        tensors,
         worker,
         tap,
         recorder,

@@ -103,7 +103,9 @@ fn an_unknown_driver_lists_the_known_ones() {
         "{err}"
     );
     assert!(
-        err.contains("unknown kind `sim_ram`; known kinds: `sim_arm` or `zenoh_arm`"),
+        err.contains(
+            "unknown kind `sim_ram`; known kinds: `sim_arm`, `zenoh_arm` or `zenoh_stream`"
+        ),
         "{err}"
     );
 }

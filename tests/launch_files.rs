@@ -53,7 +53,8 @@ fn unknown_driver_kind_is_reported() {
     assert_eq!(err.field, "drivers[0].kind");
     assert!(err.message.contains("unknown kind `sim_ram`"), "{err}");
     assert!(
-        err.message.contains("`sim_arm` or `zenoh_arm`"),
+        err.message
+            .contains("`sim_arm`, `zenoh_arm` or `zenoh_stream`"),
         "lists the known kinds: {err}"
     );
     assert!(err.line > 0);

@@ -209,3 +209,54 @@ fn reflex_prompt_changes_the_instruction_of_a_running_loop() {
     assert!(chunks[..first_new].iter().all(|t| *t == before));
     assert!(chunks[first_new..].iter().all(|t| *t == after));
 }
+
+#[test]
+fn a_text_stream_named_by_the_task_replaces_the_instruction() {
+    use zenoh::Wait;
+    let dir = scratch("prompt-text-stream");
+    let port = free_port();
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let text = format!(
+        "{}\n[task]\ninstruction = \"open the drawer\"\nsource = \"operator.text\"\n\n\
+         [[drivers]]\nkind = \"zenoh_stream\"\nname = \"operator\"\nstream = \"text\"\n",
+        demo_with_policy(&policy_table(), 2)
+    );
+    let launch = dir.join("launch.toml");
+    std::fs::write(&launch, text).unwrap();
+    let log = dir.join("run.log");
+    let args: Vec<String> = [
+        "run",
+        launch.to_str().unwrap(),
+        "--duration",
+        "4",
+        "--set",
+        &format!("zenoh.listen=[\"{endpoint}\"]"),
+        "--log",
+        log.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut command = reflex();
+    command.env("XDG_RUNTIME_DIR", &dir);
+    let mut child = spawn_until_with(command, &args, "wall clock");
+    let session = zenoh_peer(&endpoint);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let key = "reflex/sim_arm/operator";
+    // Not UTF-8: refused (counted), the instruction stays.
+    session.put(key, vec![0xff, 0xfe]).wait().unwrap();
+    session.put(key, "close the lid").wait().unwrap();
+    assert!(child.wait().unwrap().success());
+    let (before, after) = (
+        python_tokens("open the drawer"),
+        python_tokens("close the lid"),
+    );
+    let chunks = tokens_in_chunks(&log);
+    let first_new = chunks
+        .iter()
+        .position(|t| *t == after)
+        .expect("chunks with the streamed instruction");
+    assert!(first_new > 0, "the first chunks used the launch file's");
+    assert!(chunks[..first_new].iter().all(|t| *t == before));
+    assert!(chunks[first_new..].iter().all(|t| *t == after));
+}

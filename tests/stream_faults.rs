@@ -109,7 +109,7 @@ fn stream_settings_name_declared_image_streams() {
     };
     let err = check("streams.wrist.on_stale=\"stop\"");
     assert!(
-        err.contains("field `streams.wrist`: no stream named `wrist`; image streams: top"),
+        err.contains("field `streams.wrist`: no stream named `wrist`; sensor streams: top"),
         "{err}"
     );
     let err = check("streams.arm.on_stale=\"stop\"");

@@ -144,8 +144,12 @@ fn observation_preprocessing_allocates_nothing_after_the_first_frame() {
     )
     .unwrap();
     let inputs = reflex_policies::config::inputs_of(launch.policy()).unwrap();
-    let mut mapper =
-        reflex_policies::preprocess::InputMapper::new(inputs, &launch.camera_names()).unwrap();
+    let mut mapper = reflex_policies::preprocess::InputMapper::new(
+        inputs,
+        &launch.camera_names(),
+        &launch.tensor_names(),
+    )
+    .unwrap();
     let mut obs = reflex_policies::preprocess::blank_observation(&launch);
     obs.images[0] = reflex_runtime::types::Image::black(120, 90);
     mapper.fill(&obs);

@@ -24,7 +24,7 @@ fn mapper(mode: &str, filter: &str, cameras: &[String]) -> InputMapper {
         inputs: Vec<InputConfig>,
     }
     let parsed: Inputs = toml::from_str(&text).expect("inputs");
-    InputMapper::new(&parsed.inputs, cameras).expect("mapper")
+    InputMapper::new(&parsed.inputs, cameras, &[]).expect("mapper")
 }
 
 fn observation(cameras: usize) -> Observation {

@@ -25,6 +25,10 @@ and return `actions` float32 [1,10,3] rad:
   (hold the joints, close the gripper step by step from what it measures);
 - chunk_velocity.onnx: `state` [1,3] (consumed, unused) -> actions [1,10,3] =
   joint velocities (0.3, -0.2, 0.1) rad/s at every step;
+- chunk_tensor.onnx: `state` [1,3], `taxels` [1,4,4] (a tensor stream) and `audio`
+  [1,8,1] (an audio stream's chunk) -> actions [1,10,3] = the state plus 1e-3 times
+  (sum of the taxels, sum of the audio samples, 0): every chunk shows the sensor
+  samples it was fed;
 - fast_prefix.onnx + fast_step.onnx (+ fast_fixture.json): a tiny autoregressive
   FAST model with a cache that emits a known token sequence (needs the [10, 3]
   tokenizer made by make_fast_tokenizer.py --dim 3, by default in <out-dir>/fast_10x3).
@@ -190,6 +194,7 @@ def build_prompt(out_dir: str):
 
 GRIPPER_STEP = 0.02
 VELOCITY = [0.3, -0.2, 0.1]
+SENSOR_SCALE = 1e-3
 
 
 def targets_models():
@@ -220,7 +225,27 @@ def targets_models():
         [const("zero", np.array(0.0, np.float32)),
          const("velocity", np.array([VELOCITY], np.float32)), axis1, repeat],
     )
-    return {"chunk_gripper.onnx": gripper, "chunk_velocity.onnx": velocity}
+    sensors = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["taxels", "all_axes"], ["taxel_sum"], keepdims=0),
+            helper.make_node("ReduceSum", ["audio", "all_axes"], ["audio_sum"], keepdims=0),
+            helper.make_node("Concat", ["taxel_sum1", "audio_sum1", "zero1"], ["sums"], axis=0),
+            helper.make_node("Mul", ["sums", "scale"], ["offset"]),
+            helper.make_node("Add", ["state", "offset"], ["row2"]),
+            helper.make_node("Unsqueeze", ["row2", "axis1"], ["row"]),
+            helper.make_node("Expand", ["row", "repeat"], ["actions"]),
+        ],
+        "chunk_tensor",
+        [tensor("state", [1, JOINTS]), tensor("taxels", [1, 4, 4]), tensor("audio", [1, 8, 1])],
+        [tensor("actions", [1, HORIZON, JOINTS])],
+        [const("all_axes", np.array([0, 1, 2], np.int64)), const("scale", np.array(SENSOR_SCALE, np.float32)),
+         const("zero1", np.zeros(1, np.float32)), axis1, repeat],
+    )
+    # ReduceSum with keepdims=0 gives scalars; reshape them to [1] for the Concat.
+    sensors.node.insert(2, helper.make_node("Reshape", ["taxel_sum", "one"], ["taxel_sum1"]))
+    sensors.node.insert(3, helper.make_node("Reshape", ["audio_sum", "one"], ["audio_sum1"]))
+    sensors.initializer.append(const("one", np.array([1], np.int64)))
+    return {"chunk_gripper.onnx": gripper, "chunk_velocity.onnx": velocity, "chunk_tensor.onnx": sensors}
 
 
 def build_targets(out_dir: str):
@@ -232,6 +257,12 @@ def build_targets(out_dir: str):
         if name == "chunk_gripper.onnx":
             want = np.repeat((state + [[0, 0, 0, -GRIPPER_STEP]])[:, None, :], HORIZON, axis=1)
             result = session.run(["actions"], {"state": state})[0]
+        elif name == "chunk_tensor.onnx":
+            taxels = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+            audio = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8, 1) + 0.5
+            offset = SENSOR_SCALE * np.array([taxels.sum(), audio.sum(), 0], np.float32)
+            want = np.repeat((state[:, :JOINTS] + offset)[:, None, :], HORIZON, axis=1)
+            result = session.run(["actions"], {"state": state[:, :JOINTS], "taxels": taxels, "audio": audio})[0]
         else:
             want = np.repeat(np.array([[VELOCITY]], np.float32), HORIZON, axis=1)
             result = session.run(["actions"], {"state": state[:, :JOINTS]})[0]

@@ -324,6 +324,9 @@ pub enum ObservationSource {
     Camera(String),
     /// True when the camera's image is present (pi0's `image_mask`).
     CameraMask(String),
+    /// A tensor stream's `data` or an audio stream's `samples` (float32 values of
+    /// the stream's shape).
+    Tensor(String),
     /// The task instruction's token ids (`[policy.prompt]`), `[1, max_length]`.
     PromptIds,
     /// 1 for the instruction's tokens, 0 for padding, `[1, max_length]`.
@@ -378,6 +381,7 @@ impl From<ObservationSource> for String {
             ObservationSource::JointVelocities => "state.joint_velocities".into(),
             ObservationSource::Camera(name) => format!("camera.{name}"),
             ObservationSource::CameraMask(name) => format!("camera_mask.{name}"),
+            ObservationSource::Tensor(name) => format!("{name}.data"),
             ObservationSource::PromptIds => "prompt.input_ids".into(),
             ObservationSource::PromptMask => "prompt.attention_mask".into(),
             ObservationSource::Stream { stream, field } => format!("{stream}.{field}"),
@@ -653,6 +657,52 @@ pub fn check_inputs(
                     ));
                 }
             }
+            ObservationSource::Tensor(name) => {
+                let stream = launch
+                    .streams
+                    .iter()
+                    .find(|s| &s.name == name && s.is_tensor());
+                let Some(stream) = stream else {
+                    return Err(table
+                        .error_at(&at("source"), format!("no tensor or audio stream `{name}`")));
+                };
+                let want = stream.kind.shape();
+                let values = stream.kind.values() as i64;
+                // [1, ...the stream's shape], or [1, values] flattened.
+                let shape_ok = input.shape.first() == Some(&1)
+                    && (input.shape[1..]
+                        .iter()
+                        .map(|&d| d as usize)
+                        .eq(want.iter().copied())
+                        || input.shape[1..] == [values]);
+                if !shape_ok {
+                    return Err(table.error_at(
+                        &at("shape"),
+                        format!(
+                            "stream `{name}` has samples of shape {want:?}: the input is [1, {}] \
+                             or [1, {values}], found {:?}",
+                            want.iter()
+                                .map(usize::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            input.shape
+                        ),
+                    ));
+                }
+                if input.dtype != TensorDtype::Float32 {
+                    return Err(
+                        table.error_at(&at("dtype"), "tensor and audio samples are float32")
+                    );
+                }
+                if input.image.is_some() {
+                    return Err(
+                        table.error_at(&at("image"), "only camera inputs take image preprocessing")
+                    );
+                }
+                if let Some(norm) = &input.normalize {
+                    check_normalization(table, norm, values as usize, &at("normalize"))?;
+                }
+            }
             ObservationSource::JointPositions | ObservationSource::JointVelocities => {
                 // Wider than the robot: zero padding (pi0 pads state to 32).
                 let fits = input.shape.len() == 2
@@ -713,11 +763,24 @@ fn resolve_stream(
         (StreamKind::Image { .. }, "present") => {
             Ok(ObservationSource::CameraMask(stream.to_string()))
         }
+        (StreamKind::Tensor { .. }, "data") | (StreamKind::Audio { .. }, "samples") => {
+            Ok(ObservationSource::Tensor(stream.to_string()))
+        }
         (StreamKind::JointState { .. }, _) => Err(format!(
             "`{stream}` is a joint state: its fields are `position` and `velocity`, not `{field}`"
         )),
         (StreamKind::Image { .. }, _) => Err(format!(
             "`{stream}` is an image stream: its fields are `image` and `present`, not `{field}`"
+        )),
+        (StreamKind::Tensor { .. }, _) => Err(format!(
+            "`{stream}` is a tensor stream: its field is `data`, not `{field}`"
+        )),
+        (StreamKind::Audio { .. }, _) => Err(format!(
+            "`{stream}` is an audio stream: its field is `samples`, not `{field}`"
+        )),
+        (StreamKind::Text, _) => Err(format!(
+            "`{stream}` is a text stream: it feeds the prompt (`[task] source = \"{stream}.text\"`), \
+             not a model input"
         )),
     }
 }

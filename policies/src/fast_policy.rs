@@ -143,7 +143,7 @@ impl FastPolicy {
                 ),
             });
         }
-        let mapper = InputMapper::new(&cfg.inputs, &launch.camera_names())
+        let mapper = InputMapper::new(&cfg.inputs, &launch.camera_names(), &launch.tensor_names())
             .map_err(PolicyLoadError::WarmUp)?;
         let mapper = crate::attach_prompt(launch, mapper, cfg.prompt.as_ref())?;
         let mut policy = Self {

@@ -510,7 +510,7 @@ impl GenerativePolicy {
             ));
         }
 
-        let mapper = InputMapper::new(spec.inputs, &launch.camera_names())
+        let mapper = InputMapper::new(spec.inputs, &launch.camera_names(), &launch.tensor_names())
             .map_err(PolicyLoadError::WarmUp)?;
         let mut mapper = crate::attach_prompt(launch, mapper, spec.prompt)?;
         let mut actions_norm = None;

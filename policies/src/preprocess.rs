@@ -10,7 +10,7 @@ use crate::config::{
     ResizeFilter, ResizeMode, TensorDtype,
 };
 use reflex_runtime::stream::StreamKind;
-use reflex_runtime::types::{Image, JointState, Observation};
+use reflex_runtime::types::{Frame, Image, Observation};
 
 use std::borrow::Cow;
 
@@ -31,9 +31,16 @@ pub fn blank_observation(launch: &reflex_runtime::launch::Launch) -> Observation
             _ => None,
         })
         .collect();
+    let tensor_lens: Vec<usize> = launch
+        .streams
+        .iter()
+        .filter(|s| s.is_tensor())
+        .map(|s| s.kind.values())
+        .collect();
     Observation::blank(
         launch.config.robot.joints.len(),
         &image_sizes,
+        &tensor_lens,
         launch.policy().history(),
         0,
     )
@@ -76,6 +83,8 @@ enum Source {
     /// launch file does not have.
     Camera(Option<usize>),
     CameraMask(Option<usize>),
+    /// The index into the observation's tensors.
+    Tensor(usize),
     /// Set by [`InputMapper::set_prompt`], not by observations.
     PromptIds,
     PromptMask,
@@ -96,8 +105,13 @@ pub struct InputMapper {
 }
 
 impl InputMapper {
-    /// `cameras` are the observation's image names, in order.
-    pub fn new(configs: &[InputConfig], cameras: &[String]) -> Result<Self, String> {
+    /// `cameras` are the observation's image names, `tensors` its tensor and audio
+    /// stream names, in order.
+    pub fn new(
+        configs: &[InputConfig],
+        cameras: &[String],
+        tensors: &[String],
+    ) -> Result<Self, String> {
         let inputs = configs
             .iter()
             .map(|c| {
@@ -110,6 +124,12 @@ impl InputMapper {
                         (found, _) => Source::Camera(found),
                     },
                     ObservationSource::CameraMask(name) => Source::CameraMask(index(name)),
+                    ObservationSource::Tensor(name) => {
+                        match tensors.iter().position(|n| n == name) {
+                            Some(i) => Source::Tensor(i),
+                            None => return Err(format!("no tensor stream `{name}`")),
+                        }
+                    }
                     ObservationSource::PromptIds => Source::PromptIds,
                     ObservationSource::PromptMask => Source::PromptMask,
                     ObservationSource::Stream { stream, field } => {
@@ -234,8 +254,7 @@ impl InputMapper {
             let frames = input.history;
             // Oldest first: the time axis runs forward, the current observation last.
             for f in 0..frames {
-                let (joints, images) = obs.frame(frames - 1 - f);
-                input.fill_frame(f, joints, images, obs);
+                input.fill_frame(f, &obs.frame(frames - 1 - f), obs);
             }
         }
     }
@@ -244,9 +263,26 @@ impl InputMapper {
 impl MappedInput {
     /// Fills the `f`-th of the input's frames from one observation's joints and
     /// images (`obs` for what has no history: camera masks).
-    fn fill_frame(&mut self, f: usize, joints: &JointState, images: &[Image], obs: &Observation) {
+    fn fill_frame(&mut self, f: usize, frame: &Frame<'_>, obs: &Observation) {
+        let (joints, images) = (frame.joints, frame.images);
         let per = |len: usize| len / self.history;
         match self.source {
+            Source::Tensor(index) => {
+                let n = per(self.values.len());
+                let out = &mut self.values[f * n..(f + 1) * n];
+                match frame.tensors.get(index).filter(|t| t.seq != 0) {
+                    Some(sample) => {
+                        for (j, (o, v)) in out.iter_mut().zip(&sample.values).enumerate() {
+                            *o = match &self.normalize {
+                                Some(norm) => norm.normalize(j, *v),
+                                None => *v,
+                            };
+                        }
+                    }
+                    // Nothing yet, or masked as stale: zeros.
+                    None => out.fill(0.0),
+                }
+            }
             Source::Positions | Source::Velocities => {
                 let (values, gripper) = match self.source {
                     Source::Positions => (joints.positions(), joints.gripper),
@@ -763,7 +799,7 @@ mod tests {
             inputs: Vec<InputConfig>,
         }
         let parsed: Inputs = toml::from_str(toml_inputs).unwrap();
-        let mut mapper = InputMapper::new(&parsed.inputs, &[]).unwrap();
+        let mut mapper = InputMapper::new(&parsed.inputs, &[], &[]).unwrap();
         let mut obs = Observation::of_joints(0, reflex_runtime::types::JointState::empty(3));
         obs.joints.position[..3].copy_from_slice(&[0.5, 1.0, 1.5]);
         mapper.fill(&obs);
@@ -794,7 +830,7 @@ mod tests {
             inputs: Vec<InputConfig>,
         }
         let parsed: Inputs = toml::from_str(toml_inputs).unwrap();
-        let mut mapper = InputMapper::new(&parsed.inputs, &["top".to_string()]).unwrap();
+        let mut mapper = InputMapper::new(&parsed.inputs, &["top".to_string()], &[]).unwrap();
         let joints = |x: f64| {
             let mut j = reflex_runtime::types::JointState::empty(2);
             j.position[..2].copy_from_slice(&[x, x + 0.5]);
@@ -811,6 +847,7 @@ mod tests {
             stamp_ns: 0,
             joints: joints(x),
             images: vec![pixel(v)],
+            tensors: Vec::new(),
         };
         let mut obs = Observation::of_joints(0, joints(3.0));
         obs.images = vec![pixel(30)];
@@ -844,7 +881,7 @@ mod tests {
         "#,
         )
         .unwrap();
-        let mut mapper = InputMapper::new(&parsed.inputs, &[]).unwrap();
+        let mut mapper = InputMapper::new(&parsed.inputs, &[], &[]).unwrap();
         let mut joints = reflex_runtime::types::JointState::empty(2);
         joints.position[..2].copy_from_slice(&[0.5, -0.5]);
         joints.gripper = Some(0.06);
@@ -859,6 +896,54 @@ mod tests {
         joints.gripper = None;
         mapper.fill(&Observation::of_joints(0, joints));
         assert_eq!(mapper.inputs[0].values[2], 0.0, "no gripper: padding");
+    }
+
+    #[test]
+    fn tensor_inputs_take_their_stream_with_history_and_normalization() {
+        use reflex_runtime::types::TensorSample;
+        #[derive(serde::Deserialize)]
+        struct Inputs {
+            inputs: Vec<InputConfig>,
+        }
+        let parsed: Inputs = toml::from_str(
+            r#"
+            [[inputs]]
+            name = "taxels"
+            source = "pad.data"
+            shape = [1, 2, 2]
+            history = 2
+            normalize = { mean = [1.0, 0.0], std = [2.0, 1.0] }
+        "#,
+        )
+        .unwrap();
+        let mut configs = parsed.inputs;
+        configs[0].source = ObservationSource::Tensor("pad".into());
+        let mut mapper = InputMapper::new(&configs, &[], &["other".into(), "pad".into()]).unwrap();
+        let sample = |seq: u64, values: [f32; 2]| TensorSample {
+            seq,
+            stamp_ns: 0,
+            values: values.to_vec(),
+        };
+        let mut obs = Observation::of_joints(0, reflex_runtime::types::JointState::empty(1));
+        obs.tensors = vec![sample(1, [9.0, 9.0]), sample(2, [5.0, 3.0])];
+        obs.history = vec![PastFrame {
+            stamp_ns: 0,
+            joints: obs.joints,
+            images: Vec::new(),
+            tensors: vec![sample(1, [9.0, 9.0]), sample(1, [3.0, -1.0])],
+        }];
+        mapper.fill(&obs);
+        let v = &mapper.inputs[0].values;
+        let want = [1.0, -1.0, 2.0, 3.0];
+        assert!(
+            v.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-5),
+            "{v:?}"
+        );
+        // A stream with nothing yet (or masked as stale) is zeros.
+        obs.tensors[1].seq = 0;
+        mapper.fill(&obs);
+        assert_eq!(&mapper.inputs[0].values[2..], &[0.0, 0.0]);
+        assert!(InputMapper::new(&configs, &[], &["other".into()]).is_err());
     }
 
     #[test]

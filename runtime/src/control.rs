@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::ArrayQueue;
 
 use crate::clock::{Clock, TickTime};
-use crate::driver::{ArmPorts, CameraPort, Driver, DriverError, TaskReport};
+use crate::driver::{ArmPorts, CameraPort, Driver, DriverError, TaskReport, TensorPort};
 use crate::executor::{ChunkRejection, Executor, ExecutorFactory, ExecutorParams};
 use crate::gripper::{GripperConfig, GripperFilter};
 use crate::history::ObservationHistory;
@@ -497,6 +497,8 @@ pub struct ControlLoop {
     pub drivers: Vec<Box<dyn Driver>>,
     pub arm: ArmPorts,
     pub cameras: Vec<CameraPort>,
+    /// Tensor and audio streams, in launch-file order.
+    pub tensors: Vec<TensorPort>,
     pub worker: InferenceWorker,
     /// Copies of every command and measured state for an observer (the zenoh bus).
     pub tap: Option<Tap>,
@@ -506,7 +508,7 @@ pub struct ControlLoop {
     pub sim_inference_ticks: u64,
     /// Observations the policy conditions on (1: the current one only).
     pub observation_frames: usize,
-    /// Each camera's fault policy, in camera order.
+    /// Each sensor stream's fault policy: the cameras in order, then the tensor streams.
     pub stream_watches: Vec<StreamWatch>,
     pub startup_timeout: Duration,
     /// Deadman: latch the e-stop when no operator heartbeat came for this long.
@@ -536,7 +538,7 @@ struct Running {
     core: TickCore,
     obs: Observation,
     history: ObservationHistory,
-    /// Per camera: stale on the last tick.
+    /// Per sensor stream (cameras, then tensors): stale on the last tick.
     stale: Vec<bool>,
     /// A stale stream with `on_stale = "pause"`: no new chunk is requested.
     paused: bool,
@@ -635,6 +637,7 @@ impl ControlLoop {
         }
         let camera_sizes: Vec<(usize, usize)> =
             self.cameras.iter().map(|c| (c.width, c.height)).collect();
+        let tensor_lens: Vec<usize> = self.tensors.iter().map(|t| t.len).collect();
         // One observation frame per action period, a whole number of ticks.
         let ticks_per_frame = (self.params.rate_hz / self.params.action_rate_hz)
             .round()
@@ -645,6 +648,7 @@ impl ControlLoop {
             ticks_per_frame as u64 * self.clock.period_ns(),
             joints,
             &self.cameras,
+            &self.tensors,
         );
         let mut r = Running {
             core,
@@ -654,12 +658,13 @@ impl ControlLoop {
                 ..Observation::blank(
                     joints,
                     &camera_sizes,
+                    &tensor_lens,
                     self.observation_frames,
                     self.params.horizon * action_width,
                 )
             },
             history,
-            stale: vec![false; self.cameras.len()],
+            stale: vec![false; self.cameras.len() + self.tensors.len()],
             paused: false,
             first_tick_ns: None,
             stats: RunStats {
@@ -805,8 +810,11 @@ impl ControlLoop {
         }
 
         // Policies that see past observations: this tick's state and camera frames.
-        r.history
-            .record(r.core.state_ok().then_some(&state), &mut self.cameras);
+        r.history.record(
+            r.core.state_ok().then_some(&state),
+            &mut self.cameras,
+            &mut self.tensors,
+        );
         self.watch_streams(r, t);
 
         // 2. A finished chunk, if any (under the simulated clock: exactly when due).
@@ -909,6 +917,9 @@ impl ControlLoop {
             for (image, camera) in r.obs.images.iter_mut().zip(&mut self.cameras) {
                 image.copy_from(camera.frames.latest());
             }
+            for (tensor, port) in r.obs.tensors.iter_mut().zip(&mut self.tensors) {
+                tensor.copy_from(port.samples.latest());
+            }
             r.history.fill(&mut r.obs);
             // What runs while this chunk is computed, for strategies such as RTC.
             let delay = if self.clock.is_simulated() {
@@ -934,6 +945,20 @@ impl ControlLoop {
                     image.height = 0;
                 }
             }
+            let cameras = r.obs.images.len();
+            for ((tensor, watch), stale) in r
+                .obs
+                .tensors
+                .iter_mut()
+                .zip(&self.stream_watches[cameras..])
+                .zip(&r.stale[cameras..])
+            {
+                if *stale && watch.on_stale == OnStale::Mask {
+                    // Absent to the policy: zeros.
+                    tensor.seq = 0;
+                    tensor.values.fill(0.0);
+                }
+            }
             if self.worker.request(&r.obs) && self.clock.is_simulated() {
                 r.inference_due
                     .push_back(t.tick + self.sim_inference_ticks.max(1));
@@ -950,18 +975,19 @@ impl ControlLoop {
     fn watch_streams(&mut self, r: &mut Running, t: TickTime) {
         let start = *r.first_tick_ns.get_or_insert(t.now_ns);
         let mut paused = false;
-        for (i, (watch, camera)) in self
-            .stream_watches
-            .iter()
-            .zip(&mut self.cameras)
-            .enumerate()
-        {
-            let frame = camera.frames.latest();
-            let since = if frame.seq == 0 {
-                start
-            } else {
-                frame.stamp_ns
+        let cameras = self.cameras.len();
+        for (i, watch) in self.stream_watches.iter().enumerate() {
+            let (seq, stamp_ns) = match i.checked_sub(cameras) {
+                None => {
+                    let frame = self.cameras[i].frames.latest();
+                    (frame.seq, frame.stamp_ns)
+                }
+                Some(t) => {
+                    let sample = self.tensors[t].samples.latest();
+                    (sample.seq, sample.stamp_ns)
+                }
             };
+            let since = if seq == 0 { start } else { stamp_ns };
             let stale = t.now_ns.saturating_sub(since) > watch.max_age_ns;
             let fault = &mut r.stats.stream_faults[i];
             if stale && !r.stale[i] {
@@ -983,6 +1009,9 @@ impl ControlLoop {
                 fault.stale_ticks += 1;
                 paused |= watch.on_stale == OnStale::Pause;
             }
+            // Nothing to feed yet: no chunk is asked for (but the stream is not
+            // reported stale before its max_age).
+            paused |= seq == 0 && watch.on_stale == OnStale::Pause;
         }
         r.paused = paused;
     }

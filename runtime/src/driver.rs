@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use crate::mailbox::Mailbox;
+use crate::prompt::PromptCell;
 use crate::slot::SlotReader;
-use crate::types::{Image, JointCommand, JointState};
+use crate::types::{Image, JointCommand, JointState, TensorSample};
 
 /// What every driver is told when it is opened.
 #[derive(Clone)]
@@ -63,10 +64,27 @@ pub struct CameraPort {
     pub height: usize,
 }
 
+/// A tensor or audio stream's newest sample.
+pub struct TensorPort {
+    pub name: String,
+    pub samples: SlotReader<TensorSample>,
+    /// Values per sample.
+    pub len: usize,
+}
+
+/// A text stream: the driver sets the cell whenever a new text arrives (the
+/// inference thread reads it between inferences; the tick never does).
+pub struct TextPort {
+    pub name: String,
+    pub text: PromptCell,
+}
+
 #[derive(Default)]
 pub struct DriverPorts {
     pub arm: Option<ArmPorts>,
     pub cameras: Vec<CameraPort>,
+    pub tensors: Vec<TensorPort>,
+    pub texts: Vec<TextPort>,
 }
 
 /// How one episode of a task went (drivers that know the task report these).

@@ -8,8 +8,39 @@
 //! time. Until enough has been recorded the oldest sample stands in, as LeRobot
 //! fills its queue with the first observation.
 
-use crate::driver::CameraPort;
-use crate::types::{Image, JointState, Observation};
+use crate::driver::{CameraPort, TensorPort};
+use crate::types::{Image, JointState, Observation, TensorSample};
+
+/// A stamped sample a ring keeps (camera frames, tensor samples).
+trait Stamped {
+    fn seq(&self) -> u64;
+    fn stamp_ns(&self) -> u64;
+    fn copy_from(&mut self, other: &Self);
+}
+
+impl Stamped for Image {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn stamp_ns(&self) -> u64 {
+        self.stamp_ns
+    }
+    fn copy_from(&mut self, other: &Self) {
+        Image::copy_from(self, other)
+    }
+}
+
+impl Stamped for TensorSample {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn stamp_ns(&self) -> u64 {
+        self.stamp_ns
+    }
+    fn copy_from(&mut self, other: &Self) {
+        TensorSample::copy_from(self, other)
+    }
+}
 
 /// Fixed-capacity ring, newest last.
 struct Ring<T> {
@@ -54,6 +85,8 @@ pub struct ObservationHistory {
     states: Ring<JointState>,
     /// Per camera, its recent frames.
     images: Vec<Ring<Image>>,
+    /// Per tensor or audio stream, its recent samples.
+    tensors: Vec<Ring<TensorSample>>,
 }
 
 impl ObservationHistory {
@@ -65,6 +98,7 @@ impl ObservationHistory {
         period_ns: u64,
         joints: usize,
         cameras: &[CameraPort],
+        tensors: &[TensorPort],
     ) -> Self {
         let frames = frames.max(1);
         let ticks_per_frame = ticks_per_frame.max(1);
@@ -80,6 +114,10 @@ impl ObservationHistory {
                 .iter()
                 .map(|c| Ring::new(vec![Image::black(c.width, c.height); depth]))
                 .collect(),
+            tensors: tensors
+                .iter()
+                .map(|t| Ring::new(vec![TensorSample::zeros(t.len); depth]))
+                .collect(),
         }
     }
 
@@ -89,9 +127,14 @@ impl ObservationHistory {
     }
 
     /// Records this tick's state (None when it was invalid: the last valid one is
-    /// repeated, so ticks stay evenly spaced) and any new camera frame. No
-    /// allocation once a camera's size is known.
-    pub fn record(&mut self, state: Option<&JointState>, cameras: &mut [CameraPort]) {
+    /// repeated, so ticks stay evenly spaced) and any new camera frame or tensor
+    /// sample. No allocation once a camera's size is known.
+    pub fn record(
+        &mut self,
+        state: Option<&JointState>,
+        cameras: &mut [CameraPort],
+        tensors: &mut [TensorPort],
+    ) {
         if !self.is_needed() {
             return;
         }
@@ -102,11 +145,10 @@ impl ObservationHistory {
         };
         *self.states.push_slot() = state;
         for (ring, camera) in self.images.iter_mut().zip(cameras) {
-            let latest = camera.frames.latest();
-            let is_new = ring.back(0).is_none_or(|newest| newest.seq != latest.seq);
-            if latest.seq != 0 && is_new {
-                ring.push_slot().copy_from(latest);
-            }
+            push_if_new(ring, camera.frames.latest());
+        }
+        for (ring, port) in self.tensors.iter_mut().zip(tensors) {
+            push_if_new(ring, port.samples.latest());
         }
     }
 
@@ -127,19 +169,33 @@ impl ObservationHistory {
                     image.copy_from(found);
                 }
             }
+            for (tensor, ring) in frame.tensors.iter_mut().zip(&self.tensors) {
+                if let Some(found) = at_or_before(ring, stamp_ns) {
+                    tensor.copy_from(found);
+                }
+            }
         }
     }
 }
 
-/// The newest image captured at or before `stamp_ns`, else the oldest there is.
-fn at_or_before(ring: &Ring<Image>, stamp_ns: u64) -> Option<&Image> {
+fn push_if_new<T: Stamped>(ring: &mut Ring<T>, latest: &T) {
+    let is_new = ring
+        .back(0)
+        .is_none_or(|newest| newest.seq() != latest.seq());
+    if latest.seq() != 0 && is_new {
+        ring.push_slot().copy_from(latest);
+    }
+}
+
+/// The newest sample captured at or before `stamp_ns`, else the oldest there is.
+fn at_or_before<T: Stamped>(ring: &Ring<T>, stamp_ns: u64) -> Option<&T> {
     let mut oldest = None;
     for back in 0..ring.len {
-        let image = ring.back(back)?;
-        if image.stamp_ns <= stamp_ns {
-            return Some(image);
+        let sample = ring.back(back)?;
+        if sample.stamp_ns() <= stamp_ns {
+            return Some(sample);
         }
-        oldest = Some(image);
+        oldest = Some(sample);
     }
     oldest
 }
@@ -164,10 +220,24 @@ mod tests {
             width: 2,
             height: 1,
         }];
+        let (mut tensor_writer, tensor_reader) = latest_slot(&TensorSample::zeros(2));
+        let mut tensors = vec![TensorPort {
+            name: "taxels".into(),
+            samples: tensor_reader,
+            len: 2,
+        }];
         // 3 frames, 4 ticks a frame, 10 ms a tick.
-        let mut history = ObservationHistory::new(3, 4, 40_000_000, 1, &cameras);
-        let mut obs = Observation::blank(1, &[(2, 1)], 3, 0);
+        let mut history = ObservationHistory::new(3, 4, 40_000_000, 1, &cameras, &tensors);
+        let mut obs = Observation::blank(1, &[(2, 1)], &[2], 3, 0);
         for tick in 0..=10u64 {
+            // A tensor sample every third tick.
+            if tick % 3 == 0 {
+                tensor_writer.publish_with(|sample| {
+                    sample.seq = tick + 1;
+                    sample.stamp_ns = tick * 10_000_000;
+                    sample.values.fill(tick as f32);
+                });
+            }
             // A camera frame every other tick, stamped with its tick's time.
             if tick % 2 == 0 {
                 writer.publish_with(|image| {
@@ -176,7 +246,7 @@ mod tests {
                     image.rgb.fill(tick as u8);
                 });
             }
-            history.record(Some(&state(tick as f64)), &mut cameras);
+            history.record(Some(&state(tick as f64)), &mut cameras, &mut tensors);
         }
         obs.stamp_ns = 100_000_000;
         history.fill(&mut obs);
@@ -186,17 +256,21 @@ mod tests {
         assert_eq!(obs.history[0].stamp_ns, 60_000_000);
         assert_eq!(obs.history[0].images[0].rgb[0], 6);
         assert_eq!(obs.history[1].images[0].rgb[0], 2);
+        // The newest tensor sample at or before 60 ms (tick 6) and 20 ms (tick 0).
+        assert_eq!(obs.history[0].tensors[0].values, vec![6.0, 6.0]);
+        assert_eq!(obs.history[1].tensors[0].values, vec![0.0, 0.0]);
+        assert_eq!(obs.history[1].tensors[0].seq, 1);
         assert_eq!(
-            obs.frame(0).0.position[0],
+            obs.frame(0).joints.position[0],
             0.0,
             "frame 0 is the observation itself"
         );
-        assert_eq!(obs.frame(2).0.position[0], 2.0);
+        assert_eq!(obs.frame(2).joints.position[0], 2.0);
 
         // Right after the start only the first sample exists: it stands in.
-        let mut young = ObservationHistory::new(3, 4, 40_000_000, 1, &cameras);
-        young.record(Some(&state(7.0)), &mut cameras);
-        young.record(None, &mut cameras);
+        let mut young = ObservationHistory::new(3, 4, 40_000_000, 1, &cameras, &tensors);
+        young.record(Some(&state(7.0)), &mut cameras, &mut tensors);
+        young.record(None, &mut cameras, &mut tensors);
         young.fill(&mut obs);
         assert_eq!(obs.history[0].joints.position[0], 7.0);
         assert_eq!(obs.history[1].joints.position[0], 7.0);

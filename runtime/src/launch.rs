@@ -228,6 +228,10 @@ pub struct RealtimeConfig {
 pub struct TaskConfig {
     #[serde(default)]
     pub instruction: String,
+    /// `<stream>.text`: a text stream a driver declares; each text it sends
+    /// becomes the instruction (the first one replaces `instruction`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// `[streams.<name>]`: the fault policy of one stream a driver declares.
@@ -857,29 +861,63 @@ impl Launch {
                     return Err(self.error_at(
                         &at,
                         format!(
-                            "no stream named `{name}`; image streams: {}",
-                            list_or_none(&self.camera_names())
+                            "no stream named `{name}`; sensor streams: {}",
+                            list_or_none(&self.sensor_names())
                         ),
                     ));
                 }
-                Some(stream) if !stream.is_image() => {
+                Some(stream) if !stream.is_sensor() => {
                     return Err(self.error_at(
                         &at,
                         "a stale joint state always stops the arm (control.max_state_age_ms, \
-                         safety.estop_after_stale_ms); [streams] configures image streams",
+                         safety.estop_after_stale_ms), and a text stream is never stale; \
+                         [streams] configures image, tensor and audio streams",
                     ));
                 }
                 Some(_) => {}
             }
             self.check_range(&format!("{at}.max_age_ms"), config.max_age_ms, MAX_STALE_MS)?;
         }
+        if let Some(source) = &self.config.task.source {
+            let stream = source.strip_suffix(".text").unwrap_or("");
+            if !self
+                .streams
+                .iter()
+                .any(|s| s.name == stream && s.kind == crate::stream::StreamKind::Text)
+            {
+                let texts: Vec<String> = self
+                    .streams
+                    .iter()
+                    .filter(|s| s.kind == crate::stream::StreamKind::Text)
+                    .map(|s| format!("{}.text", s.name))
+                    .collect();
+                return Err(self.error_at(
+                    "task.source",
+                    format!(
+                        "`{source}` is not a text stream's `text`; text streams: {}",
+                        list_or_none(&texts)
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
-    /// How the loop watches each image stream, in camera order.
+    /// The text stream `[task] source` names, if any.
+    pub fn task_stream(&self) -> Option<&str> {
+        self.config
+            .task
+            .source
+            .as_deref()
+            .and_then(|s| s.strip_suffix(".text"))
+    }
+
+    /// How the loop watches each sensor stream: the cameras in order, then the
+    /// tensor and audio streams in order.
     pub fn stream_watches(&self) -> Vec<StreamWatch> {
         self.camera_names()
             .into_iter()
+            .chain(self.tensor_names())
             .map(|name| {
                 let config = self.config.streams.get(&name);
                 let max_age_ms = config.map_or(defaults::stream_max_age_ms(), |c| c.max_age_ms);
@@ -1039,6 +1077,22 @@ impl Launch {
             .filter(|s| s.is_image())
             .map(|s| s.name.clone())
             .collect()
+    }
+
+    /// Tensor and audio streams in the order policies see them (driver order).
+    pub fn tensor_names(&self) -> Vec<String> {
+        self.streams
+            .iter()
+            .filter(|s| s.is_tensor())
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    /// Streams the loop watches for staleness: cameras, then tensors.
+    pub fn sensor_names(&self) -> Vec<String> {
+        let mut names = self.camera_names();
+        names.extend(self.tensor_names());
+        names
     }
 
     /// A declared image stream by name.

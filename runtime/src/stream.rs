@@ -17,6 +17,44 @@ pub enum StreamKind {
     JointState { joints: usize },
     /// RGB8 images.
     Image { width: usize, height: usize },
+    /// float32 values of a fixed shape, row-major (a taxel array's N x M pressures,
+    /// a force-torque reading). Field `data`.
+    Tensor { shape: Vec<usize> },
+    /// Audio as chunks of `frames` samples of `channels` channels (float32,
+    /// interleaved, `[frames, channels]`), each chunk one sample of the stream.
+    /// Field `samples`.
+    Audio {
+        frames: usize,
+        channels: usize,
+        sample_rate_hz: f64,
+    },
+    /// Text, e.g. a task instruction from a speech recognizer or an operator's
+    /// tablet; `[task] source = "<stream>.text"` makes it the policy's prompt.
+    Text,
+}
+
+impl StreamKind {
+    /// Values in one sample of a tensor or audio stream (0 for the others).
+    pub fn values(&self) -> usize {
+        match self {
+            StreamKind::Tensor { shape } => shape.iter().product(),
+            StreamKind::Audio {
+                frames, channels, ..
+            } => frames * channels,
+            _ => 0,
+        }
+    }
+
+    /// The shape of one sample of a tensor or audio stream.
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            StreamKind::Tensor { shape } => shape.clone(),
+            StreamKind::Audio {
+                frames, channels, ..
+            } => vec![*frames, *channels],
+            _ => Vec::new(),
+        }
+    }
 }
 
 impl StreamDecl {
@@ -36,8 +74,57 @@ impl StreamDecl {
         }
     }
 
+    /// A float32 tensor stream of `shape` at `rate_hz`.
+    pub fn tensor(name: impl Into<String>, shape: Vec<usize>, rate_hz: Option<f64>) -> Self {
+        Self {
+            name: name.into(),
+            kind: StreamKind::Tensor { shape },
+            rate_hz,
+        }
+    }
+
+    /// An audio stream of `frames`-sample chunks; its rate is chunks per second.
+    pub fn audio(
+        name: impl Into<String>,
+        frames: usize,
+        channels: usize,
+        sample_rate_hz: f64,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            rate_hz: Some(sample_rate_hz / frames.max(1) as f64),
+            kind: StreamKind::Audio {
+                frames,
+                channels,
+                sample_rate_hz,
+            },
+        }
+    }
+
+    pub fn text(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            kind: StreamKind::Text,
+            rate_hz: None,
+        }
+    }
+
     pub fn is_image(&self) -> bool {
         matches!(self.kind, StreamKind::Image { .. })
+    }
+
+    /// Tensor and audio streams: float32 samples policy inputs can read.
+    pub fn is_tensor(&self) -> bool {
+        matches!(
+            self.kind,
+            StreamKind::Tensor { .. } | StreamKind::Audio { .. }
+        )
+    }
+
+    /// Streams the loop watches for staleness (`[streams.<name>]`): images,
+    /// tensors and audio.
+    pub fn is_sensor(&self) -> bool {
+        self.is_image() || self.is_tensor()
     }
 }
 
@@ -79,7 +166,7 @@ impl OnStale {
     }
 }
 
-/// How the loop watches one image stream (camera order).
+/// How the loop watches one sensor stream (cameras in order, then tensor streams).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamWatch {
     pub name: String,

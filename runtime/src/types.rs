@@ -125,6 +125,33 @@ impl Image {
     }
 }
 
+/// One sample of a tensor or audio stream: float32 values of the stream's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSample {
+    /// Increases with every sample; 0 means "no sample yet".
+    pub seq: u64,
+    /// Capture time, ns on the run's clock.
+    pub stamp_ns: u64,
+    pub values: Vec<f32>,
+}
+
+impl TensorSample {
+    pub fn zeros(len: usize) -> Self {
+        Self {
+            seq: 0,
+            stamp_ns: 0,
+            values: vec![0.0; len],
+        }
+    }
+
+    /// Copies `other` into `self`, reusing the allocation when sizes match.
+    pub fn copy_from(&mut self, other: &TensorSample) {
+        self.seq = other.seq;
+        self.stamp_ns = other.stamp_ns;
+        self.values.clone_from(&other.values);
+    }
+}
+
 /// What the policy sees: a snapshot taken by the tick and handed to the inference worker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
@@ -137,6 +164,9 @@ pub struct Observation {
     pub command: [f64; MAX_JOINTS],
     /// One image per camera, in launch-file order.
     pub images: Vec<Image>,
+    /// One sample per tensor or audio stream, in launch-file order (seq 0: none
+    /// yet, or masked as stale).
+    pub tensors: Vec<TensorSample>,
     /// Earlier observations for inputs with `history` (LeRobot's `n_obs_steps`),
     /// newest first: `history[k]` is from `k + 1` action periods before `stamp_ns`.
     pub history: Vec<PastFrame>,
@@ -158,26 +188,38 @@ pub struct PastFrame {
     pub stamp_ns: u64,
     pub joints: JointState,
     pub images: Vec<Image>,
+    pub tensors: Vec<TensorSample>,
 }
 
 impl PastFrame {
-    pub fn copy_from(&mut self, stamp_ns: u64, joints: &JointState, images: &[Image]) {
-        self.stamp_ns = stamp_ns;
-        self.joints = *joints;
-        for (mine, theirs) in self.images.iter_mut().zip(images) {
+    pub fn copy_from(&mut self, other: &PastFrame) {
+        self.stamp_ns = other.stamp_ns;
+        self.joints = other.joints;
+        for (mine, theirs) in self.images.iter_mut().zip(&other.images) {
+            mine.copy_from(theirs);
+        }
+        for (mine, theirs) in self.tensors.iter_mut().zip(&other.tensors) {
             mine.copy_from(theirs);
         }
     }
 }
 
+/// One frame of an observation as inputs read it: now or a past one.
+pub struct Frame<'a> {
+    pub joints: &'a JointState,
+    pub images: &'a [Image],
+    pub tensors: &'a [TensorSample],
+}
+
 impl Observation {
     /// An all-black, zero-state observation with images of `image_sizes`
-    /// (width, height), `frames - 1` past frames like it, and room for `committed`
-    /// values: the buffers that circulate between the tick and the inference
-    /// thread (allocates; made once).
+    /// (width, height), tensors of `tensor_lens` values, `frames - 1` past frames
+    /// like it, and room for `committed` values: the buffers that circulate between
+    /// the tick and the inference thread (allocates; made once).
     pub fn blank(
         joints: usize,
         image_sizes: &[(usize, usize)],
+        tensor_lens: &[usize],
         frames: usize,
         committed: usize,
     ) -> Self {
@@ -185,14 +227,20 @@ impl Observation {
             .iter()
             .map(|&(width, height)| Image::black(width, height))
             .collect();
+        let tensors: Vec<TensorSample> = tensor_lens
+            .iter()
+            .map(|&n| TensorSample::zeros(n))
+            .collect();
         let past = PastFrame {
             stamp_ns: 0,
             joints: JointState::empty(joints),
             images: images.clone(),
+            tensors: tensors.clone(),
         };
         Self {
             history: vec![past; frames.saturating_sub(1)],
             images,
+            tensors,
             committed: vec![0.0; committed],
             ..Self::of_joints(0, JointState::empty(joints))
         }
@@ -206,6 +254,7 @@ impl Observation {
             command: joints.position,
             joints,
             images: Vec::new(),
+            tensors: Vec::new(),
             history: Vec::new(),
             committed: Vec::new(),
             committed_len: 0,
@@ -229,8 +278,11 @@ impl Observation {
         for (mine, theirs) in self.images.iter_mut().zip(&other.images) {
             mine.copy_from(theirs);
         }
+        for (mine, theirs) in self.tensors.iter_mut().zip(&other.tensors) {
+            mine.copy_from(theirs);
+        }
         for (mine, theirs) in self.history.iter_mut().zip(&other.history) {
-            mine.copy_from(theirs.stamp_ns, &theirs.joints, &theirs.images);
+            mine.copy_from(theirs);
         }
         self.committed.clone_from(&other.committed);
         self.committed_len = other.committed_len;
@@ -238,16 +290,24 @@ impl Observation {
         self.expected_delay_ticks = other.expected_delay_ticks;
     }
 
-    /// The joints and images `back` frames ago (0: now). Before enough history
-    /// exists the oldest frame there is stands in (LeRobot fills its queue with the
-    /// first observation the same way).
-    pub fn frame(&self, back: usize) -> (&JointState, &[Image]) {
+    /// The joints, images and tensors `back` frames ago (0: now). Before enough
+    /// history exists the oldest frame there is stands in (LeRobot fills its queue
+    /// with the first observation the same way).
+    pub fn frame(&self, back: usize) -> Frame<'_> {
         match back
             .checked_sub(1)
             .and_then(|k| self.history.get(k).or(self.history.last()))
         {
-            Some(past) => (&past.joints, &past.images),
-            None => (&self.joints, &self.images),
+            Some(past) => Frame {
+                joints: &past.joints,
+                images: &past.images,
+                tensors: &past.tensors,
+            },
+            None => Frame {
+                joints: &self.joints,
+                images: &self.images,
+                tensors: &self.tensors,
+            },
         }
     }
 }

@@ -24,6 +24,9 @@ use reflex_runtime::types::{JointCommand, JointState, MAX_JOINTS};
 pub const COMMAND_MAGIC: [u8; 4] = *b"RFXC";
 pub const STATE_MAGIC: [u8; 4] = *b"RFXS";
 pub const GRIPPER_MAGIC: [u8; 4] = *b"RFXG";
+pub const TENSOR_MAGIC: [u8; 4] = *b"RFXT";
+/// Most values one tensor message may carry (4 MiB of f32).
+pub const MAX_TENSOR_VALUES: usize = 1 << 20;
 pub const VERSION: u16 = 1;
 /// Commands in version 2 also carry the commanded velocity and acceleration.
 pub const VERSION_WITH_DERIVATIVES: u16 = 2;
@@ -245,6 +248,82 @@ pub fn decode_state(bytes: &[u8]) -> Result<JointState, WireError> {
     Ok(state)
 }
 
+/// Encodes one tensor sample (`RFXT`): the common header with the number of
+/// dimensions in the count field, then each dimension as u32, then the values
+/// as f32, row-major.
+pub fn encode_tensor(seq: u64, shape: &[usize], values: &[f32], unix_ns: u64, out: &mut Vec<u8>) {
+    put_header(out, TENSOR_MAGIC, VERSION, shape.len(), seq, 0, 0, unix_ns);
+    for d in shape {
+        out.extend_from_slice(&(*d as u32).to_le_bytes());
+    }
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Decodes a tensor sample whose shape must be `shape` into `values` (reused);
+/// returns its sequence number.
+pub fn decode_tensor_into(
+    bytes: &[u8],
+    shape: &[usize],
+    values: &mut Vec<f32>,
+) -> Result<u64, TensorWireError> {
+    if bytes.len() < HEADER {
+        return Err(TensorWireError::Wire(WireError::Short(bytes.len())));
+    }
+    let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];
+    if magic != TENSOR_MAGIC {
+        return Err(TensorWireError::Wire(WireError::Magic(magic)));
+    }
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    if version != VERSION {
+        return Err(TensorWireError::Wire(WireError::Version(version)));
+    }
+    let ndim = usize::from(u16::from_le_bytes([bytes[6], bytes[7]]));
+    let dims_end = HEADER + 4 * ndim;
+    if bytes.len() < dims_end {
+        return Err(TensorWireError::Wire(WireError::Short(bytes.len())));
+    }
+    let found: Vec<usize> = (0..ndim)
+        .map(|i| {
+            let at = HEADER + 4 * i;
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize
+        })
+        .collect();
+    if found != shape {
+        return Err(TensorWireError::Shape {
+            found,
+            expected: shape.to_vec(),
+        });
+    }
+    let n: usize = shape.iter().product();
+    if bytes.len() != dims_end + 4 * n {
+        return Err(TensorWireError::Wire(WireError::Length {
+            found: bytes.len(),
+            expected: dims_end + 4 * n,
+            joints: n,
+        }));
+    }
+    values.clear();
+    values.extend(
+        bytes[dims_end..]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+    );
+    Ok(read_u64(bytes, 8))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TensorWireError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("tensor of shape {found:?}, the stream's is {expected:?}")]
+    Shape {
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+}
+
 /// ns since the Unix epoch, for the wall-time stamp of published messages.
 pub fn unix_ns() -> u64 {
     std::time::SystemTime::now()
@@ -321,6 +400,23 @@ mod tests {
         assert_eq!(decode_state(&buf).unwrap(), state);
         buf.extend_from_slice(&[0; 4]);
         assert!(decode_state(&buf).is_err(), "a partial tail is damage");
+    }
+
+    #[test]
+    fn tensors_round_trip_and_refuse_other_shapes() {
+        let mut buf = Vec::new();
+        encode_tensor(4, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 9, &mut buf);
+        assert_eq!(&buf[..4], b"RFXT");
+        assert_eq!(buf.len(), HEADER + 8 + 24);
+        let mut values = Vec::new();
+        assert_eq!(decode_tensor_into(&buf, &[2, 3], &mut values), Ok(4));
+        assert_eq!(values, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert!(matches!(
+            decode_tensor_into(&buf, &[3, 2], &mut values),
+            Err(TensorWireError::Shape { .. })
+        ));
+        assert!(decode_tensor_into(&buf[..buf.len() - 1], &[2, 3], &mut values).is_err());
+        assert!(decode_tensor_into(&buf[..HEADER + 2], &[2, 3], &mut values).is_err());
     }
 
     #[test]

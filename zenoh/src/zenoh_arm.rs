@@ -234,7 +234,7 @@ impl Driver for ZenohArm {
                 publishes_itself: true,
                 bad_messages: self.bad_states.counter(),
             }),
-            cameras: Vec::new(),
+            ..DriverPorts::default()
         })
     }
 

@@ -141,14 +141,16 @@ impl Driver for PatternCamera {
             frame,
             period_ns: (1e9 / self.config.fps) as u64,
         });
+        // `..Default::default()` keeps this compiling as ports for new stream
+        // types are added.
         Ok(DriverPorts {
-            arm: None,
             cameras: vec![CameraPort {
                 name: self.config.name.clone(),
                 frames: reader,
                 width: self.config.width,
                 height: self.config.height,
             }],
+            ..DriverPorts::default()
         })
     }
 

@@ -1,0 +1,323 @@
+//! A sensor stream that arrives over zenoh: a tensor (a taxel array, a
+//! force-torque sensor), audio chunks, or text (a task instruction).
+//!
+//! Tensor and audio samples are `RFXT` messages (see [`crate::wire`]) whose shape
+//! must be the declared one; text is a UTF-8 payload. Samples are stamped on
+//! arrival with this machine's monotonic clock (so staleness measures how long
+//! the sensor has been silent) and numbered here, so a replayed message cannot
+//! look older than a newer one. Bad messages are counted and logged rate-limited.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::wire;
+use reflex_runtime::driver::{
+    Driver, DriverContext, DriverError, DriverPorts, TensorPort, TextPort,
+};
+use reflex_runtime::launch::{Launch, LaunchError};
+use reflex_runtime::prompt::PromptCell;
+use reflex_runtime::ratelimit::{WarnLimiter, suppressed_note};
+use reflex_runtime::registry::{DriverKind, DriverSpec, KindTable, schema_of};
+use reflex_runtime::slot::latest_slot;
+use reflex_runtime::stream::{StreamDecl, StreamKind};
+use reflex_runtime::types::{TensorSample, monotonic_ns};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use zenoh::Wait;
+
+/// `[[drivers]] kind = "zenoh_stream"`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ZenohStreamConfig {
+    /// The stream's name (`<name>.data`, `<name>.samples` or `<name>.text`).
+    pub name: String,
+    /// Default `<prefix>/<robot>/<name>`.
+    pub key: Option<String>,
+    /// `tensor`, `audio` or `text`.
+    pub stream: StreamType,
+    /// `tensor`: the shape of one sample, e.g. `[16, 16]` taxels.
+    #[serde(default)]
+    pub shape: Vec<usize>,
+    /// `tensor`: nominal samples per second (status line).
+    pub rate_hz: Option<f64>,
+    /// `audio`: samples per chunk (one message).
+    pub frames: Option<usize>,
+    /// `audio`: channels, interleaved.
+    pub channels: Option<usize>,
+    /// `audio`: samples per second per channel.
+    pub sample_rate_hz: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamType {
+    Tensor,
+    Audio,
+    Text,
+}
+
+/// Registers `zenoh_stream`.
+pub struct ZenohStreamKind;
+
+#[derive(Debug)]
+pub struct ZenohStreamSpec {
+    pub config: ZenohStreamConfig,
+    decl: StreamDecl,
+}
+
+impl DriverKind for ZenohStreamKind {
+    fn kind(&self) -> &'static str {
+        "zenoh_stream"
+    }
+
+    fn schema(&self) -> serde_json::Value {
+        schema_of::<ZenohStreamConfig>()
+    }
+
+    fn check(&self, table: &KindTable<'_>) -> Result<Arc<dyn DriverSpec>, LaunchError> {
+        let config: ZenohStreamConfig = table.parse()?;
+        table.check_name("name", &config.name)?;
+        if let Some(key) = &config.key {
+            crate::bus::check_exact_key(key).map_err(|message| table.error_at("key", message))?;
+        }
+        let positive = |field: &str, value: Option<f64>| match value {
+            Some(v) if v.is_finite() && v > 0.0 => Ok(v),
+            Some(v) => Err(table.error_at(field, format!("must be a positive number, found {v}"))),
+            None => Err(table.error_at(field, "is needed for this stream type")),
+        };
+        let count = |field: &str, value: Option<usize>| match value {
+            Some(v) if (1..=wire::MAX_TENSOR_VALUES).contains(&v) => Ok(v),
+            Some(v) => Err(table.error_at(
+                field,
+                format!("must be in 1..={}, found {v}", wire::MAX_TENSOR_VALUES),
+            )),
+            None => Err(table.error_at(field, "is needed for this stream type")),
+        };
+        let unused: &[(&str, bool)] = match config.stream {
+            StreamType::Tensor => &[
+                ("frames", config.frames.is_some()),
+                ("channels", config.channels.is_some()),
+                ("sample_rate_hz", config.sample_rate_hz.is_some()),
+            ],
+            StreamType::Audio => &[
+                ("shape", !config.shape.is_empty()),
+                ("rate_hz", config.rate_hz.is_some()),
+            ],
+            StreamType::Text => &[
+                ("shape", !config.shape.is_empty()),
+                ("rate_hz", config.rate_hz.is_some()),
+                ("frames", config.frames.is_some()),
+                ("channels", config.channels.is_some()),
+                ("sample_rate_hz", config.sample_rate_hz.is_some()),
+            ],
+        };
+        if let Some((field, _)) = unused.iter().find(|(_, set)| *set) {
+            return Err(table.error_at(
+                field,
+                format!(
+                    "does not apply to this stream type (`{}`)",
+                    format!("{:?}", config.stream).to_lowercase()
+                ),
+            ));
+        }
+        let decl = match config.stream {
+            StreamType::Tensor => {
+                let values = config
+                    .shape
+                    .iter()
+                    .try_fold(1usize, |n, d| n.checked_mul(*d));
+                if config.shape.is_empty()
+                    || config.shape.contains(&0)
+                    || config.shape.len() > 8
+                    || values.is_none_or(|n| n > wire::MAX_TENSOR_VALUES)
+                {
+                    return Err(table.error_at(
+                        "shape",
+                        format!(
+                            "must have 1 to 8 positive dimensions and at most {} values, found {:?}",
+                            wire::MAX_TENSOR_VALUES,
+                            config.shape
+                        ),
+                    ));
+                }
+                if config.rate_hz.is_some() {
+                    positive("rate_hz", config.rate_hz)?;
+                }
+                StreamDecl::tensor(&config.name, config.shape.clone(), config.rate_hz)
+            }
+            StreamType::Audio => {
+                let frames = count("frames", config.frames)?;
+                let channels = count("channels", config.channels)?;
+                if frames * channels > wire::MAX_TENSOR_VALUES {
+                    return Err(table.error_at("frames", "frames x channels is too large"));
+                }
+                let rate = positive("sample_rate_hz", config.sample_rate_hz)?;
+                StreamDecl::audio(&config.name, frames, channels, rate)
+            }
+            StreamType::Text => StreamDecl::text(&config.name),
+        };
+        if !crate::config(table.launch()).enabled {
+            return Err(table.error_at(
+                "",
+                "a stream over zenoh needs the zenoh session: set zenoh.enabled = true",
+            ));
+        }
+        Ok(Arc::new(ZenohStreamSpec { config, decl }))
+    }
+}
+
+impl DriverSpec for ZenohStreamSpec {
+    fn kind(&self) -> &'static str {
+        "zenoh_stream"
+    }
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+    fn streams(&self) -> Vec<StreamDecl> {
+        vec![self.decl.clone()]
+    }
+    fn is_arm(&self) -> bool {
+        false
+    }
+    fn build(&self, launch: &Launch) -> Result<Box<dyn Driver>, DriverError> {
+        Ok(Box::new(ZenohStream {
+            cfg: self.config.clone(),
+            decl: self.decl.clone(),
+            key_prefix: crate::config(launch).key_prefix,
+            subscriber: None,
+            bad: Arc::new(WarnLimiter::for_network()),
+        }))
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+pub struct ZenohStream {
+    cfg: ZenohStreamConfig,
+    decl: StreamDecl,
+    key_prefix: String,
+    subscriber: Option<zenoh::pubsub::Subscriber<()>>,
+    bad: Arc<WarnLimiter>,
+}
+
+impl ZenohStream {
+    fn failed(&self, message: impl Into<String>) -> DriverError {
+        DriverError::failed(&self.cfg.name, message)
+    }
+}
+
+impl Driver for ZenohStream {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn open(&mut self, ctx: &DriverContext) -> Result<DriverPorts, DriverError> {
+        let session = ctx
+            .services
+            .get::<zenoh::Session>()
+            .cloned()
+            .ok_or_else(|| self.failed("needs the zenoh bus (zenoh.enabled = true)"))?;
+        let key = self
+            .cfg
+            .key
+            .clone()
+            .unwrap_or_else(|| format!("{}/{}/{}", self.key_prefix, ctx.robot, self.cfg.name));
+        let (name, bad) = (self.cfg.name.clone(), self.bad.clone());
+        let report = move |problem: String| {
+            if let Some(suppressed) = bad.hit() {
+                tracing::warn!(
+                    "{name}: {problem}; {} bad messages so far{}",
+                    bad.total(),
+                    suppressed_note(suppressed)
+                );
+            }
+        };
+        let mut ports = DriverPorts::default();
+        let subscriber = match &self.decl.kind {
+            StreamKind::Text => {
+                let text = PromptCell::new("");
+                ports.texts.push(TextPort {
+                    name: self.cfg.name.clone(),
+                    text: text.clone(),
+                });
+                session
+                    .declare_subscriber(key)
+                    .callback(move |sample| {
+                        let payload = sample.payload().to_bytes();
+                        let problem = match std::str::from_utf8(&payload) {
+                            Ok(s) => match text.set(s) {
+                                Ok(()) => return,
+                                Err(e) => e.to_string(),
+                            },
+                            Err(_) => format!("text of {} bytes is not UTF-8", payload.len()),
+                        };
+                        report(problem);
+                    })
+                    .wait()
+            }
+            kind => {
+                let shape = kind.shape();
+                let len = kind.values();
+                let (writer, reader) = latest_slot(&TensorSample::zeros(len));
+                ports.tensors.push(TensorPort {
+                    name: self.cfg.name.clone(),
+                    samples: reader,
+                    len,
+                });
+                // The callback decodes into its own buffer, then copies into the
+                // slot (the slot's buffers are preallocated to this size).
+                let state = Mutex::new((writer, Vec::with_capacity(len), 0u64));
+                session
+                    .declare_subscriber(key)
+                    .callback(move |sample| {
+                        let payload = sample.payload().to_bytes();
+                        let mut guard = state.lock().unwrap_or_else(PoisonError::into_inner);
+                        let (writer, values, seq) = &mut *guard;
+                        match wire::decode_tensor_into(&payload, &shape, values) {
+                            Ok(_) if values.iter().any(|v| !v.is_finite()) => {
+                                report("sample with NaN or infinite values dropped".into())
+                            }
+                            Ok(_) => {
+                                *seq += 1;
+                                let (seq, stamp_ns) = (*seq, monotonic_ns());
+                                writer.publish_with(|slot| {
+                                    slot.seq = seq;
+                                    slot.stamp_ns = stamp_ns;
+                                    slot.values.copy_from_slice(values);
+                                });
+                            }
+                            Err(e) => {
+                                report(format!("undecodable sample ({} bytes): {e}", payload.len()))
+                            }
+                        }
+                    })
+                    .wait()
+            }
+        }
+        .map_err(|source| DriverError::Source {
+            driver: self.cfg.name.clone(),
+            source,
+        })?;
+        self.subscriber = Some(subscriber);
+        Ok(ports)
+    }
+
+    fn start(&mut self) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<(), DriverError> {
+        if let Some(subscriber) = self.subscriber.take() {
+            let _ = subscriber.undeclare().wait();
+        }
+        let bad = self.bad.total();
+        if bad > 0 {
+            tracing::warn!(
+                "{}: {bad} bad messages in total{}",
+                self.cfg.name,
+                suppressed_note(self.bad.suppressed())
+            );
+        }
+        Ok(())
+    }
+}
