@@ -8,6 +8,14 @@ cd "$(dirname "$0")/.."
 need_apt=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+# OpenCV (videoio with FFMPEG, GStreamer and V4L2) for cameras; clang for the
+# opencv crate's bindings; GStreamer's base and good plugins for pipelines
+# (videotestsrc, v4l2src, jpeg).
+pkg-config --exists opencv4 2>/dev/null || need_apt+=(libopencv-dev pkg-config)
+[ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/x86_64-linux-gnu/libclang-*.so* >/dev/null 2>&1 \
+    || need_apt+=(clang libclang-dev)
+gst-inspect-1.0 videotestsrc >/dev/null 2>&1 && gst-inspect-1.0 jpegenc >/dev/null 2>&1 \
+    || need_apt+=(gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-tools)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "setup: installing Debian packages: ${need_apt[*]}"

@@ -23,6 +23,7 @@ pub const EMBEDDED_SIM_ARM: &str = include_str!("../launch/sim_arm.toml");
 pub fn registry() -> Registry {
     let mut registry = Registry::new();
     reflex_drivers::register(&mut registry);
+    reflex_cameras::register(&mut registry);
     reflex_policies::register(&mut registry);
     reflex_zenoh::register(&mut registry);
     registry

@@ -29,6 +29,9 @@ and return `actions` float32 [1,10,3] rad:
   [1,8,1] (an audio stream's chunk) -> actions [1,10,3] = the state plus 1e-3 times
   (sum of the taxels, sum of the audio samples, 0): every chunk shows the sensor
   samples it was fed;
+- chunk_image_mean.onnx: `image` [1,3,32,32] in [0, 1] and `state` [1,3] ->
+  actions [1,10,3] = the state plus 0.1 x the image's mean brightness: every chunk
+  shows which camera frame it saw (camera tests with gray frames);
 - fast_prefix.onnx + fast_step.onnx (+ fast_fixture.json): a tiny autoregressive
   FAST model with a cache that emits a known token sequence (needs the [10, 3]
   tokenizer made by make_fast_tokenizer.py --dim 3, by default in <out-dir>/fast_10x3).
@@ -195,6 +198,7 @@ def build_prompt(out_dir: str):
 GRIPPER_STEP = 0.02
 VELOCITY = [0.3, -0.2, 0.1]
 SENSOR_SCALE = 1e-3
+BRIGHTNESS_SCALE = 0.1
 
 
 def targets_models():
@@ -245,7 +249,22 @@ def targets_models():
     sensors.node.insert(2, helper.make_node("Reshape", ["taxel_sum", "one"], ["taxel_sum1"]))
     sensors.node.insert(3, helper.make_node("Reshape", ["audio_sum", "one"], ["audio_sum1"]))
     sensors.initializer.append(const("one", np.array([1], np.int64)))
-    return {"chunk_gripper.onnx": gripper, "chunk_velocity.onnx": velocity, "chunk_tensor.onnx": sensors}
+    image_mean = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["image"], ["mean4"], axes=[1, 2, 3], keepdims=0),  # [1]
+            helper.make_node("Mul", ["mean4", "brightness_scale"], ["offset"]),
+            helper.make_node("Unsqueeze", ["offset", "axis1"], ["offset2"]),  # [1,1]
+            helper.make_node("Add", ["state", "offset2"], ["row2"]),
+            helper.make_node("Unsqueeze", ["row2", "axis1"], ["row"]),
+            helper.make_node("Expand", ["row", "repeat"], ["actions"]),
+        ],
+        "chunk_image_mean",
+        [tensor("image", [1, *IMAGE]), tensor("state", [1, JOINTS])],
+        [tensor("actions", [1, HORIZON, JOINTS])],
+        [const("brightness_scale", np.array(BRIGHTNESS_SCALE, np.float32)), axis1, repeat],
+    )
+    return {"chunk_gripper.onnx": gripper, "chunk_velocity.onnx": velocity, "chunk_tensor.onnx": sensors,
+            "chunk_image_mean.onnx": image_mean}
 
 
 def build_targets(out_dir: str):
@@ -257,6 +276,10 @@ def build_targets(out_dir: str):
         if name == "chunk_gripper.onnx":
             want = np.repeat((state + [[0, 0, 0, -GRIPPER_STEP]])[:, None, :], HORIZON, axis=1)
             result = session.run(["actions"], {"state": state})[0]
+        elif name == "chunk_image_mean.onnx":
+            image = np.full((1, *IMAGE), 0.25, np.float32)
+            want = np.repeat((state[:, :JOINTS] + BRIGHTNESS_SCALE * 0.25)[:, None, :], HORIZON, axis=1)
+            result = session.run(["actions"], {"state": state[:, :JOINTS], "image": image})[0]
         elif name == "chunk_tensor.onnx":
             taxels = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
             audio = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8, 1) + 0.5
