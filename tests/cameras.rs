@@ -24,12 +24,17 @@ fn gray(k: usize) -> f64 {
 }
 
 fn write_video(path: &Path) {
+    write_levels(path, gray);
+}
+
+/// A video whose frame k is uniformly gray at `level(k)`.
+fn write_levels(path: &Path, level: impl Fn(usize) -> f64) {
     let fourcc = VideoWriter::fourcc('M', 'J', 'P', 'G').unwrap();
     let mut writer =
         VideoWriter::new(path.to_str().unwrap(), fourcc, FPS, Size::new(64, 48), true).unwrap();
     assert!(writer.is_opened().unwrap(), "OpenCV cannot write MJPG/AVI");
     for k in 0..FRAMES {
-        let level = gray(k);
+        let level = level(k);
         let frame =
             Mat::new_rows_cols_with_default(48, 64, CV_8UC3, Scalar::new(level, level, level, 0.0))
                 .unwrap();
@@ -133,6 +138,57 @@ fn a_video_file_feeds_the_frame_due_at_each_simulated_tick() {
             (level - gray(k)).abs() < 3.0,
             "tick {tick}: saw level {level:.1}, frame {k} has {}",
             gray(k)
+        );
+    }
+}
+
+#[test]
+fn a_tactile_camera_publishes_the_difference_to_its_reference() {
+    // GelSight / DIGIT style: the first 5 frames (no contact, level 100) are the
+    // reference; then contact brightens the image by 4 levels a frame.
+    let contact = |k: usize| {
+        if k < 5 {
+            100.0
+        } else {
+            100.0 + 4.0 * (k - 4) as f64
+        }
+    };
+    let dir = scratch("camera-tactile");
+    let video = dir.join("gel.avi");
+    write_levels(&video, contact);
+    let launch = dir.join("launch.toml");
+    std::fs::write(
+        &launch,
+        launch_text(&format!(
+            "file = {:?}\nfps = {FPS}\nreference_frames = 5\n",
+            video.display()
+        )),
+    )
+    .unwrap();
+    let log = dir.join("run.log");
+    run_ok(&[
+        "run",
+        launch.to_str().unwrap(),
+        "--sim-clock",
+        "--duration",
+        "2.5",
+        "--set",
+        "zenoh.enabled=false",
+        "--log",
+        log.to_str().unwrap(),
+    ]);
+    let seen = levels_seen(&log);
+    assert!(seen.len() >= 4, "{seen:?}");
+    for (tick, level) in &seen {
+        let k = (*tick / 10) as usize;
+        assert!(
+            k >= 5,
+            "a chunk before the reference was complete: tick {tick}"
+        );
+        let want = 128.0 + contact(k) - 100.0;
+        assert!(
+            (level - want).abs() < 3.0,
+            "tick {tick}: saw {level:.1}, the difference of frame {k} is {want}"
         );
     }
 }

@@ -79,6 +79,11 @@ pub struct OpencvCameraConfig {
     /// A frame that reaches reflex more than this after its capture is late
     /// (counted), ms. Default: two frame periods.
     pub late_after_ms: Option<f64>,
+    /// Camera-based tactile sensors (GelSight, DIGIT): average this many frames at
+    /// start into a reference and publish `128 + frame - reference` (128: no
+    /// contact). 0 (default): the frames as they are.
+    #[serde(default)]
+    pub reference_frames: usize,
 }
 
 fn yes() -> bool {
@@ -265,6 +270,9 @@ impl DriverKind for OpencvCameraKind {
         if config.exposure.is_some_and(|e| !e.is_finite()) {
             return Err(table.error_at("exposure", "must be a finite number"));
         }
+        if config.reference_frames > 1000 {
+            return Err(table.error_at("reference_frames", "must be at most 1000"));
+        }
         if !(config.reconnect_ms.is_finite() && (1.0..=60_000.0).contains(&config.reconnect_ms)) {
             return Err(table.error_at("reconnect_ms", "must be in [1, 60000] ms"));
         }
@@ -346,6 +354,35 @@ impl OpencvCamera {
     }
 }
 
+/// The reference frame of a camera-based tactile sensor (GelSight, DIGIT): the
+/// mean of the first `wanted` frames; the stream is then `128 + frame - reference`
+/// per channel, clamped (128: no contact).
+#[derive(Debug, Default)]
+struct Reference {
+    wanted: usize,
+    seen: usize,
+    sum: Vec<f32>,
+}
+
+impl Reference {
+    fn add(&mut self, rgb: &[u8]) {
+        if self.sum.len() != rgb.len() {
+            self.sum = vec![0.0; rgb.len()];
+        }
+        for (s, v) in self.sum.iter_mut().zip(rgb) {
+            *s += f32::from(*v);
+        }
+        self.seen += 1;
+    }
+
+    fn difference(&self, rgb: &[u8], out: &mut [u8]) {
+        let n = self.seen.max(1) as f32;
+        for ((o, v), s) in out.iter_mut().zip(rgb).zip(&self.sum) {
+            *o = (128.0 + f32::from(*v) - s / n).round().clamp(0.0, 255.0) as u8;
+        }
+    }
+}
+
 /// Everything the capture thread owns.
 struct Capture {
     cfg: OpencvCameraConfig,
@@ -355,6 +392,7 @@ struct Capture {
     resized: Mat,
     rgb: Mat,
     writer: SlotWriter<Image>,
+    reference: Reference,
     judge: FrameJudge,
     counters: Arc<FrameCounters>,
     /// Files: when frame 0 of the current pass was (or would have been) shown.
@@ -381,6 +419,10 @@ impl Capture {
             resized: Mat::default(),
             rgb: Mat::default(),
             writer,
+            reference: Reference {
+                wanted: cfg.reference_frames,
+                ..Reference::default()
+            },
             judge: FrameJudge::new(source.mapping(cfg.timestamps), late_after_ns),
             counters,
             file_start: None,
@@ -504,11 +546,23 @@ impl Capture {
         imgproc::cvt_color_def(src, &mut self.rgb, code)?;
         let bytes = self.rgb.data_bytes()?;
         let seq = self.counters.fresh.load(Ordering::Relaxed);
+        let reference = &mut self.reference;
+        if reference.wanted > reference.seen {
+            // Camera-based tactile sensors: average the reference first; nothing is
+            // published until it is complete.
+            reference.add(bytes);
+            return Ok(());
+        }
         self.writer.publish_with(|image| {
             image.seq = seq;
             image.stamp_ns = stamp_ns;
-            if image.rgb.len() == bytes.len() {
+            if image.rgb.len() != bytes.len() {
+                return;
+            }
+            if reference.wanted == 0 {
                 image.rgb.copy_from_slice(bytes);
+            } else {
+                reference.difference(bytes, &mut image.rgb);
             }
         });
         Ok(())

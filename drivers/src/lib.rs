@@ -1,17 +1,21 @@
 //! reflex-drivers: the hardware side of the loop, behind the runtime's `Driver` trait.
 //!
-//! - [`sim_arm`]: a simulated planar arm with servo dynamics and a top-down camera,
-//!   the stand-in for hardware in demos and tests.
+//! - [`sim_arm`]: a simulated planar arm with servo dynamics, a top-down camera and
+//!   an optional gripper, the stand-in for hardware in demos and tests.
+//! - [`taxels`]: a tactile array on a serial port (a documented frame format with a
+//!   CRC), as a tensor stream.
 //!
 //! The arm over zenoh is in reflex-zenoh.
 //!
 //! Each kind owns its launch-file table and registers itself in [`register`].
 
 pub mod sim_arm;
+pub mod taxels;
 
 use reflex_runtime::registry::Registry;
 
 /// Registers every driver kind of this crate.
 pub fn register(registry: &mut Registry) {
     registry.driver(sim_arm::SimArmKind);
+    registry.driver(taxels::SerialTaxelsKind);
 }

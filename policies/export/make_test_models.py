@@ -29,6 +29,8 @@ and return `actions` float32 [1,10,3] rad:
   [1,8,1] (an audio stream's chunk) -> actions [1,10,3] = the state plus 1e-3 times
   (sum of the taxels, sum of the audio samples, 0): every chunk shows the sensor
   samples it was fed;
+- chunk_taxels.onnx: `state` [1,3] and `taxels` [1,4,4] -> actions [1,10,3] = the
+  state plus 1e-3 x (sum of the taxels, their maximum, 0);
 - chunk_image_mean.onnx: `image` [1,3,32,32] in [0, 1] and `state` [1,3] ->
   actions [1,10,3] = the state plus 0.1 x the image's mean brightness: every chunk
   shows which camera frame it saw (camera tests with gray frames);
@@ -263,8 +265,27 @@ def targets_models():
         [tensor("actions", [1, HORIZON, JOINTS])],
         [const("brightness_scale", np.array(BRIGHTNESS_SCALE, np.float32)), axis1, repeat],
     )
+    taxels = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["taxels", "all_axes"], ["sum0"], keepdims=0),
+            helper.make_node("ReduceMax", ["taxels"], ["max0"], axes=[0, 1, 2], keepdims=0),
+            helper.make_node("Reshape", ["sum0", "one"], ["sum1"]),
+            helper.make_node("Reshape", ["max0", "one"], ["max1"]),
+            helper.make_node("Concat", ["sum1", "max1", "zero1"], ["stats"], axis=0),
+            helper.make_node("Mul", ["stats", "scale"], ["offset"]),
+            helper.make_node("Add", ["state", "offset"], ["row2"]),
+            helper.make_node("Unsqueeze", ["row2", "axis1"], ["row"]),
+            helper.make_node("Expand", ["row", "repeat"], ["actions"]),
+        ],
+        "chunk_taxels",
+        [tensor("state", [1, JOINTS]), tensor("taxels", [1, 4, 4])],
+        [tensor("actions", [1, HORIZON, JOINTS])],
+        [const("all_axes", np.array([0, 1, 2], np.int64)), const("one", np.array([1], np.int64)),
+         const("zero1", np.zeros(1, np.float32)), const("scale", np.array(SENSOR_SCALE, np.float32)),
+         axis1, repeat],
+    )
     return {"chunk_gripper.onnx": gripper, "chunk_velocity.onnx": velocity, "chunk_tensor.onnx": sensors,
-            "chunk_image_mean.onnx": image_mean}
+            "chunk_image_mean.onnx": image_mean, "chunk_taxels.onnx": taxels}
 
 
 def build_targets(out_dir: str):
@@ -276,6 +297,11 @@ def build_targets(out_dir: str):
         if name == "chunk_gripper.onnx":
             want = np.repeat((state + [[0, 0, 0, -GRIPPER_STEP]])[:, None, :], HORIZON, axis=1)
             result = session.run(["actions"], {"state": state})[0]
+        elif name == "chunk_taxels.onnx":
+            taxels = np.arange(16, dtype=np.float32).reshape(1, 4, 4) - 3
+            offset = SENSOR_SCALE * np.array([taxels.sum(), taxels.max(), 0], np.float32)
+            want = np.repeat((state[:, :JOINTS] + offset)[:, None, :], HORIZON, axis=1)
+            result = session.run(["actions"], {"state": state[:, :JOINTS], "taxels": taxels})[0]
         elif name == "chunk_image_mean.onnx":
             image = np.full((1, *IMAGE), 0.25, np.float32)
             want = np.repeat((state[:, :JOINTS] + BRIGHTNESS_SCALE * 0.25)[:, None, :], HORIZON, axis=1)
