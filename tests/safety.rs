@@ -385,26 +385,33 @@ fn a_rearm_while_the_robot_is_silent_is_refused_and_never_fires_later() {
     let port = free_port();
     let endpoint = format!("tcp/127.0.0.1:{port}");
     let dir = private_dir("safety-stale-rearm");
-    // Up for 1 s, silent for 1.5 s, then back 1 rad away (moved while stopped).
+    // Up for 2 s, silent for 1.5 s, then back 1 rad away (moved while stopped).
+    // The requests are timed on the robot's clock, so a slow start of reflex (a
+    // loaded machine) does not shift the phases.
+    let robot_started = Instant::now();
     let robot = ScriptedRobot::start(&endpoint, |t, s| {
-        let back = t > Duration::from_millis(2500);
+        let back = t > Duration::from_millis(3500);
         s.position[..3].copy_from_slice(&[if back { 1.1 } else { 0.1 }, 0.2, 0.3]);
-        t < Duration::from_millis(1000) || back
+        t < Duration::from_millis(2000) || back
     });
     let mut child = start_run(
         "launch/zenoh_arm.toml",
         &endpoint,
         &dir,
-        &["--duration", "4.5"],
+        &["--duration", "5.5"],
     );
     let tap = CommandTap::start(&endpoint, "zarm");
-    std::thread::sleep(Duration::from_millis(1800));
+    let at = |ms: u64| {
+        let due = robot_started + Duration::from_millis(ms);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    };
+    at(2800);
     let answer = operator(&dir, "zarm", "rearm");
     assert!(
         answer.contains("refused: no fresh valid joint state"),
         "{answer}"
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    at(4300);
     let answer = operator(&dir, "zarm", "rearm");
     assert!(answer.contains("rad from the held command"), "{answer}");
     assert!(child.wait().unwrap().success());

@@ -2,6 +2,8 @@
 //!
 //! - [`sim_arm`]: a simulated planar arm with servo dynamics, a top-down camera and
 //!   an optional gripper, the stand-in for hardware in demos and tests.
+//! - [`audio`]: sound from a WAV file as raw windows or log-mel spectrograms
+//!   ([`mel`], librosa's), stepped deterministically under the simulated clock.
 //! - [`taxels`]: a tactile array on a serial port (a documented frame format with a
 //!   CRC), as a tensor stream.
 //!
@@ -9,6 +11,8 @@
 //!
 //! Each kind owns its launch-file table and registers itself in [`register`].
 
+pub mod audio;
+pub mod mel;
 pub mod sim_arm;
 pub mod taxels;
 
@@ -18,4 +22,5 @@ use reflex_runtime::registry::Registry;
 pub fn register(registry: &mut Registry) {
     registry.driver(sim_arm::SimArmKind);
     registry.driver(taxels::SerialTaxelsKind);
+    registry.driver(audio::AudioKind);
 }

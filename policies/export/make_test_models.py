@@ -31,6 +31,8 @@ and return `actions` float32 [1,10,3] rad:
   samples it was fed;
 - chunk_taxels.onnx: `state` [1,3] and `taxels` [1,4,4] -> actions [1,10,3] = the
   state plus 1e-3 x (sum of the taxels, their maximum, 0);
+- chunk_mel.onnx: `state` [1,3] and `mel` [1,8,5] (a log-mel spectrogram, dB) ->
+  actions [1,10,3] = the state plus 1e-3 x (mean of the spectrogram, its maximum, 0);
 - chunk_image_mean.onnx: `image` [1,3,32,32] in [0, 1] and `state` [1,3] ->
   actions [1,10,3] = the state plus 0.1 x the image's mean brightness: every chunk
   shows which camera frame it saw (camera tests with gray frames);
@@ -265,6 +267,7 @@ def targets_models():
         [tensor("actions", [1, HORIZON, JOINTS])],
         [const("brightness_scale", np.array(BRIGHTNESS_SCALE, np.float32)), axis1, repeat],
     )
+    mel = stats_graph("chunk_mel", "mel", [1, 8, 5])
     taxels = helper.make_graph(
         [
             helper.make_node("ReduceSum", ["taxels", "all_axes"], ["sum0"], keepdims=0),
@@ -285,7 +288,31 @@ def targets_models():
          axis1, repeat],
     )
     return {"chunk_gripper.onnx": gripper, "chunk_velocity.onnx": velocity, "chunk_tensor.onnx": sensors,
-            "chunk_image_mean.onnx": image_mean, "chunk_taxels.onnx": taxels}
+            "chunk_image_mean.onnx": image_mean, "chunk_taxels.onnx": taxels, "chunk_mel.onnx": mel}
+
+
+def stats_graph(name, input_name, shape):
+    """state [1,3] and `input_name` -> actions = state + 1e-3 x (mean, max, 0) of the input."""
+    axes = list(range(len(shape)))
+    return helper.make_graph(
+        [
+            helper.make_node("ReduceMean", [input_name], ["mean0"], axes=axes, keepdims=0),
+            helper.make_node("ReduceMax", [input_name], ["max0"], axes=axes, keepdims=0),
+            helper.make_node("Reshape", ["mean0", "one"], ["mean1"]),
+            helper.make_node("Reshape", ["max0", "one"], ["max1"]),
+            helper.make_node("Concat", ["mean1", "max1", "zero1"], ["stats"], axis=0),
+            helper.make_node("Mul", ["stats", "scale"], ["offset"]),
+            helper.make_node("Add", ["state", "offset"], ["row2"]),
+            helper.make_node("Unsqueeze", ["row2", "axis1"], ["row"]),
+            helper.make_node("Expand", ["row", "repeat"], ["actions"]),
+        ],
+        name,
+        [tensor("state", [1, JOINTS]), tensor(input_name, shape)],
+        [tensor("actions", [1, HORIZON, JOINTS])],
+        [const("one", np.array([1], np.int64)), const("zero1", np.zeros(1, np.float32)),
+         const("scale", np.array(SENSOR_SCALE, np.float32)), const("axis1", np.array([1], np.int64)),
+         const("repeat", np.array([1, HORIZON, 1], np.int64))],
+    )
 
 
 def build_targets(out_dir: str):
@@ -302,6 +329,11 @@ def build_targets(out_dir: str):
             offset = SENSOR_SCALE * np.array([taxels.sum(), taxels.max(), 0], np.float32)
             want = np.repeat((state[:, :JOINTS] + offset)[:, None, :], HORIZON, axis=1)
             result = session.run(["actions"], {"state": state[:, :JOINTS], "taxels": taxels})[0]
+        elif name == "chunk_mel.onnx":
+            mel = np.linspace(-80, -3, 40, dtype=np.float32).reshape(1, 8, 5)
+            offset = SENSOR_SCALE * np.array([mel.mean(), mel.max(), 0], np.float32)
+            want = np.repeat((state[:, :JOINTS] + offset)[:, None, :], HORIZON, axis=1)
+            result = session.run(["actions"], {"state": state[:, :JOINTS], "mel": mel})[0]
         elif name == "chunk_image_mean.onnx":
             image = np.full((1, *IMAGE), 0.25, np.float32)
             want = np.repeat((state[:, :JOINTS] + BRIGHTNESS_SCALE * 0.25)[:, None, :], HORIZON, axis=1)
