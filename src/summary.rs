@@ -127,15 +127,42 @@ impl<'a> Report<'a> {
                 s.refusals
             );
         }
-        for fault in s.stream_faults.iter().filter(|f| f.episodes > 0) {
+        for (i, fault) in s.stream_faults.iter().enumerate() {
+            let name = format!("`{}`", fault.name);
+            let (age, skew) = (
+                s.stream_age
+                    .get(i)
+                    .map(|d| d.percentiles())
+                    .unwrap_or_default(),
+                s.stream_skew
+                    .get(i)
+                    .map(|d| d.percentiles())
+                    .unwrap_or_default(),
+            );
             let _ = writeln!(
                 out,
-                "  stream {:<11} stale {} times, {:.2} s in all: {}",
-                format!("`{}`", fault.name),
-                fault.episodes,
-                fault.stale_ticks as f64 / self.rate_hz,
-                fault.on_stale.verb()
+                "  stream {name:<11} {} samples; fed {:.1} / {:.1} ms old (p50 / p99), \
+                 {:.1} / {:.1} ms from the joint state{}",
+                fault.samples,
+                age.p50_us / 1e3,
+                age.p99_us / 1e3,
+                skew.p50_us / 1e3,
+                skew.p99_us / 1e3,
+                if fault.misaligned > 0 {
+                    format!(", {} observations misaligned", fault.misaligned)
+                } else {
+                    String::new()
+                }
             );
+            if fault.episodes > 0 {
+                let _ = writeln!(
+                    out,
+                    "  stream {name:<11} stale {} times, {:.2} s in all: {}",
+                    fault.episodes,
+                    fault.stale_ticks as f64 / self.rate_hz,
+                    fault.on_stale.verb()
+                );
+            }
         }
         let _ = writeln!(
             out,
@@ -211,12 +238,22 @@ impl<'a> Report<'a> {
             "dropped_commands": s.dropped_commands,
             "dropped_bus_messages": s.dropped_bus_messages,
             "bad_robot_messages": s.bad_robot_messages,
-            "streams": s.stream_faults.iter().map(|f| json!({
-                "name": f.name,
-                "on_stale": f.on_stale,
-                "stale_episodes": f.episodes,
-                "stale_ticks": f.stale_ticks,
-            })).collect::<Vec<_>>(),
+            "streams": s.stream_faults.iter().enumerate().map(|(i, f)| {
+                let ms = |d: Option<&reflex_runtime::stats::Distribution>| {
+                    let p = d.map(|d| d.percentiles()).unwrap_or_default();
+                    json!({"p50": p.p50_us / 1e3, "p99": p.p99_us / 1e3, "max": p.max_us / 1e3})
+                };
+                json!({
+                    "name": f.name,
+                    "on_stale": f.on_stale,
+                    "stale_episodes": f.episodes,
+                    "stale_ticks": f.stale_ticks,
+                    "samples": f.samples,
+                    "misaligned": f.misaligned,
+                    "age_ms": ms(s.stream_age.get(i)),
+                    "skew_ms": ms(s.stream_skew.get(i)),
+                })
+            }).collect::<Vec<_>>(),
             "log": self.run.log.as_ref().map(|l| json!({"records": l.records, "dropped": l.dropped, "error": l.error})),
             "tasks": self.run.task.iter().map(|t| json!({
                 "task": t.task,

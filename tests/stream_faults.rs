@@ -122,3 +122,38 @@ fn stream_settings_name_declared_image_streams() {
     let err = check("streams.top.on_stale=\"panic\"");
     assert!(err.contains("streams.top.on_stale"), "{err}");
 }
+
+/// Skew between each stream and the joint state is measured; `sample = "aligned"`
+/// feeds only samples within `tolerance_ms` of the state and pauses the others.
+#[test]
+fn aligned_streams_feed_only_samples_close_to_the_joint_state() {
+    // A 7 fps camera: the newest frame is 0 to 143 ms older than the state.
+    let (latest, _) = run_with("stream-latest", &["drivers[0].camera.fps=7.0"]);
+    let stream = &latest["streams"][0];
+    assert!(stream["samples"].as_u64().unwrap() >= 30, "{stream}");
+    assert!(
+        stream["skew_ms"]["max"].as_f64().unwrap() > 20.0,
+        "the latest frame is often far from the state: {stream}"
+    );
+    assert_eq!(stream["misaligned"], 0);
+    let (aligned, ticks) = run_with(
+        "stream-aligned",
+        &[
+            "drivers[0].camera.fps=7.0",
+            "streams.top.sample=\"aligned\"",
+            "streams.top.tolerance_ms=20.0",
+        ],
+    );
+    let stream = &aligned["streams"][0];
+    // (The summary's histograms keep 3 significant digits.)
+    assert!(
+        stream["skew_ms"]["max"].as_f64().unwrap() <= 20.05,
+        "a frame farther than the tolerance was fed: {stream}"
+    );
+    assert!(stream["misaligned"].as_u64().unwrap() > 0, "{stream}");
+    assert!(
+        !ticks.is_empty(),
+        "aligned observations were still requested"
+    );
+    assert_eq!(aligned["estop"], false);
+}

@@ -540,6 +540,8 @@ struct Running {
     history: ObservationHistory,
     /// Per sensor stream (cameras, then tensors): stale on the last tick.
     stale: Vec<bool>,
+    /// Per sensor stream: the sequence number seen last (to count new samples).
+    seen_seq: Vec<u64>,
     /// A stale stream with `on_stale = "pause"`: no new chunk is requested.
     paused: bool,
     /// The first tick's time (a stream with no sample yet is as old as the run).
@@ -649,6 +651,16 @@ impl ControlLoop {
             joints,
             &self.cameras,
             &self.tensors,
+            // Aligned streams choose among their last 16 samples.
+            if self
+                .stream_watches
+                .iter()
+                .any(|w| w.align_tolerance_ns.is_some())
+            {
+                16
+            } else {
+                0
+            },
         );
         let mut r = Running {
             core,
@@ -665,6 +677,7 @@ impl ControlLoop {
             },
             history,
             stale: vec![false; self.cameras.len() + self.tensors.len()],
+            seen_seq: vec![0; self.cameras.len() + self.tensors.len()],
             paused: false,
             first_tick_ns: None,
             stats: RunStats {
@@ -676,7 +689,19 @@ impl ControlLoop {
                         on_stale: w.on_stale,
                         episodes: 0,
                         stale_ticks: 0,
+                        samples: 0,
+                        misaligned: 0,
                     })
+                    .collect(),
+                stream_skew: self
+                    .stream_watches
+                    .iter()
+                    .map(|_| Distribution::default())
+                    .collect(),
+                stream_age: self
+                    .stream_watches
+                    .iter()
+                    .map(|_| Distribution::default())
                     .collect(),
                 ..RunStats::default()
             },
@@ -914,12 +939,7 @@ impl ControlLoop {
             r.obs.stamp_ns = t.now_ns;
             r.obs.joints = state;
             r.obs.command = command.position;
-            for (image, camera) in r.obs.images.iter_mut().zip(&mut self.cameras) {
-                image.copy_from(camera.frames.latest());
-            }
-            for (tensor, port) in r.obs.tensors.iter_mut().zip(&mut self.tensors) {
-                tensor.copy_from(port.samples.latest());
-            }
+            let usable = self.snapshot_sensors(r, state.stamp_ns, t.now_ns);
             r.history.fill(&mut r.obs);
             // What runs while this chunk is computed, for strategies such as RTC.
             let delay = if self.clock.is_simulated() {
@@ -932,34 +952,7 @@ impl ControlLoop {
                 .core
                 .executor
                 .committed(t.tick, delay, &mut r.obs.committed);
-            for ((image, watch), stale) in r
-                .obs
-                .images
-                .iter_mut()
-                .zip(&self.stream_watches)
-                .zip(&r.stale)
-            {
-                if *stale && watch.on_stale == OnStale::Mask {
-                    // Absent to the policy: a black image, its mask false.
-                    image.width = 0;
-                    image.height = 0;
-                }
-            }
-            let cameras = r.obs.images.len();
-            for ((tensor, watch), stale) in r
-                .obs
-                .tensors
-                .iter_mut()
-                .zip(&self.stream_watches[cameras..])
-                .zip(&r.stale[cameras..])
-            {
-                if *stale && watch.on_stale == OnStale::Mask {
-                    // Absent to the policy: zeros.
-                    tensor.seq = 0;
-                    tensor.values.fill(0.0);
-                }
-            }
-            if self.worker.request(&r.obs) && self.clock.is_simulated() {
+            if usable && self.worker.request(&r.obs) && self.clock.is_simulated() {
                 r.inference_due
                     .push_back(t.tick + self.sim_inference_ticks.max(1));
             }
@@ -967,6 +960,89 @@ impl ControlLoop {
 
         self.publish_status(r, t, stopping);
         Ok(())
+    }
+
+    /// Copies each sensor stream's sample into the observation: the newest, or
+    /// for `aligned` streams the one captured closest to the joint state
+    /// (`reference_ns`); a stale or misaligned stream with `on_stale = "mask"` is
+    /// absent (black image, zeros). Records each sample's skew and age. Returns
+    /// false when a misaligned stream pauses (or stops) this observation.
+    fn snapshot_sensors(&mut self, r: &mut Running, reference_ns: u64, now_ns: u64) -> bool {
+        let cameras = self.cameras.len();
+        let mut usable = true;
+        for (i, watch) in self.stream_watches.iter().enumerate() {
+            let (latest_seq, latest_stamp) = match i.checked_sub(cameras) {
+                None => {
+                    let latest = self.cameras[i].frames.latest();
+                    r.obs.images[i].copy_from(latest);
+                    (latest.seq, latest.stamp_ns)
+                }
+                Some(k) => {
+                    let latest = self.tensors[k].samples.latest();
+                    r.obs.tensors[k].copy_from(latest);
+                    (latest.seq, latest.stamp_ns)
+                }
+            };
+            let mut stamp = (latest_seq != 0).then_some(latest_stamp);
+            let mut absent = r.stale[i] && watch.on_stale == OnStale::Mask;
+            if let Some(tolerance) = watch.align_tolerance_ns
+                && latest_seq != 0
+            {
+                let closest = match i.checked_sub(cameras) {
+                    None => r.history.closest_image(i, reference_ns).map(|img| {
+                        r.obs.images[i].copy_from(img);
+                        img.stamp_ns
+                    }),
+                    Some(k) => r.history.closest_tensor(k, reference_ns).map(|sample| {
+                        r.obs.tensors[k].copy_from(sample);
+                        sample.stamp_ns
+                    }),
+                };
+                stamp = closest.or(stamp);
+                if stamp.is_none_or(|s| s.abs_diff(reference_ns) > tolerance) {
+                    r.stats.stream_faults[i].misaligned += 1;
+                    match watch.on_stale {
+                        OnStale::Ignore => {}
+                        OnStale::Mask => absent = true,
+                        OnStale::Pause | OnStale::Stop => usable = false,
+                    }
+                }
+            }
+            if absent {
+                match i.checked_sub(cameras) {
+                    // Absent to the policy: a black image, its mask false.
+                    None => {
+                        r.obs.images[i].width = 0;
+                        r.obs.images[i].height = 0;
+                    }
+                    // Zeros.
+                    Some(k) => {
+                        r.obs.tensors[k].seq = 0;
+                        r.obs.tensors[k].values.fill(0.0);
+                    }
+                }
+            }
+        }
+        if usable {
+            // What is fed: each present sample's distance from the state, and age.
+            for i in 0..self.stream_watches.len() {
+                let stamp = match i.checked_sub(cameras) {
+                    None => {
+                        let image = &r.obs.images[i];
+                        (image.seq != 0 && image.width > 0).then_some(image.stamp_ns)
+                    }
+                    Some(k) => {
+                        let sample = &r.obs.tensors[k];
+                        (sample.seq != 0).then_some(sample.stamp_ns)
+                    }
+                };
+                if let Some(stamp) = stamp {
+                    r.stats.stream_skew[i].record_ns(stamp.abs_diff(reference_ns));
+                    r.stats.stream_age[i].record_ns(now_ns.saturating_sub(stamp));
+                }
+            }
+        }
+        usable
     }
 
     /// Applies operator requests (and the deadman); each is logged with its
@@ -987,6 +1063,10 @@ impl ControlLoop {
                     (sample.seq, sample.stamp_ns)
                 }
             };
+            if seq != r.seen_seq[i] {
+                r.seen_seq[i] = seq;
+                r.stats.stream_faults[i].samples += 1;
+            }
             let since = if seq == 0 { start } else { stamp_ns };
             let stale = t.now_ns.saturating_sub(since) > watch.max_age_ns;
             let fault = &mut r.stats.stream_faults[i];

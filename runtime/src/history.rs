@@ -80,6 +80,8 @@ impl<T> Ring<T> {
 /// The past the tick keeps for `frames - 1` earlier observations.
 pub struct ObservationHistory {
     frames: usize,
+    /// Some stream takes the sample closest to a time (`sample = "aligned"`).
+    aligned: bool,
     ticks_per_frame: usize,
     period_ns: u64,
     states: Ring<JointState>,
@@ -99,14 +101,17 @@ impl ObservationHistory {
         joints: usize,
         cameras: &[CameraPort],
         tensors: &[TensorPort],
+        align_depth: usize,
     ) -> Self {
         let frames = frames.max(1);
         let ticks_per_frame = ticks_per_frame.max(1);
         // At most one new sample a tick can be seen; one more so that the sample
-        // at exactly `frames - 1` periods back is still there.
-        let depth = (frames - 1) * ticks_per_frame + 2;
+        // at exactly `frames - 1` periods back is still there. Aligned streams keep
+        // at least `align_depth` samples to choose from.
+        let depth = ((frames - 1) * ticks_per_frame + 2).max(align_depth);
         Self {
             frames,
+            aligned: align_depth > 0,
             ticks_per_frame,
             period_ns,
             states: Ring::new(vec![JointState::empty(joints); depth]),
@@ -121,9 +126,20 @@ impl ObservationHistory {
         }
     }
 
-    /// True when the policy sees past observations (and the tick must record).
+    /// True when the policy sees past observations or a stream is aligned (and the
+    /// tick must record).
     pub fn is_needed(&self) -> bool {
-        self.frames > 1
+        self.frames > 1 || self.aligned
+    }
+
+    /// Camera `i`'s recorded frame captured closest to `stamp_ns`.
+    pub fn closest_image(&self, i: usize, stamp_ns: u64) -> Option<&Image> {
+        closest(self.images.get(i)?, stamp_ns)
+    }
+
+    /// Tensor stream `i`'s recorded sample captured closest to `stamp_ns`.
+    pub fn closest_tensor(&self, i: usize, stamp_ns: u64) -> Option<&TensorSample> {
+        closest(self.tensors.get(i)?, stamp_ns)
     }
 
     /// Records this tick's state (None when it was invalid: the last valid one is
@@ -178,6 +194,13 @@ impl ObservationHistory {
     }
 }
 
+/// The sample whose stamp is nearest `stamp_ns` (the newer among equals).
+fn closest<T: Stamped>(ring: &Ring<T>, stamp_ns: u64) -> Option<&T> {
+    (0..ring.len)
+        .filter_map(|back| ring.back(back))
+        .min_by_key(|s| s.stamp_ns().abs_diff(stamp_ns))
+}
+
 fn push_if_new<T: Stamped>(ring: &mut Ring<T>, latest: &T) {
     let is_new = ring
         .back(0)
@@ -227,7 +250,7 @@ mod tests {
             len: 2,
         }];
         // 3 frames, 4 ticks a frame, 10 ms a tick.
-        let mut history = ObservationHistory::new(3, 4, 40_000_000, 1, &cameras, &tensors);
+        let mut history = ObservationHistory::new(3, 4, 40_000_000, 1, &cameras, &tensors, 0);
         let mut obs = Observation::blank(1, &[(2, 1)], &[2], 3, 0);
         for tick in 0..=10u64 {
             // A tensor sample every third tick.
@@ -266,9 +289,27 @@ mod tests {
             "frame 0 is the observation itself"
         );
         assert_eq!(obs.frame(2).joints.position[0], 2.0);
+        // The frame captured closest to a time, on either side of it.
+        assert_eq!(
+            history.closest_image(0, 61_000_000).unwrap().stamp_ns,
+            60_000_000
+        );
+        assert_eq!(
+            history.closest_image(0, 69_000_000).unwrap().stamp_ns,
+            60_000_000
+        );
+        assert_eq!(
+            history.closest_image(0, 71_000_000).unwrap().stamp_ns,
+            80_000_000
+        );
+        assert_eq!(
+            history.closest_tensor(0, 40_000_000).unwrap().stamp_ns,
+            30_000_000
+        );
+        assert!(history.closest_image(1, 0).is_none());
 
         // Right after the start only the first sample exists: it stands in.
-        let mut young = ObservationHistory::new(3, 4, 40_000_000, 1, &cameras, &tensors);
+        let mut young = ObservationHistory::new(3, 4, 40_000_000, 1, &cameras, &tensors, 0);
         young.record(Some(&state(7.0)), &mut cameras, &mut tensors);
         young.record(None, &mut cameras, &mut tensors);
         young.fill(&mut obs);

@@ -244,6 +244,13 @@ pub struct StreamConfig {
     /// `ignore`, `mask`, `pause` (default) or `stop`.
     #[serde(default)]
     pub on_stale: OnStale,
+    /// `latest` (default) or `aligned`: the sample closest to the joint state's
+    /// capture time, within `tolerance_ms`.
+    #[serde(default)]
+    pub sample: crate::stream::Sampling,
+    /// `aligned`: the largest skew accepted, ms (default 20).
+    #[serde(default = "defaults::align_tolerance_ms")]
+    pub tolerance_ms: f64,
 }
 
 /// `[execution]`: how the actions of a chunk become commands.
@@ -432,6 +439,9 @@ pub struct WorkspaceConfig {
 mod defaults {
     pub fn stream_max_age_ms() -> f64 {
         500.0
+    }
+    pub fn align_tolerance_ms() -> f64 {
+        20.0
     }
     pub fn strategy() -> String {
         "replace".into()
@@ -877,6 +887,11 @@ impl Launch {
                 Some(_) => {}
             }
             self.check_range(&format!("{at}.max_age_ms"), config.max_age_ms, MAX_STALE_MS)?;
+            self.check_range(
+                &format!("{at}.tolerance_ms"),
+                config.tolerance_ms,
+                MAX_STALE_MS,
+            )?;
         }
         if let Some(source) = &self.config.task.source {
             let stream = source.strip_suffix(".text").unwrap_or("");
@@ -924,6 +939,9 @@ impl Launch {
                 StreamWatch {
                     max_age_ns: (max_age_ms * 1e6) as u64,
                     on_stale: config.map(|c| c.on_stale).unwrap_or_default(),
+                    align_tolerance_ns: config
+                        .filter(|c| c.sample == crate::stream::Sampling::Aligned)
+                        .map(|c| (c.tolerance_ms * 1e6) as u64),
                     name,
                 }
             })

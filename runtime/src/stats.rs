@@ -92,8 +92,13 @@ pub struct RunStats {
     pub dropped_bus_messages: u64,
     /// Messages from the robot its driver refused (undecodable, wrong joint count).
     pub bad_robot_messages: u64,
-    /// Per camera: how often it went stale and what that did.
+    /// Per sensor stream: how often it went stale and what that did.
     pub stream_faults: Vec<crate::stream::StreamFaults>,
+    /// Per sensor stream, per observation: |sample's capture stamp - the joint
+    /// state's| (the skew between the stream and the state the policy saw).
+    pub stream_skew: Vec<Distribution>,
+    /// Per sensor stream, per observation: how old the sample fed was.
+    pub stream_age: Vec<Distribution>,
 }
 
 #[cfg(test)]

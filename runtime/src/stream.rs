@@ -173,6 +173,31 @@ pub struct StreamWatch {
     /// Older than this (or nothing yet this long after the start) is stale.
     pub max_age_ns: u64,
     pub on_stale: OnStale,
+    /// `sample = "aligned"`: the sample closest to the joint state's capture time
+    /// is fed, and none within this many ns makes the observation misaligned.
+    pub align_tolerance_ns: Option<u64>,
+}
+
+/// `[streams.<name>] sample`: which sample an observation takes.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampling {
+    /// The newest sample.
+    #[default]
+    Latest,
+    /// The sample captured closest to the joint state's capture time, within
+    /// `tolerance_ms` (from a short history of the stream).
+    Aligned,
 }
 
 /// What one stream's staleness did during a run.
@@ -184,4 +209,9 @@ pub struct StreamFaults {
     pub episodes: u64,
     /// Ticks it was stale.
     pub stale_ticks: u64,
+    /// New samples the loop saw.
+    pub samples: u64,
+    /// Observations an `aligned` stream had no sample within its tolerance for
+    /// (handled as stale for that observation).
+    pub misaligned: u64,
 }
