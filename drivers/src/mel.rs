@@ -191,7 +191,9 @@ pub fn mel_filters(config: &MelConfig, sample_rate: f64) -> Vec<Vec<f64>> {
 /// A log-mel spectrogram of fixed-size windows.
 pub struct LogMel {
     config: MelConfig,
-    filters: Vec<Vec<f64>>,
+    /// Each filter's non-zero span: its first FFT bin and the weights from there
+    /// (most of a mel filter is zero).
+    filters: Vec<(usize, Vec<f64>)>,
     window: Vec<f64>,
     fft: Arc<dyn Fft<f64>>,
     buffer: Vec<Complex<f64>>,
@@ -204,8 +206,16 @@ impl LogMel {
         let n = config.n_fft;
         let fft = FftPlanner::new().plan_fft_forward(n);
         let scratch = vec![Complex::default(); fft.get_inplace_scratch_len()];
+        let filters = mel_filters(config, sample_rate)
+            .into_iter()
+            .map(|w| {
+                let first = w.iter().position(|v| *v != 0.0).unwrap_or(0);
+                let last = w.iter().rposition(|v| *v != 0.0).map_or(first, |l| l + 1);
+                (first, w[first..last].to_vec())
+            })
+            .collect();
         Self {
-            filters: mel_filters(config, sample_rate),
+            filters,
             // Periodic Hann (scipy.signal.get_window('hann', n, fftbins=True)).
             window: (0..n)
                 .map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos())
@@ -232,15 +242,18 @@ impl LogMel {
             self.fft
                 .process_with_scratch(&mut self.buffer, &mut self.scratch);
             for (p, b) in self.power.iter_mut().zip(&self.buffer) {
-                let magnitude = b.norm();
                 *p = if c.power == 2.0 {
-                    magnitude * magnitude
+                    b.norm_sqr()
                 } else {
-                    magnitude.powf(c.power)
+                    b.norm().powf(c.power)
                 };
             }
-            for (m, filter) in self.filters.iter().enumerate() {
-                let energy: f64 = filter.iter().zip(&self.power).map(|(w, p)| w * p).sum();
+            for (m, (first, weights)) in self.filters.iter().enumerate() {
+                let energy: f64 = weights
+                    .iter()
+                    .zip(&self.power[*first..])
+                    .map(|(w, p)| w * p)
+                    .sum();
                 let db = 10.0 * energy.max(c.amin).log10() - 10.0 * c.reference.max(c.amin).log10();
                 db_max = db_max.max(db);
                 out[m * frames + t] = db as f32;
