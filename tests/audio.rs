@@ -5,14 +5,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
 use common::*;
 use reflex_drivers::audio::read_wav;
 use reflex_drivers::mel::{LogMel, MelConfig, MelNorm};
-use reflex_runtime::log::{Record, read_log};
 
 /// A chirp with a little deterministic noise, 16-bit PCM.
 fn write_wav(path: &Path, sample_rate: u32, seconds: f64, channels: u16) {
@@ -160,26 +158,10 @@ fn a_wav_file_feeds_the_spectrogram_of_the_window_due_at_each_tick() {
     let dir = scratch("audio-run");
     let wav = dir.join("chirp.wav");
     write_wav(&wav, 8_000, 3.0, 1);
-    let policy = format!(
-        r#"[policy]
-kind = "chunk"
-model = "{model}"
-intra_threads = 1
-
-[[policy.inputs]]
-name = "state"
-source = "arm.position"
-shape = [1, 3]
-
-[[policy.inputs]]
-name = "mel"
-source = "mic.data"
-shape = [1, 8, 5]
-
-[policy.actions]
-horizon = 10
-"#,
-        model = fixture("chunk_mel.onnx").display(),
+    let policy = chunk_policy(
+        "chunk_mel.onnx",
+        "\n[[policy.inputs]]\nname = \"mel\"\nsource = \"mic.data\"\nshape = [1, 8, 5]\n",
+        10,
     );
     let text = format!(
         "{}\n[[drivers]]\nkind = \"audio\"\nname = \"mic\"\nfile = {:?}\nwindow_ms = 100.0\n\
@@ -212,41 +194,28 @@ horizon = 10
     let mut c = config(256, 128, 8);
     c.fmax = None;
     let mut mel = LogMel::new(&c, 8_000.0);
-    let contents = read_log(&log).unwrap();
-    let mut states: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
     let mut checked = 0;
-    for record in &contents.records {
-        match record {
-            Record::Tick(t) => {
-                states.insert(t.tick, t.state.positions().to_vec());
-            }
-            Record::Chunk { chunk, .. } => {
-                let tick = chunk.conditioned_on_tick;
-                let state = &states[&tick];
-                // 100 Hz ticks, a window every 50 ms (400 samples) ending at the
-                // newest hop boundary; 800 samples, silence before the start.
-                let end = (tick / 5) as usize * 400;
-                let window: Vec<f32> = (0..800)
-                    .map(|i| {
-                        let at = end as i64 - 800 + i as i64;
-                        if at < 0 { 0.0 } else { samples[at as usize] }
-                    })
-                    .collect();
-                let mut features = vec![0.0f32; 40];
-                mel.compute(&window, &mut features);
-                let mean = features.iter().map(|v| f64::from(*v)).sum::<f64>() / 40.0;
-                let max = features.iter().fold(f64::MIN, |m, v| m.max(f64::from(*v)));
-                let got_mean = (f64::from(chunk.actions[0]) - state[0]) / 1e-3;
-                let got_max = (f64::from(chunk.actions[1]) - state[1]) / 1e-3;
-                assert!(
-                    (got_mean - mean).abs() < 0.05 && (got_max - max).abs() < 0.05,
-                    "tick {tick}: saw mean {got_mean:.3} max {got_max:.3}, the window ending at \
-                     sample {end} has {mean:.3} / {max:.3}"
-                );
-                checked += 1;
-            }
-            _ => {}
-        }
+    for (tick, offset) in chunk_offsets(&log) {
+        // 100 Hz ticks, a window every 50 ms (400 samples) ending at the newest hop
+        // boundary; 800 samples, silence before the start.
+        let end = (tick / 5) as usize * 400;
+        let window: Vec<f32> = (0..800)
+            .map(|i| {
+                let at = end as i64 - 800 + i as i64;
+                if at < 0 { 0.0 } else { samples[at as usize] }
+            })
+            .collect();
+        let mut features = vec![0.0f32; 40];
+        mel.compute(&window, &mut features);
+        let mean = features.iter().map(|v| f64::from(*v)).sum::<f64>() / 40.0;
+        let max = features.iter().fold(f64::MIN, |m, v| m.max(f64::from(*v)));
+        let (got_mean, got_max) = (offset[0] / 1e-3, offset[1] / 1e-3);
+        assert!(
+            (got_mean - mean).abs() < 0.05 && (got_max - max).abs() < 0.05,
+            "tick {tick}: saw mean {got_mean:.3} max {got_max:.3}, the window ending at \
+             sample {end} has {mean:.3} / {max:.3}"
+        );
+        checked += 1;
     }
     assert!(checked >= 5, "{checked} chunks");
 }

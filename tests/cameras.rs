@@ -13,7 +13,6 @@ use common::*;
 use opencv::core::{CV_8UC3, Mat, Scalar, Size};
 use opencv::prelude::*;
 use opencv::videoio::{VideoWriter, VideoWriterTrait};
-use reflex_runtime::log::{Record, read_log};
 
 const FPS: f64 = 10.0;
 const FRAMES: usize = 30;
@@ -44,27 +43,16 @@ fn write_levels(path: &Path, level: impl Fn(usize) -> f64) {
 }
 
 fn launch_text(camera: &str) -> String {
-    let policy = format!(
-        r#"[policy]
-kind = "chunk"
-model = "{model}"
-intra_threads = 1
-
+    let policy = chunk_policy(
+        "chunk_image_mean.onnx",
+        r#"
 [[policy.inputs]]
 name = "image"
 source = "cam.image"
 shape = [1, 3, 32, 32]
-image = {{ resize = [32, 32], layout = "nchw", range = "zero_one" }}
-
-[[policy.inputs]]
-name = "state"
-source = "arm.position"
-shape = [1, 3]
-
-[policy.actions]
-horizon = 10
+image = { resize = [32, 32], layout = "nchw", range = "zero_one" }
 "#,
-        model = fixture("chunk_image_mean.onnx").display(),
+        10,
     );
     format!(
         "{}\n[[drivers]]\nkind = \"opencv_camera\"\nname = \"cam\"\nwidth = 64\nheight = 48\n{camera}\n",
@@ -74,23 +62,10 @@ horizon = 10
 
 /// The gray level each logged chunk saw, by the tick it was conditioned on.
 fn levels_seen(log: &Path) -> BTreeMap<u64, f64> {
-    let contents = read_log(log).unwrap();
-    let mut states: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
-    let mut seen = BTreeMap::new();
-    for record in &contents.records {
-        match record {
-            Record::Tick(t) => {
-                states.insert(t.tick, t.state.positions().to_vec());
-            }
-            Record::Chunk { chunk, .. } => {
-                let state = &states[&chunk.conditioned_on_tick];
-                let offset = f64::from(chunk.actions[0]) - state[0];
-                seen.insert(chunk.conditioned_on_tick, offset / 0.1 * 255.0);
-            }
-            _ => {}
-        }
-    }
-    seen
+    chunk_offsets(log)
+        .into_iter()
+        .map(|(tick, offset)| (tick, offset[0] / 0.1 * 255.0))
+        .collect()
 }
 
 #[test]

@@ -7,11 +7,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use reflex_runtime::log::{Record, read_log};
 use reflex_zenoh::wire;
 use zenoh::Wait;
 
@@ -19,17 +17,9 @@ const TAXEL_VALUE: f32 = 0.01;
 const AUDIO_VALUE: f32 = 0.01;
 
 fn launch_text() -> String {
-    let policy = format!(
-        r#"[policy]
-kind = "chunk"
-model = "{model}"
-intra_threads = 1
-
-[[policy.inputs]]
-name = "state"
-source = "arm.position"
-shape = [1, 3]
-
+    let policy = chunk_policy(
+        "chunk_tensor.onnx",
+        r#"
 [[policy.inputs]]
 name = "taxels"
 source = "taxels.data"
@@ -39,11 +29,8 @@ shape = [1, 4, 4]
 name = "audio"
 source = "mic.samples"
 shape = [1, 8, 1]
-
-[policy.actions]
-horizon = 10
 "#,
-        model = fixture("chunk_tensor.onnx").display(),
+        10,
     );
     format!(
         "{}
@@ -135,33 +122,19 @@ fn taxels_and_audio_over_zenoh_feed_the_policy() {
     }
     assert!(child.wait().unwrap().success());
 
-    let contents = read_log(&log).unwrap();
-    let mut states: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
     let mut seen = Vec::new();
-    for record in &contents.records {
-        match record {
-            Record::Tick(t) => {
-                states.insert(t.tick, t.state.positions().to_vec());
-            }
-            Record::Chunk { chunk, .. } => {
-                let state = &states[&chunk.conditioned_on_tick];
-                let offset = |j: usize| f64::from(chunk.actions[j]) - state[j];
-                // Sample k: taxels sum to 16 k x 0.01, audio to 8 k x 0.01.
-                let taxel_k = offset(0) / (1e-3 * 16.0 * f64::from(TAXEL_VALUE));
-                let audio_k = offset(1) / (1e-3 * 8.0 * f64::from(AUDIO_VALUE));
-                for k in [taxel_k, audio_k] {
-                    assert!(
-                        (k - k.round()).abs() < 0.05,
-                        "chunk {}: offsets {:?} are no whole sample",
-                        chunk.id,
-                        (offset(0), offset(1))
-                    );
-                }
-                assert!(offset(2).abs() < 1e-6);
-                seen.push((taxel_k.round() as u64, audio_k.round() as u64));
-            }
-            _ => {}
+    for (tick, offset) in chunk_offsets(&log) {
+        // Sample k: taxels sum to 16 k x 0.01, audio to 8 k x 0.01.
+        let taxel_k = offset[0] / (1e-3 * 16.0 * f64::from(TAXEL_VALUE));
+        let audio_k = offset[1] / (1e-3 * 8.0 * f64::from(AUDIO_VALUE));
+        for k in [taxel_k, audio_k] {
+            assert!(
+                (k - k.round()).abs() < 0.05,
+                "tick {tick}: offsets {offset:?} are no whole sample"
+            );
         }
+        assert!(offset[2].abs() < 1e-6);
+        seen.push((taxel_k.round() as u64, audio_k.round() as u64));
     }
     assert!(seen.len() >= 5, "{} chunks", seen.len());
     for (taxel_k, audio_k) in &seen {

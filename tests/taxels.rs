@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::FromRawFd;
@@ -14,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use reflex_drivers::taxels::encode_frame;
-use reflex_runtime::log::{Record, read_log};
 
 const BASELINE: u16 = 100;
 const BIAS_FRAMES: u32 = 10;
@@ -45,26 +43,10 @@ fn pty() -> (File, String, File) {
 }
 
 fn launch_text(port: &str) -> String {
-    let policy = format!(
-        r#"[policy]
-kind = "chunk"
-model = "{model}"
-intra_threads = 1
-
-[[policy.inputs]]
-name = "state"
-source = "arm.position"
-shape = [1, 3]
-
-[[policy.inputs]]
-name = "taxels"
-source = "finger.data"
-shape = [1, 4, 4]
-
-[policy.actions]
-horizon = 10
-"#,
-        model = fixture("chunk_taxels.onnx").display(),
+    let policy = chunk_policy(
+        "chunk_taxels.onnx",
+        "\n[[policy.inputs]]\nname = \"taxels\"\nsource = \"finger.data\"\nshape = [1, 4, 4]\n",
+        10,
     );
     format!(
         "{}\n[[drivers]]\nkind = \"serial_taxels\"\nname = \"finger\"\nport = {port:?}\n\
@@ -134,25 +116,11 @@ fn a_serial_taxel_array_reaches_the_policy_bias_removed_and_checked() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
 
-    let contents = read_log(&log).unwrap();
-    let mut states: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
-    let mut seen = Vec::new();
-    let mut raw = Vec::new();
-    for record in &contents.records {
-        match record {
-            Record::Tick(t) => {
-                states.insert(t.tick, t.state.positions().to_vec());
-            }
-            Record::Chunk { chunk, .. } => {
-                let state = &states[&chunk.conditioned_on_tick];
-                let sum = (f64::from(chunk.actions[0]) - state[0]) / 1e-3;
-                let max = (f64::from(chunk.actions[1]) - state[1]) / 1e-3;
-                // After bias removal only taxel 5 is non-zero: sum = max = k.
-                raw.push((sum, max));
-                seen.push(sum.round() as i64);
-            }
-            _ => {}
-        }
+    let (mut seen, mut raw) = (Vec::new(), Vec::new());
+    for (_, offset) in chunk_offsets(&log) {
+        let (sum, max) = (offset[0] / 1e-3, offset[1] / 1e-3);
+        raw.push((sum, max));
+        seen.push(sum.round() as i64);
     }
     // After bias removal only taxel 5 is non-zero: sum = max = k, a whole count.
     for (sum, max) in &raw {

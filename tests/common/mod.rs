@@ -139,3 +139,52 @@ pub fn sim_arm_limits() -> Vec<(f64, f64, f64)> {
         .map(|j| (j.position[0], j.position[1], j.velocity))
         .collect()
 }
+
+/// A `[policy]` table of kind `chunk` for a test fixture `model`: the arm's joint
+/// positions as `state` [1, 3], then `inputs` (more `[[policy.inputs]]` tables, in
+/// the launch-file format), and `horizon` actions.
+pub fn chunk_policy(model: &str, inputs: &str, horizon: usize) -> String {
+    format!(
+        r#"[policy]
+kind = "chunk"
+model = "{model}"
+intra_threads = 1
+
+[[policy.inputs]]
+name = "state"
+source = "arm.position"
+shape = [1, 3]
+{inputs}
+[policy.actions]
+horizon = {horizon}
+"#,
+        model = fixture(model).display(),
+    )
+}
+
+/// For every chunk in a run log: the tick it was conditioned on and its first
+/// action minus the joint state logged at that tick (what fixtures that add
+/// something to the state encode).
+pub fn chunk_offsets(log: &Path) -> Vec<(u64, Vec<f64>)> {
+    let contents = reflex_runtime::log::read_log(log).unwrap();
+    let mut states = std::collections::BTreeMap::new();
+    let mut out = Vec::new();
+    for record in &contents.records {
+        match record {
+            reflex_runtime::log::Record::Tick(t) => {
+                states.insert(t.tick, t.state.positions().to_vec());
+            }
+            reflex_runtime::log::Record::Chunk { chunk, .. } => {
+                let state: &Vec<f64> = &states[&chunk.conditioned_on_tick];
+                let offsets = state
+                    .iter()
+                    .zip(&chunk.actions)
+                    .map(|(s, a)| f64::from(*a) - s)
+                    .collect();
+                out.push((chunk.conditioned_on_tick, offsets));
+            }
+            _ => {}
+        }
+    }
+    out
+}
