@@ -54,7 +54,7 @@ with zenoh.open(conf) as session:
     while time.monotonic() - start < seconds:
         seq += 1
         values = np.random.default_rng(seq).random((16, 16), dtype=np.float32)
-        pub.put(struct.pack("<4sHHQQQQ", b"RFXT", 1, 2, seq, 0, 0, 0) + struct.pack("<2I", 16, 16) + values.tobytes())
+        pub.put(struct.pack("<4sHHQQQQ", b"RFXT", 1, 2, seq, 1, time.monotonic_ns(), time.time_ns()) + struct.pack("<2I", 16, 16) + values.tobytes())
         time.sleep(max(0.0, start + seq / 100 - time.monotonic()))
 PY
 node=$!

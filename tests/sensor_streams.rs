@@ -16,6 +16,14 @@ use zenoh::Wait;
 const TAXEL_VALUE: f32 = 0.01;
 const AUDIO_VALUE: f32 = 0.01;
 
+fn header(seq: u64) -> wire::TensorHeader {
+    wire::TensorHeader {
+        seq,
+        stamp_ns: 0,
+        unix_ns: 0,
+    }
+}
+
 fn launch_text() -> String {
     let policy = chunk_policy(
         "chunk_tensor.onnx",
@@ -95,24 +103,24 @@ fn taxels_and_audio_over_zenoh_feed_the_policy() {
     while started.elapsed() < Duration::from_millis(2000) {
         sent += 1;
         let k = sent as f32;
-        wire::encode_tensor(sent, &[4, 4], &[k * TAXEL_VALUE; 16], 0, &mut buf);
+        wire::encode_tensor(header(sent), &[4, 4], &[k * TAXEL_VALUE; 16], &mut buf);
         session
             .put("reflex/sim_arm/taxels", buf.clone())
             .wait()
             .unwrap();
-        wire::encode_tensor(sent, &[8, 1], &[k * AUDIO_VALUE; 8], 0, &mut buf);
+        wire::encode_tensor(header(sent), &[8, 1], &[k * AUDIO_VALUE; 8], &mut buf);
         session
             .put("reflex/sim_arm/mic", buf.clone())
             .wait()
             .unwrap();
         if sent == 10 {
             // A sample of the wrong shape and one with NaN are refused, not fed.
-            wire::encode_tensor(0, &[2, 8], &[1e3; 16], 0, &mut buf);
+            wire::encode_tensor(header(0), &[2, 8], &[1e3; 16], &mut buf);
             session
                 .put("reflex/sim_arm/taxels", buf.clone())
                 .wait()
                 .unwrap();
-            wire::encode_tensor(0, &[4, 4], &[f32::NAN; 16], 0, &mut buf);
+            wire::encode_tensor(header(0), &[4, 4], &[f32::NAN; 16], &mut buf);
             session
                 .put("reflex/sim_arm/taxels", buf.clone())
                 .wait()
@@ -205,4 +213,87 @@ fn sensor_stream_settings_are_checked_at_their_fields() {
         .unwrap();
     // The model itself wants [1, 4, 4]: the signature check names it.
     assert!(String::from_utf8_lossy(&out.stderr).contains("has shape [1, 4, 4] in the model"));
+}
+
+/// A Python sensor node whose clocks run 5 s behind reflex's: with `clock =
+/// "sender"` the offset is estimated from arrivals and its samples are fresh; read
+/// as synchronized Unix time (`clock = "unix"`) they look 5 s old, so the stream
+/// is stale and no chunk is requested (the negative control).
+#[test]
+fn a_sender_clock_offset_is_recovered() {
+    let run = |clock: &str| -> (serde_json::Value, usize) {
+        let dir = scratch(&format!("sensor-clock-{clock}"));
+        let policy = chunk_policy(
+            "chunk_taxels.onnx",
+            "\n[[policy.inputs]]\nname = \"taxels\"\nsource = \"taxels.data\"\nshape = [1, 4, 4]\n",
+            10,
+        );
+        let text = format!(
+            "{}\n[[drivers]]\nkind = \"zenoh_stream\"\nname = \"taxels\"\nstream = \"tensor\"\n\
+             shape = [4, 4]\nclock = \"{clock}\"\n\n[streams.taxels]\nmax_age_ms = 300\n",
+            demo_with_policy(&policy, 3)
+        );
+        let launch = dir.join("launch.toml");
+        std::fs::write(&launch, text).unwrap();
+        let port = free_port();
+        let endpoint = format!("tcp/127.0.0.1:{port}");
+        let (log, summary_path) = (dir.join("run.log"), dir.join("summary.json"));
+        let args: Vec<String> = [
+            "run",
+            launch.to_str().unwrap(),
+            "--duration",
+            "3",
+            "--set",
+            &format!("zenoh.listen=[\"{endpoint}\"]"),
+            "--log",
+            log.to_str().unwrap(),
+            "--summary-json",
+            summary_path.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut child = spawn_until(&args, "wall clock");
+        let node = std::process::Command::new(repo().join(".venv/bin/python"))
+            .args([
+                "-c",
+                r#"
+import struct, sys, time, zenoh
+conf = zenoh.Config()
+conf.insert_json5("mode", '"peer"')
+conf.insert_json5("connect/endpoints", f'["{sys.argv[1]}"]')
+conf.insert_json5("scouting/multicast/enabled", "false")
+behind = 5_000_000_000
+with zenoh.open(conf) as session:
+    pub = session.declare_publisher("reflex/sim_arm/taxels")
+    for seq in range(1, 201):
+        head = struct.pack("<4sHHQQQQ", b"RFXT", 1, 2, seq, 1,
+                           time.monotonic_ns() - behind, time.time_ns() - behind)
+        pub.put(head + struct.pack("<2I", 4, 4) + struct.pack("<16f", *([0.5] * 16)))
+        time.sleep(0.01)
+"#,
+                &endpoint,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            node.status.success(),
+            "{}",
+            String::from_utf8_lossy(&node.stderr)
+        );
+        assert!(child.wait().unwrap().success());
+        (summary(&summary_path), chunk_offsets(&log).len())
+    };
+    let (recovered, chunks) = run("sender");
+    let stream = &recovered["streams"][1];
+    assert_eq!(stream["name"], "taxels");
+    assert!(chunks >= 3, "{chunks} chunks: {stream}");
+    assert!(
+        stream["age_ms"]["p99"].as_f64().unwrap() < 100.0,
+        "samples fed as if old: {stream}"
+    );
+    let (unsynchronized, chunks) = run("unix");
+    let stream = &unsynchronized["streams"][1];
+    assert_eq!(chunks, 0, "5 s old samples were fed: {stream}");
+    assert!(stream["stale_episodes"].as_u64().unwrap() >= 1, "{stream}");
 }

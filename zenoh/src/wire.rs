@@ -248,11 +248,63 @@ pub fn decode_state(bytes: &[u8]) -> Result<JointState, WireError> {
     Ok(state)
 }
 
-/// Encodes one tensor sample (`RFXT`): the common header with the number of
-/// dimensions in the count field, then each dimension as u32, then the values
-/// as f32, row-major.
-pub fn encode_tensor(seq: u64, shape: &[usize], values: &[f32], unix_ns: u64, out: &mut Vec<u8>) {
-    put_header(out, TENSOR_MAGIC, VERSION, shape.len(), seq, 0, 0, unix_ns);
+/// Element types of a tensor message (`RFXT`, offset 16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    F32 = 1,
+    U8 = 2,
+    U16 = 3,
+    I16 = 4,
+    F64 = 5,
+}
+
+impl Dtype {
+    fn from_code(code: u64) -> Option<Self> {
+        Some(match code {
+            1 => Dtype::F32,
+            2 => Dtype::U8,
+            3 => Dtype::U16,
+            4 => Dtype::I16,
+            5 => Dtype::F64,
+            _ => return None,
+        })
+    }
+
+    fn size(self) -> usize {
+        match self {
+            Dtype::U8 => 1,
+            Dtype::U16 | Dtype::I16 => 2,
+            Dtype::F32 => 4,
+            Dtype::F64 => 8,
+        }
+    }
+}
+
+/// A tensor message's header fields (besides the shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TensorHeader {
+    pub seq: u64,
+    /// Capture time on the sender's monotonic clock, ns (0: unknown).
+    pub stamp_ns: u64,
+    /// Capture time since the Unix epoch, ns (0: unknown).
+    pub unix_ns: u64,
+}
+
+/// Encodes one float32 tensor sample (`RFXT`): the common header (the number of
+/// dimensions in the count field, the dtype code at offset 16, the sender's
+/// monotonic and Unix capture stamps at 24 and 32), then each dimension as u32,
+/// then the values, row-major.
+pub fn encode_tensor(header: TensorHeader, shape: &[usize], values: &[f32], out: &mut Vec<u8>) {
+    put_header(
+        out,
+        TENSOR_MAGIC,
+        VERSION,
+        shape.len(),
+        header.seq,
+        Dtype::F32 as u64,
+        header.stamp_ns,
+        header.unix_ns,
+    );
     for d in shape {
         out.extend_from_slice(&(*d as u32).to_le_bytes());
     }
@@ -261,13 +313,13 @@ pub fn encode_tensor(seq: u64, shape: &[usize], values: &[f32], unix_ns: u64, ou
     }
 }
 
-/// Decodes a tensor sample whose shape must be `shape` into `values` (reused);
-/// returns its sequence number.
+/// Decodes a tensor sample whose shape must be `shape` into `values` as f32
+/// (reused), whatever its dtype.
 pub fn decode_tensor_into(
     bytes: &[u8],
     shape: &[usize],
     values: &mut Vec<f32>,
-) -> Result<u64, TensorWireError> {
+) -> Result<TensorHeader, TensorWireError> {
     if bytes.len() < HEADER {
         return Err(TensorWireError::Wire(WireError::Short(bytes.len())));
     }
@@ -279,6 +331,8 @@ pub fn decode_tensor_into(
     if version != VERSION {
         return Err(TensorWireError::Wire(WireError::Version(version)));
     }
+    let dtype_code = read_u64(bytes, 16);
+    let dtype = Dtype::from_code(dtype_code).ok_or(TensorWireError::Dtype(dtype_code))?;
     let ndim = usize::from(u16::from_le_bytes([bytes[6], bytes[7]]));
     let dims_end = HEADER + 4 * ndim;
     if bytes.len() < dims_end {
@@ -297,20 +351,41 @@ pub fn decode_tensor_into(
         });
     }
     let n: usize = shape.iter().product();
-    if bytes.len() != dims_end + 4 * n {
+    let expected = dims_end + dtype.size() * n;
+    if bytes.len() != expected {
         return Err(TensorWireError::Wire(WireError::Length {
             found: bytes.len(),
-            expected: dims_end + 4 * n,
+            expected,
             joints: n,
         }));
     }
     values.clear();
-    values.extend(
-        bytes[dims_end..]
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-    );
-    Ok(read_u64(bytes, 8))
+    let data = &bytes[dims_end..];
+    match dtype {
+        Dtype::F32 => values.extend(
+            data.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
+        Dtype::F64 => {
+            values.extend(data.chunks_exact(8).map(|b| {
+                f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+            }))
+        }
+        Dtype::U8 => values.extend(data.iter().map(|b| f32::from(*b))),
+        Dtype::U16 => values.extend(
+            data.chunks_exact(2)
+                .map(|b| f32::from(u16::from_le_bytes([b[0], b[1]]))),
+        ),
+        Dtype::I16 => values.extend(
+            data.chunks_exact(2)
+                .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]]))),
+        ),
+    }
+    Ok(TensorHeader {
+        seq: read_u64(bytes, 8),
+        stamp_ns: read_u64(bytes, 24),
+        unix_ns: read_u64(bytes, 32),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -322,6 +397,8 @@ pub enum TensorWireError {
         found: Vec<usize>,
         expected: Vec<usize>,
     },
+    #[error("unknown dtype code {0} (1 f32, 2 u8, 3 u16, 4 i16, 5 f64)")]
+    Dtype(u64),
 }
 
 /// ns since the Unix epoch, for the wall-time stamp of published messages.
@@ -403,13 +480,18 @@ mod tests {
     }
 
     #[test]
-    fn tensors_round_trip_and_refuse_other_shapes() {
+    fn tensors_round_trip_in_any_dtype_and_refuse_other_shapes() {
+        let header = TensorHeader {
+            seq: 4,
+            stamp_ns: 7,
+            unix_ns: 9,
+        };
         let mut buf = Vec::new();
-        encode_tensor(4, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 9, &mut buf);
+        encode_tensor(header, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &mut buf);
         assert_eq!(&buf[..4], b"RFXT");
         assert_eq!(buf.len(), HEADER + 8 + 24);
         let mut values = Vec::new();
-        assert_eq!(decode_tensor_into(&buf, &[2, 3], &mut values), Ok(4));
+        assert_eq!(decode_tensor_into(&buf, &[2, 3], &mut values), Ok(header));
         assert_eq!(values, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         assert!(matches!(
             decode_tensor_into(&buf, &[3, 2], &mut values),
@@ -417,6 +499,19 @@ mod tests {
         ));
         assert!(decode_tensor_into(&buf[..buf.len() - 1], &[2, 3], &mut values).is_err());
         assert!(decode_tensor_into(&buf[..HEADER + 2], &[2, 3], &mut values).is_err());
+        // u16 taxels: the same header with dtype 3 and two bytes a value.
+        let mut u16s = buf[..HEADER + 8].to_vec();
+        u16s[16..24].copy_from_slice(&3u64.to_le_bytes());
+        for v in [10u16, 20, 30, 40, 50, 60] {
+            u16s.extend_from_slice(&v.to_le_bytes());
+        }
+        decode_tensor_into(&u16s, &[2, 3], &mut values).unwrap();
+        assert_eq!(values, vec![10.0, 20.0, 30.0, 40.0, 50.0, 60.0]);
+        u16s[16] = 9;
+        assert_eq!(
+            decode_tensor_into(&u16s, &[2, 3], &mut values),
+            Err(TensorWireError::Dtype(9))
+        );
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! force-torque sensor), audio chunks, or text (a task instruction).
 //!
 //! Tensor and audio samples are `RFXT` messages (see [`crate::wire`]) whose shape
-//! must be the declared one; text is a UTF-8 payload. Samples are stamped on
-//! arrival with this machine's monotonic clock (so staleness measures how long
-//! the sensor has been silent) and numbered here, so a replayed message cannot
-//! look older than a newer one. Bad messages are counted and logged rate-limited.
+//! must be the declared one, in any of its dtypes; text is a UTF-8 payload. Samples
+//! are stamped on the run's clock by `clock`: on arrival, from the sender's
+//! monotonic stamp plus an estimated offset, or from its Unix stamp (synchronized
+//! clocks), and numbered here, so a replayed message cannot look newer than it is.
+//! Bad messages are counted and logged rate-limited.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -45,6 +46,64 @@ pub struct ZenohStreamConfig {
     pub channels: Option<usize>,
     /// `audio`: samples per second per channel.
     pub sample_rate_hz: Option<f64>,
+    /// Which time a sample is stamped with on the run's clock (tensor and audio):
+    /// `arrival` (default), `sender` (the sender's monotonic capture stamp plus an
+    /// offset estimated from arrivals: no clock synchronization needed) or `unix`
+    /// (the sender's Unix capture stamp: needs clocks synchronized by chrony or PTP).
+    #[serde(default)]
+    pub clock: StampClock,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StampClock {
+    #[default]
+    Arrival,
+    Sender,
+    Unix,
+}
+
+/// Maps a sample's sender stamps to the run's clock.
+#[derive(Debug)]
+struct StampMapper {
+    clock: StampClock,
+    /// `sender`: the smallest arrival - sender stamp seen (the fastest sample's).
+    offset_ns: Option<i64>,
+    /// `unix`: the run's clock minus the Unix time, measured at start.
+    unix_to_run_ns: i64,
+}
+
+impl StampMapper {
+    fn new(clock: StampClock) -> Self {
+        Self {
+            clock,
+            offset_ns: None,
+            unix_to_run_ns: monotonic_ns() as i64 - wire::unix_ns() as i64,
+        }
+    }
+
+    /// The capture time on the run's clock, never after `arrival_ns`; None for a
+    /// stamp from before the run started (a sender clock far off).
+    fn map(&mut self, header: &wire::TensorHeader, arrival_ns: u64) -> Option<u64> {
+        let mapped = match self.clock {
+            StampClock::Arrival => return Some(arrival_ns),
+            StampClock::Sender if header.stamp_ns == 0 => return Some(arrival_ns),
+            StampClock::Unix if header.unix_ns == 0 => return Some(arrival_ns),
+            StampClock::Sender => {
+                let here = arrival_ns as i64 - header.stamp_ns as i64;
+                // A sender that restarted (its clock jumped back by more than a
+                // second) is estimated anew.
+                let offset = match self.offset_ns {
+                    Some(o) if here - o < 1_000_000_000 => o.min(here),
+                    _ => here,
+                };
+                self.offset_ns = Some(offset);
+                header.stamp_ns as i64 + offset
+            }
+            StampClock::Unix => header.unix_ns as i64 + self.unix_to_run_ns,
+        };
+        (mapped >= 0).then(|| mapped.min(arrival_ns as i64) as u64)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -103,6 +162,7 @@ impl DriverKind for ZenohStreamKind {
                 ("rate_hz", config.rate_hz.is_some()),
             ],
             StreamType::Text => &[
+                ("clock", config.clock != StampClock::Arrival),
                 ("shape", !config.shape.is_empty()),
                 ("rate_hz", config.rate_hz.is_some()),
                 ("frames", config.frames.is_some()),
@@ -266,20 +326,34 @@ impl Driver for ZenohStream {
                 });
                 // The callback decodes into its own buffer, then copies into the
                 // slot (the slot's buffers are preallocated to this size).
-                let state = Mutex::new((writer, Vec::with_capacity(len), 0u64));
+                let state = Mutex::new((
+                    writer,
+                    Vec::with_capacity(len),
+                    0u64,
+                    StampMapper::new(self.cfg.clock),
+                ));
                 session
                     .declare_subscriber(key)
                     .callback(move |sample| {
                         let payload = sample.payload().to_bytes();
                         let mut guard = state.lock().unwrap_or_else(PoisonError::into_inner);
-                        let (writer, values, seq) = &mut *guard;
+                        let (writer, values, seq, mapper) = &mut *guard;
+                        let arrival_ns = monotonic_ns();
                         match wire::decode_tensor_into(&payload, &shape, values) {
                             Ok(_) if values.iter().any(|v| !v.is_finite()) => {
                                 report("sample with NaN or infinite values dropped".into())
                             }
-                            Ok(_) => {
+                            Ok(header) => {
+                                let Some(stamp_ns) = mapper.map(&header, arrival_ns) else {
+                                    report(
+                                        "sample stamped before this run started: is the \
+                                         sender's clock synchronized (clock = \"unix\")?"
+                                            .into(),
+                                    );
+                                    return;
+                                };
                                 *seq += 1;
-                                let (seq, stamp_ns) = (*seq, monotonic_ns());
+                                let seq = *seq;
                                 writer.publish_with(|slot| {
                                     slot.seq = seq;
                                     slot.stamp_ns = stamp_ns;
