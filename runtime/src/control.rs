@@ -26,7 +26,7 @@ use crate::registry::Registry;
 use crate::safety::{ArmError, Motion, Refusal, SafetyFilter, WorkspaceGuard, flags};
 use crate::slot::SlotWriter;
 use crate::stats::ShortName;
-use crate::stats::{Distribution, RunStats, StatusSnapshot};
+use crate::stats::{Distribution, RunStats, STATUS_STREAMS, StatusSnapshot, StreamStatus};
 use crate::stream::{OnStale, StreamFaults, StreamWatch};
 use crate::taps::Tap;
 use crate::types::{ActionChunk, JointCommand, JointState, MAX_JOINTS, Observation, monotonic_ns};
@@ -542,6 +542,11 @@ struct Running {
     stale: Vec<bool>,
     /// Per sensor stream: the sequence number seen last (to count new samples).
     seen_seq: Vec<u64>,
+    /// Per sensor stream: the newest sample's stamp (0: none yet).
+    newest_stamp: Vec<u64>,
+    /// Per sensor stream: samples counted when `samples_since` was.
+    window_samples: Vec<u64>,
+    samples_since: Instant,
     /// A stale stream with `on_stale = "pause"`: no new chunk is requested.
     paused: bool,
     /// The first tick's time (a stream with no sample yet is as old as the run).
@@ -678,6 +683,9 @@ impl ControlLoop {
             history,
             stale: vec![false; self.cameras.len() + self.tensors.len()],
             seen_seq: vec![0; self.cameras.len() + self.tensors.len()],
+            newest_stamp: vec![0; self.cameras.len() + self.tensors.len()],
+            window_samples: vec![0; self.cameras.len() + self.tensors.len()],
+            samples_since: Instant::now(),
             paused: false,
             first_tick_ns: None,
             stats: RunStats {
@@ -1067,6 +1075,7 @@ impl ControlLoop {
                 r.seen_seq[i] = seq;
                 r.stats.stream_faults[i].samples += 1;
             }
+            r.newest_stamp[i] = if seq == 0 { 0 } else { stamp_ns };
             let since = if seq == 0 { start } else { stamp_ns };
             let stale = t.now_ns.saturating_sub(since) > watch.max_age_ns;
             let fault = &mut r.stats.stream_faults[i];
@@ -1191,11 +1200,37 @@ impl ControlLoop {
                 .zip(&self.stream_watches)
                 .find(|(stale, _)| **stale)
                 .map(|(_, w)| (ShortName::new(&w.name), w.on_stale)),
+            streams: {
+                let mut streams = [StreamStatus::default(); STATUS_STREAMS];
+                let seconds = r.samples_since.elapsed().as_secs_f64().max(1e-3);
+                for (i, (slot, watch)) in streams.iter_mut().zip(&self.stream_watches).enumerate() {
+                    let samples = r.stats.stream_faults[i].samples - r.window_samples[i];
+                    *slot = StreamStatus {
+                        name: ShortName::new(&watch.name),
+                        rate_hz: if simulated {
+                            0.0
+                        } else {
+                            samples as f64 / seconds
+                        },
+                        age_ms: (r.newest_stamp[i] != 0)
+                            .then(|| t.now_ns.saturating_sub(r.newest_stamp[i]) as f64 / 1e6),
+                    };
+                }
+                streams
+            },
+            stream_count: self.stream_watches.len().min(STATUS_STREAMS),
         };
         status.publish_with(|slot| *slot = snapshot);
         if r.window_start.elapsed() >= Duration::from_secs(1) || simulated {
             r.window_jitter.reset();
             r.window_compute.reset();
+        }
+        // Stream rates over about a second.
+        if r.samples_since.elapsed() >= Duration::from_secs(1) {
+            for (start, fault) in r.window_samples.iter_mut().zip(&r.stats.stream_faults) {
+                *start = fault.samples;
+            }
+            r.samples_since = Instant::now();
         }
         r.window_start_tick = t.tick;
         r.window_start = Instant::now();

@@ -106,6 +106,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_status_line_shows_each_streams_rate_and_age() {
+        let mut snapshot = StatusSnapshot {
+            stream_count: 2,
+            ..StatusSnapshot::default()
+        };
+        snapshot.streams[0] = StreamStatus {
+            name: ShortName::new("top"),
+            rate_hz: 29.8,
+            age_ms: Some(12.4),
+        };
+        snapshot.streams[1] = StreamStatus {
+            name: ShortName::new("taxels"),
+            rate_hz: 0.0,
+            age_ms: None,
+        };
+        let line = snapshot.line();
+        assert!(line.ends_with(" top=30Hz/12ms taxels=0Hz/-"), "{line}");
+        let json = serde_json::to_value(snapshot).unwrap();
+        assert_eq!(json["streams"].as_array().unwrap().len(), 2, "{json}");
+        assert_eq!(json["streams"][0]["name"], "top");
+        assert!(json.get("stream_count").is_none());
+    }
+
+    #[test]
     fn percentiles_of_a_known_distribution() {
         let mut d = Distribution::default();
         for us in 1..=100u64 {
@@ -151,6 +175,31 @@ pub struct StatusSnapshot {
     pub stopping: bool,
     /// A stream that is stale now, and what that does.
     pub stale_stream: Option<(ShortName, crate::stream::OnStale)>,
+    /// The first [`STATUS_STREAMS`] sensor streams: rate and age now.
+    #[serde(serialize_with = "used_streams")]
+    pub streams: [StreamStatus; STATUS_STREAMS],
+    #[serde(skip)]
+    pub stream_count: usize,
+}
+
+fn used_streams<S: serde::Serializer>(
+    streams: &[StreamStatus; STATUS_STREAMS],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(streams.iter().filter(|s| !s.name.as_str().is_empty()))
+}
+
+/// Sensor streams the status line shows (the summary has them all).
+pub const STATUS_STREAMS: usize = 8;
+
+/// One sensor stream on the status line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct StreamStatus {
+    pub name: ShortName,
+    /// New samples per second over the status window.
+    pub rate_hz: f64,
+    /// How old the newest sample is, ms (None: nothing yet).
+    pub age_ms: Option<f64>,
 }
 
 /// A name in a fixed buffer, so that snapshots stay `Copy` (at most 32 bytes; a
@@ -221,5 +270,16 @@ impl StatusSnapshot {
                     format!(" stream `{}` stale: {}", name.as_str(), action.verb())
                 })
                 .unwrap_or_default()
+            + &self.streams[..self.stream_count.min(STATUS_STREAMS)]
+                .iter()
+                .map(|s| {
+                    format!(
+                        " {}={:.0}Hz/{}",
+                        s.name.as_str(),
+                        s.rate_hz,
+                        s.age_ms.map_or("-".to_string(), |ms| format!("{ms:.0}ms"))
+                    )
+                })
+                .collect::<String>()
     }
 }
