@@ -23,7 +23,8 @@ use reflex_runtime::files;
 use reflex_runtime::launch::Launch;
 use reflex_runtime::npy::{self, NpyArray, NpyData};
 use reflex_runtime::stage::{Candidates, ChunkStage};
-use reflex_runtime::types::{ActionChunk, Image, JointState, Observation};
+use reflex_runtime::stream::StreamKind;
+use reflex_runtime::types::{ActionChunk, Image, JointState, Observation, TensorSample};
 
 #[derive(clap::Args)]
 pub struct InferArgs {
@@ -261,6 +262,9 @@ fn read_arrays(path: &Path) -> anyhow::Result<Vec<(String, NpyArray)>> {
                 joint_velocities: Option<Vec<f64>>,
                 #[serde(default)]
                 images: std::collections::BTreeMap<String, PathBuf>,
+                /// `<stream>.data` (or `.samples`) -> a .npy file.
+                #[serde(default)]
+                tensors: std::collections::BTreeMap<String, PathBuf>,
             }
             let text = files::read_to_string(path, files::MAX_DATA_BYTES)?;
             let parsed: JsonObservation = serde_json::from_str(&text)
@@ -279,6 +283,9 @@ fn read_arrays(path: &Path) -> anyhow::Result<Vec<(String, NpyArray)>> {
             let base = path.parent().unwrap_or(Path::new("."));
             for (camera, file) in parsed.images {
                 arrays.push((format!("camera.{camera}"), npy::read(&base.join(file))?));
+            }
+            for (name, file) in parsed.tensors {
+                arrays.push((name, npy::read(&base.join(file))?));
             }
             Ok(arrays)
         }
@@ -372,8 +379,54 @@ pub fn read_observation(path: &Path, launch: &Launch, tick: u64) -> anyhow::Resu
             rgb: rgb.clone(),
         });
     }
+    // Tensor and audio streams: `<stream>.data` / `<stream>.samples` arrays. One
+    // a policy input reads must be there (zeros would be fed silently otherwise).
+    let inputs = inputs_of(launch.policy()).unwrap_or_default();
+    let mut tensors = Vec::new();
+    for stream in launch.streams.iter().filter(|s| s.is_tensor()) {
+        let field = match stream.kind {
+            StreamKind::Audio { .. } => "samples",
+            _ => "data",
+        };
+        let key = format!("{}.{field}", stream.name);
+        let len = stream.kind.values();
+        let read = inputs
+            .iter()
+            .any(|i| matches!(&i.source, ObservationSource::Tensor(n) if *n == stream.name));
+        let Some(array) = get(&key) else {
+            if read {
+                bail!(
+                    "{}: no `{key}` for the input that reads stream `{}` (shape {:?})",
+                    path.display(),
+                    stream.name,
+                    stream.kind.shape()
+                );
+            }
+            tensors.push(TensorSample::zeros(len));
+            continue;
+        };
+        let values: Vec<f32> = array.to_f64().iter().map(|v| *v as f32).collect();
+        if values.len() != len {
+            bail!(
+                "{}: `{key}` has {} values, stream `{}` has samples of shape {:?}",
+                path.display(),
+                values.len(),
+                stream.name,
+                stream.kind.shape()
+            );
+        }
+        if values.iter().any(|v| !v.is_finite()) {
+            bail!("{}: `{key}` has NaN or infinite values", path.display());
+        }
+        tensors.push(TensorSample {
+            seq: 1,
+            stamp_ns: 0,
+            values,
+        });
+    }
     Ok(Observation {
         images,
+        tensors,
         ..Observation::of_joints(tick, state)
     })
 }

@@ -297,3 +297,89 @@ with zenoh.open(conf) as session:
     assert_eq!(chunks, 0, "5 s old samples were fed: {stream}");
     assert!(stream["stale_episodes"].as_u64().unwrap() >= 1, "{stream}");
 }
+
+/// `reflex infer` feeds tensor and audio streams from the observation file
+/// (`<stream>.data`, `<stream>.samples`), and refuses a file without a stream an
+/// input reads instead of feeding zeros.
+#[test]
+fn reflex_infer_reads_tensor_and_audio_samples_from_the_observation() {
+    let dir = scratch("sensor-infer");
+    let launch = dir.join("launch.toml");
+    std::fs::write(&launch, launch_text()).unwrap();
+    let taxels: Vec<f32> = (0..16).map(|i| i as f32 * 0.1).collect();
+    let audio: Vec<f32> = (0..8).map(|i| 0.25 - i as f32 * 0.05).collect();
+    reflex_runtime::npy::write_f32(&dir.join("taxels.npy"), &[4, 4], &taxels).unwrap();
+    reflex_runtime::npy::write_f32(&dir.join("mic.npy"), &[8, 1], &audio).unwrap();
+    let obs = dir.join("obs.json");
+    std::fs::write(
+        &obs,
+        r#"{"joint_positions": [0.1, -0.2, 0.3], "images": {}, "tensors": {"taxels.data": "taxels.npy", "mic.samples": "mic.npy"}}"#,
+    )
+    .unwrap();
+    let out_path = dir.join("out.json");
+    // The demo's camera input is not optional: give it an image too.
+    let camera = dir.join("top.npy");
+    std::fs::write(&camera, npy_u8(&[96, 96, 3], &vec![0u8; 96 * 96 * 3])).unwrap();
+    let with_camera = std::fs::read_to_string(&obs)
+        .unwrap()
+        .replace(r#""images": {}"#, r#""images": {"top": "top.npy"}"#);
+    std::fs::write(&obs, with_camera).unwrap();
+    run_ok(&[
+        "infer",
+        launch.to_str().unwrap(),
+        "--obs",
+        obs.to_str().unwrap(),
+        "--out",
+        out_path.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
+    let first = &report["actions"][0][0];
+    let want = [
+        0.1 + 1e-3 * taxels.iter().sum::<f32>() as f64,
+        -0.2 + 1e-3 * audio.iter().sum::<f32>() as f64,
+        0.3,
+    ];
+    for (j, w) in want.iter().enumerate() {
+        let got = first[j].as_f64().unwrap();
+        assert!((got - w).abs() < 1e-5, "joint {j}: {got} vs {w}: {report}");
+    }
+    // Without the audio the input reads, a clear error.
+    let without = std::fs::read_to_string(&obs)
+        .unwrap()
+        .replace(r#", "mic.samples": "mic.npy""#, "");
+    std::fs::write(&obs, without).unwrap();
+    let out = reflex()
+        .args([
+            "infer",
+            launch.to_str().unwrap(),
+            "--obs",
+            obs.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no `mic.samples` for the input that reads stream `mic` (shape [8, 1])"),
+        "{err}"
+    );
+}
+
+/// A uint8 .npy file.
+fn npy_u8(shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let mut header = format!(
+        "{{'descr': '|u1', 'fortran_order': False, 'shape': ({},), }}",
+        dims.join(", ")
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
