@@ -177,11 +177,8 @@ pub struct OpencvCameraKind;
 #[derive(Debug)]
 pub struct OpencvCameraSpec {
     pub config: OpencvCameraConfig,
-    source: SourceSpec,
+    source: Source,
 }
-
-#[derive(Debug, Clone)]
-struct SourceSpec(Source);
 
 impl DriverKind for OpencvCameraKind {
     fn kind(&self) -> &'static str {
@@ -288,10 +285,7 @@ impl DriverKind for OpencvCameraKind {
         {
             return Err(table.error_at(field, "applies to `file` cameras only"));
         }
-        Ok(Arc::new(OpencvCameraSpec {
-            config,
-            source: SourceSpec(source),
-        }))
+        Ok(Arc::new(OpencvCameraSpec { config, source }))
     }
 }
 
@@ -316,7 +310,7 @@ impl DriverSpec for OpencvCameraSpec {
     fn build(&self, _launch: &Launch) -> Result<Box<dyn Driver>, DriverError> {
         Ok(Box::new(OpencvCamera {
             cfg: self.config.clone(),
-            source: self.source.0.clone(),
+            source: self.source.clone(),
             capture: None,
             counters: Arc::new(FrameCounters::default()),
             stop: Arc::new(AtomicBool::new(false)),

@@ -141,7 +141,7 @@ impl DriverKind for AudioKind {
                 return Err(table.error_at(field, format!("must be in (0, 60000] ms, found {ms}")));
             }
         }
-        let (window, hop) = sizes(&config, sample_rate);
+        let (window, _) = sizes(&config, sample_rate);
         if window == 0 || window * channels > 1 << 22 {
             return Err(table.error_at("window_ms", "gives no samples, or too many"));
         }
@@ -175,7 +175,6 @@ impl DriverKind for AudioKind {
                 StreamDecl::tensor(&config.name, vec![mel.n_mels, frames], rate_hz)
             }
         };
-        let _ = hop;
         Ok(Arc::new(AudioSpec {
             config,
             file,
