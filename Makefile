@@ -4,7 +4,7 @@
 CARGO ?= cargo
 DURATION ?= 15
 
-.PHONY: run test setup build check lint bench demos train train-flow models fast-tokenizer fast-sim-policy clean
+.PHONY: run test setup build check lint bench demos train train-flow train-multisensor models fast-tokenizer fast-sim-policy clean
 
 run: setup
 	$(CARGO) build --release
@@ -40,6 +40,12 @@ train: demos
 # The flow-matching policy of launch/sim_arm_flow.toml (about 17 minutes on one core).
 train-flow: demos
 	OPENBLAS_NUM_THREADS=1 .venv/bin/python policies/export/train_sim_flow.py --demos demos/sim_reach --out-dir policies/models --epochs 150 --seed 0
+
+# The multisensor policy of launch/sim_arm_multisensor.toml: demonstrations with
+# the camera, both microphones and the taxel pad, then numpy BC (about 4 minutes).
+train-multisensor: build
+	./target/release/reflex demos launch/sim_arm_multisensor.toml --out demos/sim_multisensor --episodes 1200 --steps 40 --speed 1.3
+	OPENBLAS_NUM_THREADS=1 .venv/bin/python policies/export/train_sim_multisensor.py --demos demos/sim_multisensor --out policies/models/sim_multisensor.onnx --epochs 40 --seed 0
 
 fast-tokenizer: setup
 	.venv/bin/python policies/export/make_fast_tokenizer.py --out policies/models/fast

@@ -16,6 +16,11 @@ pkg-config --exists opencv4 2>/dev/null || need_apt+=(libopencv-dev pkg-config)
     || need_apt+=(clang libclang-dev)
 gst-inspect-1.0 videotestsrc >/dev/null 2>&1 && gst-inspect-1.0 jpegenc >/dev/null 2>&1 \
     || need_apt+=(gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-tools)
+# ALSA's headers for microphone capture (cpal; the audio driver's `device`).
+pkg-config --exists alsa 2>/dev/null || need_apt+=(libasound2-dev pkg-config)
+# The RTSP camera test's server: gst-rtsp-server through the system python3.
+/usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0")' 2>/dev/null \
+    || need_apt+=(python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "setup: installing Debian packages: ${need_apt[*]}"

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Args;
 use reflex_drivers::sim_arm::{SimArmSpec, SimWorld};
+use reflex_drivers::sim_senses::{Hearing, Touch};
 use reflex_policies::config::ChunkPolicyConfig;
 use reflex_policies::preprocess::InputMapper;
-use reflex_runtime::types::{Image, JointState, Observation};
+use reflex_runtime::types::{Image, JointState, Observation, TensorSample};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -32,6 +33,9 @@ pub struct DemoArgs {
     noise: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Override a launch-file field, e.g. `--set drivers[0].episode_seconds=4`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
 }
 
 fn number(text: &str) -> Result<f64, String> {
@@ -56,7 +60,7 @@ fn non_negative(text: &str) -> Result<f64, String> {
 }
 
 pub fn record(args: DemoArgs) -> anyhow::Result<()> {
-    let launch = crate::load_launch(args.launch.as_ref(), &[])?;
+    let launch = crate::load_launch(args.launch.as_ref(), &args.overrides)?;
     let c = &launch.config;
     let Some(arm) = launch
         .arm()
@@ -84,8 +88,18 @@ pub fn record(args: DemoArgs) -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     let mut inputs: Vec<Vec<f32>> = vec![Vec::new(); mapper.inputs.len()];
     let mut actions = Vec::new();
+    // The arm's extra senses, each at its place among the launch file's tensor
+    // streams (the arm is the only driver of a demo launch file).
+    let tensor_names = launch.tensor_names();
+    let position = |name: &str| tensor_names.iter().position(|n| n == name);
+    let mut hearing = (arm.sound.as_ref()).map(|c| (Hearing::new(c, args.seed), position(&c.name)));
+    let touch = (arm.touch.as_ref()).map(|c| (Touch::new(c), position(&c.name)));
     let mut obs = Observation {
         images: vec![Image::black(camera.width, camera.height)],
+        tensors: (launch.streams.iter())
+            .filter(|s| s.is_tensor())
+            .map(|s| TensorSample::zeros(s.kind.values()))
+            .collect(),
         ..Observation::of_joints(0, JointState::empty(joints))
     };
     let mut samples = 0;
@@ -106,6 +120,14 @@ pub fn record(args: DemoArgs) -> anyhow::Result<()> {
             };
             world.state(0, &mut obs.joints);
             world.render(&mut obs.images[0]);
+            if let Some((hearing, Some(i))) = &mut hearing {
+                world.listen(hearing, world.time_ns(), &mut obs.tensors[*i].values);
+                obs.tensors[*i].seq = 1;
+            }
+            if let Some((touch, Some(i))) = &touch {
+                world.feel(touch, &mut obs.tensors[*i].values);
+                obs.tensors[*i].seq = 1;
+            }
             mapper.fill(&obs);
             for (store, input) in inputs.iter_mut().zip(&mapper.inputs) {
                 store.extend_from_slice(&input.values);

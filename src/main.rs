@@ -63,6 +63,18 @@ enum Command {
     Heartbeat(OperatorArgs),
     /// Change the task instruction of a run on this machine (policies with a prompt input).
     Prompt(PromptArgs),
+    /// Tare the tactile sensors of a run on this machine: a new reference frame
+    /// for camera-based sensors, a new bias for taxel arrays (all, or one stream).
+    Tare(TareArgs),
+}
+
+#[derive(clap::Args)]
+struct TareArgs {
+    /// The robot's name (`robot.name` in the launch file).
+    #[arg(long, default_value = "sim_arm")]
+    robot: String,
+    /// The stream to tare (default: every stream that tares).
+    stream: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -111,6 +123,13 @@ fn main() -> ExitCode {
         Command::Rearm(a) => operator(&a.robot, "rearm"),
         Command::Resume(a) => operator(&a.robot, "resume"),
         Command::Heartbeat(a) => operator(&a.robot, "heartbeat"),
+        Command::Tare(a) => match a.stream {
+            Some(stream) if stream.contains(['\n', '\r']) => {
+                Err(anyhow::anyhow!("the stream name must be one line"))
+            }
+            Some(stream) => operator(&a.robot, &format!("tare {stream}")),
+            None => operator(&a.robot, "tare"),
+        },
         Command::Prompt(a) => {
             let text = a.instruction.join(" ");
             if text.contains(['\n', '\r']) {
@@ -143,7 +162,7 @@ fn main() -> ExitCode {
 fn operator(robot: &str, request: &str) -> anyhow::Result<ExitCode> {
     let answer = reflex_runtime::operator::send(robot, request)?;
     println!("{request}: {answer}");
-    Ok(if answer == "ok" {
+    Ok(if answer == "ok" || answer.starts_with("ok: ") {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -218,14 +237,31 @@ fn check(path: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<ExitCode
                     }
                 };
                 let watch = watches.iter().find(|w| w.name == s.name);
+                let driver = (launch.drivers.iter())
+                    .find(|d| d.streams().iter().any(|d| d.name == s.name))
+                    .map(|d| {
+                        let source = d.source(&launch).map(|s| format!(": {s}"));
+                        format!(
+                            ", from {} `{}`{}",
+                            d.kind(),
+                            d.name(),
+                            source.unwrap_or_default()
+                        )
+                    });
                 format!(
-                    "{} ({what}{}; stale after {} ms: {})",
+                    "{} ({what}{}{}; stale after {} ms: {}{})",
                     s.name,
                     s.rate_hz
                         .map(|hz| format!(" at {hz} Hz"))
                         .unwrap_or_default(),
+                    driver.unwrap_or_default(),
                     watch.map_or(0, |w| w.max_age_ns / 1_000_000),
-                    watch.map_or("?", |w| w.on_stale.verb())
+                    watch.map_or("?", |w| w.on_stale.verb()),
+                    if watch.is_some_and(|w| w.masked) {
+                        ", masked for the whole run"
+                    } else {
+                        ""
+                    }
                 )
             })
             .collect::<Vec<_>>()

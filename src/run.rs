@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use reflex_runtime::safety::WorkspaceGuard;
 use reflex_runtime::slot::latest_slot;
 use reflex_runtime::stats::StatusSnapshot;
 use reflex_runtime::status::StatusThread;
+use reflex_runtime::tare::TareRequests;
 use reflex_runtime::types::Observation;
 use reflex_zenoh::Bus;
 use reflex_zenoh::bus::OperatorListener;
@@ -216,6 +218,9 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
     if let Some(bus) = &bus {
         services.insert(bus.session());
     }
+    // Drivers of tactile sensors watch these; `reflex tare` asks through the socket.
+    let tare = TareRequests::new(launch.sensor_names());
+    services.insert(tare.clone());
 
     let mut drivers = launch
         .drivers
@@ -232,6 +237,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
     };
     let mut arm = None;
     let (mut cameras, mut tensors, mut texts) = (Vec::new(), Vec::new(), Vec::new());
+    let mut counters = Vec::new();
     for driver in &mut drivers {
         let ports = driver.open(&ctx)?;
         if ports.arm.is_some() {
@@ -240,6 +246,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         cameras.extend(ports.cameras);
         tensors.extend(ports.tensors);
         texts.extend(ports.texts);
+        counters.extend(ports.counters);
     }
     let Some(arm) = arm else {
         bail!("the launch file has no arm driver")
@@ -290,6 +297,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
     };
     let requests = OperatorRequests {
         prompt,
+        tare,
         ..OperatorRequests::default()
     };
     let operator = bus
@@ -406,6 +414,13 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         operator: requests,
         sim_inference_ticks: c.control.sim_inference_ticks,
         observation_frames,
+        source_counters: (launch.sensor_names().iter())
+            .map(|name| {
+                (counters.iter())
+                    .find(|(stream, _)| stream == name)
+                    .map(|(_, c)| Arc::clone(c))
+            })
+            .collect(),
         stream_watches: launch.stream_watches(),
         startup_timeout: Duration::from_secs_f64(c.control.startup_timeout_ms / 1e3),
         heartbeat_timeout: c

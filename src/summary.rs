@@ -154,6 +154,10 @@ impl<'a> Report<'a> {
                     String::new()
                 }
             );
+            let counts = fault.source.describe();
+            if !counts.is_empty() {
+                let _ = writeln!(out, "  stream {name:<11} source: {counts}");
+            }
             if fault.episodes > 0 {
                 let _ = writeln!(
                     out,
@@ -250,6 +254,7 @@ impl<'a> Report<'a> {
                     "stale_ticks": f.stale_ticks,
                     "samples": f.samples,
                     "misaligned": f.misaligned,
+                    "source": f.source,
                     "age_ms": ms(s.stream_age.get(i)),
                     "skew_ms": ms(s.stream_skew.get(i)),
                 })

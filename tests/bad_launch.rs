@@ -46,7 +46,9 @@ fn the_shipped_launch_file_checks_clean() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("signature matches"), "{stdout}");
     assert!(
-        stdout.contains("top (image 96x96 at 30 Hz; stale after 500 ms: paused inference)"),
+        stdout.contains(
+            "top (image 96x96 at 30 Hz, from sim_arm `arm`; stale after 500 ms: paused inference)"
+        ),
         "{stdout}"
     );
     assert!(

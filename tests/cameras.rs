@@ -213,6 +213,74 @@ fn a_live_pipeline_is_fresh_and_a_static_scene_is_not_flagged_as_repeated() {
     }
 }
 
+/// An RTSP camera (`url`, OpenCV's FFmpeg backend): a live MJPEG/RTP stream from
+/// a gst-rtsp-server run by tests/fixtures/rtsp_server.py.
+#[test]
+fn an_rtsp_stream_is_a_camera() {
+    let dir = scratch("camera-rtsp");
+    let port = free_port();
+    let mut server = std::process::Command::new("/usr/bin/python3")
+        .arg(repo().join("tests/fixtures/rtsp_server.py"))
+        .args([&port.to_string(), "20"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("system python3 (PyGObject, gst-rtsp-server: scripts/setup.sh installs them)");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "serving", "the RTSP server did not start");
+    let launch = dir.join("launch.toml");
+    std::fs::write(
+        &launch,
+        launch_text(&format!(
+            "url = \"rtsp://127.0.0.1:{port}/cam\"\nfps = 15.0\n"
+        )),
+    )
+    .unwrap();
+    let check = run_ok(&["check", launch.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains(&format!(
+            "from opencv_camera `cam`: stream rtsp://127.0.0.1:{port}/cam"
+        )),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let log = dir.join("run.log");
+    let out = run_ok(&[
+        "run",
+        launch.to_str().unwrap(),
+        "--duration",
+        "4",
+        "--set",
+        "zenoh.enabled=false",
+        "--log",
+        log.to_str().unwrap(),
+    ]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("camera `cam`"))
+        .unwrap_or_else(|| panic!("no camera summary: {stderr}"));
+    eprintln!("{line}");
+    let fresh: u64 = line
+        .split("): ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(fresh >= 20, "{line}");
+    let seen = levels_seen(&log);
+    assert!(seen.len() >= 3, "{seen:?}");
+    for level in seen.values() {
+        assert!((level - 128.0).abs() < 4.0, "{seen:?}");
+    }
+}
+
 #[test]
 fn a_camera_that_stops_goes_stale_holds_the_arm_and_is_reopened() {
     let dir = scratch("camera-stall");

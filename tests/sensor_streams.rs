@@ -72,7 +72,10 @@ fn taxels_and_audio_over_zenoh_feed_the_policy() {
     let check = run_ok(&["check", launch.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&check.stdout);
     assert!(
-        stdout.contains("taxels (tensor [4, 4] at 50 Hz; stale after 200 ms: paused inference)"),
+        stdout.contains(
+            "taxels (tensor [4, 4] at 50 Hz, from zenoh_stream `taxels`: zenoh key \
+             reflex/sim_arm/taxels; stale after 200 ms: paused inference)"
+        ),
         "{stdout}"
     );
     assert!(stdout.contains("mic (audio 1 ch at 400 Hz"), "{stdout}");
@@ -80,9 +83,12 @@ fn taxels_and_audio_over_zenoh_feed_the_policy() {
     let port = free_port();
     let endpoint = format!("tcp/127.0.0.1:{port}");
     let log = dir.join("run.log");
+    let summary_path = dir.join("summary.json");
     let args: Vec<String> = [
         "run",
         launch.to_str().unwrap(),
+        "--summary-json",
+        summary_path.to_str().unwrap(),
         "--duration",
         "4",
         "--set",
@@ -125,6 +131,14 @@ fn taxels_and_audio_over_zenoh_feed_the_policy() {
                 .put("reflex/sim_arm/taxels", buf.clone())
                 .wait()
                 .unwrap();
+            // A repeat of an earlier sequence number (huge values: a chunk that
+            // saw it would show) is not fed; a jump counts what was skipped.
+            wire::encode_tensor(header(5), &[4, 4], &[1e3; 16], &mut buf);
+            session
+                .put("reflex/sim_arm/taxels", buf.clone())
+                .wait()
+                .unwrap();
+            sent += 3;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -163,6 +177,17 @@ fn taxels_and_audio_over_zenoh_feed_the_policy() {
         seen.last().unwrap().0 + 10 >= sent,
         "the last chunk saw an old sample: {seen:?}, {sent} sent"
     );
+    let summary = summary(&summary_path);
+    let taxels = &summary["streams"][1];
+    assert_eq!(taxels["name"], "taxels", "{summary}");
+    assert_eq!(taxels["source"]["repeated"], 1, "{summary}");
+    assert_eq!(taxels["source"]["corrupt"], 2, "{summary}");
+    // Sequence numbers 11..=13 of the taxels, and of the audio, never came (a
+    // busy machine may drop more: zenoh drops puts under congestion).
+    for stream in 1..3 {
+        let dropped = summary["streams"][stream]["source"]["dropped"].as_u64();
+        assert!(dropped >= Some(3), "{summary}");
+    }
 }
 
 #[test]

@@ -159,3 +159,79 @@ fn a_missing_serial_port_is_a_check_error() {
         "{err}"
     );
 }
+
+/// `reflex tare` while running: the firmware's baseline drifts by DRIFT counts on
+/// every taxel; the chunks show the drift until the tare, then zero again.
+#[test]
+fn reflex_tare_takes_a_new_bias_while_the_array_keeps_publishing() {
+    const DRIFT: u16 = 7;
+    let dir = scratch("taxels-tare");
+    let (mut master, port, _slave) = pty();
+    let launch = dir.join("launch.toml");
+    std::fs::write(&launch, launch_text(&port)).unwrap();
+    let log = dir.join("run.log");
+    let args: Vec<String> = [
+        "run",
+        launch.to_str().unwrap(),
+        "--duration",
+        "4",
+        "--set",
+        "zenoh.enabled=false",
+        "--log",
+        log.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut command = reflex();
+    command.env("XDG_RUNTIME_DIR", &dir);
+    let child = spawn_until_with(command, &args, "wall clock");
+    let tare = |stream: Option<&str>| {
+        let mut cmd = reflex();
+        cmd.env("XDG_RUNTIME_DIR", &dir)
+            .args(["tare", "--robot", "sim_arm"]);
+        cmd.args(stream);
+        let out = cmd.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let mut frame = Vec::new();
+    let started = Instant::now();
+    let (mut seq, mut tared) = (0u32, false);
+    while started.elapsed() < Duration::from_millis(3600) {
+        seq += 1;
+        // Unloaded, then the baseline drifts (from 1 s on); tare at 2 s.
+        let drift = if started.elapsed() > Duration::from_millis(1000) {
+            DRIFT
+        } else {
+            0
+        };
+        encode_frame(4, 4, seq, &[BASELINE + drift; 16], &mut frame);
+        master.write_all(&frame).unwrap();
+        if !tared && started.elapsed() > Duration::from_millis(2000) {
+            let answer = tare(Some("finger"));
+            assert!(answer.contains("ok: taring finger"), "{answer}");
+            let refused = tare(Some("top"));
+            assert!(
+                refused.contains("refused: stream `top` does not tare"),
+                "{refused}"
+            );
+            tared = true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let sums: Vec<i64> = chunk_offsets(&log)
+        .iter()
+        .map(|(_, offset)| (offset[0] / 1e-3).round() as i64)
+        .collect();
+    let drifted = 16 * i64::from(DRIFT);
+    assert!(sums.iter().all(|s| [0, drifted].contains(s)), "{sums:?}");
+    let first_drift = sums.iter().position(|s| *s == drifted).expect("drift seen");
+    let last_drift = sums.iter().rposition(|s| *s == drifted).unwrap();
+    assert!(first_drift > 0, "no chunk before the drift: {sums:?}");
+    assert!(
+        last_drift + 3 < sums.len(),
+        "the tare did not take the drift out: {sums:?}"
+    );
+}

@@ -61,7 +61,7 @@ static ALLOCATOR: CountingAllocator = CountingAllocator;
 static NEVER: AtomicBool = AtomicBool::new(false);
 
 /// Allocations made on this thread by a run of `seconds` (at 100 Hz).
-fn allocations_in_run(seconds: f64, extra: &[String]) -> (u64, u64) {
+fn allocations_in_run(launch: &str, seconds: f64, extra: &[String]) -> (u64, u64) {
     let dir = common::scratch(&format!("alloc-{seconds}-{}", extra.len()));
     let mut overrides = vec![
         "zenoh.enabled=false".to_string(),
@@ -69,11 +69,7 @@ fn allocations_in_run(seconds: f64, extra: &[String]) -> (u64, u64) {
         "drivers[0].episode_seconds=1000".to_string(),
     ];
     overrides.extend_from_slice(extra);
-    let launch = reflex::load_launch(
-        Some(&common::repo().join("launch/sim_arm.toml")),
-        &overrides,
-    )
-    .unwrap();
+    let launch = reflex::load_launch(Some(&common::repo().join(launch)), &overrides).unwrap();
     let log = dir.join("run.log");
     let assembled = assemble(
         &launch,
@@ -110,9 +106,27 @@ fn ticks_with_observation_history_allocate_nothing() {
     ]);
 }
 
+/// With sensor streams: the simulated microphones (a log-mel spectrogram of each,
+/// computed in the tick under the simulated clock), the taxel pad, the camera; the
+/// spectrograms fed `aligned` (from the per-stream history).
+#[test]
+fn ticks_with_sound_touch_and_camera_streams_allocate_nothing() {
+    same_allocations_in(
+        "launch/sim_arm_multisensor.toml",
+        &[
+            "streams.sound.sample=\"aligned\"".into(),
+            "streams.sound.tolerance_ms=60".into(),
+        ],
+    );
+}
+
 fn same_allocations(extra: &[String]) {
-    let (short, short_ticks) = allocations_in_run(6.0, extra);
-    let (long, long_ticks) = allocations_in_run(9.0, extra);
+    same_allocations_in("launch/sim_arm.toml", extra);
+}
+
+fn same_allocations_in(launch: &str, extra: &[String]) {
+    let (short, short_ticks) = allocations_in_run(launch, 6.0, extra);
+    let (long, long_ticks) = allocations_in_run(launch, 9.0, extra);
     assert!(
         long_ticks >= short_ticks + 290,
         "{short_ticks} vs {long_ticks} ticks"

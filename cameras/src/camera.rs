@@ -29,6 +29,7 @@ use reflex_runtime::launch::{Launch, LaunchError, MAX_CAMERA_FPS};
 use reflex_runtime::registry::{DriverKind, DriverSpec, KindTable, schema_of};
 use reflex_runtime::slot::{SlotWriter, latest_slot};
 use reflex_runtime::stream::StreamDecl;
+use reflex_runtime::tare::{TareRequests, TareWatch};
 use reflex_runtime::types::{Image, monotonic_ns};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -80,8 +81,9 @@ pub struct OpencvCameraConfig {
     /// (counted), ms. Default: two frame periods.
     pub late_after_ms: Option<f64>,
     /// Camera-based tactile sensors (GelSight, DIGIT): average this many frames at
-    /// start into a reference and publish `128 + frame - reference` (128: no
-    /// contact). 0 (default): the frames as they are.
+    /// start (and again on `reflex tare`) into a reference and publish
+    /// `128 + frame - reference` (128: no contact). 0 (default): the frames as
+    /// they are.
     #[serde(default)]
     pub reference_frames: usize,
 }
@@ -293,6 +295,9 @@ impl DriverSpec for OpencvCameraSpec {
     fn kind(&self) -> &'static str {
         "opencv_camera"
     }
+    fn source(&self, _launch: &Launch) -> Option<String> {
+        Some(self.source.describe())
+    }
     fn name(&self) -> &str {
         &self.config.name
     }
@@ -350,29 +355,50 @@ impl OpencvCamera {
 
 /// The reference frame of a camera-based tactile sensor (GelSight, DIGIT): the
 /// mean of the first `wanted` frames; the stream is then `128 + frame - reference`
-/// per channel, clamped (128: no contact).
+/// per channel, clamped (128: no contact). A tare request averages the next
+/// `wanted` frames into a new reference; the old one is used until it is ready.
 #[derive(Debug, Default)]
 struct Reference {
     wanted: usize,
-    seen: usize,
+    /// The reference in use (empty until the first is complete).
+    mean: Vec<f32>,
+    /// Frames summed towards the next reference, and how many.
     sum: Vec<f32>,
+    summed: usize,
+    tare: Option<TareWatch>,
 }
 
 impl Reference {
-    fn add(&mut self, rgb: &[u8]) {
-        if self.sum.len() != rgb.len() {
-            self.sum = vec![0.0; rgb.len()];
+    /// Adds a frame towards the next reference while one is being averaged.
+    fn observe(&mut self, rgb: &[u8]) {
+        if self.tare.as_mut().is_some_and(TareWatch::requested) {
+            self.summed = 0;
+        }
+        if self.summed >= self.wanted {
+            return;
+        }
+        if self.summed == 0 {
+            self.sum.clear();
+            self.sum.resize(rgb.len(), 0.0);
         }
         for (s, v) in self.sum.iter_mut().zip(rgb) {
             *s += f32::from(*v);
         }
-        self.seen += 1;
+        self.summed += 1;
+        if self.summed == self.wanted {
+            let n = self.wanted as f32;
+            self.mean.clear();
+            self.mean.extend(self.sum.iter().map(|s| s / n));
+        }
+    }
+
+    fn ready(&self) -> bool {
+        !self.mean.is_empty()
     }
 
     fn difference(&self, rgb: &[u8], out: &mut [u8]) {
-        let n = self.seen.max(1) as f32;
-        for ((o, v), s) in out.iter_mut().zip(rgb).zip(&self.sum) {
-            *o = (128.0 + f32::from(*v) - s / n).round().clamp(0.0, 255.0) as u8;
+        for ((o, v), m) in out.iter_mut().zip(rgb).zip(&self.mean) {
+            *o = (128.0 + f32::from(*v) - m).round().clamp(0.0, 255.0) as u8;
         }
     }
 }
@@ -402,6 +428,7 @@ impl Capture {
         source: &Source,
         writer: SlotWriter<Image>,
         counters: Arc<FrameCounters>,
+        tare: Option<TareWatch>,
     ) -> Self {
         let period_ns = 1e9 / cfg.fps;
         let late_after_ns = cfg.late_after_ms.map_or(2.0 * period_ns, |ms| ms * 1e6) as u64;
@@ -415,6 +442,7 @@ impl Capture {
             writer,
             reference: Reference {
                 wanted: cfg.reference_frames,
+                tare,
                 ..Reference::default()
             },
             judge: FrameJudge::new(source.mapping(cfg.timestamps), late_after_ns),
@@ -541,11 +569,14 @@ impl Capture {
         let bytes = self.rgb.data_bytes()?;
         let seq = self.counters.fresh.load(Ordering::Relaxed);
         let reference = &mut self.reference;
-        if reference.wanted > reference.seen {
-            // Camera-based tactile sensors: average the reference first; nothing is
-            // published until it is complete.
-            reference.add(bytes);
-            return Ok(());
+        if reference.wanted > 0 {
+            // Camera-based tactile sensors: average the reference first; the frames
+            // that make the first one are not published.
+            let ready = reference.ready();
+            reference.observe(bytes);
+            if !ready {
+                return Ok(());
+            }
         }
         self.writer.publish_with(|image| {
             image.seq = seq;
@@ -592,7 +623,10 @@ impl Capture {
                                 self.cfg.name,
                                 self.source.describe()
                             );
-                            self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                            self.counters
+                                .source
+                                .reconnects
+                                .fetch_add(1, Ordering::Relaxed);
                         }
                         warned = false;
                     }
@@ -682,7 +716,11 @@ impl Driver for OpencvCamera {
             )));
         }
         let (writer, reader) = latest_slot(&Image::black(self.cfg.width, self.cfg.height));
-        let mut capture = Capture::new(&self.cfg, &self.source, writer, self.counters.clone());
+        let tare = (self.cfg.reference_frames > 0)
+            .then(|| ctx.services.get::<TareRequests>()?.watch(&self.cfg.name))
+            .flatten();
+        let mut capture =
+            Capture::new(&self.cfg, &self.source, writer, self.counters.clone(), tare);
         // A source that cannot be opened at start is an error, not a hang; one that
         // is lost later is reopened.
         capture.open().map_err(|e| self.failed(e))?;
@@ -694,6 +732,7 @@ impl Driver for OpencvCamera {
                 width: self.cfg.width,
                 height: self.cfg.height,
             }],
+            counters: vec![(self.cfg.name.clone(), self.counters.source.clone())],
             ..DriverPorts::default()
         })
     }
@@ -741,5 +780,38 @@ impl Driver for OpencvCamera {
             self.counters.summary()
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reflex_runtime::tare::TareRequests;
+
+    #[test]
+    fn a_tare_averages_a_new_reference_and_keeps_the_old_meanwhile() {
+        let requests = TareRequests::new(["gel".to_string()]);
+        let mut reference = Reference {
+            wanted: 2,
+            tare: requests.watch("gel"),
+            ..Reference::default()
+        };
+        let mut out = [0u8; 3];
+        reference.observe(&[10, 20, 30]);
+        assert!(!reference.ready());
+        reference.observe(&[12, 22, 32]);
+        reference.difference(&[11, 21, 31], &mut out);
+        assert_eq!(out, [128; 3]);
+        // The gel drifts by 40; a tare takes the next two frames as the reference.
+        requests.request(Some("gel")).unwrap();
+        reference.observe(&[51, 61, 71]);
+        reference.difference(&[51, 61, 71], &mut out);
+        assert_eq!(
+            out, [168; 3],
+            "the old reference until the new one is ready"
+        );
+        reference.observe(&[51, 61, 71]);
+        reference.difference(&[51, 61, 71], &mut out);
+        assert_eq!(out, [128; 3]);
     }
 }

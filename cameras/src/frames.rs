@@ -3,23 +3,22 @@
 //! content, so a static scene is a stream of fresh frames), and how capture
 //! timestamps map to the run's clock.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use reflex_runtime::stream::SourceCounters;
 
 /// Counters of one camera, shared with whoever reports them.
 #[derive(Debug, Default)]
 pub struct FrameCounters {
     /// Frames published as fresh.
     pub fresh: AtomicU64,
-    /// Frames whose sequence number or capture stamp did not advance: not published.
-    pub repeated: AtomicU64,
-    /// Frames the capture skipped (a jump of more than one in its sequence).
-    pub dropped: AtomicU64,
-    /// Fresh frames that reached reflex more than `late_after` after their capture.
-    pub late: AtomicU64,
-    /// Times the source was lost and opened again.
-    pub reconnects: AtomicU64,
     /// Largest arrival - capture stamp seen, ns (how far behind the stamps run).
     pub max_delay_ns: AtomicU64,
+    /// What the loop shows: repeated (sequence number or capture stamp did not
+    /// advance: not published), dropped (a jump in the capture's sequence), late
+    /// (reached reflex more than `late_after` after capture), reconnects.
+    pub source: Arc<SourceCounters>,
 }
 
 impl FrameCounters {
@@ -28,10 +27,10 @@ impl FrameCounters {
         format!(
             "{} fresh, {} repeated, {} dropped, {} late, {} reconnects; stamps at most {:.1} ms behind arrival",
             get(&self.fresh),
-            get(&self.repeated),
-            get(&self.dropped),
-            get(&self.late),
-            get(&self.reconnects),
+            get(&self.source.repeated),
+            get(&self.source.dropped),
+            get(&self.source.late),
+            get(&self.source.reconnects),
             get(&self.max_delay_ns) as f64 / 1e6
         )
     }
@@ -113,13 +112,16 @@ impl FrameJudge {
         let stale_stamp =
             matches!((frame.stamp_ns, self.last_stamp), (Some(s), Some(last)) if s <= last);
         if stale_index || stale_stamp {
-            counters.repeated.fetch_add(1, Ordering::Relaxed);
+            counters.source.repeated.fetch_add(1, Ordering::Relaxed);
             return Verdict::Repeated;
         }
         if let (Some(i), Some(last)) = (frame.index, self.last_index)
             && i > last + 1
         {
-            counters.dropped.fetch_add(i - last - 1, Ordering::Relaxed);
+            counters
+                .source
+                .dropped
+                .fetch_add(i - last - 1, Ordering::Relaxed);
         }
         self.last_index = frame.index.or(self.last_index);
         self.last_stamp = frame.stamp_ns.or(self.last_stamp);
@@ -127,7 +129,7 @@ impl FrameJudge {
         let delay = frame.arrival_ns.saturating_sub(stamp_ns);
         counters.max_delay_ns.fetch_max(delay, Ordering::Relaxed);
         if delay > self.late_after_ns {
-            counters.late.fetch_add(1, Ordering::Relaxed);
+            counters.source.late.fetch_add(1, Ordering::Relaxed);
         }
         counters.fresh.fetch_add(1, Ordering::Relaxed);
         Verdict::Fresh { stamp_ns }
@@ -185,8 +187,8 @@ mod tests {
             judge.judge(frame(5, 166, 200), &counters),
             Verdict::Fresh { .. }
         ));
-        assert_eq!(counters.repeated.load(Ordering::Relaxed), 2);
-        assert_eq!(counters.dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.source.repeated.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.source.dropped.load(Ordering::Relaxed), 2);
         assert_eq!(counters.fresh.load(Ordering::Relaxed), 3);
         // After a reopen the numbering starts again.
         judge.restart();
@@ -208,7 +210,7 @@ mod tests {
                 Verdict::Fresh { .. }
             ));
         }
-        assert_eq!(counters.repeated.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.source.repeated.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -231,7 +233,7 @@ mod tests {
         for (k, s) in stamps.iter().enumerate().skip(2) {
             assert_eq!(*s, (1005 + 33 * k as u64) * 1_000_000);
         }
-        assert_eq!(counters.late.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.source.late.load(Ordering::Relaxed), 0);
         // Monotonic stamps shift by the fixed offset.
         let mut mono = FrameJudge::new(
             StampMapping::Monotonic {

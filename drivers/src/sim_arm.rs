@@ -2,6 +2,10 @@
 //! limits, a reaching task (a red target drawn anew every episode) and a top-down
 //! RGB camera that renders the arm and the target, so a policy has pixels to use.
 //!
+//! With `decoy = true` a second, identical target is drawn on the other side of the
+//! arm and only the true one emits a tone: the arm's microphones and taxel pad
+//! ([`crate::sim_senses`]) tell them apart where the camera cannot.
+//!
 //! [`SimWorld`] is the deterministic physics and rendering; [`SimArm`] drives it
 //! through the `Driver` lifecycle, on its own thread under the wall clock or in
 //! lockstep with the loop under the simulated clock.
@@ -16,7 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use reflex_runtime::clock::sleep_until;
 use reflex_runtime::driver::{
     ArmPorts, CameraPort, Driver, DriverContext, DriverError, DriverPorts, EpisodeOutcome,
-    TaskReport,
+    TaskReport, TensorPort,
 };
 use reflex_runtime::gripper::GripperConfig;
 use reflex_runtime::launch::{JointConfig, Launch, LaunchError, MAX_CAMERA_FPS};
@@ -24,14 +28,21 @@ use reflex_runtime::mailbox::Mailbox;
 use reflex_runtime::registry::{DriverKind, DriverSpec, KindTable, schema_of};
 use reflex_runtime::slot::{SlotWriter, latest_slot};
 use reflex_runtime::stream::StreamDecl;
-use reflex_runtime::types::{Image, JointCommand, JointState, MAX_JOINTS, monotonic_ns};
+use reflex_runtime::types::{
+    Image, JointCommand, JointState, MAX_JOINTS, TensorSample, monotonic_ns,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::sim_senses::{Hearing, SoundConfig, Touch, TouchConfig};
 
 /// Targets are drawn at angles in ±this from the +x axis (rad) ...
 const TARGET_ANGLE: f64 = 1.8;
 /// ... and at distances in this range from the base, as a fraction of the reach.
 const TARGET_RADIUS: (f64, f64) = (0.45, 0.95);
+/// With a decoy, each target's angle from the +x axis is in this range (rad), one
+/// on each side.
+const DECOY_ANGLE: (f64, f64) = (0.5, 1.7);
 const TARGET_DRAW_RADIUS: f64 = 0.08;
 const EFFECTOR_DRAW_RADIUS: f64 = 0.05;
 
@@ -66,6 +77,14 @@ pub struct SimArmConfig {
     #[serde(default = "default_target_tolerance")]
     pub target_tolerance: f64,
     pub camera: Option<SimCameraConfig>,
+    /// A second target that looks the same, on the other side of the arm; only the
+    /// true one sounds (`[drivers.sound]`) and counts as reached.
+    #[serde(default)]
+    pub decoy: bool,
+    /// Two microphones that hear the true target's tone (a log-mel stream).
+    pub sound: Option<SoundConfig>,
+    /// A taxel pad on the end effector (a tensor stream).
+    pub touch: Option<TouchConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -210,6 +229,18 @@ impl DriverKind for SimArmKind {
             }
             table.check_name("camera.name", &camera.name)?;
         }
+        if let Some(sound) = &arm.sound {
+            table.check_name("sound.name", &sound.name)?;
+            sound
+                .check()
+                .map_err(|(field, message)| table.error_at(&format!("sound.{field}"), message))?;
+        }
+        if let Some(touch) = &arm.touch {
+            table.check_name("touch.name", &touch.name)?;
+            touch
+                .check()
+                .map_err(|(field, message)| table.error_at(&format!("touch.{field}"), message))?;
+        }
         Ok(Arc::new(SimArmSpec {
             config: arm,
             joints: robot_joints.clone(),
@@ -235,6 +266,20 @@ impl DriverSpec for SimArmSpec {
                 camera.width,
                 camera.height,
                 camera.fps,
+            ));
+        }
+        if let Some(sound) = &self.config.sound {
+            streams.push(StreamDecl::tensor(
+                &sound.name,
+                sound.shape(),
+                Some(1e3 / sound.hop_ms),
+            ));
+        }
+        if let Some(touch) = &self.config.touch {
+            streams.push(StreamDecl::tensor(
+                &touch.name,
+                vec![touch.rows, touch.cols],
+                Some(touch.rate_hz),
             ));
         }
         streams
@@ -264,6 +309,13 @@ pub struct SimWorld {
     qd: [f64; MAX_JOINTS],
     command: [f64; MAX_JOINTS],
     target: [f64; 2],
+    /// The look-alike target, with `decoy = true`.
+    decoy: Option<[f64; 2]>,
+    /// Whether the tone comes from the decoy this episode (`sound.shuffle`).
+    tone_at_decoy: bool,
+    /// Draws `tone_at_decoy`: apart from `rng`, so the targets are those of the
+    /// same seed without the shuffle.
+    shuffle: Option<ChaCha8Rng>,
     rng: ChaCha8Rng,
     time_ns: u64,
     episode_ns: u64,
@@ -299,6 +351,11 @@ impl SimWorld {
             qd: [0.0; MAX_JOINTS],
             command: q,
             target: [0.0; 2],
+            decoy: cfg.decoy.then_some([0.0; 2]),
+            tone_at_decoy: false,
+            shuffle: (cfg.sound.as_ref())
+                .filter(|s| s.shuffle)
+                .map(|_| ChaCha8Rng::seed_from_u64(seed ^ 0x5AFF_1E5A_FF1E_5AFF)),
             rng: ChaCha8Rng::seed_from_u64(seed),
             time_ns: 0,
             episode_ns: (cfg.episode_seconds * 1e9) as u64,
@@ -310,7 +367,7 @@ impl SimWorld {
             seq: 0,
             gripper: None,
         };
-        world.target = world.draw_target();
+        world.draw_targets();
         world
     }
 
@@ -324,6 +381,25 @@ impl SimWorld {
 
     pub fn target(&self) -> [f64; 2] {
         self.target
+    }
+
+    /// The look-alike target, when the world has one.
+    pub fn decoy(&self) -> Option<[f64; 2]> {
+        self.decoy
+    }
+
+    /// Where the tone comes from: the true target, or with `sound.shuffle` the
+    /// target an independent coin picks.
+    pub fn sound_source(&self) -> [f64; 2] {
+        match self.decoy {
+            Some(decoy) if self.tone_at_decoy => decoy,
+            _ => self.target,
+        }
+    }
+
+    /// The targets the touch pad can press on.
+    pub fn targets(&self) -> ([f64; 2], Option<[f64; 2]>) {
+        (self.target, self.decoy)
     }
 
     pub fn time_ns(&self) -> u64 {
@@ -342,8 +418,8 @@ impl SimWorld {
         self.qd = [0.0; MAX_JOINTS];
     }
 
-    fn draw_target(&mut self) -> [f64; 2] {
-        let angle = self.rng.random_range(-TARGET_ANGLE..=TARGET_ANGLE);
+    fn draw_point(&mut self, angles: (f64, f64)) -> [f64; 2] {
+        let angle = self.rng.random_range(angles.0..=angles.1);
         let reach = self.reach();
         let radius = self
             .rng
@@ -351,9 +427,25 @@ impl SimWorld {
         [radius * angle.cos(), radius * angle.sin()]
     }
 
+    /// The episode's target (and decoy, on the other side).
+    fn draw_targets(&mut self) {
+        if self.decoy.is_none() {
+            self.target = self.draw_point((-TARGET_ANGLE, TARGET_ANGLE));
+            return;
+        }
+        let side = if self.rng.random_bool(0.5) { 1.0 } else { -1.0 };
+        let target = self.draw_point(DECOY_ANGLE);
+        let decoy = self.draw_point(DECOY_ANGLE);
+        self.target = [target[0], side * target[1]];
+        self.decoy = Some([decoy[0], -side * decoy[1]]);
+        if let Some(coin) = &mut self.shuffle {
+            self.tone_at_decoy = coin.random_bool(0.5);
+        }
+    }
+
     /// Starts a new episode with a freshly drawn target.
     pub fn new_target(&mut self) {
-        self.target = self.draw_target();
+        self.draw_targets();
         self.episode_start_ns = self.time_ns;
         self.reached_at_ns = None;
     }
@@ -393,6 +485,22 @@ impl SimWorld {
     pub fn target_error(&self) -> f64 {
         let [ex, ey] = self.effector();
         (ex - self.target[0]).hypot(ey - self.target[1])
+    }
+
+    /// What the taxel pad on the end effector feels now.
+    pub fn feel(&self, touch: &Touch, out: &mut [f32]) {
+        let decoy = self.decoy.unwrap_or(self.target);
+        touch.feel(
+            self.effector(),
+            &[self.target, decoy],
+            TARGET_DRAW_RADIUS,
+            out,
+        );
+    }
+
+    /// What the microphones hear in the window ending at `end_ns` of simulated time.
+    pub fn listen(&self, hearing: &mut Hearing, end_ns: u64, out: &mut [f32]) {
+        hearing.listen(Some(self.sound_source()), end_ns, out);
     }
 
     pub fn set_command(&mut self, command: &[f64]) {
@@ -468,7 +576,12 @@ impl SimWorld {
     /// Outcomes so far; an episode at least half done counts with its current error.
     pub fn report(&self) -> TaskReport {
         let mut report = TaskReport {
-            task: "reach".into(),
+            task: if self.decoy.is_some() {
+                "reach the sounding target"
+            } else {
+                "reach"
+            }
+            .into(),
             tolerance: self.tolerance,
             episodes: self.outcomes.clone(),
         };
@@ -513,7 +626,8 @@ impl SimWorld {
                 if (x - effector[0]).hypot(y - effector[1]) <= EFFECTOR_DRAW_RADIUS {
                     rgb = [40, 220, 40];
                 }
-                if (x - self.target[0]).hypot(y - self.target[1]) <= TARGET_DRAW_RADIUS {
+                let on = |t: [f64; 2]| (x - t[0]).hypot(y - t[1]) <= TARGET_DRAW_RADIUS;
+                if on(self.target) || self.decoy.is_some_and(on) {
                     rgb = [255, 40, 40];
                 }
                 let i = (py * w + px) * 3;
@@ -591,10 +705,45 @@ fn segment_distance(p: [f64; 2], a: [f64; 2], b: [f64; 2]) -> f64 {
     (p[0] - a[0] - t * abx).hypot(p[1] - a[1] - t * aby)
 }
 
+/// A sensor stream sampled every `period_ns` of simulated time.
+struct Sensor<S> {
+    sense: S,
+    writer: SlotWriter<TensorSample>,
+    period_ns: u64,
+    /// The index of the next sample due.
+    next: u64,
+}
+
+impl<S> Sensor<S> {
+    /// Publishes the sample due at `sim_time_ns` (sample k at k periods) if it
+    /// has not been published yet.
+    fn publish(
+        &mut self,
+        world: &SimWorld,
+        stamp_ns: u64,
+        sim_time_ns: u64,
+        sample: impl FnOnce(&mut S, &SimWorld, u64, &mut [f32]),
+    ) {
+        let due = sim_time_ns / self.period_ns;
+        let sense = &mut self.sense;
+        let period_ns = self.period_ns;
+        if due >= self.next {
+            self.next = due + 1;
+            self.writer.publish_with(|slot| {
+                slot.seq = due + 1;
+                slot.stamp_ns = stamp_ns;
+                sample(sense, world, due * period_ns, &mut slot.values);
+            });
+        }
+    }
+}
+
 /// The writing ends the simulation publishes into.
 struct Outputs {
     state: SlotWriter<JointState>,
     camera: Option<(SlotWriter<Image>, Image, u64)>,
+    sound: Option<Sensor<Hearing>>,
+    touch: Option<Sensor<Touch>>,
     commands: Arc<Mailbox<JointCommand>>,
     scratch: JointState,
 }
@@ -629,6 +778,19 @@ impl Outputs {
                 frame.stamp_ns = stamp_ns;
                 writer.publish_with(|slot| slot.copy_from(frame));
             }
+        }
+        if let Some(sound) = &mut self.sound {
+            sound.publish(
+                world,
+                stamp_ns,
+                sim_time_ns,
+                |hearing, world, end_ns, out| world.listen(hearing, end_ns, out),
+            );
+        }
+        if let Some(touch) = &mut self.touch {
+            touch.publish(world, stamp_ns, sim_time_ns, |touch, world, _, out| {
+                world.feel(touch, out)
+            });
         }
     }
 }
@@ -693,6 +855,33 @@ impl Driver for SimArm {
             });
             (writer, frame, (1e9 / c.fps.max(0.1)) as u64)
         });
+        let mut sensor = |name: &str, len: usize, period_ns: u64| {
+            let (writer, reader) = latest_slot(&TensorSample::zeros(len));
+            ports.tensors.push(TensorPort {
+                name: name.to_string(),
+                samples: reader,
+                len,
+            });
+            (writer, period_ns)
+        };
+        let sound = self.cfg.sound.as_ref().map(|c| {
+            let (writer, period_ns) = sensor(&c.name, c.shape().iter().product(), c.hop_ns());
+            Sensor {
+                sense: Hearing::new(c, ctx.seed),
+                writer,
+                period_ns,
+                next: 0,
+            }
+        });
+        let touch = self.cfg.touch.as_ref().map(|c| {
+            let (writer, period_ns) = sensor(&c.name, c.rows * c.cols, c.period_ns());
+            Sensor {
+                sense: Touch::new(c),
+                writer,
+                period_ns,
+                next: 0,
+            }
+        });
         ports.arm = Some(ArmPorts {
             state: state_reader,
             commands: commands.clone(),
@@ -702,6 +891,8 @@ impl Driver for SimArm {
         self.outputs = Some(Outputs {
             state: state_writer,
             camera,
+            sound,
+            touch,
             commands,
             scratch: JointState::empty(ctx.joints),
         });
@@ -798,6 +989,9 @@ mod tests {
             episode_seconds: 5.0,
             target_tolerance: 0.05,
             camera: None,
+            decoy: false,
+            sound: None,
+            touch: None,
         };
         let joint = |name: &str| JointConfig {
             name: name.into(),
@@ -879,6 +1073,51 @@ mod tests {
             image.rgb.chunks(3).any(|p| p == [40, 220, 40]),
             "effector drawn"
         );
+    }
+
+    #[test]
+    fn a_decoy_looks_like_the_target_on_the_other_side_and_only_the_target_sounds() {
+        let (mut cfg, joints) = config();
+        cfg.decoy = true;
+        cfg.sound = Some(
+            serde_json::from_str(r#"{"mel": {"n_fft": 512, "hop_length": 256, "n_mels": 16}}"#)
+                .unwrap(),
+        );
+        let mut sides = [0, 0];
+        for seed in 0..40 {
+            let mut world = SimWorld::new(&cfg, &joints, seed);
+            let (target, decoy) = (world.target(), world.decoy().unwrap());
+            assert!(
+                target[1] * decoy[1] < 0.0,
+                "seed {seed}: {target:?} {decoy:?}"
+            );
+            assert_eq!(world.sound_source(), target);
+            sides[usize::from(target[1] > 0.0)] += 1;
+            let mut image = Image::black(96, 96);
+            world.render(&mut image);
+            let pixel = |[x, y]: [f64; 2]| {
+                let scale = 1.0 / (world.reach() * 1.1);
+                let px = ((x * scale + 1.0) / 2.0 * 96.0) as usize;
+                let py = ((1.0 - y * scale) / 2.0 * 96.0) as usize;
+                image.rgb[(py * 96 + px) * 3..(py * 96 + px) * 3 + 3].to_vec()
+            };
+            assert_eq!(pixel(target), pixel(decoy));
+            world.new_target();
+        }
+        assert!(sides[0] > 10 && sides[1] > 10, "{sides:?}");
+        // The shuffle moves the tone, never the targets.
+        let mut shuffled_cfg = cfg.clone();
+        shuffled_cfg.sound.as_mut().unwrap().shuffle = true;
+        let mut at_decoy = 0;
+        for seed in 0..40 {
+            let (plain, shuffled) = (
+                SimWorld::new(&cfg, &joints, seed),
+                SimWorld::new(&shuffled_cfg, &joints, seed),
+            );
+            assert_eq!(plain.targets(), shuffled.targets());
+            at_decoy += usize::from(shuffled.sound_source() != shuffled.target());
+        }
+        assert!((10..=30).contains(&at_decoy), "{at_decoy}");
     }
 
     #[test]

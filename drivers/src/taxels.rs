@@ -32,7 +32,8 @@ use reflex_runtime::driver::{Driver, DriverContext, DriverError, DriverPorts, Te
 use reflex_runtime::launch::{Launch, LaunchError};
 use reflex_runtime::registry::{DriverKind, DriverSpec, KindTable, schema_of};
 use reflex_runtime::slot::{SlotWriter, latest_slot};
-use reflex_runtime::stream::StreamDecl;
+use reflex_runtime::stream::{SourceCounters, StreamDecl};
+use reflex_runtime::tare::{TareRequests, TareWatch};
 use reflex_runtime::types::{TensorSample, monotonic_ns};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -109,9 +110,10 @@ pub fn encode_frame(rows: usize, cols: usize, seq: u32, values: &[u16], out: &mu
 #[derive(Debug, Default)]
 pub struct TaxelCounters {
     pub frames: AtomicU64,
-    pub corrupt: AtomicU64,
-    pub repeated: AtomicU64,
     pub skipped_bytes: AtomicU64,
+    /// Corrupt frames (bad CRC) and repeated ones (sequence did not advance),
+    /// shown by the loop.
+    pub source: Arc<SourceCounters>,
 }
 
 /// Finds frames in a byte stream.
@@ -262,6 +264,9 @@ impl DriverSpec for SerialTaxelsSpec {
     fn kind(&self) -> &'static str {
         "serial_taxels"
     }
+    fn source(&self, _launch: &Launch) -> Option<String> {
+        Some(format!("serial port {}", self.config.port.display()))
+    }
     fn name(&self) -> &str {
         &self.config.name
     }
@@ -343,7 +348,7 @@ fn open_raw(path: &std::path::Path, baud: u32) -> std::io::Result<File> {
 pub struct SerialTaxels {
     cfg: SerialTaxelsConfig,
     port: PathBuf,
-    reader: Option<(File, SlotWriter<TensorSample>)>,
+    reader: Option<(File, SlotWriter<TensorSample>, Option<TareWatch>)>,
     counters: Arc<TaxelCounters>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -356,11 +361,13 @@ impl SerialTaxels {
     }
 }
 
-/// Reads frames until stopped: bias first, then publish.
+/// Reads frames until stopped: bias first, then publish. A tare request averages
+/// a new bias from the next frames while they are still published against the old.
 fn read_loop(
     cfg: SerialTaxelsConfig,
     mut port: File,
     mut writer: SlotWriter<TensorSample>,
+    mut tare: Option<TareWatch>,
     counters: Arc<TaxelCounters>,
     stop: Arc<AtomicBool>,
 ) {
@@ -368,7 +375,9 @@ fn read_loop(
     let mut parser = FrameParser::new(cfg.rows, cfg.cols);
     let mut raw = vec![0.0f32; n];
     let mut bias = vec![0.0f32; n];
+    let mut next_bias = vec![0.0f32; n];
     let mut bias_seen = 0usize;
+    let mut biased = cfg.bias_frames == 0;
     let mut last_seq: Option<u32> = None;
     let mut published = 0u64;
     let mut chunk = [0u8; 4096];
@@ -396,7 +405,7 @@ fn read_loop(
         while let Some(parsed) = parser.next(&mut raw, &counters) {
             let seq = match parsed {
                 Parsed::Corrupt(why) => {
-                    let bad = counters.corrupt.fetch_add(1, Ordering::Relaxed) + 1;
+                    let bad = counters.source.corrupt.fetch_add(1, Ordering::Relaxed) + 1;
                     if bad.is_power_of_two() {
                         tracing::warn!(
                             "taxels `{}`: frame dropped: {why} ({bad} so far)",
@@ -408,17 +417,29 @@ fn read_loop(
                 Parsed::Frame { seq } => seq,
             };
             if last_seq.is_some_and(|last| seq == last || seq.wrapping_sub(last) > u32::MAX / 2) {
-                counters.repeated.fetch_add(1, Ordering::Relaxed);
+                counters.source.repeated.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             last_seq = Some(seq);
             counters.frames.fetch_add(1, Ordering::Relaxed);
+            if tare.as_mut().is_some_and(TareWatch::requested) {
+                next_bias.fill(0.0);
+                bias_seen = 0;
+            }
             if bias_seen < cfg.bias_frames {
-                for (b, r) in bias.iter_mut().zip(&raw) {
+                for (b, r) in next_bias.iter_mut().zip(&raw) {
                     *b += r / cfg.bias_frames as f32;
                 }
                 bias_seen += 1;
-                continue;
+                let published_before = biased;
+                if bias_seen == cfg.bias_frames {
+                    bias.copy_from_slice(&next_bias);
+                    biased = true;
+                }
+                // The frames of the first bias are not published.
+                if !published_before {
+                    continue;
+                }
             }
             published += 1;
             let stamp_ns = monotonic_ns();
@@ -451,25 +472,29 @@ impl Driver for SerialTaxels {
         })?;
         let len = self.cfg.rows * self.cfg.cols;
         let (writer, reader) = latest_slot(&TensorSample::zeros(len));
-        self.reader = Some((port, writer));
+        let tare = (self.cfg.bias_frames > 0)
+            .then(|| ctx.services.get::<TareRequests>()?.watch(&self.cfg.name))
+            .flatten();
+        self.reader = Some((port, writer, tare));
         Ok(DriverPorts {
             tensors: vec![TensorPort {
                 name: self.cfg.name.clone(),
                 samples: reader,
                 len,
             }],
+            counters: vec![(self.cfg.name.clone(), self.counters.source.clone())],
             ..DriverPorts::default()
         })
     }
 
     fn start(&mut self) -> Result<(), DriverError> {
-        let Some((port, writer)) = self.reader.take() else {
+        let Some((port, writer, tare)) = self.reader.take() else {
             return Err(self.failed("start before open"));
         };
         let (cfg, counters, stop) = (self.cfg.clone(), self.counters.clone(), self.stop.clone());
         let thread = std::thread::Builder::new()
             .name(format!("reflex-taxels-{}", self.cfg.name))
-            .spawn(move || read_loop(cfg, port, writer, counters, stop))
+            .spawn(move || read_loop(cfg, port, writer, tare, counters, stop))
             .map_err(|e| self.failed(format!("cannot start reader thread: {e}")))?;
         self.thread = Some(thread);
         Ok(())
@@ -490,8 +515,8 @@ impl Driver for SerialTaxels {
                 self.port.display(),
                 c.frames.load(Ordering::Relaxed),
                 self.cfg.bias_frames,
-                c.corrupt.load(Ordering::Relaxed),
-                c.repeated.load(Ordering::Relaxed),
+                c.source.corrupt.load(Ordering::Relaxed),
+                c.source.repeated.load(Ordering::Relaxed),
                 c.skipped_bytes.load(Ordering::Relaxed)
             );
         }

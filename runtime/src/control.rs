@@ -27,7 +27,7 @@ use crate::safety::{ArmError, Motion, Refusal, SafetyFilter, WorkspaceGuard, fla
 use crate::slot::SlotWriter;
 use crate::stats::ShortName;
 use crate::stats::{Distribution, RunStats, STATUS_STREAMS, StatusSnapshot, StreamStatus};
-use crate::stream::{OnStale, StreamFaults, StreamWatch};
+use crate::stream::{OnStale, SourceCounters, SourceCounts, StreamFaults, StreamWatch};
 use crate::taps::Tap;
 use crate::types::{ActionChunk, JointCommand, JointState, MAX_JOINTS, Observation, monotonic_ns};
 
@@ -458,6 +458,8 @@ pub struct OperatorRequests {
     pub outcomes: Arc<ArrayQueue<OperatorOutcome>>,
     /// The task instruction (the inference thread reads it; the tick never does).
     pub prompt: PromptCell,
+    /// Tare requests for tactile sensors (their drivers watch them).
+    pub tare: crate::tare::TareRequests,
 }
 
 impl Default for OperatorRequests {
@@ -469,6 +471,7 @@ impl Default for OperatorRequests {
             heartbeat_ns: Arc::default(),
             outcomes: Arc::new(ArrayQueue::new(16)),
             prompt: PromptCell::default(),
+            tare: Default::default(),
         }
     }
 }
@@ -488,6 +491,13 @@ impl OperatorRequests {
         self.heartbeat_ns
             .store(monotonic_ns().max(1), Ordering::Release);
     }
+}
+
+/// What sensor stream `i`'s source counted so far.
+fn source_counts(counters: &[Option<Arc<SourceCounters>>], i: usize) -> SourceCounts {
+    (counters.get(i).and_then(Option::as_ref))
+        .map(|c| c.snapshot())
+        .unwrap_or_default()
 }
 
 /// Everything the loop owns, wired up by the caller.
@@ -510,6 +520,8 @@ pub struct ControlLoop {
     pub observation_frames: usize,
     /// Each sensor stream's fault policy: the cameras in order, then the tensor streams.
     pub stream_watches: Vec<StreamWatch>,
+    /// Each sensor stream's source counters (same order), where its driver keeps them.
+    pub source_counters: Vec<Option<Arc<SourceCounters>>>,
     pub startup_timeout: Duration,
     /// Deadman: latch the e-stop when no operator heartbeat came for this long.
     pub heartbeat_timeout: Option<Duration>,
@@ -699,6 +711,7 @@ impl ControlLoop {
                         stale_ticks: 0,
                         samples: 0,
                         misaligned: 0,
+                        source: SourceCounts::default(),
                     })
                     .collect(),
                 stream_skew: self
@@ -795,6 +808,9 @@ impl ControlLoop {
         r.stats.last_invalid_state = r.core.last_invalid.map(|e| e.to_string());
         r.stats.robot_epochs = r.core.epochs;
         r.stats.tracking_fault = r.core.tracking_fault;
+        for (i, faults) in r.stats.stream_faults.iter_mut().enumerate() {
+            faults.source = source_counts(&self.source_counters, i);
+        }
         if fault.is_none()
             && let Some((joint, error)) = r.core.tracking_fault
         {
@@ -992,7 +1008,7 @@ impl ControlLoop {
                 }
             };
             let mut stamp = (latest_seq != 0).then_some(latest_stamp);
-            let mut absent = r.stale[i] && watch.on_stale == OnStale::Mask;
+            let mut absent = watch.masked || (r.stale[i] && watch.on_stale == OnStale::Mask);
             if let Some(tolerance) = watch.align_tolerance_ns
                 && latest_seq != 0
             {
@@ -1214,6 +1230,7 @@ impl ControlLoop {
                         },
                         age_ms: (r.newest_stamp[i] != 0)
                             .then(|| t.now_ns.saturating_sub(r.newest_stamp[i]) as f64 / 1e6),
+                        source: source_counts(&self.source_counters, i),
                     };
                 }
                 streams

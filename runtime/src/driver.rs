@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicU64;
 use crate::mailbox::Mailbox;
 use crate::prompt::PromptCell;
 use crate::slot::SlotReader;
+use crate::stream::SourceCounters;
 use crate::types::{Image, JointCommand, JointState, TensorSample};
 
 /// What every driver is told when it is opened.
@@ -85,6 +86,9 @@ pub struct DriverPorts {
     pub cameras: Vec<CameraPort>,
     pub tensors: Vec<TensorPort>,
     pub texts: Vec<TextPort>,
+    /// Per stream (by name), what the source says about its samples (repeated,
+    /// dropped, corrupt, ...): on the status line and in the summary.
+    pub counters: Vec<(String, Arc<SourceCounters>)>,
 }
 
 /// How one episode of a task went (drivers that know the task report these).

@@ -251,6 +251,11 @@ pub struct StreamConfig {
     /// `aligned`: the largest skew accepted, ms (default 20).
     #[serde(default = "defaults::align_tolerance_ms")]
     pub tolerance_ms: f64,
+    /// Feed the stream to the policy as absent for the whole run (zeros; a
+    /// black image with its mask 0), as `on_stale = "mask"` does: ablations such
+    /// as evaluating a policy with one sense taken away.
+    #[serde(default)]
+    pub masked: bool,
 }
 
 /// `[execution]`: how the actions of a chunk become commands.
@@ -942,6 +947,7 @@ impl Launch {
                     align_tolerance_ns: config
                         .filter(|c| c.sample == crate::stream::Sampling::Aligned)
                         .map(|c| (c.tolerance_ms * 1e6) as u64),
+                    masked: config.is_some_and(|c| c.masked),
                     name,
                 }
             })

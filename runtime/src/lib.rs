@@ -32,6 +32,7 @@ pub mod stats;
 pub mod status;
 pub mod stream;
 pub mod taps;
+pub mod tare;
 pub mod targets;
 pub mod types;
 

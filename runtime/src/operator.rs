@@ -242,6 +242,16 @@ fn handle(stream: UnixStream, requests: &OperatorRequests) -> io::Result<()> {
             Err(e) => writeln!(out, "refused: {e}"),
         };
     }
+    if let Some(rest) = line.trim().strip_prefix("tare") {
+        let stream = Some(rest.trim()).filter(|s| !s.is_empty());
+        return match requests.tare.request(stream) {
+            Ok(streams) => {
+                tracing::info!("tare requested: {}", streams.join(", "));
+                writeln!(out, "ok: taring {}", streams.join(", "))
+            }
+            Err(e) => writeln!(out, "refused: {e}"),
+        };
+    }
     let request = match line.trim() {
         "estop" | "stop" => Request::Estop,
         "rearm" => Request::Rearm,
@@ -254,7 +264,7 @@ fn handle(stream: UnixStream, requests: &OperatorRequests) -> io::Result<()> {
             let shown: String = other.chars().take(32).collect();
             return writeln!(
                 out,
-                "error: unknown request {shown:?} (estop, rearm, resume, heartbeat, prompt <text>)"
+                "error: unknown request {shown:?} (estop, rearm, resume, heartbeat, prompt <text>, tare [stream])"
             );
         }
     };

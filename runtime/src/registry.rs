@@ -126,6 +126,11 @@ pub trait DriverSpec: Send + Sync + fmt::Debug {
     fn streams(&self) -> Vec<StreamDecl>;
     /// True for the driver that takes the joint commands (exactly one per launch file).
     fn is_arm(&self) -> bool;
+    /// Where the driver's samples come from, for `reflex check` (a device, a
+    /// file, a key); the default names the kind only.
+    fn source(&self, _launch: &Launch) -> Option<String> {
+        None
+    }
     /// Builds the driver (not yet opened).
     fn build(&self, launch: &Launch) -> Result<Box<dyn Driver>, DriverError>;
     /// The checked config, for tools that need the concrete kind.

@@ -115,14 +115,23 @@ mod tests {
             name: ShortName::new("top"),
             rate_hz: 29.8,
             age_ms: Some(12.4),
+            source: Default::default(),
         };
         snapshot.streams[1] = StreamStatus {
             name: ShortName::new("taxels"),
             rate_hz: 0.0,
             age_ms: None,
+            source: Default::default(),
         };
         let line = snapshot.line();
         assert!(line.ends_with(" top=30Hz/12ms taxels=0Hz/-"), "{line}");
+        snapshot.streams[0].source.repeated = 5;
+        snapshot.streams[0].source.dropped = 2;
+        let line = snapshot.line();
+        assert!(
+            line.ends_with(" top=30Hz/12ms[2 dropped, 5 repeated] taxels=0Hz/-"),
+            "{line}"
+        );
         let json = serde_json::to_value(snapshot).unwrap();
         assert_eq!(json["streams"].as_array().unwrap().len(), 2, "{json}");
         assert_eq!(json["streams"][0]["name"], "top");
@@ -200,6 +209,8 @@ pub struct StreamStatus {
     pub rate_hz: f64,
     /// How old the newest sample is, ms (None: nothing yet).
     pub age_ms: Option<f64>,
+    /// What its source counted so far (repeated, dropped, ...).
+    pub source: crate::stream::SourceCounts,
 }
 
 /// A name in a fixed buffer, so that snapshots stay `Copy` (at most 32 bytes; a
@@ -273,11 +284,17 @@ impl StatusSnapshot {
             + &self.streams[..self.stream_count.min(STATUS_STREAMS)]
                 .iter()
                 .map(|s| {
+                    let counts = s.source.describe();
                     format!(
-                        " {}={:.0}Hz/{}",
+                        " {}={:.0}Hz/{}{}",
                         s.name.as_str(),
                         s.rate_hz,
-                        s.age_ms.map_or("-".to_string(), |ms| format!("{ms:.0}ms"))
+                        s.age_ms.map_or("-".to_string(), |ms| format!("{ms:.0}ms")),
+                        if counts.is_empty() {
+                            counts
+                        } else {
+                            format!("[{counts}]")
+                        }
                     )
                 })
                 .collect::<String>()

@@ -1,6 +1,8 @@
 //! Streams: what drivers declare they produce, named so that policy inputs can
 //! refer to them and the launch file can be checked before anything runs.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 /// One stream a driver produces.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamDecl {
@@ -176,6 +178,8 @@ pub struct StreamWatch {
     /// `sample = "aligned"`: the sample closest to the joint state's capture time
     /// is fed, and none within this many ns makes the observation misaligned.
     pub align_tolerance_ns: Option<u64>,
+    /// `masked = true`: always fed as absent.
+    pub masked: bool,
 }
 
 /// `[streams.<name>] sample`: which sample an observation takes.
@@ -214,4 +218,74 @@ pub struct StreamFaults {
     /// Observations an `aligned` stream had no sample within its tolerance for
     /// (handled as stale for that observation).
     pub misaligned: u64,
+    /// What the source counted, at the end of the run.
+    pub source: SourceCounts,
+}
+
+/// What a driver learns about one of its streams from the source itself: samples
+/// repeated or skipped by the capture, late or corrupt ones, reconnects. The
+/// driver's threads count; the tick reads them for the status line (atomics: no
+/// lock) and the summary reports them.
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    /// Samples whose sequence number or capture stamp did not advance (not fed as fresh).
+    pub repeated: AtomicU64,
+    /// Samples the source skipped (a jump in its sequence numbers).
+    pub dropped: AtomicU64,
+    /// Samples that arrived later than the driver accepts after their capture.
+    pub late: AtomicU64,
+    /// Samples that failed a checksum or did not parse.
+    pub corrupt: AtomicU64,
+    /// Times the source was lost and opened again.
+    pub reconnects: AtomicU64,
+    /// Samples lost to a full buffer (an audio overrun).
+    pub overruns: AtomicU64,
+}
+
+/// A snapshot of [`SourceCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SourceCounts {
+    pub repeated: u64,
+    pub dropped: u64,
+    pub late: u64,
+    pub corrupt: u64,
+    pub reconnects: u64,
+    pub overruns: u64,
+}
+
+impl SourceCounters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> SourceCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        SourceCounts {
+            repeated: get(&self.repeated),
+            dropped: get(&self.dropped),
+            late: get(&self.late),
+            corrupt: get(&self.corrupt),
+            reconnects: get(&self.reconnects),
+            overruns: get(&self.overruns),
+        }
+    }
+}
+
+impl SourceCounts {
+    /// The non-zero counts, e.g. `2 dropped, 5 repeated` (empty when all are zero).
+    pub fn describe(&self) -> String {
+        [
+            (self.dropped, "dropped"),
+            (self.repeated, "repeated"),
+            (self.late, "late"),
+            (self.corrupt, "corrupt"),
+            (self.reconnects, "reconnects"),
+            (self.overruns, "overruns"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
 }

@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::wire;
+use crate::wire::{self, TensorHeader};
 use reflex_runtime::driver::{
     Driver, DriverContext, DriverError, DriverPorts, TensorPort, TextPort,
 };
@@ -19,7 +19,7 @@ use reflex_runtime::prompt::PromptCell;
 use reflex_runtime::ratelimit::{WarnLimiter, suppressed_note};
 use reflex_runtime::registry::{DriverKind, DriverSpec, KindTable, schema_of};
 use reflex_runtime::slot::latest_slot;
-use reflex_runtime::stream::{StreamDecl, StreamKind};
+use reflex_runtime::stream::{SourceCounters, StreamDecl, StreamKind};
 use reflex_runtime::types::{TensorSample, monotonic_ns};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -52,6 +52,42 @@ pub struct ZenohStreamConfig {
     /// (the sender's Unix capture stamp: needs clocks synchronized by chrony or PTP).
     #[serde(default)]
     pub clock: StampClock,
+}
+
+/// Judges samples by the sender's sequence numbers: a number that does not
+/// advance is a repeat (or a reordered sample) and is not fed; a jump counts the
+/// samples skipped. A sequence that goes back with a newer sender stamp is a
+/// restarted sender and starts over.
+#[derive(Debug, Default)]
+struct SequenceJudge {
+    last: Option<(u64, u64)>,
+}
+
+impl SequenceJudge {
+    fn fresh(&mut self, header: &TensorHeader, counters: &SourceCounters) -> bool {
+        match self.last {
+            Some((seq, _)) if header.seq > seq => {
+                SourceCounters::add(&counters.dropped, header.seq - seq - 1);
+            }
+            Some((_, stamp)) if header.stamp_ns != 0 && header.stamp_ns > stamp => {
+                SourceCounters::add(&counters.reconnects, 1);
+            }
+            Some(_) => {
+                SourceCounters::add(&counters.repeated, 1);
+                return false;
+            }
+            None => {}
+        }
+        self.last = Some((header.seq, header.stamp_ns));
+        true
+    }
+}
+
+impl ZenohStreamConfig {
+    /// The key expression it subscribes to.
+    pub fn key(&self, key_prefix: &str, robot: &str) -> String {
+        (self.key.clone()).unwrap_or_else(|| format!("{key_prefix}/{robot}/{}", self.name))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
@@ -229,6 +265,13 @@ impl DriverSpec for ZenohStreamSpec {
     fn kind(&self) -> &'static str {
         "zenoh_stream"
     }
+    fn source(&self, launch: &Launch) -> Option<String> {
+        Some(format!(
+            "zenoh key {}",
+            self.config
+                .key(&crate::config(launch).key_prefix, &launch.config.robot.name)
+        ))
+    }
     fn name(&self) -> &str {
         &self.config.name
     }
@@ -277,11 +320,7 @@ impl Driver for ZenohStream {
             .get::<zenoh::Session>()
             .cloned()
             .ok_or_else(|| self.failed("needs the zenoh bus (zenoh.enabled = true)"))?;
-        let key = self
-            .cfg
-            .key
-            .clone()
-            .unwrap_or_else(|| format!("{}/{}/{}", self.key_prefix, ctx.robot, self.cfg.name));
+        let key = self.cfg.key(&self.key_prefix, &ctx.robot);
         let (name, bad) = (self.cfg.name.clone(), self.bad.clone());
         let report = move |problem: String| {
             if let Some(suppressed) = bad.hit() {
@@ -324,6 +363,10 @@ impl Driver for ZenohStream {
                     samples: reader,
                     len,
                 });
+                let counters = Arc::new(SourceCounters::default());
+                ports
+                    .counters
+                    .push((self.cfg.name.clone(), counters.clone()));
                 // The callback decodes into its own buffer, then copies into the
                 // slot (the slot's buffers are preallocated to this size).
                 let state = Mutex::new((
@@ -331,18 +374,21 @@ impl Driver for ZenohStream {
                     Vec::with_capacity(len),
                     0u64,
                     StampMapper::new(self.cfg.clock),
+                    SequenceJudge::default(),
                 ));
                 session
                     .declare_subscriber(key)
                     .callback(move |sample| {
                         let payload = sample.payload().to_bytes();
                         let mut guard = state.lock().unwrap_or_else(PoisonError::into_inner);
-                        let (writer, values, seq, mapper) = &mut *guard;
+                        let (writer, values, seq, mapper, judge) = &mut *guard;
                         let arrival_ns = monotonic_ns();
                         match wire::decode_tensor_into(&payload, &shape, values) {
                             Ok(_) if values.iter().any(|v| !v.is_finite()) => {
+                                SourceCounters::add(&counters.corrupt, 1);
                                 report("sample with NaN or infinite values dropped".into())
                             }
+                            Ok(header) if !judge.fresh(&header, &counters) => {}
                             Ok(header) => {
                                 let Some(stamp_ns) = mapper.map(&header, arrival_ns) else {
                                     report(
@@ -361,6 +407,7 @@ impl Driver for ZenohStream {
                                 });
                             }
                             Err(e) => {
+                                SourceCounters::add(&counters.corrupt, 1);
                                 report(format!("undecodable sample ({} bytes): {e}", payload.len()))
                             }
                         }
@@ -393,5 +440,39 @@ impl Driver for ZenohStream {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_tell_repeats_drops_and_a_restarted_sender() {
+        let counters = SourceCounters::default();
+        let mut judge = SequenceJudge::default();
+        let header = |seq, stamp_ns| TensorHeader {
+            seq,
+            stamp_ns,
+            unix_ns: 0,
+        };
+        let fed: Vec<bool> = [
+            (1, 10),
+            (2, 20),
+            (2, 20),
+            (1, 10),
+            (5, 50),
+            (1, 60),
+            (2, 70),
+        ]
+        .into_iter()
+        .map(|(seq, stamp)| judge.fresh(&header(seq, stamp), &counters))
+        .collect();
+        assert_eq!(fed, [true, true, false, false, true, true, true]);
+        let counts = counters.snapshot();
+        assert_eq!(
+            (counts.repeated, counts.dropped, counts.reconnects),
+            (2, 2, 1)
+        );
     }
 }
