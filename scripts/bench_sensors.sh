@@ -3,13 +3,17 @@
 # 640x480 cameras at 30 fps (GStreamer videotestsrc through OpenCV), a 16x16 taxel
 # array at 100 Hz over zenoh (published by a Python node) and 16 kHz audio as a
 # log-mel spectrogram, for 10 s of wall clock. Prints the tick's compute time and
-# jitter and, per stream, how old the samples fed to the policy were (capture to
-# observation) and their skew from the joint state.
+# jitter, the allocations of the ticks after warm-up (a release build with the
+# counting allocator, `--features count-allocations`) and, per stream, how old the
+# samples fed to the policy were (capture to observation), their skew from the
+# joint state and what the source counted.
 #
-#     scripts/bench_sensors.sh [seconds]
+#     scripts/bench_sensors.sh [seconds] [reflex run options, e.g. --set control.realtime.fifo_priority=80]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
+shift || true
+cargo build --release --features count-allocations
 work=target/bench-sensors
 mkdir -p "$work"
 port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -60,17 +64,21 @@ PY
 node=$!
 timeout $((seconds + 60)) target/release/reflex run "$work/launch.toml" --duration "$seconds" \
     --set control.rate_hz=500 --set "zenoh.listen=[\"tcp/127.0.0.1:$port\"]" \
-    --summary-json "$work/summary.json" > "$work/stdout.txt" 2> "$work/stderr.txt" || true
+    --summary-json "$work/summary.json" "$@" > "$work/stdout.txt" 2> "$work/stderr.txt" || true
 wait $node || true
 .venv/bin/python - "$work/summary.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 c, j = s["compute"], s["jitter"]
 print(f"ticks {s['ticks']} at 500 Hz: tick compute p50 {c['p50_us']:.1f} us, p99 {c['p99_us']:.1f} us, max {c['max_us']:.1f} us; period jitter p99 {j['p99_us']:.1f} us")
-print("| stream | samples | fed age p50 / p99 (ms) | skew from the state p50 / p99 (ms) |")
-print("|---|---|---|---|")
+a = s.get("tick_allocations")
+if a:
+    print(f"allocations: {a['allocations']} in {a['ticks']} ticks after warm-up ({a['allocations'] / max(1, a['ticks']):.3f} per tick)")
+print("| stream | samples | fed age p50 / p99 (ms) | skew from the state p50 / p99 (ms) | source |")
+print("|---|---|---|---|---|")
 for st in s["streams"]:
     a, k = st["age_ms"], st["skew_ms"]
-    print(f"| {st['name']} | {st['samples']} | {a['p50']:.1f} / {a['p99']:.1f} | {k['p50']:.1f} / {k['p99']:.1f} |")
+    src = ", ".join(f"{v} {n}" for n, v in st["source"].items() if v) or "-"
+    print(f"| {st['name']} | {st['samples']} | {a['p50']:.1f} / {a['p99']:.1f} | {k['p50']:.1f} / {k['p99']:.1f} | {src} |")
 PY
 grep -E "reflex: camera" "$work/stderr.txt" || true

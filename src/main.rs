@@ -7,6 +7,51 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use reflex_runtime::stream::StreamKind;
 
+/// The system allocator, counting each thread's allocations (for the summary's
+/// allocations per tick; see `reflex_runtime::alloc_probe`).
+#[cfg(feature = "count-allocations")]
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    pub struct Counting;
+
+    thread_local! {
+        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    fn count() {
+        // try_with: a thread being torn down still allocates.
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+    }
+
+    pub fn on_this_thread() -> u64 {
+        ALLOCATIONS.try_with(Cell::get).unwrap_or(0)
+    }
+
+    // SAFETY: forwards every call to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count();
+            // SAFETY: the caller's contract is passed on as is.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: as above.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count();
+            // SAFETY: as above.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+}
+
+#[cfg(feature = "count-allocations")]
+#[global_allocator]
+static ALLOCATOR: counting::Counting = counting::Counting;
+
 #[derive(Parser)]
 #[command(
     name = "reflex",
@@ -102,6 +147,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    #[cfg(feature = "count-allocations")]
+    reflex_runtime::alloc_probe::register(counting::on_this_thread);
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => reflex::run::run(args),

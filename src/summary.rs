@@ -168,6 +168,13 @@ impl<'a> Report<'a> {
                 );
             }
         }
+        if let Some(counted) = s.tick_allocations {
+            let _ = writeln!(
+                out,
+                "  allocations        {} in {} ticks after a 2 s warm-up (control thread)",
+                counted.allocations, counted.ticks
+            );
+        }
         let _ = writeln!(
             out,
             "  messages           dropped commands {}, dropped bus messages {}, refused from the robot {}",
@@ -240,6 +247,7 @@ impl<'a> Report<'a> {
             "last_refusal": s.last_refusal.map(|r| r.to_string()),
             "tracking_fault": s.tracking_fault.map(|(joint, error)| json!({"joint": joint, "error": error})),
             "dropped_commands": s.dropped_commands,
+            "tick_allocations": s.tick_allocations,
             "dropped_bus_messages": s.dropped_bus_messages,
             "bad_robot_messages": s.bad_robot_messages,
             "streams": s.stream_faults.iter().enumerate().map(|(i, f)| {

@@ -68,6 +68,23 @@ fn levels_seen(log: &Path) -> BTreeMap<u64, f64> {
         .collect()
 }
 
+/// The camera's line of the run's stderr and the fresh frames it counted.
+fn camera_summary(stderr: &[u8]) -> (String, u64) {
+    let stderr = String::from_utf8_lossy(stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("camera `cam`"))
+        .unwrap_or_else(|| panic!("no camera summary: {stderr}"))
+        .to_string();
+    let fresh = line
+        .split("): ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    (line, fresh)
+}
+
 #[test]
 fn a_video_file_feeds_the_frame_due_at_each_simulated_tick() {
     let dir = scratch("camera-file");
@@ -193,18 +210,8 @@ fn a_live_pipeline_is_fresh_and_a_static_scene_is_not_flagged_as_repeated() {
         "--log",
         log.to_str().unwrap(),
     ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("camera `cam`"))
-        .unwrap_or_else(|| panic!("no camera summary: {stderr}"));
+    let (line, fresh) = camera_summary(&out.stderr);
     assert!(line.contains(" 0 repeated"), "{line}");
-    let fresh: u64 = line
-        .split("): ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
     assert!(fresh >= 30, "{line}");
     let seen = levels_seen(&log);
     assert!(seen.len() >= 3, "{seen:?}");
@@ -261,18 +268,8 @@ fn an_rtsp_stream_is_a_camera() {
     ]);
     let _ = server.kill();
     let _ = server.wait();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("camera `cam`"))
-        .unwrap_or_else(|| panic!("no camera summary: {stderr}"));
+    let (line, fresh) = camera_summary(&out.stderr);
     eprintln!("{line}");
-    let fresh: u64 = line
-        .split("): ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
     assert!(fresh >= 20, "{line}");
     let seen = levels_seen(&log);
     assert!(seen.len() >= 3, "{seen:?}");

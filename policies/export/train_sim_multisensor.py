@@ -32,7 +32,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from onnx_graph import const, save, tensor
-from train_sim_reach import Mlp
+from train_sim_reach import Mlp, action_head
 
 
 def load(demos):
@@ -75,30 +75,10 @@ def export(path, mlp, names, shapes, stats, joints, horizon, metadata):
         else:
             flat.append(f"{name}_flat")
     nodes.append(helper.make_node("Concat", flat, ["features"], axis=1))
-    x = "features"
-    for i in range(mlp.layers):
-        out = f"dense{i}"
-        nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [out]))
-        if i < mlp.layers - 1:
-            nodes.append(helper.make_node("Relu", [out], [f"relu{i}"]))
-            out = f"relu{i}"
-        x = out
-    nodes += [
-        helper.make_node("Mul", [x, "delta_std"], ["delta_scaled"]),
-        helper.make_node("Add", ["delta_scaled", "delta_mean"], ["delta_flat"]),
-        helper.make_node("Reshape", ["delta_flat", "chunk_shape"], ["delta"]),
-        helper.make_node("Reshape", ["state", "state_shape"], ["state_row"]),
-        helper.make_node("Add", ["state_row", "delta"], ["actions"]),
-    ]
-    initializers = [const(k, v) for k, v in mlp.params.items()]
+    head, initializers = action_head(mlp, "features", d_mean, d_std, horizon, joints)
+    nodes += head
     for name, (mean, std) in stats.items():
         initializers += [const(f"{name}_mean", mean[None, :]), const(f"{name}_std", std[None, :])]
-    initializers += [
-        const("delta_mean", d_mean[None, :]),
-        const("delta_std", d_std[None, :]),
-        const("chunk_shape", np.array([1, horizon, joints], np.int64)),
-        const("state_shape", np.array([1, 1, joints], np.int64)),
-    ]
     graph = helper.make_graph(
         nodes, "sim_multisensor",
         [tensor(name, [1, *shapes[name]]) for name in names],

@@ -105,16 +105,10 @@ class Mlp:
             self.params[k] -= np.float32(step) * self.m[k] / (np.sqrt(self.v[k]) + np.float32(eps))
 
 
-def export(path, mlp, stats, image_shape, joints, horizon, metadata):
-    """Writes the MLP with normalization folded in as an ONNX graph."""
-    s_mean, s_std, d_mean, d_std = stats
-    nodes = [
-        helper.make_node("Flatten", ["image"], ["image_flat"], axis=1),
-        helper.make_node("Sub", ["state", "state_mean"], ["state_centered"]),
-        helper.make_node("Div", ["state_centered", "state_std"], ["state_z"]),
-        helper.make_node("Concat", ["image_flat", "state_z"], ["features"], axis=1),
-    ]
-    x = "features"
+def action_head(mlp, features, d_mean, d_std, horizon, joints):
+    """The MLP on `features`, its z-scored deltas scaled back and added to `state`:
+    the nodes and initializers that end in `actions` [1, horizon, joints]."""
+    nodes, x = [], features
     for i in range(mlp.layers):
         out = f"dense{i}"
         nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [out]))
@@ -130,12 +124,27 @@ def export(path, mlp, stats, image_shape, joints, horizon, metadata):
         helper.make_node("Add", ["state_row", "delta"], ["actions"]),
     ]
     initializers = [const(k, v) for k, v in mlp.params.items()] + [
-        const("state_mean", s_mean[None, :]),
-        const("state_std", s_std[None, :]),
         const("delta_mean", d_mean[None, :]),
         const("delta_std", d_std[None, :]),
         const("chunk_shape", np.array([1, horizon, joints], np.int64)),
         const("state_shape", np.array([1, 1, joints], np.int64)),
+    ]
+    return nodes, initializers
+
+
+def export(path, mlp, stats, image_shape, joints, horizon, metadata):
+    """Writes the MLP with normalization folded in as an ONNX graph."""
+    s_mean, s_std, d_mean, d_std = stats
+    head, head_initializers = action_head(mlp, "features", d_mean, d_std, horizon, joints)
+    nodes = [
+        helper.make_node("Flatten", ["image"], ["image_flat"], axis=1),
+        helper.make_node("Sub", ["state", "state_mean"], ["state_centered"]),
+        helper.make_node("Div", ["state_centered", "state_std"], ["state_z"]),
+        helper.make_node("Concat", ["image_flat", "state_z"], ["features"], axis=1),
+    ] + head
+    initializers = head_initializers + [
+        const("state_mean", s_mean[None, :]),
+        const("state_std", s_std[None, :]),
     ]
     graph = helper.make_graph(
         nodes,

@@ -759,11 +759,21 @@ impl ControlLoop {
             first_tick.get_or_insert(t.tick);
             last_tick = t.tick;
             let woke = Instant::now();
+            let allocated_before = crate::alloc_probe::allocations();
             if let Err(e) = self.tick(&mut r, t, false) {
                 // A driver failed: stop the arm like any other ending, and say why.
                 tracing::error!("{e}");
                 fault = Some(e.to_string());
                 break;
+            }
+            // After two seconds of ticks (first chunks, first frames of each size).
+            if let (Some(before), Some(after)) =
+                (allocated_before, crate::alloc_probe::allocations())
+                && r.stats.ticks as f64 > 2.0 * self.params.rate_hz
+            {
+                let counted = r.stats.tick_allocations.get_or_insert_default();
+                counted.ticks += 1;
+                counted.allocations += after - before;
             }
             let compute = woke.elapsed().as_nanos() as u64;
             r.stats.compute.record_ns(compute);

@@ -7,6 +7,7 @@
 //! [`log`] records the step, and [`control`] ties them together and asks the
 //! [`policy`] worker for the next chunk.
 
+pub mod alloc_probe;
 pub mod clock;
 pub mod control;
 pub mod driver;

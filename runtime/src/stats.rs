@@ -59,6 +59,9 @@ impl Distribution {
 pub struct RunStats {
     /// |actual period - nominal period| between consecutive ticks.
     pub jitter: Distribution,
+    /// Allocations of the ticks after warm-up, on the control thread (only in a
+    /// binary with a counting allocator: see [`crate::alloc_probe`]).
+    pub tick_allocations: Option<crate::alloc_probe::TickAllocations>,
     /// Time from wake-up to the end of the tick's work.
     pub compute: Distribution,
     /// Inference latency as the worker measured it.
