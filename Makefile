@@ -11,6 +11,7 @@ run: setup
 	./target/release/reflex run launch/sim_arm.toml --duration $(DURATION)
 
 test: setup
+	@bash scripts/parity_venv.sh > /dev/null
 	$(CARGO) test --workspace
 
 setup:

@@ -33,7 +33,9 @@ pub struct InferArgs {
     /// The observation: .json, .npz or .npy (see `reflex infer --help`).
     #[arg(long)]
     pub obs: PathBuf,
-    /// Initial noise for flow / diffusion policies: .npy float32 [B, H, D].
+    /// Initial noise for flow / diffusion policies: .npy float32 [B, H, D]; for a
+    /// stochastic sampler (DDPM, DDIM with eta > 0) optionally followed by one
+    /// [B, H, D] sample per step ([1 + steps, B, H, D]).
     #[arg(long)]
     pub noise: Option<PathBuf>,
     /// Write the chunk here: .npy (float32 [B, H, joints]) or .json.

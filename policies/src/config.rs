@@ -70,17 +70,17 @@ impl Default for FlowPorts {
     }
 }
 
-/// A diffusion policy: an eps-prediction network sampled with DDIM (eta = 0) on a
-/// noise schedule. The graph takes the mapped observation inputs plus
-/// `noisy_actions` [B, H, D] and `timestep` [B] (int64 or float32) and returns
-/// `eps` [B, H, D].
+/// A diffusion policy: a denoising network (eps, sample or v prediction) sampled
+/// with diffusers' DDIM or DDPM on a noise schedule. The graph takes the mapped
+/// observation inputs plus `noisy_actions` [B, H, D] and `timestep` [B] (int64 or
+/// float32) and returns its prediction [B, H, D].
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiffusionPolicyConfig {
     pub model: PathBuf,
     #[serde(default = "defaults::intra_threads")]
     pub intra_threads: usize,
-    /// DDIM steps per chunk.
+    /// Denoising steps per chunk.
     #[serde(default = "defaults::ddim_steps")]
     pub num_steps: usize,
     #[serde(default = "defaults::batch")]
@@ -116,38 +116,7 @@ impl Default for DiffusionPorts {
     }
 }
 
-/// The training noise schedule (diffusers `DDIMScheduler` semantics).
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ScheduleConfig {
-    /// `squared_cosine` (Diffusion Policy's `squaredcos_cap_v2`), `linear` or
-    /// `scaled_linear`; or leave it out and give `file`.
-    pub kind: Option<ScheduleKind>,
-    /// A `.npy` (float32/float64 [T]) or JSON list of `alphas_cumprod`.
-    pub file: Option<PathBuf>,
-    /// T, the number of training timesteps.
-    #[serde(default = "defaults::train_steps")]
-    pub train_steps: usize,
-    #[serde(default = "defaults::beta_start")]
-    pub beta_start: f64,
-    #[serde(default = "defaults::beta_end")]
-    pub beta_end: f64,
-    /// Clip the predicted clean sample to [-clip, clip] (Diffusion Policy: 1.0).
-    pub clip_sample: Option<f32>,
-    /// The last step goes to alpha_bar = 1 (diffusers' `set_alpha_to_one`).
-    #[serde(default = "defaults::yes")]
-    pub set_alpha_to_one: bool,
-    #[serde(default)]
-    pub steps_offset: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ScheduleKind {
-    SquaredCosine,
-    Linear,
-    ScaledLinear,
-}
+pub use crate::scheduler::{ScheduleConfig, ScheduleKind};
 
 /// The action chunk of a generative policy, in the model's space.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -856,38 +825,6 @@ pub fn check_generative(
     Ok(())
 }
 
-pub fn check_schedule(
-    table: &KindTable<'_>,
-    schedule: &ScheduleConfig,
-    num_steps: usize,
-) -> Result<(), LaunchError> {
-    let at = |field: &str| format!("schedule.{field}");
-    if schedule.kind.is_some() == schedule.file.is_some() {
-        return Err(table.error_at(
-            "schedule",
-            "give exactly one of `kind` (squared_cosine, linear, scaled_linear) or `file`",
-        ));
-    }
-    if schedule.kind.is_some() {
-        if schedule.train_steps < num_steps || schedule.train_steps > 100_000 {
-            return Err(table.error_at(
-                &at("train_steps"),
-                format!("must be in {num_steps}..=100000 (at least num_steps)"),
-            ));
-        }
-        let (start, end) = (schedule.beta_start, schedule.beta_end);
-        if !(start > 0.0 && end > 0.0 && start < 1.0 && end < 1.0) {
-            return Err(table.error_at(&at("beta_start"), "betas must be in (0, 1)"));
-        }
-    }
-    if let Some(clip) = schedule.clip_sample
-        && !(clip.is_finite() && clip > 0.0)
-    {
-        return Err(table.error_at(&at("clip_sample"), "must be positive"));
-    }
-    Ok(())
-}
-
 pub fn check_normalization(
     table: &KindTable<'_>,
     norm: &Normalization,
@@ -962,15 +899,6 @@ mod defaults {
     pub fn eps() -> String {
         "eps".into()
     }
-    pub fn train_steps() -> usize {
-        100
-    }
-    pub fn beta_start() -> f64 {
-        1e-4
-    }
-    pub fn beta_end() -> f64 {
-        0.02
-    }
     pub fn state_key() -> String {
         "state".into()
     }
@@ -979,9 +907,6 @@ mod defaults {
     }
     pub fn actions_output() -> String {
         "actions".into()
-    }
-    pub fn yes() -> bool {
-        true
     }
 }
 

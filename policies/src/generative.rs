@@ -1,5 +1,5 @@
 //! The generative policy kinds: `flow` (flow matching, pi0 convention, Euler) and
-//! `diffusion` (eps prediction, DDIM with eta = 0).
+//! `diffusion` (diffusers' DDIM or DDPM steps, [`crate::scheduler`]).
 //!
 //! Per chunk: the observation is preprocessed once; in the split flow form the
 //! prefix graph runs once and its outputs (e.g. a KV cache) stay bound to the
@@ -34,9 +34,10 @@ use reflex_runtime::registry::{KindTable, LoadError, PolicyKind, PolicySpec, sch
 
 use crate::config::{
     DiffusionPolicyConfig, FlowPolicyConfig, GenerativeActions, InputConfig, NormStatsConfig,
-    ScheduleConfig, ScheduleKind, TensorDtype,
+    TensorDtype,
 };
 use crate::prompt::PromptConfig;
+use crate::scheduler::SamplerPlan;
 use reflex_runtime::policy::{Policy, PolicyError};
 use reflex_runtime::types::{ActionChunk, Observation};
 
@@ -46,152 +47,11 @@ use crate::normalize::{VectorNorm, load_norm_stats};
 use crate::onnxruntime::{OpenedSession, SessionSettings, open_session};
 use crate::preprocess::InputMapper;
 
-/// `alphas_cumprod` of a named schedule: betas and their cumulative product in
-/// f64, cast once to f32 (as diffusers stores it).
-pub fn alphas_cumprod(
-    kind: ScheduleKind,
-    steps: usize,
-    beta_start: f64,
-    beta_end: f64,
-) -> Vec<f32> {
-    let t = steps as f64;
-    let linspace = |a: f64, b: f64, i: usize| match steps {
-        1 => a,
-        _ => a + (b - a) * i as f64 / (t - 1.0),
-    };
-    let betas: Vec<f64> = (0..steps)
-        .map(|i| match kind {
-            ScheduleKind::Linear => linspace(beta_start, beta_end, i),
-            ScheduleKind::ScaledLinear => linspace(beta_start.sqrt(), beta_end.sqrt(), i).powi(2),
-            // Nichol & Dhariwal's squared cosine (diffusers `squaredcos_cap_v2`).
-            ScheduleKind::SquaredCosine => {
-                let abar = |s: f64| {
-                    ((s + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
-                        .cos()
-                        .powi(2)
-                };
-                (1.0 - abar((i as f64 + 1.0) / t) / abar(i as f64 / t)).min(0.999)
-            }
-        })
-        .collect();
-    let mut product = 1.0f64;
-    betas
-        .iter()
-        .map(|beta| {
-            product *= 1.0 - beta;
-            product as f32
-        })
-        .collect()
-}
-
-/// The DDIM steps: for each, the timestep fed to the model and the update's
-/// coefficients `sqrt(ab_t), sqrt(1 - ab_t), sqrt(ab_prev), sqrt(1 - ab_prev)`
-/// (computed in f64 from the f32 table, then cast to f32).
-#[derive(Debug, Clone, PartialEq)]
-pub struct DdimPlan {
-    pub timesteps: Vec<i64>,
-    pub coefficients: Vec<[f32; 4]>,
-    pub clip_sample: Option<f32>,
-}
-
-impl DdimPlan {
-    /// diffusers' "leading" spacing: `t_i = (steps - 1 - i) * (T / steps) + offset`.
-    pub fn new(
-        alphas_cumprod: &[f32],
-        steps: usize,
-        steps_offset: usize,
-        set_alpha_to_one: bool,
-        clip_sample: Option<f32>,
-    ) -> Result<Self, String> {
-        let train = alphas_cumprod.len();
-        if steps == 0 || steps > train {
-            return Err(format!(
-                "num_steps must be in 1..={train} (the schedule's length)"
-            ));
-        }
-        if alphas_cumprod
-            .iter()
-            .any(|a| !(a.is_finite() && *a > 0.0 && *a <= 1.0))
-        {
-            return Err("alphas_cumprod values must be in (0, 1]".into());
-        }
-        let ratio = train / steps;
-        let final_alpha = if set_alpha_to_one {
-            1.0
-        } else {
-            f64::from(alphas_cumprod[0])
-        };
-        let mut timesteps = Vec::with_capacity(steps);
-        let mut coefficients = Vec::with_capacity(steps);
-        for i in (0..steps).rev() {
-            let t = i * ratio + steps_offset;
-            let ab_t =
-                f64::from(*alphas_cumprod.get(t).ok_or_else(|| {
-                    format!("timestep {t} is past the schedule's {train} entries")
-                })?);
-            let ab_prev = match t.checked_sub(ratio) {
-                Some(prev) => f64::from(alphas_cumprod[prev]),
-                None => final_alpha,
-            };
-            timesteps.push(t as i64);
-            coefficients.push([
-                ab_t.sqrt() as f32,
-                (1.0 - ab_t).sqrt() as f32,
-                ab_prev.sqrt() as f32,
-                (1.0 - ab_prev).sqrt() as f32,
-            ]);
-        }
-        Ok(Self {
-            timesteps,
-            coefficients,
-            clip_sample,
-        })
-    }
-}
-
-/// Loads `alphas_cumprod` from a launch file's schedule table.
-pub fn schedule_table(launch: &Launch, schedule: &ScheduleConfig) -> Result<Vec<f32>, String> {
-    if let Some(kind) = schedule.kind {
-        return Ok(alphas_cumprod(
-            kind,
-            schedule.train_steps,
-            schedule.beta_start,
-            schedule.beta_end,
-        ));
-    }
-    let Some(file) = &schedule.file else {
-        return Err("the schedule needs `kind` or `file`".into());
-    };
-    let path = launch.resolve(file);
-    let values: Vec<f64> = if path.extension().is_some_and(|e| e == "json") {
-        let text =
-            reflex_runtime::files::read_to_string(&path, reflex_runtime::files::MAX_DATA_BYTES)
-                .map_err(|e| e.to_string())?;
-        serde_json::from_str(&text).map_err(|e| {
-            format!(
-                "{}: expected a JSON list of alphas_cumprod: {e}",
-                path.display()
-            )
-        })?
-    } else {
-        let (shape, values) = reflex_runtime::npy::read_f64(&path).map_err(|e| e.to_string())?;
-        if shape.len() != 1 {
-            return Err(format!(
-                "{}: expected a 1-D array, found {shape:?}",
-                path.display()
-            ));
-        }
-        values
-    };
-    Ok(values.into_iter().map(|v| v as f32).collect())
-}
-
 enum Sampler {
     /// Euler from t = 1 to t = 0 in `steps` steps.
-    Flow {
-        steps: usize,
-    },
-    Ddim(DdimPlan),
+    Flow { steps: usize },
+    /// diffusers' DDIM or DDPM steps.
+    Diffusion(SamplerPlan),
 }
 
 /// The step graph's time input: flow time (f32) or a diffusion timestep.
@@ -274,6 +134,11 @@ pub struct GenerativePolicy {
     actions_norm: Option<VectorNorm>,
     noise: Box<dyn NoiseSource>,
     next_noise: Option<Vec<f32>>,
+    /// The noise stochastic steps add (DDPM, DDIM with eta > 0), one sample per
+    /// step, from a generator keyed by (seed, tick) apart from the initial noise's.
+    step_noise: Vec<f32>,
+    step_noise_seed: u64,
+    next_step_noise: Option<Vec<f32>>,
     rebind_each_step: bool,
     /// The last sample in the model's space, all B chunks: [B, H, D].
     pub last_raw: Vec<f32>,
@@ -327,15 +192,14 @@ impl GenerativePolicy {
             field: "policy.schedule".into(),
             message,
         };
-        let table = schedule_table(launch, &cfg.schedule).map_err(schedule_error)?;
-        let plan = DdimPlan::new(
-            &table,
-            cfg.num_steps,
-            cfg.schedule.steps_offset,
-            cfg.schedule.set_alpha_to_one,
-            cfg.schedule.clip_sample,
-        )
-        .map_err(schedule_error)?;
+        let plan = cfg
+            .schedule
+            .resolve(cfg.num_steps, |p| launch.resolve(p))
+            .and_then(|s| {
+                s.plan(cfg.num_steps)
+                    .map_err(|e| ("steps_offset".into(), e))
+            })
+            .map_err(|(field, message)| schedule_error(format!("{field}: {message}")))?;
         Self::load(
             launch,
             Spec {
@@ -352,7 +216,7 @@ impl GenerativePolicy {
                     time: cfg.ports.timestep.clone(),
                     output: cfg.ports.output.clone(),
                 },
-                sampler: Sampler::Ddim(plan),
+                sampler: Sampler::Diffusion(plan),
                 time_dtypes: &["int64", "float32"],
             },
         )
@@ -560,6 +424,10 @@ impl GenerativePolicy {
         binding
             .bind_input(spec.ports.noisy_actions.as_str(), &x)
             .map_err(tensor_error)?;
+        let step_noise_samples = match &spec.sampler {
+            Sampler::Diffusion(plan) => plan.noise_samples(),
+            Sampler::Flow { .. } => 0,
+        };
         let mut policy = Self {
             prefix,
             step,
@@ -578,6 +446,9 @@ impl GenerativePolicy {
                 seed: launch.config.seed,
             }),
             next_noise: None,
+            step_noise: vec![0.0; step_noise_samples * batch * horizon * model_dim],
+            step_noise_seed: launch.config.seed ^ 0x57E9_5E0D_57E9_5E0D,
+            next_step_noise: None,
             rebind_each_step: provider != "cpu",
             last_raw: vec![0.0; batch * horizon * model_dim],
             last_actions: vec![0.0; batch * horizon * joints],
@@ -626,19 +497,30 @@ impl GenerativePolicy {
         self.model_dim
     }
 
+    /// Values of step noise per chunk (0 for deterministic samplers).
+    pub fn step_noise_len(&self) -> usize {
+        self.step_noise.len()
+    }
+
     /// The next inference starts from `noise` ([B, H, D], row-major) instead of the
     /// seeded generator.
-    pub fn set_next_noise(&mut self, noise: Vec<f32>) -> Result<(), String> {
-        if noise.len() != self.noise_len() {
+    pub fn set_next_noise(&mut self, mut noise: Vec<f32>) -> Result<(), String> {
+        let (initial, steps) = (self.noise_len(), self.step_noise_len());
+        if noise.len() != initial && noise.len() != initial + steps {
             return Err(format!(
-                "noise has {} values, expected B x H x D = {} x {} x {} = {}",
+                "noise has {} values, expected B x H x D = {} x {} x {} = {initial}{}",
                 noise.len(),
                 self.batch,
                 self.horizon,
                 self.model_dim,
-                self.noise_len()
+                if steps > 0 {
+                    format!(", or that plus one sample per step ({})", initial + steps)
+                } else {
+                    String::new()
+                }
             ));
         }
+        self.next_step_noise = (noise.len() > initial).then(|| noise.split_off(initial));
         self.next_noise = Some(noise);
         Ok(())
     }
@@ -696,6 +578,16 @@ impl GenerativePolicy {
     }
 
     fn fill_noise(&mut self, obs: &Observation) -> Result<(), PolicyError> {
+        match self.next_step_noise.take() {
+            Some(noise) => self.step_noise.copy_from_slice(&noise),
+            None if !self.step_noise.is_empty() => {
+                SeededGaussian {
+                    seed: self.step_noise_seed,
+                }
+                .fill(obs, &mut self.step_noise)?;
+            }
+            None => {}
+        }
         let x = self.x.extract_tensor_mut().1;
         if let Some(noise) = self.next_noise.take() {
             x.copy_from_slice(&noise);
@@ -772,25 +664,30 @@ impl GenerativePolicy {
                     k += 1;
                 }
             }
-            Sampler::Ddim(plan) => {
+            Sampler::Diffusion(plan) => {
                 let plan = plan.clone();
-                for (k, (&timestep, &[a_t, b_t, a_p, b_p])) in
-                    plan.timesteps.iter().zip(&plan.coefficients).enumerate()
-                {
-                    let clip = plan.clip_sample;
-                    let finite = self.step(timestep as f32, timestep, |x, eps| {
-                        for (x, e) in x.iter_mut().zip(eps) {
-                            let mut x0 = (*x - b_t * e) / a_t;
-                            if let Some(c) = clip {
-                                x0 = x0.clamp(-c, c);
+                // Step k adds the k-th sample of the step noise (when it adds any).
+                let noise = std::mem::take(&mut self.step_noise);
+                let per_step = self.noise_len();
+                let mut result = Ok(());
+                for (k, step) in plan.steps.iter().enumerate() {
+                    let z = noise.get(k * per_step..(k + 1) * per_step).unwrap_or(&[]);
+                    match self.step(step.timestep as f32, step.timestep, |x, m| {
+                        step.apply(plan.clip, x, m, z)
+                    }) {
+                        Ok(finite) => {
+                            if !finite && bad_step.is_none() {
+                                bad_step = Some(k);
                             }
-                            *x = a_p * x0 + b_p * e;
                         }
-                    })?;
-                    if !finite && bad_step.is_none() {
-                        bad_step = Some(k);
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
                     }
                 }
+                self.step_noise = noise;
+                result?;
             }
         }
         let x = self.x.extract_tensor().1;
@@ -1072,15 +969,17 @@ impl PolicyKind for DiffusionKind {
             &[("model", cfg.model.as_path())],
             cfg.norm_stats.as_ref(),
         )?;
-        crate::config::check_schedule(table, &cfg.schedule, cfg.num_steps)?;
-        if let Some(file) = &cfg.schedule.file {
-            table.check_file(
-                "schedule.file",
-                file,
-                "schedule file",
-                reflex_runtime::files::MAX_DATA_BYTES,
-            )?;
+        for (field, file, what) in [
+            ("schedule.file", &cfg.schedule.file, "schedule file"),
+            ("schedule.config", &cfg.schedule.config, "scheduler config"),
+        ] {
+            if let Some(file) = file {
+                table.check_file(field, file, what, reflex_runtime::files::MAX_DATA_BYTES)?;
+            }
         }
+        cfg.schedule
+            .resolve(cfg.num_steps, |p| table.launch().resolve(p))
+            .map_err(|(field, message)| table.error_at(&format!("schedule.{field}"), message))?;
         Ok(Arc::new(GenerativeSpec(cfg)))
     }
 }
@@ -1145,33 +1044,6 @@ pub fn load_generative(launch: &Launch) -> Result<Option<GenerativePolicy>, Load
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn schedules_match_their_definitions() {
-        let linear = alphas_cumprod(ScheduleKind::Linear, 1000, 1e-4, 0.02);
-        assert!((linear[0] - 0.9999).abs() < 1e-7);
-        assert!((linear[999] - 4.036e-5).abs() < 1e-7, "{}", linear[999]);
-        let cosine = alphas_cumprod(ScheduleKind::SquaredCosine, 100, 0.0, 0.0);
-        assert!((cosine[0] - 0.99937).abs() < 1e-5, "{}", cosine[0]);
-        assert!(cosine.windows(2).all(|w| w[1] < w[0]));
-        let scaled = alphas_cumprod(ScheduleKind::ScaledLinear, 1000, 0.00085, 0.012);
-        assert!((scaled[0] - 0.99915).abs() < 1e-6);
-    }
-
-    #[test]
-    fn ddim_plan_uses_leading_spacing_and_final_alpha() {
-        let table = alphas_cumprod(ScheduleKind::SquaredCosine, 100, 0.0, 0.0);
-        let plan = DdimPlan::new(&table, 8, 0, true, Some(1.0)).unwrap();
-        assert_eq!(plan.timesteps, vec![84, 72, 60, 48, 36, 24, 12, 0]);
-        let last = plan.coefficients[7];
-        assert_eq!((last[2], last[3]), (1.0, 0.0));
-        let first = plan.coefficients[0];
-        assert_eq!(first[2], f64::from(table[72]).sqrt() as f32);
-        let plan = DdimPlan::new(&table, 8, 0, false, None).unwrap();
-        assert_eq!(plan.coefficients[7][2], f64::from(table[0]).sqrt() as f32);
-        assert!(DdimPlan::new(&table, 101, 0, true, None).is_err());
-        assert!(DdimPlan::new(&table, 10, 20, true, None).is_err());
-    }
 
     #[test]
     fn seeded_noise_is_standard_normal() {

@@ -21,6 +21,7 @@ pub mod normalize;
 pub mod onnxruntime;
 pub mod preprocess;
 pub mod prompt;
+pub mod scheduler;
 
 pub use chunk::{ChunkPolicy, PolicyLoadError};
 

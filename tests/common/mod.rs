@@ -188,3 +188,18 @@ pub fn chunk_offsets(log: &Path) -> Vec<(u64, Vec<f64>)> {
     }
     out
 }
+
+/// The python of the parity venv (torch, diffusers), made on first use by
+/// scripts/parity_venv.sh (`make test` runs it first).
+pub fn parity_python() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/parity_venv.sh"))
+        .output()
+        .expect("scripts/parity_venv.sh");
+    assert!(
+        out.status.success(),
+        "the parity venv: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
