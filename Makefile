@@ -13,6 +13,8 @@ run: setup
 test: setup
 	@bash scripts/parity_venv.sh > /dev/null
 	$(CARGO) test --workspace
+	# The benches are not run here, but they must compile.
+	$(CARGO) check --workspace --benches
 
 setup:
 	@bash scripts/setup.sh

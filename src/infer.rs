@@ -107,13 +107,14 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
         }
         if let Some(dir) = &args.dump_inputs {
             std::fs::create_dir_all(dir)?;
+            // Every input in its own dtype, as the model got it.
             for input in policy.model_inputs() {
-                if input.dtype == TensorDtype::Float32 {
-                    npy::write_f32(
-                        &dir.join(format!("{}.npy", input.name)),
-                        &input.shape,
-                        &input.values,
-                    )?;
+                let path = dir.join(format!("{}.npy", input.name));
+                match input.dtype {
+                    TensorDtype::Float32 => npy::write_f32(&path, &input.shape, &input.values)?,
+                    TensorDtype::Uint8 => npy::write_u8(&path, &input.shape, &input.bytes)?,
+                    TensorDtype::Bool => npy::write_bool(&path, &input.shape, &input.flags)?,
+                    TensorDtype::Int64 => npy::write_i64(&path, &input.shape, &input.ids)?,
                 }
             }
         }

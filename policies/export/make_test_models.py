@@ -6,11 +6,9 @@ enters as 0 * mean(image), so the input stays live) and `state` float32 [1,3] ra
 and return `actions` float32 [1,10,3] rad:
 
 - chunk_identity.onnx: actions[0,h,:] = state (hold the current position);
-- chunk_ramp.onnx: actions[0,h,j] = state[0,j] + 0.05 * (h + 1) (always moving);
 - chunk_nan.onnx: actions are all NaN;
 - chunk_wrong_input.onnx: identity, but the state input is named `joint_state`;
 - chunk_wrong_output.onnx: identity, but actions are [1,10,4] (state zero-padded);
-- chunk_dynamic_batch.onnx: identity with a symbolic "batch" first dimension;
 - chunk_state_hold.onnx: identity with no image input at all (state -> actions;
   used by launch/zenoh_arm.toml for bring-up);
 - chunk_history2.onnx: a Diffusion-Policy-style observation of the last two
@@ -55,10 +53,9 @@ from onnx_graph import const, save, tensor
 
 HORIZON, JOINTS = 10, 3
 IMAGE = [3, 32, 32]
-RAMP_STEP = 0.05
 
 
-def chunk_model(name, state_name="state", out_joints=JOINTS, image=True, ramp=False, nan=False, batch=1):
+def chunk_model(name, state_name="state", out_joints=JOINTS, image=True, nan=False):
     """A "hold the state" chunk policy and its variants, as an ONNX graph."""
     nodes = [helper.make_node("Unsqueeze", [state_name, "axis1"], ["row"])]  # [B,1,J]
     inits = [const("axis1", np.array([1], np.int64))]
@@ -71,10 +68,6 @@ def chunk_model(name, state_name="state", out_joints=JOINTS, image=True, ramp=Fa
     nodes.append(helper.make_node("Expand", [row, "repeat"], ["chunk"]))
     inits.append(const("repeat", np.array([1, HORIZON, 1], np.int64)))
     terms = ["chunk"]
-    if ramp:
-        offsets = (RAMP_STEP * np.arange(1, HORIZON + 1)).astype(np.float32).reshape(1, HORIZON, 1)
-        inits.append(const("ramp", offsets))
-        terms.append("ramp")
     if image:
         # Per-sample mean as [B,1,1], times zero: the image is consumed, never changes the result.
         nodes += [
@@ -95,9 +88,9 @@ def chunk_model(name, state_name="state", out_joints=JOINTS, image=True, ramp=Fa
         total = out
     if total != "actions":
         nodes.append(helper.make_node("Identity", [total], ["actions"]))
-    inputs = ([tensor("image", [batch, *IMAGE])] if image else []) + [tensor(state_name, [batch, JOINTS])]
-    graph = helper.make_graph(nodes, name, inputs, [tensor("actions", [batch, HORIZON, out_joints])], inits)
-    return graph, (out_joints, ramp, nan)
+    inputs = ([tensor("image", [1, *IMAGE])] if image else []) + [tensor(state_name, [1, JOINTS])]
+    graph = helper.make_graph(nodes, name, inputs, [tensor("actions", [1, HORIZON, out_joints])], inits)
+    return graph, (out_joints, nan)
 
 
 HISTORY_GAIN, HISTORY_DRIFT = 0.5, 0.02
@@ -352,24 +345,20 @@ def build_targets(out_dir: str):
         print(f"wrote {path} ({os.path.getsize(path)} B)")
 
 
-def expected_actions(state, out_joints, ramp, nan):
+def expected_actions(state, out_joints, nan):
     """What a chunk fixture must return for `state` [B,J] (numpy, float32)."""
     padded = np.zeros((len(state), out_joints), np.float32)
     padded[:, :JOINTS] = state
     actions = np.repeat(padded[:, None, :], HORIZON, axis=1)
-    if ramp:
-        actions = actions + (RAMP_STEP * np.arange(1, HORIZON + 1)).astype(np.float32)[None, :, None]
     return np.full_like(actions, np.nan) if nan else actions
 
 
 def build(out_dir: str):
     models = {
         "chunk_identity.onnx": chunk_model("chunk_identity"),
-        "chunk_ramp.onnx": chunk_model("chunk_ramp", ramp=True),
         "chunk_nan.onnx": chunk_model("chunk_nan", nan=True),
         "chunk_wrong_input.onnx": chunk_model("chunk_wrong_input", state_name="joint_state"),
         "chunk_wrong_output.onnx": chunk_model("chunk_wrong_output", out_joints=JOINTS + 1),
-        "chunk_dynamic_batch.onnx": chunk_model("chunk_dynamic_batch", batch="batch"),
         "chunk_state_hold.onnx": chunk_model("chunk_state_hold", image=False),
     }
     os.makedirs(out_dir, exist_ok=True)
@@ -378,22 +367,21 @@ def build(out_dir: str):
         path = os.path.join(out_dir, name)
         save(graph, path, {"producer": "policies/export/make_test_models.py",
                            "horizon": HORIZON, "joints": expect[0]})
-        # Prove it loads, and that it computes what it claims (batch 2 where allowed).
+        # Prove it loads, and that it computes what it claims.
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        batch = 2 if name == "chunk_dynamic_batch.onnx" else 1
-        state = rng.uniform(-2, 2, (batch, JOINTS)).astype(np.float32)
-        feeds = {i.name: (state if i.name.endswith("state") else rng.random((batch, *IMAGE), np.float32))
+        state = rng.uniform(-2, 2, (1, JOINTS)).astype(np.float32)
+        feeds = {i.name: (state if i.name.endswith("state") else rng.random((1, *IMAGE), np.float32))
                  for i in session.get_inputs()}
         result = session.run(["actions"], feeds)[0]
         want = expected_actions(state, *expect)
         if result.shape != want.shape or not np.allclose(result, want, atol=1e-6, equal_nan=True):
             raise SystemExit(f"{name}: got {result} for state {state}, expected {want}")
-        if expect[2] and not np.isnan(result).all():
+        if expect[1] and not np.isnan(result).all():
             raise SystemExit(f"{name}: ONNX Runtime did not output NaN everywhere")
         ports = [f"{i.name} {i.type} {i.shape}" for i in session.get_inputs()]
         out = session.get_outputs()[0]
         print(f"wrote {path} ({os.path.getsize(path)} B): {', '.join(ports)} -> {out.name} {out.type} {out.shape}"
-              f"{'  (all NaN)' if expect[2] else ''}")
+              f"{'  (all NaN)' if expect[1] else ''}")
 
 
 def fast_fixture(out_dir: str, tokenizer_dir: str):

@@ -171,21 +171,24 @@ def ddim_coefficients(ac: np.ndarray, t: int, ratio: int, set_alpha_to_one: bool
     return tuple(np.float32(math.sqrt(v)) for v in (ab_t, 1.0 - ab_t, ab_prev, 1.0 - ab_prev))
 
 
-def ddim_sample(model, obs: dict, noise: np.ndarray, steps: int, ac: np.ndarray, clip_sample=None,
-                set_alpha_to_one: bool = True, steps_offset: int = 0) -> np.ndarray:
+def ddim_plan(ac: np.ndarray, steps: int, set_alpha_to_one: bool = True, steps_offset: int = 0):
+    """Each step's timestep and coefficients, computed once (as reflex does at load)."""
+    ac = np.asarray(ac, np.float32)
+    timesteps, ratio = ddim_timesteps(len(ac), steps, steps_offset)
+    return [(int(t), ddim_coefficients(ac, int(t), ratio, set_alpha_to_one)) for t in timesteps]
+
+
+def ddim_sample(model, obs: dict, noise: np.ndarray, plan, clip_sample=None) -> np.ndarray:
     """Deterministic DDIM (eta = 0) with an epsilon-predicting model.
 
-    ac: float32 alphas_cumprod [T]; clip_sample: None or the clip range of x0.
+    plan: ddim_plan(...); clip_sample: None or the clip range of x0.
     """
     model = as_session(model)
-    ac = np.asarray(ac, np.float32)
     x = np.asarray(noise, np.float32)
     batch = x.shape[0]
     feeds = tile_to(obs, batch)
     out = ["eps"] if _has_output(model, "eps") else None
-    timesteps, ratio = ddim_timesteps(len(ac), steps, steps_offset)
-    for t in timesteps:
-        a_t, b_t, a_p, b_p = ddim_coefficients(ac, int(t), ratio, set_alpha_to_one)
+    for t, (a_t, b_t, a_p, b_p) in plan:
         feeds["noisy_actions"] = x
         feeds["timestep"] = np.full([batch], t, np.int64)
         eps = model.run(out, feeds)[0].astype(np.float32)
@@ -229,11 +232,17 @@ def sampler_setup(args):
     return kind, model, prefix, load_inputs(args.inputs, names), noise
 
 
-def run_chunk(args, kind, model, prefix, obs, noise, ac):
+def run_chunk(args, kind, model, prefix, obs, noise, plan):
     if kind == "flow":
         return flow_sample(model, obs, noise, args.steps, prefix)
-    return ddim_sample(model, obs, noise, args.steps, ac, args.clip_sample, not args.no_alpha_to_one,
-                       args.steps_offset)
+    return ddim_sample(model, obs, noise, plan, args.clip_sample)
+
+
+def plan_from(args, kind):
+    """The DDIM plan for `args` (None for flow), made once per run."""
+    if kind != "ddim":
+        return None
+    return ddim_plan(schedule_from(args), args.steps, not args.no_alpha_to_one, args.steps_offset)
 
 
 def step_feeds(model, prefix, obs, noise, kind):
@@ -312,8 +321,7 @@ def main():
         print(json.dumps({"out": args.out, "first": float(ac[0]), "last": float(ac[-1]), "len": len(ac)}))
     elif args.command in ("flow", "ddim"):
         kind, model, prefix, obs, noise = sampler_setup(args)
-        ac = schedule_from(args) if args.command == "ddim" else None
-        x = run_chunk(args, args.command, model, prefix, obs, noise, ac)
+        x = run_chunk(args, args.command, model, prefix, obs, noise, plan_from(args, args.command))
         np.save(args.out, x)
         print(json.dumps({"out": args.out, "shape": list(x.shape), "finite": bool(np.isfinite(x).all())}))
     elif args.command == "bench":
@@ -323,8 +331,8 @@ def main():
             result = timings(lambda: model.run(None, feeds), args.repeat)
             result["graph_runs_per_chunk"] = 1
         else:
-            ac = schedule_from(args) if kind == "ddim" else None
-            result = timings(lambda: run_chunk(args, kind, model, prefix, obs, noise, ac), args.repeat)
+            plan = plan_from(args, kind)
+            result = timings(lambda: run_chunk(args, kind, model, prefix, obs, noise, plan), args.repeat)
             result["graph_runs_per_chunk"] = flow_graph_runs(args.steps, prefix is not None) \
                 if kind == "flow" else args.steps
         result["kind"] = kind

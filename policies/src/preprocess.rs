@@ -65,11 +65,6 @@ pub struct MappedInput {
 }
 
 impl MappedInput {
-    /// True for joint-vector inputs (positions or velocities).
-    pub fn is_joint_vector(&self) -> bool {
-        matches!(self.source, Source::Positions | Source::Velocities)
-    }
-
     /// True for joint positions (normalized with the `state` statistics).
     pub fn is_joint_positions(&self) -> bool {
         matches!(self.source, Source::Positions)

@@ -19,6 +19,24 @@ pub fn write_u8(path: &Path, shape: &[usize], values: &[u8]) -> std::io::Result<
     write_raw(path, "|u1", shape, |out| out.write_all(values))
 }
 
+/// Writes little-endian int64 `values` with `shape` (token ids).
+pub fn write_i64(path: &Path, shape: &[usize], values: &[i64]) -> std::io::Result<()> {
+    write_raw(path, "<i8", shape, |out| {
+        values
+            .iter()
+            .try_for_each(|v| out.write_all(&v.to_le_bytes()))
+    })
+}
+
+/// Writes booleans with `shape` (masks), one byte each as numpy stores them.
+pub fn write_bool(path: &Path, shape: &[usize], values: &[bool]) -> std::io::Result<()> {
+    write_raw(path, "|b1", shape, |out| {
+        values
+            .iter()
+            .try_for_each(|v| out.write_all(&[u8::from(*v)]))
+    })
+}
+
 fn write_raw(
     path: &Path,
     descr: &str,
@@ -189,5 +207,24 @@ mod tests {
         assert_eq!(shape, vec![2, 3]);
         assert_eq!(values, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn token_ids_and_masks_keep_their_dtypes() {
+        let dir = std::env::temp_dir();
+        let ids = dir.join(format!("reflex-npy-ids-{}.npy", std::process::id()));
+        super::write_i64(&ids, &[1, 3], &[2, -1, 1 << 40]).unwrap();
+        let array = super::read(&ids).unwrap();
+        assert_eq!(array.shape, vec![1, 3]);
+        assert_eq!(array.data, super::NpyData::Int64(vec![2, -1, 1 << 40]));
+        let mask = dir.join(format!("reflex-npy-mask-{}.npy", std::process::id()));
+        super::write_bool(&mask, &[3], &[true, false, true]).unwrap();
+        let bytes = std::fs::read(&mask).unwrap();
+        let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'descr': '|b1'"));
+        assert_eq!(&bytes[10 + header_len..], &[1, 0, 1]);
+        for path in [ids, mask] {
+            std::fs::remove_file(path).unwrap();
+        }
     }
 }
