@@ -25,14 +25,13 @@ numpy only (manual backprop, Adam). Deterministic for a given --seed on a machin
 import argparse
 import json
 import os
-import time
 
 import numpy as np
 import onnxruntime as ort
 from onnx import helper
 
 from onnx_graph import const, save, tensor
-from train_sim_reach import Mlp, action_head
+from train_sim_reach import Mlp, action_head, fit
 
 
 def load(demos):
@@ -128,14 +127,8 @@ def main():
     train_probe = train[rng.permutation(len(train))[:4096]]
     print(f"{n} samples ({len(train)} train, {len(val)} validation), inputs "
           f"{', '.join(f'{k} {list(shapes[k])}' for k in names)}; horizon {horizon}, joints {joints}")
-    started = time.time()
-    for epoch in range(args.epochs):
-        lr = float(args.lr * 0.5 * (1 + np.cos(np.pi * epoch / args.epochs)))
-        order = rng.permutation(train)
-        losses = [mlp.step(features[b], targets[b], lr)
-                  for b in (order[s:s + args.batch] for s in range(0, len(order), args.batch))]
-        print(f"epoch {epoch + 1:3d}  lr {lr:.1e}  loss {np.mean(losses):.5f}  train mse {mse_rad2(train_probe):.6f}"
-              f"  val mse {mse_rad2(val):.6f} rad^2  {time.time() - started:.0f} s", flush=True)
+    fit(mlp, features, targets, train, args, rng,
+        lambda: f"train mse {mse_rad2(train_probe):.6f}  val mse {mse_rad2(val):.6f} rad^2")
 
     val_mse = mse_rad2(val)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

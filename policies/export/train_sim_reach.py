@@ -105,6 +105,19 @@ class Mlp:
             self.params[k] -= np.float32(step) * self.m[k] / (np.sqrt(self.v[k]) + np.float32(eps))
 
 
+def fit(mlp, features, targets, train, args, rng, progress):
+    """args.epochs of Adam over shuffled batches of `train`, the step size
+    cosine-decayed from args.lr; prints `progress()` after each epoch."""
+    started = time.time()
+    for epoch in range(args.epochs):
+        lr = float(args.lr * 0.5 * (1 + np.cos(np.pi * epoch / args.epochs)))
+        order = rng.permutation(train)
+        losses = [mlp.step(features[b], targets[b], lr)
+                  for b in (order[s:s + args.batch] for s in range(0, len(order), args.batch))]
+        print(f"epoch {epoch + 1:3d}  lr {lr:.1e}  loss {np.mean(losses):.5f}  {progress()}"
+              f"  {time.time() - started:.0f} s", flush=True)
+
+
 def action_head(mlp, features, d_mean, d_std, horizon, joints):
     """The MLP on `features`, its z-scored deltas scaled back and added to `state`:
     the nodes and initializers that end in `actions` [1, horizon, joints]."""
@@ -212,16 +225,12 @@ def main():
     train_probe = train[rng.permutation(len(train))[:4096]]  # cheap train-error estimate
     print(f"{n} samples ({len(train)} train, {len(val)} validation), horizon {horizon}, joints {joints}, "
           f"image {list(image_shape)}; predicting zero change: val mse {np.mean(delta[val] ** 2):.5f} rad^2")
-    started = time.time()
-    for epoch in range(args.epochs):
-        lr = float(args.lr * 0.5 * (1 + np.cos(np.pi * epoch / args.epochs)))  # cosine decay
-        order = rng.permutation(train)
-        losses = [mlp.step(features[b], targets[b], lr)
-                  for b in (order[s:s + args.batch] for s in range(0, len(order), args.batch))]
+    def progress():
         train_mse, val_mse = mse_rad2(train_probe), mse_rad2(val)
-        print(f"epoch {epoch + 1:3d}  lr {lr:.1e}  loss {np.mean(losses):.5f}  train mse {train_mse:.6f}"
-              f"  val mse {val_mse:.6f} rad^2 (rmse {np.sqrt(val_mse):.4f} rad)  {time.time() - started:.0f} s",
-              flush=True)
+        return (f"train mse {train_mse:.6f}  val mse {val_mse:.6f} rad^2 "
+                f"(rmse {np.sqrt(val_mse):.4f} rad)")
+
+    fit(mlp, features, targets, train, args, rng, progress)
 
     val_mse = mse_rad2(val)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

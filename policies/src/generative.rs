@@ -665,7 +665,7 @@ impl GenerativePolicy {
                 }
             }
             Sampler::Diffusion(plan) => {
-                let plan = plan.clone();
+                let plan = plan.clone(); // shared steps: no allocation
                 // Step k adds the k-th sample of the step noise (when it adds any).
                 let noise = std::mem::take(&mut self.step_noise);
                 let per_step = self.noise_len();

@@ -303,10 +303,10 @@ impl Step {
     }
 }
 
-/// The steps of one chunk.
+/// The steps of one chunk (shared: the sampler clones the plan per chunk).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplerPlan {
-    pub steps: Vec<Step>,
+    pub steps: std::sync::Arc<[Step]>,
     pub clip: Option<f32>,
 }
 
@@ -440,7 +440,8 @@ impl Scheduler {
                     sigma: sigma as f32,
                 }
             })
-            .collect();
+            .collect::<Vec<_>>()
+            .into();
         Ok(SamplerPlan {
             steps,
             clip: self.clip,
@@ -513,23 +514,14 @@ impl ScheduleConfig {
             }
             alphas_cumprod(kind, train, start, end)
         };
+        let range = (self.clip_sample_range)
+            .or(file.clip_sample_range)
+            .unwrap_or(1.0);
         let clip = match self.clip_sample {
             Some(ClipSample::Range(range)) => Some(range),
-            Some(ClipSample::On(false)) => None,
-            Some(ClipSample::On(true)) => Some(
-                self.clip_sample_range
-                    .or(file.clip_sample_range)
-                    .unwrap_or(1.0),
-            ),
+            Some(ClipSample::On(on)) => on.then_some(range),
             // diffusers clips by default.
-            None => match file.clip_sample.unwrap_or(diffusers) {
-                true => Some(
-                    self.clip_sample_range
-                        .or(file.clip_sample_range)
-                        .unwrap_or(1.0),
-                ),
-                false => None,
-            },
+            None => file.clip_sample.unwrap_or(diffusers).then_some(range),
         };
         if let Some(c) = clip
             && !(c.is_finite() && c > 0.0)
