@@ -313,8 +313,13 @@ with zenoh.open(conf) as session:
     let stream = &recovered["streams"][1];
     assert_eq!(stream["name"], "taxels");
     assert!(chunks >= 3, "{chunks} chunks: {stream}");
+    // Recovered: the samples fed are milliseconds old, not the 5 s the sender's
+    // clock is behind. The median, since a publisher stalled by a loaded machine
+    // can make one of the few chunks wait for a sample (seen: 255 ms); the worst
+    // stays far from 5 s.
+    let age = &stream["age_ms"];
     assert!(
-        stream["age_ms"]["p99"].as_f64().unwrap() < 100.0,
+        age["p50"].as_f64().unwrap() < 100.0 && age["max"].as_f64().unwrap() < 1000.0,
         "samples fed as if old: {stream}"
     );
     let (unsynchronized, chunks) = run("unix");
