@@ -4,7 +4,7 @@
 CARGO ?= cargo
 DURATION ?= 15
 
-.PHONY: run test setup build check lint bench demos train train-flow train-multisensor models fast-tokenizer fast-sim-policy clean
+.PHONY: run test setup build check lint bench demos train train-flow train-multisensor models fast-tokenizer fast-sim-policy import-lerobot clean
 
 run: setup
 	$(CARGO) build --release
@@ -31,6 +31,18 @@ lint:
 
 bench: setup
 	$(CARGO) bench --workspace
+
+# Bring a LeRobot ACT or Diffusion Policy directory (config.json, model.safetensors,
+# processor files): ONNX graph(s), its statistics and a launch file for ROBOT's
+# sensors in OUT, checked with `reflex check`. Runs in the parity venv (torch,
+# LeRobot; made on first use, outside the clone).
+POLICY ?=
+OUT ?= imported
+ROBOT ?= launch/sim_arm.toml
+import-lerobot: build
+	@test -n "$(POLICY)" || { echo "usage: make import-lerobot POLICY=path/to/pretrained_model [OUT=imported] [ROBOT=launch/sim_arm.toml]"; exit 2; }
+	"$$(bash scripts/parity_venv.sh)" policies/export/import_lerobot.py "$(POLICY)" --out "$(OUT)" --robot "$(ROBOT)"
+	./target/release/reflex check "$(OUT)/launch.toml"
 
 # Developer-run: regenerate the demo policy (scripted demonstrations -> numpy
 # behaviour cloning -> ONNX) and the test fixtures. The outputs are committed.

@@ -11,6 +11,12 @@
 //!
 //! A camera the file leaves out is a missing view (black, masked), which is an
 //! error unless the launch file marks it `optional`.
+//!
+//! `--episode EP.npz` runs a whole recorded episode instead, one action period per
+//! step, as the loop would: the same arrays with a leading time axis (`[T, joints]`,
+//! `[T, H, W, 3]`), inputs with `history` fed the earlier steps, the launch file's
+//! execution strategy (`first_action`, `replan_after`) deciding when a chunk is
+//! sampled and which action runs; what comes out is the action of every step.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -31,8 +37,13 @@ pub struct InferArgs {
     /// Launch file whose policy to run.
     pub launch: PathBuf,
     /// The observation: .json, .npz or .npy (see `reflex infer --help`).
-    #[arg(long)]
-    pub obs: PathBuf,
+    #[arg(long, required_unless_present = "episode", conflicts_with = "episode")]
+    pub obs: Option<PathBuf>,
+    /// A recorded episode (.npz, every array with a leading time axis): run it step
+    /// by step and write the executed action of every step to --out ([T, joints]).
+    /// With --noise: [chunks, ...] one chunk's noise after another.
+    #[arg(long, value_name = "EP.npz")]
+    pub episode: Option<PathBuf>,
     /// Initial noise for flow / diffusion policies: .npy float32 [B, H, D]; for a
     /// stochastic sampler (DDPM, DDIM with eta > 0) optionally followed by one
     /// [B, H, D] sample per step ([1 + steps, B, H, D]).
@@ -62,7 +73,11 @@ pub struct InferArgs {
 
 pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
     let launch = crate::load_launch(Some(&args.launch), &args.overrides)?;
-    let obs = read_observation(&args.obs, &launch, args.tick)?;
+    if let Some(episode) = &args.episode {
+        return crate::episode::run(&launch, episode, &args);
+    }
+    let obs_path = args.obs.clone().unwrap_or_default();
+    let obs = read_observation(&obs_path, &launch, args.tick)?;
     // Action columns: the joints and the gripper.
     let joints = launch.action_width();
     let horizon;
@@ -227,7 +242,7 @@ fn latency_report(
 }
 
 /// Named arrays from an observation file.
-fn read_arrays(path: &Path) -> anyhow::Result<Vec<(String, NpyArray)>> {
+pub fn read_arrays(path: &Path) -> anyhow::Result<Vec<(String, NpyArray)>> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     match ext {
         "npy" => Ok(vec![("joint_positions".into(), npy::read(path)?)]),
@@ -303,6 +318,16 @@ fn read_arrays(path: &Path) -> anyhow::Result<Vec<(String, NpyArray)>> {
 pub fn read_observation(path: &Path, launch: &Launch, tick: u64) -> anyhow::Result<Observation> {
     let arrays =
         read_arrays(path).with_context(|| format!("cannot read observation {}", path.display()))?;
+    observation_from(&arrays, path, launch, tick)
+}
+
+/// The observation named arrays describe (`path` names them in errors).
+pub fn observation_from(
+    arrays: &[(String, NpyArray)],
+    path: &Path,
+    launch: &Launch,
+    tick: u64,
+) -> anyhow::Result<Observation> {
     let get = |name: &str| arrays.iter().find(|(n, _)| n == name).map(|(_, a)| a);
     let joints = launch.config.robot.joints.len();
     let mut state = JointState::empty(joints);

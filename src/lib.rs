@@ -4,6 +4,7 @@
 
 pub mod calibrate;
 pub mod demos;
+pub mod episode;
 pub mod fast_cli;
 pub mod infer;
 pub use reflex_runtime::npy;

@@ -118,29 +118,35 @@ fn outside_subscribers_receive_every_command_within_limits() {
     assert_eq!(report["version"], 1, "{report}");
 }
 
+/// The demo policy over 36 seeded episodes (3 seeds x 12 episodes of 5 s on the
+/// simulated clock): the 95% lower confidence bound of its success rate must be
+/// high, and the same check must fail without the camera (the negative control:
+/// it cannot see where the target is).
 #[test]
 fn the_demo_policy_reaches_the_target() {
-    let dir = scratch("e2e-task");
-    let summary_path = dir.join("summary.json");
-    run_ok(&[
-        "run",
+    let seeing = task_success("launch/sim_arm.toml", "demo", 1..4, 60, &[]);
+    let blind = task_success(
         "launch/sim_arm.toml",
-        "--sim-clock",
-        "--duration",
-        "15",
-        "--set",
-        "zenoh.enabled=false",
-        "--summary-json",
-        summary_path.to_str().unwrap(),
-    ]);
-    let summary = summary(&summary_path);
-    let episodes = summary["tasks"][0]["episodes"].as_array().unwrap().clone();
-    assert_eq!(episodes.len(), 3, "{summary}");
-    let reached = episodes.iter().filter(|e| e["reached"] == true).count();
-    assert_eq!(
-        reached,
-        episodes.len(),
-        "every episode reaches its target: {summary:#}"
+        "demo-blind",
+        1..4,
+        60,
+        &["streams.top.masked=true"],
+    );
+    let (seeing_low, _) = wilson_interval(seeing);
+    let (_, blind_high) = wilson_interval(blind);
+    eprintln!(
+        "demo policy: {seeing:?} reached (95% lower bound {seeing_low:.2}), without the camera \
+         {blind:?} (upper bound {blind_high:.2})"
+    );
+    assert_eq!(seeing.1, 36);
+    // Measured when this was written: 35 of 36, bound 0.86.
+    assert!(
+        seeing_low >= 0.8,
+        "with the camera: {seeing:?}, lower bound {seeing_low:.2}"
+    );
+    assert!(
+        blind_high < seeing_low,
+        "without the camera the policy must not pass the same check: {blind:?} vs {seeing:?}"
     );
 }
 

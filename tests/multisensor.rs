@@ -7,43 +7,13 @@
 
 mod common;
 
-use common::{run_ok, scratch, summary};
+use common::{task_success, wilson_interval};
+
+const LAUNCH: &str = "launch/sim_arm_multisensor.toml";
 
 /// Episodes reached and run over `seeds` x 12 episodes (5 s each, simulated clock).
 fn success(label: &str, seeds: std::ops::Range<u64>, sets: &[&str]) -> (usize, usize) {
-    let dir = scratch(&format!("multisensor-{label}"));
-    let (mut reached, mut total) = (0, 0);
-    for seed in seeds {
-        let path = dir.join(format!("summary-{seed}.json"));
-        let seed = seed.to_string();
-        let mut args = vec![
-            "run",
-            "launch/sim_arm_multisensor.toml",
-            "--sim-clock",
-            "--duration",
-            "60",
-            "--seed",
-            &seed,
-            "--set",
-            "zenoh.enabled=false",
-            "--summary-json",
-            path.to_str().unwrap(),
-        ];
-        for set in sets {
-            args.extend(["--set", set]);
-        }
-        run_ok(&args);
-        let summary = summary(&path);
-        let episodes = summary["tasks"][0]["episodes"].as_array().unwrap().clone();
-        assert_eq!(
-            summary["tasks"][0]["task"], "reach the sounding target",
-            "{summary}"
-        );
-        reached += episodes.iter().filter(|e| e["reached"] == true).count();
-        total += episodes.len();
-        assert_eq!(summary["inference_errors"].as_u64(), Some(0), "{summary}");
-    }
-    (reached, total)
+    task_success(LAUNCH, &format!("multisensor-{label}"), seeds, 60, sets)
 }
 
 #[test]
@@ -60,6 +30,13 @@ fn hearing_finds_the_target_vision_cannot_tell_apart() {
     // Measured 46/48 with all senses, 21/48 shuffled (chance: one of two
     // identical targets), 0/48 masked.
     assert!(all.0 >= 40, "all senses: {all:?}");
+    // At 95% confidence, hearing beats chance (one of two targets) and the controls.
+    let (all_low, _) = wilson_interval(all);
+    let (_, shuffled_high) = wilson_interval(shuffled);
+    assert!(
+        all_low > 0.5 && all_low > shuffled_high,
+        "{all:?} vs {shuffled:?}"
+    );
     assert!(
         shuffled.0 <= 32 && shuffled.0 + 10 <= all.0,
         "the shuffled sound must not find the target: {shuffled:?} vs {all:?}"

@@ -1,10 +1,19 @@
-//! Normalization statistics: openpi's `norm_stats.json`.
+//! Normalization statistics in the three files the field writes them to:
 //!
-//! The file is `{"norm_stats": {"<key>": {"mean": [..], "std": [..], "q01": [..],
-//! "q99": [..]}, ...}}` with one entry per normalized quantity (`state`,
-//! `actions`). The same object without the `norm_stats` wrapper is accepted, as are
-//! LeRobot's `min` / `max` fields. Every field is a list with one value per
-//! dimension; all lists of an entry have the same length.
+//! - openpi's `norm_stats.json`: `{"norm_stats": {"<key>": {"mean": [..], "std":
+//!   [..], "q01": [..], "q99": [..]}, ...}}`, one entry per normalized quantity
+//!   (`state`, `actions`); the same object without the `norm_stats` wrapper is
+//!   accepted;
+//! - a LeRobot dataset's `meta/stats.json`: the same shape keyed by feature
+//!   (`observation.state`, `observation.images.top`, `action`) with `min` / `max`
+//!   too, image entries per channel as `[3, 1, 1]` nested lists (flattened here),
+//!   and fields reflex does not use (`count`) ignored;
+//! - LeRobot's normalizer processor state,
+//!   `policy_preprocessor_step_*_normalizer_processor.safetensors`: flat tensors
+//!   named `<feature>.<field>` (`observation.state.mean`).
+//!
+//! Every field is a list with one value per dimension; all lists of an entry have
+//! the same length.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +27,7 @@ pub enum NormStatsError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{}: not a norm_stats.json: {message}", path.display())]
+    #[error("{}: {message}", path.display())]
     Format { path: PathBuf, message: String },
     #[error("{}: entry `{key}` {message}", path.display())]
     Entry {
@@ -98,27 +107,123 @@ struct Wrapped<'a> {
 }
 
 impl NormStats {
-    /// Reads and checks a `norm_stats.json` (wrapped or not).
+    /// Reads and checks a statistics file: `.safetensors` (LeRobot's normalizer),
+    /// else JSON (`norm_stats.json`, wrapped or not, or `meta/stats.json`).
     pub fn load(path: &Path) -> Result<Self, NormStatsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| NormStatsError::Read {
+        let bytes = std::fs::read(path).map_err(|source| NormStatsError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, path)
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// [`load`](Self::load) on a file's contents; `path` picks the format and
+    /// names the file in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, NormStatsError> {
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            return Self::parse_safetensors(bytes, path);
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| NormStatsError::Format {
+            path: path.to_path_buf(),
+            message: format!("not a JSON statistics file (or a .safetensors one): {e}"),
+        })?;
+        Self::parse(text, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, NormStatsError> {
         let format = |message: String| NormStatsError::Format {
             path: path.to_path_buf(),
-            message,
+            message: format!("not a norm_stats.json or meta/stats.json: {message}"),
         };
         let mut value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| format(e.to_string()))?;
         if let Some(inner) = value.get_mut("norm_stats") {
             value = inner.take();
         }
+        // LeRobot's per-channel image statistics are [3, 1, 1]: one value per
+        // channel once flattened.
+        if let Some(entries) = value.as_object_mut() {
+            for entry in entries.values_mut() {
+                if let Some(fields) = entry.as_object_mut() {
+                    for field in fields.values_mut() {
+                        if field.is_array() {
+                            *field = flatten(field.take()).into();
+                        }
+                    }
+                }
+            }
+        }
         let entries: BTreeMap<String, Stats> = serde_json::from_value(value)
             .map_err(|e| format(format!("expected {{key: {{mean, std, q01, q99}}}}: {e}")))?;
+        Self::checked(entries, path)
+    }
+
+    /// LeRobot's normalizer state: a safetensors file of `<feature>.<field>`
+    /// tensors (F32 or F64; other tensors are skipped).
+    pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<Self, NormStatsError> {
+        let format = |message: String| NormStatsError::Format {
+            path: path.to_path_buf(),
+            message: format!("not a LeRobot normalizer safetensors file: {message}"),
+        };
+        let header_len = bytes
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+            .ok_or_else(|| format("shorter than its 8-byte header length".into()))?;
+        let data_start = usize::try_from(header_len)
+            .ok()
+            .and_then(|n| n.checked_add(8))
+            .filter(|&end| end <= bytes.len())
+            .ok_or_else(|| format(format!("header of {header_len} bytes past the end")))?;
+        let header: BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(&bytes[8..data_start]).map_err(|e| format(e.to_string()))?;
+        let data = &bytes[data_start..];
+        let mut entries: BTreeMap<String, Stats> = BTreeMap::new();
+        for (name, info) in &header {
+            let Some((feature, field)) = name.rsplit_once('.') else {
+                continue;
+            };
+            let dtype = info["dtype"].as_str().unwrap_or_default();
+            let offsets = (
+                info["data_offsets"][0].as_u64(),
+                info["data_offsets"][1].as_u64(),
+            );
+            let (Some(begin), Some(end)) = offsets else {
+                continue;
+            };
+            let range = usize::try_from(begin).ok().zip(usize::try_from(end).ok());
+            let raw = range
+                .filter(|(b, e)| b <= e)
+                .and_then(|(b, e)| data.get(b..e))
+                .ok_or_else(|| format(format!("tensor `{name}` lies outside the file")))?;
+            let values: Vec<f32> = match dtype {
+                "F32" => raw
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                "F64" => raw
+                    .chunks_exact(8)
+                    .map(|b| f64::from_le_bytes(b.try_into().unwrap_or_default()) as f32)
+                    .collect(),
+                _ => continue,
+            };
+            let stats = entries.entry(feature.to_string()).or_default();
+            let slot = match field {
+                "mean" => &mut stats.mean,
+                "std" => &mut stats.std,
+                "q01" => &mut stats.q01,
+                "q99" => &mut stats.q99,
+                "min" => &mut stats.min,
+                "max" => &mut stats.max,
+                _ => continue,
+            };
+            *slot = Some(values);
+        }
+        // Features whose only tensors are ones reflex does not use (`count`).
+        entries.retain(|_, stats| stats.width() > 0);
+        Self::checked(entries, path)
+    }
+
+    fn checked(entries: BTreeMap<String, Stats>, path: &Path) -> Result<Self, NormStatsError> {
         for (key, stats) in &entries {
             let entry = |message: String| NormStatsError::Entry {
                 path: path.to_path_buf(),
@@ -145,6 +250,19 @@ impl NormStats {
         Ok(Self { entries })
     }
 
+    /// Which normalization the file's statistics suggest for the entry `key`:
+    /// quantiles (openpi's pi0-FAST / pi0.5 files) before mean/std, min/max
+    /// only when that is all there is.
+    pub fn suggested_fields(&self, key: &str) -> Option<&'static str> {
+        let stats = self.entries.get(key)?;
+        Some(match (&stats.q01, &stats.mean, &stats.min) {
+            (Some(_), _, _) => "q01/q99",
+            (None, Some(_), _) => "mean/std",
+            (None, None, Some(_)) => "min/max",
+            _ => return None,
+        })
+    }
+
     /// The entry `key`, or an error listing the entries.
     pub fn get(&self, key: &str, path: &Path) -> Result<&Stats, NormStatsError> {
         self.entries
@@ -162,6 +280,14 @@ impl NormStats {
             norm_stats: &self.entries,
         })
         .unwrap_or_default()
+    }
+}
+
+/// A nested JSON list as one flat list of its numbers, in order.
+fn flatten(value: serde_json::Value) -> Vec<serde_json::Value> {
+    match value {
+        serde_json::Value::Array(items) => items.into_iter().flat_map(flatten).collect(),
+        other => vec![other],
     }
 }
 
@@ -287,6 +413,105 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lerobot_dataset_stats_json_with_image_entries_is_read() {
+        // The shape of a LeRobot v3 dataset's meta/stats.json.
+        let text = r#"{
+            "observation.state": {"min": [-1.0, -2.0], "max": [1.0, 2.0], "mean": [0.0, 0.5],
+                                  "std": [0.5, 1.0], "count": [120]},
+            "observation.images.top": {"mean": [[[0.485]], [[0.456]], [[0.406]]],
+                                       "std": [[[0.229]], [[0.224]], [[0.225]]],
+                                       "min": [[[0.0]], [[0.0]], [[0.0]]],
+                                       "max": [[[1.0]], [[1.0]], [[1.0]]], "count": [120]}
+        }"#;
+        let stats = NormStats::parse(text, Path::new("meta/stats.json")).unwrap();
+        let image = &stats.entries["observation.images.top"];
+        assert_eq!(image.field("std").unwrap(), &[0.229, 0.224, 0.225]);
+        assert_eq!(stats.entries["observation.state"].width(), 2);
+        assert_eq!(
+            stats.suggested_fields("observation.state"),
+            Some("mean/std")
+        );
+    }
+
+    /// A safetensors file as the format defines it: u64 LE header length, JSON
+    /// header, then the tensors' bytes.
+    fn safetensors(tensors: &[(&str, &str, Vec<u8>)]) -> Vec<u8> {
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+        let mut data = Vec::new();
+        for (name, dtype, bytes) in tensors {
+            let n = bytes.len()
+                / if *dtype == "F64" || *dtype == "I64" {
+                    8
+                } else {
+                    4
+                };
+            header.insert(
+                name.to_string(),
+                serde_json::json!({"dtype": dtype, "shape": [n],
+                    "data_offsets": [data.len(), data.len() + bytes.len()]}),
+            );
+            data.extend_from_slice(bytes);
+        }
+        let header = serde_json::to_vec(&header).unwrap();
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend(header);
+        out.extend(data);
+        out
+    }
+
+    fn f32_bytes(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn lerobot_normalizer_safetensors_is_read_by_feature_and_field() {
+        let file = safetensors(&[
+            ("observation.state.mean", "F32", f32_bytes(&[0.5, -0.5])),
+            ("observation.state.std", "F32", f32_bytes(&[2.0, 3.0])),
+            (
+                "action.min",
+                "F64",
+                [-1.0f64, -2.0]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            ("action.max", "F32", f32_bytes(&[1.0, 2.0])),
+            ("action.count", "I64", 7i64.to_le_bytes().to_vec()),
+            ("episode_index.count", "I64", 7i64.to_le_bytes().to_vec()),
+        ]);
+        let path = Path::new("policy_preprocessor_step_3_normalizer_processor.safetensors");
+        let stats = NormStats::from_bytes(&file, path).unwrap();
+        assert_eq!(stats.entries.len(), 2, "{:?}", stats.entries.keys());
+        assert_eq!(
+            stats.entries["observation.state"].field("std").unwrap(),
+            &[2.0, 3.0]
+        );
+        assert_eq!(stats.entries["action"].field("min").unwrap(), &[-1.0, -2.0]);
+        assert_eq!(stats.suggested_fields("action"), Some("min/max"));
+        // Truncated or garbage files are refused with the file's name.
+        let err = NormStats::from_bytes(&file[..20], path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("normalizer_processor.safetensors: not a LeRobot normalizer"),
+            "{err}"
+        );
+        let ragged = safetensors(&[
+            ("action.min", "F32", f32_bytes(&[0.0])),
+            ("action.max", "F32", f32_bytes(&[1.0, 2.0])),
+        ]);
+        let err = NormStats::from_bytes(&ragged, path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("field `max` has 2 values, other fields have 1"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn openpi_format_round_trips_and_unwrapped_is_accepted() {

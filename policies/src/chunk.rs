@@ -291,14 +291,21 @@ impl ChunkPolicy {
         )?;
         let mapper = InputMapper::new(&cfg.inputs, &launch.camera_names(), &launch.tensor_names())
             .map_err(PolicyLoadError::WarmUp)?;
-        let mapper = crate::attach_prompt(launch, mapper, cfg.prompt.as_ref())?;
+        let mut mapper = crate::attach_prompt(launch, mapper, cfg.prompt.as_ref())?;
+        let from_stats =
+            crate::normalize::norm_stats_for(launch, cfg.norm_stats.as_ref(), joints, &mut mapper)?;
         let mut policy = Self {
             session,
             mapper,
             output: cfg.actions.output.clone(),
             horizon: cfg.actions.horizon,
             joints,
-            unnormalize: cfg.actions.normalize.as_ref().map(VectorNorm::inline),
+            unnormalize: cfg
+                .actions
+                .normalize
+                .as_ref()
+                .map(VectorNorm::inline)
+                .or(from_stats),
             model_path,
             library_path,
             warm_up_ms: 0.0,
@@ -401,6 +408,15 @@ impl PolicyKind for ChunkKind {
         }
         crate::config::check_inputs(table, &mut cfg.inputs, cfg.prompt.as_ref())?;
         crate::check_models(table, &[("model", &cfg.model)])?;
+        if let Some(stats) = &cfg.norm_stats {
+            if cfg.actions.normalize.is_some() {
+                return Err(table.error_at(
+                    "actions.normalize",
+                    "give the actions' statistics inline or in norm_stats, not both",
+                ));
+            }
+            crate::config::check_norm_stats_file(table, stats)?;
+        }
         Ok(Arc::new(ChunkSpec(cfg)))
     }
 }

@@ -74,10 +74,17 @@ impl Default for FlowPorts {
 /// with diffusers' DDIM or DDPM on a noise schedule. The graph takes the mapped
 /// observation inputs plus `noisy_actions` [B, H, D] and `timestep` [B] (int64 or
 /// float32) and returns its prediction [B, H, D].
+///
+/// Split form (`prefix_model` too), as for flow: the observation encoder runs
+/// once per chunk (Diffusion Policy's image encoder -> `global_cond`) and each of
+/// its outputs is fed, by name, to the noise network at every step.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiffusionPolicyConfig {
+    /// The noise network (single form: with the observation inputs).
     pub model: PathBuf,
+    /// The observation encoder of the split form.
+    pub prefix_model: Option<PathBuf>,
     #[serde(default = "defaults::intra_threads")]
     pub intra_threads: usize,
     /// Denoising steps per chunk.
@@ -133,14 +140,25 @@ pub struct GenerativeActions {
     pub delta: bool,
 }
 
-/// Normalization statistics from a file (openpi `norm_stats.json`, or the same
-/// keys without the `norm_stats` wrapper).
+/// Normalization statistics from a file: openpi's `norm_stats.json` (or the same
+/// keys without the `norm_stats` wrapper), a LeRobot dataset's `meta/stats.json`,
+/// or LeRobot's normalizer state
+/// (`policy_preprocessor_step_*_normalizer_processor.safetensors`).
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NormStatsConfig {
     pub file: PathBuf,
+    /// The normalization of the state and the actions, unless `state_mode` /
+    /// `actions_mode` say otherwise.
     #[serde(default)]
     pub mode: NormMode,
+    /// LeRobot's `normalization_mapping` STATE.
+    pub state_mode: Option<NormMode>,
+    /// LeRobot's `normalization_mapping` ACTION.
+    pub actions_mode: Option<NormMode>,
+    /// Camera inputs with `stats = "<key>"`, per channel (LeRobot's VISUAL).
+    #[serde(default = "defaults::image_mode")]
+    pub image_mode: NormMode,
     /// Which entry normalizes joint-vector inputs.
     #[serde(default = "defaults::state_key")]
     pub state_key: String,
@@ -149,16 +167,30 @@ pub struct NormStatsConfig {
     pub actions_key: String,
 }
 
+impl NormStatsConfig {
+    pub fn state_mode(&self) -> NormMode {
+        self.state_mode.unwrap_or(self.mode)
+    }
+
+    pub fn actions_mode(&self) -> NormMode {
+        self.actions_mode.unwrap_or(self.mode)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NormMode {
-    /// `(x - mean) / (std + 1e-6)` (pi0)
+    /// `(x - mean) / (std + 1e-6)` (openpi's pi0)
     #[default]
     ZScore,
-    /// `(x - q01) / (q99 - q01 + 1e-6) * 2 - 1` (pi0-FAST, pi0.5)
+    /// `(x - q01) / (q99 - q01 + 1e-6) * 2 - 1` (openpi's pi0-FAST, pi0.5)
     Quantile,
-    /// `(x - min) / (max - min + 1e-8) * 2 - 1` (LeRobot MIN_MAX)
+    /// LeRobot's MEAN_STD: `(x - mean) / (std + 1e-8)`, undone as `x * std + mean`
+    MeanStd,
+    /// LeRobot's MIN_MAX: `2 (x - min) / (max - min) - 1` (1e-8 when max = min)
     MinMax,
+    /// LeRobot's IDENTITY: values pass as they are
+    Identity,
 }
 
 /// An autoregressive VLA that emits FAST action tokens: a prefix graph run once per
@@ -242,6 +274,9 @@ pub struct ChunkPolicyConfig {
     /// How the task instruction (`[task]`) becomes `prompt.*` inputs.
     pub prompt: Option<PromptConfig>,
     pub actions: ActionsConfig,
+    /// Statistics that normalize the inputs and unnormalize the actions (instead
+    /// of the inline `normalize` tables).
+    pub norm_stats: Option<NormStatsConfig>,
 }
 
 /// One ONNX input and the observation that fills it.
@@ -271,6 +306,10 @@ pub struct InputConfig {
     /// the batch, e.g. `[1, 2, 3]` for two joint vectors of three joints.
     #[serde(default = "defaults::history")]
     pub history: usize,
+    /// Normalize with this entry of `[policy.norm_stats]`'s file (e.g.
+    /// `observation.images.top`): a camera per channel after `image.range`, with
+    /// `image_mode`; a vector per value, with `state_mode`.
+    pub stats: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
@@ -374,9 +413,11 @@ pub struct ImagePreprocess {
     /// Channel order the model expects (cameras deliver RGB).
     #[serde(default)]
     pub channels: ChannelOrder,
-    /// `linear`: area averaging when the size divides evenly, else bilinear with
-    /// half-pixel centres (OpenCV, torch `interpolate`); `pil_bilinear`: Pillow's
-    /// antialiased bilinear on uint8, bit-exact (openpi's `resize_with_pad`).
+    /// `area` (default): the mean of each block when the size divides evenly
+    /// (OpenCV's `INTER_AREA`), else `bilinear`; `bilinear`: bilinear with
+    /// half-pixel centres at every size (torch `interpolate(mode="bilinear")`,
+    /// OpenCV's `INTER_LINEAR`); `pil_bilinear`: Pillow's antialiased bilinear
+    /// on uint8, bit-exact (openpi's `resize_with_pad`).
     #[serde(default)]
     pub filter: ResizeFilter,
 }
@@ -384,8 +425,11 @@ pub struct ImagePreprocess {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ResizeFilter {
+    /// Block mean at whole factors, else bilinear (`linear` is its old name).
     #[default]
-    Linear,
+    #[serde(alias = "linear")]
+    Area,
+    Bilinear,
     PilBilinear,
 }
 
@@ -443,6 +487,20 @@ pub struct ActionsConfig {
     /// H, the number of actions in a chunk.
     pub horizon: usize,
     pub normalize: Option<Normalization>,
+}
+
+/// The statistics file of `[policy.norm_stats]` exists and is not too large.
+pub fn check_norm_stats_file(
+    table: &KindTable<'_>,
+    stats: &NormStatsConfig,
+) -> Result<(), LaunchError> {
+    table.check_file(
+        "norm_stats.file",
+        &stats.file,
+        "statistics file",
+        reflex_runtime::files::MAX_DATA_BYTES,
+    )?;
+    Ok(())
 }
 
 /// The inputs of an ONNX policy kind's table (None for other kinds).
@@ -901,6 +959,9 @@ mod defaults {
     }
     pub fn state_key() -> String {
         "state".into()
+    }
+    pub fn image_mode() -> super::NormMode {
+        super::NormMode::MeanStd
     }
     pub fn actions_key() -> String {
         "actions".into()

@@ -43,7 +43,7 @@ use reflex_runtime::types::{ActionChunk, Observation};
 
 use crate::PolicyLoadError;
 use crate::chunk::{Port, check_inputs, model_ports, signature_mismatch as mismatch};
-use crate::normalize::{VectorNorm, load_norm_stats};
+use crate::normalize::VectorNorm;
 use crate::onnxruntime::{OpenedSession, SessionSettings, open_session};
 use crate::preprocess::InputMapper;
 
@@ -204,7 +204,7 @@ impl GenerativePolicy {
             launch,
             Spec {
                 model: &cfg.model,
-                prefix: None,
+                prefix: cfg.prefix_model.as_deref(),
                 intra_threads: cfg.intra_threads,
                 batch: cfg.batch,
                 inputs: &cfg.inputs,
@@ -377,19 +377,8 @@ impl GenerativePolicy {
         let mapper = InputMapper::new(spec.inputs, &launch.camera_names(), &launch.tensor_names())
             .map_err(PolicyLoadError::WarmUp)?;
         let mut mapper = crate::attach_prompt(launch, mapper, spec.prompt)?;
-        let mut actions_norm = None;
-        if let Some(stats_cfg) = spec.norm_stats {
-            let stats = load_norm_stats(launch, stats_cfg, joints).map_err(|message| {
-                PolicyLoadError::Config {
-                    field: "policy.norm_stats.file".into(),
-                    message,
-                }
-            })?;
-            if let Some(state) = &stats.state {
-                mapper.set_state_normalization(state);
-            }
-            actions_norm = Some(stats.actions);
-        }
+        let actions_norm =
+            crate::normalize::norm_stats_for(launch, spec.norm_stats, joints, &mut mapper)?;
 
         let allocator = Allocator::default();
         let tensor_error = |e: ort::Error| PolicyLoadError::Model {
@@ -909,12 +898,7 @@ fn check_common(
     crate::config::check_generative(table, num_steps, batch, actions)?;
     crate::check_models(table, models)?;
     if let Some(stats) = norm_stats {
-        table.check_file(
-            "norm_stats.file",
-            &stats.file,
-            "statistics file",
-            reflex_runtime::files::MAX_DATA_BYTES,
-        )?;
+        crate::config::check_norm_stats_file(table, stats)?;
     }
     Ok(())
 }
@@ -960,13 +944,17 @@ impl PolicyKind for DiffusionKind {
     fn check(&self, table: &KindTable<'_>) -> Result<Arc<dyn PolicySpec>, LaunchError> {
         let mut cfg: DiffusionPolicyConfig = table.parse()?;
         crate::config::check_inputs(table, &mut cfg.inputs, cfg.prompt.as_ref())?;
+        let mut models = vec![("model", cfg.model.as_path())];
+        if let Some(prefix) = &cfg.prefix_model {
+            models.push(("prefix_model", prefix.as_path()));
+        }
         check_common(
             table,
             cfg.intra_threads,
             cfg.num_steps,
             cfg.batch,
             &cfg.actions,
-            &[("model", cfg.model.as_path())],
+            &models,
             cfg.norm_stats.as_ref(),
         )?;
         for (field, file, what) in [

@@ -230,13 +230,125 @@ impl ModelReport {
                 dim(&x.shape, 1),
                 dim(&x.shape, 2)
             );
-            let _ = writeln!(
-                out,
-                "\n# [policy.norm_stats]\n# file = \"norm_stats.json\"\n# mode = \"z_score\""
-            );
         }
+        out.push_str(&norm_stats_snippet(path));
         out
     }
+}
+
+/// Statistics files reflex reads, in the order a model's directory is searched.
+fn stats_file_near(model: &Path) -> Option<std::path::PathBuf> {
+    let dir = model.parent()?;
+    let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    names.sort();
+    let named = |p: &std::path::PathBuf, suffix: &str| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(suffix))
+    };
+    // `<prefix>norm_stats.json` belongs to the models whose names start with the
+    // prefix (`flow_norm_stats.json` to `flow_velocity.onnx`).
+    let model_name = model.file_name()?.to_str()?;
+    let for_model = |p: &&std::path::PathBuf| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix("norm_stats.json"))
+            .is_some_and(|prefix| model_name.starts_with(prefix))
+    };
+    names
+        .iter()
+        .find(|p| named(p, "normalizer_processor.safetensors"))
+        .or_else(|| names.iter().find(for_model))
+        .or_else(|| {
+            names
+                .iter()
+                .find(|p| named(p, "stats.json") && !named(p, "norm_stats.json"))
+        })
+        .cloned()
+}
+
+/// LeRobot's `normalization_mapping` (VISUAL / STATE / ACTION) from a policy
+/// directory's `config.json`, in reflex's names.
+fn lerobot_modes(dir: &Path) -> Option<[(&'static str, String); 3]> {
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let mapping = config.get("normalization_mapping")?;
+    let mode = |feature: &str| -> String {
+        match mapping.get(feature).and_then(|m| m.as_str()) {
+            Some("MEAN_STD") => "mean_std",
+            Some("MIN_MAX") => "min_max",
+            Some("QUANTILES") => "quantile",
+            _ => "identity",
+        }
+        .to_string()
+    };
+    Some([
+        ("state_mode", mode("STATE")),
+        ("actions_mode", mode("ACTION")),
+        ("image_mode", mode("VISUAL")),
+    ])
+}
+
+/// The `[policy.norm_stats]` table for the statistics file next to the model,
+/// with the mode its policy was trained with when the directory says it
+/// (LeRobot's config.json), else the one its fields suggest.
+fn norm_stats_snippet(model: &Path) -> String {
+    let Some(file) = stats_file_near(model) else {
+        return "\n# [policy.norm_stats]        # no statistics file next to the model\n\
+                # file = \"norm_stats.json\"   # or LeRobot's *normalizer_processor.safetensors, meta/stats.json\n\
+                # mode = \"z_score\"\n"
+            .into();
+    };
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    // Written as the model's path was given, so the snippet works where it does.
+    let shown = file.display().to_string();
+    let stats = match reflex_calibration::NormStats::load(&file) {
+        Ok(stats) => stats,
+        Err(e) => return format!("\n# [policy.norm_stats]: {e}\n"),
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "\n# statistics in {name}:");
+    for (key, entry) in &stats.entries {
+        let _ = writeln!(
+            out,
+            "#   {key}: {} values, {}",
+            entry.width(),
+            stats.suggested_fields(key).unwrap_or("?")
+        );
+    }
+    let lerobot = stats.entries.keys().any(|k| k.starts_with("observation."));
+    let (state_key, actions_key) = match lerobot {
+        true => ("observation.state", "action"),
+        false => ("state", "actions"),
+    };
+    let _ = writeln!(
+        out,
+        "[policy.norm_stats]\nfile = {shown:?}\nstate_key = {state_key:?}\nactions_key = {actions_key:?}"
+    );
+    if let Some(modes) = model.parent().and_then(lerobot_modes) {
+        let _ = writeln!(out, "# modes: config.json's normalization_mapping");
+        for (field, mode) in modes {
+            let _ = writeln!(out, "{field} = {mode:?}");
+        }
+        return out;
+    }
+    // Without the policy's config, the fields say what it can be: openpi writes
+    // quantiles only for the models that use them; mean/std in a LeRobot file is
+    // LeRobot's MEAN_STD (its epsilon), else openpi's z-score.
+    let mode = match (stats.suggested_fields(actions_key), lerobot) {
+        (Some("q01/q99"), _) => "quantile",
+        (Some("min/max"), _) => "min_max",
+        (_, true) => "mean_std",
+        _ => "z_score",
+    };
+    let _ = writeln!(
+        out,
+        "mode = {mode:?}   # a guess from the file's fields: check what the policy was trained with"
+    );
+    out
 }
 
 #[cfg(test)]

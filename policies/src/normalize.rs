@@ -1,6 +1,7 @@
-//! Per-dimension normalization of joint vectors and actions, in the three forms the
-//! field uses: z-score (pi0), quantile (pi0-FAST, pi0.5) and min/max (LeRobot).
-//! The epsilons are openpi's and LeRobot's, so values match theirs bit for bit in f32.
+//! Per-dimension normalization of joint vectors, images (per channel) and actions,
+//! in the forms the field uses: openpi's z-score (pi0) and quantile (pi0-FAST,
+//! pi0.5), LeRobot's MEAN_STD, MIN_MAX and IDENTITY. The epsilons and the order of
+//! operations are theirs, so values match theirs in f32.
 
 use std::path::Path;
 
@@ -8,6 +9,10 @@ use reflex_calibration::NormStats;
 use reflex_runtime::launch::Launch;
 
 use crate::config::{NormMode, NormStatsConfig, Normalization};
+use crate::preprocess::InputMapper;
+
+/// LeRobot's `NormalizerProcessorStep.eps`.
+const LEROBOT_EPS: f32 = 1e-8;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum VectorNorm {
@@ -15,8 +20,10 @@ pub enum VectorNorm {
     ZScore { mean: Vec<f32>, std: Vec<f32> },
     /// `(x - q01) / (q99 - q01 + 1e-6) * 2 - 1`
     Quantile { q01: Vec<f32>, q99: Vec<f32> },
-    /// `(x - min) / (max - min + 1e-8) * 2 - 1`
-    MinMax { min: Vec<f32>, max: Vec<f32> },
+    /// `(x - mean) / (std + 1e-8)`; undone without the epsilon
+    MeanStd { mean: Vec<f32>, std: Vec<f32> },
+    /// `2 (x - min) / span - 1`, span = `max - min`, or 1e-8 where that is 0
+    MinMax { min: Vec<f32>, span: Vec<f32> },
 }
 
 impl VectorNorm {
@@ -29,12 +36,12 @@ impl VectorNorm {
     }
 
     /// From a statistics entry; it must cover at least `width` dimensions (the
-    /// robot's joints), of which the first `width` are used.
+    /// robot's joints), of which the first `width` are used. None for `identity`.
     pub fn from_stats(
         stats: &reflex_calibration::Stats,
         mode: NormMode,
         width: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<Option<Self>, String> {
         let field = |name: &str| -> Result<Vec<f32>, String> {
             let values = stats.field(name)?;
             if values.len() < width {
@@ -45,7 +52,7 @@ impl VectorNorm {
             }
             Ok(values[..width].to_vec())
         };
-        Ok(match mode {
+        Ok(Some(match mode {
             NormMode::ZScore => Self::ZScore {
                 mean: field("mean")?,
                 std: field("std")?,
@@ -54,17 +61,30 @@ impl VectorNorm {
                 q01: field("q01")?,
                 q99: field("q99")?,
             },
-            NormMode::MinMax => Self::MinMax {
-                min: field("min")?,
-                max: field("max")?,
+            NormMode::MeanStd => Self::MeanStd {
+                mean: field("mean")?,
+                std: field("std")?,
             },
-        })
+            NormMode::MinMax => {
+                let min = field("min")?;
+                let span = field("max")?
+                    .iter()
+                    .zip(&min)
+                    .map(|(max, min)| match max - min {
+                        0.0 => LEROBOT_EPS,
+                        span => span,
+                    })
+                    .collect();
+                Self::MinMax { min, span }
+            }
+            NormMode::Identity => return Ok(None),
+        }))
     }
 
     /// Values it has statistics for.
     pub fn len(&self) -> usize {
         match self {
-            Self::ZScore { mean, .. } => mean.len(),
+            Self::ZScore { mean, .. } | Self::MeanStd { mean, .. } => mean.len(),
             Self::Quantile { q01, .. } => q01.len(),
             Self::MinMax { min, .. } => min.len(),
         }
@@ -78,7 +98,8 @@ impl VectorNorm {
         match self {
             Self::ZScore { mean, std } => (x - mean[j]) / (std[j] + 1e-6),
             Self::Quantile { q01, q99 } => (x - q01[j]) / (q99[j] - q01[j] + 1e-6) * 2.0 - 1.0,
-            Self::MinMax { min, max } => (x - min[j]) / (max[j] - min[j] + 1e-8) * 2.0 - 1.0,
+            Self::MeanStd { mean, std } => (x - mean[j]) / (std[j] + LEROBOT_EPS),
+            Self::MinMax { min, span } => 2.0 * (x - min[j]) / span[j] - 1.0,
         }
     }
 
@@ -90,9 +111,8 @@ impl VectorNorm {
             Self::Quantile { q01, q99 } => {
                 (x + 1.0) / 2.0 * f64::from(q99[j] - q01[j] + 1e-6) + f64::from(q01[j])
             }
-            Self::MinMax { min, max } => {
-                (x + 1.0) / 2.0 * f64::from(max[j] - min[j] + 1e-8) + f64::from(min[j])
-            }
+            Self::MeanStd { mean, std } => x * f64::from(std[j]) + f64::from(mean[j]),
+            Self::MinMax { min, span } => (x + 1.0) / 2.0 * f64::from(span[j]) + f64::from(min[j]),
         }
     }
 
@@ -100,15 +120,19 @@ impl VectorNorm {
         match self {
             Self::ZScore { mean, std } => x * (std[j] + 1e-6) + mean[j],
             Self::Quantile { q01, q99 } => (x + 1.0) / 2.0 * (q99[j] - q01[j] + 1e-6) + q01[j],
-            Self::MinMax { min, max } => (x + 1.0) / 2.0 * (max[j] - min[j] + 1e-8) + min[j],
+            Self::MeanStd { mean, std } => x * std[j] + mean[j],
+            Self::MinMax { min, span } => (x + 1.0) / 2.0 * span[j] + min[j],
         }
     }
 }
 
-/// The state and action normalizations a `norm_stats` table describes.
+/// The state and action normalizations a `norm_stats` table describes (None:
+/// identity, or no state entry).
 pub struct LoadedNormStats {
     pub state: Option<VectorNorm>,
-    pub actions: VectorNorm,
+    pub actions: Option<VectorNorm>,
+    stats: NormStats,
+    path: std::path::PathBuf,
 }
 
 /// Reads the statistics file of a policy; errors name the file and the entry.
@@ -118,22 +142,85 @@ pub fn load_norm_stats(
     joints: usize,
 ) -> Result<LoadedNormStats, String> {
     let path = launch.resolve(&cfg.file);
-    let text = reflex_runtime::files::read_to_string(&path, reflex_runtime::files::MAX_DATA_BYTES)
+    let bytes = reflex_runtime::files::read(&path, reflex_runtime::files::MAX_DATA_BYTES)
         .map_err(|e| e.to_string())?;
-    let stats = NormStats::parse(&text, &path).map_err(|e| e.to_string())?;
-    let entry = |key: &str| -> Result<VectorNorm, String> {
-        let stats = stats.get(key, &path).map_err(|e| e.to_string())?;
-        VectorNorm::from_stats(stats, cfg.mode, joints)
+    let stats = NormStats::from_bytes(&bytes, &path).map_err(|e| e.to_string())?;
+    let entry = |key: &str, mode: NormMode| -> Result<Option<VectorNorm>, String> {
+        let found = stats.get(key, &path).map_err(|e| e.to_string())?;
+        VectorNorm::from_stats(found, mode, joints)
             .map_err(|e| format!("{}: entry `{key}` {e}", display(&path)))
     };
     // A policy without a state input may come with stats that have no state entry.
     let state = match stats.entries.contains_key(&cfg.state_key) {
-        true => Some(entry(&cfg.state_key)?),
+        true => entry(&cfg.state_key, cfg.state_mode())?,
         false => None,
     };
+    let actions = entry(&cfg.actions_key, cfg.actions_mode())?;
     Ok(LoadedNormStats {
         state,
-        actions: entry(&cfg.actions_key)?,
+        actions,
+        stats,
+        path,
+    })
+}
+
+/// Applies a policy's `[policy.norm_stats]` to its inputs (joint positions with the
+/// state entry, inputs with `stats = "<key>"` with theirs) and returns the actions'
+/// normalization.
+pub fn apply_norm_stats(
+    launch: &Launch,
+    cfg: &NormStatsConfig,
+    joints: usize,
+    mapper: &mut InputMapper,
+) -> Result<Option<VectorNorm>, String> {
+    let loaded = load_norm_stats(launch, cfg, joints)?;
+    if let Some(state) = &loaded.state {
+        mapper.set_state_normalization(state);
+    }
+    for input in &mut mapper.inputs {
+        let Some(key) = input.stats_key.clone() else {
+            continue;
+        };
+        let found = loaded
+            .stats
+            .get(&key, &loaded.path)
+            .map_err(|e| format!("input `{}`: {e}", input.name))?;
+        let (mode, width) = match input.is_camera() {
+            true => (cfg.image_mode, input.channels()),
+            false => (cfg.state_mode(), input.values_per_frame()),
+        };
+        if input.is_camera() && found.width() != width {
+            return Err(format!(
+                "{}: entry `{key}` has {} values per field, input `{}` has {width} channels",
+                display(&loaded.path),
+                found.width(),
+                input.name
+            ));
+        }
+        input.normalize = VectorNorm::from_stats(found, mode, width).map_err(|e| {
+            format!(
+                "{}: entry `{key}` (input `{}`) {e}",
+                display(&loaded.path),
+                input.name
+            )
+        })?;
+    }
+    Ok(loaded.actions)
+}
+
+/// [`apply_norm_stats`] for a policy's optional table, errors at its field.
+pub fn norm_stats_for(
+    launch: &Launch,
+    cfg: Option<&NormStatsConfig>,
+    joints: usize,
+    mapper: &mut InputMapper,
+) -> Result<Option<VectorNorm>, crate::chunk::PolicyLoadError> {
+    let Some(cfg) = cfg else { return Ok(None) };
+    apply_norm_stats(launch, cfg, joints, mapper).map_err(|message| {
+        crate::chunk::PolicyLoadError::Config {
+            field: "policy.norm_stats.file".into(),
+            message,
+        }
     })
 }
 
@@ -158,13 +245,18 @@ mod tests {
             },
             VectorNorm::MinMax {
                 min: vec![0.0],
-                max: vec![4.0],
+                span: vec![4.0],
+            },
+            VectorNorm::MeanStd {
+                mean: vec![1.0],
+                std: vec![2.0],
             },
         ];
         let expected = [
             (3.0 - 1.0) / (2.0 + 1e-6),
             (3.0 + 1.0) / (4.0 + 1e-6) * 2.0 - 1.0,
             0.5,
+            (3.0 - 1.0) / (2.0 + 1e-8),
         ];
         for (norm, want) in norms.iter().zip(expected) {
             let z = norm.normalize(0, 3.0);
@@ -188,5 +280,26 @@ mod tests {
         let err = VectorNorm::from_stats(&stats, NormMode::Quantile, 2).unwrap_err();
         assert!(err.contains("no `q01`"), "{err}");
         assert!(VectorNorm::from_stats(&stats, NormMode::ZScore, 1).is_ok());
+        assert_eq!(
+            VectorNorm::from_stats(&stats, NormMode::Identity, 2),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn lerobot_min_max_uses_epsilon_only_for_a_constant_dimension() {
+        let stats = reflex_calibration::Stats {
+            min: Some(vec![-1.0, 0.5]),
+            max: Some(vec![3.0, 0.5]),
+            ..Default::default()
+        };
+        let norm = VectorNorm::from_stats(&stats, NormMode::MinMax, 2)
+            .unwrap()
+            .unwrap();
+        // LeRobot: 2 * (x - min) / (max - min) - 1, exactly, and (x + 1) / 2 * span + min.
+        assert_eq!(norm.normalize(0, 1.0), 2.0 * (1.0 - -1.0) / 4.0 - 1.0);
+        assert_eq!(norm.unnormalize(0, 0.0), 1.0);
+        // A constant dimension maps its value to -1 (span 1e-8), as LeRobot does.
+        assert_eq!(norm.normalize(1, 0.5), -1.0);
     }
 }

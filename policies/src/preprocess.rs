@@ -53,7 +53,10 @@ pub struct MappedInput {
     pub dtype: TensorDtype,
     source: Source,
     image: Option<ImagePreprocess>,
+    /// Per value (vectors) or per channel (cameras).
     pub normalize: Option<VectorNorm>,
+    /// The statistics entry named by the input's `stats` (set by the policy).
+    pub stats_key: Option<String>,
     /// Observations along the time axis (1: no time axis), the current one last.
     pub history: usize,
     /// Kept between frames; rebuilt only when the camera's size changes.
@@ -68,6 +71,24 @@ impl MappedInput {
     /// True for joint positions (normalized with the `state` statistics).
     pub fn is_joint_positions(&self) -> bool {
         matches!(self.source, Source::Positions)
+    }
+
+    pub fn is_camera(&self) -> bool {
+        matches!(self.source, Source::Camera(_))
+    }
+
+    /// Colour channels of a camera input (the layout's channel axis).
+    pub fn channels(&self) -> usize {
+        let per_frame = &self.shape[self.shape.len().saturating_sub(3)..];
+        match self.image.as_ref().map(|i| i.layout) {
+            Some(ImageLayout::Nhwc) => per_frame.last().copied().unwrap_or(1),
+            _ => per_frame.first().copied().unwrap_or(1),
+        }
+    }
+
+    /// Values of one observation (one frame of the time axis).
+    pub fn values_per_frame(&self) -> usize {
+        self.shape.iter().product::<usize>() / self.history
     }
 }
 
@@ -155,6 +176,7 @@ impl InputMapper {
                     source,
                     image: c.image.clone(),
                     normalize: c.normalize.as_ref().map(VectorNorm::inline),
+                    stats_key: c.stats.clone(),
                     history: c.history.max(1),
                     plan: None,
                     values,
@@ -331,8 +353,25 @@ impl MappedInput {
                         bytes.fill(0);
                     }
                 }
+                if let Some(norm) = &self.normalize {
+                    normalize_channels(values, norm, pre.layout);
+                }
             }
         }
+    }
+}
+
+/// Per-channel normalization of one float image in `layout` (LeRobot's VISUAL
+/// statistics, one value per channel).
+fn normalize_channels(values: &mut [f32], norm: &VectorNorm, layout: ImageLayout) {
+    let channels = norm.len().max(1);
+    let plane = values.len() / channels;
+    for (i, v) in values.iter_mut().enumerate() {
+        let c = match layout {
+            ImageLayout::Nchw => i / plane.max(1),
+            ImageLayout::Nhwc => i % channels,
+        };
+        *v = norm.normalize(c.min(channels - 1), *v);
     }
 }
 
@@ -358,8 +397,9 @@ pub fn resize_into<T: Copy>(
 
 /// Where every output pixel reads from, for one input size and one setting.
 ///
-/// Box filter when the (inner) size divides the input evenly, else bilinear with
-/// half-pixel centres (OpenCV's `INTER_AREA` / `INTER_LINEAR`). With `mode = "pad"`
+/// `area`: box filter when the (inner) size divides the input evenly (OpenCV's
+/// `INTER_AREA`), else bilinear with half-pixel centres (OpenCV's `INTER_LINEAR`,
+/// torch's `interpolate(mode="bilinear")`), which `bilinear` uses at every size. With `mode = "pad"`
 /// the image keeps its aspect ratio inside the output (openpi's `resize_with_pad`:
 /// integer sizes, extra padding pixel at the end) and the rest is black.
 #[derive(Debug, Clone, PartialEq)]
@@ -591,13 +631,17 @@ impl ResizePlan {
         } else {
             (oh, ow)
         };
-        let block = (in_h.is_multiple_of(height) && in_w.is_multiple_of(width))
-            .then(|| (in_h / height, in_w / width));
+        let block = (pre.filter == ResizeFilter::Area
+            && in_h.is_multiple_of(height)
+            && in_w.is_multiple_of(width))
+        .then(|| (in_h / height, in_w / width));
         let taps = |out: usize, input: usize| -> Vec<(usize, usize, f32)> {
+            // torch's order of operations (scale first, in f32), so the source
+            // coordinates round as its `interpolate` rounds them.
+            let scale = input as f32 / out as f32;
             (0..out)
                 .map(|i| {
-                    let s = ((i as f32 + 0.5) * input as f32 / out as f32 - 0.5)
-                        .clamp(0.0, (input - 1) as f32);
+                    let s = ((i as f32 + 0.5) * scale - 0.5).clamp(0.0, (input - 1) as f32);
                     let i0 = s.floor() as usize;
                     (i0, (i0 + 1).min(input - 1), s - i0 as f32)
                 })
@@ -734,7 +778,7 @@ mod tests {
             range: PixelRange::ZeroOne,
             mode: ResizeMode::Stretch,
             channels: ChannelOrder::Rgb,
-            filter: ResizeFilter::Linear,
+            filter: ResizeFilter::Area,
         }
     }
 

@@ -1,8 +1,12 @@
-//! Loop timing at 500 Hz and 1 kHz: reflex's `WallClock` (absolute deadlines,
-//! sleep then spin) side by side with a naive `thread::sleep(period)` loop, in the
-//! same run. Both do the same 50 µs of work per period. Reports period jitter
-//! (|actual period - nominal|) p50 / p99 / max and the drift after the run, and
-//! writes `target/loop_timing.md` and `target/loop_timing.svg` (jitter histograms).
+//! Loop timing at 500 Hz and 1 kHz, in the same run and with the same 50 µs of work
+//! per period: reflex's `WallClock` (absolute deadlines, sleep until 200 µs before
+//! and spin the rest); the fair baseline, the same absolute deadlines slept to
+//! without the spin (what a careful Python or C++ loop does); and a naive
+//! `thread::sleep(period)` after the work, which drifts. Reports period jitter
+//! (|actual period - nominal|) p50 / p99 / max, the drift after the run and the
+//! CPU the loop burns besides its work (the spin's cost: thread CPU time minus the
+//! work, as a share of one core), and writes `target/loop_timing.md` and
+//! `target/loop_timing.svg` (jitter histograms).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -20,14 +24,46 @@ fn work() {
     }
 }
 
+/// This thread's CPU time (CLOCK_THREAD_CPUTIME_ID).
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A loop's wake-up times and the CPU it used besides the work.
+struct Run {
+    wakes: Vec<Instant>,
+    /// CPU time beyond the work, as a share of one core over the run.
+    overhead_cpu: f64,
+}
+
+fn timed(n: usize, mut body: impl FnMut(&mut Vec<Instant>)) -> Run {
+    let mut wakes = Vec::with_capacity(n);
+    let (cpu0, wall0) = (thread_cpu(), Instant::now());
+    body(&mut wakes);
+    let (cpu, wall) = (thread_cpu() - cpu0, wall0.elapsed());
+    let work = WORK * n as u32;
+    Run {
+        wakes,
+        overhead_cpu: cpu.saturating_sub(work).as_secs_f64() / wall.as_secs_f64(),
+    }
+}
+
 struct Measured {
     jitter: Percentiles,
+    overhead_cpu: f64,
     /// Jitter samples, µs (for the histogram).
     samples: Vec<f64>,
     drift_ms: f64,
 }
 
-fn measure(wakes: &[Instant], period: Duration) -> Measured {
+fn measure(run: &Run, period: Duration) -> Measured {
+    let wakes = &run.wakes;
     let mut dist = Distribution::default();
     let mut samples = Vec::with_capacity(wakes.len());
     for pair in wakes.windows(2) {
@@ -42,28 +78,31 @@ fn measure(wakes: &[Instant], period: Duration) -> Measured {
         jitter: dist.percentiles(),
         samples,
         drift_ms: (actual - expected) * 1e3,
+        overhead_cpu: run.overhead_cpu,
     }
 }
 
-fn reflex_loop(period: Duration, n: usize) -> Vec<Instant> {
-    let mut clock = WallClock::new(period, Duration::from_micros(200));
-    let mut wakes = Vec::with_capacity(n);
-    for _ in 0..n {
-        clock.next_tick();
-        wakes.push(Instant::now());
-        work();
-    }
-    wakes
+/// Absolute deadlines, as `WallClock` keeps them; `spin` before each one is
+/// busy-waited (zero: slept all the way, the fair baseline).
+fn deadline_loop(period: Duration, n: usize, spin: Duration) -> Run {
+    let mut clock = WallClock::new(period, spin);
+    timed(n, |wakes| {
+        for _ in 0..n {
+            clock.next_tick();
+            wakes.push(Instant::now());
+            work();
+        }
+    })
 }
 
-fn naive_loop(period: Duration, n: usize) -> Vec<Instant> {
-    let mut wakes = Vec::with_capacity(n);
-    for _ in 0..n {
-        wakes.push(Instant::now());
-        work();
-        std::thread::sleep(period);
-    }
-    wakes
+fn naive_loop(period: Duration, n: usize) -> Run {
+    timed(n, |wakes| {
+        for _ in 0..n {
+            wakes.push(Instant::now());
+            work();
+            std::thread::sleep(period);
+        }
+    })
 }
 
 fn svg(results: &[(String, Measured)]) -> String {
@@ -113,21 +152,32 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--test");
     let seconds = if quick { 0.2 } else { SECONDS };
     let mut table = String::from(
-        "| rate | loop | jitter p50 (us) | jitter p99 (us) | jitter max (us) | drift after run (ms) |\n|---|---|---|---|---|---|\n",
+        "| rate | loop | jitter p50 (us) | jitter p99 (us) | jitter max (us) | drift after run (ms) | CPU besides the work |\n|---|---|---|---|---|---|---|\n",
     );
     let mut results = Vec::new();
     for hz in [500.0, 1000.0] {
         let period = Duration::from_secs_f64(1.0 / hz);
         let n = (seconds * hz) as usize;
-        for (name, wakes) in [
-            ("reflex WallClock", reflex_loop(period, n)),
+        for (name, run) in [
+            (
+                "reflex WallClock (sleep + 200 us spin)",
+                deadline_loop(period, n, Duration::from_micros(200)),
+            ),
+            (
+                "absolute deadlines, sleep only",
+                deadline_loop(period, n, Duration::ZERO),
+            ),
             ("naive sleep(period)", naive_loop(period, n)),
         ] {
-            let m = measure(&wakes, period);
+            let m = measure(&run, period);
             let _ = writeln!(
                 table,
-                "| {hz} Hz | {name} | {:.1} | {:.1} | {:.1} | {:.2} |",
-                m.jitter.p50_us, m.jitter.p99_us, m.jitter.max_us, m.drift_ms
+                "| {hz} Hz | {name} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1}% |",
+                m.jitter.p50_us,
+                m.jitter.p99_us,
+                m.jitter.max_us,
+                m.drift_ms,
+                m.overhead_cpu * 100.0
             );
             results.push((format!("{hz} Hz {name}"), m));
         }

@@ -1,6 +1,8 @@
-//! One tick's overhead without inference: the state snapshot, the executor and
+//! The tick's decision core in isolation: the state snapshot, the executor and
 //! safety filter (`TickCore::step`), the command hand-off to the arm and bus
-//! mailboxes and the recorder queue — what the control thread does every period.
+//! mailboxes and the recorder queue. The tick as it runs in a deployment (status,
+//! histograms, recorder, drivers and inference all on) is measured by
+//! `benches/real_tick.rs`, through `reflex run` itself.
 
 use std::hint::black_box;
 

@@ -203,3 +203,55 @@ pub fn parity_python() -> PathBuf {
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
+
+/// Episodes reached and run by `launch` on the simulated clock, `seeds` x
+/// `seconds` of simulated time, with launch-file overrides.
+pub fn task_success(
+    launch: &str,
+    label: &str,
+    seeds: std::ops::Range<u64>,
+    seconds: u32,
+    sets: &[&str],
+) -> (usize, usize) {
+    let dir = scratch(&format!("task-{label}"));
+    let (mut reached, mut total) = (0, 0);
+    for seed in seeds {
+        let path = dir.join(format!("summary-{seed}.json"));
+        let (seed, seconds) = (seed.to_string(), seconds.to_string());
+        let mut args = vec![
+            "run",
+            launch,
+            "--sim-clock",
+            "--duration",
+            &seconds,
+            "--seed",
+            &seed,
+            "--set",
+            "zenoh.enabled=false",
+            "--summary-json",
+            path.to_str().unwrap(),
+        ];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        run_ok(&args);
+        let summary = summary(&path);
+        let episodes = summary["tasks"][0]["episodes"].as_array().unwrap().clone();
+        reached += episodes.iter().filter(|e| e["reached"] == true).count();
+        total += episodes.len();
+        assert_eq!(summary["inference_errors"].as_u64(), Some(0), "{summary}");
+    }
+    (reached, total)
+}
+
+/// The Wilson score interval of a success rate at 95% confidence (z = 1.96).
+pub fn wilson_interval((successes, trials): (usize, usize)) -> (f64, f64) {
+    let (k, n, z) = (successes as f64, trials as f64, 1.96f64);
+    if trials == 0 {
+        return (0.0, 1.0);
+    }
+    let p = k / n;
+    let center = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z / (1.0 + z * z / n) * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+    ((center - half).max(0.0), (center + half).min(1.0))
+}
