@@ -10,10 +10,6 @@ use std::path::PathBuf;
 use common::*;
 use reflex_runtime::log::{Record, read_log};
 
-/// The 95% lower confidence bound the FAST sim policy's success rate must reach
-/// (measured when this was written: 67 of 72 episodes, bound 0.85).
-const LOWER_BOUND: f64 = 0.75;
-
 fn fixture_meta() -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(fixture("fast_fixture.json")).unwrap()).unwrap()
 }
@@ -132,23 +128,8 @@ fn a_sequence_cut_short_is_rejected_and_the_arm_holds() {
 /// the same check must fail without the camera (negative control).
 #[test]
 fn the_fast_sim_policy_reaches_the_target() {
-    let launch = "launch/sim_arm_fast.toml";
-    let seeing = task_success(launch, "fast", 0..6, 60, &[]);
-    let blind = task_success(launch, "fast-blind", 0..6, 60, &["streams.top.masked=true"]);
-    let (seeing_low, _) = wilson_interval(seeing);
-    let (_, blind_high) = wilson_interval(blind);
-    eprintln!(
-        "FAST policy: {seeing:?} ({seeing_low:.2}), without the camera {blind:?} ({blind_high:.2})"
-    );
-    assert_eq!(seeing.1, 72);
-    assert!(
-        seeing_low >= LOWER_BOUND,
-        "with the camera: {seeing:?}, lower bound {seeing_low:.2}"
-    );
-    assert!(
-        blind_high < seeing_low,
-        "without the camera the policy must not pass the same check: {blind:?} vs {seeing:?}"
-    );
+    // Measured when this was written: 67 of 72, bound 0.85; blind 1 of 72.
+    assert_task_needs_the_camera("launch/sim_arm_fast.toml", "fast", 0..6, 0.75);
 }
 
 #[test]

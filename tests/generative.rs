@@ -410,24 +410,8 @@ fn nan_model_is_rejected_and_the_arm_holds() {
 /// high, and the same check must fail without the camera (negative control).
 #[test]
 fn trained_flow_policy_succeeds_over_many_seeds() {
-    let launch = "launch/sim_arm_flow.toml";
-    let seeing = task_success(launch, "flow", 0..3, 60, &[]);
-    let blind = task_success(launch, "flow-blind", 0..3, 60, &["streams.top.masked=true"]);
-    let (seeing_low, _) = wilson_interval(seeing);
-    let (_, blind_high) = wilson_interval(blind);
-    eprintln!(
-        "flow policy: {seeing:?} ({seeing_low:.2}), without the camera {blind:?} ({blind_high:.2})"
-    );
-    assert_eq!(seeing.1, 36);
-    // Measured when this was written: 34 of 36, bound 0.82.
-    assert!(
-        seeing_low >= 0.75,
-        "with the camera: {seeing:?}, lower bound {seeing_low:.2}"
-    );
-    assert!(
-        blind_high < seeing_low,
-        "without the camera the policy must not pass the same check: {blind:?} vs {seeing:?}"
-    );
+    // Measured when this was written: 34 of 36, bound 0.82; blind 0 of 36.
+    assert_task_needs_the_camera("launch/sim_arm_flow.toml", "flow", 0..3, 0.75);
 }
 
 #[test]

@@ -255,3 +255,40 @@ pub fn wilson_interval((successes, trials): (usize, usize)) -> (f64, f64) {
     let half = z / (1.0 + z * z / n) * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
     ((center - half).max(0.0), (center + half).min(1.0))
 }
+
+/// A camera-guided sim task over `seeds` x 12 episodes: the 95% lower confidence
+/// bound of the success rate must reach `lower_bound`, and the same policy with
+/// its camera masked (the negative control: it cannot see the target) must fall
+/// below that bound with its upper one. Returns (seeing, blind).
+pub fn assert_task_needs_the_camera(
+    launch: &str,
+    label: &str,
+    seeds: std::ops::Range<u64>,
+    lower_bound: f64,
+) -> ((usize, usize), (usize, usize)) {
+    let episodes = 12 * (seeds.end - seeds.start) as usize;
+    let seeing = task_success(launch, label, seeds.clone(), 60, &[]);
+    let blind = task_success(
+        launch,
+        &format!("{label}-blind"),
+        seeds,
+        60,
+        &["streams.top.masked=true"],
+    );
+    let (seeing_low, _) = wilson_interval(seeing);
+    let (_, blind_high) = wilson_interval(blind);
+    eprintln!(
+        "{label}: {seeing:?} reached (95% lower bound {seeing_low:.2}), without the camera \
+         {blind:?} (upper bound {blind_high:.2})"
+    );
+    assert_eq!(seeing.1, episodes);
+    assert!(
+        seeing_low >= lower_bound,
+        "{label} with the camera: {seeing:?}, lower bound {seeing_low:.2} < {lower_bound}"
+    );
+    assert!(
+        blind_high < seeing_low,
+        "{label} without the camera must not pass the same check: {blind:?} vs {seeing:?}"
+    );
+    (seeing, blind)
+}
