@@ -1,6 +1,7 @@
 //! Diffusion sampling against diffusers itself (DDIMScheduler, DDPMScheduler from
 //! the parity venv that `make test` makes, scripts/parity_venv.sh): the same ONNX
-//! network, the same observation (the inputs `reflex infer --dump-inputs` wrote)
+//! network, the same observation (preprocessed from the raw observation by
+//! policies/export/observation_reference.py, and checked equal to what reflex fed)
 //! and the same noise, the initial sample and every step's, for several scheduler
 //! configurations, and a diffusers `scheduler_config.json` read by reflex.
 
@@ -77,10 +78,17 @@ fn run_case(dir: &Path, python: &Path, case: &Case) -> f32 {
         "--dump-inputs",
         inputs.to_str().unwrap(),
     ]);
+    // diffusers starts from the raw observation, not from reflex's inputs.
+    let reference = reference_inputs(
+        &repo().join("launch/examples/obs/obs.json"),
+        &fixture("flow_norm_stats.json"),
+        &dir.join("reference_inputs"),
+        &inputs,
+    );
     let out = Command::new(python)
         .arg(repo().join("policies/export/diffusers_parity.py"))
         .args(["--model", fixture("diffusion_eps.onnx").to_str().unwrap()])
-        .args(["--inputs", inputs.to_str().unwrap()])
+        .args(["--inputs", reference.to_str().unwrap()])
         .args(["--noise", noise.to_str().unwrap()])
         .args(["--scheduler", &case.diffusers])
         .args(["--steps", &case.steps.to_string()])

@@ -186,13 +186,20 @@ fn flow_matches_the_python_reference_in_both_forms() {
         &noise,
         "split",
     );
+    // The reference starts from the raw observation, not from reflex's inputs.
+    let inputs = reference_inputs(
+        &obs,
+        &fixture("flow_norm_stats.json"),
+        &dir.join("reference_inputs"),
+        &single.inputs,
+    );
     let reference = python_reference(
         &[
             "flow",
             "--model",
             fixture("flow_velocity.onnx").to_str().unwrap(),
             "--inputs",
-            single.inputs.to_str().unwrap(),
+            inputs.to_str().unwrap(),
             "--noise",
             noise.to_str().unwrap(),
             "--steps",

@@ -292,3 +292,39 @@ pub fn assert_task_needs_the_camera(
     );
     (seeing, blind)
 }
+
+/// The pi0-like fixtures' inputs (`image` 32x32 in [-1, 1] with padding, `state`
+/// padded to 8 with quantile statistics) computed from the raw observation by
+/// policies/export/observation_reference.py (OpenCV / torch resizing, numpy
+/// normalization), for the sampler references; they must equal what reflex fed
+/// the model (`reflex_inputs`, its `--dump-inputs`) to float precision.
+pub fn reference_inputs(obs: &Path, stats: &Path, out: &Path, reflex_inputs: &Path) -> PathBuf {
+    let status = Command::new(parity_python())
+        .arg(repo().join("policies/export/observation_reference.py"))
+        .arg("--obs")
+        .arg(obs)
+        .arg("--out")
+        .arg(out)
+        .args(["--image", "image:32x32:minus_one_one:pad"])
+        .arg("--state")
+        .arg(format!("state:8:quantile:{}", stats.display()))
+        .status()
+        .expect("observation_reference.py");
+    assert!(status.success(), "observation_reference.py failed");
+    for name in ["image", "state"] {
+        let file = format!("{name}.npy");
+        let (theirs_shape, theirs) = reflex_runtime::npy::read_f64(&out.join(&file)).unwrap();
+        let (ours_shape, ours) = reflex_runtime::npy::read_f64(&reflex_inputs.join(&file)).unwrap();
+        assert_eq!(theirs_shape, ours_shape, "{name}");
+        let diff = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            diff < 1e-5,
+            "input `{name}`: reflex and the reference differ by {diff:e}"
+        );
+    }
+    out.to_path_buf()
+}
