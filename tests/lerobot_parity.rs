@@ -64,7 +64,7 @@ struct Imported {
     noise: Option<PathBuf>,
 }
 
-fn import(name: &str, fixture_args: &[&str], diffusion: bool) -> Imported {
+fn import(name: &str, fixture_args: &[&str], import_args: &[&str], diffusion: bool) -> Imported {
     let py = parity_python();
     let dir = scratch(&format!("lerobot-{name}"));
     let policy = dir.join("pretrained_model");
@@ -78,17 +78,16 @@ fn import(name: &str, fixture_args: &[&str], diffusion: bool) -> Imported {
     ];
     args.extend_from_slice(fixture_args);
     python(&py, "lerobot_fixture.py", &args);
-    python(
-        &py,
-        "import_lerobot.py",
-        &[
-            policy.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--robot",
-            repo().join("launch/sim_arm.toml").to_str().unwrap(),
-        ],
-    );
+    let robot = repo().join("launch/sim_arm.toml");
+    let mut args = vec![
+        policy.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--robot",
+        robot.to_str().unwrap(),
+    ];
+    args.extend_from_slice(import_args);
+    python(&py, "import_lerobot.py", &args);
     let launch = out.join("launch.toml");
     run_ok(&["check", launch.to_str().unwrap()]);
 
@@ -174,7 +173,7 @@ impl Imported {
 
 #[test]
 fn act_matches_lerobot_over_an_episode() {
-    let act = import("act", &["--kind", "act"], false);
+    let act = import("act", &["--kind", "act"], &[], false);
     act.assert_matches("ACT");
     // The same statistics as the dataset's meta/stats.json (LeRobot's own writer;
     // image entries [3, 1, 1]) instead of the normalizer's safetensors.
@@ -199,11 +198,15 @@ fn act_matches_lerobot_over_an_episode() {
 
 #[test]
 fn diffusion_policy_ddim_matches_lerobot_over_an_episode() {
+    // Weights as external data (one `<graph>.onnx.data` per graph), as a model past
+    // protobuf's 2 GB needs them.
     let dp = import(
         "dp-ddim",
         &["--kind", "diffusion", "--sampler", "ddim", "--steps", "10"],
+        &["--external-data"],
         true,
     );
+    assert!(dp.dir.join("imported/dp_step.onnx.data").exists());
     dp.assert_matches("Diffusion Policy, DDIM-10");
     // DP normalizes state and actions with MIN_MAX, images with MEAN_STD.
     let report = run_ok(&[
@@ -222,6 +225,7 @@ fn diffusion_policy_ddpm_matches_lerobot_over_an_episode() {
     let dp = import(
         "dp-ddpm",
         &["--kind", "diffusion", "--sampler", "ddpm"],
+        &[],
         true,
     );
     dp.assert_matches("Diffusion Policy, DDPM-100");

@@ -36,6 +36,9 @@ Exporter settings (torch 2.5.1, legacy TorchScript exporter):
     opset 17 or any other; such policies are refused.
   - The legacy exporter imports the `onnx` package even for plain graphs, so the
     parity venv needs onnx (and its ml_dtypes).
+  - Past protobuf's 2 GB the exporter writes external data by itself, one file per
+    tensor; --external-data rewrites any graph with all its weights in one
+    `<graph>.onnx.data` beside it (ONNX Runtime and reflex load it from there).
 """
 
 import argparse
@@ -45,6 +48,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import tomllib
 import warnings
 
@@ -138,15 +142,32 @@ class DiffusionStep(nn.Module):
         return self.unet(noisy_actions, timestep, global_cond=global_cond)
 
 
+# Set from --external-data: weights go to one `<graph>.onnx.data` file beside the graph.
+EXTERNAL_DATA = False
+
+
 def export(module, example, path, input_names, output_name, opset):
     axes = {name: {0: "batch"} for name in [*input_names, output_name]}
-    with torch.no_grad(), warnings.catch_warnings():
-        # The tracer warns where ACT unbinds tensors into token lists: their lengths are
-        # the feature map's H*W and the fixed 1-D token count, both constant for the
-        # fixed image size the graph takes, so freezing them is right.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(module, example, path, input_names=input_names, output_names=[output_name],
-                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+    with contextlib.ExitStack() as stack:
+        target = path
+        if EXTERNAL_DATA:
+            # torch writes external data by itself only past protobuf's 2 GB, one file
+            # per tensor: export to a scratch directory, then save the graph with all
+            # its weights in one `<graph>.onnx.data` (ONNX Runtime finds it beside it).
+            scratch = stack.enter_context(tempfile.TemporaryDirectory())
+            target = os.path.join(scratch, os.path.basename(path))
+        with torch.no_grad(), warnings.catch_warnings():
+            # The tracer warns where ACT unbinds tensors into token lists: their lengths
+            # are the feature map's H*W and the fixed 1-D token count, both constant for
+            # the fixed image size the graph takes, so freezing them is right.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(module, example, target, input_names=input_names, output_names=[output_name],
+                              dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+        if EXTERNAL_DATA:
+            import onnx
+
+            onnx.save_model(onnx.load(target), path, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=os.path.basename(path) + ".data", size_threshold=1024)
     return path
 
 
@@ -330,7 +351,12 @@ def main():
                              "default: the same name")
     parser.add_argument("--fps", type=float, help="action rate (the dataset's fps); default: the base launch's")
     parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--external-data", action="store_true",
+                        help="weights in one <graph>.onnx.data file beside each graph (needed past 2 GB; "
+                             "torch alone writes one file per tensor there)")
     args = parser.parse_args()
+    global EXTERNAL_DATA
+    EXTERNAL_DATA = args.external_data
 
     with open(os.path.join(args.policy_dir, "config.json")) as f:
         kind = json.load(f).get("type")
