@@ -181,6 +181,22 @@ fn act_matches_lerobot_over_an_episode() {
     let from_dataset = act.reflex(&[&format!("policy.norm_stats.file={}", stats.display())]);
     let diff = max_difference(&from_dataset, &act.lerobot);
     assert!(diff <= TOLERANCE, "ACT with meta/stats.json: {diff:e}");
+    // The imported launch file runs the simulated arm as it is.
+    let summary_path = act.dir.join("run.json");
+    run_ok(&[
+        "run",
+        act.launch.to_str().unwrap(),
+        "--sim-clock",
+        "--duration",
+        "2",
+        "--set",
+        "zenoh.enabled=false",
+        "--summary-json",
+        summary_path.to_str().unwrap(),
+    ]);
+    let summary = summary(&summary_path);
+    assert!(summary["chunks_applied"].as_u64().unwrap() >= 2, "{summary}");
+    assert_eq!(summary["inference_errors"].as_u64(), Some(0), "{summary}");
     // `reflex inspect` reads the modes from LeRobot's config.json next to it.
     let report = run_ok(&[
         "inspect",
