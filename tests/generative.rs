@@ -1,7 +1,8 @@
 //! The `flow` and `diffusion` policy kinds against the Python reference sampler
-//! (`policies/export/sampler_reference.py`, onnxruntime + numpy) on the tiny
-//! pi0-like and Diffusion-Policy-like fixtures: same observation inputs, same
-//! noise, max abs difference <= 1e-5. Also: split vs single graph forms, batching,
+//! (`policies/export/sampler_reference.py`, onnxruntime + numpy, written from
+//! openpi's sampler) on the tiny pi0-like fixtures, fed from the raw observation
+//! by policies/export/observation_reference.py, same noise, max abs difference
+//! <= 1e-5 (diffusion is checked against diffusers in diffusers_parity.rs). Also: split vs single graph forms, batching,
 //! normalization and padding, and the errors a user sees for bad models and stats.
 
 mod common;
@@ -422,7 +423,7 @@ fn trained_flow_policy_succeeds_over_many_seeds() {
 }
 
 #[test]
-fn trained_flow_policy_reaches_the_targets_and_replays() {
+fn trained_flow_policy_replays_and_its_run_calibrates() {
     let dir = scratch("flow-sim");
     let (log, summary_path) = (dir.join("run.log"), dir.join("summary.json"));
     run_ok(&[
@@ -440,11 +441,9 @@ fn trained_flow_policy_reaches_the_targets_and_replays() {
         "--summary-json",
         summary_path.to_str().unwrap(),
     ]);
+    // (Its success rate is judged over many seeds above.)
     let summary = summary(&summary_path);
-    let episodes = summary["tasks"][0]["episodes"].as_array().unwrap();
-    let reached = episodes.iter().filter(|e| e["reached"] == true).count();
-    assert_eq!((reached, episodes.len()), (3, 3), "{summary}");
-    assert_eq!(summary["inference_errors"].as_u64(), Some(0));
+    assert_eq!(summary["inference_errors"].as_u64(), Some(0), "{summary}");
     // The seeded noise is keyed by (seed, tick): the run replays bit for bit.
     let out = run_ok(&["replay", log.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("bit-identical"));

@@ -195,7 +195,10 @@ fn act_matches_lerobot_over_an_episode() {
         summary_path.to_str().unwrap(),
     ]);
     let summary = summary(&summary_path);
-    assert!(summary["chunks_applied"].as_u64().unwrap() >= 2, "{summary}");
+    assert!(
+        summary["chunks_applied"].as_u64().unwrap() >= 2,
+        "{summary}"
+    );
     assert_eq!(summary["inference_errors"].as_u64(), Some(0), "{summary}");
     // `reflex inspect` reads the modes from LeRobot's config.json next to it.
     let report = run_ok(&[
