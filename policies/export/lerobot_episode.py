@@ -22,7 +22,8 @@ draw, in order (DDPM draws one per step with t > 0; DDIM in LeRobot runs with et
 and draws none). diffusers' `randn_tensor` is replaced to hand them out. A file with
 1 + num_steps samples per chunk (`reflex infer --noise`'s layout) is read too. Without
 --noise, the noise is standard normal from numpy seeded by --seed and is saved as
-<ACTIONS stem>_noise.npy.
+<ACTIONS stem>_noise.npy in reflex's layout (1 + num_steps samples per chunk when
+the steps draw noise: the last, t = 0, goes unused by both).
 
 --time N instead times select_action (pre- and postprocessing included, torch on
 the CPU with --threads threads) over N chunks, i.e. N * n_action_steps calls cycling
