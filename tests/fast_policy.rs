@@ -155,3 +155,93 @@ fn a_step_graph_without_the_cache_interface_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// pi0-FAST's quantiles from a statistics file (`[policy.norm_stats]`, as the
+/// chunk, flow and diffusion kinds take them) decode the same chunk as inline.
+#[test]
+fn fast_quantiles_from_a_statistics_file_equal_the_inline_ones() {
+    let meta = fixture_meta();
+    let inline = fast_launch("fast-stats", meta["end_token"].as_u64().unwrap());
+    let dir = inline.parent().unwrap().to_path_buf();
+    let stats = dir.join("norm_stats.json");
+    std::fs::write(
+        &stats,
+        serde_json::json!({"norm_stats": {"actions": {"q01": meta["q01"], "q99": meta["q99"]}}})
+            .to_string(),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&inline).unwrap();
+    let quantiles = format!(
+        "quantiles = {{ q01 = {}, q99 = {} }}",
+        meta["q01"], meta["q99"]
+    );
+    assert!(text.contains(&quantiles));
+    let from_file = dir.join("fast_stats.toml");
+    std::fs::write(
+        &from_file,
+        text.replace(
+            &quantiles,
+            &format!(
+                "\n[policy.norm_stats]\nfile = {:?}\nmode = \"quantile\"",
+                stats.display()
+            ),
+        ),
+    )
+    .unwrap();
+    // The demo's camera sends a frame the fixture does not read.
+    reflex_runtime::npy::write_u8(&dir.join("top.npy"), &[96, 96, 3], &[0; 96 * 96 * 3]).unwrap();
+    let obs = dir.join("obs.json");
+    std::fs::write(
+        &obs,
+        r#"{"joint_positions": [0.1, 0.5, -0.3], "images": {"top": "top.npy"}}"#,
+    )
+    .unwrap();
+    let chunk = |launch: &PathBuf, out: &str| -> serde_json::Value {
+        let out = dir.join(out);
+        run_ok(&[
+            "infer",
+            launch.to_str().unwrap(),
+            "--obs",
+            obs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(&out).unwrap()).unwrap()
+            ["actions"]
+            .clone()
+    };
+    let from_inline = chunk(&inline, "inline.json");
+    assert_eq!(from_inline, chunk(&from_file, "file.json"));
+    // The file's values are the ones used: other quantiles, another chunk.
+    let q99: Vec<f64> = serde_json::from_value(meta["q99"].clone()).unwrap();
+    let wider: Vec<f64> = q99.iter().map(|q| q + 1.0).collect();
+    std::fs::write(
+        &stats,
+        serde_json::json!({"norm_stats": {"actions": {"q01": meta["q01"], "q99": wider}}})
+            .to_string(),
+    )
+    .unwrap();
+    assert_ne!(from_inline, chunk(&from_file, "wider.json"));
+    // Both at once is refused at the field.
+    let both = dir.join("both.toml");
+    std::fs::write(
+        &both,
+        text.replace(
+            &quantiles,
+            &format!(
+                "{quantiles}\n\n[policy.norm_stats]\nfile = {:?}\nmode = \"quantile\"",
+                stats.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let out = reflex()
+        .args(["check", both.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("field `policy.quantiles`") && err.contains("not both"),
+        "{err}"
+    );
+}

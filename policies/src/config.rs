@@ -230,6 +230,9 @@ pub struct FastPolicyConfig {
     pub decode: FastDecode,
     /// Undo the quantile normalization of pi0-FAST: `(x + 1) / 2 * (q99 - q01) + q01`.
     pub quantiles: Option<Quantiles>,
+    /// Or a statistics file: its actions entry undoes the decoded actions' (pi0-FAST:
+    /// `mode = "quantile"`) and its state entry normalizes joint inputs.
+    pub norm_stats: Option<NormStatsConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, JsonSchema)]

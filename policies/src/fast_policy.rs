@@ -143,7 +143,9 @@ impl FastPolicy {
         }
         let mapper = InputMapper::new(&cfg.inputs, &launch.camera_names(), &launch.tensor_names())
             .map_err(PolicyLoadError::WarmUp)?;
-        let mapper = crate::attach_prompt(launch, mapper, cfg.prompt.as_ref())?;
+        let mut mapper = crate::attach_prompt(launch, mapper, cfg.prompt.as_ref())?;
+        let from_stats =
+            crate::normalize::norm_stats_for(launch, cfg.norm_stats.as_ref(), joints, &mut mapper)?;
         let mut policy = Self {
             prefix,
             step,
@@ -158,10 +160,14 @@ impl FastPolicy {
                 FastDecode::Strict => DecodeMode::Strict,
                 FastDecode::PadMissing => DecodeMode::PadMissing,
             },
-            unnormalize: cfg.quantiles.as_ref().map(|q| VectorNorm::Quantile {
-                q01: q.q01.clone(),
-                q99: q.q99.clone(),
-            }),
+            unnormalize: cfg
+                .quantiles
+                .as_ref()
+                .map(|q| VectorNorm::Quantile {
+                    q01: q.q01.clone(),
+                    q99: q.q99.clone(),
+                })
+                .or(from_stats),
             seed: launch.config.seed,
             joints,
             model_path: step_path,
@@ -353,6 +359,15 @@ impl PolicyKind for FastKind {
                     format!("{} is below q01[{j}] = {}", q.q99[j], q.q01[j]),
                 ));
             }
+        }
+        if let Some(stats) = &cfg.norm_stats {
+            if cfg.quantiles.is_some() {
+                return Err(table.error_at(
+                    "quantiles",
+                    "give the actions' statistics inline or in norm_stats, not both",
+                ));
+            }
+            crate::config::check_norm_stats_file(table, stats)?;
         }
         crate::config::check_inputs(table, &mut cfg.inputs, cfg.prompt.as_ref())?;
         crate::check_models(
