@@ -217,3 +217,87 @@ fn a_flood_of_bad_states_is_counted_and_rate_limited() {
     let stdout = String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned();
     assert!(stdout.contains("refused from the robot 20000"), "{stdout}");
 }
+
+/// An .npz of the given float32 / uint8 arrays, as numpy's `savez` writes it.
+fn write_npz(path: &std::path::Path, arrays: &[(&str, Vec<usize>, Option<Vec<f32>>)]) {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap();
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    for (name, shape, values) in arrays {
+        let file = dir.join(format!("{name}.npy"));
+        let n: usize = shape.iter().product();
+        match values {
+            Some(v) => reflex_runtime::npy::write_f32(&file, shape, v).unwrap(),
+            None => reflex_runtime::npy::write_u8(&file, shape, &vec![0; n]).unwrap(),
+        }
+        zip.start_file(
+            format!("{name}.npy"),
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+        zip.write_all(&std::fs::read(&file).unwrap()).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+#[test]
+fn a_bad_episode_is_a_clear_error() {
+    let dir = scratch("bad-episode");
+    let launch = dir.join("launch.toml");
+    std::fs::write(&launch, demo_launch_text()).unwrap();
+    let infer = |episode: &std::path::Path| {
+        let out = reflex()
+            .args(["infer", launch.to_str().unwrap(), "--episode"])
+            .arg(episode)
+            .args(["--out", dir.join("actions.npy").to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Arrays of different lengths.
+    let ragged = dir.join("ragged.npz");
+    write_npz(
+        &ragged,
+        &[
+            ("joint_positions", vec![5, 3], Some(vec![0.1; 15])),
+            ("camera.top", vec![4, 96, 96, 3], None),
+        ],
+    );
+    let (ok, err) = infer(&ragged);
+    assert!(!ok);
+    assert!(
+        err.contains("`camera.top` has shape [4, 96, 96, 3]")
+            && err.contains("leading time axis of 5 steps"),
+        "{err}"
+    );
+    // A NaN joint position names the step.
+    let mut positions = vec![0.1; 15];
+    positions[7] = f32::NAN;
+    let nan = dir.join("nan.npz");
+    write_npz(
+        &nan,
+        &[
+            ("joint_positions", vec![5, 3], Some(positions)),
+            ("camera.top", vec![5, 96, 96, 3], None),
+        ],
+    );
+    let (ok, err) = infer(&nan);
+    assert!(!ok);
+    assert!(err.contains("step 2 of") && err.contains("NaN"), "{err}");
+    // A good one runs: one action per step.
+    let good = dir.join("good.npz");
+    write_npz(
+        &good,
+        &[
+            ("joint_positions", vec![5, 3], Some(vec![0.1; 15])),
+            ("camera.top", vec![5, 96, 96, 3], None),
+        ],
+    );
+    let (ok, err) = infer(&good);
+    assert!(ok, "{err}");
+    let (shape, _) = reflex_runtime::npy::read_f64(&dir.join("actions.npy")).unwrap();
+    assert_eq!(shape, vec![5, 3]);
+}
