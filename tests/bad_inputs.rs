@@ -218,8 +218,11 @@ fn a_flood_of_bad_states_is_counted_and_rate_limited() {
     assert!(stdout.contains("refused from the robot 20000"), "{stdout}");
 }
 
-/// An .npz of the given float32 / uint8 arrays, as numpy's `savez` writes it.
-fn write_npz(path: &std::path::Path, arrays: &[(&str, Vec<usize>, Option<Vec<f32>>)]) {
+/// An array for an .npz: name, shape, float32 values (None: uint8 zeros).
+type NpzArray<'a> = (&'a str, Vec<usize>, Option<Vec<f32>>);
+
+/// An .npz of the given arrays, as numpy's `savez` writes it.
+fn write_npz(path: &std::path::Path, arrays: &[NpzArray<'_>]) {
     use std::io::Write as _;
     let dir = path.parent().unwrap();
     let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
