@@ -20,7 +20,7 @@ use reflex_runtime::npy::{self, NpyArray, NpyData};
 use reflex_runtime::stage::{Candidates, ChunkStage};
 use reflex_runtime::types::{ActionChunk, Observation, PastFrame};
 
-use crate::infer::{InferArgs, observation_from, read_arrays};
+use crate::infer::{InferArgs, observation_from, percentile, read_arrays};
 
 /// Runs the episode and writes one action per step to `--out` (.npy [T, joints],
 /// or .json with the latency report).
@@ -127,7 +127,7 @@ pub fn run(launch: &Launch, episode: &Path, args: &InferArgs) -> anyhow::Result<
     let report = serde_json::json!({
         "steps": steps,
         "chunks": chunk_ms.len(),
-        "chunk_ms": percentiles(&mut chunk_ms.clone()),
+        "chunk_ms": percentiles(&mut chunk_ms),
         "action_ms": percentiles(&mut action_ms),
         "actions": actions.chunks(joints).map(<[f32]>::to_vec).collect::<Vec<_>>(),
     });
@@ -246,7 +246,5 @@ fn percentiles(v: &mut [f64]) -> serde_json::Value {
     if v.is_empty() {
         return serde_json::Value::Null;
     }
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    serde_json::json!({"p50": at(0.5), "p99": at(0.99), "max": at(1.0)})
+    serde_json::json!({"p50": percentile(v, 0.5), "p99": percentile(v, 0.99), "max": percentile(v, 1.0)})
 }

@@ -213,6 +213,12 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The `q` quantile of `v` (nearest rank; sorts `v`, which must not be empty).
+pub fn percentile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
 /// Percentiles of per-inference times (ms); with graph times, the share outside
 /// ONNX Runtime.
 fn latency_report(
@@ -220,10 +226,6 @@ fn latency_report(
     graph: Option<(&mut [f64], &mut [f64])>,
     graph_runs: u32,
 ) -> serde_json::Value {
-    let percentile = |v: &mut [f64], q: f64| {
-        v.sort_by(f64::total_cmp);
-        v[((v.len() - 1) as f64 * q).round() as usize]
-    };
     let mut report = serde_json::json!({
         "median_ms": percentile(total, 0.5),
         "p90_ms": percentile(total, 0.9),

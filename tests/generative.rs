@@ -393,19 +393,7 @@ fn nan_model_is_rejected_and_the_arm_holds() {
         "{err}"
     );
 
-    let summary_path = dir.join("summary.json");
-    run_ok(&[
-        "run",
-        launch.to_str().unwrap(),
-        "--sim-clock",
-        "--duration",
-        "2",
-        "--set",
-        "zenoh.enabled=false",
-        "--summary-json",
-        summary_path.to_str().unwrap(),
-    ]);
-    let summary = summary(&summary_path);
+    let summary = sim_summary(&launch, "2", &[], &dir.join("summary.json"));
     assert!(
         summary["inference_errors"].as_u64().unwrap() >= 3,
         "{summary}"

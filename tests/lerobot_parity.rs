@@ -182,19 +182,7 @@ fn act_matches_lerobot_over_an_episode() {
     let diff = max_difference(&from_dataset, &act.lerobot);
     assert!(diff <= TOLERANCE, "ACT with meta/stats.json: {diff:e}");
     // The imported launch file runs the simulated arm as it is.
-    let summary_path = act.dir.join("run.json");
-    run_ok(&[
-        "run",
-        act.launch.to_str().unwrap(),
-        "--sim-clock",
-        "--duration",
-        "2",
-        "--set",
-        "zenoh.enabled=false",
-        "--summary-json",
-        summary_path.to_str().unwrap(),
-    ]);
-    let summary = summary(&summary_path);
+    let summary = sim_summary(&act.launch, "2", &[], &act.dir.join("run.json"));
     assert!(
         summary["chunks_applied"].as_u64().unwrap() >= 2,
         "{summary}"

@@ -408,15 +408,14 @@ impl PolicyKind for ChunkKind {
         }
         crate::config::check_inputs(table, &mut cfg.inputs, cfg.prompt.as_ref())?;
         crate::check_models(table, &[("model", &cfg.model)])?;
-        if let Some(stats) = &cfg.norm_stats {
-            if cfg.actions.normalize.is_some() {
-                return Err(table.error_at(
-                    "actions.normalize",
-                    "give the actions' statistics inline or in norm_stats, not both",
-                ));
-            }
-            crate::config::check_norm_stats_file(table, stats)?;
-        }
+        crate::config::check_norm_stats(
+            table,
+            cfg.norm_stats.as_ref(),
+            cfg.actions
+                .normalize
+                .is_some()
+                .then_some("actions.normalize"),
+        )?;
         Ok(Arc::new(ChunkSpec(cfg)))
     }
 }

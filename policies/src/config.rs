@@ -492,11 +492,21 @@ pub struct ActionsConfig {
     pub normalize: Option<Normalization>,
 }
 
-/// The statistics file of `[policy.norm_stats]` exists and is not too large.
-pub fn check_norm_stats_file(
+/// `[policy.norm_stats]`, when given: its file exists and is not too large, and
+/// `inline` (the field of a kind's inline actions statistics, when that is set)
+/// does not say the same thing twice.
+pub fn check_norm_stats(
     table: &KindTable<'_>,
-    stats: &NormStatsConfig,
+    stats: Option<&NormStatsConfig>,
+    inline: Option<&str>,
 ) -> Result<(), LaunchError> {
+    let Some(stats) = stats else { return Ok(()) };
+    if let Some(field) = inline {
+        return Err(table.error_at(
+            field,
+            "give the actions' statistics inline or in norm_stats, not both",
+        ));
+    }
     table.check_file(
         "norm_stats.file",
         &stats.file,

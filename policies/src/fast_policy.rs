@@ -360,15 +360,11 @@ impl PolicyKind for FastKind {
                 ));
             }
         }
-        if let Some(stats) = &cfg.norm_stats {
-            if cfg.quantiles.is_some() {
-                return Err(table.error_at(
-                    "quantiles",
-                    "give the actions' statistics inline or in norm_stats, not both",
-                ));
-            }
-            crate::config::check_norm_stats_file(table, stats)?;
-        }
+        crate::config::check_norm_stats(
+            table,
+            cfg.norm_stats.as_ref(),
+            cfg.quantiles.is_some().then_some("quantiles"),
+        )?;
         crate::config::check_inputs(table, &mut cfg.inputs, cfg.prompt.as_ref())?;
         crate::check_models(
             table,

@@ -897,10 +897,7 @@ fn check_common(
     crate::config::check_intra_threads(table, intra_threads)?;
     crate::config::check_generative(table, num_steps, batch, actions)?;
     crate::check_models(table, models)?;
-    if let Some(stats) = norm_stats {
-        crate::config::check_norm_stats_file(table, stats)?;
-    }
-    Ok(())
+    crate::config::check_norm_stats(table, norm_stats, None)
 }
 
 impl PolicyKind for FlowKind {

@@ -68,6 +68,30 @@ pub fn summary(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).expect("summary json")).expect("valid json")
 }
 
+/// `reflex run LAUNCH --sim-clock --duration SECONDS` without zenoh, with more
+/// arguments (`--seed`, `--set`, ...), and its summary (written to `summary_path`).
+pub fn sim_summary(
+    launch: &Path,
+    seconds: &str,
+    more: &[&str],
+    summary_path: &Path,
+) -> serde_json::Value {
+    let mut args = vec![
+        "run",
+        launch.to_str().unwrap(),
+        "--sim-clock",
+        "--duration",
+        seconds,
+        "--set",
+        "zenoh.enabled=false",
+        "--summary-json",
+        summary_path.to_str().unwrap(),
+    ];
+    args.extend_from_slice(more);
+    run_ok(&args);
+    summary(summary_path)
+}
+
 /// Spawns `reflex` and returns once its stderr has printed a line containing
 /// `ready`; the rest of stderr keeps draining in the background.
 pub fn spawn_until(args: &[String], ready: &str) -> Child {
@@ -217,25 +241,12 @@ pub fn task_success(
     let (mut reached, mut total) = (0, 0);
     for seed in seeds {
         let path = dir.join(format!("summary-{seed}.json"));
-        let (seed, seconds) = (seed.to_string(), seconds.to_string());
-        let mut args = vec![
-            "run",
-            launch,
-            "--sim-clock",
-            "--duration",
-            &seconds,
-            "--seed",
-            &seed,
-            "--set",
-            "zenoh.enabled=false",
-            "--summary-json",
-            path.to_str().unwrap(),
-        ];
+        let seed = seed.to_string();
+        let mut more = vec!["--seed", &seed];
         for set in sets {
-            args.extend(["--set", set]);
+            more.extend(["--set", set]);
         }
-        run_ok(&args);
-        let summary = summary(&path);
+        let summary = sim_summary(Path::new(launch), &seconds.to_string(), &more, &path);
         let episodes = summary["tasks"][0]["episodes"].as_array().unwrap().clone();
         reached += episodes.iter().filter(|e| e["reached"] == true).count();
         total += episodes.len();
