@@ -12,7 +12,9 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 # opencv crate's bindings; GStreamer's base and good plugins for pipelines
 # (videotestsrc, v4l2src, jpeg).
 pkg-config --exists opencv4 2>/dev/null || need_apt+=(libopencv-dev pkg-config)
-[ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/x86_64-linux-gnu/libclang-*.so* >/dev/null 2>&1 \
+# (the binding generator runs the clang binary as well as loading libclang)
+{ command -v clang >/dev/null 2>&1 \
+    && { [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/x86_64-linux-gnu/libclang-*.so* >/dev/null 2>&1; }; } \
     || need_apt+=(clang libclang-dev)
 gst-inspect-1.0 videotestsrc >/dev/null 2>&1 && gst-inspect-1.0 jpegenc >/dev/null 2>&1 \
     || need_apt+=(gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-tools)

@@ -108,6 +108,9 @@ enum Command {
     Heartbeat(OperatorArgs),
     /// Change the task instruction of a run on this machine (policies with a prompt input).
     Prompt(PromptArgs),
+    /// End, re-record or start an episode of a run recording on this machine
+    /// (`reflex run --record DIR`).
+    Episode(EpisodeArgs),
     /// Tare the tactile sensors of a run on this machine: a new reference frame
     /// for camera-based sensors, a new bias for taxel arrays (all, or one stream).
     Tare(TareArgs),
@@ -120,6 +123,18 @@ struct TareArgs {
     robot: String,
     /// The stream to tare (default: every stream that tares).
     stream: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct EpisodeArgs {
+    /// The robot's name (`robot.name` in the launch file).
+    #[arg(long, default_value = "sim_arm")]
+    robot: String,
+    /// `success` (reward 1, saved), `failure` (saved), `rerecord` (dropped and
+    /// done again), `stop` (saved, recording ends) or `start` (the next episode,
+    /// with `[recording] start = "key"`).
+    #[arg(value_parser = ["success", "failure", "rerecord", "stop", "start"])]
+    request: String,
 }
 
 #[derive(clap::Args)]
@@ -185,6 +200,7 @@ fn main() -> ExitCode {
                 operator(&a.robot, &format!("prompt {text}"))
             }
         }
+        Command::Episode(a) => operator(&a.robot, &format!("episode {}", a.request)),
         Command::Schema => {
             println!(
                 "{}",

@@ -20,6 +20,7 @@ use reflex_runtime::log::{LogHeader, Recorder};
 use reflex_runtime::operator::{ControlSocket, OperatorError, TerminalKeys};
 use reflex_runtime::policy::InferenceWorker;
 use reflex_runtime::prompt::PromptCell;
+use reflex_runtime::recording::{EpisodePlan, EpisodePorts, Episodes, ResetParams};
 use reflex_runtime::safety::WorkspaceGuard;
 use reflex_runtime::slot::latest_slot;
 use reflex_runtime::stats::StatusSnapshot;
@@ -46,6 +47,14 @@ pub struct RunArgs {
     /// Write a binary log of every tick's inputs and outputs (for `reflex replay`).
     #[arg(long)]
     log: Option<PathBuf>,
+    /// Record the run's episodes (`[recording]`) as a LeRobot dataset in this
+    /// directory: reset, record, save; keys → success, ↓ failure, ← re-record,
+    /// Esc stop (or `reflex episode success|failure|rerecord|stop|start`).
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
+    /// Append episodes to the dataset `--record` names (same features and fps).
+    #[arg(long, requires = "record")]
+    resume: bool,
     /// Also write the summary as JSON.
     #[arg(long, value_name = "FILE")]
     summary_json: Option<PathBuf>,
@@ -129,6 +138,8 @@ fn signal_name(signal: libc::c_int) -> &'static str {
 pub struct Assembly<'a> {
     pub simulated: bool,
     pub log: Option<&'a Path>,
+    /// `--record DIR` and `--resume`.
+    pub record: Option<(&'a Path, bool)>,
 }
 
 /// A control loop wired from a launch file, with the services that outlive it.
@@ -139,6 +150,7 @@ pub struct Assembled {
     pub operator: Option<OperatorListener>,
     pub socket: Option<ControlSocket>,
     pub keys: Option<TerminalKeys>,
+    pub dataset: Option<reflex_dataset::DatasetRecorder>,
 }
 
 impl Assembled {
@@ -152,6 +164,7 @@ impl Assembled {
             operator,
             socket,
             keys,
+            dataset,
         } = self;
         // The loop owns its mailboxes; keep handles to read their drop counts after.
         let arm_commands = control.arm.commands.clone();
@@ -178,7 +191,16 @@ impl Assembled {
         if let Some(bus) = bus {
             bus.close();
         }
+        // The loop sent every episode's end: the recorder finishes its last save.
+        let recorded = dataset.map(reflex_dataset::DatasetRecorder::finish);
         let mut summary = result.map_err(|_| anyhow::anyhow!("control thread panicked"))??;
+        if let Some(recorded) = recorded {
+            let rows_lost = summary.episodes.as_ref().map_or(0, |e| e.rows_lost);
+            summary.episodes = Some(reflex_runtime::recording::EpisodesReport {
+                rows_lost,
+                ..recorded
+            });
+        }
         summary.stats.dropped_commands = arm_commands.dropped();
         summary.stats.dropped_bus_messages = tap.map_or(0, |(c, s)| c.dropped() + s.dropped());
         summary.stats.bad_robot_messages = bad_messages.load(Ordering::Relaxed);
@@ -317,6 +339,13 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
     };
     let keys = (c.safety.operator.terminal_keys && !how.simulated)
         .then(|| TerminalKeys::start(requests.clone()));
+    let (episodes, dataset) = match how.record {
+        Some((root, resume)) => {
+            let (episodes, dataset) = recording(launch, &cameras, root, resume, &requests)?;
+            (Some(episodes), Some(dataset))
+        }
+        None => (None, None),
+    };
 
     let observation_frames = launch.policy().history();
     let horizon = policy.policy.horizon();
@@ -350,6 +379,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         },
         executor: launch.executor(),
         gripper: c.robot.gripper.clone(),
+        reset: episodes.as_ref().and_then(|e| e.plan.reset.clone()),
     };
     signals_stop_the_loop();
     let recorder = match how.log {
@@ -381,6 +411,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
                 },
                 tip_link: c.robot.tip_link.clone(),
                 gripper: params.gripper.clone(),
+                reset: params.reset.clone(),
                 launch: launch.text.clone(),
             };
             Some(
@@ -428,6 +459,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
             .operator
             .heartbeat_ms
             .map(|ms| Duration::from_secs_f64(ms / 1e3)),
+        episodes,
     };
     Ok(Assembled {
         control,
@@ -436,7 +468,79 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         operator,
         socket,
         keys,
+        dataset,
     })
+}
+
+/// `--record`: the dataset (created, or reopened with `resume`), its recorder
+/// thread, and the tick's episode plan.
+fn recording(
+    launch: &Launch,
+    cameras: &[reflex_runtime::driver::CameraPort],
+    root: &Path,
+    resume: bool,
+    requests: &OperatorRequests,
+) -> anyhow::Result<(Episodes, reflex_dataset::DatasetRecorder)> {
+    let c = &launch.config;
+    let rec = c.recording.clone().unwrap_or_default();
+    let fps = launch.recording_fps();
+    let names = launch.camera_names();
+    let recorded: Vec<usize> = match &rec.cameras {
+        Some(wanted) => wanted
+            .iter()
+            .filter_map(|w| names.iter().position(|n| n == w))
+            .collect(),
+        None => (0..cameras.len()).collect(),
+    };
+    let mut joint_names: Vec<String> = c.robot.joints.iter().map(|j| j.name.clone()).collect();
+    if c.robot.gripper.is_some() {
+        joint_names.push("gripper".into());
+    }
+    let layout = reflex_dataset::RowLayout {
+        names: joint_names,
+        cameras: recorded
+            .iter()
+            .map(|&i| (names[i].clone(), cameras[i].width, cameras[i].height))
+            .collect(),
+        video: rec.video,
+    };
+    let spec = layout.spec(fps, &c.robot.name);
+    let writer = reflex_dataset::open_dataset(root, spec, resume)
+        .with_context(|| format!("cannot record into {}", root.display()))?;
+    let first_episode = writer.episodes();
+    eprintln!(
+        "reflex: recording episodes into {} at {fps} fps (LeRobotDataset v3.0; {} episodes there)",
+        root.display(),
+        first_episode
+    );
+    let sizes: Vec<(usize, usize)> = recorded
+        .iter()
+        .map(|&i| (cameras[i].width, cameras[i].height))
+        .collect();
+    // Two seconds of rows in flight before the tick has to drop one.
+    let ports = EpisodePorts::new(2 * fps as usize + 8, &sizes);
+    let task = match &rec.task {
+        Some(task) => reflex_dataset::TaskSource::Fixed(task.clone()),
+        None => reflex_dataset::TaskSource::Prompt(requests.prompt.clone()),
+    };
+    let dataset = reflex_dataset::DatasetRecorder::spawn(writer, ports.clone(), task)?;
+    let ticks = |s: f64| (s * c.control.rate_hz).round() as u64;
+    let plan = EpisodePlan {
+        ticks_per_row: c.control.rate_hz / f64::from(fps),
+        episode_ticks: ticks(rec.episode_time_s).max(1),
+        reset_ticks: ticks(rec.reset_time_s),
+        episodes: rec.episodes,
+        start: rec.start,
+        cameras: recorded,
+        reset: rec.reset.map(|r| ResetParams {
+            joint_positions: r.joint_positions,
+            speed: r.speed,
+        }),
+    };
+    Ok((
+        Episodes::new(plan, ports, requests.episodes.clone(), first_episode),
+        dataset,
+    ))
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -451,6 +555,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         &Assembly {
             simulated: args.sim_clock,
             log: args.log.as_deref(),
+            record: args.record.as_deref().map(|root| (root, args.resume)),
         },
     )?;
     let limits = RunLimits {
@@ -495,7 +600,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(path, serde_json::to_vec_pretty(&report.json())?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let log_failed = summary.log.as_ref().is_some_and(|l| l.error.is_some());
+    let log_failed = summary.log.as_ref().is_some_and(|l| l.error.is_some())
+        || (summary.episodes.as_ref()).is_some_and(|e| e.error.is_some());
     Ok(if log_failed || summary.fault.is_some() {
         ExitCode::from(1)
     } else {

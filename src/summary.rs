@@ -63,6 +63,31 @@ impl<'a> Report<'a> {
             "  ticks              {} at {} Hz (skipped periods {}, overruns {})",
             s.ticks, self.rate_hz, s.skipped_periods, s.overruns
         );
+        if let Some(e) = &self.run.episodes {
+            let finalize = e.finalize_ms.iter().copied().fold(0.0, f64::max);
+            let _ = writeln!(
+                out,
+                "  episodes           {} saved ({} successes, {} re-recorded), {} frames; \
+                 {} now in {} (finalize max {finalize:.0} ms{})",
+                e.saved,
+                e.successes,
+                e.discarded,
+                e.frames,
+                e.total_episodes,
+                e.root,
+                if e.rows_lost > 0 {
+                    format!(", {} rows lost: the recorder fell behind", e.rows_lost)
+                } else {
+                    String::new()
+                }
+            );
+            if let Some(error) = &e.error {
+                let _ = writeln!(
+                    out,
+                    "  RECORDING FAILED   {error}; episodes saved before it are intact"
+                );
+            }
+        }
         let row = |out: &mut String, name: &str, p: &Percentiles, unit_ms: bool| {
             let f = |us: f64| {
                 if unit_ms {
@@ -219,7 +244,7 @@ impl<'a> Report<'a> {
 
     pub fn json(&self) -> serde_json::Value {
         let s = &self.run.stats;
-        json!({
+        let mut out = json!({
             "launch": self.origin,
             "simulated": self.run.simulated,
             "duration_s": self.run.duration_s,
@@ -275,6 +300,9 @@ impl<'a> Report<'a> {
                     "reached": e.reached, "final_error": e.final_error, "time_to_reach_s": e.time_to_reach_s,
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
-        })
+        });
+        // Apart: one more key would exceed json!'s recursion limit.
+        out["episodes"] = json!(self.run.episodes);
+        out
     }
 }

@@ -276,6 +276,7 @@ fn header(joints: &[&str]) -> LogHeader {
         urdf: None,
         tip_link: None,
         gripper: None,
+        reset: None,
         launch: String::new(),
     }
 }

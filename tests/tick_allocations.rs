@@ -62,7 +62,17 @@ static NEVER: AtomicBool = AtomicBool::new(false);
 
 /// Allocations made on this thread by a run of `seconds` (at 100 Hz).
 fn allocations_in_run(launch: &str, seconds: f64, extra: &[String]) -> (u64, u64) {
-    let dir = common::scratch(&format!("alloc-{seconds}-{}", extra.len()));
+    allocations_in_recorded_run(launch, seconds, extra, false)
+}
+
+fn allocations_in_recorded_run(
+    launch: &str,
+    seconds: f64,
+    extra: &[String],
+    record: bool,
+) -> (u64, u64) {
+    let dir = common::scratch(&format!("alloc-{seconds}-{}-{record}", extra.len()));
+    let dataset = dir.join("dataset");
     let mut overrides = vec![
         "zenoh.enabled=false".to_string(),
         // One long episode, so the task report is the same size in both runs.
@@ -76,6 +86,7 @@ fn allocations_in_run(launch: &str, seconds: f64, extra: &[String]) -> (u64, u64
         &Assembly {
             simulated: true,
             log: Some(&log),
+            record: record.then_some((dataset.as_path(), false)),
         },
     )
     .unwrap();
@@ -85,7 +96,37 @@ fn allocations_in_run(launch: &str, seconds: f64, extra: &[String]) -> (u64, u64
     };
     let (summary, allocations) = counted(|| assembled.control.run(limits).unwrap());
     assembled.status.finish();
+    if let Some(dataset) = assembled.dataset {
+        let report = dataset.finish();
+        assert!(report.error.is_none(), "{report:?}");
+        assert!(report.saved >= 3, "{report:?}");
+        assert_eq!(summary.episodes.map(|e| e.rows_lost), Some(0));
+    }
     (allocations, summary.stats.ticks)
+}
+
+/// Recording episodes: rows captured at 10 fps (camera frames copied), episode
+/// ends and resets (a move to the reset pose) every second or so; the 9 s run
+/// has more episodes than the 6 s one and allocates no more.
+#[test]
+fn ticks_recording_episodes_allocate_nothing() {
+    let extra = [
+        "recording.episode_time_s=1.0".to_string(),
+        "recording.reset_time_s=0.3".into(),
+        "recording.reset.joint_positions=[0.0, 0.5, 0.5]".into(),
+        "recording.reset.speed=2.0".into(),
+    ];
+    let (short, short_ticks) =
+        allocations_in_recorded_run("launch/sim_arm.toml", 6.0, &extra, true);
+    let (long, long_ticks) = allocations_in_recorded_run("launch/sim_arm.toml", 9.0, &extra, true);
+    assert!(long_ticks >= short_ticks + 290);
+    assert_eq!(
+        long,
+        short,
+        "{} extra ticks made {} extra allocations on the control thread",
+        long_ticks - short_ticks,
+        long as i64 - short as i64
+    );
 }
 
 #[test]

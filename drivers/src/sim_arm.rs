@@ -443,6 +443,15 @@ impl SimWorld {
         }
     }
 
+    /// Ends the current episode early (its outcome as it stands, when it ran
+    /// at least half its time, as the report counts it) and starts a new one.
+    pub fn restart_episode(&mut self) {
+        if self.time_ns - self.episode_start_ns >= self.episode_ns / 2 {
+            self.finish_episode();
+        }
+        self.new_target();
+    }
+
     /// Starts a new episode with a freshly drawn target.
     pub fn new_target(&mut self) {
         self.draw_targets();
@@ -802,6 +811,9 @@ pub struct SimArm {
     outputs: Option<Outputs>,
     simulated: bool,
     stop: Arc<AtomicBool>,
+    /// Set by the tick when a recorded episode begins; the world takes it
+    /// before its next step (the tick never waits for the world's lock).
+    new_episode: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -814,6 +826,7 @@ impl SimArm {
             outputs: None,
             simulated: true,
             stop: Arc::new(AtomicBool::new(false)),
+            new_episode: Arc::default(),
             thread: None,
         }
     }
@@ -908,6 +921,7 @@ impl Driver for SimArm {
             return Err(self.failed("start before open"));
         };
         let stop = self.stop.clone();
+        let new_episode = self.new_episode.clone();
         let dt = 1.0 / self.cfg.physics_hz;
         let period = Duration::from_secs_f64(dt);
         let thread = std::thread::Builder::new()
@@ -921,6 +935,9 @@ impl Driver for SimArm {
                 while !stop.load(Ordering::Acquire) {
                     {
                         let mut world = world.lock().unwrap_or_else(PoisonError::into_inner);
+                        if new_episode.swap(false, Ordering::AcqRel) {
+                            world.restart_episode();
+                        }
                         outputs.take_command(&mut world);
                         world.step(dt);
                         let sim_time = world.time_ns();
@@ -943,6 +960,9 @@ impl Driver for SimArm {
             return Ok(());
         };
         let mut world = world.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.new_episode.swap(false, Ordering::AcqRel) {
+            world.restart_episode();
+        }
         outputs.take_command(&mut world);
         let dt = 1.0 / self.cfg.physics_hz;
         let dt_ns = (dt * 1e9).round() as u64;
@@ -961,6 +981,10 @@ impl Driver for SimArm {
                 .map_err(|_| self.failed("physics thread panicked"))?;
         }
         Ok(())
+    }
+
+    fn episode_begins(&mut self) {
+        self.new_episode.store(true, Ordering::Release);
     }
 
     fn task_report(&self) -> Option<TaskReport> {

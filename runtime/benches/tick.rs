@@ -38,6 +38,7 @@ fn params(joints: usize) -> TickParams {
         replan_after: 25,
         executor: reflex_runtime::executor::ExecutorFactory::replace(),
         gripper: None,
+        reset: None,
     }
 }
 

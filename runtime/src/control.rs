@@ -22,6 +22,7 @@ use crate::launch::SafetyConfig;
 use crate::log::{LogEvent, LogHeader, LogSummary, Record, Recorder, TickRecord};
 use crate::policy::{InferenceWorker, MAX_IN_FLIGHT};
 use crate::prompt::PromptCell;
+use crate::recording::{EpisodeAction, EpisodeRequests, Episodes, ResetParams};
 use crate::registry::Registry;
 use crate::safety::{ArmError, Motion, Refusal, SafetyFilter, WorkspaceGuard, flags};
 use crate::slot::SlotWriter;
@@ -48,6 +49,8 @@ pub struct TickParams {
     pub executor: ExecutorFactory,
     /// `[robot.gripper]`: one more action column, commanded on its own.
     pub gripper: Option<GripperConfig>,
+    /// `[recording.reset]`: where episodes' resets move the arm.
+    pub reset: Option<ResetParams>,
 }
 
 impl TickParams {
@@ -70,6 +73,7 @@ impl TickParams {
             workspace: workspace_from_header(h),
             executor,
             gripper: h.gripper.clone(),
+            reset: h.reset.clone(),
         })
     }
 
@@ -103,9 +107,52 @@ fn workspace_from_header(h: &LogHeader) -> Option<WorkspaceGuard> {
 }
 
 /// The executor's hold target (joints, then the gripper) without allocating.
+#[derive(Clone, Copy)]
 struct HeldTarget {
     values: [f64; MAX_JOINTS + 1],
     len: usize,
+}
+
+/// A straight move from the command to the reset pose at the reset speed
+/// (the fastest joint at `speed`; the others arrive with it).
+struct ResetMotion {
+    from: HeldTarget,
+    to: HeldTarget,
+    start: u64,
+    ticks: u64,
+    target: HeldTarget,
+}
+
+impl ResetMotion {
+    fn new(from: HeldTarget, pose: &[f64], speed: f64, dt: f64, start: u64) -> Self {
+        let mut to = from;
+        let joints = pose.len().min(from.len);
+        to.values[..joints].copy_from_slice(&pose[..joints]);
+        let farthest = (0..joints)
+            .map(|j| (to.values[j] - from.values[j]).abs())
+            .fold(0.0, f64::max);
+        let ticks = (farthest / (speed * dt)).ceil().max(1.0) as u64;
+        Self {
+            from,
+            to,
+            start,
+            ticks,
+            target: from,
+        }
+    }
+
+    fn target(&mut self, tick: u64) -> &[f64] {
+        let progress = (tick.saturating_sub(self.start) as f64 / self.ticks as f64).min(1.0);
+        for j in 0..self.from.len {
+            let (a, b) = (self.from.values[j], self.to.values[j]);
+            self.target.values[j] = a + (b - a) * progress;
+        }
+        &self.target
+    }
+
+    fn done(&self, tick: u64) -> bool {
+        tick.saturating_sub(self.start) >= self.ticks
+    }
 }
 
 impl std::ops::Deref for HeldTarget {
@@ -139,6 +186,11 @@ pub enum Request {
     Estop,
     Rearm,
     Resume,
+    /// Episodes (`[recording]`): drop the policy's chunks and move to the reset
+    /// pose (or hold still without one).
+    EpisodeReset,
+    /// Episodes: the reset is over, the policy acts from the current command.
+    EpisodeBegin,
 }
 
 impl Request {
@@ -147,6 +199,8 @@ impl Request {
             Request::Estop => 1,
             Request::Rearm => 2,
             Request::Resume => 3,
+            Request::EpisodeReset => 4,
+            Request::EpisodeBegin => 5,
         }
     }
 
@@ -155,6 +209,8 @@ impl Request {
             1 => Some(Request::Estop),
             2 => Some(Request::Rearm),
             3 => Some(Request::Resume),
+            4 => Some(Request::EpisodeReset),
+            5 => Some(Request::EpisodeBegin),
             _ => None,
         }
     }
@@ -194,6 +250,11 @@ pub struct TickCore {
     pub epochs: u64,
     /// The joint and error that latched the e-stop on a tracking error.
     pub tracking_fault: Option<(usize, f64)>,
+    reset_params: Option<ResetParams>,
+    reset: Option<ResetMotion>,
+    dt: f64,
+    /// This tick's target before the safety filter (the policy's, or the reset's).
+    last_target: HeldTarget,
 }
 
 impl TickCore {
@@ -236,6 +297,13 @@ impl TickCore {
             last_invalid: None,
             epochs: 0,
             tracking_fault: None,
+            reset_params: p.reset.clone(),
+            reset: None,
+            dt,
+            last_target: HeldTarget {
+                values: [0.0; MAX_JOINTS + 1],
+                len: 0,
+            },
         })
     }
 
@@ -377,7 +445,31 @@ impl TickCore {
                 self.executor.flush(&self.held(), tick);
                 Ok(())
             }
+            Request::EpisodeReset => {
+                let held = self.held();
+                self.executor.flush(&held, tick);
+                self.reset = self
+                    .reset_params
+                    .as_ref()
+                    .map(|r| ResetMotion::new(held, &r.joint_positions, r.speed, self.dt, tick));
+                Ok(())
+            }
+            Request::EpisodeBegin => {
+                self.reset = None;
+                self.executor.flush(&self.held(), tick);
+                Ok(())
+            }
         }
+    }
+
+    /// Whether the reset motion (if any) has reached its pose.
+    pub fn reset_reached(&self, tick: u64) -> bool {
+        self.reset.as_ref().is_none_or(|r| r.done(tick))
+    }
+
+    /// This tick's target before the safety filter (after [`Self::step`]).
+    pub fn target(&self) -> &[f64] {
+        &self.last_target
     }
 
     /// Latches the e-stop when the arm lags the command by more than allowed.
@@ -402,7 +494,13 @@ impl TickCore {
     /// Computes this tick's command (after [`Self::observe`]); returns it with the safety flags.
     pub fn step(&mut self, tick: u64, now_ns: u64, state: &JointState) -> (JointCommand, u32) {
         self.check_tracking(state);
-        let target = self.executor.target(tick);
+        let target = match &mut self.reset {
+            Some(reset) => reset.target(tick),
+            None => self.executor.target(tick),
+        };
+        let len = target.len().min(MAX_JOINTS + 1);
+        self.last_target.values[..len].copy_from_slice(&target[..len]);
+        self.last_target.len = len;
         let gripper_target = target.get(self.joints).copied();
         let mut raised = self
             .safety
@@ -460,6 +558,8 @@ pub struct OperatorRequests {
     pub prompt: PromptCell,
     /// Tare requests for tactile sensors (their drivers watch them).
     pub tare: crate::tare::TareRequests,
+    /// Episode requests (success, failure, re-record, stop, start).
+    pub episodes: EpisodeRequests,
 }
 
 impl Default for OperatorRequests {
@@ -472,6 +572,7 @@ impl Default for OperatorRequests {
             outcomes: Arc::new(ArrayQueue::new(16)),
             prompt: PromptCell::default(),
             tare: Default::default(),
+            episodes: EpisodeRequests::default(),
         }
     }
 }
@@ -483,6 +584,8 @@ impl OperatorRequests {
             Request::Estop => &self.estop,
             Request::Rearm => &self.rearm,
             Request::Resume => &self.resume,
+            // Raised by the tick itself (episodes), never from outside.
+            Request::EpisodeReset | Request::EpisodeBegin => return,
         };
         flag.store(true, Ordering::Release);
     }
@@ -525,6 +628,8 @@ pub struct ControlLoop {
     pub startup_timeout: Duration,
     /// Deadman: latch the e-stop when no operator heartbeat came for this long.
     pub heartbeat_timeout: Option<Duration>,
+    /// `[recording]` with `--record`: the run is a sequence of episodes.
+    pub episodes: Option<Episodes>,
 }
 
 /// When a run ends.
@@ -543,6 +648,8 @@ pub struct RunSummary {
     pub interrupted: bool,
     /// Why the run ended early, when a driver failed.
     pub fault: Option<String>,
+    /// What `[recording]` recorded (filled in by whoever runs the recorder).
+    pub episodes: Option<crate::recording::EpisodesReport>,
 }
 
 /// The loop's state while running (everything preallocated).
@@ -650,6 +757,9 @@ impl ControlLoop {
                 gripper: first.gripper,
             });
         }
+        if let Some(episodes) = &mut self.episodes {
+            episodes.wait_for_recorder = self.clock.is_simulated();
+        }
         if self.heartbeat_timeout.is_some() {
             // The deadman's grace starts with the run.
             self.operator.heartbeat();
@@ -749,6 +859,10 @@ impl ControlLoop {
                 interrupted = true;
                 break;
             }
+            // Every episode recorded (or recording stopped / failed).
+            if self.episodes.as_ref().is_some_and(Episodes::finished) {
+                break;
+            }
             // Periods, not ticks run, measure the duration (skipped periods count).
             if max_ticks
                 .is_some_and(|max| first_tick.is_some_and(|first| last_tick + 1 - first >= max))
@@ -781,6 +895,10 @@ impl ControlLoop {
             if compute > period_ns {
                 r.stats.overruns += 1;
             }
+        }
+        // An episode still open is saved as stopped.
+        if let Some(episodes) = &mut self.episodes {
+            episodes.stop(last_tick);
         }
         // How the run stood before the shutdown's own stop.
         r.stats.estop_latches = r.core.safety.latches();
@@ -839,6 +957,13 @@ impl ControlLoop {
             duration_s: r.started.elapsed().as_secs_f64(),
             interrupted,
             fault,
+            episodes: self
+                .episodes
+                .as_ref()
+                .map(|e| crate::recording::EpisodesReport {
+                    rows_lost: e.rows_lost_total,
+                    ..Default::default()
+                }),
         })
     }
 
@@ -928,6 +1053,7 @@ impl ControlLoop {
         // (replay applies them in this order too).
         if !stopping {
             self.operator_requests(r, &state, t);
+            self.episode_requests(r, &state, t);
         }
 
         // 3. Command through the safety filter.
@@ -949,7 +1075,31 @@ impl ControlLoop {
         }
         r.last_state_seq = state.seq;
 
-        // 5. Record.
+        // 5. Record (the dataset row at its fps, the run log every tick).
+        if let Some(episodes) = &mut self.episodes {
+            let cameras = &mut self.cameras;
+            let core = &r.core;
+            episodes.capture(t.tick, |row, recorded| {
+                let joints = state.joints.min(MAX_JOINTS);
+                row.now_ns = t.now_ns;
+                row.state[..joints].copy_from_slice(state.positions());
+                row.executed[..joints].copy_from_slice(command.positions());
+                row.width = joints;
+                if let Some(gripper) = command.gripper {
+                    row.state[joints] = state.gripper.unwrap_or(f64::NAN);
+                    row.executed[joints] = gripper;
+                    row.width += 1;
+                }
+                let target = core.target();
+                let width = target.len().min(row.width);
+                row.policy_action[..width].copy_from_slice(&target[..width]);
+                row.state_stamp_ns = state.stamp_ns;
+                row.flags = raised;
+                for (image, &camera) in row.images.iter_mut().zip(recorded) {
+                    image.copy_from(cameras[camera].frames.latest());
+                }
+            });
+        }
         if let Some(recorder) = &self.recorder {
             recorder.record(LogEvent::Tick(TickRecord {
                 tick: t.tick,
@@ -964,6 +1114,7 @@ impl ControlLoop {
         let moving = r.core.safety.motion() == Motion::Tracking;
         if !stopping
             && moving
+            && self.episodes.as_ref().is_none_or(Episodes::recording)
             && r.core.state_ok()
             && self.worker.can_request()
             && !r.paused
@@ -1177,6 +1328,35 @@ impl ControlLoop {
                 result,
             };
             self.operator.outcomes.force_push(outcome);
+        }
+    }
+
+    /// Episodes: their phase changes move the arm (reset, begin) through the
+    /// core as logged operator requests, so replay reproduces them.
+    fn episode_requests(&mut self, r: &mut Running, state: &JointState, t: TickTime) {
+        let Some(episodes) = &mut self.episodes else {
+            return;
+        };
+        if r.core.reset_reached(t.tick) {
+            episodes.reset_reached();
+        }
+        let request = match episodes.decide(t.tick) {
+            EpisodeAction::None => return,
+            EpisodeAction::Reset => Request::EpisodeReset,
+            EpisodeAction::Begin => Request::EpisodeBegin,
+        };
+        let result = r.core.operator(request, state, t.tick);
+        if request == Request::EpisodeBegin {
+            for driver in &mut self.drivers {
+                driver.episode_begins();
+            }
+        }
+        if let Some(recorder) = &self.recorder {
+            recorder.record(LogEvent::Operator {
+                tick: t.tick,
+                request: request.code(),
+                outcome: result.map_or_else(|e| e.code(), |()| 0),
+            });
         }
     }
 
@@ -1457,6 +1637,7 @@ mod tests {
             workspace: None,
             executor: ExecutorFactory::replace(),
             gripper: None,
+            reset: None,
         }
     }
 

@@ -144,4 +144,7 @@ pub trait Driver: Send {
     fn task_report(&self) -> Option<TaskReport> {
         None
     }
+    /// A recorded episode begins (`[recording]`): a simulator starts a new task
+    /// instance. Called on the tick: it must not block or allocate.
+    fn episode_begins(&mut self) {}
 }

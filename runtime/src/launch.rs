@@ -76,6 +76,9 @@ pub struct LaunchFile {
     #[serde(default)]
     #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
     pub stages: Vec<toml::Table>,
+    /// `[recording]`: how `reflex run --record DIR` records episodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<crate::recording::RecordingConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -714,6 +717,7 @@ impl Launch {
         launch.check_policy(registry)?;
         launch.check_stages(registry)?;
         launch.check_execution(registry)?;
+        launch.check_recording()?;
         launch.resolve_workspace()?;
         Ok(launch)
     }
@@ -1312,6 +1316,98 @@ impl Launch {
         Ok(())
     }
 
+    /// `[recording]`: a whole number of ticks per row, sane durations, a reset
+    /// pose per joint inside the limits, recorded cameras that exist.
+    fn check_recording(&self) -> Result<(), LaunchError> {
+        let Some(rec) = &self.config.recording else {
+            return Ok(());
+        };
+        let rate = self.config.control.rate_hz;
+        let fps = self.recording_fps();
+        if fps == 0 || f64::from(fps) > rate {
+            return Err(self.error_at(
+                "recording.fps",
+                format!(
+                    "must be in 1..={rate} (at most control.rate_hz, a row per tick), found {fps}{}",
+                    if rec.fps.is_none() { " (the action rate, rounded)" } else { "" }
+                ),
+            ));
+        }
+        self.check_range(
+            "recording.episode_time_s",
+            rec.episode_time_s,
+            24.0 * 3600.0,
+        )?;
+        if !(rec.reset_time_s >= 0.0 && rec.reset_time_s <= 3600.0) {
+            return Err(self.error_at(
+                "recording.reset_time_s",
+                format!("must be in [0, 3600], found {}", rec.reset_time_s),
+            ));
+        }
+        if rec.episodes == Some(0) {
+            return Err(self.error_at(
+                "recording.episodes",
+                "must be at least 1 (leave it out to record until stopped)",
+            ));
+        }
+        if let Some(task) = &rec.task
+            && (task.len() > crate::prompt::MAX_PROMPT_BYTES || task.chars().any(char::is_control))
+        {
+            return Err(self.error_at(
+                "recording.task",
+                format!(
+                    "must be a single line of at most {} bytes",
+                    crate::prompt::MAX_PROMPT_BYTES
+                ),
+            ));
+        }
+        if let Some(cameras) = &rec.cameras {
+            let known = self.camera_names();
+            for (i, name) in cameras.iter().enumerate() {
+                if !known.contains(name) {
+                    return Err(self.error_at(
+                        &format!("recording.cameras[{i}]"),
+                        format!("no camera stream `{name}` (cameras: {})", known.join(", ")),
+                    ));
+                }
+            }
+        }
+        if let Some(reset) = &rec.reset {
+            let joints = &self.config.robot.joints;
+            if reset.joint_positions.len() != joints.len() {
+                return Err(self.error_at(
+                    "recording.reset.joint_positions",
+                    format!(
+                        "needs one position per joint ({}), found {}",
+                        joints.len(),
+                        reset.joint_positions.len()
+                    ),
+                ));
+            }
+            for (i, (q, joint)) in reset.joint_positions.iter().zip(joints).enumerate() {
+                let [lo, hi] = joint.position;
+                if !(q.is_finite() && *q >= lo && *q <= hi) {
+                    return Err(self.error_at(
+                        &format!("recording.reset.joint_positions[{i}]"),
+                        format!(
+                            "joint `{}` must stay in [{lo}, {hi}], found {q}",
+                            joint.name
+                        ),
+                    ));
+                }
+            }
+            self.check_range("recording.reset.speed", reset.speed, 100.0)?;
+        }
+        Ok(())
+    }
+
+    /// The dataset's fps: `[recording] fps`, else the action rate rounded.
+    pub fn recording_fps(&self) -> u32 {
+        let rec = self.config.recording.clone().unwrap_or_default();
+        rec.fps
+            .unwrap_or_else(|| self.config.execution.action_rate_hz.round().clamp(0.0, 1e6) as u32)
+    }
+
     /// `value` (ms) must be finite, positive and at most `max`.
     fn check_range(&self, field: &str, value: f64, max: f64) -> Result<(), LaunchError> {
         if value > 0.0 && value <= max {
@@ -1634,6 +1730,7 @@ fn placeholder() -> LaunchFile {
         drivers: Vec::new(),
         policy: toml::Table::new(),
         stages: Vec::new(),
+        recording: None,
     }
 }
 

@@ -417,3 +417,54 @@ fn line_column_counts_from_one() {
     assert_eq!(line_column("ab\ncd", 4), (2, 2));
     assert_eq!(line_column("é\nx", 3), (2, 1));
 }
+
+#[test]
+fn recording_is_checked_with_positions() {
+    let text = format!(
+        "{FILE}\n[recording]\nfps = 10\ncameras = [\"top\"]\n\n[recording.reset]\njoint_positions = [0.5]\n"
+    );
+    let launch = load(&text, &[]).unwrap();
+    assert_eq!(launch.recording_fps(), 10);
+    // Every bad value names its field and where it is.
+    for (set, field, says) in [
+        (
+            "recording.fps=1000",
+            "recording.fps",
+            "at most control.rate_hz",
+        ),
+        (
+            "recording.cameras=[\"wrist\"]",
+            "recording.cameras[0]",
+            "no camera stream `wrist`",
+        ),
+        (
+            "recording.reset.joint_positions=[2.0]",
+            "recording.reset.joint_positions[0]",
+            "must stay in [-1, 1]",
+        ),
+        (
+            "recording.reset.joint_positions=[0.0, 0.0]",
+            "recording.reset.joint_positions",
+            "one position per joint",
+        ),
+        (
+            "recording.reset.speed=-1",
+            "recording.reset.speed",
+            "must be in",
+        ),
+        (
+            "recording.episode_time_s=nan",
+            "recording.episode_time_s",
+            "must be in",
+        ),
+        ("recording.episodes=0", "recording.episodes", "at least 1"),
+    ] {
+        let err = load(&text, &[set]).unwrap_err();
+        assert_eq!(err.field, field, "{set}: {err}");
+        assert!(err.message.contains(says), "{set}: {err}");
+    }
+    let text = text.replace("fps = 10", "fps = 10\nepisode = 3");
+    let err = load(&text, &[]).unwrap_err();
+    assert_eq!(err.field, "recording.episode");
+    assert_eq!(err.line, line_of(&text, "episode = 3"), "{err}");
+}

@@ -24,6 +24,7 @@ pub mod policy;
 pub mod prompt;
 pub mod ratelimit;
 pub mod realtime;
+pub mod recording;
 pub mod registry;
 pub mod robot_model;
 pub mod safety;

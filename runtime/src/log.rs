@@ -140,6 +140,9 @@ pub struct LogHeader {
     /// `[robot.gripper]`, when the robot has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gripper: Option<crate::gripper::GripperConfig>,
+    /// `[recording.reset]` of a run that recorded episodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<crate::recording::ResetParams>,
     /// The launch file as run (overrides applied).
     pub launch: String,
 }
@@ -809,6 +812,7 @@ impl<R: Read> LogReader<R> {
                 urdf: None,
                 tip_link: None,
                 gripper: None,
+                reset: None,
                 launch: String::new(),
             },
             report: LogReport {
@@ -1334,6 +1338,7 @@ mod tests {
             urdf: None,
             tip_link: None,
             gripper: None,
+            reset: None,
             launch: "seed = 1".into(),
         }
     }

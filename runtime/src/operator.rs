@@ -242,6 +242,29 @@ fn handle(stream: UnixStream, requests: &OperatorRequests) -> io::Result<()> {
             Err(e) => writeln!(out, "refused: {e}"),
         };
     }
+    if let Some(rest) = line.trim().strip_prefix("episode") {
+        let word = rest.trim();
+        let Some(request) = crate::recording::EpisodeRequest::parse(word) else {
+            let shown: String = word.chars().take(32).collect();
+            return writeln!(
+                out,
+                "error: unknown episode request {shown:?} (success, failure, rerecord, stop, start)"
+            );
+        };
+        requests.episodes.raise(request);
+        // Taken by the tick at its next period (a run without episodes never takes it).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if !requests.episodes.pending() {
+                return writeln!(out, "ok");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        return writeln!(
+            out,
+            "error: the control loop did not take it (is the run recording episodes: `reflex run --record DIR`?)"
+        );
+    }
     if let Some(rest) = line.trim().strip_prefix("tare") {
         let stream = Some(rest.trim()).filter(|s| !s.is_empty());
         return match requests.tare.request(stream) {
@@ -264,7 +287,7 @@ fn handle(stream: UnixStream, requests: &OperatorRequests) -> io::Result<()> {
             let shown: String = other.chars().take(32).collect();
             return writeln!(
                 out,
-                "error: unknown request {shown:?} (estop, rearm, resume, heartbeat, prompt <text>, tare [stream])"
+                "error: unknown request {shown:?} (estop, rearm, resume, heartbeat, prompt <text>, tare [stream], episode <success|failure|rerecord|stop|start>)"
             );
         }
     };
@@ -318,7 +341,9 @@ pub fn send(robot: &str, request: &str) -> Result<String, OperatorError> {
 }
 
 /// Reads single keys from the terminal the run was started from: `s` or space
-/// stops, `r` re-arms, `g` resumes. Ctrl-C keeps working (signals stay on).
+/// stops, `r` re-arms, `g` resumes; while recording episodes → ends the episode
+/// as a success (or starts the next one), ↓ as a failure, ← re-records it, Esc
+/// saves it and stops recording. Ctrl-C keeps working (signals stay on).
 pub struct TerminalKeys {
     saved: Option<libc::termios>,
     stop: Arc<AtomicBool>,
@@ -356,17 +381,46 @@ impl TerminalKeys {
         keys.thread = std::thread::Builder::new()
             .name("reflex-keys".into())
             .spawn(move || {
+                use crate::recording::EpisodeRequest;
                 let mut stdin = io::stdin();
                 let mut byte = [0u8; 1];
+                // Arrow keys arrive as ESC [ A..D; a lone ESC is the Esc key.
+                let mut escape: u8 = 0;
                 while !stop.load(Ordering::Acquire) {
                     match stdin.read(&mut byte) {
-                        Ok(1) => match byte[0] {
-                            b's' | b' ' => requests.raise(Request::Estop),
-                            b'r' => requests.raise(Request::Rearm),
-                            b'g' => requests.raise(Request::Resume),
-                            _ => {}
+                        Ok(1) => match (escape, byte[0]) {
+                            (0, 0x1b) => escape = 1,
+                            (1, b'[') => escape = 2,
+                            (2, key) => {
+                                escape = 0;
+                                match key {
+                                    b'C' => requests.episodes.raise(EpisodeRequest::Success),
+                                    b'B' => requests.episodes.raise(EpisodeRequest::Failure),
+                                    b'D' => requests.episodes.raise(EpisodeRequest::Rerecord),
+                                    _ => {}
+                                }
+                            }
+                            (_, key) => {
+                                if escape == 1 {
+                                    requests.episodes.raise(EpisodeRequest::Stop);
+                                }
+                                escape = 0;
+                                match key {
+                                    b's' | b' ' => requests.raise(Request::Estop),
+                                    b'r' => requests.raise(Request::Rearm),
+                                    b'g' => requests.raise(Request::Resume),
+                                    0x1b => escape = 1,
+                                    _ => {}
+                                }
+                            }
                         },
-                        Ok(_) => {}
+                        // A read that timed out right after ESC: the Esc key alone.
+                        Ok(_) => {
+                            if escape == 1 {
+                                requests.episodes.raise(EpisodeRequest::Stop);
+                            }
+                            escape = 0;
+                        }
                         Err(_) => std::thread::sleep(Duration::from_millis(100)),
                     }
                 }

@@ -216,6 +216,7 @@ fn params(setup: &Setup) -> TickParams {
         workspace: None,
         executor: crate::executor::ExecutorFactory::replace(),
         gripper: None,
+        reset: None,
     }
 }
 

@@ -168,6 +168,7 @@ fn run_launch(launch: Launch, name: &str) -> (Vec<f64>, reflex_runtime::log::Log
         &Assembly {
             simulated: true,
             log: Some(&log),
+            record: None,
         },
     )
     .unwrap();
