@@ -260,6 +260,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
     let mut arm = None;
     let (mut cameras, mut tensors, mut texts) = (Vec::new(), Vec::new(), Vec::new());
     let mut counters = Vec::new();
+    let mut teleop = Vec::new();
     for driver in &mut drivers {
         let ports = driver.open(&ctx)?;
         if ports.arm.is_some() {
@@ -268,6 +269,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         cameras.extend(ports.cameras);
         tensors.extend(ports.tensors);
         texts.extend(ports.texts);
+        teleop.extend(ports.teleop);
         counters.extend(ports.counters);
     }
     let Some(arm) = arm else {
@@ -460,6 +462,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
             .heartbeat_ms
             .map(|ms| Duration::from_secs_f64(ms / 1e3)),
         episodes,
+        teleop,
     };
     Ok(Assembled {
         control,

@@ -63,6 +63,14 @@ impl<'a> Report<'a> {
             "  ticks              {} at {} Hz (skipped periods {}, overruns {})",
             s.ticks, self.rate_hz, s.skipped_periods, s.overruns
         );
+        if s.intervention_ticks > 0 {
+            let _ = writeln!(
+                out,
+                "  interventions      a person commanded {} ticks ({:.1} s)",
+                s.intervention_ticks,
+                s.intervention_ticks as f64 / self.rate_hz
+            );
+        }
         if let Some(e) = &self.run.episodes {
             let finalize = e.finalize_ms.iter().copied().fold(0.0, f64::max);
             let _ = writeln!(
@@ -303,6 +311,7 @@ impl<'a> Report<'a> {
         });
         // Apart: one more key would exceed json!'s recursion limit.
         out["episodes"] = json!(self.run.episodes);
+        out["intervention_ticks"] = json!(s.intervention_ticks);
         out
     }
 }

@@ -30,6 +30,7 @@ use crate::stats::ShortName;
 use crate::stats::{Distribution, RunStats, STATUS_STREAMS, StatusSnapshot, StreamStatus};
 use crate::stream::{OnStale, SourceCounters, SourceCounts, StreamFaults, StreamWatch};
 use crate::taps::Tap;
+use crate::teleop::{TeleopCommand, TeleopPort};
 use crate::types::{ActionChunk, JointCommand, JointState, MAX_JOINTS, Observation, monotonic_ns};
 
 /// Parameters of the tick's decisions (all of them are in the log header).
@@ -252,6 +253,11 @@ pub struct TickCore {
     pub tracking_fault: Option<(usize, f64)>,
     reset_params: Option<ResetParams>,
     reset: Option<ResetMotion>,
+    /// While a person is engaged: the command and the device's position at
+    /// takeover, and the device's newest sample.
+    teleop: Option<(HeldTarget, HeldTarget)>,
+    teleop_sample: TeleopCommand,
+    teleop_target: HeldTarget,
     dt: f64,
     /// This tick's target before the safety filter (the policy's, or the reset's).
     last_target: HeldTarget,
@@ -299,6 +305,12 @@ impl TickCore {
             tracking_fault: None,
             reset_params: p.reset.clone(),
             reset: None,
+            teleop: None,
+            teleop_sample: TeleopCommand::NONE,
+            teleop_target: HeldTarget {
+                values: [0.0; MAX_JOINTS + 1],
+                len: 0,
+            },
             dt,
             last_target: HeldTarget {
                 values: [0.0; MAX_JOINTS + 1],
@@ -462,6 +474,43 @@ impl TickCore {
         }
     }
 
+    /// A new sample of the teleop device, before this tick's step. Engaging
+    /// anchors the device at the current command (no jump); releasing flushes
+    /// the executor so the policy re-infers from where the person left the arm.
+    pub fn teleop_sample(&mut self, sample: &TeleopCommand, tick: u64) {
+        self.teleop_sample = *sample;
+        match (sample.engaged, self.teleop.is_some()) {
+            (true, false) => {
+                let command = self.held();
+                let mut device = command;
+                let n = sample.len.min(command.len);
+                device.values[..n].copy_from_slice(&sample.positions[..n]);
+                self.teleop = Some((command, device));
+            }
+            (false, true) => {
+                self.teleop = None;
+                let held = self.held();
+                self.executor.flush(&held, tick);
+                // A reset under way starts again from where the person left the arm.
+                if let (Some(_), Some(r)) = (&self.reset, &self.reset_params) {
+                    self.reset = Some(ResetMotion::new(
+                        held,
+                        &r.joint_positions,
+                        r.speed,
+                        self.dt,
+                        tick,
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether a person commands the arm (an intervention).
+    pub fn teleop_engaged(&self) -> bool {
+        self.teleop.is_some()
+    }
+
     /// Whether the reset motion (if any) has reached its pose.
     pub fn reset_reached(&self, tick: u64) -> bool {
         self.reset.as_ref().is_none_or(|r| r.done(tick))
@@ -494,9 +543,19 @@ impl TickCore {
     /// Computes this tick's command (after [`Self::observe`]); returns it with the safety flags.
     pub fn step(&mut self, tick: u64, now_ns: u64, state: &JointState) -> (JointCommand, u32) {
         self.check_tracking(state);
-        let target = match &mut self.reset {
-            Some(reset) => reset.target(tick),
-            None => self.executor.target(tick),
+        let target = match (&self.teleop, &mut self.reset) {
+            (Some((command, device)), _) => {
+                // The device's motion since takeover, added to the command then.
+                let n = self.teleop_sample.len.min(command.len);
+                self.teleop_target = *command;
+                for j in 0..n {
+                    self.teleop_target.values[j] +=
+                        self.teleop_sample.positions[j] - device.values[j];
+                }
+                &self.teleop_target[..]
+            }
+            (None, Some(reset)) => reset.target(tick),
+            (None, None) => self.executor.target(tick),
         };
         let len = target.len().min(MAX_JOINTS + 1);
         self.last_target.values[..len].copy_from_slice(&target[..len]);
@@ -630,6 +689,8 @@ pub struct ControlLoop {
     pub heartbeat_timeout: Option<Duration>,
     /// `[recording]` with `--record`: the run is a sequence of episodes.
     pub episodes: Option<Episodes>,
+    /// Teleoperation devices (the first one commands).
+    pub teleop: Vec<TeleopPort>,
 }
 
 /// When a run ends.
@@ -682,6 +743,8 @@ struct Running {
     /// (oldest first; capacity MAX_IN_FLIGHT, so pushing never allocates).
     inference_due: std::collections::VecDeque<u64>,
     started: Instant,
+    /// The teleop sample seen last.
+    last_teleop_seq: u64,
 }
 
 impl ControlLoop {
@@ -845,6 +908,7 @@ impl ControlLoop {
             last_infer_ms: 0.0,
             inference_due: std::collections::VecDeque::with_capacity(MAX_IN_FLIGHT),
             started: Instant::now(),
+            last_teleop_seq: 0,
         };
         let period_ns = self.clock.period_ns();
         let max_ticks = limits
@@ -1054,6 +1118,7 @@ impl ControlLoop {
         if !stopping {
             self.operator_requests(r, &state, t);
             self.episode_requests(r, &state, t);
+            self.teleop(r, t);
         }
 
         // 3. Command through the safety filter.
@@ -1063,6 +1128,9 @@ impl ControlLoop {
         }
         if raised & flags::LIMITED != 0 {
             r.stats.limited_commands += 1;
+        }
+        if r.core.teleop_engaged() {
+            r.stats.intervention_ticks += 1;
         }
 
         // 4. Publish.
@@ -1095,6 +1163,7 @@ impl ControlLoop {
                 row.policy_action[..width].copy_from_slice(&target[..width]);
                 row.state_stamp_ns = state.stamp_ns;
                 row.flags = raised;
+                row.intervention = core.teleop_engaged();
                 for (image, &camera) in row.images.iter_mut().zip(recorded) {
                     image.copy_from(cameras[camera].frames.latest());
                 }
@@ -1115,6 +1184,7 @@ impl ControlLoop {
         if !stopping
             && moving
             && self.episodes.as_ref().is_none_or(Episodes::recording)
+            && !r.core.teleop_engaged()
             && r.core.state_ok()
             && self.worker.can_request()
             && !r.paused
@@ -1331,6 +1401,37 @@ impl ControlLoop {
         }
     }
 
+    /// A new sample of the teleop device goes to the core (and the log).
+    fn teleop(&mut self, r: &mut Running, t: TickTime) {
+        let Some(port) = self.teleop.first_mut() else {
+            return;
+        };
+        let sample = *port.commands.latest();
+        if sample.seq == r.last_teleop_seq {
+            return;
+        }
+        r.last_teleop_seq = sample.seq;
+        let engaged = r.core.teleop_engaged();
+        r.core.teleop_sample(&sample, t.tick);
+        if engaged != r.core.teleop_engaged() {
+            tracing::info!(
+                "teleop `{}` {}",
+                port.name,
+                if engaged {
+                    "released: the policy takes over"
+                } else {
+                    "engaged: a person commands the arm"
+                }
+            );
+        }
+        if let Some(recorder) = &self.recorder {
+            recorder.record(LogEvent::Teleop {
+                tick: t.tick,
+                sample,
+            });
+        }
+    }
+
     /// Episodes: their phase changes move the arm (reset, begin) through the
     /// core as logged operator requests, so replay reproduces them.
     fn episode_requests(&mut self, r: &mut Running, state: &JointState, t: TickTime) {
@@ -1502,8 +1603,10 @@ pub fn replay_with<R: std::borrow::Borrow<Record>>(
             report.first.push(Mismatch { tick, what });
         }
     };
-    // Operator requests act before the step of the tick that follows them.
+    // Operator requests act before the step of the tick that follows them,
+    // then a teleop sample.
     let mut pending: Vec<(Request, Option<u8>)> = Vec::new();
+    let mut pending_teleop: Option<TeleopCommand> = None;
     for record in records {
         match record.borrow() {
             Record::Start {
@@ -1520,6 +1623,7 @@ pub fn replay_with<R: std::borrow::Borrow<Record>>(
                 }
             }
             Record::Estop { .. } => pending.push((Request::Estop, None)),
+            Record::Teleop { sample, .. } => pending_teleop = Some(*sample),
             Record::Operator {
                 request, outcome, ..
             } => match Request::from_code(*request) {
@@ -1564,6 +1668,9 @@ pub fn replay_with<R: std::borrow::Borrow<Record>>(
                             ),
                         );
                     }
+                }
+                if let Some(sample) = pending_teleop.take() {
+                    core.teleop_sample(&sample, logged.tick);
                 }
                 let (command, raised) = core.step(logged.tick, logged.now_ns, &logged.state);
                 for j in 0..MAX_JOINTS.min(command.joints.max(logged.command.joints)) {

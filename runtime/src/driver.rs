@@ -86,6 +86,8 @@ pub struct DriverPorts {
     pub cameras: Vec<CameraPort>,
     pub tensors: Vec<TensorPort>,
     pub texts: Vec<TextPort>,
+    /// Teleoperation devices (interventions).
+    pub teleop: Vec<crate::teleop::TeleopPort>,
     /// Per stream (by name), what the source says about its samples (repeated,
     /// dropped, corrupt, ...): on the status line and in the summary.
     pub counters: Vec<(String, Arc<SourceCounters>)>,

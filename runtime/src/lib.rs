@@ -36,6 +36,7 @@ pub mod stream;
 pub mod taps;
 pub mod tare;
 pub mod targets;
+pub mod teleop;
 pub mod types;
 
 pub use types::{ActionChunk, Image, JointCommand, JointState, MAX_JOINTS, Observation};

@@ -102,6 +102,7 @@ mod kind {
     pub const CHUNK: u8 = 3;
     pub const ESTOP: u8 = 4;
     pub const OPERATOR: u8 = 5;
+    pub const TELEOP: u8 = 6;
     pub const END: u8 = 0xFF;
 }
 
@@ -263,6 +264,12 @@ pub enum Record {
         request: u8,
         outcome: u8,
     },
+    /// A new sample of the teleop device, applied before `tick`'s step (after
+    /// the operator requests of that tick).
+    Teleop {
+        tick: u64,
+        sample: crate::teleop::TeleopCommand,
+    },
     End {
         ticks: u64,
     },
@@ -289,6 +296,10 @@ pub enum LogEvent {
         tick: u64,
         request: u8,
         outcome: u8,
+    },
+    Teleop {
+        tick: u64,
+        sample: crate::teleop::TeleopCommand,
     },
 }
 
@@ -389,6 +400,14 @@ fn encode_body(record: &Record, b: &mut Vec<u8>) {
             b.extend_from_slice(&tick.to_le_bytes());
             b.extend_from_slice(&[*request, *outcome]);
         }
+        Record::Teleop { tick, sample } => {
+            b.push(kind::TELEOP);
+            b.extend_from_slice(&tick.to_le_bytes());
+            b.extend_from_slice(&sample.seq.to_le_bytes());
+            b.push(u8::from(sample.engaged));
+            b.extend_from_slice(&(sample.len as u16).to_le_bytes());
+            f64s(b, sample.positions());
+        }
         Record::End { ticks } => {
             b.push(kind::END);
             b.extend_from_slice(&ticks.to_le_bytes());
@@ -485,6 +504,27 @@ fn decode_body(body: &[u8], joints: usize) -> Result<Record, String> {
             request: c.u8()?,
             outcome: c.u8()?,
         },
+        kind::TELEOP => {
+            let (tick, seq) = (c.u64()?, c.u64()?);
+            let engaged = c.u8()? != 0;
+            let len = usize::from(c.array().map(u16::from_le_bytes)?);
+            if len > MAX_JOINTS + 1 {
+                return Err(format!(
+                    "Teleop record with {len} values (at most {})",
+                    MAX_JOINTS + 1
+                ));
+            }
+            let mut sample = crate::teleop::TeleopCommand {
+                seq,
+                engaged,
+                len,
+                ..crate::teleop::TeleopCommand::NONE
+            };
+            for x in sample.positions.iter_mut().take(len) {
+                *x = f64::from_bits(c.u64()?);
+            }
+            Record::Teleop { tick, sample }
+        }
         kind::END => Record::End { ticks: c.u64()? },
         kind::HEADER => return Err("a second header frame".into()),
         other => {
@@ -1185,6 +1225,9 @@ impl Recorder {
                                     gripper,
                                 }),
                                 LogEvent::Estop { tick } => writer.write(&Record::Estop { tick }),
+                                LogEvent::Teleop { tick, sample } => {
+                                    writer.write(&Record::Teleop { tick, sample })
+                                }
                                 LogEvent::Operator {
                                     tick,
                                     request,

@@ -73,6 +73,8 @@ pub struct RunStats {
     pub chunks_rejected: u64,
     pub stale_state_ticks: u64,
     pub limited_commands: u64,
+    /// Ticks a person commanded (teleop engaged).
+    pub intervention_ticks: u64,
     /// How many times the e-stop latched during the run (the shutdown's own
     /// controlled stop is not counted).
     pub estop_latches: u64,

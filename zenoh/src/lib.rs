@@ -11,6 +11,7 @@ pub mod bus;
 pub mod wire;
 pub mod zenoh_arm;
 pub mod zenoh_stream;
+pub mod zenoh_teleop;
 
 use std::any::Any;
 use std::path::PathBuf;
@@ -26,11 +27,13 @@ pub use bus::Bus;
 /// `zenoh.status_hz`, Hz.
 pub const STATUS_HZ_RANGE: (f64, f64) = (0.1, 100.0);
 
-/// Registers the `[zenoh]` section and the `zenoh_arm` and `zenoh_stream` drivers.
+/// Registers the `[zenoh]` section and the `zenoh_arm`, `zenoh_stream` and
+/// `zenoh_teleop` drivers.
 pub fn register(registry: &mut Registry) {
     registry.section(ZenohSection);
     registry.driver(zenoh_arm::ZenohArmKind);
     registry.driver(zenoh_stream::ZenohStreamKind);
+    registry.driver(zenoh_teleop::ZenohTeleopKind);
 }
 
 /// The launch file's `[zenoh]` (its defaults when the section is absent).

@@ -1,0 +1,173 @@
+//! Interventions with a leader arm over zenoh (`zenoh_teleop`): a person takes
+//! over mid-run and hands back. The arm follows the leader's motion relative to
+//! where both were at takeover (the leader sits far away: an absolute mapping
+//! would jump), no chunk is asked for while engaged, the policy takes over again
+//! after the release, the log replays bit for bit, and the recorded rows say
+//! which steps were interventions.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{free_port, repo, run_ok, scratch, spawn_until, zenoh_peer};
+use reflex_runtime::log::{Record, read_log};
+use zenoh::Wait;
+
+/// The leader's pose at takeover: nowhere near the follower.
+const LEADER: [f64; 3] = [1.2, -1.5, 0.9];
+/// How far the leader moves while engaged.
+const MOVE: [f64; 3] = [0.3, -0.2, 0.1];
+
+#[test]
+fn a_person_takes_over_with_a_leader_arm_and_hands_back() {
+    let dir = scratch("teleop");
+    let launch = dir.join("launch.toml");
+    std::fs::write(
+        &launch,
+        format!(
+            "{}\n[[drivers]]\nkind = \"zenoh_teleop\"\nname = \"leader\"\n",
+            common::demo_launch_text()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let (log, summary_path, dataset) = (
+        dir.join("run.log"),
+        dir.join("summary.json"),
+        dir.join("dataset"),
+    );
+    let args: Vec<String> = [
+        "run",
+        launch.to_str().unwrap(),
+        "--duration",
+        "5",
+        "--set",
+        &format!("zenoh.listen=[\"{endpoint}\"]"),
+        "--set",
+        "robot.name=teleop_arm",
+        "--log",
+        log.to_str().unwrap(),
+        "--summary-json",
+        summary_path.to_str().unwrap(),
+        "--record",
+        dataset.to_str().unwrap(),
+        "--set",
+        "recording.episode_time_s=100",
+        "--set",
+        "recording.reset_time_s=0.1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut child = spawn_until(&args, "wall clock");
+    let session = zenoh_peer(&endpoint);
+    let key = "reflex/teleop_arm/leader";
+    let send = |seq: u64, engaged: bool, positions: [f64; 3]| {
+        let message = serde_json::json!({"seq": seq, "engaged": engaged, "positions": positions});
+        session.put(key, message.to_string()).wait().unwrap();
+    };
+    // The policy drives for a second, a person then moves the leader for 1.5 s
+    // (a ramp of MOVE), holds, and releases.
+    std::thread::sleep(Duration::from_millis(1200));
+    let started = Instant::now();
+    let mut seq = 0;
+    while started.elapsed() < Duration::from_millis(1800) {
+        seq += 1;
+        let progress = (started.elapsed().as_secs_f64() / 1.5).min(1.0);
+        let positions = std::array::from_fn(|j| LEADER[j] + MOVE[j] * progress);
+        send(seq, true, positions);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let end: [f64; 3] = std::array::from_fn(|j| LEADER[j] + MOVE[j]);
+    seq += 1;
+    send(seq, false, end);
+    // Garbage and a repeat are ignored.
+    session.put(key, "not json").wait().unwrap();
+    send(seq, true, [9.0; 3]);
+    assert!(child.wait().unwrap().success());
+
+    let summary = common::summary(&summary_path);
+    let engaged_ticks = summary["intervention_ticks"].as_u64().unwrap();
+    assert!((120..=200).contains(&engaged_ticks), "{engaged_ticks}");
+
+    // From the log: the commands while engaged, and the chunks around it.
+    let contents = read_log(&log).unwrap();
+    let mut takeover = None;
+    let mut release = None;
+    let mut commands = Vec::new();
+    let mut chunks_applied = Vec::new();
+    for record in &contents.records {
+        match record {
+            Record::Teleop { tick, sample } => {
+                if sample.engaged && takeover.is_none() {
+                    takeover = Some(*tick);
+                }
+                if !sample.engaged && takeover.is_some() && release.is_none() {
+                    release = Some(*tick);
+                }
+            }
+            Record::Tick(t) => commands.push((t.tick, t.command.position)),
+            Record::Chunk {
+                tick,
+                accepted: true,
+                ..
+            } => chunks_applied.push(*tick),
+            _ => {}
+        }
+    }
+    let (takeover, release) = (takeover.unwrap(), release.unwrap());
+    let command_at = |tick: u64| commands.iter().find(|(t, _)| *t == tick).unwrap().1;
+    let before = command_at(takeover - 1);
+    let at_release = command_at(release - 1);
+    // The arm moved by the leader's motion, not to the leader's pose.
+    for j in 0..3 {
+        let moved = at_release[j] - before[j];
+        assert!(
+            (moved - MOVE[j]).abs() < 0.05,
+            "joint {j}: the arm moved {moved:.3}, the leader {:.3}",
+            MOVE[j]
+        );
+    }
+    // No chunk was applied while a person commanded; the policy resumed after.
+    assert!(
+        !chunks_applied
+            .iter()
+            .any(|&t| t > takeover + 5 && t < release),
+        "chunks during the intervention: {chunks_applied:?} ({takeover}..{release})"
+    );
+    assert!(
+        chunks_applied.iter().any(|&t| t > release),
+        "the policy never resumed"
+    );
+    run_ok(&["replay", log.to_str().unwrap()]);
+
+    // The rows say which steps were interventions (10 rows a second).
+    let out = std::process::Command::new(common::parity_python())
+        .arg("-c")
+        .arg(
+            "import sys, pyarrow.parquet as pq\n\
+             t = pq.read_table(sys.argv[1]).to_pydict()\n\
+             print(sum(t['complementary_info.is_intervention']), len(t['index']))",
+        )
+        .arg(dataset.join("data/chunk-000/file-000.parquet"))
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let counts: Vec<u64> = text
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(
+        counts.len(),
+        2,
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = engaged_ticks / 10;
+    assert!(
+        counts[0].abs_diff(expected) <= 2 && counts[0] < counts[1],
+        "{counts:?} rows flagged, {engaged_ticks} engaged ticks"
+    );
+}
