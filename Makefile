@@ -73,6 +73,7 @@ models: setup
 	.venv/bin/python policies/export/make_test_models.py --out-dir policies/models/test
 	.venv/bin/python policies/export/make_generative_models.py --out-dir policies/models/test
 	.venv/bin/python policies/export/make_prompt_tokenizer.py --out policies/models/test/prompt
+	.venv/bin/python policies/export/make_reward_classifier.py --out-dir policies/models/test
 
 clean:
 	$(CARGO) clean

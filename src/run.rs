@@ -526,7 +526,28 @@ fn recording(
         Some(task) => reflex_dataset::TaskSource::Fixed(task.clone()),
         None => reflex_dataset::TaskSource::Prompt(requests.prompt.clone()),
     };
-    let dataset = reflex_dataset::DatasetRecorder::spawn(writer, ports.clone(), task)?;
+    let rewards = reflex_dataset::Rewards {
+        source: rec.reward,
+        classifier: if rec.reward.uses_classifier() {
+            let classifier = reflex_policies::reward::OnnxRewardClassifier::load(launch, &recorded)
+                .context("[reward_classifier]")?;
+            eprintln!(
+                "reflex: rewards from the success classifier (probability > {}){}",
+                classifier.threshold,
+                if rec.terminate_on_success {
+                    ", which ends the episode"
+                } else {
+                    ""
+                }
+            );
+            Some(Box::new(classifier))
+        } else {
+            None
+        },
+        terminate_on_success: rec.terminate_on_success,
+        requests: requests.episodes.clone(),
+    };
+    let dataset = reflex_dataset::DatasetRecorder::spawn(writer, ports.clone(), task, rewards)?;
     let ticks = |s: f64| (s * c.control.rate_hz).round() as u64;
     let plan = EpisodePlan {
         ticks_per_row: c.control.rate_hz / f64::from(fps),

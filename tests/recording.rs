@@ -303,3 +303,59 @@ fn a_full_disk_stops_recording_and_keeps_the_saved_episodes() {
     let report = check_dataset(&root, &[]);
     assert_eq!(report["episodes"], saved, "{report}");
 }
+
+/// `[reward_classifier]` over the top camera (policies/export/make_reward_classifier.py:
+/// success when the effector's green disappears under the red target) ends each
+/// episode at its first success, rewarded on that row. The simulator's own
+/// judgement (the effector within the tolerance at the end) agrees; a classifier
+/// that never fires (the negative control) lets every episode time out unrewarded.
+#[test]
+fn a_success_classifier_rewards_and_ends_episodes() {
+    let dir = scratch("record-reward");
+    let launch = dir.join("launch.toml");
+    std::fs::write(
+        &launch,
+        format!(
+            "{}\n[recording]\nepisodes = 6\nepisode_time_s = 5.0\nreset_time_s = 0.5\n\
+             reward = \"classifier\"\n\n[recording.reset]\njoint_positions = [0.0, 0.6, 0.6]\n\
+             speed = 1.0\n\n[reward_classifier]\nmodel = \"{}\"\n\n[[reward_classifier.inputs]]\n\
+             name = \"image\"\nsource = \"top.image\"\nshape = [1, 3, 96, 96]\n\
+             image = {{ resize = [96, 96], layout = \"nchw\", range = \"zero_one\" }}\n",
+            common::demo_launch_text(),
+            common::fixture("reward_green.onnx").display()
+        ),
+    )
+    .unwrap();
+    let run = |name: &str, more: &[&str]| {
+        let root = dir.join(name);
+        let mut args = vec!["--record", root.to_str().unwrap()];
+        args.extend_from_slice(more);
+        let s = sim_summary(&launch, "200", &args, &dir.join(format!("{name}.json")));
+        (s, check_dataset(&root, &[]))
+    };
+    let (s, report) = run("green", &[]);
+    let e = &s["episodes"];
+    assert_eq!(e["saved"], 6, "{e}");
+    assert_eq!(e["successes"], 6, "{e}");
+    assert_eq!(
+        report["rewards"], 6.0,
+        "one reward per episode, on its last row"
+    );
+    let lengths: Vec<u64> = serde_json::from_value(report["episode_lengths"].clone()).unwrap();
+    assert!(lengths.iter().all(|&n| n < 50), "ended early: {lengths:?}");
+    // The simulator's judgement at each episode's end: on target.
+    let episodes = s["tasks"][0]["episodes"].as_array().unwrap();
+    assert_eq!(episodes.len(), 6, "{}", s["tasks"]);
+    assert!(
+        episodes.iter().all(|e| e["reached"] == true),
+        "{}",
+        s["tasks"]
+    );
+
+    let never = common::fixture("reward_never.onnx");
+    let set = format!("reward_classifier.model={:?}", never.display().to_string());
+    let (s, report) = run("never", &["--set", &set, "--set", "recording.episodes=2"]);
+    assert_eq!(s["episodes"]["successes"], 0, "{}", s["episodes"]);
+    assert_eq!(report["rewards"], 0.0);
+    assert_eq!(report["episode_lengths"], serde_json::json!([50, 50]));
+}

@@ -15,7 +15,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use reflex_runtime::prompt::PromptCell;
-use reflex_runtime::recording::{EpisodeEvent, EpisodePorts, EpisodesReport, FrameRow, Outcome};
+use reflex_runtime::recording::{
+    EpisodeEvent, EpisodePorts, EpisodeRequest, EpisodeRequests, EpisodesReport, FrameRow, Outcome,
+    RewardModel, RewardSource,
+};
 
 pub use lerobot::{Cell, DatasetError, DatasetSpec, DatasetWriter, Feature, FeatureKind, Recovery};
 
@@ -163,6 +166,29 @@ pub enum TaskSource {
     Prompt(PromptCell),
 }
 
+/// Who decides success, and what the classifier's success does.
+pub struct Rewards {
+    pub source: RewardSource,
+    /// `[reward_classifier]`, when `source` uses it.
+    pub classifier: Option<Box<dyn RewardModel>>,
+    /// The classifier's first success ends the episode.
+    pub terminate_on_success: bool,
+    /// Where that end is asked for (the tick's episode requests).
+    pub requests: EpisodeRequests,
+}
+
+impl Rewards {
+    /// Success as the operator says it (no classifier).
+    pub fn key() -> Self {
+        Self {
+            source: RewardSource::Key,
+            classifier: None,
+            terminate_on_success: true,
+            requests: EpisodeRequests::default(),
+        }
+    }
+}
+
 /// The recorder thread.
 pub struct DatasetRecorder {
     thread: Option<JoinHandle<EpisodesReport>>,
@@ -174,13 +200,14 @@ impl DatasetRecorder {
         mut writer: DatasetWriter,
         ports: EpisodePorts,
         task: TaskSource,
+        mut rewards: Rewards,
     ) -> std::io::Result<Self> {
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = {
             let done = done.clone();
             std::thread::Builder::new()
                 .name("reflex-dataset".into())
-                .spawn(move || record(&mut writer, &ports, &task, &done))?
+                .spawn(move || record(&mut writer, &ports, &task, &mut rewards, &done))?
         };
         Ok(Self {
             thread: Some(thread),
@@ -211,10 +238,29 @@ impl Drop for DatasetRecorder {
     }
 }
 
+/// The classifier's verdict on a row (false without one; an error counts as no
+/// success and is reported, rate-limited).
+fn judge(rewards: &mut Rewards, row: &FrameRow, errors: &mut u64) -> bool {
+    let Some(model) = rewards.classifier.as_mut() else {
+        return false;
+    };
+    match model.success_probability(row) {
+        Ok(p) => f64::from(p) > model.threshold(),
+        Err(e) => {
+            *errors += 1;
+            if errors.is_power_of_two() {
+                tracing::warn!("reward classifier failed ({errors} so far): {e}");
+            }
+            false
+        }
+    }
+}
+
 fn record(
     writer: &mut DatasetWriter,
     ports: &EpisodePorts,
     task: &TaskSource,
+    rewards: &mut Rewards,
     done: &std::sync::atomic::AtomicBool,
 ) -> EpisodesReport {
     let mut report = EpisodesReport {
@@ -228,8 +274,11 @@ fn record(
         policy: Vec::new(),
     };
     // The newest row, held until the next one shows whether it ends the episode.
-    let mut held: Option<Box<FrameRow>> = None;
+    let mut held: Option<(Box<FrameRow>, bool)> = None;
     let mut open = false;
+    // The classifier ended this episode: rows until the tick's End are dropped.
+    let mut terminated = false;
+    let mut classifier_errors = 0u64;
     let fail = |report: &mut EpisodesReport, e: DatasetError| {
         tracing::error!("recording stops: {e}");
         eprintln!("reflex: recording stops: {e}");
@@ -268,12 +317,25 @@ fn record(
                     continue;
                 }
                 open = true;
+                terminated = false;
             }
             EpisodeEvent::Row(row) => {
-                if let Some(previous) = held.replace(row)
+                if terminated {
+                    let _ = ports.free.push(row);
+                    continue;
+                }
+                let success = judge(rewards, &row, &mut classifier_errors);
+                if success && rewards.terminate_on_success {
+                    rewards.requests.raise(EpisodeRequest::Success);
+                    terminated = true;
+                }
+                if let Some((previous, previous_success)) = held.replace((row, success))
                     && open
                 {
-                    let result = cells.write(writer, &previous, false, 0.0);
+                    // Without termination every row the classifier calls a success
+                    // is rewarded (a sparse reward).
+                    let reward = if previous_success { 1.0 } else { 0.0 };
+                    let result = cells.write(writer, &previous, false, reward);
                     let _ = ports.free.push(previous);
                     if let Err(e) = result {
                         fail(&mut report, e);
@@ -282,20 +344,23 @@ fn record(
             }
             EpisodeEvent::End { outcome, .. } => {
                 let last = held.take();
+                let mut succeeded = false;
                 let result = match (outcome, last) {
                     (Outcome::Rerecord, last) => {
-                        if let Some(row) = last {
+                        if let Some((row, _)) = last {
                             let _ = ports.free.push(row);
                         }
                         report.discarded += 1;
                         writer.discard_episode().map(|()| None)
                     }
-                    (_, Some(row)) => {
-                        let reward = if outcome == Outcome::Success {
-                            1.0
-                        } else {
-                            0.0
+                    (_, Some((row, classified))) => {
+                        let said = outcome == Outcome::Success;
+                        succeeded = match rewards.source {
+                            RewardSource::Key => said,
+                            RewardSource::Classifier => classified,
+                            RewardSource::Both => said || classified,
                         };
+                        let reward = if succeeded { 1.0 } else { 0.0 };
                         let written = cells.write(writer, &row, true, reward);
                         let _ = ports.free.push(row);
                         written.and_then(|()| writer.finish_episode())
@@ -303,11 +368,12 @@ fn record(
                     (_, None) => writer.discard_episode().map(|()| None),
                 };
                 open = false;
+                terminated = false;
                 match result {
                     Ok(Some(finished)) => {
                         report.saved += 1;
                         report.frames += finished.frames;
-                        if outcome == Outcome::Success {
+                        if succeeded {
                             report.successes += 1;
                         }
                         report.finalize_ms.push(finished.finalize_s * 1e3);
@@ -325,7 +391,7 @@ fn record(
             }
         }
     }
-    if let Some(row) = held.take() {
+    if let Some((row, _)) = held.take() {
         let _ = ports.free.push(row);
     }
     // A run that ended without the tick's End (a fault) leaves nothing half done.

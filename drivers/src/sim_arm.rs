@@ -322,6 +322,9 @@ pub struct SimWorld {
     episode_start_ns: u64,
     tolerance: f64,
     reached_at_ns: Option<u64>,
+    /// Between a recorded episode's end and the next one's target: the world
+    /// runs, no episode is timed or judged.
+    between_episodes: bool,
     outcomes: Vec<EpisodeOutcome>,
     seq: u64,
     gripper: Option<SimGripper>,
@@ -362,6 +365,7 @@ impl SimWorld {
             episode_start_ns: 0,
             tolerance: cfg.target_tolerance,
             reached_at_ns: None,
+            between_episodes: false,
             // Room for many episodes, so finishing one does not allocate in a tick.
             outcomes: Vec::with_capacity(1024),
             seq: 0,
@@ -443,20 +447,12 @@ impl SimWorld {
         }
     }
 
-    /// Ends the current episode early (its outcome as it stands, when it ran
-    /// at least half its time, as the report counts it) and starts a new one.
-    pub fn restart_episode(&mut self) {
-        if self.time_ns - self.episode_start_ns >= self.episode_ns / 2 {
-            self.finish_episode();
-        }
-        self.new_target();
-    }
-
     /// Starts a new episode with a freshly drawn target.
     pub fn new_target(&mut self) {
         self.draw_targets();
         self.episode_start_ns = self.time_ns;
         self.reached_at_ns = None;
+        self.between_episodes = false;
     }
 
     /// A random joint configuration within limits (demonstration collection).
@@ -560,6 +556,9 @@ impl SimWorld {
             g.opening += (g.command - g.opening).clamp(-step, step);
         }
         self.time_ns += (dt * 1e9).round() as u64;
+        if self.between_episodes {
+            return;
+        }
         let error = self.target_error();
         if error <= self.tolerance && self.reached_at_ns.is_none() {
             self.reached_at_ns = Some(self.time_ns);
@@ -568,6 +567,15 @@ impl SimWorld {
             self.finish_episode();
             self.new_target();
         }
+    }
+
+    /// Ends the episode now (a recorded episode's end): its outcome as it
+    /// stands; the next one starts with [`Self::new_target`].
+    pub fn end_episode(&mut self) {
+        if !self.between_episodes {
+            self.finish_episode();
+        }
+        self.between_episodes = true;
     }
 
     fn finish_episode(&mut self) {
@@ -594,7 +602,7 @@ impl SimWorld {
             tolerance: self.tolerance,
             episodes: self.outcomes.clone(),
         };
-        if self.time_ns - self.episode_start_ns >= self.episode_ns / 2 {
+        if !self.between_episodes && self.time_ns - self.episode_start_ns >= self.episode_ns / 2 {
             let mut partial = self.clone();
             partial.finish_episode();
             report.episodes = partial.outcomes;
@@ -804,6 +812,25 @@ impl Outputs {
     }
 }
 
+/// Recorded episodes' ends and beginnings, from the tick to the world.
+#[derive(Default)]
+struct EpisodeEvents {
+    end: AtomicBool,
+    begin: AtomicBool,
+}
+
+impl EpisodeEvents {
+    /// An ended episode is judged as the world stands; a new one draws a target.
+    fn apply(&self, world: &mut SimWorld) {
+        if self.end.swap(false, Ordering::AcqRel) {
+            world.end_episode();
+        }
+        if self.begin.swap(false, Ordering::AcqRel) {
+            world.new_target();
+        }
+    }
+}
+
 pub struct SimArm {
     cfg: SimArmConfig,
     joints: Vec<JointConfig>,
@@ -811,9 +838,9 @@ pub struct SimArm {
     outputs: Option<Outputs>,
     simulated: bool,
     stop: Arc<AtomicBool>,
-    /// Set by the tick when a recorded episode begins; the world takes it
-    /// before its next step (the tick never waits for the world's lock).
-    new_episode: Arc<AtomicBool>,
+    /// Set by the tick when a recorded episode ends / begins; the world takes
+    /// them before its next step (the tick never waits for the world's lock).
+    episode_events: Arc<EpisodeEvents>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -826,7 +853,7 @@ impl SimArm {
             outputs: None,
             simulated: true,
             stop: Arc::new(AtomicBool::new(false)),
-            new_episode: Arc::default(),
+            episode_events: Arc::default(),
             thread: None,
         }
     }
@@ -921,7 +948,7 @@ impl Driver for SimArm {
             return Err(self.failed("start before open"));
         };
         let stop = self.stop.clone();
-        let new_episode = self.new_episode.clone();
+        let events = self.episode_events.clone();
         let dt = 1.0 / self.cfg.physics_hz;
         let period = Duration::from_secs_f64(dt);
         let thread = std::thread::Builder::new()
@@ -935,9 +962,7 @@ impl Driver for SimArm {
                 while !stop.load(Ordering::Acquire) {
                     {
                         let mut world = world.lock().unwrap_or_else(PoisonError::into_inner);
-                        if new_episode.swap(false, Ordering::AcqRel) {
-                            world.restart_episode();
-                        }
+                        events.apply(&mut world);
                         outputs.take_command(&mut world);
                         world.step(dt);
                         let sim_time = world.time_ns();
@@ -960,9 +985,7 @@ impl Driver for SimArm {
             return Ok(());
         };
         let mut world = world.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.new_episode.swap(false, Ordering::AcqRel) {
-            world.restart_episode();
-        }
+        self.episode_events.apply(&mut world);
         outputs.take_command(&mut world);
         let dt = 1.0 / self.cfg.physics_hz;
         let dt_ns = (dt * 1e9).round() as u64;
@@ -984,7 +1007,11 @@ impl Driver for SimArm {
     }
 
     fn episode_begins(&mut self) {
-        self.new_episode.store(true, Ordering::Release);
+        self.episode_events.begin.store(true, Ordering::Release);
+    }
+
+    fn episode_ends(&mut self) {
+        self.episode_events.end.store(true, Ordering::Release);
     }
 
     fn task_report(&self) -> Option<TaskReport> {

@@ -777,7 +777,7 @@ pub fn check_inputs(
 }
 
 /// `<stream>.<field>` against the declared streams.
-fn resolve_stream(
+pub(crate) fn resolve_stream(
     launch: &reflex_runtime::launch::Launch,
     stream: &str,
     field: &str,

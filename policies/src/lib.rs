@@ -21,6 +21,7 @@ pub mod normalize;
 pub mod onnxruntime;
 pub mod preprocess;
 pub mod prompt;
+pub mod reward;
 pub mod scheduler;
 
 pub use chunk::{ChunkPolicy, PolicyLoadError};
@@ -38,6 +39,7 @@ pub fn register(registry: &mut Registry) {
     registry.policy(generative::FlowKind);
     registry.policy(generative::DiffusionKind);
     registry.section(onnxruntime::OnnxRuntimeSection);
+    registry.section(reward::RewardClassifierSection);
 }
 
 /// A load error about the launch file becomes a [`LaunchError`] at its field: a

@@ -1441,15 +1441,18 @@ impl ControlLoop {
         if r.core.reset_reached(t.tick) {
             episodes.reset_reached();
         }
-        let request = match episodes.decide(t.tick) {
+        let action = episodes.decide(t.tick);
+        let request = match action {
             EpisodeAction::None => return,
-            EpisodeAction::Reset => Request::EpisodeReset,
+            EpisodeAction::Reset | EpisodeAction::End => Request::EpisodeReset,
             EpisodeAction::Begin => Request::EpisodeBegin,
         };
         let result = r.core.operator(request, state, t.tick);
-        if request == Request::EpisodeBegin {
-            for driver in &mut self.drivers {
-                driver.episode_begins();
+        for driver in &mut self.drivers {
+            match action {
+                EpisodeAction::Begin => driver.episode_begins(),
+                EpisodeAction::End => driver.episode_ends(),
+                _ => {}
             }
         }
         if let Some(recorder) = &self.recorder {

@@ -149,4 +149,7 @@ pub trait Driver: Send {
     /// A recorded episode begins (`[recording]`): a simulator starts a new task
     /// instance. Called on the tick: it must not block or allocate.
     fn episode_begins(&mut self) {}
+    /// A recorded episode ended (its outcome is as the world stands now).
+    /// Called on the tick, like [`Self::episode_begins`].
+    fn episode_ends(&mut self) {}
 }

@@ -54,6 +54,37 @@ pub struct RecordingConfig {
     /// Where the arm goes between episodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset: Option<ResetConfig>,
+    /// Who says an episode succeeded: `key` (the operator: → or `reflex episode
+    /// success`), `classifier` (`[reward_classifier]` on each row) or `both`.
+    #[serde(default)]
+    pub reward: RewardSource,
+    /// With the classifier: its first success ends the episode (HIL-SERL);
+    /// `false` rewards every row it calls a success and lets the episode run.
+    #[serde(default = "default_true")]
+    pub terminate_on_success: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RewardSource {
+    #[default]
+    Key,
+    Classifier,
+    Both,
+}
+
+impl RewardSource {
+    pub fn uses_classifier(self) -> bool {
+        self != RewardSource::Key
+    }
+}
+
+/// A success classifier over recorded rows (run on the recorder's thread).
+pub trait RewardModel: Send {
+    /// The probability that the task is done in this row.
+    fn success_probability(&mut self, row: &FrameRow) -> Result<f32, String>;
+    /// Success when the probability is above this.
+    fn threshold(&self) -> f64;
 }
 
 impl Default for RecordingConfig {
@@ -68,6 +99,8 @@ impl Default for RecordingConfig {
             cameras: None,
             video: true,
             reset: None,
+            reward: RewardSource::Key,
+            terminate_on_success: true,
         }
     }
 }
@@ -306,6 +339,8 @@ pub enum EpisodeAction {
     None,
     /// Begin moving to the reset pose (policy chunks are dropped).
     Reset,
+    /// An episode ended: drivers hear it, then the reset begins.
+    End,
     /// Begin an episode: the policy acts from the current command.
     Begin,
 }
@@ -394,11 +429,11 @@ impl Episodes {
         let enough = self.plan.episodes.is_some_and(|n| self.saved_this_run >= n);
         if outcome == Outcome::Stopped || enough {
             self.phase = Phase::Finished;
-            return EpisodeAction::Reset;
+            return EpisodeAction::End;
         }
         self.phase = Phase::Resetting { since: tick };
         self.reached = self.plan.reset.is_none();
-        EpisodeAction::Reset
+        EpisodeAction::End
     }
 
     /// Ends the open episode when the run ends (saved as stopped).
