@@ -10,6 +10,7 @@ pub mod infer;
 pub use reflex_runtime::npy;
 pub mod run;
 pub mod summary;
+pub mod transitions;
 
 use std::path::{Path, PathBuf};
 

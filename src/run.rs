@@ -343,7 +343,8 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         .then(|| TerminalKeys::start(requests.clone()));
     let (episodes, dataset) = match how.record {
         Some((root, resume)) => {
-            let (episodes, dataset) = recording(launch, &cameras, root, resume, &requests)?;
+            let (episodes, dataset) =
+                recording(launch, &cameras, root, resume, &requests, bus.as_ref())?;
             (Some(episodes), Some(dataset))
         }
         None => (None, None),
@@ -483,6 +484,7 @@ fn recording(
     root: &Path,
     resume: bool,
     requests: &OperatorRequests,
+    bus: Option<&Bus>,
 ) -> anyhow::Result<(Episodes, reflex_dataset::DatasetRecorder)> {
     let c = &launch.config;
     let rec = c.recording.clone().unwrap_or_default();
@@ -547,7 +549,20 @@ fn recording(
         terminate_on_success: rec.terminate_on_success,
         requests: requests.episodes.clone(),
     };
-    let dataset = reflex_dataset::DatasetRecorder::spawn(writer, ports.clone(), task, rewards)?;
+    let transitions = match bus {
+        Some(bus) if rec.transitions => {
+            let key = bus.key("transitions");
+            eprintln!("reflex: transitions for a learner on {key}");
+            Some(Box::new(crate::transitions::ZenohTransitions::new(
+                bus.session(),
+                key,
+                &c.robot.name,
+            )) as Box<dyn reflex_dataset::TransitionSink>)
+        }
+        _ => None,
+    };
+    let dataset =
+        reflex_dataset::DatasetRecorder::spawn(writer, ports.clone(), task, rewards, transitions)?;
     let ticks = |s: f64| (s * c.control.rate_hz).round() as u64;
     let plan = EpisodePlan {
         ticks_per_row: c.control.rate_hz / f64::from(fps),

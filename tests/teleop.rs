@@ -3,7 +3,7 @@
 //! where both were at takeover (the leader sits far away: an absolute mapping
 //! would jump), no chunk is asked for while engaged, the policy takes over again
 //! after the release, the log replays bit for bit, and the recorded rows say
-//! which steps were interventions.
+//! which steps were interventions, in the dataset and in the transition stream.
 
 mod common;
 
@@ -62,6 +62,20 @@ fn a_person_takes_over_with_a_leader_arm_and_hands_back() {
     .collect();
     let mut child = spawn_until(&args, "wall clock");
     let session = zenoh_peer(&endpoint);
+    // A learner's view: the transitions the actor streams.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let _subscriber = {
+        let received = received.clone();
+        session
+            .declare_subscriber("reflex/teleop_arm/transitions")
+            .callback(move |sample| {
+                let bytes = sample.payload().to_bytes();
+                let message = serde_json::from_slice(&bytes).expect("a transition is JSON");
+                received.lock().unwrap().push(message);
+            })
+            .wait()
+            .unwrap()
+    };
     let key = "reflex/teleop_arm/leader";
     let send = |seq: u64, engaged: bool, positions: [f64; 3]| {
         let message = serde_json::json!({"seq": seq, "engaged": engaged, "positions": positions});
@@ -155,6 +169,7 @@ fn a_person_takes_over_with_a_leader_arm_and_hands_back() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
+    let transitions = received.lock().unwrap().clone();
     let counts: Vec<u64> = text
         .split_whitespace()
         .map(|n| n.parse().unwrap())
@@ -170,4 +185,24 @@ fn a_person_takes_over_with_a_leader_arm_and_hands_back() {
         counts[0].abs_diff(expected) <= 2 && counts[0] < counts[1],
         "{counts:?} rows flagged, {engaged_ticks} engaged ticks"
     );
+
+    // Every row went out as a transition, flags and all; the run ended mid-episode
+    // (saved on stop), so the last one is done.
+    assert_eq!(transitions.len() as u64, counts[1], "transitions vs rows");
+    let flagged = transitions
+        .iter()
+        .filter(|t| t["intervention"] == true)
+        .count() as u64;
+    assert_eq!(flagged, counts[0]);
+    for (i, t) in transitions.iter().enumerate() {
+        assert_eq!(t["kind"], "transition");
+        assert_eq!(t["frame_index"], i, "{t}");
+        assert_eq!(t["observation"]["state"].as_array().unwrap().len(), 3);
+        assert_eq!(t["action"].as_array().unwrap().len(), 3);
+        assert!(
+            t["observation"]["images"]["observation.images.top"]["frame_index"] == i,
+            "{t}"
+        );
+        assert_eq!(t["done"], i + 1 == transitions.len(), "{t}");
+    }
 }

@@ -158,6 +158,40 @@ impl RowCells {
     }
 }
 
+/// Writes rows into the dataset and hands each to the transition stream.
+struct RowWriter<'a> {
+    cells: RowCells,
+    cameras: Vec<String>,
+    transitions: &'a mut Option<Box<dyn TransitionSink>>,
+}
+
+impl RowWriter<'_> {
+    fn write(
+        &mut self,
+        writer: &mut DatasetWriter,
+        row: &FrameRow,
+        task: &str,
+        done: bool,
+        reward: f32,
+    ) -> Result<(), DatasetError> {
+        let (episode_index, frame_index) = (writer.episodes(), writer.open_frames());
+        self.cells.write(writer, row, done, reward)?;
+        if let Some(sink) = self.transitions.as_mut() {
+            sink.transition(&Transition {
+                episode_index,
+                frame_index,
+                fps: writer.spec().fps,
+                task,
+                row,
+                reward,
+                done,
+                cameras: &self.cameras,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Where an episode's task string comes from.
 #[derive(Clone)]
 pub enum TaskSource {
@@ -189,6 +223,26 @@ impl Rewards {
     }
 }
 
+/// One written row as a learner sees it (see [`TransitionSink`]).
+pub struct Transition<'a> {
+    pub episode_index: u64,
+    pub frame_index: u64,
+    pub fps: u32,
+    pub task: &'a str,
+    pub row: &'a FrameRow,
+    pub reward: f32,
+    pub done: bool,
+    /// The recorded cameras' dataset keys (`observation.images.<name>`).
+    pub cameras: &'a [String],
+}
+
+/// Where transitions go as rows are written (the actor's stream to a learner).
+pub trait TransitionSink: Send {
+    fn transition(&mut self, t: &Transition<'_>);
+    /// The episode was dropped (re-record): its transitions are void.
+    fn discard(&mut self, episode_index: u64);
+}
+
 /// The recorder thread.
 pub struct DatasetRecorder {
     thread: Option<JoinHandle<EpisodesReport>>,
@@ -201,13 +255,23 @@ impl DatasetRecorder {
         ports: EpisodePorts,
         task: TaskSource,
         mut rewards: Rewards,
+        mut transitions: Option<Box<dyn TransitionSink>>,
     ) -> std::io::Result<Self> {
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = {
             let done = done.clone();
             std::thread::Builder::new()
                 .name("reflex-dataset".into())
-                .spawn(move || record(&mut writer, &ports, &task, &mut rewards, &done))?
+                .spawn(move || {
+                    record(
+                        &mut writer,
+                        &ports,
+                        &task,
+                        &mut rewards,
+                        &mut transitions,
+                        &done,
+                    )
+                })?
         };
         Ok(Self {
             thread: Some(thread),
@@ -261,6 +325,7 @@ fn record(
     ports: &EpisodePorts,
     task: &TaskSource,
     rewards: &mut Rewards,
+    transitions: &mut Option<Box<dyn TransitionSink>>,
     done: &std::sync::atomic::AtomicBool,
 ) -> EpisodesReport {
     let mut report = EpisodesReport {
@@ -268,11 +333,24 @@ fn record(
         first_episode: writer.episodes(),
         ..EpisodesReport::default()
     };
-    let mut cells = RowCells {
-        state: Vec::new(),
-        action: Vec::new(),
-        policy: Vec::new(),
+    let mut out = RowWriter {
+        cells: RowCells {
+            state: Vec::new(),
+            action: Vec::new(),
+            policy: Vec::new(),
+        },
+        cameras: (writer.spec().features.iter())
+            .filter(|f| {
+                matches!(
+                    f.kind,
+                    FeatureKind::Video { .. } | FeatureKind::Image { .. }
+                )
+            })
+            .map(|f| f.key.clone())
+            .collect(),
+        transitions,
     };
+    let mut episode_task = String::new();
     // The newest row, held until the next one shows whether it ends the episode.
     let mut held: Option<(Box<FrameRow>, bool)> = None;
     let mut open = false;
@@ -312,6 +390,7 @@ fn record(
                         writer.episodes()
                     );
                 }
+                episode_task.clone_from(&text);
                 if let Err(e) = writer.begin_episode(&text) {
                     fail(&mut report, e);
                     continue;
@@ -335,7 +414,7 @@ fn record(
                     // Without termination every row the classifier calls a success
                     // is rewarded (a sparse reward).
                     let reward = if previous_success { 1.0 } else { 0.0 };
-                    let result = cells.write(writer, &previous, false, reward);
+                    let result = out.write(writer, &previous, &episode_task, false, reward);
                     let _ = ports.free.push(previous);
                     if let Err(e) = result {
                         fail(&mut report, e);
@@ -351,6 +430,9 @@ fn record(
                             let _ = ports.free.push(row);
                         }
                         report.discarded += 1;
+                        if let Some(sink) = out.transitions.as_mut() {
+                            sink.discard(writer.episodes());
+                        }
                         writer.discard_episode().map(|()| None)
                     }
                     (_, Some((row, classified))) => {
@@ -361,7 +443,7 @@ fn record(
                             RewardSource::Both => said || classified,
                         };
                         let reward = if succeeded { 1.0 } else { 0.0 };
-                        let written = cells.write(writer, &row, true, reward);
+                        let written = out.write(writer, &row, &episode_task, true, reward);
                         let _ = ports.free.push(row);
                         written.and_then(|()| writer.finish_episode())
                     }

@@ -62,6 +62,10 @@ pub struct RecordingConfig {
     /// `false` rewards every row it calls a success and lets the episode run.
     #[serde(default = "default_true")]
     pub terminate_on_success: bool,
+    /// Publish every written row on `<prefix>/<robot>/transitions` (when the
+    /// zenoh bus is up) for a learner.
+    #[serde(default = "default_true")]
+    pub transitions: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -101,6 +105,7 @@ impl Default for RecordingConfig {
             reset: None,
             reward: RewardSource::Key,
             terminate_on_success: true,
+            transitions: true,
         }
     }
 }
