@@ -3,7 +3,7 @@
 # 500 Hz with two 640x480 cameras at 30 fps (GStreamer videotestsrc through OpenCV),
 # run for N seconds of wall clock twice: without recording, and recording both
 # cameras (h264) plus state and actions as a LeRobot dataset at 30 fps in episodes
-# of 8 s. Prints overruns and tick compute of both runs, the process CPU time (the
+# of 8 s, and every tick (state and command at 500 Hz) in the run log. Prints overruns and tick compute of both runs, the process CPU time (the
 # difference is what recording costs: encoding, parquet), and the time to finalize
 # each episode. A release build (the counting allocator also reports the tick's
 # allocations after warm-up).
@@ -38,7 +38,7 @@ run() {
         --summary-json "$work/$name.json" "$@" > "$work/$name.out" 2> "$work/$name.err" || true
 }
 run plain
-run recording --record "$work/dataset"
+run recording --record "$work/dataset" --log "$work/recording.log"
 
 .venv/bin/python - "$work" "$seconds" <<'PY'
 import json, sys

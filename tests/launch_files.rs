@@ -54,7 +54,7 @@ fn unknown_driver_kind_is_reported() {
     assert!(err.message.contains("unknown kind `sim_ram`"), "{err}");
     assert!(
         err.message
-            .contains("`sim_arm`, `zenoh_arm` or `zenoh_stream`"),
+            .contains("`sim_arm`, `zenoh_arm`, `zenoh_stream` or `zenoh_teleop`"),
         "lists the known kinds: {err}"
     );
     assert!(err.line > 0);

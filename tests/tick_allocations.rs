@@ -61,10 +61,6 @@ static ALLOCATOR: CountingAllocator = CountingAllocator;
 static NEVER: AtomicBool = AtomicBool::new(false);
 
 /// Allocations made on this thread by a run of `seconds` (at 100 Hz).
-fn allocations_in_run(launch: &str, seconds: f64, extra: &[String]) -> (u64, u64) {
-    allocations_in_recorded_run(launch, seconds, extra, false)
-}
-
 fn allocations_in_recorded_run(
     launch: &str,
     seconds: f64,
@@ -110,22 +106,15 @@ fn allocations_in_recorded_run(
 /// has more episodes than the 6 s one and allocates no more.
 #[test]
 fn ticks_recording_episodes_allocate_nothing() {
-    let extra = [
-        "recording.episode_time_s=1.0".to_string(),
-        "recording.reset_time_s=0.3".into(),
-        "recording.reset.joint_positions=[0.0, 0.5, 0.5]".into(),
-        "recording.reset.speed=2.0".into(),
-    ];
-    let (short, short_ticks) =
-        allocations_in_recorded_run("launch/sim_arm.toml", 6.0, &extra, true);
-    let (long, long_ticks) = allocations_in_recorded_run("launch/sim_arm.toml", 9.0, &extra, true);
-    assert!(long_ticks >= short_ticks + 290);
-    assert_eq!(
-        long,
-        short,
-        "{} extra ticks made {} extra allocations on the control thread",
-        long_ticks - short_ticks,
-        long as i64 - short as i64
+    same_allocations_recorded(
+        "launch/sim_arm.toml",
+        &[
+            "recording.episode_time_s=1.0".to_string(),
+            "recording.reset_time_s=0.3".into(),
+            "recording.reset.joint_positions=[0.0, 0.5, 0.5]".into(),
+            "recording.reset.speed=2.0".into(),
+        ],
+        true,
     );
 }
 
@@ -166,8 +155,12 @@ fn same_allocations(extra: &[String]) {
 }
 
 fn same_allocations_in(launch: &str, extra: &[String]) {
-    let (short, short_ticks) = allocations_in_run(launch, 6.0, extra);
-    let (long, long_ticks) = allocations_in_run(launch, 9.0, extra);
+    same_allocations_recorded(launch, extra, false);
+}
+
+fn same_allocations_recorded(launch: &str, extra: &[String], record: bool) {
+    let (short, short_ticks) = allocations_in_recorded_run(launch, 6.0, extra, record);
+    let (long, long_ticks) = allocations_in_recorded_run(launch, 9.0, extra, record);
     assert!(
         long_ticks >= short_ticks + 290,
         "{short_ticks} vs {long_ticks} ticks"
