@@ -18,6 +18,10 @@ pkg-config --exists opencv4 2>/dev/null || need_apt+=(libopencv-dev pkg-config)
     || need_apt+=(clang libclang-dev)
 gst-inspect-1.0 videotestsrc >/dev/null 2>&1 && gst-inspect-1.0 jpegenc >/dev/null 2>&1 \
     || need_apt+=(gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-tools)
+# FFmpeg's headers: recorded episodes' videos are appended to a dataset's files
+# without re-encoding (ffmpeg-next); libopencv-dev usually brings them.
+pkg-config --exists libavformat libavcodec libavutil libswresample libswscale 2>/dev/null \
+    || need_apt+=(libavformat-dev libavcodec-dev libavutil-dev libswresample-dev libswscale-dev pkg-config)
 # ALSA's headers for microphone capture (cpal; the audio driver's `device`).
 pkg-config --exists alsa 2>/dev/null || need_apt+=(libasound2-dev pkg-config)
 # The RTSP camera test's server: gst-rtsp-server through the system python3.
