@@ -49,6 +49,21 @@ fn check_dataset(root: &Path, more: &[&str]) -> serde_json::Value {
     serde_json::from_str(&last).expect("the checker's JSON report")
 }
 
+/// `reflex run` of the demo on the simulated clock for `seconds`, without zenoh,
+/// up to `--record` (the dataset directory comes next).
+fn sim_recording(seconds: &str) -> Command {
+    let mut cmd = common::reflex();
+    cmd.args([
+        "run",
+        "launch/sim_arm.toml",
+        "--sim-clock",
+        "--duration",
+        seconds,
+    ])
+    .args(["--set", "zenoh.enabled=false", "--record"]);
+    cmd
+}
+
 fn record(root: &Path, summary: &Path, more: &[&str]) -> serde_json::Value {
     let launch = repo().join("launch/sim_arm.toml");
     let mut args = vec!["--record", root.to_str().unwrap()];
@@ -124,15 +139,7 @@ fn recorded_episodes_load_in_lerobot_with_the_frames_the_run_captured() {
 
     // Recording into it again is refused without --resume; with it, two more
     // episodes follow with contiguous indices.
-    let out = common::reflex()
-        .args([
-            "run",
-            "launch/sim_arm.toml",
-            "--sim-clock",
-            "--duration",
-            "5",
-        ])
-        .args(["--set", "zenoh.enabled=false", "--record"])
+    let out = sim_recording("5")
         .arg(&video)
         .args(EPISODES)
         .output()
@@ -272,15 +279,7 @@ fn a_full_disk_stops_recording_and_keeps_the_saved_episodes() {
     let _unmount = Unmount(&mount);
     let root = mount.join("dataset");
     let summary_path = dir.join("summary.json");
-    let out = common::reflex()
-        .args([
-            "run",
-            "launch/sim_arm.toml",
-            "--sim-clock",
-            "--duration",
-            "600",
-        ])
-        .args(["--set", "zenoh.enabled=false", "--record"])
+    let out = sim_recording("600")
         .arg(&root)
         .args(["--set", "recording.episode_time_s=1.5"])
         .args(["--set", "recording.reset_time_s=0.2"])

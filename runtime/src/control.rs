@@ -156,6 +156,13 @@ impl ResetMotion {
     }
 }
 
+impl HeldTarget {
+    const EMPTY: Self = Self {
+        values: [0.0; MAX_JOINTS + 1],
+        len: 0,
+    };
+}
+
 impl std::ops::Deref for HeldTarget {
     type Target = [f64];
     fn deref(&self) -> &[f64] {
@@ -307,15 +314,9 @@ impl TickCore {
             reset: None,
             teleop: None,
             teleop_sample: TeleopCommand::NONE,
-            teleop_target: HeldTarget {
-                values: [0.0; MAX_JOINTS + 1],
-                len: 0,
-            },
+            teleop_target: HeldTarget::EMPTY,
             dt,
-            last_target: HeldTarget {
-                values: [0.0; MAX_JOINTS + 1],
-                len: 0,
-            },
+            last_target: HeldTarget::EMPTY,
         })
     }
 
@@ -460,10 +461,7 @@ impl TickCore {
             Request::EpisodeReset => {
                 let held = self.held();
                 self.executor.flush(&held, tick);
-                self.reset = self
-                    .reset_params
-                    .as_ref()
-                    .map(|r| ResetMotion::new(held, &r.joint_positions, r.speed, self.dt, tick));
+                self.reset = self.reset_motion(held, tick);
                 Ok(())
             }
             Request::EpisodeBegin => {
@@ -492,18 +490,19 @@ impl TickCore {
                 let held = self.held();
                 self.executor.flush(&held, tick);
                 // A reset under way starts again from where the person left the arm.
-                if let (Some(_), Some(r)) = (&self.reset, &self.reset_params) {
-                    self.reset = Some(ResetMotion::new(
-                        held,
-                        &r.joint_positions,
-                        r.speed,
-                        self.dt,
-                        tick,
-                    ));
+                if self.reset.is_some() {
+                    self.reset = self.reset_motion(held, tick);
                 }
             }
             _ => {}
         }
+    }
+
+    /// The move from `from` to `[recording.reset]`'s pose, starting at `tick`
+    /// (none without a pose: the arm holds).
+    fn reset_motion(&self, from: HeldTarget, tick: u64) -> Option<ResetMotion> {
+        (self.reset_params.as_ref())
+            .map(|r| ResetMotion::new(from, &r.joint_positions, r.speed, self.dt, tick))
     }
 
     /// Whether a person commands the arm (an intervention).
@@ -1374,16 +1373,7 @@ impl ControlLoop {
                 continue;
             }
             let result = r.core.operator(request, state, t.tick);
-            if let Some(recorder) = &self.recorder {
-                recorder.record(match request {
-                    Request::Estop => LogEvent::Estop { tick: t.tick },
-                    _ => LogEvent::Operator {
-                        tick: t.tick,
-                        request: request.code(),
-                        outcome: result.map_or_else(|e| e.code(), |()| 0),
-                    },
-                });
-            }
+            self.log_request(t.tick, request, result);
             match result {
                 Ok(()) => {}
                 Err(refusal) => {
@@ -1455,11 +1445,19 @@ impl ControlLoop {
                 _ => {}
             }
         }
+        self.log_request(t.tick, request, result);
+    }
+
+    /// Logs a request the core carried out at `tick` (replay applies it there).
+    fn log_request(&self, tick: u64, request: Request, result: Result<(), Refusal>) {
         if let Some(recorder) = &self.recorder {
-            recorder.record(LogEvent::Operator {
-                tick: t.tick,
-                request: request.code(),
-                outcome: result.map_or_else(|e| e.code(), |()| 0),
+            recorder.record(match request {
+                Request::Estop => LogEvent::Estop { tick },
+                _ => LogEvent::Operator {
+                    tick,
+                    request: request.code(),
+                    outcome: result.map_or_else(|e| e.code(), |()| 0),
+                },
             });
         }
     }
