@@ -90,6 +90,15 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
         .map_err(|e: zenoh::Error| format!("`{endpoint}` is not a zenoh endpoint: {e}"))?;
     let protocol = parsed.protocol();
     let address = parsed.address();
+    if protocol.as_str() == "tls" {
+        // zenoh 1.10's TLS link reads and writes one rustls stream from two tasks
+        // without a lock (eclipse-zenoh/zenoh#2557): under load the process crashes.
+        return Err(format!(
+            "`{endpoint}`: zenoh's `tls` link can crash the process (a data race in \
+             zenoh-link-tls 1.10, eclipse-zenoh/zenoh#2557); use `quic/{address}`: \
+             QUIC takes the same `transport.link.tls` certificates, mTLS and ACL common names"
+        ));
+    }
     if matches!(
         protocol.as_str(),
         "tcp" | "udp" | "tls" | "quic" | "ws" | "quic_datagram"
