@@ -7,6 +7,7 @@ pub mod demos;
 pub mod episode;
 pub mod fast_cli;
 pub mod infer;
+pub mod model_updates;
 pub use reflex_runtime::npy;
 pub mod run;
 pub mod summary;

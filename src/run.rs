@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
+use crate::model_updates::{ChunkShape, ModelUpdates, ModelUpdatesReport};
 use anyhow::{Context, bail};
 use clap::Args;
 use reflex_runtime::clock::{Clock, SimClock, WallClock};
@@ -151,12 +152,18 @@ pub struct Assembled {
     pub socket: Option<ControlSocket>,
     pub keys: Option<TerminalKeys>,
     pub dataset: Option<reflex_dataset::DatasetRecorder>,
+    /// `[zenoh] model_updates`: pushed models, loaded off the loop.
+    pub models: Option<crate::model_updates::ModelUpdates>,
 }
 
 impl Assembled {
     /// Runs the loop on its own thread (with the launch file's real-time settings)
     /// and shuts the services down afterwards.
-    pub fn run(self, realtime: RealtimeConfig, limits: RunLimits) -> anyhow::Result<RunSummary> {
+    pub fn run(
+        self,
+        realtime: RealtimeConfig,
+        limits: RunLimits,
+    ) -> anyhow::Result<(RunSummary, Option<ModelUpdatesReport>)> {
         let Self {
             control,
             bus,
@@ -165,6 +172,7 @@ impl Assembled {
             socket,
             keys,
             dataset,
+            models,
         } = self;
         // The loop owns its mailboxes; keep handles to read their drop counts after.
         let arm_commands = control.arm.commands.clone();
@@ -188,6 +196,7 @@ impl Assembled {
         status.finish();
         drop(socket);
         drop(operator);
+        let models = models.map(crate::model_updates::ModelUpdates::finish);
         if let Some(bus) = bus {
             bus.close();
         }
@@ -204,7 +213,7 @@ impl Assembled {
         summary.stats.dropped_commands = arm_commands.dropped();
         summary.stats.dropped_bus_messages = tap.map_or(0, |(c, s)| c.dropped() + s.dropped());
         summary.stats.bad_robot_messages = bad_messages.load(Ordering::Relaxed);
-        Ok(summary)
+        Ok((summary, models))
     }
 }
 
@@ -363,7 +372,31 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         horizon * launch.action_width(),
     );
     let stages = launch.chunk_stages().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let shape = ChunkShape {
+        horizon,
+        action_dim: policy.policy.action_dim(),
+        candidates: policy.policy.candidates().max(1),
+    };
     let worker = InferenceWorker::spawn(policy.policy, &template, requests.prompt.clone(), stages)?;
+    let models = match &bus {
+        Some(bus) if zenoh.model_updates => {
+            let key = bus.key(&format!("models/{}", crate::model_updates::POLICY));
+            let updates = ModelUpdates::start(
+                &bus.session(),
+                &key,
+                launch,
+                shape,
+                worker.swaps(),
+                zenoh.max_model_bytes,
+            )?;
+            eprintln!(
+                "reflex: accepting policy models on {key} (at most {} bytes)",
+                zenoh.max_model_bytes
+            );
+            Some(updates)
+        }
+        _ => None,
+    };
     let params = TickParams {
         joints: c.robot.joints.clone(),
         rate_hz: c.control.rate_hz,
@@ -473,6 +506,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         socket,
         keys,
         dataset,
+        models,
     })
 }
 
@@ -604,34 +638,36 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .and_then(|s| Duration::try_from_secs_f64(s).ok()),
         stop: &STOP,
     };
-    let summary = match assembled.run(launch.config.control.realtime.clone(), limits) {
-        Ok(summary) => summary,
-        Err(e)
-            if matches!(
-                e.downcast_ref::<ControlError>(),
-                Some(ControlError::StoppedBeforeFirstState)
-            ) =>
-        {
-            let signal = SIGNAL.load(Ordering::Relaxed);
-            eprintln!(
-                "reflex: {} while waiting for the first joint state: stopped before the \
+    let (summary, model_updates) =
+        match assembled.run(launch.config.control.realtime.clone(), limits) {
+            Ok(finished) => finished,
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<ControlError>(),
+                    Some(ControlError::StoppedBeforeFirstState)
+                ) =>
+            {
+                let signal = SIGNAL.load(Ordering::Relaxed);
+                eprintln!(
+                    "reflex: {} while waiting for the first joint state: stopped before the \
                  first command{}",
-                signal_name(signal),
-                match &args.log {
-                    Some(path) => format!("; log {} closed", path.display()),
-                    None => String::new(),
-                }
-            );
-            return Ok(ExitCode::from((128 + signal).clamp(0, 255) as u8));
-        }
-        Err(e) => return Err(e),
-    };
+                    signal_name(signal),
+                    match &args.log {
+                        Some(path) => format!("; log {} closed", path.display()),
+                        None => String::new(),
+                    }
+                );
+                return Ok(ExitCode::from((128 + signal).clamp(0, 255) as u8));
+            }
+            Err(e) => return Err(e),
+        };
     let report = crate::summary::Report::new(
         &launch.origin,
         args.log.as_deref(),
         &summary,
         launch.config.control.rate_hz,
-    );
+    )
+    .with_model_updates(model_updates.as_ref());
     // The terminal may be gone (SIGHUP): the log is already closed, so a failed
     // write must not turn into a panic.
     let _ = write!(std::io::stdout(), "{}", report.table());

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
+use crate::model_updates::ModelUpdatesReport;
 use reflex_runtime::control::RunSummary;
 use reflex_runtime::stats::Percentiles;
 use serde_json::json;
@@ -12,6 +13,7 @@ pub struct Report<'a> {
     log: Option<&'a Path>,
     run: &'a RunSummary,
     rate_hz: f64,
+    models: Option<&'a ModelUpdatesReport>,
 }
 
 fn percentiles_json(p: &Percentiles) -> serde_json::Value {
@@ -25,7 +27,14 @@ impl<'a> Report<'a> {
             log,
             run,
             rate_hz,
+            models: None,
         }
+    }
+
+    /// Adds what became of the models pushed during the run.
+    pub fn with_model_updates(mut self, models: Option<&'a ModelUpdatesReport>) -> Self {
+        self.models = models;
+        self
     }
 
     pub fn table(&self) -> String {
@@ -69,6 +78,21 @@ impl<'a> Report<'a> {
                 "  interventions      a person commanded {} ticks ({:.1} s)",
                 s.intervention_ticks,
                 s.intervention_ticks as f64 / self.rate_hz
+            );
+        }
+        if let Some(m) = self.models {
+            let _ = writeln!(
+                out,
+                "  models             version {} ran last; {} pushed models swapped in ({} at \
+                 chunk boundaries), {} refused{}",
+                s.model_version,
+                m.accepted,
+                s.model_swaps,
+                m.refused,
+                m.last_refusal
+                    .as_ref()
+                    .map(|why| format!(" (last: {why})"))
+                    .unwrap_or_default()
             );
         }
         if let Some(e) = &self.run.episodes {
@@ -312,6 +336,9 @@ impl<'a> Report<'a> {
         // Apart: one more key would exceed json!'s recursion limit.
         out["episodes"] = json!(self.run.episodes);
         out["intervention_ticks"] = json!(s.intervention_ticks);
+        out["model_version"] = json!(s.model_version);
+        out["model_swaps"] = json!(s.model_swaps);
+        out["model_updates"] = json!(self.models);
         out
     }
 }

@@ -71,7 +71,7 @@ impl TransitionSink for ZenohTransitions {
             "reward": t.reward,
             "done": t.done,
             "intervention": row.intervention,
-            "model_version": 0,
+            "model_version": row.model_version,
         });
         self.put(message);
     }

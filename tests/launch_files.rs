@@ -580,6 +580,23 @@ fn endpoints_are_parsed_like_zenoh() {
 }
 
 #[test]
+fn model_updates_need_access_control_and_a_sane_cap() {
+    let err = rejected_at(&["zenoh.model_updates=true"], "zenoh.model_updates");
+    assert!(
+        err.message
+            .contains("model updates over zenoh needs zenoh access control"),
+        "{err}"
+    );
+    let err = rejected_at(
+        &["zenoh.model_updates=true", "zenoh.max_model_bytes=0"],
+        "zenoh.max_model_bytes",
+    );
+    assert!(err.message.contains("1..="), "{err}");
+    // Off, the cap is not judged.
+    assert!(load(EMBEDDED_SIM_ARM, &["zenoh.max_model_bytes=0"]).is_ok());
+}
+
+#[test]
 fn a_missing_zenoh_config_file_is_reported_at_the_field() {
     let text = format!("{EMBEDDED_SIM_ARM}config_file = \"no_such_zenoh.json5\"\n");
     let err = load(&text, &[]).unwrap_err();

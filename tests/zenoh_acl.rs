@@ -286,6 +286,182 @@ fn with_the_acl_only_the_operator_rearms_and_only_the_robot_drives() {
     }
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Puts `model` on the policy's model key with `attachment` (None: without one).
+fn push_model(session: &zenoh::Session, model: &[u8], attachment: Option<String>) {
+    let put = session.put("reflex/zarm/models/policy", model.to_vec());
+    match attachment {
+        Some(a) => put.attachment(a).wait().unwrap(),
+        None => put.wait().unwrap(),
+    }
+}
+
+/// Waits for the `n`th result message (1-based) and returns it.
+fn wait_for_result(results: &Mutex<Vec<Value>>, n: usize, what: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        if let Some(result) = results.lock().unwrap().get(n - 1) {
+            return result.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no result for {what} after 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn pushed_models_are_checked_and_only_a_good_one_from_the_learner_is_swapped_in() {
+    let dir = scratch("zenoh-models");
+    write_certificates(&dir, &["operator", "robot", "learner", "intruder"]);
+    let acl = write_acl_config(&dir);
+    let endpoint = format!("quic/127.0.0.1:{}", free_port());
+    let args: Vec<String> = [
+        "run",
+        "launch/zenoh_arm.toml",
+        "--duration",
+        "14",
+        "--set",
+        &format!("zenoh.listen=[\"{endpoint}\"]"),
+        "--set",
+        &format!("zenoh.config_file={}", serde_json::to_string(&acl).unwrap()),
+        "--set",
+        "zenoh.model_updates=true",
+        "--set",
+        "zenoh.max_model_bytes=65536",
+        "--set",
+        "zenoh.status_hz=20",
+        "--set",
+        "safety.estop_after_stale_ms=2000",
+        "--summary-json",
+        dir.join("summary.json").to_str().unwrap(),
+        "--log",
+        dir.join("run.log").to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut run = reflex();
+    run.env("XDG_RUNTIME_DIR", &dir);
+    let mut child = spawn_until_with(run, &args, "accepting policy models");
+
+    let robot = mtls_peer(&endpoint, &dir, "robot");
+    let (commands, _commands_sub) = listen(&robot, "reflex/zarm/joint_commands", |b| {
+        wire::decode_command(b).expect("wire format")
+    });
+    let robot_states = StatePublisher::start(&robot, [0.1, 0.2, 0.3], 0);
+    let (status, _status_sub) = listen(&robot, "reflex/zarm/status", |b| {
+        serde_json::from_slice::<Value>(b).expect("status JSON")
+    });
+    let learner = mtls_peer(&endpoint, &dir, "learner");
+    let (results, _results_sub) = listen(&learner, "reflex/zarm/models/policy/result", |b| {
+        serde_json::from_slice::<Value>(b).expect("result JSON")
+    });
+    let intruder = mtls_peer(&endpoint, &dir, "intruder");
+    wait_for_status(&status, "the run to start", |s| {
+        s["tick"].as_u64() > Some(50) && s["model_version"] == 0
+    });
+
+    let good = std::fs::read(repo().join("policies/models/test/chunk_state_offset.onnx")).unwrap();
+    let wrong_input =
+        std::fs::read(repo().join("policies/models/test/chunk_wrong_input.onnx")).unwrap();
+    let hash = |bytes: &[u8]| Some(format!("{{\"sha256\": \"{}\"}}", sha256_hex(bytes)));
+    let garbage = b"this is not an ONNX model".to_vec();
+    let oversized = vec![7u8; 70_000];
+    let refused: [(&str, &[u8], Option<String>, &str); 5] = [
+        (
+            "an oversized push",
+            &oversized,
+            hash(&oversized),
+            "over zenoh.max_model_bytes",
+        ),
+        ("garbage", &garbage, hash(&garbage), ""),
+        (
+            "a wrong hash",
+            &good,
+            hash(&garbage),
+            "content hash mismatch",
+        ),
+        ("no hash", &good, None, "no content hash"),
+        (
+            "a model with another signature",
+            &wrong_input,
+            hash(&wrong_input),
+            "state",
+        ),
+    ];
+    for (n, (what, bytes, attachment, says)) in refused.into_iter().enumerate() {
+        push_model(&learner, bytes, attachment);
+        let result = wait_for_result(&results, n + 1, what);
+        assert_eq!(result["accepted"], false, "{what}: {result}");
+        let error = result["error"].as_str().unwrap_or_default();
+        assert!(
+            !error.is_empty() && error.contains(says),
+            "{what}: {result}"
+        );
+    }
+    // A certificate the ACL does not name for models: its push never arrives.
+    push_model(&intruder, &good, hash(&good));
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        results.lock().unwrap().len(),
+        5,
+        "the intruder's push was heard"
+    );
+    {
+        let latest = status.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(latest["model_version"], 0, "{latest}");
+        assert_eq!(latest["estop"], false, "{latest}");
+    }
+    let before_swap = commands.lock().unwrap().len();
+
+    push_model(&learner, &good, hash(&good));
+    let result = wait_for_result(&results, 6, "the good model");
+    assert_eq!(result["accepted"], true, "{result}");
+    assert_eq!(result["version"], 1, "{result}");
+    assert_eq!(result["sha256"], sha256_hex(&good), "{result}");
+    wait_for_status(&status, "the swap", |s| s["model_version"] == 1);
+    std::thread::sleep(Duration::from_millis(1000));
+
+    assert!(child.wait().unwrap().success());
+    drop(robot_states);
+    let summary = summary(&dir.join("summary.json"));
+    assert_eq!(summary["final_state"], "running", "{summary}");
+    assert_eq!(summary["model_version"], 1, "{summary}");
+    assert_eq!(summary["model_swaps"], 1, "{summary}");
+    assert_eq!(summary["model_updates"]["accepted"], 1, "{summary}");
+    assert_eq!(summary["model_updates"]["refused"], 5, "{summary}");
+    assert_eq!(summary["estop_latches"], 0, "{summary}");
+    let commands: Vec<JointCommand> = commands.lock().unwrap().clone();
+    // The launch file's model held the state until the swap...
+    for c in &commands[..before_swap] {
+        assert!((c.position[0] - 0.1).abs() < 1e-6, "{c:?}");
+    }
+    // ...then the pushed one moved joint 0 by its offset, without a jump (the
+    // safety filter's velocity limit: 1 rad/s at 100 Hz).
+    for pair in commands.windows(2) {
+        assert!((pair[1].position[0] - pair[0].position[0]).abs() <= 0.01 + 1e-9);
+    }
+    let last = commands.last().unwrap();
+    assert!((last.position[0] - 0.15).abs() < 1e-5, "{last:?}");
+    // The swap is in the log (each chunk's model version): replay flushes where
+    // the run did.
+    let replay = reflex()
+        .args(["replay", dir.join("run.log").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&replay.stdout);
+    assert!(replay.status.success(), "{said}");
+    assert!(said.contains("bit-identical"), "{said}");
+}
+
 #[test]
 fn zenoh_rearm_needs_access_control_and_authentication_in_the_config_file() {
     let dir = scratch("zenoh-acl-check");

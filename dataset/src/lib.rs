@@ -152,7 +152,7 @@ impl RowCells {
             Cell::I64(row.skipped_periods as i64),
             Cell::I64(row.rows_lost as i64),
             Cell::I64(i64::from(row.flags)),
-            Cell::I64(0),
+            Cell::I64(i64::from(row.model_version)),
         ]);
         writer.add_frame(&cells)
     }

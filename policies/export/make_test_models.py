@@ -11,6 +11,8 @@ and return `actions` float32 [1,10,3] rad:
 - chunk_wrong_output.onnx: identity, but actions are [1,10,4] (state zero-padded);
 - chunk_state_hold.onnx: identity with no image input at all (state -> actions;
   used by launch/zenoh_arm.toml for bring-up);
+- chunk_state_offset.onnx: chunk_state_hold's signature, first joint's targets
+  +0.05 (a model pushed at run time in tests/zenoh_acl.rs);
 - chunk_history2.onnx: a Diffusion-Policy-style observation of the last two
   frames (LeRobot n_obs_steps = 2): `state` [1,2,3] and `image` [1,2,3,32,32], oldest
   first; actions[0,h,:] = s1 + (h + 1) * (0.5 * (s1 - s0) + 0.02) where s0, s1 are
@@ -55,8 +57,9 @@ HORIZON, JOINTS = 10, 3
 IMAGE = [3, 32, 32]
 
 
-def chunk_model(name, state_name="state", out_joints=JOINTS, image=True, nan=False):
-    """A "hold the state" chunk policy and its variants, as an ONNX graph."""
+def chunk_model(name, state_name="state", out_joints=JOINTS, image=True, nan=False, offset=0.0):
+    """A "hold the state" chunk policy and its variants, as an ONNX graph
+    (`offset` is added to the first joint's targets)."""
     nodes = [helper.make_node("Unsqueeze", [state_name, "axis1"], ["row"])]  # [B,1,J]
     inits = [const("axis1", np.array([1], np.int64))]
     row = "row"
@@ -77,6 +80,11 @@ def chunk_model(name, state_name="state", out_joints=JOINTS, image=True, nan=Fal
         ]
         inits += [const("axis3", np.array([3], np.int64)), const("zero", np.array(0.0, np.float32))]
         terms.append("image_term")
+    if offset:
+        shift = np.zeros((1, 1, out_joints), np.float32)
+        shift[0, 0, 0] = offset
+        inits.append(const("offset", shift))
+        terms.append("offset")
     if nan:
         # A NaN constant, not 0/0 at run time: no optimizer can fold it away.
         inits.append(const("nan", np.array(np.nan, np.float32)))
@@ -90,7 +98,7 @@ def chunk_model(name, state_name="state", out_joints=JOINTS, image=True, nan=Fal
         nodes.append(helper.make_node("Identity", [total], ["actions"]))
     inputs = ([tensor("image", [1, *IMAGE])] if image else []) + [tensor(state_name, [1, JOINTS])]
     graph = helper.make_graph(nodes, name, inputs, [tensor("actions", [1, HORIZON, out_joints])], inits)
-    return graph, (out_joints, nan)
+    return graph, (out_joints, nan, offset)
 
 
 HISTORY_GAIN, HISTORY_DRIFT = 0.5, 0.02
@@ -345,10 +353,11 @@ def build_targets(out_dir: str):
         print(f"wrote {path} ({os.path.getsize(path)} B)")
 
 
-def expected_actions(state, out_joints, nan):
+def expected_actions(state, out_joints, nan, offset):
     """What a chunk fixture must return for `state` [B,J] (numpy, float32)."""
     padded = np.zeros((len(state), out_joints), np.float32)
     padded[:, :JOINTS] = state
+    padded[:, 0] += np.float32(offset)
     actions = np.repeat(padded[:, None, :], HORIZON, axis=1)
     return np.full_like(actions, np.nan) if nan else actions
 
@@ -360,6 +369,8 @@ def build(out_dir: str):
         "chunk_wrong_input.onnx": chunk_model("chunk_wrong_input", state_name="joint_state"),
         "chunk_wrong_output.onnx": chunk_model("chunk_wrong_output", out_joints=JOINTS + 1),
         "chunk_state_hold.onnx": chunk_model("chunk_state_hold", image=False),
+        # The same signature as chunk_state_hold, other targets: a model pushed at run time.
+        "chunk_state_offset.onnx": chunk_model("chunk_state_offset", image=False, offset=0.05),
     }
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(0)

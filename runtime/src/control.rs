@@ -268,6 +268,10 @@ pub struct TickCore {
     dt: f64,
     /// This tick's target before the safety filter (the policy's, or the reset's).
     last_target: HeldTarget,
+    /// The model whose chunks the executor takes (`ActionChunk::model_version`).
+    model_version: u32,
+    /// Models swapped in during the run.
+    pub model_swaps: u64,
 }
 
 impl TickCore {
@@ -317,6 +321,8 @@ impl TickCore {
             teleop_target: HeldTarget::EMPTY,
             dt,
             last_target: HeldTarget::EMPTY,
+            model_version: 0,
+            model_swaps: 0,
         })
     }
 
@@ -430,8 +436,22 @@ impl TickCore {
         self.state_ok
     }
 
+    /// Hands a chunk to the executor. The first chunk of a swapped-in model
+    /// flushes the executor first, as a takeover's release does: nothing the old
+    /// model planned runs after it, and the new model re-infers from the current
+    /// command (this chunk, conditioned before the flush, is refused as flushed).
     pub fn apply_chunk(&mut self, chunk: &ActionChunk, tick: u64) -> Result<(), ChunkRejection> {
+        if chunk.model_version != self.model_version {
+            self.model_version = chunk.model_version;
+            self.model_swaps += 1;
+            self.executor.flush(&self.held(), tick);
+        }
         self.executor.accept(chunk, tick)
+    }
+
+    /// The model whose chunks the executor runs (0: the launch file's).
+    pub fn model_version(&self) -> u32 {
+        self.model_version
     }
 
     /// Carries out an operator request at `tick`, after [`Self::observe`].
@@ -999,6 +1019,8 @@ impl ControlLoop {
         r.stats.last_invalid_state = r.core.last_invalid.map(|e| e.to_string());
         r.stats.robot_epochs = r.core.epochs;
         r.stats.tracking_fault = r.core.tracking_fault;
+        r.stats.model_swaps = r.core.model_swaps;
+        r.stats.model_version = r.core.model_version();
         for (i, faults) in r.stats.stream_faults.iter_mut().enumerate() {
             faults.source = source_counts(&self.source_counters, i);
         }
@@ -1163,6 +1185,7 @@ impl ControlLoop {
                 row.state_stamp_ns = state.stamp_ns;
                 row.flags = raised;
                 row.intervention = core.teleop_engaged();
+                row.model_version = core.model_version();
                 for (image, &camera) in row.images.iter_mut().zip(recorded) {
                     image.copy_from(cameras[camera].frames.latest());
                 }
@@ -1492,6 +1515,7 @@ impl ControlLoop {
             chunk_queue: r.core.executor.queued(t.tick),
             chunks_applied: r.stats.chunks_applied,
             chunks_rejected: r.stats.chunks_rejected,
+            model_version: r.core.model_version(),
             inference_errors: self.worker.errors(),
             overruns: r.stats.overruns,
             stale_state_ticks: r.stats.stale_state_ticks,
@@ -1830,6 +1854,34 @@ mod tests {
         ));
         core.operator(Request::Resume, &s, 102).unwrap();
         assert_eq!(core.safety.motion(), Motion::Tracking);
+    }
+
+    #[test]
+    fn a_swapped_in_model_flushes_the_old_models_plan() {
+        let mut core = core();
+        let s = state(1, 1, 0, 0.0);
+        core.observe(&s, 0);
+        let mut old = ActionChunk::zeros(2, 1);
+        old.actions.copy_from_slice(&[0.5, 0.5]);
+        core.apply_chunk(&old, 1).unwrap();
+        assert_eq!(core.executor.queued(1), 2);
+        // The new model's first chunk was asked for before the swap was seen:
+        // the old plan goes, and so does it; the arm holds the current command.
+        let mut new = ActionChunk::zeros(2, 1);
+        new.actions.copy_from_slice(&[-0.5, -0.5]);
+        new.model_version = 1;
+        new.conditioned_on_tick = 2;
+        assert!(matches!(
+            core.apply_chunk(&new, 3),
+            Err(ChunkRejection::Flushed { .. })
+        ));
+        assert_eq!((core.model_version(), core.model_swaps), (1, 1));
+        assert_eq!(core.executor.queued(3), 0);
+        // Its next chunk, asked for after the swap, runs.
+        new.conditioned_on_tick = 4;
+        core.apply_chunk(&new, 5).unwrap();
+        assert_eq!(core.model_swaps, 1);
+        assert_eq!(core.executor.queued(5), 2);
     }
 }
 

@@ -387,6 +387,7 @@ mod tests {
             dim: 1,
             actions: values.to_vec(),
             infer_ns: 0,
+            model_version: 0,
         }
     }
 

@@ -7,12 +7,12 @@
 //! bit for bit. Under the simulated clock nothing in it depends on wall time, so
 //! two runs with the same seed write identical bytes.
 //!
-//! # Layout (format version 2)
+//! # Layout (format version 3)
 //!
 //! All integers are little-endian.
 //!
 //! ```text
-//! file  = "REFLEXLG" (8 bytes) | version: u32 = 2 | frame(header) | frame(record)*
+//! file  = "REFLEXLG" (8 bytes) | version: u32 = 3 | frame(header) | frame(record)*
 //! frame = SYNC (4 bytes: F5 52 46 58) | length: u32 | crc: u32 | body (length bytes)
 //! body  = kind: u8 | fields
 //! crc   = CRC-32 (IEEE, zlib's crc32) of the 4 length bytes followed by the body
@@ -23,7 +23,7 @@
 //! | 0 header | the [`LogHeader`] as JSON |
 //! | 1 Start  | joints u16, position f64 x joints |
 //! | 2 Tick   | tick u64, now_ns u64, state seq u64, state stamp_ns u64, joints u16, state position f64 x joints, state velocity f64 x joints, command seq u64, command joints u16, command position f64 x joints, flags u32 |
-//! | 3 Chunk  | tick u64, chunk id u64, conditioned_on_tick u64, accepted u8, horizon u32, dim u32, actions f32 x horizon x dim |
+//! | 3 Chunk  | tick u64, chunk id u64, conditioned_on_tick u64, accepted u8, horizon u32, dim u32, model version u32, actions f32 x horizon x dim |
 //! | 4 Estop  | tick u64 |
 //! | 255 End  | ticks u64 (written only when the run closed its log cleanly) |
 //!
@@ -72,7 +72,7 @@ use crate::launch::JointConfig;
 use crate::types::{ActionChunk, JointCommand, JointState, MAX_JOINTS};
 
 pub const MAGIC: [u8; 8] = *b"REFLEXLG";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Starts every frame; lets a reader find the next frame after a damaged one.
 pub const SYNC: [u8; 4] = [0xF5, b'R', b'F', b'X'];
 /// Marker, length and CRC.
@@ -383,6 +383,7 @@ fn encode_body(record: &Record, b: &mut Vec<u8>) {
             b.push(u8::from(*accepted));
             b.extend_from_slice(&(chunk.horizon as u32).to_le_bytes());
             b.extend_from_slice(&(chunk.dim as u32).to_le_bytes());
+            b.extend_from_slice(&chunk.model_version.to_le_bytes());
             for a in &chunk.actions {
                 b.extend_from_slice(&a.to_le_bytes());
             }
@@ -470,6 +471,7 @@ fn decode_body(body: &[u8], joints: usize) -> Result<Record, String> {
             let (tick, id, conditioned_on_tick) = (c.u64()?, c.u64()?, c.u64()?);
             let accepted = c.u8()? != 0;
             let (horizon, dim) = (c.u32()? as usize, c.u32()? as usize);
+            let model_version = c.u32()?;
             let bytes = horizon
                 .checked_mul(dim)
                 .and_then(|n| n.checked_mul(4))
@@ -495,6 +497,7 @@ fn decode_body(body: &[u8], joints: usize) -> Result<Record, String> {
                     dim,
                     actions,
                     infer_ns: 0,
+                    model_version,
                 },
             }
         }
@@ -1412,6 +1415,7 @@ mod tests {
                     dim: 1,
                     actions: vec![0.1, 0.2],
                     infer_ns: 0,
+                    model_version: 3,
                 },
             },
             Record::Tick(TickRecord {

@@ -5,8 +5,8 @@
 //! circulate between the threads through lock-free pools, so the tick neither
 //! allocates nor frees.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,7 @@ pub trait Policy: Send {
             // Lent, not copied: the worker's buffers stay allocation-free.
             actions: std::mem::take(&mut out.values),
             infer_ns: 0,
+            model_version: 0,
         };
         let result = self.infer(obs, &mut chunk);
         out.values = chunk.actions;
@@ -102,6 +103,42 @@ fn run_stages(
     Ok(())
 }
 
+/// A model loaded at run time, waiting to replace the running one.
+pub struct SwapIn {
+    pub policy: Box<dyn Policy>,
+    /// Stamped on its chunks (`ActionChunk::model_version`).
+    pub version: u32,
+}
+
+/// Hands loaded models to the inference worker, which swaps between two
+/// inferences: the tick never waits for it, and never sees half a swap.
+#[derive(Clone, Default)]
+pub struct PolicySwaps {
+    pending: Arc<Mutex<Option<SwapIn>>>,
+    running: Arc<AtomicU32>,
+}
+
+impl PolicySwaps {
+    /// Queues `swap`; a model offered earlier and not yet taken is dropped for it.
+    pub fn offer(&self, swap: SwapIn) {
+        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(swap);
+    }
+
+    /// The version whose chunks the worker produces now.
+    pub fn running(&self) -> u32 {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Called by the worker before an inference; never waits on the offering thread.
+    fn take(&self) -> Option<SwapIn> {
+        match self.pending.try_lock() {
+            Ok(mut pending) => pending.take(),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().take(),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+}
+
 /// The tick's handle on the worker.
 pub struct InferenceWorker {
     free_observations: Arc<ArrayQueue<Box<Observation>>>,
@@ -114,6 +151,7 @@ pub struct InferenceWorker {
     thread: Option<JoinHandle<()>>,
     in_flight: usize,
     max_in_flight: usize,
+    swaps: PolicySwaps,
 }
 
 impl InferenceWorker {
@@ -144,20 +182,23 @@ impl InferenceWorker {
         let results = Arc::new(ArrayQueue::new(MAX_IN_FLIGHT + 1));
         let errors = Arc::new(AtomicU64::new(0));
         let shutdown = Arc::new(AtomicBool::new(false));
+        let swaps = PolicySwaps::default();
         let thread = {
-            let (free_observations, requests, results, free_chunks, errors, shutdown) = (
+            let (free_observations, requests, results, free_chunks, errors, shutdown, swaps) = (
                 free_observations.clone(),
                 requests.clone(),
                 results.clone(),
                 free_chunks.clone(),
                 errors.clone(),
                 shutdown.clone(),
+                swaps.clone(),
             );
             std::thread::Builder::new()
                 .name("reflex-inference".into())
                 .spawn(move || {
                     let mut next_id = 1;
                     let mut prompt_seen = 0;
+                    let mut model_version = 0;
                     let mut candidates = Candidates::zeros(
                         policy.candidates().max(1),
                         policy.horizon(),
@@ -167,6 +208,26 @@ impl InferenceWorker {
                         let Some(obs) = requests.recv_timeout(Duration::from_millis(50)) else {
                             continue;
                         };
+                        if let Some(swap) = swaps.take() {
+                            // The loader checked the same; a mismatch here would
+                            // break the chunk buffers, so it is refused again.
+                            if (swap.policy.horizon(), swap.policy.action_dim())
+                                == (policy.horizon(), policy.action_dim())
+                                && swap.policy.candidates().max(1) == candidates.batch
+                            {
+                                policy = swap.policy;
+                                model_version = swap.version;
+                                swaps.running.store(model_version, Ordering::Release);
+                                // The new model hears the current instruction too.
+                                prompt_seen = 0;
+                            } else {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                tracing::error!(
+                                    "model version {} refused at the swap: its chunk shape differs",
+                                    swap.version
+                                );
+                            }
+                        }
                         if let Some((version, text)) = prompt.newer_than(prompt_seen) {
                             prompt_seen = version;
                             if let Err(e) = policy.set_prompt(&text) {
@@ -180,6 +241,7 @@ impl InferenceWorker {
                         chunk.id = next_id;
                         next_id += 1;
                         chunk.conditioned_on_tick = obs.tick;
+                        chunk.model_version = model_version;
                         chunk.horizon = policy.horizon();
                         chunk.dim = policy.action_dim();
                         chunk.actions.resize(chunk.horizon * chunk.dim, 0.0);
@@ -219,7 +281,13 @@ impl InferenceWorker {
             thread: Some(thread),
             in_flight: 0,
             max_in_flight: 1,
+            swaps,
         })
+    }
+
+    /// Where models loaded at run time are handed to the worker.
+    pub fn swaps(&self) -> PolicySwaps {
+        self.swaps.clone()
     }
 
     /// True while a request has not come back.

@@ -246,6 +246,8 @@ pub struct FrameRow {
     pub rows_lost: u64,
     /// Whether a person commanded this step (teleop).
     pub intervention: bool,
+    /// The model whose chunk the executor ran (see `ActionChunk::model_version`).
+    pub model_version: u32,
     /// The recorded cameras' newest frames (their stamps in the images).
     pub images: Vec<Image>,
     /// Per camera: no new frame since the previous row (the frame is repeated).
@@ -266,6 +268,7 @@ impl FrameRow {
             skipped_periods: 0,
             rows_lost: 0,
             intervention: false,
+            model_version: 0,
             images: cameras.iter().map(|&(w, h)| Image::black(w, h)).collect(),
             repeated: vec![false; cameras.len()],
         }

@@ -75,6 +75,10 @@ pub struct RunStats {
     pub limited_commands: u64,
     /// Ticks a person commanded (teleop engaged).
     pub intervention_ticks: u64,
+    /// Models swapped in at run time, and the one running at the end (0: the
+    /// launch file's).
+    pub model_swaps: u64,
+    pub model_version: u32,
     /// How many times the e-stop latched during the run (the shutdown's own
     /// controlled stop is not counted).
     pub estop_latches: u64,
@@ -172,6 +176,8 @@ pub struct StatusSnapshot {
     pub chunk_queue: usize,
     pub chunks_applied: u64,
     pub chunks_rejected: u64,
+    /// The model whose chunks run (0: the launch file's; then each swapped in).
+    pub model_version: u32,
     /// Inferences that failed (an invalid FAST sequence, a runtime error).
     pub inference_errors: u64,
     pub overruns: u64,

@@ -325,6 +325,9 @@ pub struct ActionChunk {
     pub actions: Vec<f32>,
     /// Inference wall time, ns (0 under the simulated clock's accounting).
     pub infer_ns: u64,
+    /// Which model produced it: 0 for the launch file's, then 1, 2, ... for each
+    /// model swapped in at run time (`[zenoh] model_updates`).
+    pub model_version: u32,
 }
 
 impl ActionChunk {
@@ -336,6 +339,7 @@ impl ActionChunk {
             dim,
             actions: vec![0.0; horizon * dim],
             infer_ns: 0,
+            model_version: 0,
         }
     }
 

@@ -81,6 +81,14 @@ pub struct ZenohConfig {
     /// commanded velocities and accelerations, for a robot-side interpolator).
     #[serde(default = "default_command_format")]
     pub command_format: u16,
+    /// Accept ONNX policy models pushed on `<prefix>/<robot>/models/policy` and swap
+    /// them in between chunks (a learner's updates). Needs access control, like
+    /// `safety.operator.zenoh_rearm`.
+    #[serde(default)]
+    pub model_updates: bool,
+    /// The largest model accepted, bytes (a bigger push is refused unread).
+    #[serde(default = "default_max_model_bytes")]
+    pub max_model_bytes: u64,
 }
 
 impl Default for ZenohConfig {
@@ -95,6 +103,8 @@ impl Default for ZenohConfig {
             config_file: None,
             status_hz: default_status_hz(),
             command_format: default_command_format(),
+            model_updates: false,
+            max_model_bytes: default_max_model_bytes(),
         }
     }
 }
@@ -114,6 +124,13 @@ fn default_status_hz() -> f64 {
 fn default_command_format() -> u16 {
     1
 }
+/// 256 MiB: a single-file ONNX graph of the small policies reflex runs on board
+/// (a pi0-class model uses external data, and a GPU server: see the remote issue).
+fn default_max_model_bytes() -> u64 {
+    256 << 20
+}
+/// zenoh's own message limit is 1 GiB (`transport.link.rx.max_message_size`).
+const MAX_MODEL_BYTES: u64 = 1 << 30;
 
 /// Registers `[zenoh]`.
 pub struct ZenohSection;
@@ -196,62 +213,89 @@ fn check_operator(table: &KindTable<'_>, z: &ZenohConfig) -> Result<(), LaunchEr
         ));
     }
     if safety.operator.zenoh_rearm {
-        let Some(file) = &z.config_file else {
-            return Err(launch.error_at(
-                "safety.operator.zenoh_rearm",
-                "re-arm over zenoh needs zenoh access control: set zenoh.config_file to a \
-                     zenoh config with TLS or user/password authentication and ACL rules \
-                     (see the README's Security section)",
-            ));
-        };
-        let path = table.resolve(file);
-        let zenoh = zenoh::Config::from_file(&path).map_err(|e| {
-            table.error_at(
-                "zenoh.config_file",
-                format!("cannot read the zenoh config {}: {e}", path.display()),
-            )
-        })?;
-        let value = |key: &str| {
-            zenoh
-                .get_json(key)
-                .ok()
-                .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
-                .unwrap_or(serde_json::Value::Null)
-        };
-        let is_set = |key: &str| !value(key).is_null();
-        let mut missing = Vec::new();
-        if value("access_control/enabled") != serde_json::Value::Bool(true) {
-            missing.push("`access_control.enabled: true`");
-        }
-        // zenoh lets any matching deny rule win over allow rules, so under
-        // "allow" no rule can keep `control` for the operator alone.
-        if value("access_control/default_permission") != "deny" {
-            missing.push(
-                "`access_control.default_permission: \"deny\"` (under \"allow\" a deny \
-                     rule cannot exempt the operator)",
-            );
-        }
-        let mtls = value("transport/link/tls/enable_mtls") == serde_json::Value::Bool(true)
-            && is_set("transport/link/tls/root_ca_certificate");
-        let usrpwd = is_set("transport/auth/usrpwd/dictionary_file");
-        if !(mtls || usrpwd) {
-            missing.push(
-                "authentication of the other side: TLS client certificates \
-                     (`transport.link.tls.enable_mtls: true` with `root_ca_certificate`) or \
-                     user/password (`transport.auth.usrpwd.dictionary_file`)",
-            );
-        }
-        if !missing.is_empty() {
-            return Err(launch.error_at(
-                "safety.operator.zenoh_rearm",
+        require_access_control(table, z, "safety.operator.zenoh_rearm", "re-arm over zenoh")?;
+    }
+    if z.model_updates {
+        if !(1..=MAX_MODEL_BYTES).contains(&z.max_model_bytes) {
+            return Err(table.error_at(
+                "max_model_bytes",
                 format!(
-                    "re-arm over zenoh needs zenoh access control, but {} lacks {} \
-                         (see the README's Security section)",
-                    path.display(),
-                    missing.join(" and ")
+                    "must be in 1..={MAX_MODEL_BYTES}, found {}",
+                    z.max_model_bytes
                 ),
             ));
         }
+        require_access_control(table, z, "zenoh.model_updates", "model updates over zenoh")?;
+    }
+    Ok(())
+}
+
+/// `what` (turned on at `field`) only behind zenoh access control: a config file
+/// with ACL rules under "deny" and authentication of the other side.
+fn require_access_control(
+    table: &KindTable<'_>,
+    z: &ZenohConfig,
+    field: &str,
+    what: &str,
+) -> Result<(), LaunchError> {
+    let launch = table.launch();
+    let Some(file) = &z.config_file else {
+        return Err(launch.error_at(
+            field,
+            format!(
+                "{what} needs zenoh access control: set zenoh.config_file to a zenoh \
+                 config with mTLS or user/password authentication and ACL rules (see the \
+                 README's Security section)"
+            ),
+        ));
+    };
+    let path = table.resolve(file);
+    let zenoh = zenoh::Config::from_file(&path).map_err(|e| {
+        table.error_at(
+            "zenoh.config_file",
+            format!("cannot read the zenoh config {}: {e}", path.display()),
+        )
+    })?;
+    let value = |key: &str| {
+        zenoh
+            .get_json(key)
+            .ok()
+            .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let is_set = |key: &str| !value(key).is_null();
+    let mut missing = Vec::new();
+    if value("access_control/enabled") != serde_json::Value::Bool(true) {
+        missing.push("`access_control.enabled: true`");
+    }
+    // zenoh lets any matching deny rule win over allow rules, so under
+    // "allow" no rule can keep `control` for the operator alone.
+    if value("access_control/default_permission") != "deny" {
+        missing.push(
+            "`access_control.default_permission: \"deny\"` (under \"allow\" a deny \
+             rule cannot exempt the operator)",
+        );
+    }
+    let mtls = value("transport/link/tls/enable_mtls") == serde_json::Value::Bool(true)
+        && is_set("transport/link/tls/root_ca_certificate");
+    let usrpwd = is_set("transport/auth/usrpwd/dictionary_file");
+    if !(mtls || usrpwd) {
+        missing.push(
+            "authentication of the other side: TLS client certificates \
+                 (`transport.link.tls.enable_mtls: true` with `root_ca_certificate`) or \
+                 user/password (`transport.auth.usrpwd.dictionary_file`)",
+        );
+    }
+    if !missing.is_empty() {
+        return Err(launch.error_at(
+            field,
+            format!(
+                "{what} needs zenoh access control, but {} lacks {} \
+                 (see the README's Security section)",
+                path.display(),
+                missing.join(" and ")
+            ),
+        ));
     }
     Ok(())
 }
