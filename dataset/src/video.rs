@@ -146,6 +146,12 @@ pub fn concatenate(first: &Path, second: &Path, offset_s: f64, out: &Path) -> Re
         .ok_or_else(|| "no output stream".to_string())?;
     let offset = (offset_s * f64::from(out_base.denominator()) / f64::from(out_base.numerator()))
         .round() as i64;
+    // The muxer wants strictly increasing decode stamps. An episode's first packets
+    // decode before their presentation (B-frames: dts < pts), so shifted by the
+    // previous part's duration they can fall at or below the previous part's last
+    // dts: those are moved just after it. Only dts moves, never beyond its pts:
+    // the frames' presentation times (what LeRobot checks) stay exact.
+    let mut last_dts: Option<i64> = None;
     for (i, input) in inputs.iter_mut().enumerate() {
         let shift = if i == 0 { 0 } else { offset };
         let video = input
@@ -158,8 +164,16 @@ pub fn concatenate(first: &Path, second: &Path, offset_s: f64, out: &Path) -> Re
                 continue;
             }
             packet.rescale_ts(stream.time_base(), out_base);
-            packet.set_pts(packet.pts().map(|t| t + shift));
-            packet.set_dts(packet.dts().map(|t| t + shift));
+            let pts = packet.pts().map(|t| t + shift);
+            let dts = packet.dts().map(|t| {
+                let after = last_dts.map_or(i64::MIN, |last| last + 1);
+                (t + shift).max(after).min(pts.unwrap_or(i64::MAX))
+            });
+            if let Some(dts) = dts {
+                last_dts = Some(dts);
+            }
+            packet.set_pts(pts);
+            packet.set_dts(dts);
             packet.set_position(-1);
             packet.set_stream(0);
             packet
@@ -185,4 +199,65 @@ pub fn count_frames(path: &Path) -> Result<u64, String> {
         .map(|s| s.index())
         .ok_or_else(|| format!("{}: no video stream", path.display()))?;
     Ok(input.packets().filter(|(s, _)| s.index() == video).count() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Presentation times (s) of every video packet in `path`, in order.
+    fn presentation_times(path: &Path) -> Vec<f64> {
+        use ffmpeg_next as ffmpeg;
+        let mut input = ffmpeg::format::input(&path).unwrap();
+        let mut times: Vec<f64> = input
+            .packets()
+            .filter_map(|(stream, packet)| {
+                let base = stream.time_base();
+                packet.pts().map(|t| {
+                    t as f64 * f64::from(base.numerator()) / f64::from(base.denominator())
+                })
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times
+    }
+
+    /// Episodes of any length, short ones too (an episode ended by its first
+    /// success), append one after the other: every frame is kept and plays at
+    /// its episode's offset plus k / fps.
+    #[test]
+    fn short_and_long_episodes_append_with_exact_frame_times() {
+        let dir = std::env::temp_dir().join(format!("reflex-video-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (width, height, fps) = (32, 24, 10);
+        let file = dir.join("file.mp4");
+        let mut frames = 0u64;
+        for (episode, length) in [12usize, 3, 9, 1, 2, 15, 4, 7].into_iter().enumerate() {
+            let staged = dir.join(format!("episode-{episode}.mp4"));
+            let mut encoder = VideoEncoder::create(&staged, width, height, fps).unwrap();
+            for k in 0..length {
+                let value = ((episode * 31 + k * 17) % 255) as u8;
+                encoder.write(&vec![value; width * height * 3]).unwrap();
+            }
+            encoder.finish().unwrap();
+            if episode == 0 {
+                std::fs::rename(&staged, &file).unwrap();
+            } else {
+                let merged = dir.join("merged.mp4");
+                concatenate(&file, &staged, frames as f64 / f64::from(fps), &merged)
+                    .unwrap_or_else(|e| panic!("episode {episode} ({length} frames): {e}"));
+                std::fs::rename(&merged, &file).unwrap();
+            }
+            frames += length as u64;
+            assert_eq!(count_frames(&file).unwrap(), frames, "after episode {episode}");
+            let times = presentation_times(&file);
+            for (k, t) in times.iter().enumerate() {
+                assert!(
+                    (t - k as f64 / f64::from(fps)).abs() < 1e-4,
+                    "after episode {episode}: frame {k} at {t} s"
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
