@@ -4,7 +4,7 @@
 CARGO ?= cargo
 DURATION ?= 15
 
-.PHONY: run test setup build check lint bench demos train train-flow train-multisensor models fast-tokenizer fast-sim-policy import-lerobot clean
+.PHONY: run test setup build check lint bench hil-learner demos train train-flow train-multisensor models fast-tokenizer fast-sim-policy import-lerobot clean
 
 run: setup
 	$(CARGO) build --release
@@ -31,6 +31,12 @@ lint:
 
 bench: setup
 	$(CARGO) bench --workspace
+
+# The actor / learner loop on the simulated arm (examples/hil_learner): reflex
+# records episodes and streams transitions, a Python learner pushes better models;
+# writes target/hil_learner/curve.{csv,svg} (about a minute).
+hil-learner: build
+	timeout 1200 .venv/bin/python examples/hil_learner/learner.py --out target/hil_learner
 
 # Bring a LeRobot ACT or Diffusion Policy directory (config.json, model.safetensors,
 # processor files): ONNX graph(s), its statistics and a launch file for ROBOT's

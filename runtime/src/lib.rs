@@ -15,6 +15,7 @@ pub mod executor;
 pub mod files;
 pub mod gripper;
 pub mod history;
+pub mod ik;
 pub mod launch;
 pub mod log;
 pub mod mailbox;
