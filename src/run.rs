@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use reflex_runtime::clock::{Clock, SimClock, WallClock};
 use reflex_runtime::control::{
-    ControlError, ControlLoop, OperatorRequests, RunLimits, RunSummary, TickParams,
+    ControlError, ControlLoop, OperatorRequests, RunLimits, RunSummary, TickParams, TipKinematics,
 };
 use reflex_runtime::driver::{DriverContext, Services};
 use reflex_runtime::launch::{Launch, RealtimeConfig};
@@ -416,6 +416,10 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         executor: launch.executor(),
         gripper: c.robot.gripper.clone(),
         reset: episodes.as_ref().and_then(|e| e.plan.reset.clone()),
+        tip: launch.robot_model.as_ref().map(|model| TipKinematics {
+            chain: std::sync::Arc::new(model.chain.clone()),
+            tip: model.tip,
+        }),
     };
     signals_stop_the_loop();
     let recorder = match how.log {
@@ -436,7 +440,8 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
                 safety: params.safety.clone(),
                 // Replay rebuilds the workspace box from the URDF the run used.
                 urdf: match &c.robot.urdf {
-                    Some(path) if params.workspace.is_some() => Some(
+                    // Replay rebuilds the workspace box and the teleop IK from it.
+                    Some(path) if params.workspace.is_some() || params.tip.is_some() => Some(
                         reflex_runtime::files::read_to_string(
                             &launch.resolve(path),
                             reflex_runtime::files::MAX_CONFIG_BYTES * 16,

@@ -597,6 +597,18 @@ fn model_updates_need_access_control_and_a_sane_cap() {
 }
 
 #[test]
+fn an_end_effector_teleop_device_needs_the_robots_urdf() {
+    let device =
+        "\n[[drivers]]\nkind = \"zenoh_teleop\"\nname = \"mouse\"\nframe = \"end_effector\"\n";
+    let zenoh_arm = include_str!("../launch/zenoh_arm.toml");
+    let err = load(&format!("{zenoh_arm}{device}"), &[]).unwrap_err();
+    assert_eq!(err.field, "drivers[1].frame", "{err}");
+    assert!(err.message.contains("robot.urdf"), "{err}");
+    // The demo has a URDF: accepted.
+    assert!(load(&format!("{EMBEDDED_SIM_ARM}{device}"), &[]).is_ok());
+}
+
+#[test]
 fn a_missing_zenoh_config_file_is_reported_at_the_field() {
     let text = format!("{EMBEDDED_SIM_ARM}config_file = \"no_such_zenoh.json5\"\n");
     let err = load(&text, &[]).unwrap_err();

@@ -206,3 +206,119 @@ fn a_person_takes_over_with_a_leader_arm_and_hands_back() {
         assert_eq!(t["done"], i + 1 == transitions.len(), "{t}");
     }
 }
+
+/// The simulated arm's tip in the plane, from its link lengths (launch/sim_arm.urdf),
+/// written here independently of reflex's kinematics.
+fn planar_tip(q: &[f64]) -> [f64; 2] {
+    let (mut x, mut y, mut angle) = (0.0, 0.0, 0.0);
+    for (length, value) in [0.4, 0.3, 0.2].iter().zip(q) {
+        angle += value;
+        x += length * angle.cos();
+        y += length * angle.sin();
+    }
+    [x, y]
+}
+
+/// A Cartesian device (a 3D mouse or a gamepad in end-effector mode, here over
+/// zenoh): the tip follows the device's motion since takeover through the
+/// damped least-squares IK, the joints never jump, and replay reproduces it.
+#[test]
+fn a_cartesian_device_moves_the_tip_through_ik() {
+    let dir = scratch("teleop-cartesian");
+    let launch = dir.join("launch.toml");
+    std::fs::write(
+        &launch,
+        format!(
+            "{}\n[[drivers]]\nkind = \"zenoh_teleop\"\nname = \"mouse\"\nframe = \"end_effector\"\n",
+            common::demo_launch_text()
+        ),
+    )
+    .unwrap();
+    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    let log = dir.join("run.log");
+    let args: Vec<String> = [
+        "run",
+        launch.to_str().unwrap(),
+        "--duration",
+        "4",
+        "--set",
+        &format!("zenoh.listen=[\"{endpoint}\"]"),
+        "--set",
+        "robot.name=ee_arm",
+        "--log",
+        log.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut child = spawn_until(&args, "wall clock");
+    let session = zenoh_peer(&endpoint);
+    let send = |seq: u64, engaged: bool, positions: [f64; 3]| {
+        let message = serde_json::json!({"seq": seq, "engaged": engaged, "positions": positions});
+        session
+            .put("reflex/ee_arm/mouse", message.to_string())
+            .wait()
+            .unwrap();
+    };
+    // The device's own origin is far from the tip: only its motion counts.
+    let origin = [5.0, -3.0, 2.0];
+    let motion = [0.08, -0.05, 0.0];
+    std::thread::sleep(Duration::from_millis(1000));
+    let started = Instant::now();
+    let mut seq = 0;
+    while started.elapsed() < Duration::from_millis(1600) {
+        seq += 1;
+        let progress = (started.elapsed().as_secs_f64() / 1.0).min(1.0);
+        send(
+            seq,
+            true,
+            std::array::from_fn(|i| origin[i] + motion[i] * progress),
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    send(
+        seq + 1,
+        false,
+        std::array::from_fn(|i| origin[i] + motion[i]),
+    );
+    assert!(child.wait().unwrap().success());
+
+    let contents = read_log(&log).unwrap();
+    let (mut takeover, mut release, mut commands) = (None, None, Vec::new());
+    for record in &contents.records {
+        match record {
+            Record::Teleop { tick, sample } => {
+                if sample.engaged && takeover.is_none() {
+                    takeover = Some(*tick);
+                }
+                if !sample.engaged && takeover.is_some() && release.is_none() {
+                    release = Some(*tick);
+                }
+            }
+            Record::Tick(t) => commands.push((t.tick, t.command.position)),
+            _ => {}
+        }
+    }
+    let (takeover, release) = (takeover.unwrap(), release.unwrap());
+    let command_at = |tick: u64| commands.iter().find(|(t, _)| *t == tick).unwrap().1;
+    let before = planar_tip(&command_at(takeover - 1)[..3]);
+    let after = planar_tip(&command_at(release - 1)[..3]);
+    for axis in 0..2 {
+        let moved = after[axis] - before[axis];
+        assert!(
+            (moved - motion[axis]).abs() < 0.005,
+            "axis {axis}: the tip moved {moved:.4} m, the device {:.4} m",
+            motion[axis]
+        );
+    }
+    // No jump at takeover: the first engaged ticks stay next to the command before.
+    let first = command_at(takeover + 1);
+    let held = command_at(takeover - 1);
+    for j in 0..3 {
+        assert!(
+            (first[j] - held[j]).abs() < 0.05,
+            "joint {j}: {held:?} -> {first:?}"
+        );
+    }
+    run_ok(&["replay", log.to_str().unwrap()]);
+}

@@ -213,9 +213,9 @@ mod tests {
             .packets()
             .filter_map(|(stream, packet)| {
                 let base = stream.time_base();
-                packet.pts().map(|t| {
-                    t as f64 * f64::from(base.numerator()) / f64::from(base.denominator())
-                })
+                packet
+                    .pts()
+                    .map(|t| t as f64 * f64::from(base.numerator()) / f64::from(base.denominator()))
             })
             .collect();
         times.sort_by(f64::total_cmp);
@@ -249,7 +249,11 @@ mod tests {
                 std::fs::rename(&merged, &file).unwrap();
             }
             frames += length as u64;
-            assert_eq!(count_frames(&file).unwrap(), frames, "after episode {episode}");
+            assert_eq!(
+                count_frames(&file).unwrap(),
+                frames,
+                "after episode {episode}"
+            );
             let times = presentation_times(&file);
             for (k, t) in times.iter().enumerate() {
                 assert!(

@@ -39,6 +39,7 @@ fn params(joints: usize) -> TickParams {
         executor: reflex_runtime::executor::ExecutorFactory::replace(),
         gripper: None,
         reset: None,
+        tip: None,
     }
 }
 

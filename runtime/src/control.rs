@@ -12,12 +12,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
+use nalgebra::Vector3;
 
 use crate::clock::{Clock, TickTime};
 use crate::driver::{ArmPorts, CameraPort, Driver, DriverError, TaskReport, TensorPort};
 use crate::executor::{ChunkRejection, Executor, ExecutorFactory, ExecutorParams};
 use crate::gripper::{GripperConfig, GripperFilter};
 use crate::history::ObservationHistory;
+use crate::ik::{DampedLeastSquares, DlsParams};
 use crate::launch::SafetyConfig;
 use crate::log::{LogEvent, LogHeader, LogSummary, Record, Recorder, TickRecord};
 use crate::policy::{InferenceWorker, MAX_IN_FLIGHT};
@@ -30,7 +32,7 @@ use crate::stats::ShortName;
 use crate::stats::{Distribution, RunStats, STATUS_STREAMS, StatusSnapshot, StreamStatus};
 use crate::stream::{OnStale, SourceCounters, SourceCounts, StreamFaults, StreamWatch};
 use crate::taps::Tap;
-use crate::teleop::{TeleopCommand, TeleopPort};
+use crate::teleop::{TeleopCommand, TeleopFrame, TeleopPort};
 use crate::types::{ActionChunk, JointCommand, JointState, MAX_JOINTS, Observation, monotonic_ns};
 
 /// Parameters of the tick's decisions (all of them are in the log header).
@@ -52,6 +54,16 @@ pub struct TickParams {
     pub gripper: Option<GripperConfig>,
     /// `[recording.reset]`: where episodes' resets move the arm.
     pub reset: Option<ResetParams>,
+    /// The chain to the tip link (from the URDF), for teleop in end-effector
+    /// coordinates.
+    pub tip: Option<TipKinematics>,
+}
+
+/// The robot's chain and the link a teleop device moves in Cartesian space.
+#[derive(Debug, Clone)]
+pub struct TipKinematics {
+    pub chain: Arc<crate::robot_model::KinematicChain>,
+    pub tip: crate::robot_model::LinkId,
 }
 
 impl TickParams {
@@ -75,6 +87,7 @@ impl TickParams {
             executor,
             gripper: h.gripper.clone(),
             reset: h.reset.clone(),
+            tip: tip_from_header(h),
         })
     }
 
@@ -87,6 +100,20 @@ impl TickParams {
             replan_after: self.replan_after,
         }
     }
+}
+
+/// The tip kinematics a logged run had (the URDF text in the header).
+fn tip_from_header(h: &LogHeader) -> Option<TipKinematics> {
+    let model = crate::robot_model::RobotModel::from_urdf(
+        h.urdf.as_ref()?,
+        "<log header>",
+        h.tip_link.as_deref(),
+    )
+    .ok()?;
+    Some(TipKinematics {
+        tip: model.tip,
+        chain: Arc::new(model.chain),
+    })
 }
 
 /// The workspace guard a logged run had: its box and the URDF text in the header.
@@ -265,6 +292,11 @@ pub struct TickCore {
     teleop: Option<(HeldTarget, HeldTarget)>,
     teleop_sample: TeleopCommand,
     teleop_target: HeldTarget,
+    /// Position IK for devices that move the tip (`TeleopFrame::EndEffector`).
+    ik: Option<DampedLeastSquares>,
+    /// While such a device is engaged: the tip's position at takeover and the
+    /// joint solution so far.
+    tip_teleop: Option<TipTeleop>,
     dt: f64,
     /// This tick's target before the safety filter (the policy's, or the reset's).
     last_target: HeldTarget,
@@ -272,6 +304,15 @@ pub struct TickCore {
     model_version: u32,
     /// Models swapped in during the run.
     pub model_swaps: u64,
+}
+
+/// An end-effector teleop under way.
+#[derive(Debug, Clone, Copy)]
+struct TipTeleop {
+    /// The tip at takeover (root frame, m).
+    origin: Vector3<f64>,
+    /// The IK's joint solution, warm-started from the command at takeover.
+    q: [f64; MAX_JOINTS],
 }
 
 impl TickCore {
@@ -319,6 +360,11 @@ impl TickCore {
             teleop: None,
             teleop_sample: TeleopCommand::NONE,
             teleop_target: HeldTarget::EMPTY,
+            ik: p
+                .tip
+                .as_ref()
+                .map(|k| DampedLeastSquares::new(k.chain.clone(), k.tip, DlsParams::default())),
+            tip_teleop: None,
             dt,
             last_target: HeldTarget::EMPTY,
             model_version: 0,
@@ -500,6 +546,19 @@ impl TickCore {
         match (sample.engaged, self.teleop.is_some()) {
             (true, false) => {
                 let command = self.held();
+                if sample.frame == TeleopFrame::EndEffector {
+                    // Without the robot's kinematics a Cartesian device cannot
+                    // command it (`reflex check` refuses such a launch file).
+                    let Some(ik) = &self.ik else {
+                        return;
+                    };
+                    let mut q = [0.0; MAX_JOINTS];
+                    q[..self.joints].copy_from_slice(&command.values[..self.joints]);
+                    self.tip_teleop = Some(TipTeleop {
+                        origin: ik.position(&q[..self.joints]),
+                        q,
+                    });
+                }
                 let mut device = command;
                 let n = sample.len.min(command.len);
                 device.values[..n].copy_from_slice(&sample.positions[..n]);
@@ -507,6 +566,7 @@ impl TickCore {
             }
             (false, true) => {
                 self.teleop = None;
+                self.tip_teleop = None;
                 let held = self.held();
                 self.executor.flush(&held, tick);
                 // A reset under way starts again from where the person left the arm.
@@ -564,12 +624,28 @@ impl TickCore {
         self.check_tracking(state);
         let target = match (&self.teleop, &mut self.reset) {
             (Some((command, device)), _) => {
-                // The device's motion since takeover, added to the command then.
-                let n = self.teleop_sample.len.min(command.len);
                 self.teleop_target = *command;
-                for j in 0..n {
-                    self.teleop_target.values[j] +=
-                        self.teleop_sample.positions[j] - device.values[j];
+                let sample = &self.teleop_sample;
+                match (&mut self.tip_teleop, &self.ik) {
+                    (Some(tip), Some(ik)) => {
+                        // The tip's motion since takeover, through the IK; a
+                        // fourth value moves the gripper.
+                        let moved = |i: usize| sample.positions[i] - device.values[i];
+                        let goal = tip.origin + Vector3::new(moved(0), moved(1), moved(2));
+                        let n = self.joints;
+                        ik.solve(&mut tip.q[..n], &goal, &self.limits[..n]);
+                        self.teleop_target.values[..n].copy_from_slice(&tip.q[..n]);
+                        if sample.len > 3 && command.len > n {
+                            self.teleop_target.values[n] += moved(3);
+                        }
+                    }
+                    _ => {
+                        // The device's motion since takeover, added to the command then.
+                        let n = sample.len.min(command.len);
+                        for j in 0..n {
+                            self.teleop_target.values[j] += sample.positions[j] - device.values[j];
+                        }
+                    }
                 }
                 &self.teleop_target[..]
             }
@@ -1770,6 +1846,7 @@ mod tests {
             executor: ExecutorFactory::replace(),
             gripper: None,
             reset: None,
+            tip: None,
         }
     }
 

@@ -156,7 +156,10 @@ mod tests {
                 let (ex, ey) = (-(ty - jy), tx - jx);
                 let column = jacobian[j];
                 let p = ik.position(&q);
-                assert!((p.x - tx).abs() < 1e-9 && (p.y - ty).abs() < 1e-9, "{p} vs {tx},{ty}");
+                assert!(
+                    (p.x - tx).abs() < 1e-9 && (p.y - ty).abs() < 1e-9,
+                    "{p} vs {tx},{ty}"
+                );
                 assert!(
                     (column.x - ex).abs() < 1e-6 && (column.y - ey).abs() < 1e-6,
                     "q {q:?} joint {j}: {column} vs ({ex}, {ey})"
@@ -184,7 +187,10 @@ mod tests {
             for _ in 0..20 {
                 remaining = ik.solve(&mut q, &goal, &limits);
             }
-            assert!(remaining < 1e-4, "from {start:?} to {goal}: {remaining} m left");
+            assert!(
+                remaining < 1e-4,
+                "from {start:?} to {goal}: {remaining} m left"
+            );
         }
         // Out of reach (the arm is 0.9 m long): the tip stretches toward the goal,
         // every step bounded, nothing blows up.
@@ -198,7 +204,11 @@ mod tests {
                 assert!((a - b).abs() <= 4.0 * 0.05 + 1e-12);
             }
         }
-        assert!((ik.position(&q).x - 0.9).abs() < 1e-3, "{}", ik.position(&q));
+        assert!(
+            (ik.position(&q).x - 0.9).abs() < 1e-3,
+            "{}",
+            ik.position(&q)
+        );
         // A NaN goal changes nothing.
         let mut same = q.clone();
         assert!(

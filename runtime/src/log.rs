@@ -25,6 +25,8 @@
 //! | 2 Tick   | tick u64, now_ns u64, state seq u64, state stamp_ns u64, joints u16, state position f64 x joints, state velocity f64 x joints, command seq u64, command joints u16, command position f64 x joints, flags u32 |
 //! | 3 Chunk  | tick u64, chunk id u64, conditioned_on_tick u64, accepted u8, horizon u32, dim u32, model version u32, actions f32 x horizon x dim |
 //! | 4 Estop  | tick u64 |
+//! | 5 Operator | tick u64, request u8 (`control::Request` code), outcome u8 (0 accepted, else the refusal's code) |
+//! | 6 Teleop | tick u64, seq u64, bits u8 (1: engaged, 2: end-effector frame), values u16, f64 x values |
 //! | 255 End  | ticks u64 (written only when the run closed its log cleanly) |
 //!
 //! Size caps (the writer refuses to exceed them, the reader rejects frames over
@@ -405,7 +407,9 @@ fn encode_body(record: &Record, b: &mut Vec<u8>) {
             b.push(kind::TELEOP);
             b.extend_from_slice(&tick.to_le_bytes());
             b.extend_from_slice(&sample.seq.to_le_bytes());
-            b.push(u8::from(sample.engaged));
+            // Bit 0: engaged; bit 1: end-effector frame.
+            let end_effector = sample.frame == crate::teleop::TeleopFrame::EndEffector;
+            b.push(u8::from(sample.engaged) | (u8::from(end_effector) << 1));
             b.extend_from_slice(&(sample.len as u16).to_le_bytes());
             f64s(b, sample.positions());
         }
@@ -509,7 +513,13 @@ fn decode_body(body: &[u8], joints: usize) -> Result<Record, String> {
         },
         kind::TELEOP => {
             let (tick, seq) = (c.u64()?, c.u64()?);
-            let engaged = c.u8()? != 0;
+            let bits = c.u8()?;
+            let engaged = bits & 1 != 0;
+            let frame = if bits & 2 != 0 {
+                crate::teleop::TeleopFrame::EndEffector
+            } else {
+                crate::teleop::TeleopFrame::Joint
+            };
             let len = usize::from(c.array().map(u16::from_le_bytes)?);
             if len > MAX_JOINTS + 1 {
                 return Err(format!(
@@ -520,6 +530,7 @@ fn decode_body(body: &[u8], joints: usize) -> Result<Record, String> {
             let mut sample = crate::teleop::TeleopCommand {
                 seq,
                 engaged,
+                frame,
                 len,
                 ..crate::teleop::TeleopCommand::NONE
             };

@@ -217,6 +217,7 @@ fn params(setup: &Setup) -> TickParams {
         executor: crate::executor::ExecutorFactory::replace(),
         gripper: None,
         reset: None,
+        tip: None,
     }
 }
 

@@ -18,7 +18,7 @@ use reflex_runtime::ratelimit::{WarnLimiter, suppressed_note};
 use reflex_runtime::registry::{DriverKind, DriverSpec, KindTable, schema_of};
 use reflex_runtime::slot::latest_slot;
 use reflex_runtime::stream::StreamDecl;
-use reflex_runtime::teleop::{TeleopCommand, TeleopPort};
+use reflex_runtime::teleop::{TeleopCommand, TeleopFrame, TeleopPort};
 use reflex_runtime::types::MAX_JOINTS;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,10 @@ pub struct ZenohTeleopConfig {
     pub name: String,
     /// Default `<prefix>/<robot>/<name>`.
     pub key: Option<String>,
+    /// `"joint"` (the default: a leader arm's joint positions) or `"end_effector"`
+    /// (x, y, z of the tip in the robot's root frame, m: the arm follows through IK).
+    #[serde(default)]
+    pub frame: TeleopFrame,
 }
 
 impl ZenohTeleopConfig {
@@ -91,6 +95,8 @@ impl DriverKind for ZenohTeleopKind {
         if let Some(key) = &config.key {
             crate::bus::check_exact_key(key).map_err(|message| table.error_at("key", message))?;
         }
+        (config.frame.values(table.launch()))
+            .map_err(|message| table.error_at("frame", message))?;
         Ok(Arc::new(ZenohTeleopSpec { config }))
     }
 }
@@ -119,11 +125,11 @@ impl DriverSpec for ZenohTeleopSpec {
         Ok(Box::new(ZenohTeleop {
             cfg: self.config.clone(),
             key_prefix: crate::config(launch).key_prefix,
-            joints: (
-                launch.config.robot.joints.len(),
-                launch.config.robot.joints.len()
-                    + usize::from(launch.config.robot.gripper.is_some()),
-            ),
+            joints: self
+                .config
+                .frame
+                .values(launch)
+                .map_err(|e| DriverError::failed(&self.config.name, e))?,
             subscriber: None,
             bad: Arc::new(WarnLimiter::for_network()),
         }))
@@ -163,6 +169,7 @@ impl Driver for ZenohTeleop {
             commands: reader,
         });
         let (name, bad, joints) = (self.cfg.name.clone(), self.bad.clone(), self.joints);
+        let frame = self.cfg.frame;
         let state = Mutex::new((writer, 0u64));
         let subscriber = session
             .declare_subscriber(key)
@@ -171,9 +178,13 @@ impl Driver for ZenohTeleop {
                 let problem = match decode(&payload) {
                     Ok(m) if m.positions.len() != joints.0 && m.positions.len() != joints.1 => {
                         format!(
-                            "{} positions, the robot has {} joints{}",
+                            "{} positions, expected {} ({}){}",
                             m.positions.len(),
                             joints.0,
+                            match frame {
+                                TeleopFrame::Joint => "one per joint",
+                                TeleopFrame::EndEffector => "x, y, z",
+                            },
                             if joints.1 > joints.0 {
                                 " (and a gripper)"
                             } else {
@@ -191,6 +202,7 @@ impl Driver for ZenohTeleop {
                         writer.publish_with(|slot| {
                             slot.seq = m.seq;
                             slot.engaged = m.engaged;
+                            slot.frame = frame;
                             slot.len = m.positions.len();
                             slot.positions[..m.positions.len()].copy_from_slice(&m.positions);
                         });
