@@ -22,6 +22,8 @@ gst-inspect-1.0 videotestsrc >/dev/null 2>&1 && gst-inspect-1.0 jpegenc >/dev/nu
 # without re-encoding (ffmpeg-next); libopencv-dev usually brings them.
 pkg-config --exists libavformat libavcodec libavutil libswresample libswscale 2>/dev/null \
     || need_apt+=(libavformat-dev libavcodec-dev libavutil-dev libswresample-dev libswscale-dev pkg-config)
+# libudev's headers for gamepads (gilrs finds and hot-plugs them through udev).
+pkg-config --exists libudev 2>/dev/null || need_apt+=(libudev-dev pkg-config)
 # ALSA's headers for microphone capture (cpal; the audio driver's `device`).
 pkg-config --exists alsa 2>/dev/null || need_apt+=(libasound2-dev pkg-config)
 # The RTSP camera test's server: gst-rtsp-server through the system python3.

@@ -29,6 +29,7 @@ pub fn registry() -> Registry {
     reflex_cameras::register(&mut registry);
     reflex_policies::register(&mut registry);
     reflex_zenoh::register(&mut registry);
+    reflex_teleop::register(&mut registry);
     registry
 }
 

@@ -277,7 +277,6 @@ fn header(joints: &[&str]) -> LogHeader {
         tip_link: None,
         gripper: None,
         reset: None,
-        tip: None,
         launch: String::new(),
     }
 }

@@ -322,3 +322,93 @@ fn a_cartesian_device_moves_the_tip_through_ik() {
     }
     run_ok(&["replay", log.to_str().unwrap()]);
 }
+
+/// A keyboard teleop device (`keyboard_teleop`) on a FIFO standing in for its
+/// evdev device: holding Shift engages, ↑ moves the tip +x at `speed` while held,
+/// releasing Shift hands back.
+#[test]
+fn a_keyboard_moves_the_tip_while_shift_is_held() {
+    use reflex_teleop::keyboard::{codes, event_bytes};
+    use std::io::Write;
+    let dir = scratch("teleop-keyboard");
+    let fifo = dir.join("kbd");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let launch = dir.join("launch.toml");
+    std::fs::write(
+        &launch,
+        format!(
+            "{}\n[[drivers]]\nkind = \"keyboard_teleop\"\nname = \"keys\"\ndevice = \"{}\"\n\
+             frame = \"end_effector\"\nspeed = 0.05\n",
+            common::demo_launch_text(),
+            fifo.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("run.log");
+    let summary_path = dir.join("summary.json");
+    let args: Vec<String> = [
+        "run",
+        launch.to_str().unwrap(),
+        "--duration",
+        "4",
+        "--set",
+        "zenoh.enabled=false",
+        "--log",
+        log.to_str().unwrap(),
+        "--summary-json",
+        summary_path.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut child = spawn_until(&args, "wall clock");
+    // Opening for writing waits for the driver's reader.
+    let mut keyboard = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let mut key =
+        |code: u16, pressed: bool| keyboard.write_all(&event_bytes(code, pressed)).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    key(codes::SHIFT, true);
+    std::thread::sleep(Duration::from_millis(100));
+    key(codes::UP, true);
+    std::thread::sleep(Duration::from_millis(1000));
+    key(codes::UP, false);
+    std::thread::sleep(Duration::from_millis(300));
+    key(codes::SHIFT, false);
+    assert!(child.wait().unwrap().success());
+
+    let contents = read_log(&log).unwrap();
+    let (mut takeover, mut release, mut commands) = (None, None, Vec::new());
+    for record in &contents.records {
+        match record {
+            Record::Teleop { tick, sample } => {
+                assert_eq!(
+                    sample.frame,
+                    reflex_runtime::teleop::TeleopFrame::EndEffector
+                );
+                if sample.engaged && takeover.is_none() {
+                    takeover = Some(*tick);
+                }
+                if !sample.engaged && takeover.is_some() && release.is_none() {
+                    release = Some(*tick);
+                }
+            }
+            Record::Tick(t) => commands.push((t.tick, t.command.position)),
+            _ => {}
+        }
+    }
+    let (takeover, release) = (takeover.expect("Shift engaged"), release.expect("released"));
+    let command_at = |tick: u64| commands.iter().find(|(t, _)| *t == tick).unwrap().1;
+    let before = planar_tip(&command_at(takeover - 1)[..3]);
+    let after = planar_tip(&command_at(release - 1)[..3]);
+    let moved = [after[0] - before[0], after[1] - before[1]];
+    assert!(
+        (moved[0] - 0.05).abs() < 0.006 && moved[1].abs() < 0.003,
+        "the tip moved {moved:?} m; ↑ held 1 s at 0.05 m/s"
+    );
+    let summary = common::summary(&summary_path);
+    let engaged = summary["intervention_ticks"].as_u64().unwrap();
+    assert!((120..=160).contains(&engaged), "{engaged} ticks engaged");
+    run_ok(&["replay", log.to_str().unwrap()]);
+}
