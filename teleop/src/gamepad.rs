@@ -12,20 +12,16 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use gilrs::{Axis, Button, Gilrs};
-use reflex_runtime::driver::{Driver, DriverContext, DriverError, DriverPorts};
-use reflex_runtime::launch::{Launch, LaunchError};
+use reflex_runtime::launch::LaunchError;
 use reflex_runtime::registry::{DriverKind, DriverSpec, KindTable, schema_of};
-use reflex_runtime::slot::latest_slot;
-use reflex_runtime::stream::StreamDecl;
-use reflex_runtime::teleop::{TeleopCommand, TeleopFrame, TeleopPort};
+use reflex_runtime::teleop::TeleopFrame;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::rate::{Integrator, RateSettings, dead_band};
+use crate::rate::{DeviceConfig, DeviceSpec, Integrator, RateSettings, check_dead_band, dead_band};
 
 /// `[[drivers]] kind = "gamepad_teleop"`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -108,14 +104,9 @@ impl Pad {
 
 pub struct GamepadKind;
 
-#[derive(Debug)]
-pub struct GamepadSpec {
-    config: GamepadConfig,
-}
-
 impl DriverKind for GamepadKind {
     fn kind(&self) -> &'static str {
-        "gamepad_teleop"
+        GamepadConfig::KIND
     }
     fn schema(&self) -> serde_json::Value {
         schema_of::<GamepadConfig>()
@@ -124,95 +115,27 @@ impl DriverKind for GamepadKind {
         let config: GamepadConfig = table.parse()?;
         table.check_name("name", &config.name)?;
         config.rate.check(table)?;
-        if !(0.0..0.9).contains(&config.dead_band) {
-            return Err(table.error_at(
-                "dead_band",
-                format!("must be in [0, 0.9), found {}", config.dead_band),
-            ));
-        }
-        Ok(Arc::new(GamepadSpec { config }))
+        check_dead_band(table, config.dead_band)?;
+        Ok(Arc::new(DeviceSpec(config)))
     }
 }
 
-impl DriverSpec for GamepadSpec {
-    fn kind(&self) -> &'static str {
-        "gamepad_teleop"
+impl DeviceConfig for GamepadConfig {
+    const KIND: &'static str = "gamepad_teleop";
+    fn name(&self) -> &str {
+        &self.name
     }
-    fn source(&self, _launch: &Launch) -> Option<String> {
-        Some(match &self.config.gamepad {
+    fn rate(&self) -> &RateSettings {
+        &self.rate
+    }
+    fn source(&self) -> String {
+        match &self.gamepad {
             Some(name) => format!("gamepad \"{name}\""),
             None => "the first gamepad".into(),
-        })
-    }
-    fn name(&self) -> &str {
-        &self.config.name
-    }
-    fn streams(&self) -> Vec<StreamDecl> {
-        Vec::new()
-    }
-    fn is_arm(&self) -> bool {
-        false
-    }
-    fn build(&self, launch: &Launch) -> Result<Box<dyn Driver>, DriverError> {
-        Ok(Box::new(Gamepad {
-            config: self.config.clone(),
-            axes: self.config.rate.axes(launch),
-            integrator: None,
-            stop: Arc::new(AtomicBool::new(false)),
-            thread: None,
-        }))
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
-
-pub struct Gamepad {
-    config: GamepadConfig,
-    axes: (usize, bool),
-    integrator: Option<Integrator>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Driver for Gamepad {
-    fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    fn open(&mut self, _ctx: &DriverContext) -> Result<DriverPorts, DriverError> {
-        let (writer, reader) = latest_slot(&TeleopCommand::NONE);
-        self.integrator = Some(Integrator::new(&self.config.rate, self.axes, writer));
-        let mut ports = DriverPorts::default();
-        ports.teleop.push(TeleopPort {
-            name: self.config.name.clone(),
-            commands: reader,
-        });
-        Ok(ports)
-    }
-
-    fn start(&mut self) -> Result<(), DriverError> {
-        let Some(integrator) = self.integrator.take() else {
-            return Err(DriverError::failed(&self.config.name, "start before open"));
-        };
-        let (config, stop) = (self.config.clone(), self.stop.clone());
-        // gilrs is created on the thread that reads it (it is not Send).
-        let thread = std::thread::Builder::new()
-            .name(format!("reflex-pad-{}", config.name))
-            .spawn(move || read_gamepad(&config, integrator, &stop))
-            .map_err(|e| DriverError::failed(&self.config.name, e.to_string()))?;
-        self.thread = Some(thread);
-        Ok(())
-    }
-
-    fn stop(&mut self) -> Result<(), DriverError> {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            thread
-                .join()
-                .map_err(|_| DriverError::failed(&self.config.name, "gamepad thread panicked"))?;
         }
-        Ok(())
+    }
+    fn run(&self, integrator: Integrator, stop: &AtomicBool) {
+        read_gamepad(self, integrator, stop);
     }
 }
 

@@ -19,19 +19,15 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use reflex_runtime::driver::{Driver, DriverContext, DriverError, DriverPorts};
-use reflex_runtime::launch::{Launch, LaunchError};
+use reflex_runtime::launch::LaunchError;
 use reflex_runtime::registry::{DriverKind, DriverSpec, KindTable, schema_of};
-use reflex_runtime::slot::latest_slot;
-use reflex_runtime::stream::StreamDecl;
-use reflex_runtime::teleop::{TeleopCommand, TeleopFrame, TeleopPort};
+use reflex_runtime::teleop::TeleopFrame;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::rate::{Integrator, RateSettings};
+use crate::rate::{DeviceConfig, DeviceSpec, Integrator, RateSettings};
 
 /// `[[drivers]] kind = "keyboard_teleop"`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -147,20 +143,13 @@ pub fn event_bytes(code: u16, pressed: bool) -> [u8; EVENT_BYTES] {
 pub mod codes {
     pub const SHIFT: u16 = super::KEY_LEFTSHIFT;
     pub const UP: u16 = super::KEY_UP;
-    pub const LEFT: u16 = super::KEY_LEFT;
-    pub const Q: u16 = 16;
 }
 
 pub struct KeyboardKind;
 
-#[derive(Debug)]
-pub struct KeyboardSpec {
-    config: KeyboardConfig,
-}
-
 impl DriverKind for KeyboardKind {
     fn kind(&self) -> &'static str {
-        "keyboard_teleop"
+        KeyboardConfig::KIND
     }
     fn schema(&self) -> serde_json::Value {
         schema_of::<KeyboardConfig>()
@@ -170,85 +159,23 @@ impl DriverKind for KeyboardKind {
         table.check_name("name", &config.name)?;
         config.rate.check(table)?;
         config.device = table.resolve(&config.device);
-        Ok(Arc::new(KeyboardSpec { config }))
+        Ok(Arc::new(DeviceSpec(config)))
     }
 }
 
-impl DriverSpec for KeyboardSpec {
-    fn kind(&self) -> &'static str {
-        "keyboard_teleop"
-    }
-    fn source(&self, _launch: &Launch) -> Option<String> {
-        Some(self.config.device.display().to_string())
-    }
+impl DeviceConfig for KeyboardConfig {
+    const KIND: &'static str = "keyboard_teleop";
     fn name(&self) -> &str {
-        &self.config.name
+        &self.name
     }
-    fn streams(&self) -> Vec<StreamDecl> {
-        Vec::new()
+    fn rate(&self) -> &RateSettings {
+        &self.rate
     }
-    fn is_arm(&self) -> bool {
-        false
+    fn source(&self) -> String {
+        self.device.display().to_string()
     }
-    fn build(&self, launch: &Launch) -> Result<Box<dyn Driver>, DriverError> {
-        Ok(Box::new(Keyboard {
-            config: self.config.clone(),
-            axes: self.config.rate.axes(launch),
-            integrator: None,
-            stop: Arc::new(AtomicBool::new(false)),
-            thread: None,
-        }))
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
-
-pub struct Keyboard {
-    config: KeyboardConfig,
-    axes: (usize, bool),
-    integrator: Option<Integrator>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Driver for Keyboard {
-    fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    fn open(&mut self, _ctx: &DriverContext) -> Result<DriverPorts, DriverError> {
-        let (writer, reader) = latest_slot(&TeleopCommand::NONE);
-        self.integrator = Some(Integrator::new(&self.config.rate, self.axes, writer));
-        let mut ports = DriverPorts::default();
-        ports.teleop.push(TeleopPort {
-            name: self.config.name.clone(),
-            commands: reader,
-        });
-        Ok(ports)
-    }
-
-    fn start(&mut self) -> Result<(), DriverError> {
-        let Some(integrator) = self.integrator.take() else {
-            return Err(DriverError::failed(&self.config.name, "start before open"));
-        };
-        let (config, stop) = (self.config.clone(), self.stop.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("reflex-keys-{}", config.name))
-            .spawn(move || read_keys(&config, integrator, &stop))
-            .map_err(|e| DriverError::failed(&self.config.name, e.to_string()))?;
-        self.thread = Some(thread);
-        Ok(())
-    }
-
-    fn stop(&mut self) -> Result<(), DriverError> {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            thread
-                .join()
-                .map_err(|_| DriverError::failed(&self.config.name, "keyboard thread panicked"))?;
-        }
-        Ok(())
+    fn run(&self, integrator: Integrator, stop: &AtomicBool) {
+        read_keys(self, integrator, stop);
     }
 }
 

@@ -3,10 +3,16 @@
 //! published as [`TeleopCommand`]s. Only the device's motion since takeover moves the
 //! arm (see `reflex_runtime::teleop`), so the position starts anywhere.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use reflex_runtime::driver::{Driver, DriverContext, DriverError, DriverPorts};
 use reflex_runtime::launch::{Launch, LaunchError};
-use reflex_runtime::registry::KindTable;
-use reflex_runtime::slot::SlotWriter;
-use reflex_runtime::teleop::{TeleopCommand, TeleopFrame};
+use reflex_runtime::registry::{DriverSpec, KindTable};
+use reflex_runtime::slot::{SlotWriter, latest_slot};
+use reflex_runtime::stream::StreamDecl;
+use reflex_runtime::teleop::{TeleopCommand, TeleopFrame, TeleopPort};
 use reflex_runtime::types::MAX_JOINTS;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -155,6 +161,111 @@ impl Integrator {
         if self.engaged {
             self.advance(&[], 0.0, false, 0.0);
         }
+    }
+}
+
+/// What the shared driver needs of a device's `[[drivers]]` config.
+pub trait DeviceConfig: Clone + std::fmt::Debug + Send + Sync + 'static {
+    const KIND: &'static str;
+    fn name(&self) -> &str;
+    fn rate(&self) -> &RateSettings;
+    /// Where the device comes from, for `reflex check`.
+    fn source(&self) -> String;
+    /// The device's thread: reads it and advances `integrator` once a period
+    /// until `stop`; hands the arm back when the device goes away.
+    fn run(&self, integrator: Integrator, stop: &AtomicBool);
+}
+
+/// A checked device config.
+#[derive(Debug)]
+pub struct DeviceSpec<C>(pub C);
+
+impl<C: DeviceConfig> DriverSpec for DeviceSpec<C> {
+    fn kind(&self) -> &'static str {
+        C::KIND
+    }
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn streams(&self) -> Vec<StreamDecl> {
+        Vec::new()
+    }
+    fn is_arm(&self) -> bool {
+        false
+    }
+    fn source(&self, _launch: &Launch) -> Option<String> {
+        Some(self.0.source())
+    }
+    fn build(&self, launch: &Launch) -> Result<Box<dyn Driver>, DriverError> {
+        Ok(Box::new(DeviceDriver {
+            axes: self.0.rate().axes(launch),
+            config: self.0.clone(),
+            integrator: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        }))
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// A rate device: its port is a latest-value slot, its reading runs on its thread.
+pub struct DeviceDriver<C> {
+    config: C,
+    axes: (usize, bool),
+    integrator: Option<Integrator>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<C: DeviceConfig> Driver for DeviceDriver<C> {
+    fn name(&self) -> &str {
+        self.config.name()
+    }
+
+    fn open(&mut self, _ctx: &DriverContext) -> Result<DriverPorts, DriverError> {
+        let (writer, reader) = latest_slot(&TeleopCommand::NONE);
+        self.integrator = Some(Integrator::new(self.config.rate(), self.axes, writer));
+        let mut ports = DriverPorts::default();
+        ports.teleop.push(TeleopPort {
+            name: self.config.name().to_string(),
+            commands: reader,
+        });
+        Ok(ports)
+    }
+
+    fn start(&mut self) -> Result<(), DriverError> {
+        let Some(integrator) = self.integrator.take() else {
+            return Err(DriverError::failed(self.config.name(), "start before open"));
+        };
+        let (config, stop) = (self.config.clone(), self.stop.clone());
+        // Devices are opened on the thread that reads them (gilrs is not Send).
+        let thread = std::thread::Builder::new()
+            .name(format!("reflex-teleop-{}", config.name()))
+            .spawn(move || config.run(integrator, &stop))
+            .map_err(|e| DriverError::failed(self.config.name(), e.to_string()))?;
+        self.thread = Some(thread);
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<(), DriverError> {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread
+                .join()
+                .map_err(|_| DriverError::failed(self.config.name(), "device thread panicked"))?;
+        }
+        Ok(())
+    }
+}
+
+/// `dead_band` is a fraction of full deflection below 0.9.
+pub fn check_dead_band(table: &KindTable<'_>, band: f64) -> Result<(), LaunchError> {
+    if (0.0..0.9).contains(&band) {
+        Ok(())
+    } else {
+        Err(table.error_at("dead_band", format!("must be in [0, 0.9), found {band}")))
     }
 }
 

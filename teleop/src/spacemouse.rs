@@ -15,19 +15,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use reflex_runtime::driver::{Driver, DriverContext, DriverError, DriverPorts};
-use reflex_runtime::launch::{Launch, LaunchError};
+use reflex_runtime::launch::LaunchError;
 use reflex_runtime::registry::{DriverKind, DriverSpec, KindTable, schema_of};
-use reflex_runtime::slot::latest_slot;
-use reflex_runtime::stream::StreamDecl;
-use reflex_runtime::teleop::{TeleopCommand, TeleopFrame, TeleopPort};
+use reflex_runtime::teleop::TeleopFrame;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::rate::{Integrator, RateSettings, dead_band};
+use crate::rate::{DeviceConfig, DeviceSpec, Integrator, RateSettings, check_dead_band, dead_band};
 
 /// 3Dconnexion's USB vendor ids (the older devices carry Logitech's).
 const VENDORS: [u16; 2] = [0x256f, 0x046d];
@@ -142,14 +138,9 @@ impl Cap {
 
 pub struct SpaceMouseKind;
 
-#[derive(Debug)]
-pub struct SpaceMouseSpec {
-    config: SpaceMouseConfig,
-}
-
 impl DriverKind for SpaceMouseKind {
     fn kind(&self) -> &'static str {
-        "spacemouse_teleop"
+        SpaceMouseConfig::KIND
     }
     fn schema(&self) -> serde_json::Value {
         schema_of::<SpaceMouseConfig>()
@@ -158,98 +149,31 @@ impl DriverKind for SpaceMouseKind {
         let config: SpaceMouseConfig = table.parse()?;
         table.check_name("name", &config.name)?;
         config.rate.check(table)?;
-        if !(0.0..0.9).contains(&config.dead_band) {
-            return Err(table.error_at(
-                "dead_band",
-                format!("must be in [0, 0.9), found {}", config.dead_band),
-            ));
-        }
+        check_dead_band(table, config.dead_band)?;
         if config.product_id.is_some() && config.vendor_id.is_none() {
             return Err(table.error_at("product_id", "needs vendor_id too"));
         }
-        Ok(Arc::new(SpaceMouseSpec { config }))
+        Ok(Arc::new(DeviceSpec(config)))
     }
 }
 
-impl DriverSpec for SpaceMouseSpec {
-    fn kind(&self) -> &'static str {
-        "spacemouse_teleop"
+impl DeviceConfig for SpaceMouseConfig {
+    const KIND: &'static str = "spacemouse_teleop";
+    fn name(&self) -> &str {
+        &self.name
     }
-    fn source(&self, _launch: &Launch) -> Option<String> {
-        Some(match (self.config.vendor_id, self.config.product_id) {
+    fn rate(&self) -> &RateSettings {
+        &self.rate
+    }
+    fn source(&self) -> String {
+        match (self.vendor_id, self.product_id) {
             (Some(v), Some(p)) => format!("HID {v:04x}:{p:04x}"),
             (Some(v), None) => format!("HID vendor {v:04x}"),
             _ => "the first 3Dconnexion HID device".into(),
-        })
-    }
-    fn name(&self) -> &str {
-        &self.config.name
-    }
-    fn streams(&self) -> Vec<StreamDecl> {
-        Vec::new()
-    }
-    fn is_arm(&self) -> bool {
-        false
-    }
-    fn build(&self, launch: &Launch) -> Result<Box<dyn Driver>, DriverError> {
-        Ok(Box::new(SpaceMouse {
-            config: self.config.clone(),
-            axes: self.config.rate.axes(launch),
-            integrator: None,
-            stop: Arc::new(AtomicBool::new(false)),
-            thread: None,
-        }))
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
-
-pub struct SpaceMouse {
-    config: SpaceMouseConfig,
-    axes: (usize, bool),
-    integrator: Option<Integrator>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Driver for SpaceMouse {
-    fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    fn open(&mut self, _ctx: &DriverContext) -> Result<DriverPorts, DriverError> {
-        let (writer, reader) = latest_slot(&TeleopCommand::NONE);
-        self.integrator = Some(Integrator::new(&self.config.rate, self.axes, writer));
-        let mut ports = DriverPorts::default();
-        ports.teleop.push(TeleopPort {
-            name: self.config.name.clone(),
-            commands: reader,
-        });
-        Ok(ports)
-    }
-
-    fn start(&mut self) -> Result<(), DriverError> {
-        let Some(integrator) = self.integrator.take() else {
-            return Err(DriverError::failed(&self.config.name, "start before open"));
-        };
-        let (config, stop) = (self.config.clone(), self.stop.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("reflex-3d-{}", config.name))
-            .spawn(move || read_spacemouse(&config, integrator, &stop))
-            .map_err(|e| DriverError::failed(&self.config.name, e.to_string()))?;
-        self.thread = Some(thread);
-        Ok(())
-    }
-
-    fn stop(&mut self) -> Result<(), DriverError> {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            thread
-                .join()
-                .map_err(|_| DriverError::failed(&self.config.name, "3D mouse thread panicked"))?;
         }
-        Ok(())
+    }
+    fn run(&self, integrator: Integrator, stop: &AtomicBool) {
+        read_spacemouse(self, integrator, stop);
     }
 }
 

@@ -172,7 +172,7 @@ fn run_launch(launch: Launch, name: &str) -> (Vec<f64>, reflex_runtime::log::Log
         },
     )
     .unwrap();
-    let summary = assembled
+    let (summary, _models) = assembled
         .run(
             launch.config.control.realtime.clone(),
             RunLimits {
