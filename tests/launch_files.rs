@@ -53,8 +53,9 @@ fn unknown_driver_kind_is_reported() {
     assert_eq!(err.field, "drivers[0].kind");
     assert!(err.message.contains("unknown kind `sim_ram`"), "{err}");
     assert!(
-        err.message
-            .contains("`sim_arm`, `zenoh_arm`, `zenoh_stream` or `zenoh_teleop`"),
+        err.message.contains(
+            "`sim_arm`, `spacemouse_teleop`, `zenoh_arm`, `zenoh_stream` or `zenoh_teleop`"
+        ),
         "lists the known kinds: {err}"
     );
     assert!(err.line > 0);

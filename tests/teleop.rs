@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{free_port, repo, run_ok, scratch, spawn_until, zenoh_peer};
 use reflex_runtime::log::{Record, read_log};
+use reflex_runtime::types::MAX_JOINTS;
 use zenoh::Wait;
 
 /// The leader's pose at takeover: nowhere near the follower.
@@ -131,7 +132,7 @@ fn a_person_takes_over_with_a_leader_arm_and_hands_back() {
         }
     }
     let (takeover, release) = (takeover.unwrap(), release.unwrap());
-    let command_at = |tick: u64| commands.iter().find(|(t, _)| *t == tick).unwrap().1;
+    let command_at = |tick: u64| command_at(&commands, tick);
     let before = command_at(takeover - 1);
     let at_release = command_at(release - 1);
     // The arm moved by the leader's motion, not to the leader's pose.
@@ -205,6 +206,37 @@ fn a_person_takes_over_with_a_leader_arm_and_hands_back() {
         );
         assert_eq!(t["done"], i + 1 == transitions.len(), "{t}");
     }
+}
+
+/// From a run log: the ticks of the first takeover and of the release after it,
+/// and every tick's command.
+fn intervention(log: &std::path::Path) -> (u64, u64, Vec<(u64, [f64; MAX_JOINTS])>) {
+    let contents = read_log(log).unwrap();
+    let (mut takeover, mut release, mut commands) = (None, None, Vec::new());
+    for record in &contents.records {
+        match record {
+            Record::Teleop { tick, sample } => {
+                if sample.engaged && takeover.is_none() {
+                    takeover = Some(*tick);
+                }
+                if !sample.engaged && takeover.is_some() && release.is_none() {
+                    release = Some(*tick);
+                }
+            }
+            Record::Tick(t) => commands.push((t.tick, t.command.position)),
+            _ => {}
+        }
+    }
+    (
+        takeover.expect("a takeover"),
+        release.expect("a release"),
+        commands,
+    )
+}
+
+/// The command published at `tick`.
+fn command_at(commands: &[(u64, [f64; MAX_JOINTS])], tick: u64) -> [f64; MAX_JOINTS] {
+    commands.iter().find(|(t, _)| *t == tick).unwrap().1
 }
 
 /// The simulated arm's tip in the plane, from its link lengths (launch/sim_arm.urdf),
@@ -283,26 +315,9 @@ fn a_cartesian_device_moves_the_tip_through_ik() {
     );
     assert!(child.wait().unwrap().success());
 
-    let contents = read_log(&log).unwrap();
-    let (mut takeover, mut release, mut commands) = (None, None, Vec::new());
-    for record in &contents.records {
-        match record {
-            Record::Teleop { tick, sample } => {
-                if sample.engaged && takeover.is_none() {
-                    takeover = Some(*tick);
-                }
-                if !sample.engaged && takeover.is_some() && release.is_none() {
-                    release = Some(*tick);
-                }
-            }
-            Record::Tick(t) => commands.push((t.tick, t.command.position)),
-            _ => {}
-        }
-    }
-    let (takeover, release) = (takeover.unwrap(), release.unwrap());
-    let command_at = |tick: u64| commands.iter().find(|(t, _)| *t == tick).unwrap().1;
-    let before = planar_tip(&command_at(takeover - 1)[..3]);
-    let after = planar_tip(&command_at(release - 1)[..3]);
+    let (takeover, release, commands) = intervention(&log);
+    let before = planar_tip(&command_at(&commands, takeover - 1)[..3]);
+    let after = planar_tip(&command_at(&commands, release - 1)[..3]);
     for axis in 0..2 {
         let moved = after[axis] - before[axis];
         assert!(
@@ -312,8 +327,8 @@ fn a_cartesian_device_moves_the_tip_through_ik() {
         );
     }
     // No jump at takeover: the first engaged ticks stay next to the command before.
-    let first = command_at(takeover + 1);
-    let held = command_at(takeover - 1);
+    let first = command_at(&commands, takeover + 1);
+    let held = command_at(&commands, takeover - 1);
     for j in 0..3 {
         assert!(
             (first[j] - held[j]).abs() < 0.05,
@@ -384,29 +399,15 @@ fn a_keyboard_moves_the_tip_while_shift_is_held() {
     assert!(child.wait().unwrap().success());
 
     let contents = read_log(&log).unwrap();
-    let (mut takeover, mut release, mut commands) = (None, None, Vec::new());
-    for record in &contents.records {
-        match record {
-            Record::Teleop { tick, sample } => {
-                assert_eq!(
-                    sample.frame,
-                    reflex_runtime::teleop::TeleopFrame::EndEffector
-                );
-                if sample.engaged && takeover.is_none() {
-                    takeover = Some(*tick);
-                }
-                if !sample.engaged && takeover.is_some() && release.is_none() {
-                    release = Some(*tick);
-                }
-            }
-            Record::Tick(t) => commands.push((t.tick, t.command.position)),
-            _ => {}
+    assert!(contents.records.iter().all(|r| match r {
+        Record::Teleop { sample, .. } => {
+            sample.frame == reflex_runtime::teleop::TeleopFrame::EndEffector
         }
-    }
-    let (takeover, release) = (takeover.expect("Shift engaged"), release.expect("released"));
-    let command_at = |tick: u64| commands.iter().find(|(t, _)| *t == tick).unwrap().1;
-    let before = planar_tip(&command_at(takeover - 1)[..3]);
-    let after = planar_tip(&command_at(release - 1)[..3]);
+        _ => true,
+    }));
+    let (takeover, release, commands) = intervention(&log);
+    let before = planar_tip(&command_at(&commands, takeover - 1)[..3]);
+    let after = planar_tip(&command_at(&commands, release - 1)[..3]);
     let moved = [after[0] - before[0], after[1] - before[1]];
     assert!(
         (moved[0] - 0.05 * up_held).abs() < 0.004 && moved[1].abs() < 0.003,
