@@ -400,7 +400,7 @@ fn forged_log(path: &Path, edit: impl Fn(&mut serde_json::Value)) {
     crc.update(&length);
     crc.update(&body);
     let mut bytes = b"REFLEXLG".to_vec();
-    bytes.extend_from_slice(&2u32.to_le_bytes());
+    bytes.extend_from_slice(&reflex_runtime::log::VERSION.to_le_bytes());
     bytes.extend_from_slice(&[0xF5, b'R', b'F', b'X']);
     bytes.extend_from_slice(&length);
     bytes.extend_from_slice(&crc.finalize().to_le_bytes());
