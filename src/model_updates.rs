@@ -212,6 +212,10 @@ fn load_pushes(
     outcomes: &Outcomes,
     dir: &Path,
 ) {
+    // Loading and warm-up take whole cores for a while: never from the tick.
+    if let Err(e) = reflex_runtime::realtime::background_thread() {
+        tracing::warn!("the model loader keeps its priority: {e}");
+    }
     let mut next_version = 1u32;
     for push in queue {
         let started = Instant::now();

@@ -66,3 +66,19 @@ mod tests {
         assert!(warnings[0].contains("pinning"));
     }
 }
+
+/// Lowers the calling thread to the least CPU priority (nice 19), for background
+/// work that must not take the cores from the tick (loading a model pushed at run
+/// time, say). Linux applies it to this thread only.
+pub fn background_thread() -> std::io::Result<()> {
+    // SAFETY: gettid has no preconditions; setpriority takes a thread id for PRIO_PROCESS.
+    let result = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
