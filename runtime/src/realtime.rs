@@ -50,6 +50,22 @@ pub fn apply(config: &RealtimeConfig) -> Vec<String> {
     warnings
 }
 
+/// Lowers the calling thread to the least CPU priority (nice 19), for background
+/// work that must not take the cores from the tick (loading a model pushed at run
+/// time, say). Linux applies it to this thread only.
+pub fn background_thread() -> std::io::Result<()> {
+    // SAFETY: gettid has no preconditions; setpriority takes a thread id for PRIO_PROCESS.
+    let result = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,21 +80,5 @@ mod tests {
         let warnings = apply(&config);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("pinning"));
-    }
-}
-
-/// Lowers the calling thread to the least CPU priority (nice 19), for background
-/// work that must not take the cores from the tick (loading a model pushed at run
-/// time, say). Linux applies it to this thread only.
-pub fn background_thread() -> std::io::Result<()> {
-    // SAFETY: gettid has no preconditions; setpriority takes a thread id for PRIO_PROCESS.
-    let result = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
