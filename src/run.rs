@@ -197,11 +197,12 @@ impl Assembled {
         drop(socket);
         drop(operator);
         let models = models.map(crate::model_updates::ModelUpdates::finish);
+        // The loop sent every episode's end: the recorder finishes its last save,
+        // whose transitions still go out on the bus.
+        let recorded = dataset.map(reflex_dataset::DatasetRecorder::finish);
         if let Some(bus) = bus {
             bus.close();
         }
-        // The loop sent every episode's end: the recorder finishes its last save.
-        let recorded = dataset.map(reflex_dataset::DatasetRecorder::finish);
         let mut summary = result.map_err(|_| anyhow::anyhow!("control thread panicked"))??;
         if let Some(recorded) = recorded {
             let rows_lost = summary.episodes.as_ref().map_or(0, |e| e.rows_lost);

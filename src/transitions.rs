@@ -25,7 +25,11 @@ impl ZenohTransitions {
     }
 
     fn put(&mut self, message: serde_json::Value) {
-        if let Err(e) = self.session.put(&self.key, message.to_string()).wait()
+        // Block, not drop: a learner must get every row, and this is the
+        // recorder's thread (never the tick's).
+        let put = (self.session.put(&self.key, message.to_string()))
+            .congestion_control(zenoh::qos::CongestionControl::Block);
+        if let Err(e) = put.wait()
             && !self.failed
         {
             // Recording goes on; a learner that misses transitions can read the dataset.

@@ -44,7 +44,9 @@ fn a_person_takes_over_with_a_leader_arm_and_hands_back() {
         "--duration",
         "5",
         "--set",
-        &format!("zenoh.listen=[\"{endpoint}\"]"),
+        "zenoh.listen=[]",
+        "--set",
+        &format!("zenoh.connect=[\"{endpoint}\"]"),
         "--set",
         "robot.name=teleop_arm",
         "--log",
@@ -61,9 +63,9 @@ fn a_person_takes_over_with_a_leader_arm_and_hands_back() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut child = spawn_until(&args, "wall clock");
-    let session = zenoh_peer(&endpoint);
-    // A learner's view: the transitions the actor streams.
+    // A learner's view: the transitions the actor streams. The learner listens
+    // and is subscribed before the actor starts, so it misses no row.
+    let session = common::zenoh_listener(&endpoint);
     let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
     let _subscriber = {
         let received = received.clone();
@@ -77,6 +79,7 @@ fn a_person_takes_over_with_a_leader_arm_and_hands_back() {
             .wait()
             .unwrap()
     };
+    let mut child = spawn_until(&args, "wall clock");
     let key = "reflex/teleop_arm/leader";
     let send = |seq: u64, engaged: bool, positions: [f64; 3]| {
         let message = serde_json::json!({"seq": seq, "engaged": engaged, "positions": positions});

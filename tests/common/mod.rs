@@ -139,6 +139,20 @@ pub fn zenoh_peer(endpoint: &str) -> zenoh::Session {
     zenoh::open(config).wait().expect("zenoh session")
 }
 
+/// A zenoh peer that listens on `endpoint` for reflex to connect to it.
+pub fn zenoh_listener(endpoint: &str) -> zenoh::Session {
+    use zenoh::Wait;
+    let mut config = zenoh::Config::default();
+    config.insert_json5("mode", "\"peer\"").unwrap();
+    config
+        .insert_json5("listen/endpoints", &format!("[\"{endpoint}\"]"))
+        .unwrap();
+    config
+        .insert_json5("scouting/multicast/enabled", "false")
+        .unwrap();
+    zenoh::open(config).wait().expect("zenoh session")
+}
+
 /// The demo launch file with its `[execution]` and `[policy]` replaced by
 /// `policy` (a `[policy]` table in the launch-file format) and `replan_after`.
 pub fn demo_with_policy(policy: &str, replan_after: usize) -> String {
