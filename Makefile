@@ -4,7 +4,7 @@
 CARGO ?= cargo
 DURATION ?= 15
 
-.PHONY: run test setup build check lint bench hil-learner demos train train-flow train-multisensor models fast-tokenizer fast-sim-policy import-lerobot clean
+.PHONY: run test setup build check lint bench bench-execution hil-learner demos train train-flow train-flow-rtc train-multisensor models fast-tokenizer fast-sim-policy import-lerobot clean
 
 run: setup
 	$(CARGO) build --release
@@ -50,6 +50,10 @@ import-lerobot: build
 	"$$(bash scripts/parity_venv.sh)" policies/export/import_lerobot.py "$(POLICY)" --out "$(OUT)" --robot "$(ROBOT)"
 	./target/release/reflex check "$(OUT)/launch.toml"
 
+# Execution strategies under inference delay (README, Benchmarks): about 5 minutes.
+bench-execution: build
+	.venv/bin/python benches/execution/run.py --episodes 200
+
 # Developer-run: regenerate the demo policy (scripted demonstrations -> numpy
 # behaviour cloning -> ONNX) and the test fixtures. The outputs are committed.
 demos: build
@@ -61,6 +65,12 @@ train: demos
 # The flow-matching policy of launch/sim_arm_flow.toml (about 17 minutes on one core).
 train-flow: demos
 	OPENBLAS_NUM_THREADS=1 .venv/bin/python policies/export/train_sim_flow.py --demos demos/sim_reach --out-dir policies/models --epochs 150 --seed 0
+	.venv/bin/python policies/export/make_rtc_models.py --expert policies/models/sim_reach_flow_expert.onnx --out-dir policies/models
+
+# The flow policy trained for training-time real-time chunking
+# (launch/sim_arm_flow_rtc_trained.toml; about 17 minutes on one core).
+train-flow-rtc: demos
+	OPENBLAS_NUM_THREADS=1 .venv/bin/python policies/export/train_sim_flow_rtc.py --demos demos/sim_reach --out-dir policies/models --epochs 150 --seed 0
 
 # The multisensor policy of launch/sim_arm_multisensor.toml: demonstrations with
 # the camera, both microphones and the taxel pad, then numpy BC (about 4 minutes).
@@ -80,6 +90,7 @@ models: setup
 	.venv/bin/python policies/export/make_generative_models.py --out-dir policies/models/test
 	.venv/bin/python policies/export/make_prompt_tokenizer.py --out policies/models/test/prompt
 	.venv/bin/python policies/export/make_reward_classifier.py --out-dir policies/models/test
+	.venv/bin/python policies/export/make_rtc_models.py --expert policies/models/sim_reach_flow_expert.onnx --out-dir policies/models
 
 clean:
 	$(CARGO) clean

@@ -84,6 +84,7 @@ pub fn run(launch: &Launch, episode: &Path, args: &InferArgs) -> anyhow::Result<
         let step_started = Instant::now();
         let sampled = executor.wants_chunk(t as u64);
         if sampled {
+            executor.requested(t as u64);
             let started = Instant::now();
             match (&mut generative, &mut other) {
                 (Some(policy), _) => {

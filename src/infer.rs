@@ -59,6 +59,14 @@ pub struct InferArgs {
     /// Write every float32 model input, as fed, to DIR/<input>.npy.
     #[arg(long, value_name = "DIR")]
     pub dump_inputs: Option<PathBuf>,
+    /// The plan the chunk continues, for real-time chunking (`strategy = "rtc"`):
+    /// .npy [rows, joints] of targets, row k due at action k of this chunk (what
+    /// the executor would command meanwhile and after).
+    #[arg(long, value_name = "PLAN.npy", conflicts_with = "episode")]
+    pub previous: Option<PathBuf>,
+    /// With --previous: the inference delay the chunk is made for, in control ticks.
+    #[arg(long, default_value_t = 0, requires = "previous")]
+    pub delay_ticks: u64,
     /// The tick the observation is taken at (keys the seeded noise).
     #[arg(long, default_value_t = 0)]
     pub tick: u64,
@@ -77,7 +85,25 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
         return crate::episode::run(&launch, episode, &args);
     }
     let obs_path = args.obs.clone().unwrap_or_default();
-    let obs = read_observation(&obs_path, &launch, args.tick)?;
+    let mut obs = read_observation(&obs_path, &launch, args.tick)?;
+    if let Some(path) = &args.previous {
+        let (shape, values) = npy::read_f64(path)
+            .with_context(|| format!("cannot read the previous plan {}", path.display()))?;
+        let width = launch.action_width();
+        let horizon = launch.policy().horizon();
+        match shape.as_slice() {
+            [rows, w] if *w == width && *rows <= horizon => {
+                obs.committed = values;
+                obs.committed_len = shape[0];
+                obs.committed_width = width;
+                obs.expected_delay_ticks = args.delay_ticks;
+            }
+            _ => bail!(
+                "{}: shape {shape:?}, expected [rows <= {horizon}, {width}] (targets per action)",
+                path.display()
+            ),
+        }
+    }
     // Action columns: the joints and the gripper.
     let joints = launch.action_width();
     let horizon;

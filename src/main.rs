@@ -1,5 +1,6 @@
 //! `reflex`: run, check and replay robot policies from a launch file.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -78,7 +79,13 @@ enum Command {
     /// Re-execute a run log and check every command bit for bit. Exit status 0:
     /// every command matches (a truncated log replays what it holds); 1: a
     /// difference, a corrupt frame or no ticks; 2: the log cannot be read.
-    Replay { log: PathBuf },
+    Replay {
+        log: PathBuf,
+        /// Also write every replayed tick as CSV: tick, time, then per joint the
+        /// measured position, the target before the safety filter and the command.
+        #[arg(long, value_name = "OUT.csv")]
+        trace: Option<PathBuf>,
+    },
     /// Record scripted demonstrations on the simulated arm (training data).
     Demos(reflex::demos::DemoArgs),
     /// Print a model's inputs, outputs, IR version and opsets, and a launch-file snippet.
@@ -168,7 +175,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => reflex::run::run(args),
         Command::Check { launch, overrides } => check(launch, &overrides),
-        Command::Replay { log } => replay(&log),
+        Command::Replay { log, trace } => replay(&log, trace.as_deref()),
         Command::Demos(args) => reflex::demos::record(args).map(|()| ExitCode::SUCCESS),
         Command::Fast(command) => reflex::fast_cli::run(command),
         Command::Infer(args) => reflex::infer::run(args),
@@ -387,7 +394,7 @@ fn check(path: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<ExitCode
 /// Replays a log as it is read, so a long log needs no more memory than a short one.
 /// A truncated log (a killed run) replays every whole record; re-execution stops
 /// at the first corrupt frame, since the tick's state cannot be rebuilt across a gap.
-fn replay(path: &Path) -> anyhow::Result<ExitCode> {
+fn replay(path: &Path, trace: Option<&Path>) -> anyhow::Result<ExitCode> {
     let mut reader = reflex_runtime::log::open_log(path)
         .with_context(|| format!("cannot read log {}", path.display()))?;
     let header = reader.header().clone();
@@ -404,7 +411,49 @@ fn replay(path: &Path) -> anyhow::Result<ExitCode> {
                 None
             }
         });
-        reflex_runtime::control::replay_with(&header, records, &reflex::registry())
+        let joints = header.joints.len();
+        let mut csv = match trace {
+            None => None,
+            Some(out) => {
+                let file = std::fs::File::create(out)
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+                let mut csv = std::io::BufWriter::new(file);
+                let mut columns = vec!["tick".to_string(), "time_s".to_string()];
+                for kind in ["measured", "target", "command"] {
+                    columns.extend(header.joints.iter().map(|j| format!("{kind}.{}", j.name)));
+                }
+                writeln!(csv, "{}", columns.join(","))?;
+                Some(csv)
+            }
+        };
+        let mut write_error = None;
+        let report =
+            reflex_runtime::control::replay_traced(&header, records, &reflex::registry(), |t| {
+                let Some(csv) = &mut csv else { return };
+                let mut line = format!("{},{:.6}", t.tick, t.now_ns as f64 / 1e9);
+                let target = |j: usize| t.target.get(j).copied().unwrap_or(f64::NAN);
+                for j in 0..joints {
+                    line += &format!(",{}", t.state.position[j]);
+                }
+                for j in 0..joints {
+                    line += &format!(",{}", target(j));
+                }
+                for j in 0..joints {
+                    line += &format!(",{}", t.command.position[j]);
+                }
+                if let Err(e) = writeln!(csv, "{line}")
+                    && write_error.is_none()
+                {
+                    write_error = Some(e);
+                }
+            });
+        if let Some(e) = write_error {
+            anyhow::bail!("writing the trace: {e}");
+        }
+        if let Some(mut csv) = csv {
+            csv.flush()?;
+        }
+        report
     };
     while reader.next_record().is_some() {
         after_gap += 1;

@@ -406,6 +406,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         horizon,
         action_rate_hz: c.execution.action_rate_hz,
         replan_after: c.execution.replan_after.min(horizon),
+        interpolation: c.execution.interpolation,
         safety: c.safety.clone(),
         workspace: match (&launch.robot_model, launch.workspace) {
             (Some(model), Some(bounds)) => Some(WorkspaceGuard {
@@ -436,6 +437,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
                 horizon: params.horizon,
                 action_rate_hz: params.action_rate_hz,
                 replan_after: params.replan_after,
+                interpolation: params.interpolation,
                 strategy: params.executor.strategy.clone(),
                 strategy_params: params.executor.params.clone(),
                 safety: params.safety.clone(),
@@ -486,6 +488,10 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         status: Some(status_writer),
         operator: requests,
         sim_inference_ticks: c.control.sim_inference_ticks,
+        delay: reflex_runtime::delay::DelayEstimate::new(
+            c.execution.delay_window,
+            c.execution.delay_percentile,
+        ),
         observation_frames,
         source_counters: (launch.sensor_names().iter())
             .map(|name| {

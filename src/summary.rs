@@ -146,6 +146,21 @@ impl<'a> Report<'a> {
             "  chunks             applied {}, rejected {}, inference errors {}",
             s.chunks_applied, s.chunks_rejected, s.inference_errors
         );
+        let m = &s.smoothness;
+        if m.jerk_samples > 0 {
+            let _ = writeln!(
+                out,
+                "  executor           before the safety filter: jerk rms {:.0}, max {:.0} rad/s^3; \
+                 velocity step at {} chunk switches mean {:.3}, max {:.3} rad/s; held past its \
+                 plan {} ticks",
+                m.jerk_rms(),
+                m.jerk_max,
+                m.switches,
+                m.switch_jump_mean(),
+                m.switch_jump_max,
+                m.held_past_plan
+            );
+        }
         let latched = match s.estop_latches {
             0 => "never latched".to_string(),
             1 => "latched once".to_string(),
@@ -338,6 +353,15 @@ impl<'a> Report<'a> {
         out["intervention_ticks"] = json!(s.intervention_ticks);
         out["model_version"] = json!(s.model_version);
         out["model_swaps"] = json!(s.model_swaps);
+        let m = &s.smoothness;
+        out["executor"] = json!({
+            "jerk_rms": m.jerk_rms(),
+            "jerk_max": m.jerk_max,
+            "switches": m.switches,
+            "switch_jump_mean": m.switch_jump_mean(),
+            "switch_jump_max": m.switch_jump_max,
+            "held_past_plan_ticks": m.held_past_plan,
+        });
         out["model_updates"] = json!(self.models);
         out
     }

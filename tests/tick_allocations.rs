@@ -10,7 +10,7 @@ mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use reflex::run::{Assembly, assemble};
@@ -67,7 +67,10 @@ fn allocations_in_recorded_run(
     extra: &[String],
     record: bool,
 ) -> (u64, u64) {
-    let dir = common::scratch(&format!("alloc-{seconds}-{}-{record}", extra.len()));
+    // Tests run in parallel: each run its own directory.
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    let dir = common::scratch(&format!("alloc-{seconds}-{record}-{run}"));
     let dataset = dir.join("dataset");
     let mut overrides = vec![
         "zenoh.enabled=false".to_string(),
@@ -121,6 +124,26 @@ fn ticks_recording_episodes_allocate_nothing() {
 #[test]
 fn ticks_after_warm_up_allocate_nothing() {
     same_allocations(&[]);
+}
+
+/// Every execution strategy, with requests in flight across action periods
+/// (real-time chunking with the flow policy it guides, quintic interpolation).
+#[test]
+fn ticks_under_every_execution_strategy_allocate_nothing() {
+    for strategy in ["synchronous", "aggregate", "temporal_ensemble"] {
+        same_allocations(&[
+            format!("execution.strategy=\"{strategy}\""),
+            "execution.replan_after=1".into(),
+            "control.sim_inference_ticks=25".into(),
+        ]);
+    }
+    same_allocations_in(
+        "launch/sim_arm_flow_rtc.toml",
+        &[
+            "control.sim_inference_ticks=20".into(),
+            "execution.interpolation=\"quintic\"".into(),
+        ],
+    );
 }
 
 /// With observation history the tick also records every state and camera frame.

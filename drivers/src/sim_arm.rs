@@ -76,6 +76,10 @@ pub struct SimArmConfig {
     /// The end effector counts as on target within this distance, m.
     #[serde(default = "default_target_tolerance")]
     pub target_tolerance: f64,
+    /// This far into each episode, s, the target jumps to a newly drawn one (a
+    /// task where reacting late costs time); success and the time to reach then
+    /// concern the new target.
+    pub target_switch_s: Option<f64>,
     pub camera: Option<SimCameraConfig>,
     /// A second target that looks the same, on the other side of the arm; only the
     /// true one sounds (`[drivers.sound]`) and counts as reached.
@@ -210,6 +214,17 @@ impl DriverKind for SimArmKind {
                 );
             }
         }
+        if let Some(switch) = arm.target_switch_s
+            && !(switch > 0.0 && switch < arm.episode_seconds)
+        {
+            return Err(table.error_at(
+                "target_switch_s",
+                format!(
+                    "must be inside the episode, in (0, {}), found {switch}",
+                    arm.episode_seconds
+                ),
+            ));
+        }
         if !(arm.damping.is_finite() && arm.damping >= 0.0) {
             return Err(table.error_at(
                 "damping",
@@ -322,6 +337,9 @@ pub struct SimWorld {
     episode_start_ns: u64,
     tolerance: f64,
     reached_at_ns: Option<u64>,
+    /// `target_switch_s`, and whether this episode's target has switched yet.
+    switch_ns: Option<u64>,
+    switched: bool,
     /// Between a recorded episode's end and the next one's target: the world
     /// runs, no episode is timed or judged.
     between_episodes: bool,
@@ -365,6 +383,8 @@ impl SimWorld {
             episode_start_ns: 0,
             tolerance: cfg.target_tolerance,
             reached_at_ns: None,
+            switch_ns: cfg.target_switch_s.map(|s| (s * 1e9) as u64),
+            switched: false,
             between_episodes: false,
             // Room for many episodes, so finishing one does not allocate in a tick.
             outcomes: Vec::with_capacity(1024),
@@ -452,6 +472,7 @@ impl SimWorld {
         self.draw_targets();
         self.episode_start_ns = self.time_ns;
         self.reached_at_ns = None;
+        self.switched = false;
         self.between_episodes = false;
     }
 
@@ -558,6 +579,14 @@ impl SimWorld {
         self.time_ns += (dt * 1e9).round() as u64;
         if self.between_episodes {
             return;
+        }
+        if let Some(switch) = self.switch_ns
+            && !self.switched
+            && self.time_ns - self.episode_start_ns >= switch
+        {
+            self.draw_targets();
+            self.reached_at_ns = None;
+            self.switched = true;
         }
         let error = self.target_error();
         if error <= self.tolerance && self.reached_at_ns.is_none() {
@@ -1039,6 +1068,7 @@ mod tests {
             initial_position: vec![0.0, 0.6, 0.6],
             episode_seconds: 5.0,
             target_tolerance: 0.05,
+            target_switch_s: None,
             camera: None,
             decoy: false,
             sound: None,
@@ -1105,6 +1135,43 @@ mod tests {
             "error {}",
             world.target_error()
         );
+    }
+
+    #[test]
+    fn a_switching_target_jumps_mid_episode_and_is_the_one_judged() {
+        let (mut cfg, joints) = config();
+        cfg.target_switch_s = Some(1.0);
+        let mut world = SimWorld::new(&cfg, &joints, 4);
+        let first = world.target();
+        // On the first target when it switches: reached, then no longer.
+        let q = world.solve_target().unwrap();
+        world.set_positions(&q);
+        world.set_command(&q);
+        for _ in 0..999 {
+            world.step(0.001);
+        }
+        assert_eq!(world.target(), first);
+        assert!(world.reached_at_ns.is_some());
+        world.step(0.001);
+        assert_ne!(world.target(), first, "switched at 1 s");
+        assert!(world.reached_at_ns.is_none());
+        // Follow the new target: reached, timed from the episode's start.
+        let q = world.solve_target().unwrap();
+        world.set_command(&q);
+        for _ in 0..3999 {
+            world.step(0.001);
+        }
+        let report = world.report();
+        let outcome = &report.episodes[0];
+        assert!(outcome.reached, "{outcome:?}");
+        let t = outcome.time_to_reach_s.unwrap();
+        assert!(t > 1.0 && t < 2.5, "{t}");
+        // The next episode starts on one target again and switches again.
+        let second = world.target();
+        for _ in 0..1001 {
+            world.step(0.001);
+        }
+        assert_ne!(world.target(), second);
     }
 
     #[test]

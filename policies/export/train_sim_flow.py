@@ -33,6 +33,7 @@ import os
 import shlex
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
@@ -82,6 +83,27 @@ def time_embedding(t):
 
 def expert_input(features, x_flat, t):
     return np.concatenate([features, x_flat, time_embedding(t)], axis=1).astype(np.float32)
+
+
+def prepare_demos(demos):
+    """The demonstrations as the flow trainers use them: the image ++ z-scored state
+    inputs, the z-scored delta actions [N, H*D], the split (the last 10 % in file
+    order: (nearly) whole held-out episodes) and the openpi norm stats."""
+    inputs, image_shape, state, actions = load(demos)
+    n, horizon, dim = actions.shape
+    pixels = inputs.shape[1] - dim
+    delta = actions - state[:, None, :]
+    split = n - max(1, n // 10)
+    train, val = np.arange(split), np.arange(split, n)
+    norm_stats = {"state": stats_of(state[train]), "actions": stats_of(delta[train].reshape(-1, dim))}
+    s_mean, s_std = (np.array(norm_stats["state"][k], np.float32) for k in ("mean", "std"))
+    a_mean, a_std = (np.array(norm_stats["actions"][k], np.float32) for k in ("mean", "std"))
+    state_z = ((state - s_mean) / (s_std + 1e-6)).astype(np.float32)
+    inputs[:, pixels:] = state_z
+    a_norm = ((delta - a_mean) / (a_std + 1e-6)).astype(np.float32).reshape(n, -1)
+    return SimpleNamespace(inputs=inputs, image_shape=image_shape, state=state, actions=actions, n=n,
+                           horizon=horizon, dim=dim, pixels=pixels, train=train, val=val, norm_stats=norm_stats,
+                           a_mean=a_mean, a_std=a_std, state_z=state_z, a_norm=a_norm)
 
 
 def stats_of(x):
@@ -191,20 +213,11 @@ def main():
     command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
 
     rng = np.random.default_rng(args.seed)
-    inputs, image_shape, state, actions = load(args.demos)
-    n, horizon, dim = actions.shape
-    pixels = inputs.shape[1] - dim
-    delta = actions - state[:, None, :]
-
-    # Last 10% in file order: (nearly) whole held-out episodes.
-    split = n - max(1, n // 10)
-    train, val = np.arange(split), np.arange(split, n)
-    norm_stats = {"state": stats_of(state[train]), "actions": stats_of(delta[train].reshape(-1, dim))}
-    s_mean, s_std = (np.array(norm_stats["state"][k], np.float32) for k in ("mean", "std"))
-    a_mean, a_std = (np.array(norm_stats["actions"][k], np.float32) for k in ("mean", "std"))
-    state_z = ((state - s_mean) / (s_std + 1e-6)).astype(np.float32)
-    inputs[:, pixels:] = state_z
-    a_norm = ((delta - a_mean) / (a_std + 1e-6)).astype(np.float32).reshape(n, -1)  # [N, H*D]
+    demos = prepare_demos(args.demos)
+    inputs, image_shape, state, actions = demos.inputs, demos.image_shape, demos.state, demos.actions
+    n, horizon, dim, pixels = demos.n, demos.horizon, demos.dim, demos.pixels
+    train, val, norm_stats = demos.train, demos.val, demos.norm_stats
+    a_mean, a_std, state_z, a_norm = demos.a_mean, demos.a_std, demos.state_z, demos.a_norm
     chunk = horizon * dim
 
     encoder = Net([inputs.shape[1], args.hidden, args.features], rng, relu_out=True)

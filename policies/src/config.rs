@@ -44,6 +44,11 @@ pub struct FlowPolicyConfig {
     pub prompt: Option<PromptConfig>,
     pub actions: GenerativeActions,
     pub norm_stats: Option<NormStatsConfig>,
+    /// Guided real-time chunking (`[execution] strategy = "rtc"`): the step graph
+    /// with one more input, `cotangent` [B, H, D], and one more output, `vjp`
+    /// [B, H, D] = (d velocity / d noisy_actions)^T cotangent, beside its
+    /// velocity (policies/export/make_rtc_models.py writes one).
+    pub vjp_model: Option<PathBuf>,
     #[serde(default)]
     pub ports: FlowPorts,
 }
@@ -58,6 +63,15 @@ pub struct FlowPorts {
     pub time: String,
     #[serde(default = "defaults::velocity")]
     pub output: String,
+    /// The VJP graph's cotangent input and VJP output.
+    #[serde(default = "defaults::cotangent")]
+    pub cotangent: String,
+    #[serde(default = "defaults::vjp")]
+    pub vjp: String,
+    /// Training-time real-time chunking: the step graph's input marking the
+    /// frozen actions of `noisy_actions` ([B, H], 1 = frozen).
+    #[serde(default = "defaults::prefix_mask")]
+    pub prefix_mask: String,
 }
 
 impl Default for FlowPorts {
@@ -66,6 +80,9 @@ impl Default for FlowPorts {
             noisy_actions: defaults::noisy_actions(),
             time: defaults::time(),
             output: defaults::velocity(),
+            cotangent: defaults::cotangent(),
+            vjp: defaults::vjp(),
+            prefix_mask: defaults::prefix_mask(),
         }
     }
 }
@@ -963,6 +980,15 @@ mod defaults {
     }
     pub fn velocity() -> String {
         "velocity".into()
+    }
+    pub fn cotangent() -> String {
+        "cotangent".into()
+    }
+    pub fn vjp() -> String {
+        "vjp".into()
+    }
+    pub fn prefix_mask() -> String {
+        "prefix_mask".into()
     }
     pub fn timestep() -> String {
         "timestep".into()

@@ -96,6 +96,10 @@ struct Spec<'a> {
     ports: Ports,
     sampler: Sampler,
     time_dtypes: &'static [&'static str],
+    /// Guided real-time chunking: the VJP graph and its cotangent / VJP ports.
+    vjp: Option<(&'a Path, String, String)>,
+    /// Training-time real-time chunking: the step graph's prefix-mask port.
+    prefix_mask: Option<String>,
 }
 
 /// Where one inference's time went, ns.
@@ -140,6 +144,10 @@ pub struct GenerativePolicy {
     step_noise_seed: u64,
     next_step_noise: Option<Vec<f32>>,
     rebind_each_step: bool,
+    /// Guided real-time chunking, with `[execution] strategy = "rtc"`.
+    rtc: Option<crate::rtc::RtcGuide>,
+    /// Training-time real-time chunking (`mode = "trained"`).
+    rtc_prefix: Option<crate::rtc::RtcPrefix>,
     /// The last sample in the model's space, all B chunks: [B, H, D].
     pub last_raw: Vec<f32>,
     /// The last sample as joint targets, all B chunks: [B, H, joints].
@@ -180,6 +188,11 @@ impl GenerativePolicy {
                     steps: cfg.num_steps,
                 },
                 time_dtypes: &["float32"],
+                vjp: cfg
+                    .vjp_model
+                    .as_deref()
+                    .map(|p| (p, cfg.ports.cotangent.clone(), cfg.ports.vjp.clone())),
+                prefix_mask: Some(cfg.ports.prefix_mask.clone()),
             },
         )
     }
@@ -218,6 +231,8 @@ impl GenerativePolicy {
                 },
                 sampler: Sampler::Diffusion(plan),
                 time_dtypes: &["int64", "float32"],
+                vjp: None,
+                prefix_mask: None,
             },
         )
     }
@@ -232,6 +247,18 @@ impl GenerativePolicy {
         );
         let (env, library_path) = crate::onnxruntime::environment_for(launch)?;
         let settings = SessionSettings::from_launch(launch, spec.intra_threads);
+        let rtc_params = reflex_runtime::strategies::RtcParams::of(launch);
+        let trained = rtc_params
+            .as_ref()
+            .is_some_and(|p| p.mode == reflex_runtime::strategies::RtcMode::Trained);
+        // The sampler's own ports: the noise, the time, and the prefix mask of a
+        // model trained for real-time chunking.
+        let prefix_mask = spec.prefix_mask.clone().filter(|_| trained);
+        let sampler_port = |name: &str| {
+            name == spec.ports.noisy_actions
+                || name == spec.ports.time
+                || prefix_mask.as_deref() == Some(name)
+        };
         let step_path = launch.resolve(spec.model);
         let OpenedSession {
             session: step,
@@ -258,7 +285,7 @@ impl GenerativePolicy {
             None => {
                 let obs_ports: Vec<Port> = step_in
                     .iter()
-                    .filter(|p| p.name != spec.ports.noisy_actions && p.name != spec.ports.time)
+                    .filter(|p| !sampler_port(&p.name))
                     .cloned()
                     .collect();
                 let mut problems = check_inputs(spec.inputs, &obs_ports)
@@ -290,7 +317,7 @@ impl GenerativePolicy {
                 }
                 let mut problems = Vec::new();
                 for p in &step_in {
-                    let fed = p.name == spec.ports.noisy_actions || p.name == spec.ports.time;
+                    let fed = sampler_port(&p.name);
                     if !fed && !prefix_out.iter().any(|o| o.name == p.name) {
                         problems.push(format!(
                             "step input `{}` is neither a prefix output nor `{}` / `{}`",
@@ -368,6 +395,26 @@ impl GenerativePolicy {
             }
         };
         problems.extend(sample_port(&step_out, &spec.ports.output, "output"));
+        if let Some(name) = &prefix_mask {
+            match step_in.iter().find(|p| &p.name == name) {
+                None => problems.push(format!(
+                    "input `{name}` is not in the model: `mode = \"trained\"` real-time chunking \
+                     needs a model trained with a prefix mask [{batch}, {horizon}] \
+                     (policies/export/train_sim_flow_rtc.py)"
+                )),
+                Some(p)
+                    if p.dtype != "float32"
+                        || p.shape.len() != 2
+                        || !batch_fits(p.shape[1], horizon) =>
+                {
+                    problems.push(format!(
+                        "input `{name}` is {} {:?}, expected float32 [{batch}, {horizon}]",
+                        p.dtype, p.shape
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
         if !problems.is_empty() {
             return Err(mismatch(
                 &step_path, problems, expected, &step_in, &step_out,
@@ -413,6 +460,59 @@ impl GenerativePolicy {
         binding
             .bind_input(spec.ports.noisy_actions.as_str(), &x)
             .map_err(tensor_error)?;
+        let rtc_prefix = match &prefix_mask {
+            Some(name) => {
+                let mask =
+                    Tensor::<f32>::new(&allocator, [batch, horizon]).map_err(tensor_error)?;
+                binding
+                    .bind_input(name.as_str(), &mask)
+                    .map_err(tensor_error)?;
+                Some(crate::rtc::RtcPrefix::new(
+                    launch, name, mask, batch, horizon, model_dim,
+                ))
+            }
+            None => None,
+        };
+        let rtc = match (rtc_params.filter(|_| !trained), &spec.vjp) {
+            (Some(params), Some((vjp_model, cotangent, vjp))) => {
+                let path = launch.resolve(vjp_model);
+                let session = open_session(&env, &path, &settings)?.session;
+                let step_inputs: Vec<Port> = (step_in.iter())
+                    .filter(|p| !sampler_port(&p.name))
+                    .cloned()
+                    .collect();
+                let ports = crate::rtc::VjpPorts {
+                    noisy_actions: &spec.ports.noisy_actions,
+                    time: &spec.ports.time,
+                    velocity: &spec.ports.output,
+                    cotangent,
+                    vjp,
+                };
+                let mut guide = crate::rtc::RtcGuide::load(
+                    launch,
+                    params,
+                    session,
+                    &path,
+                    &step_inputs,
+                    &ports,
+                    batch,
+                    horizon,
+                    model_dim,
+                )?;
+                let bind_error = |e: ort::Error| PolicyLoadError::Model {
+                    path: path.clone(),
+                    message: e.to_string(),
+                };
+                time.bind(&mut guide.binding, &spec.ports.time)
+                    .map_err(bind_error)?;
+                guide
+                    .binding
+                    .bind_input(spec.ports.noisy_actions.as_str(), &x)
+                    .map_err(bind_error)?;
+                Some(guide)
+            }
+            _ => None,
+        };
         let step_noise_samples = match &spec.sampler {
             Sampler::Diffusion(plan) => plan.noise_samples(),
             Sampler::Flow { .. } => 0,
@@ -439,6 +539,8 @@ impl GenerativePolicy {
             step_noise_seed: launch.config.seed ^ 0x57E9_5E0D_57E9_5E0D,
             next_step_noise: None,
             rebind_each_step: provider != "cpu",
+            rtc,
+            rtc_prefix,
             last_raw: vec![0.0; batch * horizon * model_dim],
             last_actions: vec![0.0; batch * horizon * joints],
             last_timing: SampleTiming::default(),
@@ -532,6 +634,9 @@ impl GenerativePolicy {
                     let value = outputs.remove(&name).ok_or("prefix output vanished")?;
                     let value = tile(value, self.batch, &allocator)?;
                     self.binding.bind_input(name.as_str(), &value)?;
+                    if let Some(guide) = &mut self.rtc {
+                        guide.binding.bind_input(name.as_str(), &value)?;
+                    }
                 }
             }
             None => {
@@ -543,21 +648,33 @@ impl GenerativePolicy {
                             let mut t = Tensor::<f32>::new(&allocator, shape)?;
                             fill_tiled(t.extract_tensor_mut().1, &input.values);
                             self.binding.bind_input(input.name.as_str(), &t)?;
+                            if let Some(guide) = &mut self.rtc {
+                                guide.binding.bind_input(input.name.as_str(), &t)?;
+                            }
                         }
                         TensorDtype::Uint8 => {
                             let mut t = Tensor::<u8>::new(&allocator, shape)?;
                             fill_tiled(t.extract_tensor_mut().1, &input.bytes);
                             self.binding.bind_input(input.name.as_str(), &t)?;
+                            if let Some(guide) = &mut self.rtc {
+                                guide.binding.bind_input(input.name.as_str(), &t)?;
+                            }
                         }
                         TensorDtype::Bool => {
                             let mut t = Tensor::<bool>::new(&allocator, shape)?;
                             fill_tiled(t.extract_tensor_mut().1, &input.flags);
                             self.binding.bind_input(input.name.as_str(), &t)?;
+                            if let Some(guide) = &mut self.rtc {
+                                guide.binding.bind_input(input.name.as_str(), &t)?;
+                            }
                         }
                         TensorDtype::Int64 => {
                             let mut t = Tensor::<i64>::new(&allocator, shape)?;
                             fill_tiled(t.extract_tensor_mut().1, &input.ids);
                             self.binding.bind_input(input.name.as_str(), &t)?;
+                            if let Some(guide) = &mut self.rtc {
+                                guide.binding.bind_input(input.name.as_str(), &t)?;
+                            }
                         }
                     }
                 }
@@ -599,7 +716,7 @@ impl GenerativePolicy {
         &mut self,
         t: f32,
         timestep: i64,
-        update: impl Fn(&mut [f32], &[f32]),
+        mut update: impl FnMut(&mut [f32], &[f32]),
     ) -> Result<bool, PolicyError> {
         self.time.set(t, timestep);
         // On the CPU the bound tensors are the session's inputs (no copy), so
@@ -621,6 +738,42 @@ impl GenerativePolicy {
         Ok(finite)
     }
 
+    /// One Euler step of guided real-time chunking (see [`crate::rtc`]): the
+    /// velocity, then the VJP graph on the weighted gap to the previous plan.
+    fn guided_flow_step(&mut self, t: f32, dt: f32) -> Result<bool, PolicyError> {
+        let Some(guide) = self.rtc.as_mut() else {
+            return Err("guided step without real-time chunking".into());
+        };
+        let mut velocity = std::mem::take(&mut guide.velocity);
+        let finite = self.step(t, 0, |_, v| velocity.copy_from_slice(v));
+        let Some(guide) = self.rtc.as_mut() else {
+            return Err("guided step without real-time chunking".into());
+        };
+        guide.velocity = velocity;
+        let finite = finite?;
+        if self.rebind_each_step {
+            self.time.bind(&mut guide.binding, &self.ports.time)?;
+            guide
+                .binding
+                .bind_input(self.ports.noisy_actions.as_str(), &self.x)?;
+        }
+        guide.fill_cotangent(self.x.extract_tensor().1, t);
+        if self.rebind_each_step {
+            let cotangent_port = guide.cotangent_port.clone();
+            guide
+                .binding
+                .bind_input(cotangent_port.as_str(), &guide.cotangent)?;
+        }
+        let guided = guide.guided_step(
+            self.x.extract_tensor_mut().1,
+            t,
+            dt,
+            &mut self.last_timing.graph_ns,
+        )?;
+        self.last_timing.graph_runs += 1;
+        Ok(finite && guided)
+    }
+
     /// Samples B chunks for `obs` into [`Self::last_raw`] / [`Self::last_actions`].
     pub fn sample(&mut self, obs: &Observation) -> Result<(), PolicyError> {
         let started = Instant::now();
@@ -639,18 +792,47 @@ impl GenerativePolicy {
                 let dt = (-1.0 / *steps as f64) as f32;
                 let mut t = 1.0f32;
                 let mut k = 0;
+                let guided = match &mut self.rtc {
+                    Some(guide) => guide.prepare(obs, self.actions_norm.as_ref()),
+                    None => false,
+                };
+                let frozen = match &mut self.rtc_prefix {
+                    Some(prefix) => {
+                        let frozen = prefix.prepare(obs, self.actions_norm.as_ref());
+                        if self.rebind_each_step {
+                            self.binding
+                                .bind_input(prefix.port.as_str(), &prefix.mask)?;
+                        }
+                        frozen
+                    }
+                    None => 0,
+                };
                 // openpi's loop condition; float rounding decides the last step the same way.
                 while t >= -dt / 2.0 {
-                    let finite = self.step(t, 0, |x, v| {
-                        for (x, v) in x.iter_mut().zip(v) {
-                            *x += dt * v;
-                        }
-                    })?;
+                    if frozen > 0
+                        && let Some(prefix) = &self.rtc_prefix
+                    {
+                        prefix.impose(self.x.extract_tensor_mut().1);
+                    }
+                    let finite = if guided {
+                        self.guided_flow_step(t, dt)?
+                    } else {
+                        self.step(t, 0, |x, v| {
+                            for (x, v) in x.iter_mut().zip(v) {
+                                *x += dt * v;
+                            }
+                        })?
+                    };
                     if !finite && bad_step.is_none() {
                         bad_step = Some(k);
                     }
                     t += dt;
                     k += 1;
+                }
+                if frozen > 0
+                    && let Some(prefix) = &self.rtc_prefix
+                {
+                    prefix.impose(self.x.extract_tensor_mut().1);
                 }
             }
             Sampler::Diffusion(plan) => {
@@ -915,6 +1097,29 @@ impl PolicyKind for FlowKind {
         let mut models = vec![("model", cfg.model.as_path())];
         if let Some(prefix) = &cfg.prefix_model {
             models.push(("prefix_model", prefix.as_path()));
+        }
+        let execution = &table.launch().config.execution;
+        let trained = execution.params.get("mode").and_then(|m| m.as_str()) == Some("trained");
+        if execution.strategy == "rtc" {
+            match &cfg.vjp_model {
+                None if trained => {}
+                None => {
+                    return Err(table.error_at(
+                        "vjp_model",
+                        "`[execution] strategy = \"rtc\"` guides the sampler with the \
+                         velocity network's vector-Jacobian product: name the VJP graph \
+                         (policies/export/make_rtc_models.py writes one)",
+                    ));
+                }
+                Some(vjp) => models.push(("vjp_model", vjp.as_path())),
+            }
+            if execution.target == reflex_runtime::targets::ActionTarget::Velocity {
+                return Err(table.launch().error_at(
+                    "execution.target",
+                    "real-time chunking re-anchors the plan it continues as positions or \
+                     deltas; velocity targets cannot be",
+                ));
+            }
         }
         check_common(
             table,

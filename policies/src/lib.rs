@@ -22,6 +22,7 @@ pub mod onnxruntime;
 pub mod preprocess;
 pub mod prompt;
 pub mod reward;
+mod rtc;
 pub mod scheduler;
 
 pub use chunk::{ChunkPolicy, PolicyLoadError};

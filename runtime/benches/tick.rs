@@ -36,6 +36,7 @@ fn params(joints: usize) -> TickParams {
         horizon: 50,
         action_rate_hz: 50.0,
         replan_after: 25,
+        interpolation: Default::default(),
         executor: reflex_runtime::executor::ExecutorFactory::replace(),
         gripper: None,
         reset: None,

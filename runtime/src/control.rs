@@ -45,6 +45,8 @@ pub struct TickParams {
     pub horizon: usize,
     pub action_rate_hz: f64,
     pub replan_after: usize,
+    /// How the executor's target moves between actions.
+    pub interpolation: crate::executor::Interpolation,
     pub safety: SafetyConfig,
     /// `[safety.workspace]` resolved against the robot model.
     pub workspace: Option<WorkspaceGuard>,
@@ -79,6 +81,7 @@ impl TickParams {
             horizon: h.horizon,
             action_rate_hz: h.action_rate_hz,
             replan_after: h.replan_after,
+            interpolation: h.interpolation,
             safety: SafetyConfig {
                 estop_after_stale_ms: h.estop_after_stale_ms,
                 ..h.safety.clone()
@@ -98,6 +101,7 @@ impl TickParams {
             horizon: self.horizon,
             ticks_per_action: self.rate_hz / self.action_rate_hz,
             replan_after: self.replan_after,
+            interpolation: self.interpolation,
         }
     }
 }
@@ -302,6 +306,8 @@ pub struct TickCore {
     last_target: HeldTarget,
     /// The model whose chunks the executor takes (`ActionChunk::model_version`).
     model_version: u32,
+    /// The executor's targets before the safety filter.
+    pub smoothness: crate::stats::TargetSmoothness,
     /// Models swapped in during the run.
     pub model_swaps: u64,
 }
@@ -369,6 +375,7 @@ impl TickCore {
             last_target: HeldTarget::EMPTY,
             model_version: 0,
             model_swaps: 0,
+            smoothness: Default::default(),
         })
     }
 
@@ -492,7 +499,9 @@ impl TickCore {
             self.model_swaps += 1;
             self.executor.flush(&self.held(), tick);
         }
-        self.executor.accept(chunk, tick)
+        self.executor.accept(chunk, tick)?;
+        self.smoothness.note_switch();
+        Ok(())
     }
 
     /// The model whose chunks the executor runs (0: the launch file's).
@@ -622,6 +631,7 @@ impl TickCore {
     /// Computes this tick's command (after [`Self::observe`]); returns it with the safety flags.
     pub fn step(&mut self, tick: u64, now_ns: u64, state: &JointState) -> (JointCommand, u32) {
         self.check_tracking(state);
+        let following = self.teleop.is_none() && self.reset.is_none();
         let target = match (&self.teleop, &mut self.reset) {
             (Some((command, device)), _) => {
                 self.teleop_target = *command;
@@ -656,9 +666,21 @@ impl TickCore {
         self.last_target.values[..len].copy_from_slice(&target[..len]);
         self.last_target.len = len;
         let gripper_target = target.get(self.joints).copied();
-        let mut raised = self
-            .safety
-            .apply(&target[..self.joints], self.state_ok, now_ns);
+        let mut raised = self.safety.apply(
+            &self.last_target.values[..self.joints],
+            self.state_ok,
+            now_ns,
+        );
+        if following && self.safety.motion() == Motion::Tracking {
+            let n = self.joints;
+            self.smoothness
+                .record(&self.last_target.values[..n], self.dt);
+            if self.executor.queued(tick) == 0 && self.executor.has_plan() {
+                self.smoothness.held_past_plan += 1;
+            }
+        } else {
+            self.smoothness.interrupt();
+        }
         let mut command = JointCommand::empty(self.joints);
         if let (Some(filter), Some(action)) = (&mut self.gripper, gripper_target) {
             raised |= filter.apply(action, self.safety.motion() == Motion::Tracking);
@@ -773,6 +795,8 @@ pub struct ControlLoop {
     pub status: Option<SlotWriter<StatusSnapshot>>,
     pub operator: OperatorRequests,
     pub sim_inference_ticks: u64,
+    /// The expected inference delay on the wall clock (from recent latencies).
+    pub delay: crate::delay::DelayEstimate,
     /// Observations the policy conditions on (1: the current one only).
     pub observation_frames: usize,
     /// Each sensor stream's fault policy: the cameras in order, then the tensor streams.
@@ -1096,6 +1120,7 @@ impl ControlLoop {
         r.stats.robot_epochs = r.core.epochs;
         r.stats.tracking_fault = r.core.tracking_fault;
         r.stats.model_swaps = r.core.model_swaps;
+        r.stats.smoothness = r.core.smoothness;
         r.stats.model_version = r.core.model_version();
         for (i, faults) in r.stats.stream_faults.iter_mut().enumerate() {
             faults.source = source_counts(&self.source_counters, i);
@@ -1178,6 +1203,7 @@ impl ControlLoop {
         };
         if let Some(done) = done {
             r.last_infer_ms = done.chunk.infer_ns as f64 / 1e6;
+            self.delay.record_ns(done.chunk.infer_ns);
             r.stats.inference.record_ns(done.chunk.infer_ns);
             let accepted = if done.ok {
                 match r.core.apply_chunk(&done.chunk, t.tick) {
@@ -1298,16 +1324,16 @@ impl ControlLoop {
             let delay = if self.clock.is_simulated() {
                 self.sim_inference_ticks.max(1)
             } else {
-                (r.last_infer_ms * self.params.rate_hz / 1e3).ceil() as u64
+                self.delay.ticks(self.params.rate_hz)
             };
             r.obs.expected_delay_ticks = delay;
-            r.obs.committed_len = r
-                .core
-                .executor
-                .committed(t.tick, delay, &mut r.obs.committed);
-            if usable && self.worker.request(&r.obs) && self.clock.is_simulated() {
-                r.inference_due
-                    .push_back(t.tick + self.sim_inference_ticks.max(1));
+            r.obs.committed_len = r.core.executor.committed(t.tick, &mut r.obs.committed);
+            if usable && self.worker.request(&r.obs) {
+                r.core.executor.requested(t.tick);
+                if self.clock.is_simulated() {
+                    r.inference_due
+                        .push_back(t.tick + self.sim_inference_ticks.max(1));
+                }
             }
         }
 
@@ -1685,6 +1711,26 @@ pub fn replay_with<R: std::borrow::Borrow<Record>>(
     records: impl IntoIterator<Item = R>,
     registry: &Registry,
 ) -> ReplayReport {
+    replay_traced(header, records, registry, |_| {})
+}
+
+/// One replayed tick: the measured state, the target before the safety filter
+/// and the command after it.
+pub struct TickTrace<'a> {
+    pub tick: u64,
+    pub now_ns: u64,
+    pub state: &'a JointState,
+    pub target: &'a [f64],
+    pub command: &'a JointCommand,
+}
+
+/// [`replay_with`], handing every replayed tick to `trace`.
+pub fn replay_traced<R: std::borrow::Borrow<Record>>(
+    header: &LogHeader,
+    records: impl IntoIterator<Item = R>,
+    registry: &Registry,
+    mut trace: impl FnMut(&TickTrace<'_>),
+) -> ReplayReport {
     let mut report = ReplayReport::default();
     let core = TickParams::from_header(header, registry).and_then(|p| TickCore::new(&p));
     let mut core = match core {
@@ -1774,6 +1820,13 @@ pub fn replay_with<R: std::borrow::Borrow<Record>>(
                     core.teleop_sample(&sample, logged.tick);
                 }
                 let (command, raised) = core.step(logged.tick, logged.now_ns, &logged.state);
+                trace(&TickTrace {
+                    tick: logged.tick,
+                    now_ns: logged.now_ns,
+                    state: &logged.state,
+                    target: core.target(),
+                    command: &command,
+                });
                 for j in 0..MAX_JOINTS.min(command.joints.max(logged.command.joints)) {
                     let (a, b) = (logged.command.position[j], command.position[j]);
                     if a.to_bits() != b.to_bits() {
@@ -1841,6 +1894,7 @@ mod tests {
             horizon: 2,
             action_rate_hz: 10.0,
             replan_after: 1,
+            interpolation: Default::default(),
             safety,
             workspace: None,
             executor: ExecutorFactory::replace(),

@@ -276,6 +276,16 @@ pub struct ExecutionConfig {
     /// The execution strategy (`replace`, or one a crate registers).
     #[serde(default = "defaults::strategy")]
     pub strategy: String,
+    /// The expected inference delay (what real-time chunking freezes) is this
+    /// percentile of the last `delay_window` latencies (100: their maximum).
+    #[serde(default = "defaults::delay_percentile")]
+    pub delay_percentile: f64,
+    #[serde(default = "defaults::delay_window")]
+    pub delay_window: usize,
+    /// How the target moves between actions: `linear` or `quintic` (continuous
+    /// acceleration).
+    #[serde(default)]
+    pub interpolation: crate::executor::Interpolation,
     /// The strategy's own fields (checked by the strategy).
     #[serde(flatten)]
     #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
@@ -453,6 +463,12 @@ mod defaults {
     }
     pub fn strategy() -> String {
         "replace".into()
+    }
+    pub fn delay_percentile() -> f64 {
+        100.0
+    }
+    pub fn delay_window() -> usize {
+        10
     }
     pub fn rate_hz() -> f64 {
         100.0
@@ -1000,6 +1016,22 @@ impl Launch {
                 ),
             ));
         }
+        if !(0.0..=100.0).contains(&execution.delay_percentile) {
+            return Err(self.error_at(
+                "execution.delay_percentile",
+                format!("must be in 0..=100, found {}", execution.delay_percentile),
+            ));
+        }
+        if !(1..=crate::delay::MAX_DELAY_WINDOW).contains(&execution.delay_window) {
+            return Err(self.error_at(
+                "execution.delay_window",
+                format!(
+                    "must be in 1..={}, found {}",
+                    crate::delay::MAX_DELAY_WINDOW,
+                    execution.delay_window
+                ),
+            ));
+        }
         let horizon = self.policy().horizon();
         if !(1..=horizon).contains(&execution.replan_after) {
             return Err(self.error_at(
@@ -1037,6 +1069,7 @@ impl Launch {
             horizon: self.policy().horizon(),
             ticks_per_action: self.config.control.rate_hz / self.config.execution.action_rate_hz,
             replan_after: self.config.execution.replan_after,
+            interpolation: self.config.execution.interpolation,
         }
     }
 
@@ -1721,6 +1754,9 @@ fn placeholder() -> LaunchFile {
             action_rate_hz: 1.0,
             replan_after: 1,
             strategy: defaults::strategy(),
+            delay_percentile: defaults::delay_percentile(),
+            delay_window: defaults::delay_window(),
+            interpolation: Default::default(),
             params: toml::Table::new(),
         },
         task: TaskConfig::default(),

@@ -356,13 +356,64 @@ fn the_execution_strategy_checks_its_own_fields() {
         err.message.contains("more than the policy's horizon 8"),
         "{err}"
     );
-    let err = load(FILE, &["execution.strategy=\"rtc\""]).unwrap_err();
+    let err = load(FILE, &["execution.strategy=\"bidirectional\""]).unwrap_err();
     assert_eq!(err.field, "execution.strategy");
     assert!(
-        err.message
-            .contains("unknown strategy `rtc`; strategies: `replace`"),
+        err.message.contains(
+            "unknown strategy `bidirectional`; strategies: `aggregate`, `replace`, `rtc`, \
+             `synchronous` or `temporal_ensemble`"
+        ),
         "{err}"
     );
+    // Each strategy checks its own fields, with the file's position.
+    let launch = load(
+        FILE,
+        &[
+            "execution.strategy=\"aggregate\"",
+            "execution.aggregate_fn=\"conservative\"",
+        ],
+    )
+    .unwrap();
+    assert_eq!(launch.executor().params["aggregate_fn"], "conservative");
+    assert_eq!(launch.executor().params["chunk_size_threshold"], 0.5);
+    let err = load(
+        FILE,
+        &[
+            "execution.strategy=\"aggregate\"",
+            "execution.aggregate_fn=\"median\"",
+        ],
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "execution.aggregate_fn");
+    let err = load(
+        FILE,
+        &[
+            "execution.strategy=\"aggregate\"",
+            "execution.chunk_size_threshold=1.5",
+        ],
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "execution.chunk_size_threshold");
+    let err = load(
+        FILE,
+        &[
+            "execution.strategy=\"temporal_ensemble\"",
+            "execution.m=-1.0",
+        ],
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "execution.m");
+    let err = load(
+        FILE,
+        &[
+            "execution.strategy=\"temporal_ensemble\"",
+            "execution.max_in_flight=9",
+        ],
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "execution.max_in_flight");
+    let launch = load(FILE, &["execution.strategy=\"synchronous\""]).unwrap();
+    assert_eq!(launch.executor().strategy, "synchronous");
     let err = load(FILE, &["execution.frist_action=1"]).unwrap_err();
     assert_eq!(err.field, "execution.frist_action");
     assert!(err.message.contains("unknown field"), "{err}");

@@ -10,6 +10,7 @@
 pub mod alloc_probe;
 pub mod clock;
 pub mod control;
+pub mod delay;
 pub mod driver;
 pub mod executor;
 pub mod files;
@@ -33,6 +34,7 @@ pub mod slot;
 pub mod stage;
 pub mod stats;
 pub mod status;
+pub mod strategies;
 pub mod stream;
 pub mod taps;
 pub mod tare;

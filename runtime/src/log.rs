@@ -126,6 +126,10 @@ pub struct LogHeader {
     pub horizon: usize,
     pub action_rate_hz: f64,
     pub replan_after: usize,
+    /// How the executor's target moves between actions (`linear` for logs
+    /// written before there was a choice).
+    #[serde(default)]
+    pub interpolation: crate::executor::Interpolation,
     /// The execution strategy (`replace` for logs written before strategies).
     #[serde(default = "replace")]
     pub strategy: String,
@@ -860,6 +864,7 @@ impl<R: Read> LogReader<R> {
                 horizon: 0,
                 action_rate_hz: 0.0,
                 replan_after: 0,
+                interpolation: Default::default(),
                 strategy: "replace".into(),
                 strategy_params: serde_json::Value::Null,
                 safety: Default::default(),
@@ -1389,6 +1394,7 @@ mod tests {
             horizon: 2,
             action_rate_hz: 10.0,
             replan_after: 1,
+            interpolation: Default::default(),
             strategy: "replace".into(),
             strategy_params: serde_json::Value::Null,
             safety: Default::default(),

@@ -243,7 +243,7 @@ impl fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// A registry with the runtime's built-in `replace` execution strategy.
+    /// A registry with the runtime's built-in execution strategies.
     pub fn new() -> Self {
         let mut registry = Self {
             drivers: BTreeMap::new(),
@@ -252,7 +252,12 @@ impl Registry {
             strategies: BTreeMap::new(),
             stages: BTreeMap::new(),
         };
-        registry.strategy(crate::executor::ReplaceStrategy);
+        registry
+            .strategy(crate::strategies::ReplaceStrategy)
+            .strategy(crate::strategies::SynchronousStrategy)
+            .strategy(crate::strategies::AggregateStrategy)
+            .strategy(crate::strategies::TemporalEnsembleStrategy)
+            .strategy(crate::strategies::RtcStrategy);
         registry
     }
 

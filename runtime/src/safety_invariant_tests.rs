@@ -209,6 +209,7 @@ fn params(setup: &Setup) -> TickParams {
         horizon: HORIZON,
         action_rate_hz: setup.rate_hz / 5.0,
         replan_after: 2,
+        interpolation: Default::default(),
         safety: SafetyConfig {
             estop_after_stale_ms: 200.0,
             ..SafetyConfig::default()

@@ -54,6 +54,86 @@ impl Distribution {
     }
 }
 
+/// How smooth the executor's targets were, before the safety filter (which
+/// would otherwise hide a strategy's jumps): the jerk of the target from its
+/// third finite difference, and at each chunk switch the step in the target's
+/// velocity. Only ticks that follow the executor count; fixed storage.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TargetSmoothness {
+    /// The last four targets (newest first) and how many of them are valid.
+    recent: [[f64; crate::types::MAX_JOINTS]; 4],
+    valid: usize,
+    switch_pending: bool,
+    jerk_sq_sum: f64,
+    pub jerk_samples: u64,
+    /// rad/s^3, the largest over joints and ticks.
+    pub jerk_max: f64,
+    pub switches: u64,
+    switch_jump_sum: f64,
+    /// rad/s, the largest velocity step at a chunk switch.
+    pub switch_jump_max: f64,
+    /// Ticks the executor held past the end of its plan (inference later than
+    /// the plan lasted, or `synchronous` waiting).
+    pub held_past_plan: u64,
+}
+
+impl TargetSmoothness {
+    /// A chunk was applied this tick (before its target is recorded).
+    pub fn note_switch(&mut self) {
+        self.switch_pending = true;
+    }
+
+    /// The tick did not follow the executor (teleop, reset, stop): the next
+    /// differences start afresh.
+    pub fn interrupt(&mut self) {
+        self.valid = 0;
+        self.switch_pending = false;
+    }
+
+    /// This tick's executor target, `dt` seconds after the previous one.
+    pub fn record(&mut self, target: &[f64], dt: f64) {
+        let n = target.len().min(crate::types::MAX_JOINTS);
+        self.recent.copy_within(0..3, 1);
+        self.recent[0][..n].copy_from_slice(&target[..n]);
+        self.valid = (self.valid + 1).min(4);
+        let [x0, x1, x2, x3] = &self.recent;
+        if self.valid >= 4 {
+            let worst = (0..n)
+                .map(|j| ((x0[j] - 3.0 * x1[j] + 3.0 * x2[j] - x3[j]) / (dt * dt * dt)).abs())
+                .fold(0.0, f64::max);
+            self.jerk_sq_sum += worst * worst;
+            self.jerk_samples += 1;
+            self.jerk_max = self.jerk_max.max(worst);
+        }
+        if std::mem::take(&mut self.switch_pending) && self.valid >= 3 {
+            let step = (0..n)
+                .map(|j| ((x0[j] - x1[j]) - (x1[j] - x2[j])).abs() / dt)
+                .fold(0.0, f64::max);
+            self.switches += 1;
+            self.switch_jump_sum += step;
+            self.switch_jump_max = self.switch_jump_max.max(step);
+        }
+    }
+
+    /// RMS over ticks of the largest joint jerk, rad/s^3.
+    pub fn jerk_rms(&self) -> f64 {
+        if self.jerk_samples == 0 {
+            0.0
+        } else {
+            (self.jerk_sq_sum / self.jerk_samples as f64).sqrt()
+        }
+    }
+
+    /// Mean velocity step at a chunk switch, rad/s.
+    pub fn switch_jump_mean(&self) -> f64 {
+        if self.switches == 0 {
+            0.0
+        } else {
+            self.switch_jump_sum / self.switches as f64
+        }
+    }
+}
+
 /// What a run measured; printed as the summary table at the end.
 #[derive(Default)]
 pub struct RunStats {
@@ -79,6 +159,8 @@ pub struct RunStats {
     /// launch file's).
     pub model_swaps: u64,
     pub model_version: u32,
+    /// The executor's targets before the safety filter.
+    pub smoothness: TargetSmoothness,
     /// How many times the e-stop latched during the run (the shutdown's own
     /// controlled stop is not counted).
     pub estop_latches: u64,
@@ -113,6 +195,35 @@ pub struct RunStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smoothness_measures_jerk_and_velocity_steps_at_switches() {
+        let mut s = TargetSmoothness::default();
+        let dt = 0.01;
+        // A constant velocity: no jerk, no step.
+        for k in 0..10 {
+            s.record(&[0.1 * k as f64], dt);
+        }
+        assert!(s.jerk_max < 1e-6, "{}", s.jerk_max);
+        assert_eq!(s.jerk_samples, 7);
+        // A switch that doubles the velocity (0.1 -> 0.2 rad per tick): a step
+        // of 10 rad/s, and jerk at the kink of 0.1 / dt^3.
+        s.note_switch();
+        s.record(&[0.9 + 0.2], dt);
+        assert_eq!(s.switches, 1);
+        assert!(
+            (s.switch_jump_max - 10.0).abs() < 1e-9,
+            "{}",
+            s.switch_jump_max
+        );
+        assert!((s.jerk_max - 0.1 / (dt * dt * dt)).abs() < 1e-3);
+        // An interruption starts the differences afresh.
+        s.interrupt();
+        s.record(&[5.0], dt);
+        s.note_switch();
+        s.record(&[6.0], dt);
+        assert_eq!(s.switches, 1, "too few targets since the interruption");
+    }
 
     #[test]
     fn the_status_line_shows_each_streams_rate_and_age() {

@@ -170,15 +170,17 @@ pub struct Observation {
     /// Earlier observations for inputs with `history` (LeRobot's `n_obs_steps`),
     /// newest first: `history[k]` is from `k + 1` action periods before `stamp_ns`.
     pub history: Vec<PastFrame>,
-    /// What the loop will command while this observation's chunk is computed
-    /// (real-time chunking conditions on it): the first `committed_len` rows of
-    /// `[horizon][joints]`, one target per action period after `tick`.
+    /// The executor's plan at this chunk's action times (row k: the target it
+    /// would command at `tick + (k + 1) * ticks_per_action`), as far as the plan
+    /// reaches: the first `committed_len` rows of `[horizon][joints]`. Real-time
+    /// chunking keeps the rows that run while the chunk is computed and steers
+    /// the chunk toward the rest.
     pub committed: Vec<f64>,
     pub committed_len: usize,
     /// Values per committed row: the joints, and the gripper when there is one.
     pub committed_width: usize,
     /// Ticks the chunk is expected to take to arrive (the simulated clock's
-    /// `sim_inference_ticks`, else the last inference's latency).
+    /// `sim_inference_ticks`, else a percentile of the recent latencies).
     pub expected_delay_ticks: u64,
 }
 
