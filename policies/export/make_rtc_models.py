@@ -36,6 +36,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from onnx_graph import const, save, tensor
+from train_sim_flow import expert_input_nodes
 
 ANALYTIC_H, ANALYTIC_D, ANALYTIC_S = 6, 3, 3
 
@@ -55,13 +56,9 @@ def expert_vjp_graph(expert_path, out_path):
     b = [weights[f"exp_b{i}"] for i in range(3)]
     horizon, dim = (int(v) for v in weights["chunk_shape"][1:])
     features = w[0].shape[0] - horizon * dim - weights["time_freqs"].shape[1] * 2
-    nodes = [
-        helper.make_node("Flatten", ["noisy_actions"], ["x_flat"], axis=1),
-        helper.make_node("Unsqueeze", ["time", "time_axes"], ["time_col"]),
-        helper.make_node("Mul", ["time_col", "time_freqs"], ["time_arg"]),
-        helper.make_node("Sin", ["time_arg"], ["time_sin"]),
-        helper.make_node("Cos", ["time_arg"], ["time_cos"]),
-        helper.make_node("Concat", ["obs_features", "x_flat", "time_sin", "time_cos"], ["z"], axis=1),
+    # The expert's own forward pass, its time frequencies read from the model.
+    nodes, time_inits = expert_input_nodes("z", freqs=weights["time_freqs"])
+    nodes += [
         helper.make_node("Gemm", ["z", "w0", "b0"], ["a1"]),
         helper.make_node("Relu", ["a1"], ["h1"]),
         helper.make_node("Gemm", ["h1", "w1", "b1"], ["a2"]),
@@ -84,9 +81,7 @@ def expert_vjp_graph(expert_path, out_path):
     ]
     inits = [const(f"w{i}", w[i]) for i in range(3)] + [const(f"b{i}", b[i]) for i in range(3)]
     inits += [const(f"w{i}_t", np.ascontiguousarray(w[i].T)) for i in range(3)]
-    inits += [
-        const("time_axes", np.array([1], np.int64)),
-        const("time_freqs", weights["time_freqs"]),
+    inits += time_inits + [
         const("chunk_shape", weights["chunk_shape"]),
         const("zero", np.array(0.0, np.float32)),
         const("x_start", np.array([features], np.int64)),

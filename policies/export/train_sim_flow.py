@@ -135,20 +135,27 @@ def prefix_part(encoder):
     return nodes, inits
 
 
-def expert_part(expert, horizon, dim):
-    """obs_features, noisy_actions, time -> velocity."""
+def expert_input_nodes(out, extra=(), freqs=None):
+    """The expert's input as the graph builds it: Concat(obs_features, flattened
+    noisy_actions, *extra, sin/cos(time * freqs)) named `out`; with its constants."""
+    freqs = TIME_FREQS[None, :] if freqs is None else freqs
     nodes = [
         helper.make_node("Flatten", ["noisy_actions"], ["x_flat"], axis=1),
         helper.make_node("Unsqueeze", ["time", "time_axes"], ["time_col"]),
         helper.make_node("Mul", ["time_col", "time_freqs"], ["time_arg"]),
         helper.make_node("Sin", ["time_arg"], ["time_sin"]),
         helper.make_node("Cos", ["time_arg"], ["time_cos"]),
-        helper.make_node("Concat", ["obs_features", "x_flat", "time_sin", "time_cos"], ["expert_in"], axis=1),
+        helper.make_node("Concat", ["obs_features", "x_flat", *extra, "time_sin", "time_cos"], [out], axis=1),
     ]
-    more, out, inits = dense_nodes(expert, "exp", "expert_in", relu_out=False)
+    return nodes, [const("time_axes", np.array([1], np.int64)), const("time_freqs", freqs)]
+
+
+def expert_part(expert, horizon, dim):
+    """obs_features, noisy_actions, time -> velocity."""
+    nodes, inits = expert_input_nodes("expert_in")
+    more, out, dense = dense_nodes(expert, "exp", "expert_in", relu_out=False)
     nodes += more + [helper.make_node("Reshape", [out, "chunk_shape"], ["velocity"])]
-    inits += [const("time_axes", np.array([1], np.int64)), const("time_freqs", TIME_FREQS[None, :]),
-              const("chunk_shape", np.array([-1, horizon, dim], np.int64))]
+    inits = dense + inits + [const("chunk_shape", np.array([-1, horizon, dim], np.int64))]
     return nodes, inits
 
 

@@ -35,7 +35,8 @@ import onnxruntime as ort
 from onnx import helper
 
 from onnx_graph import const, save, tensor
-from train_sim_flow import EULER_STEPS, TIME_FREQS, Net, dense_nodes, prefix_part, prepare_demos, time_embedding
+from train_sim_flow import (EULER_STEPS, TIME_FREQS, Net, dense_nodes, expert_input_nodes, prefix_part,
+                            prepare_demos, time_embedding)
 
 
 def expert_input(features, x_flat, mask, t):
@@ -52,19 +53,10 @@ def export(out_dir, encoder, expert, image_shape, horizon, dim, metadata):
     feat_io = tensor("obs_features", ["batch", features])
     velocity = tensor("velocity", ["batch", horizon, dim])
     p_nodes, p_inits = prefix_part(encoder)
-    e_nodes = [
-        helper.make_node("Flatten", ["noisy_actions"], ["x_flat"], axis=1),
-        helper.make_node("Unsqueeze", ["time", "time_axes"], ["time_col"]),
-        helper.make_node("Mul", ["time_col", "time_freqs"], ["time_arg"]),
-        helper.make_node("Sin", ["time_arg"], ["time_sin"]),
-        helper.make_node("Cos", ["time_arg"], ["time_cos"]),
-        helper.make_node("Concat", ["obs_features", "x_flat", "prefix_mask", "time_sin", "time_cos"],
-                         ["expert_in"], axis=1),
-    ]
+    e_nodes, time_inits = expert_input_nodes("expert_in", extra=["prefix_mask"])
     more, out, e_inits = dense_nodes(expert, "exp", "expert_in", relu_out=False)
     e_nodes += more + [helper.make_node("Reshape", [out, "chunk_shape"], ["velocity"])]
-    e_inits += [const("time_axes", np.array([1], np.int64)), const("time_freqs", TIME_FREQS[None, :]),
-                const("chunk_shape", np.array([-1, horizon, dim], np.int64))]
+    e_inits += time_inits + [const("chunk_shape", np.array([-1, horizon, dim], np.int64))]
     paths = {k: os.path.join(out_dir, f"sim_reach_flow_rtc{k}.onnx") for k in ("_prefix", "_expert")}
     save(helper.make_graph(p_nodes, "sim_reach_flow_rtc_prefix", [image_in, state_in], [feat_io], p_inits),
          paths["_prefix"], {**metadata, "form": "prefix"})

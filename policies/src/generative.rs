@@ -633,50 +633,41 @@ impl GenerativePolicy {
                 for name in names {
                     let value = outputs.remove(&name).ok_or("prefix output vanished")?;
                     let value = tile(value, self.batch, &allocator)?;
-                    self.binding.bind_input(name.as_str(), &value)?;
-                    if let Some(guide) = &mut self.rtc {
-                        guide.binding.bind_input(name.as_str(), &value)?;
-                    }
+                    bind_conditioning_input(&mut self.binding, self.rtc.as_mut(), &name, &value)?;
                 }
             }
             None => {
                 for input in &self.mapper.inputs {
                     let mut shape = input.shape.clone();
                     shape[0] = self.batch;
-                    match input.dtype {
+                    let value = match input.dtype {
                         TensorDtype::Float32 => {
                             let mut t = Tensor::<f32>::new(&allocator, shape)?;
                             fill_tiled(t.extract_tensor_mut().1, &input.values);
-                            self.binding.bind_input(input.name.as_str(), &t)?;
-                            if let Some(guide) = &mut self.rtc {
-                                guide.binding.bind_input(input.name.as_str(), &t)?;
-                            }
+                            t.into_dyn()
                         }
                         TensorDtype::Uint8 => {
                             let mut t = Tensor::<u8>::new(&allocator, shape)?;
                             fill_tiled(t.extract_tensor_mut().1, &input.bytes);
-                            self.binding.bind_input(input.name.as_str(), &t)?;
-                            if let Some(guide) = &mut self.rtc {
-                                guide.binding.bind_input(input.name.as_str(), &t)?;
-                            }
+                            t.into_dyn()
                         }
                         TensorDtype::Bool => {
                             let mut t = Tensor::<bool>::new(&allocator, shape)?;
                             fill_tiled(t.extract_tensor_mut().1, &input.flags);
-                            self.binding.bind_input(input.name.as_str(), &t)?;
-                            if let Some(guide) = &mut self.rtc {
-                                guide.binding.bind_input(input.name.as_str(), &t)?;
-                            }
+                            t.into_dyn()
                         }
                         TensorDtype::Int64 => {
                             let mut t = Tensor::<i64>::new(&allocator, shape)?;
                             fill_tiled(t.extract_tensor_mut().1, &input.ids);
-                            self.binding.bind_input(input.name.as_str(), &t)?;
-                            if let Some(guide) = &mut self.rtc {
-                                guide.binding.bind_input(input.name.as_str(), &t)?;
-                            }
+                            t.into_dyn()
                         }
-                    }
+                    };
+                    bind_conditioning_input(
+                        &mut self.binding,
+                        self.rtc.as_mut(),
+                        &input.name,
+                        &value,
+                    )?;
                 }
             }
         }
@@ -759,10 +750,9 @@ impl GenerativePolicy {
         }
         guide.fill_cotangent(self.x.extract_tensor().1, t);
         if self.rebind_each_step {
-            let cotangent_port = guide.cotangent_port.clone();
             guide
                 .binding
-                .bind_input(cotangent_port.as_str(), &guide.cotangent)?;
+                .bind_input(guide.cotangent_port.as_str(), &guide.cotangent)?;
         }
         let guided = guide.guided_step(
             self.x.extract_tensor_mut().1,
@@ -933,6 +923,21 @@ fn fill_tiled<T: Copy>(out: &mut [T], row: &[T]) {
 }
 
 /// A prefix output with batch 1, repeated to `batch` (float32 only).
+/// Binds one conditioning tensor to the step graph, and to the VJP graph when
+/// real-time chunking guides the sampler (it takes the same inputs).
+fn bind_conditioning_input(
+    binding: &mut IoBinding,
+    guide: Option<&mut crate::rtc::RtcGuide>,
+    name: &str,
+    value: &DynValue,
+) -> ort::Result<()> {
+    binding.bind_input(name, value)?;
+    if let Some(guide) = guide {
+        guide.binding.bind_input(name, value)?;
+    }
+    Ok(())
+}
+
 fn tile(value: DynValue, batch: usize, allocator: &Allocator) -> Result<DynValue, PolicyError> {
     if batch == 1 {
         return Ok(value);
