@@ -1,7 +1,8 @@
 //! Guided real-time chunking against the paper's algorithm written in numpy
 //! (policies/export/rtc_reference.py, float64, closed-form VJP) on a nonlinear
-//! analytic velocity field: the exported VJP graph matches finite differences;
-//! reflex's guided sampler (`reflex infer --previous`) equals the reference; the
+//! analytic velocity field, and against DDIM with ΠGDM guidance on a noise network
+//! built on the same field: the exported VJP graphs match finite differences;
+//! reflex's guided samplers (`reflex infer --previous`) equal the references; the
 //! actions that run while the chunk is computed reproduce the previous plan; with
 //! the guidance off (negative control) they do not.
 
@@ -17,30 +18,67 @@ const H: usize = 6;
 const D: usize = 3;
 const STATE: [f64; 3] = [0.1, 0.5, -0.3];
 
-fn launch(dir: &Path, beta: f64) -> PathBuf {
-    let policy = format!(
-        r#"strategy = "rtc"
-schedule = "exp"
-max_guidance_weight = {beta:?}
+/// The analytic test models: the flow field, or the diffusion noise network on it.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Field {
+    Flow,
+    Diffusion,
+}
 
-[policy]
-kind = "flow"
-model = "{model}"
-vjp_model = "{vjp}"
-num_steps = 10
-
-[[policy.inputs]]
+impl Field {
+    fn policy(self) -> String {
+        let state = format!(
+            r#"[[policy.inputs]]
 name = "state"
 source = "state.joint_positions"
 shape = [1, 3]
 
 [policy.actions]
 horizon = {H}
-"#,
-        model = fixture("rtc_analytic.onnx").display(),
-        vjp = fixture("rtc_analytic_vjp.onnx").display(),
+"#
+        );
+        match self {
+            Field::Flow => format!(
+                r#"[policy]
+kind = "flow"
+model = "{model}"
+vjp_model = "{vjp}"
+num_steps = 10
+
+{state}"#,
+                model = fixture("rtc_analytic.onnx").display(),
+                vjp = fixture("rtc_analytic_vjp.onnx").display(),
+            ),
+            // The schedule the reference writes from Nichol & Dhariwal, 10 DDIM steps.
+            Field::Diffusion => format!(
+                r#"[policy]
+kind = "diffusion"
+model = "{model}"
+vjp_model = "{vjp}"
+num_steps = 10
+schedule = {{ kind = "squared_cosine", train_steps = 100, clip_sample = false }}
+
+{state}"#,
+                model = fixture("rtc_analytic_eps.onnx").display(),
+                vjp = fixture("rtc_analytic_eps_vjp.onnx").display(),
+            ),
+        }
+    }
+
+    fn sampler(self) -> &'static str {
+        match self {
+            Field::Flow => "flow",
+            Field::Diffusion => "ddim",
+        }
+    }
+}
+
+fn launch(dir: &Path, field: Field, beta: f64) -> PathBuf {
+    let policy = format!(
+        "strategy = \"rtc\"\nschedule = \"exp\"\nmax_guidance_weight = {beta:?}\n\n{}",
+        field.policy()
     );
-    let path = dir.join(format!("rtc_{beta}.toml"));
+    let path = dir.join(format!("rtc_{field:?}_{beta}.toml"));
     std::fs::write(&path, demo_with_policy(&policy, 2)).unwrap();
     path
 }
@@ -71,12 +109,19 @@ fn inputs(dir: &Path) -> (PathBuf, PathBuf, Vec<f64>) {
     (noise_path, obs, plan)
 }
 
-fn reflex_guided(dir: &Path, beta: f64, plan: &Path, d: usize, tag: &str) -> Vec<f64> {
+fn reflex_guided(
+    dir: &Path,
+    field: Field,
+    beta: f64,
+    plan: &Path,
+    d: usize,
+    tag: &str,
+) -> Vec<f64> {
     let (noise, obs, _) = inputs(dir);
     let out = dir.join(format!("{tag}.npy"));
     run_ok(&[
         "infer",
-        launch(dir, beta).to_str().unwrap(),
+        launch(dir, field, beta).to_str().unwrap(),
         "--obs",
         obs.to_str().unwrap(),
         "--noise",
@@ -92,9 +137,9 @@ fn reflex_guided(dir: &Path, beta: f64, plan: &Path, d: usize, tag: &str) -> Vec
     npy::read_f64(&out).unwrap().1
 }
 
-fn reference(dir: &Path, beta: f64, plan: &Path, d: usize) -> Vec<f64> {
+fn reference(dir: &Path, field: Field, beta: f64, plan: &Path, d: usize) -> Vec<f64> {
     let (noise, _, _) = inputs(dir);
-    let out = dir.join(format!("reference_{beta}_{d}.npy"));
+    let out = dir.join(format!("reference_{field:?}_{beta}_{d}.npy"));
     let state = STATE.map(|v| v.to_string()).join(",");
     let status = python()
         .args(["policies/export/rtc_reference.py", "--params"])
@@ -110,6 +155,8 @@ fn reference(dir: &Path, beta: f64, plan: &Path, d: usize) -> Vec<f64> {
             "2",
             "--beta",
             &beta.to_string(),
+            "--sampler",
+            field.sampler(),
         ])
         .arg("--out")
         .arg(&out)
@@ -182,20 +229,25 @@ fn max_diff(a: &[f64], b: &[f64]) -> f64 {
 }
 
 #[test]
-fn the_exported_vjp_matches_finite_differences() {
-    let out = python()
-        .args(["policies/export/rtc_reference.py", "--params"])
-        .arg(fixture("rtc_analytic.npz"))
-        .arg("--check-vjp")
-        .arg(fixture("rtc_analytic_vjp.onnx"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn the_exported_vjps_match_finite_differences() {
+    for (model, sampler) in [
+        ("rtc_analytic_vjp.onnx", "flow"),
+        ("rtc_analytic_eps_vjp.onnx", "ddim"),
+    ] {
+        let out = python()
+            .args(["policies/export/rtc_reference.py", "--params"])
+            .arg(fixture("rtc_analytic.npz"))
+            .args(["--sampler", sampler, "--check-vjp"])
+            .arg(fixture(model))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{model}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
@@ -205,8 +257,15 @@ fn guided_sampling_equals_the_papers_algorithm_and_freezes_the_prefix() {
     let plan_path = dir.join("plan.npy");
     write_plan(&plan_path, &plan);
     for d in [1, 2] {
-        let ours = reflex_guided(&dir, 5.0, &plan_path, d, &format!("guided_{d}"));
-        let theirs = reference(&dir, 5.0, &plan_path, d);
+        let ours = reflex_guided(
+            &dir,
+            Field::Flow,
+            5.0,
+            &plan_path,
+            d,
+            &format!("guided_{d}"),
+        );
+        let theirs = reference(&dir, Field::Flow, 5.0, &plan_path, d);
         let diff = max_diff(&ours, &theirs);
         assert!(
             diff < 1e-4,
@@ -218,8 +277,8 @@ fn guided_sampling_equals_the_papers_algorithm_and_freezes_the_prefix() {
         assert!(frozen < 0.1, "d = {d}: frozen prefix off by {frozen}");
     }
     // Negative control: without guidance the same noise ignores the plan.
-    let free = reflex_guided(&dir, 0.0, &plan_path, 2, "unguided");
-    let theirs = reference(&dir, 0.0, &plan_path, 2);
+    let free = reflex_guided(&dir, Field::Flow, 0.0, &plan_path, 2, "unguided");
+    let theirs = reference(&dir, Field::Flow, 0.0, &plan_path, 2);
     assert!(max_diff(&free, &theirs) < 1e-4);
     let drift = max_diff(&free[..2 * D], &plan[..2 * D]);
     assert!(
@@ -235,15 +294,115 @@ fn a_partial_plan_constrains_only_the_rows_it_has() {
     // The executor's plan ends after 3 of the 6 actions.
     let short = dir.join("short.npy");
     write_plan(&short, &plan[..3 * D]);
-    let ours = reflex_guided(&dir, 5.0, &short, 2, "guided_short");
-    let theirs = reference(&dir, 5.0, &short, 2);
-    assert!(max_diff(&ours, &theirs) < 1e-4);
+    for field in [Field::Flow, Field::Diffusion] {
+        let ours = reflex_guided(&dir, field, 5.0, &short, 2, &format!("short_{field:?}"));
+        let theirs = reference(&dir, field, 5.0, &short, 2);
+        assert!(max_diff(&ours, &theirs) < 1e-4, "{field:?}");
+    }
+}
+
+/// DDIM guided by ΠGDM (the paper's guidance for a diffusion policy): reflex's
+/// sampler equals the numpy one written from the DDIM, ΠGDM and classifier-
+/// guidance papers; the frozen actions move onto the plan, the more so the
+/// higher the clip; without guidance they do not.
+#[test]
+fn guided_ddim_equals_pigdm_written_from_the_papers_and_freezes_the_prefix() {
+    let dir = scratch("rtc-guided-ddim");
+    let (_, _, plan) = inputs(&dir);
+    let plan_path = dir.join("plan.npy");
+    write_plan(&plan_path, &plan);
+    let field = Field::Diffusion;
+    let mut gaps = Vec::new();
+    for (beta, d) in [(5.0, 1), (5.0, 2), (20.0, 2)] {
+        let ours = reflex_guided(
+            &dir,
+            field,
+            beta,
+            &plan_path,
+            d,
+            &format!("ddim_{beta}_{d}"),
+        );
+        let theirs = reference(&dir, field, beta, &plan_path, d);
+        let diff = max_diff(&ours, &theirs);
+        assert!(
+            diff < 1e-4,
+            "beta {beta}, d = {d}: reflex vs reference {diff}"
+        );
+        gaps.push(max_diff(&ours[..d * D], &plan[..d * D]));
+    }
+    // (1.0 without guidance; the clip at low noise leaves ~0.2 at beta 5, ~0.09 at 20.)
+    assert!(gaps[0] < 0.3 && gaps[1] < 0.3, "{gaps:?}");
+    assert!(gaps[2] < gaps[1] && gaps[2] < 0.12, "{gaps:?}");
+    // Negative control.
+    let free = reflex_guided(&dir, field, 0.0, &plan_path, 2, "ddim_unguided");
+    let theirs = reference(&dir, field, 0.0, &plan_path, 2);
+    assert!(max_diff(&free, &theirs) < 1e-4);
+    let drift = max_diff(&free[..2 * D], &plan[..2 * D]);
+    assert!(
+        drift > 0.8,
+        "unguided prefix should not match the plan: {drift}"
+    );
+}
+
+/// Training-time RTC for a diffusion policy: the noise network takes the clean
+/// prefix marked by `prefix_mask`; the DDIM sampler writes the plan's first d rows
+/// into the sample before every step and at the end.
+#[test]
+fn a_diffusion_policy_trained_for_real_time_chunking_takes_the_prefix_as_it_is() {
+    let dir = scratch("rtc-trained-ddim");
+    let (_, _, plan) = inputs(&dir);
+    let plan_path = dir.join("plan.npy");
+    write_plan(&plan_path, &plan);
+    let policy = Field::Diffusion
+        .policy()
+        .replace("rtc_analytic_eps.onnx", "rtc_analytic_eps_prefix.onnx")
+        .replace("vjp_model", "# vjp_model");
+    let path = dir.join("trained.toml");
+    std::fs::write(
+        &path,
+        demo_with_policy(
+            &format!("strategy = \"rtc\"\nmode = \"trained\"\n\n{policy}"),
+            2,
+        ),
+    )
+    .unwrap();
+    let (noise, obs, _) = inputs(&dir);
+    let infer = |tag: &str, delay_ticks: &str| {
+        let out = dir.join(format!("{tag}.npy"));
+        run_ok(&[
+            "infer",
+            path.to_str().unwrap(),
+            "--obs",
+            obs.to_str().unwrap(),
+            "--noise",
+            noise.to_str().unwrap(),
+            "--previous",
+            plan_path.to_str().unwrap(),
+            "--delay-ticks",
+            delay_ticks,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        npy::read_f64(&out).unwrap().1
+    };
+    for d in [1, 2] {
+        let chunk = infer(&format!("trained_{d}"), &(10 * d).to_string());
+        let frozen = d * D;
+        assert!(
+            max_diff(&chunk[..frozen], &plan[..frozen]) < 1e-6,
+            "d = {d}: the prefix is the plan's"
+        );
+        assert!(max_diff(&chunk[frozen..], &plan[frozen..]) > 0.05);
+    }
+    // No delay: nothing frozen (negative control).
+    let free = infer("trained_0", "0");
+    assert!(max_diff(&free[..D], &plan[..D]) > 0.05);
 }
 
 #[test]
 fn rtc_launch_errors_name_the_field() {
     let dir = scratch("rtc-errors");
-    let path = launch(&dir, 5.0);
+    let path = launch(&dir, Field::Flow, 5.0);
     let text = std::fs::read_to_string(&path).unwrap();
     let check = |text: &str, extra: &[&str]| {
         let bad = dir.join("bad.toml");
@@ -272,6 +431,22 @@ fn rtc_launch_errors_name_the_field() {
     assert!(err.contains("execution.target"), "{err}");
     let err = check(&text, &["execution.schedule=\"cosine\""]);
     assert!(err.contains("execution.schedule"), "{err}");
+    let diffusion = std::fs::read_to_string(launch(&dir, Field::Diffusion, 5.0)).unwrap();
+    let err = check(&diffusion.replace("vjp_model", "# vjp_model"), &[]);
+    assert!(err.contains("policy.vjp_model"), "{err}");
+    // A policy without a sampler cannot continue a plan.
+    let chunk = demo_with_policy(
+        &format!(
+            "strategy = \"rtc\"\n\n{}",
+            chunk_policy("chunk_state_hold.onnx", "", 10)
+        ),
+        2,
+    );
+    let err = check(&chunk, &[]);
+    assert!(
+        err.contains("execution.strategy") && err.contains("(`chunk`)"),
+        "{err}"
+    );
 }
 
 /// The trained sim flow policy predicts z-scored deltas from the joint positions
@@ -398,5 +573,74 @@ fn trained_mode_needs_a_model_with_a_prefix_mask() {
     assert!(
         err.contains("input `prefix_mask` is not in the model"),
         "{err}"
+    );
+}
+
+/// Guided real-time chunking of a diffusion policy in the loop: the run replays
+/// bit for bit, and each new chunk's first action (the one that runs while the
+/// next is computed: d = 1) continues the previous chunk's action due at the same
+/// tick; without guidance (negative control) it does not.
+#[test]
+fn a_guided_diffusion_run_replays_and_continues_the_plan() {
+    use reflex_runtime::log::{Record, read_log};
+    let dir = scratch("rtc-ddim-run");
+    let handover_gap = |beta: f64| {
+        let log = dir.join(format!("run_{beta}.log"));
+        run_ok(&[
+            "run",
+            launch(&dir, Field::Diffusion, beta).to_str().unwrap(),
+            "--sim-clock",
+            "--duration",
+            "3",
+            "--set",
+            "zenoh.enabled=false",
+            "--set",
+            "control.sim_inference_ticks=10",
+            "--log",
+            log.to_str().unwrap(),
+        ]);
+        let replay = reflex()
+            .args(["replay", log.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&replay.stdout);
+        assert!(
+            replay.status.success() && stdout.contains("bit-identical"),
+            "{stdout}"
+        );
+        let chunks: Vec<_> = (read_log(&log).unwrap().records.into_iter())
+            .filter_map(|r| match r {
+                Record::Chunk {
+                    accepted: true,
+                    chunk,
+                    ..
+                } => Some(chunk),
+                _ => None,
+            })
+            .collect();
+        assert!(chunks.len() >= 10, "{} chunks", chunks.len());
+        // Action i of a chunk is due 10 ticks (one action) after action i - 1.
+        let mut gaps = Vec::new();
+        for pair in chunks.windows(2) {
+            let (old, new) = (&pair[0], &pair[1]);
+            let offset = (new.conditioned_on_tick - old.conditioned_on_tick) as usize;
+            assert_eq!(offset % 10, 0);
+            let due = offset / 10;
+            let first = new.actions[..D].iter().map(|&v| f64::from(v));
+            let planned = old.actions[due * D..(due + 1) * D].iter();
+            gaps.push(
+                first
+                    .zip(planned)
+                    .map(|(a, &b)| (a - f64::from(b)).abs())
+                    .fold(0.0, f64::max),
+            );
+        }
+        gaps.iter().sum::<f64>() / gaps.len() as f64
+    };
+    let (guided, free) = (handover_gap(5.0), handover_gap(0.0));
+    eprintln!("mean handover gap: guided {guided}, unguided {free}");
+    assert!(
+        guided < 0.4 * free,
+        "mean handover gap: guided {guided} vs unguided {free}"
     );
 }

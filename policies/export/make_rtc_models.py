@@ -18,6 +18,9 @@ cannot export autograd, so the backward graphs here are derived by hand:
       vjp = ((1 - v^2) * cotangent)_flat @ A^T
   A, c, S, b are seeded; they are also written to test/rtc_analytic.npz so that a
   numpy reference (policies/export/rtc_reference.py) evaluates the same field.
+- test/rtc_analytic_eps{,_vjp,_prefix}.onnx: a diffusion noise network built on the
+  same field (ports `timestep` int64, `eps`; see analytic_eps_graphs), for the DDIM
+  sampler tests.
 
 Both VJP graphs are checked against central finite differences of the forward
 graph with ONNX Runtime (float64 reference on the analytic model); the script
@@ -36,9 +39,12 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from onnx_graph import const, save, tensor
+from rtc_reference import cosine_alpha_bar
 from train_sim_flow import expert_input_nodes
 
 ANALYTIC_H, ANALYTIC_D, ANALYTIC_S = 6, 3, 3
+# The diffusion twin's schedule: squared cosine over 100 training timesteps.
+ANALYTIC_TRAIN_STEPS = 100
 
 
 def initializers(model):
@@ -135,15 +141,9 @@ def check_vjp(forward, vjp, feeds, rng, eps):
     return worst
 
 
-def analytic_models(out_dir):
-    h, d, s = ANALYTIC_H, ANALYTIC_D, ANALYTIC_S
-    rng = np.random.default_rng(11)
-    a = (rng.normal(size=(h * d, h * d)) * 0.6 / np.sqrt(h * d)).astype(np.float32)
-    c = rng.normal(size=(1, h * d)).astype(np.float32)
-    sm = rng.normal(size=(s, h * d)).astype(np.float32)
-    b = (rng.normal(size=(h * d,)) * 0.1).astype(np.float32)
-    np.savez(os.path.join(out_dir, "rtc_analytic.npz"), A=a, c=c, S=sm, b=b)
-    forward_nodes = [
+def field_nodes():
+    """v_flat = tanh(x_flat @ A + time c + state @ S + b), from `noisy_actions`, `time`, `state`."""
+    return [
         helper.make_node("Flatten", ["noisy_actions"], ["x_flat"], axis=1),
         helper.make_node("MatMul", ["x_flat", "A"], ["xa"]),
         helper.make_node("Unsqueeze", ["time", "time_axes"], ["time_col"]),
@@ -151,31 +151,125 @@ def analytic_models(out_dir):
         helper.make_node("MatMul", ["state", "S"], ["sx"]),
         helper.make_node("Sum", ["xa", "tc", "sx", "b"], ["pre"]),
         helper.make_node("Tanh", ["pre"], ["v_flat"]),
-        helper.make_node("Reshape", ["v_flat", "chunk_shape"], ["velocity"]),
     ]
-    inits = [const("A", a), const("c", c), const("S", sm), const("b", b),
-             const("time_axes", np.array([1], np.int64)), const("chunk_shape", np.array([-1, h, d], np.int64))]
-    inputs = [tensor("state", ["batch", s]), tensor("noisy_actions", ["batch", h, d]), tensor("time", ["batch"])]
-    velocity = tensor("velocity", ["batch", h, d])
-    paths = {k: os.path.join(out_dir, f"rtc_analytic{k}.onnx") for k in ("", "_vjp")}
-    save(helper.make_graph(forward_nodes, "rtc_analytic", inputs, [velocity], inits), paths[""])
-    vjp_nodes = forward_nodes + [
+
+
+def field_vjp_nodes():
+    """gx = ((1 - v^2) * u)_flat @ A^T, u the flattened `cotangent`."""
+    return [
         helper.make_node("Flatten", ["cotangent"], ["u_flat"], axis=1),
         helper.make_node("Mul", ["v_flat", "v_flat"], ["v2"]),
         helper.make_node("Sub", ["one", "v2"], ["dtanh"]),
         helper.make_node("Mul", ["u_flat", "dtanh"], ["g"]),
         helper.make_node("MatMul", ["g", "A_t"], ["gx"]),
+    ]
+
+
+def field_inits(params):
+    a, c, sm, b = params
+    h, d = ANALYTIC_H, ANALYTIC_D
+    return [const("A", a), const("c", c), const("S", sm), const("b", b),
+            const("time_axes", np.array([1], np.int64)), const("chunk_shape", np.array([-1, h, d], np.int64))]
+
+
+def field_vjp_inits(params):
+    return [const("A_t", np.ascontiguousarray(params[0].T)), const("one", np.array(1.0, np.float32))]
+
+
+def analytic_graphs(out_dir, params):
+    """test/rtc_analytic{,_vjp}.onnx: the flow field v = tanh(x_flat @ A + t c + state @ S + b)."""
+    h, d, s = ANALYTIC_H, ANALYTIC_D, ANALYTIC_S
+    forward_nodes = field_nodes() + [helper.make_node("Reshape", ["v_flat", "chunk_shape"], ["velocity"])]
+    inits = field_inits(params)
+    inputs = [tensor("state", ["batch", s]), tensor("noisy_actions", ["batch", h, d]), tensor("time", ["batch"])]
+    velocity = tensor("velocity", ["batch", h, d])
+    paths = {k: os.path.join(out_dir, f"rtc_analytic{k}.onnx") for k in ("", "_vjp")}
+    save(helper.make_graph(forward_nodes, "rtc_analytic", inputs, [velocity], inits), paths[""])
+    vjp_nodes = forward_nodes + field_vjp_nodes() + [
         helper.make_node("Reshape", ["gx", "chunk_shape"], ["vjp"]),
     ]
     save(helper.make_graph(vjp_nodes, "rtc_analytic_vjp", inputs + [tensor("cotangent", ["batch", h, d])],
-                           [velocity, tensor("vjp", ["batch", h, d])],
-                           inits + [const("A_t", np.ascontiguousarray(a.T)), const("one", np.array(1.0, np.float32))]),
+                           [velocity, tensor("vjp", ["batch", h, d])], inits + field_vjp_inits(params)),
          paths["_vjp"])
-    feeds = {"state": rng.normal(size=(3, s)).astype(np.float32),
-             "noisy_actions": rng.normal(size=(3, h, d)).astype(np.float32),
-             "time": np.array([1.0, 0.5, 0.1], np.float32)}
-    sessions = [ort.InferenceSession(p, providers=["CPUExecutionProvider"]) for p in paths.values()]
-    return paths, check_vjp(*sessions, feeds, rng, eps=1e-2)
+    return paths
+
+
+def analytic_eps_graphs(out_dir, params):
+    """test/rtc_analytic_eps{,_vjp,_prefix}.onnx: a noise network shaped like the exact one
+    for data centred on a state-dependent mean m (Tweedie: x0_hat = sqrt(ab) x + (1 - ab) m),
+        eps(x, k) = sqrt(1 - ab_k) (x - sqrt(ab_k) m),  m = tanh(x_flat @ A + (k / 100) c + state @ S + b),
+    ab_k from the 100-step squared-cosine schedule at the int64 timestep k. Its VJP:
+        sqrt(1 - ab) (u - sqrt(ab) ((1 - m^2) u)_flat @ A^T).
+    The _prefix form takes `prefix_mask` [B, H] and predicts no noise on the marked rows."""
+    h, d, s = ANALYTIC_H, ANALYTIC_D, ANALYTIC_S
+    alpha_bar = cosine_alpha_bar(ANALYTIC_TRAIN_STEPS)
+    forward_nodes = [
+        helper.make_node("Cast", ["timestep"], ["k_float"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Mul", ["k_float", "time_scale"], ["time"]),
+        *field_nodes(),
+        # sqrt(ab_k) and sqrt(1 - ab_k) as [B, 1] columns.
+        helper.make_node("Gather", ["sqrt_ab", "timestep"], ["sa"]),
+        helper.make_node("Gather", ["sqrt_1mab", "timestep"], ["sb"]),
+        helper.make_node("Unsqueeze", ["sa", "time_axes"], ["sa_col"]),
+        helper.make_node("Unsqueeze", ["sb", "time_axes"], ["sb_col"]),
+        helper.make_node("Mul", ["v_flat", "sa_col"], ["m_scaled"]),
+        helper.make_node("Sub", ["x_flat", "m_scaled"], ["gap"]),
+        helper.make_node("Mul", ["gap", "sb_col"], ["eps_flat"]),
+    ]
+    inits = field_inits(params) + [
+        const("time_scale", np.array(1.0 / ANALYTIC_TRAIN_STEPS, np.float32)),
+        const("sqrt_ab", np.sqrt(alpha_bar).astype(np.float32)),
+        const("sqrt_1mab", np.sqrt(1.0 - alpha_bar).astype(np.float32)),
+    ]
+    timestep = helper.make_tensor_value_info("timestep", onnx.TensorProto.INT64, ["batch"])
+    inputs = [tensor("state", ["batch", s]), tensor("noisy_actions", ["batch", h, d]), timestep]
+    eps = tensor("eps", ["batch", h, d])
+    paths = {k: os.path.join(out_dir, f"rtc_analytic_eps{k}.onnx") for k in ("", "_vjp", "_prefix")}
+    reshape = [helper.make_node("Reshape", ["eps_flat", "chunk_shape"], ["eps"])]
+    save(helper.make_graph(forward_nodes + reshape, "rtc_analytic_eps", inputs, [eps], inits), paths[""])
+    vjp_nodes = forward_nodes + reshape + field_vjp_nodes() + [
+        helper.make_node("Mul", ["gx", "sa_col"], ["gx_scaled"]),
+        helper.make_node("Sub", ["u_flat", "gx_scaled"], ["inner"]),
+        helper.make_node("Mul", ["inner", "sb_col"], ["vjp_flat"]),
+        helper.make_node("Reshape", ["vjp_flat", "chunk_shape"], ["vjp"]),
+    ]
+    save(helper.make_graph(vjp_nodes, "rtc_analytic_eps_vjp", inputs + [tensor("cotangent", ["batch", h, d])],
+                           [eps, tensor("vjp", ["batch", h, d])], inits + field_vjp_inits(params)),
+         paths["_vjp"])
+    prefix_nodes = forward_nodes + [
+        helper.make_node("Reshape", ["eps_flat", "chunk_shape"], ["eps_full"]),
+        helper.make_node("Unsqueeze", ["prefix_mask", "last_axis"], ["mask_col"]),
+        helper.make_node("Sub", ["one", "mask_col"], ["keep"]),
+        helper.make_node("Mul", ["eps_full", "keep"], ["eps"]),
+    ]
+    save(helper.make_graph(prefix_nodes, "rtc_analytic_eps_prefix", inputs + [tensor("prefix_mask", ["batch", h])],
+                           [eps], inits + [const("last_axis", np.array([2], np.int64)),
+                                           const("one", np.array(1.0, np.float32))]),
+         paths["_prefix"])
+    return paths
+
+
+def analytic_models(out_dir):
+    """The flow field and its diffusion twin, from the same seeded A, c, S, b."""
+    h, d, s = ANALYTIC_H, ANALYTIC_D, ANALYTIC_S
+    rng = np.random.default_rng(11)
+    a = (rng.normal(size=(h * d, h * d)) * 0.6 / np.sqrt(h * d)).astype(np.float32)
+    c = rng.normal(size=(1, h * d)).astype(np.float32)
+    sm = rng.normal(size=(s, h * d)).astype(np.float32)
+    b = (rng.normal(size=(h * d,)) * 0.1).astype(np.float32)
+    np.savez(os.path.join(out_dir, "rtc_analytic.npz"), A=a, c=c, S=sm, b=b)
+    params = (a, c, sm, b)
+    flow = analytic_graphs(out_dir, params)
+    eps = analytic_eps_graphs(out_dir, params)
+    worst = 0.0
+    for names, time in [((flow[""], flow["_vjp"]), np.array([1.0, 0.5, 0.1], np.float32)),
+                        ((eps[""], eps["_vjp"]), np.array([90, 40, 0], np.int64))]:
+        feeds = {"state": rng.normal(size=(3, s)).astype(np.float32),
+                 "noisy_actions": rng.normal(size=(3, h, d)).astype(np.float32),
+                 "time" if time.dtype == np.float32 else "timestep": time}
+        sessions = [ort.InferenceSession(p, providers=["CPUExecutionProvider"]) for p in names]
+        worst = max(worst, check_vjp(*sessions, feeds, rng, eps=1e-2))
+    return [*flow.values(), *eps.values()], worst
 
 
 def main():
@@ -188,7 +282,7 @@ def main():
     print(f"{out}: VJP vs finite differences, worst relative error {worst:.1e}")
     test_dir = os.path.join(args.out_dir, "test")
     paths, worst = analytic_models(test_dir)
-    print(f"{paths['']}, {paths['_vjp']}: VJP vs finite differences, worst relative error {worst:.1e}")
+    print(f"{', '.join(paths)}: VJP vs finite differences, worst relative error {worst:.1e}")
 
 
 if __name__ == "__main__":

@@ -115,6 +115,11 @@ pub struct DiffusionPolicyConfig {
     pub actions: GenerativeActions,
     pub norm_stats: Option<NormStatsConfig>,
     pub schedule: ScheduleConfig,
+    /// Guided real-time chunking (`[execution] strategy = "rtc"`): the noise
+    /// network with one more input, `cotangent` [B, H, D], and one more output,
+    /// `vjp` [B, H, D] = (d output / d noisy_actions)^T cotangent, beside its
+    /// prediction (policies/export/make_rtc_models.py writes them for its graphs).
+    pub vjp_model: Option<PathBuf>,
     #[serde(default)]
     pub ports: DiffusionPorts,
 }
@@ -128,6 +133,15 @@ pub struct DiffusionPorts {
     pub timestep: String,
     #[serde(default = "defaults::eps")]
     pub output: String,
+    /// The VJP graph's cotangent input and VJP output.
+    #[serde(default = "defaults::cotangent")]
+    pub cotangent: String,
+    #[serde(default = "defaults::vjp")]
+    pub vjp: String,
+    /// Training-time real-time chunking: the noise network's input marking the
+    /// frozen (clean) actions of `noisy_actions` ([B, H], 1 = frozen).
+    #[serde(default = "defaults::prefix_mask")]
+    pub prefix_mask: String,
 }
 
 impl Default for DiffusionPorts {
@@ -136,6 +150,9 @@ impl Default for DiffusionPorts {
             noisy_actions: defaults::noisy_actions(),
             timestep: defaults::timestep(),
             output: defaults::eps(),
+            cotangent: defaults::cotangent(),
+            vjp: defaults::vjp(),
+            prefix_mask: defaults::prefix_mask(),
         }
     }
 }

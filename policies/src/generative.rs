@@ -231,8 +231,11 @@ impl GenerativePolicy {
                 },
                 sampler: Sampler::Diffusion(plan),
                 time_dtypes: &["int64", "float32"],
-                vjp: None,
-                prefix_mask: None,
+                vjp: cfg
+                    .vjp_model
+                    .as_deref()
+                    .map(|p| (p, cfg.ports.cotangent.clone(), cfg.ports.vjp.clone())),
+                prefix_mask: Some(cfg.ports.prefix_mask.clone()),
             },
         )
     }
@@ -484,7 +487,7 @@ impl GenerativePolicy {
                 let ports = crate::rtc::VjpPorts {
                     noisy_actions: &spec.ports.noisy_actions,
                     time: &spec.ports.time,
-                    velocity: &spec.ports.output,
+                    output: &spec.ports.output,
                     cotangent,
                     vjp,
                 };
@@ -729,18 +732,25 @@ impl GenerativePolicy {
         Ok(finite)
     }
 
-    /// One Euler step of guided real-time chunking (see [`crate::rtc`]): the
-    /// velocity, then the VJP graph on the weighted gap to the previous plan.
-    fn guided_flow_step(&mut self, t: f32, dt: f32) -> Result<bool, PolicyError> {
+    /// One step-graph run guided toward the previous plan (see [`crate::rtc`]):
+    /// the network's output, then the VJP graph on the weighted gap between the
+    /// step's clean-sample estimate and the plan. The guided output is left in
+    /// the guide's `output` for the sampler's update.
+    fn guided_output(
+        &mut self,
+        t: f32,
+        timestep: i64,
+        denoiser: crate::rtc::Denoiser,
+    ) -> Result<bool, PolicyError> {
         let Some(guide) = self.rtc.as_mut() else {
             return Err("guided step without real-time chunking".into());
         };
-        let mut velocity = std::mem::take(&mut guide.velocity);
-        let finite = self.step(t, 0, |_, v| velocity.copy_from_slice(v));
+        let mut output = std::mem::take(&mut guide.output);
+        let finite = self.step(t, timestep, |_, m| output.copy_from_slice(m));
         let Some(guide) = self.rtc.as_mut() else {
             return Err("guided step without real-time chunking".into());
         };
-        guide.velocity = velocity;
+        guide.output = output;
         let finite = finite?;
         if self.rebind_each_step {
             self.time.bind(&mut guide.binding, &self.ports.time)?;
@@ -748,20 +758,24 @@ impl GenerativePolicy {
                 .binding
                 .bind_input(self.ports.noisy_actions.as_str(), &self.x)?;
         }
-        guide.fill_cotangent(self.x.extract_tensor().1, t);
+        guide.fill_cotangent(self.x.extract_tensor().1, denoiser);
         if self.rebind_each_step {
             guide
                 .binding
                 .bind_input(guide.cotangent_port.as_str(), &guide.cotangent)?;
         }
-        let guided = guide.guided_step(
-            self.x.extract_tensor_mut().1,
-            t,
-            dt,
-            &mut self.last_timing.graph_ns,
-        )?;
+        let guided = guide.guide(denoiser, &mut self.last_timing.graph_ns)?;
         self.last_timing.graph_runs += 1;
         Ok(finite && guided)
+    }
+
+    /// Writes the frozen prefix of training-time real-time chunking into `x`.
+    fn impose_prefix(&mut self, frozen: usize) {
+        if frozen > 0
+            && let Some(prefix) = &self.rtc_prefix
+        {
+            prefix.impose(self.x.extract_tensor_mut().1);
+        }
     }
 
     /// Samples B chunks for `obs` into [`Self::last_raw`] / [`Self::last_actions`].
@@ -777,52 +791,54 @@ impl GenerativePolicy {
         self.bind_conditioning(obs)?;
         self.fill_noise(obs)?;
         let mut bad_step = None;
+        // Real-time chunking: the plan this chunk continues, when there is one.
+        let guided = match &mut self.rtc {
+            Some(guide) => guide.prepare(obs, self.actions_norm.as_ref()),
+            None => false,
+        };
+        let rtc_params = self.rtc.as_ref().map(|g| g.params.clone());
+        let frozen = match &mut self.rtc_prefix {
+            Some(prefix) => {
+                let frozen = prefix.prepare(obs, self.actions_norm.as_ref());
+                if self.rebind_each_step {
+                    self.binding
+                        .bind_input(prefix.port.as_str(), &prefix.mask)?;
+                }
+                frozen
+            }
+            None => 0,
+        };
         match &self.sampler {
             Sampler::Flow { steps } => {
                 let dt = (-1.0 / *steps as f64) as f32;
                 let mut t = 1.0f32;
                 let mut k = 0;
-                let guided = match &mut self.rtc {
-                    Some(guide) => guide.prepare(obs, self.actions_norm.as_ref()),
-                    None => false,
-                };
-                let frozen = match &mut self.rtc_prefix {
-                    Some(prefix) => {
-                        let frozen = prefix.prepare(obs, self.actions_norm.as_ref());
-                        if self.rebind_each_step {
-                            self.binding
-                                .bind_input(prefix.port.as_str(), &prefix.mask)?;
-                        }
-                        frozen
-                    }
-                    None => 0,
-                };
                 // openpi's loop condition; float rounding decides the last step the same way.
                 while t >= -dt / 2.0 {
-                    if frozen > 0
-                        && let Some(prefix) = &self.rtc_prefix
-                    {
-                        prefix.impose(self.x.extract_tensor_mut().1);
-                    }
-                    let finite = if guided {
-                        self.guided_flow_step(t, dt)?
-                    } else {
-                        self.step(t, 0, |x, v| {
+                    self.impose_prefix(frozen);
+                    let finite = match (&rtc_params, guided) {
+                        (Some(params), true) => {
+                            let finite =
+                                self.guided_output(t, 0, crate::rtc::Denoiser::flow(params, t))?;
+                            if let Some(guide) = &self.rtc {
+                                let x = self.x.extract_tensor_mut().1;
+                                for (x, v) in x.iter_mut().zip(&guide.output) {
+                                    *x += dt * v;
+                                }
+                            }
+                            finite
+                        }
+                        _ => self.step(t, 0, |x, v| {
                             for (x, v) in x.iter_mut().zip(v) {
                                 *x += dt * v;
                             }
-                        })?
+                        })?,
                     };
                     if !finite && bad_step.is_none() {
                         bad_step = Some(k);
                     }
                     t += dt;
                     k += 1;
-                }
-                if frozen > 0
-                    && let Some(prefix) = &self.rtc_prefix
-                {
-                    prefix.impose(self.x.extract_tensor_mut().1);
                 }
             }
             Sampler::Diffusion(plan) => {
@@ -833,9 +849,25 @@ impl GenerativePolicy {
                 let mut result = Ok(());
                 for (k, step) in plan.steps.iter().enumerate() {
                     let z = noise.get(k * per_step..(k + 1) * per_step).unwrap_or(&[]);
-                    match self.step(step.timestep as f32, step.timestep, |x, m| {
-                        step.apply(plan.clip, x, m, z)
-                    }) {
+                    self.impose_prefix(frozen);
+                    let time = step.timestep as f32;
+                    let ran = match (&rtc_params, guided) {
+                        (Some(params), true) => {
+                            let denoiser = crate::rtc::Denoiser::diffusion(params, step);
+                            let ran = self.guided_output(time, step.timestep, denoiser);
+                            if let Some(guide) = &self.rtc {
+                                step.apply(
+                                    plan.clip,
+                                    self.x.extract_tensor_mut().1,
+                                    &guide.output,
+                                    z,
+                                );
+                            }
+                            ran
+                        }
+                        _ => self.step(time, step.timestep, |x, m| step.apply(plan.clip, x, m, z)),
+                    };
+                    match ran {
                         Ok(finite) => {
                             if !finite && bad_step.is_none() {
                                 bad_step = Some(k);
@@ -851,6 +883,7 @@ impl GenerativePolicy {
                 result?;
             }
         }
+        self.impose_prefix(frozen);
         let x = self.x.extract_tensor().1;
         self.last_raw.copy_from_slice(x);
         if let Some(k) = bad_step {
@@ -1071,6 +1104,40 @@ impl GenerativeConfig for DiffusionPolicyConfig {
     }
 }
 
+/// With `[execution] strategy = "rtc"`: guided mode needs the VJP graph (added
+/// to the files checked); no mode can re-anchor velocity targets.
+fn check_real_time_chunking<'a>(
+    table: &KindTable<'_>,
+    vjp_model: Option<&'a Path>,
+    models: &mut Vec<(&'static str, &'a Path)>,
+) -> Result<(), LaunchError> {
+    let execution = &table.launch().config.execution;
+    if execution.strategy != "rtc" {
+        return Ok(());
+    }
+    let trained = execution.params.get("mode").and_then(|m| m.as_str()) == Some("trained");
+    match vjp_model {
+        None if trained => {}
+        None => {
+            return Err(table.error_at(
+                "vjp_model",
+                "`[execution] strategy = \"rtc\"` guides the sampler with the network's \
+                 vector-Jacobian product: name the VJP graph \
+                 (policies/export/make_rtc_models.py writes one)",
+            ));
+        }
+        Some(vjp) => models.push(("vjp_model", vjp)),
+    }
+    if execution.target == reflex_runtime::targets::ActionTarget::Velocity {
+        return Err(table.launch().error_at(
+            "execution.target",
+            "real-time chunking re-anchors the plan it continues as positions or \
+             deltas; velocity targets cannot be",
+        ));
+    }
+    Ok(())
+}
+
 /// What the generative kinds check alike: sampler sizes, inputs and files.
 fn check_common(
     table: &KindTable<'_>,
@@ -1103,29 +1170,7 @@ impl PolicyKind for FlowKind {
         if let Some(prefix) = &cfg.prefix_model {
             models.push(("prefix_model", prefix.as_path()));
         }
-        let execution = &table.launch().config.execution;
-        let trained = execution.params.get("mode").and_then(|m| m.as_str()) == Some("trained");
-        if execution.strategy == "rtc" {
-            match &cfg.vjp_model {
-                None if trained => {}
-                None => {
-                    return Err(table.error_at(
-                        "vjp_model",
-                        "`[execution] strategy = \"rtc\"` guides the sampler with the \
-                         velocity network's vector-Jacobian product: name the VJP graph \
-                         (policies/export/make_rtc_models.py writes one)",
-                    ));
-                }
-                Some(vjp) => models.push(("vjp_model", vjp.as_path())),
-            }
-            if execution.target == reflex_runtime::targets::ActionTarget::Velocity {
-                return Err(table.launch().error_at(
-                    "execution.target",
-                    "real-time chunking re-anchors the plan it continues as positions or \
-                     deltas; velocity targets cannot be",
-                ));
-            }
-        }
+        check_real_time_chunking(table, cfg.vjp_model.as_deref(), &mut models)?;
         check_common(
             table,
             cfg.intra_threads,
@@ -1155,6 +1200,7 @@ impl PolicyKind for DiffusionKind {
         if let Some(prefix) = &cfg.prefix_model {
             models.push(("prefix_model", prefix.as_path()));
         }
+        check_real_time_chunking(table, cfg.vjp_model.as_deref(), &mut models)?;
         check_common(
             table,
             cfg.intra_threads,
@@ -1210,6 +1256,9 @@ impl<C: GenerativeConfig> PolicySpec for GenerativeSpec<C> {
     }
     fn history(&self) -> usize {
         crate::config::max_history(self.0.inputs())
+    }
+    fn real_time_chunking(&self) -> bool {
+        true
     }
     fn model(&self) -> PathBuf {
         self.0.model().to_path_buf()

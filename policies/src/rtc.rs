@@ -1,19 +1,26 @@
 //! Guided real-time chunking (Black, Galliker, Levine 2025, arXiv 2506.07339) in
-//! the flow sampler: every Euler step is steered toward the plan the new chunk
-//! replaces, by ΠGDM guidance through the velocity network's vector-Jacobian
-//! product (a second graph, `[policy] vjp_model`).
+//! the flow and diffusion samplers: every step is steered toward the plan the new
+//! chunk replaces, by ΠGDM guidance (Song et al. 2023) through the network's
+//! vector-Jacobian product (a second graph, `[policy] vjp_model`).
 //!
-//! The paper integrates from noise at τ = 0 to data at τ = 1; openpi-style models
-//! (ours) from t = 1 (noise) to t = 0, with v pointing from data to noise. With
-//! τ = 1 - t both predict the same clean sample, `x̂ = x - t v(x, t)`, so one step
-//! of the paper's algorithm in our convention is
+//! Each step's network output m gives a clean-sample estimate affine in the
+//! sample x, `x̂ = a x + b m` ([`Denoiser`]); the step is guided by
 //!
 //! ```text
-//! e = W ⊙ (y - x̂)                            the weighted gap to the previous plan y
-//! g = e - t J_v(x)^T e                       (d x̂ / d x)^T e, one VJP-graph run
-//! w = min(β, (1 - τ)/τ · (τ² + (1 - τ)²)/(1 - τ)²)   (β at τ = 0)
-//! x += dt (v - w g)                          dt = -1/steps (the paper: v_paper + w g)
+//! e = W ⊙ (y - x̂)                the weighted gap to the previous plan y
+//! g = a e + b J^T e              (d x̂ / d x)^T e, one VJP-graph run
+//! m ← m + kappa g                then the sampler's own update with m
 //! ```
+//!
+//! Flow (openpi convention, t = 1 noise, v from data to noise): x̂ = x - t v,
+//! the paper's `x += dt (v - w g)` with `w = min(β, (1 - τ)/τ · (τ² + (1 - τ)²)/(1 - τ)²)`
+//! at τ = 1 - t (β at τ = 0), i.e. kappa = -w. (The paper integrates from noise at
+//! τ = 0 to data at τ = 1 with v toward the data: the same estimate, the same step.)
+//!
+//! Diffusion (diffusers' DDIM / DDPM, any prediction type): x̂ = cx x + cm m as
+//! the scheduler predicts the clean sample; ΠGDM's likelihood score
+//! `min(β, 1 / (1 - ᾱ)) g` is added to the model's score, which moves the output
+//! by kappa g (see [`Denoiser::diffusion`]); the scheduler's step then runs on it.
 //!
 //! y is the executor's plan at the new chunk's action times (the observation's
 //! `committed` rows), taken back into the model's space: re-anchored to the state
@@ -41,6 +48,7 @@ use reflex_runtime::types::Observation;
 use crate::PolicyLoadError;
 use crate::chunk::{Port, model_ports, signature_mismatch as mismatch};
 use crate::normalize::VectorNorm;
+use crate::scheduler::Step;
 
 /// The plan a chunk continues, in the model's space.
 pub(crate) struct ModelPlan {
@@ -102,7 +110,7 @@ impl ModelPlan {
 
 /// What one chunk's guidance needs, allocated once.
 pub(crate) struct RtcGuide {
-    params: RtcParams,
+    pub(crate) params: RtcParams,
     plan: ModelPlan,
     pub(crate) session: Session,
     pub(crate) binding: IoBinding,
@@ -111,8 +119,9 @@ pub(crate) struct RtcGuide {
     pub(crate) vjp_port: String,
     /// The weight of each value of the plan, [H, D].
     mask: Vec<f32>,
-    /// The last velocity, [B, H, D].
-    pub(crate) velocity: Vec<f32>,
+    /// The network's last output (velocity or noise prediction), [B, H, D];
+    /// guided in place.
+    pub(crate) output: Vec<f32>,
     /// Execution horizon s (`replan_after`).
     s: usize,
 }
@@ -121,7 +130,8 @@ pub(crate) struct RtcGuide {
 pub(crate) struct VjpPorts<'a> {
     pub noisy_actions: &'a str,
     pub time: &'a str,
-    pub velocity: &'a str,
+    /// The network's output (velocity or noise prediction).
+    pub output: &'a str,
     pub cotangent: &'a str,
     pub vjp: &'a str,
 }
@@ -170,9 +180,9 @@ impl RtcGuide {
             ports.vjp,
         ));
         problems.extend(sample(
-            find(&vjp_out, ports.velocity).as_ref(),
+            find(&vjp_out, ports.output).as_ref(),
             "output",
-            ports.velocity,
+            ports.output,
         ));
         for p in &vjp_in {
             let known = p.name == ports.cotangent
@@ -196,7 +206,7 @@ impl RtcGuide {
                 ),
                 format!(
                     "    {} (output): float32 [{batch}, {horizon}, {model_dim}]",
-                    ports.velocity
+                    ports.output
                 ),
             ];
             return Err(mismatch(path, problems, expected, &vjp_in, &vjp_out));
@@ -212,7 +222,7 @@ impl RtcGuide {
         binding
             .bind_input(ports.cotangent, &cotangent)
             .map_err(tensor_error)?;
-        for name in [ports.vjp, ports.velocity] {
+        for name in [ports.vjp, ports.output] {
             let out = Tensor::<f32>::new(&allocator, [batch, horizon, model_dim])
                 .map_err(tensor_error)?;
             binding.bind_output(name, out).map_err(tensor_error)?;
@@ -226,7 +236,7 @@ impl RtcGuide {
             cotangent_port: ports.cotangent.to_string(),
             vjp_port: ports.vjp.to_string(),
             mask: vec![0.0; horizon * model_dim],
-            velocity: vec![0.0; batch * horizon * model_dim],
+            output: vec![0.0; batch * horizon * model_dim],
             s: launch.config.execution.replan_after,
         })
     }
@@ -250,27 +260,26 @@ impl RtcGuide {
         any
     }
 
-    /// Writes the cotangent `W ⊙ (y - x̂)` for every batch row, `x̂ = x - t v`.
-    pub(crate) fn fill_cotangent(&mut self, x: &[f32], t: f32) {
+    /// Writes the cotangent `W ⊙ (y - x̂)` for every batch row, `x̂ = a x + b m`
+    /// (m: the network's output of this step, in [`Self::output`]).
+    pub(crate) fn fill_cotangent(&mut self, x: &[f32], denoiser: Denoiser) {
         let per_row = self.plan.target.len();
         let cotangent = self.cotangent.extract_tensor_mut().1;
-        for (i, (c, (x, v))) in cotangent
+        for (i, (c, (x, m))) in cotangent
             .iter_mut()
-            .zip(x.iter().zip(&self.velocity))
+            .zip(x.iter().zip(&self.output))
             .enumerate()
         {
             let k = i % per_row;
-            let denoised = x - t * v;
+            let denoised = denoiser.a * x + denoiser.b * m;
             *c = self.mask[k] * (self.plan.target[k] - denoised);
         }
     }
 
-    /// Runs the VJP graph and applies the guided Euler step to `x`.
-    pub(crate) fn guided_step(
+    /// Runs the VJP graph and guides [`Self::output`]: `m += kappa (a e + b J^T e)`.
+    pub(crate) fn guide(
         &mut self,
-        x: &mut [f32],
-        t: f32,
-        dt: f32,
+        denoiser: Denoiser,
         graph_ns: &mut u64,
     ) -> Result<bool, PolicyError> {
         let started = Instant::now();
@@ -279,15 +288,59 @@ impl RtcGuide {
         let jv = outputs[self.vjp_port.as_str()]
             .try_extract_tensor::<f32>()?
             .1;
-        let weight = self.params.guidance_weight(1.0 - f64::from(t)) as f32;
         let cotangent = self.cotangent.extract_tensor().1;
+        let Denoiser { a, b, kappa } = denoiser;
         let mut finite = true;
-        for (((x, v), e), jv) in x.iter_mut().zip(&self.velocity).zip(cotangent).zip(jv) {
-            let g = e - t * jv;
+        for ((m, e), jv) in self.output.iter_mut().zip(cotangent).zip(jv) {
+            let g = a * e + b * jv;
             finite &= g.is_finite();
-            *x += dt * (v - weight * g);
+            *m += kappa * g;
         }
         Ok(finite)
+    }
+}
+
+/// How one sampling step's clean-sample estimate and its guidance enter the
+/// sampler: the estimate is affine in the sample and the network's output m,
+/// `x̂ = a x + b m`, so `g = (d x̂ / d x)^T e = a e + b J^T e`; the guided output
+/// is `m + kappa g`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Denoiser {
+    pub a: f32,
+    pub b: f32,
+    pub kappa: f32,
+}
+
+impl Denoiser {
+    /// A flow step at time t (openpi convention): `x̂ = x - t v`, `v - w g` with
+    /// the paper's weight at τ = 1 - t.
+    pub(crate) fn flow(params: &RtcParams, t: f32) -> Self {
+        Self {
+            a: 1.0,
+            b: -t,
+            kappa: -(params.guidance_weight(1.0 - f64::from(t)) as f32),
+        }
+    }
+
+    /// A diffusers step: `x̂ = cx x + cm m` for its prediction type. ΠGDM adds
+    /// `h = min(β, 1 / r²) g` to the score, r² = 1 - ᾱ (the posterior variance
+    /// of unit-variance data); a score shift h moves x̂ by `(1 - ᾱ) / √ᾱ h` (Tweedie),
+    /// and so the output by `(1 - ᾱ) / (√ᾱ cm) h`: `-√(1 - ᾱ) h` for an ε
+    /// prediction, as in classifier guidance (Dhariwal & Nichol 2021, eq. 14).
+    pub(crate) fn diffusion(params: &RtcParams, step: &Step) -> Self {
+        let alpha_bar = f64::from(step.alpha_bar);
+        let cm = f64::from(step.cm);
+        let kappa = if alpha_bar < 1.0 && cm != 0.0 {
+            (1.0 - alpha_bar) / (alpha_bar.sqrt() * cm)
+                * params.diffusion_guidance_weight(alpha_bar)
+        } else {
+            0.0
+        };
+        Self {
+            a: step.cx,
+            b: step.cm,
+            kappa: kappa as f32,
+        }
     }
 }
 
@@ -339,5 +392,68 @@ impl RtcPrefix {
         for b in 0..self.batch {
             x[b * per_row..b * per_row + frozen].copy_from_slice(&self.plan.target[..frozen]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::{
+        PredictionType, SamplerKind, ScheduleKind, Scheduler, TimestepSpacing, VarianceType,
+        alphas_cumprod,
+    };
+
+    /// Whatever the network predicts, guidance is one shift h of the score: by
+    /// Tweedie the clean estimate moves by (1 - ᾱ)/√ᾱ h and the noise estimate by
+    /// -√(1 - ᾱ) h. Checked through the scheduler's own estimates of both.
+    #[test]
+    fn diffusion_guidance_shifts_the_score_for_every_prediction_type() {
+        let params = RtcParams::default();
+        for prediction_type in [
+            PredictionType::Epsilon,
+            PredictionType::Sample,
+            PredictionType::VPrediction,
+        ] {
+            let plan = Scheduler {
+                sampler: SamplerKind::Ddim,
+                alphas_cumprod: alphas_cumprod(ScheduleKind::SquaredCosine, 100, 1e-4, 0.02),
+                prediction_type,
+                timestep_spacing: TimestepSpacing::Leading,
+                clip: None,
+                set_alpha_to_one: true,
+                steps_offset: 0,
+                eta: 0.0,
+                variance_type: VarianceType::FixedSmall,
+            }
+            .plan(10)
+            .unwrap();
+            for step in plan.steps.iter() {
+                let denoiser = Denoiser::diffusion(&params, step);
+                let ab = f64::from(step.alpha_bar);
+                let h = params.diffusion_guidance_weight(ab); // the score shift for g = 1
+                let (x, m) = (0.7f64, -0.4f64);
+                let clean = |m: f64| f64::from(step.cx) * x + f64::from(step.cm) * m;
+                let noise = |m: f64| f64::from(step.ex) * x + f64::from(step.em) * m;
+                let guided = m + f64::from(denoiser.kappa);
+                let dx0 = clean(guided) - clean(m);
+                let de = noise(guided) - noise(m);
+                let (want_x0, want_e) = ((1.0 - ab) / ab.sqrt() * h, -(1.0 - ab).sqrt() * h);
+                let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * (1.0 + b.abs());
+                assert!(
+                    close(dx0, want_x0) && close(de, want_e),
+                    "{prediction_type:?} at {}: x0 {dx0} vs {want_x0}, eps {de} vs {want_e}",
+                    step.timestep
+                );
+                assert_eq!((denoiser.a, denoiser.b), (step.cx, step.cm));
+            }
+        }
+    }
+
+    #[test]
+    fn flow_guidance_is_the_papers_step() {
+        let params = RtcParams::default();
+        let d = Denoiser::flow(&params, 0.25);
+        assert_eq!((d.a, d.b), (1.0, -0.25));
+        assert_eq!(d.kappa, -(params.guidance_weight(0.75) as f32));
     }
 }

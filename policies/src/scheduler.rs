@@ -282,6 +282,8 @@ pub struct Step {
     pub c_x: f32,
     /// Standard deviation of the noise added (0: none drawn).
     pub sigma: f32,
+    /// alpha_bar at this step's timestep (guided real-time chunking weighs by it).
+    pub alpha_bar: f32,
 }
 
 impl Step {
@@ -438,6 +440,7 @@ impl Scheduler {
                     c_e: c_e as f32,
                     c_x: c_x as f32,
                     sigma: sigma as f32,
+                    alpha_bar: a_t as f32,
                 }
             })
             .collect::<Vec<_>>()

@@ -162,6 +162,12 @@ pub trait PolicySpec: Send + Sync + fmt::Debug {
     fn candidates(&self) -> usize {
         1
     }
+    /// True when the policy's sampler can continue the executor's plan
+    /// (`[execution] strategy = "rtc"`): it reads the observation's `committed`
+    /// rows and `expected_delay_ticks`.
+    fn real_time_chunking(&self) -> bool {
+        false
+    }
     /// The main model file (for messages).
     fn model(&self) -> PathBuf;
     /// Loads the model and checks it against the table; errors about the launch

@@ -14,7 +14,8 @@
 //!   timestep runs the average of every prediction made for it, the i-th oldest
 //!   weighted `exp(-m * i)`.
 //!
-//! - `rtc`: real-time chunking (Black, Galliker, Levine 2025) for flow policies.
+//! - `rtc`: real-time chunking (Black, Galliker, Levine 2025) for flow and
+//!   diffusion policies.
 //!   Executes like `replace` (s = `replan_after`); the policy's sampler is guided
 //!   toward the plan it replaces ([`RtcParams`]).
 //!
@@ -429,8 +430,8 @@ pub enum RtcMode {
 /// `[execution] strategy = "rtc"`.
 pub struct RtcStrategy;
 
-/// The `rtc` strategy's own fields; the flow policy reads them too (its sampler
-/// does the guiding, with `[policy] vjp_model`).
+/// The `rtc` strategy's own fields; the policy reads them too (its sampler does
+/// the guiding, with `[policy] vjp_model`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RtcParams {
@@ -474,6 +475,16 @@ impl RtcParams {
         let inv_r2 = (tau * tau + (1.0 - tau) * (1.0 - tau)) / ((1.0 - tau) * (1.0 - tau));
         ((1.0 - tau) / tau * inv_r2).min(beta)
     }
+
+    /// ΠGDM's weight of the likelihood score at a diffusion step with cumulative
+    /// alpha `alpha_bar`: `min(beta, 1 / r²)`, r² = 1 - alpha_bar (beta at alpha_bar = 1).
+    pub fn diffusion_guidance_weight(&self, alpha_bar: f64) -> f64 {
+        let beta = self.max_guidance_weight;
+        if alpha_bar >= 1.0 {
+            return beta;
+        }
+        (1.0 / (1.0 - alpha_bar)).min(beta)
+    }
 }
 
 impl StrategyKind for RtcStrategy {
@@ -497,11 +508,12 @@ impl StrategyKind for RtcStrategy {
             ));
         }
         let launch = table.launch();
-        if launch.policy().kind() != "flow" {
+        if !launch.policy().real_time_chunking() {
             return Err(launch.error_at(
                 "execution.strategy",
                 format!(
-                    "real-time chunking guides a flow policy's sampler; this policy is `{}`",
+                    "real-time chunking guides a flow or diffusion policy's sampler; \
+                     this policy (`{}`) cannot take the plan it continues",
                     launch.policy().kind()
                 ),
             ));
@@ -765,6 +777,12 @@ mod tests {
             ..RtcParams::default()
         };
         assert_eq!(off.guidance_weight(0.3), 0.0);
+        // Diffusion: 1 / (1 - alpha_bar), clipped; pure noise weighs 1.
+        assert_eq!(rtc.diffusion_guidance_weight(0.0), 1.0);
+        assert!((rtc.diffusion_guidance_weight(0.5) - 2.0).abs() < 1e-12);
+        assert_eq!(rtc.diffusion_guidance_weight(0.9), 5.0);
+        assert_eq!(rtc.diffusion_guidance_weight(1.0), 5.0);
+        assert_eq!(off.diffusion_guidance_weight(0.5), 0.0);
     }
 
     #[test]
