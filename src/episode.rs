@@ -108,6 +108,7 @@ pub fn run(launch: &Launch, episode: &Path, args: &InferArgs) -> anyhow::Result<
                 values: std::mem::take(&mut chunk.actions),
                 scores: vec![0.0],
                 selected: 0,
+                scored: false,
             };
             launch
                 .action_targets()

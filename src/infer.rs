@@ -199,6 +199,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
         values: actions,
         scores: vec![0.0; rows],
         selected: 0,
+        scored: false,
     };
     launch
         .action_targets()

@@ -80,6 +80,19 @@ impl<'a> Report<'a> {
                 s.intervention_ticks as f64 / self.rate_hz
             );
         }
+        let v = &s.steering;
+        if v.scored > 0 {
+            let _ = writeln!(
+                out,
+                "  steering (vgps)    {} chunks scored over {} candidates; {} ran another                  candidate than the first ({:.0} %); Q spread mean {:.3}, max {:.3}",
+                v.scored,
+                v.last_candidates,
+                v.not_first,
+                100.0 * v.not_first as f64 / v.scored as f64,
+                v.mean_spread(),
+                v.spread_max
+            );
+        }
         if let Some(m) = self.models {
             let _ = writeln!(
                 out,
@@ -353,6 +366,13 @@ impl<'a> Report<'a> {
         out["intervention_ticks"] = json!(s.intervention_ticks);
         out["model_version"] = json!(s.model_version);
         out["model_swaps"] = json!(s.model_swaps);
+        out["steering"] = json!({
+            "scored": s.steering.scored,
+            "candidates": s.steering.last_candidates,
+            "not_first": s.steering.not_first,
+            "spread_mean": s.steering.mean_spread(),
+            "spread_max": s.steering.spread_max,
+        });
         let m = &s.smoothness;
         out["executor"] = json!({
             "jerk_rms": m.jerk_rms(),

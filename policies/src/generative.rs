@@ -162,7 +162,7 @@ pub struct GenerativePolicy {
 }
 
 /// True when a declared batch dimension admits `batch`.
-fn batch_fits(dim: i64, batch: usize) -> bool {
+pub(crate) fn batch_fits(dim: i64, batch: usize) -> bool {
     dim < 0 || dim == batch as i64
 }
 
@@ -641,30 +641,7 @@ impl GenerativePolicy {
             }
             None => {
                 for input in &self.mapper.inputs {
-                    let mut shape = input.shape.clone();
-                    shape[0] = self.batch;
-                    let value = match input.dtype {
-                        TensorDtype::Float32 => {
-                            let mut t = Tensor::<f32>::new(&allocator, shape)?;
-                            fill_tiled(t.extract_tensor_mut().1, &input.values);
-                            t.into_dyn()
-                        }
-                        TensorDtype::Uint8 => {
-                            let mut t = Tensor::<u8>::new(&allocator, shape)?;
-                            fill_tiled(t.extract_tensor_mut().1, &input.bytes);
-                            t.into_dyn()
-                        }
-                        TensorDtype::Bool => {
-                            let mut t = Tensor::<bool>::new(&allocator, shape)?;
-                            fill_tiled(t.extract_tensor_mut().1, &input.flags);
-                            t.into_dyn()
-                        }
-                        TensorDtype::Int64 => {
-                            let mut t = Tensor::<i64>::new(&allocator, shape)?;
-                            fill_tiled(t.extract_tensor_mut().1, &input.ids);
-                            t.into_dyn()
-                        }
-                    };
+                    let value = tiled_input(input, self.batch, &allocator)?;
                     bind_conditioning_input(
                         &mut self.binding,
                         self.rtc.as_mut(),
@@ -955,6 +932,38 @@ fn fill_tiled<T: Copy>(out: &mut [T], row: &[T]) {
     }
 }
 
+/// One mapped observation input (batch 1) repeated to `batch` rows.
+pub(crate) fn tiled_input(
+    input: &crate::preprocess::MappedInput,
+    batch: usize,
+    allocator: &Allocator,
+) -> ort::Result<DynValue> {
+    let mut shape = input.shape.clone();
+    shape[0] = batch;
+    Ok(match input.dtype {
+        TensorDtype::Float32 => {
+            let mut t = Tensor::<f32>::new(allocator, shape)?;
+            fill_tiled(t.extract_tensor_mut().1, &input.values);
+            t.into_dyn()
+        }
+        TensorDtype::Uint8 => {
+            let mut t = Tensor::<u8>::new(allocator, shape)?;
+            fill_tiled(t.extract_tensor_mut().1, &input.bytes);
+            t.into_dyn()
+        }
+        TensorDtype::Bool => {
+            let mut t = Tensor::<bool>::new(allocator, shape)?;
+            fill_tiled(t.extract_tensor_mut().1, &input.flags);
+            t.into_dyn()
+        }
+        TensorDtype::Int64 => {
+            let mut t = Tensor::<i64>::new(allocator, shape)?;
+            fill_tiled(t.extract_tensor_mut().1, &input.ids);
+            t.into_dyn()
+        }
+    })
+}
+
 /// A prefix output with batch 1, repeated to `batch` (float32 only).
 /// Binds one conditioning tensor to the step graph, and to the VJP graph when
 /// real-time chunking guides the sampler (it takes the same inputs).
@@ -993,7 +1002,7 @@ fn tile(value: DynValue, batch: usize, allocator: &Allocator) -> Result<DynValue
     Ok(tiled.into_dyn())
 }
 
-fn batch_problems(ports: &[Port], batch: usize) -> Vec<String> {
+pub(crate) fn batch_problems(ports: &[Port], batch: usize) -> Vec<String> {
     if batch == 1 {
         return Vec::new();
     }

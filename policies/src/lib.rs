@@ -24,6 +24,7 @@ pub mod prompt;
 pub mod reward;
 mod rtc;
 pub mod scheduler;
+pub mod vgps;
 
 pub use chunk::{ChunkPolicy, PolicyLoadError};
 
@@ -39,6 +40,7 @@ pub fn register(registry: &mut Registry) {
     registry.policy(fast_policy::FastKind);
     registry.policy(generative::FlowKind);
     registry.policy(generative::DiffusionKind);
+    registry.stage(vgps::ValueGuidedKind);
     registry.section(onnxruntime::OnnxRuntimeSection);
     registry.section(reward::RewardClassifierSection);
 }

@@ -1219,6 +1219,7 @@ impl ControlLoop {
             };
             if accepted {
                 r.stats.chunks_applied += 1;
+                r.stats.steering.record(&done.chunk.choice);
             } else if done.ok {
                 r.stats.chunks_rejected += 1;
             }
@@ -1618,6 +1619,7 @@ impl ControlLoop {
             chunks_applied: r.stats.chunks_applied,
             chunks_rejected: r.stats.chunks_rejected,
             model_version: r.core.model_version(),
+            steering: r.stats.steering,
             inference_errors: self.worker.errors(),
             overruns: r.stats.overruns,
             stale_state_ticks: r.stats.stale_state_ticks,
@@ -1865,6 +1867,7 @@ pub fn replay_traced<R: std::borrow::Borrow<Record>>(
                 }
             }
             Record::End { .. } => report.complete = true,
+            Record::Choice { .. } => {}
         }
     }
     report

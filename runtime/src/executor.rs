@@ -679,6 +679,7 @@ pub(crate) mod tests {
             actions: values.to_vec(),
             infer_ns: 0,
             model_version: 0,
+            choice: Default::default(),
         }
     }
 

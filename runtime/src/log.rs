@@ -27,6 +27,7 @@
 //! | 4 Estop  | tick u64 |
 //! | 5 Operator | tick u64, request u8 (`control::Request` code), outcome u8 (0 accepted, else the refusal's code) |
 //! | 6 Teleop | tick u64, seq u64, bits u8 (1: engaged, 2: end-effector frame), values u16, f64 x values |
+//! | 7 Choice | tick u64, chunk id u64, selected u32, candidates u32, score f32 x candidates, then every candidate's actions f32 x candidates x horizon x dim (left out when they would not fit a record) |
 //! | 255 End  | ticks u64 (written only when the run closed its log cleanly) |
 //!
 //! Size caps (the writer refuses to exceed them, the reader rejects frames over
@@ -105,6 +106,7 @@ mod kind {
     pub const ESTOP: u8 = 4;
     pub const OPERATOR: u8 = 5;
     pub const TELEOP: u8 = 6;
+    pub const CHOICE: u8 = 7;
     pub const END: u8 = 0xFF;
 }
 
@@ -276,6 +278,13 @@ pub enum Record {
         tick: u64,
         sample: crate::teleop::TeleopCommand,
     },
+    /// What a ranking stage chose chunk `chunk_id` from (written after its
+    /// Chunk record; replay does not need it).
+    Choice {
+        tick: u64,
+        chunk_id: u64,
+        choice: crate::types::ChunkChoice,
+    },
     End {
         ticks: u64,
     },
@@ -417,6 +426,26 @@ fn encode_body(record: &Record, b: &mut Vec<u8>) {
             b.extend_from_slice(&(sample.len as u16).to_le_bytes());
             f64s(b, sample.positions());
         }
+        Record::Choice {
+            tick,
+            chunk_id,
+            choice,
+        } => {
+            b.push(kind::CHOICE);
+            b.extend_from_slice(&tick.to_le_bytes());
+            b.extend_from_slice(&chunk_id.to_le_bytes());
+            b.extend_from_slice(&choice.selected.to_le_bytes());
+            b.extend_from_slice(&(choice.scores.len() as u32).to_le_bytes());
+            for q in &choice.scores {
+                b.extend_from_slice(&q.to_le_bytes());
+            }
+            // The candidates go in when the frame stays under the record cap.
+            if 32 + 4 * (choice.scores.len() + choice.candidates.len()) <= MAX_RECORD_BYTES {
+                for a in &choice.candidates {
+                    b.extend_from_slice(&a.to_le_bytes());
+                }
+            }
+        }
         Record::End { ticks } => {
             b.push(kind::END);
             b.extend_from_slice(&ticks.to_le_bytes());
@@ -506,6 +535,7 @@ fn decode_body(body: &[u8], joints: usize) -> Result<Record, String> {
                     actions,
                     infer_ns: 0,
                     model_version,
+                    choice: Default::default(),
                 },
             }
         }
@@ -542,6 +572,42 @@ fn decode_body(body: &[u8], joints: usize) -> Result<Record, String> {
                 *x = f64::from_bits(c.u64()?);
             }
             Record::Teleop { tick, sample }
+        }
+        kind::CHOICE => {
+            let (tick, chunk_id) = (c.u64()?, c.u64()?);
+            let (selected, count) = (c.u32()?, c.u32()? as usize);
+            let floats = |bytes: &[u8]| -> Vec<f32> {
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect()
+            };
+            let score_bytes = count
+                .checked_mul(4)
+                .filter(|n| *n <= c.remaining())
+                .ok_or_else(|| {
+                    format!(
+                        "Choice record of {count} scores, but {} bytes",
+                        c.remaining()
+                    )
+                })?;
+            let scores = floats(c.take(score_bytes)?);
+            if selected as usize >= count.max(1) || !c.remaining().is_multiple_of(4) {
+                return Err(format!(
+                    "Choice record: candidate {selected} of {count}, {} bytes of candidates",
+                    c.remaining()
+                ));
+            }
+            let candidates = floats(c.take(c.remaining())?);
+            Record::Choice {
+                tick,
+                chunk_id,
+                choice: crate::types::ChunkChoice {
+                    selected,
+                    scores,
+                    candidates,
+                },
+            }
         }
         kind::END => Record::End { ticks: c.u64()? },
         kind::HEADER => return Err("a second header frame".into()),
@@ -1270,8 +1336,20 @@ impl Recorder {
                                         accepted,
                                         chunk: *chunk,
                                     };
-                                    let result = writer.write(&record);
-                                    if let Record::Chunk { chunk, .. } = record {
+                                    let mut result = writer.write(&record);
+                                    if let Record::Chunk { mut chunk, .. } = record {
+                                        if result.is_ok() && !chunk.choice.scores.is_empty() {
+                                            // Lent to the record and back: no copy.
+                                            let choice = Record::Choice {
+                                                tick,
+                                                chunk_id: chunk.id,
+                                                choice: std::mem::take(&mut chunk.choice),
+                                            };
+                                            result = writer.write(&choice);
+                                            if let Record::Choice { choice, .. } = choice {
+                                                chunk.choice = choice;
+                                            }
+                                        }
                                         let _ = free_chunks.push(Box::new(chunk));
                                     }
                                     result
@@ -1433,6 +1511,7 @@ mod tests {
                     actions: vec![0.1, 0.2],
                     infer_ns: 0,
                     model_version: 3,
+                    choice: Default::default(),
                 },
             },
             Record::Tick(TickRecord {
@@ -1482,6 +1561,15 @@ mod tests {
                 },
                 flags: 0,
             }),
+            Record::Choice {
+                tick: 4,
+                chunk_id: 1,
+                choice: crate::types::ChunkChoice {
+                    selected: 1,
+                    scores: vec![0.5, 0.75],
+                    candidates: vec![0.0, 0.0, 0.1, 0.2],
+                },
+            },
             Record::End { ticks: 1 },
         ]
     }

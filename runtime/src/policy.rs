@@ -45,6 +45,7 @@ pub trait Policy: Send {
             actions: std::mem::take(&mut out.values),
             infer_ns: 0,
             model_version: 0,
+            choice: Default::default(),
         };
         let result = self.infer(obs, &mut chunk);
         out.values = chunk.actions;
@@ -88,6 +89,7 @@ fn run_stages(
     candidates: &mut Candidates,
 ) -> Result<(), PolicyError> {
     candidates.selected = 0;
+    candidates.scored = false;
     candidates.scores.fill(0.0);
     policy.infer_candidates(obs, candidates)?;
     for stage in stages.iter_mut() {
@@ -101,6 +103,18 @@ fn run_stages(
         .into());
     }
     Ok(())
+}
+
+/// Keeps what a scoring stage chose from, in the chunk's own buffers (they
+/// keep their capacity across chunks: no allocation after the first).
+fn record_choice(candidates: &Candidates, choice: &mut crate::types::ChunkChoice) {
+    choice.scores.clear();
+    choice.candidates.clear();
+    choice.selected = candidates.selected as u32;
+    if candidates.scored {
+        choice.scores.extend_from_slice(&candidates.scores);
+        choice.candidates.extend_from_slice(&candidates.values);
+    }
 }
 
 /// A model loaded at run time, waiting to replace the running one.
@@ -252,7 +266,8 @@ impl InferenceWorker {
                             run_stages(&mut *policy, &mut stages, &obs, &mut candidates).map(|()| {
                                 chunk
                                     .actions
-                                    .copy_from_slice(candidates.chunk(candidates.selected))
+                                    .copy_from_slice(candidates.chunk(candidates.selected));
+                                record_choice(&candidates, &mut chunk.choice);
                             })
                         };
                         let ok = match result {

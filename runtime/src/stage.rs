@@ -18,6 +18,9 @@ pub struct Candidates {
     pub scores: Vec<f32>,
     /// The candidate that will be executed.
     pub selected: usize,
+    /// Set by a stage that scored the candidates: the choice is then recorded
+    /// (scores, candidates, the selected index) with the chunk.
+    pub scored: bool,
 }
 
 impl Candidates {
@@ -29,6 +32,7 @@ impl Candidates {
             values: vec![0.0; batch * horizon * dim],
             scores: vec![0.0; batch],
             selected: 0,
+            scored: false,
         }
     }
 

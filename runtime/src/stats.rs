@@ -134,6 +134,47 @@ impl TargetSmoothness {
     }
 }
 
+/// What ranking stages (V-GPS) chose, over the run's applied chunks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct SteeringStats {
+    /// Applied chunks a stage scored.
+    pub scored: u64,
+    /// Of those, chunks other than the first candidate (what the base policy
+    /// alone would have run).
+    pub not_first: u64,
+    pub spread_sum: f64,
+    pub spread_max: f64,
+    /// The last scored chunk's candidates, choice and score spread.
+    pub last_candidates: u32,
+    pub last_selected: u32,
+    pub last_spread: f32,
+}
+
+impl SteeringStats {
+    /// Counts one applied chunk's choice (nothing when no stage scored it).
+    pub fn record(&mut self, choice: &crate::types::ChunkChoice) {
+        if choice.scores.is_empty() {
+            return;
+        }
+        let spread = choice.spread();
+        self.scored += 1;
+        self.not_first += u64::from(choice.selected != 0);
+        self.spread_sum += f64::from(spread);
+        self.spread_max = self.spread_max.max(f64::from(spread));
+        self.last_candidates = choice.scores.len() as u32;
+        self.last_selected = choice.selected;
+        self.last_spread = spread;
+    }
+
+    pub fn mean_spread(&self) -> f64 {
+        if self.scored == 0 {
+            0.0
+        } else {
+            self.spread_sum / self.scored as f64
+        }
+    }
+}
+
 /// What a run measured; printed as the summary table at the end.
 #[derive(Default)]
 pub struct RunStats {
@@ -161,6 +202,8 @@ pub struct RunStats {
     pub model_version: u32,
     /// The executor's targets before the safety filter.
     pub smoothness: TargetSmoothness,
+    /// What V-GPS-like stages chose.
+    pub steering: SteeringStats,
     /// How many times the e-stop latched during the run (the shutdown's own
     /// controlled stop is not counted).
     pub estop_latches: u64,
@@ -289,6 +332,8 @@ pub struct StatusSnapshot {
     pub chunks_rejected: u64,
     /// The model whose chunks run (0: the launch file's; then each swapped in).
     pub model_version: u32,
+    /// Ranking stages: the last chunk's candidate and score spread.
+    pub steering: SteeringStats,
     /// Inferences that failed (an invalid FAST sequence, a runtime error).
     pub inference_errors: u64,
     pub overruns: u64,
@@ -397,6 +442,16 @@ impl StatusSnapshot {
             .filter(|_| self.estop || self.hold)
             .map(|r| format!(" refused: {r}"))
             .unwrap_or_default()
+            + &(if self.steering.scored > 0 {
+                format!(
+                    " vgps={}/{} dQ={:.3}",
+                    self.steering.last_selected,
+                    self.steering.last_candidates,
+                    self.steering.last_spread
+                )
+            } else {
+                String::new()
+            })
             + &self
                 .stale_stream
                 .map(|(name, action)| {

@@ -330,6 +330,33 @@ pub struct ActionChunk {
     /// Which model produced it: 0 for the launch file's, then 1, 2, ... for each
     /// model swapped in at run time (`[zenoh] model_updates`).
     pub model_version: u32,
+    /// What a ranking stage chose it from (empty when no stage scored).
+    pub choice: ChunkChoice,
+}
+
+/// The candidates a ranking chunk stage (V-GPS) chose a chunk from: for the log,
+/// the status line and the summary. Its buffers are kept across chunks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChunkChoice {
+    /// The executed candidate.
+    pub selected: u32,
+    /// One score per candidate (e.g. Q values); empty when none were scored.
+    pub scores: Vec<f32>,
+    /// Every candidate, row-major `[K][horizon][dim]`.
+    pub candidates: Vec<f32>,
+}
+
+impl ChunkChoice {
+    /// Largest minus smallest score (0 when unscored).
+    pub fn spread(&self) -> f32 {
+        let (lo, hi) = self
+            .scores
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &q| {
+                (lo.min(q), hi.max(q))
+            });
+        if self.scores.is_empty() { 0.0 } else { hi - lo }
+    }
 }
 
 impl ActionChunk {
@@ -342,6 +369,7 @@ impl ActionChunk {
             actions: vec![0.0; horizon * dim],
             infer_ns: 0,
             model_version: 0,
+            choice: ChunkChoice::default(),
         }
     }
 
