@@ -91,7 +91,7 @@ models: setup
 	.venv/bin/python policies/export/make_prompt_tokenizer.py --out policies/models/test/prompt
 	.venv/bin/python policies/export/make_reward_classifier.py --out-dir policies/models/test
 	.venv/bin/python policies/export/make_rtc_models.py --expert policies/models/sim_reach_flow_expert.onnx --out-dir policies/models
-	.venv/bin/python policies/export/make_value_models.py --out-dir policies/models/test
+	.venv/bin/python policies/export/make_steering_models.py --out-dir policies/models/test
 
 clean:
 	$(CARGO) clean

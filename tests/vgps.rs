@@ -1,6 +1,6 @@
 //! Value-guided policy steering (`[[stages]] kind = "vgps"`) on the simulated arm:
 //! a flow policy samples K = 8 candidate chunks per inference; an analytic value
-//! model (policies/export/make_value_models.py: Q = -|action - (state + offset)|²)
+//! model (policies/export/make_steering_models.py: Q = -|action - (state + offset)|²)
 //! scores them. Checked from the run log alone: every recorded Q equals the
 //! formula on the recorded candidates and the logged state; argmax runs the best;
 //! softmax selections follow softmax(Q / beta) over hundreds of draws; the run

@@ -49,8 +49,36 @@ pub struct FlowPolicyConfig {
     /// [B, H, D] = (d velocity / d noisy_actions)^T cotangent, beside its
     /// velocity (policies/export/make_rtc_models.py writes one).
     pub vjp_model: Option<PathBuf>,
+    /// DSRL: a latent-noise policy chooses the initial noise.
+    pub latent_noise: Option<LatentNoiseConfig>,
     #[serde(default)]
     pub ports: FlowPorts,
+}
+
+/// `[policy.latent_noise]`: DSRL (Wagenmaker et al. 2025). A small policy (ONNX)
+/// maps the observation to the sampler's initial noise w instead of the seeded
+/// Gaussian: its output, `[1, H, D]` or `[1, D]` (repeated over the horizon), is
+/// squashed to `action_magnitude * tanh(output)`. With `batch = B > 1` the first
+/// candidate starts from w and the others from seeded noise (a `vgps` stage then
+/// picks among them).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LatentNoiseConfig {
+    pub model: PathBuf,
+    /// Its observation inputs, as `[[policy.inputs]]`.
+    pub inputs: Vec<InputConfig>,
+    /// Its output port.
+    #[serde(default = "defaults::noise_output")]
+    pub output: String,
+    /// The bound of w (DSRL: 1.0 to 2.5).
+    #[serde(default = "defaults::action_magnitude")]
+    pub action_magnitude: f64,
+    /// Gaussian exploration added to w (then clipped to the bound), for data
+    /// collection; 0 (default) runs the policy as it is.
+    #[serde(default)]
+    pub exploration_std: f64,
+    #[serde(default = "defaults::intra_threads")]
+    pub intra_threads: usize,
 }
 
 /// Names of the sampler's ports in the velocity / expert graph.
@@ -115,6 +143,9 @@ pub struct DiffusionPolicyConfig {
     pub actions: GenerativeActions,
     pub norm_stats: Option<NormStatsConfig>,
     pub schedule: ScheduleConfig,
+    /// DSRL: a latent-noise policy chooses the initial noise (DDIM with eta = 0
+    /// only: the sample must be a function of it).
+    pub latent_noise: Option<LatentNoiseConfig>,
     /// Guided real-time chunking (`[execution] strategy = "rtc"`): the noise
     /// network with one more input, `cotangent` [B, H, D], and one more output,
     /// `vjp` [B, H, D] = (d output / d noisy_actions)^T cotangent, beside its
@@ -571,11 +602,22 @@ pub fn check_inputs(
     inputs: &mut [InputConfig],
     prompt: Option<&PromptConfig>,
 ) -> Result<(), LaunchError> {
+    check_inputs_at(table, "", inputs, prompt)
+}
+
+/// [`check_inputs`] for inputs under `prefix` (`latent_noise.`) in the table.
+pub fn check_inputs_at(
+    table: &KindTable<'_>,
+    prefix: &str,
+    inputs: &mut [InputConfig],
+    prompt: Option<&PromptConfig>,
+) -> Result<(), LaunchError> {
     let launch = table.launch();
     for (i, input) in inputs.iter_mut().enumerate() {
         if let ObservationSource::Stream { stream, field } = &input.source {
-            input.source = resolve_stream(launch, stream, field)
-                .map_err(|message| table.error_at(&format!("inputs[{i}].source"), message))?;
+            input.source = resolve_stream(launch, stream, field).map_err(|message| {
+                table.error_at(&format!("{prefix}inputs[{i}].source"), message)
+            })?;
         }
     }
     let inputs: &[InputConfig] = inputs;
@@ -585,7 +627,7 @@ pub fn check_inputs(
     let joints = launch.action_width();
     let cameras = launch.camera_names();
     for (i, input) in inputs.iter().enumerate() {
-        let at = |field: &str| format!("inputs[{i}].{field}");
+        let at = |field: &str| format!("{prefix}inputs[{i}].{field}");
         if !(1..=MAX_HISTORY).contains(&input.history) {
             return Err(table.error_at(
                 &at("history"),
@@ -1004,6 +1046,14 @@ mod defaults {
     pub fn vjp() -> String {
         "vjp".into()
     }
+    pub fn noise_output() -> String {
+        "noise".into()
+    }
+
+    pub fn action_magnitude() -> f64 {
+        1.0
+    }
+
     pub fn prefix_mask() -> String {
         "prefix_mask".into()
     }

@@ -100,6 +100,8 @@ struct Spec<'a> {
     vjp: Option<(&'a Path, String, String)>,
     /// Training-time real-time chunking: the step graph's prefix-mask port.
     prefix_mask: Option<String>,
+    /// DSRL's latent-noise policy.
+    latent_noise: Option<&'a crate::config::LatentNoiseConfig>,
 }
 
 /// Where one inference's time went, ns.
@@ -138,6 +140,9 @@ pub struct GenerativePolicy {
     actions_norm: Option<VectorNorm>,
     noise: Box<dyn NoiseSource>,
     next_noise: Option<Vec<f32>>,
+    /// The noise the last inference started from, [B, H, D] (kept when a
+    /// latent-noise policy chooses it, for the log).
+    initial_noise: Vec<f32>,
     /// The noise stochastic steps add (DDPM, DDIM with eta > 0), one sample per
     /// step, from a generator keyed by (seed, tick) apart from the initial noise's.
     step_noise: Vec<f32>,
@@ -193,6 +198,7 @@ impl GenerativePolicy {
                     .as_deref()
                     .map(|p| (p, cfg.ports.cotangent.clone(), cfg.ports.vjp.clone())),
                 prefix_mask: Some(cfg.ports.prefix_mask.clone()),
+                latent_noise: cfg.latent_noise.as_ref(),
             },
         )
     }
@@ -213,6 +219,14 @@ impl GenerativePolicy {
                     .map_err(|e| ("steps_offset".into(), e))
             })
             .map_err(|(field, message)| schedule_error(format!("{field}: {message}")))?;
+        if cfg.latent_noise.is_some() && plan.noise_samples() > 0 {
+            return Err(PolicyLoadError::Config {
+                field: "policy.latent_noise".into(),
+                message: "a latent-noise policy steers a sampler whose chunk is a function of \
+                          its initial noise: DDIM with eta = 0, not DDPM or eta > 0"
+                    .into(),
+            });
+        }
         Self::load(
             launch,
             Spec {
@@ -236,6 +250,7 @@ impl GenerativePolicy {
                     .as_deref()
                     .map(|p| (p, cfg.ports.cotangent.clone(), cfg.ports.vjp.clone())),
                 prefix_mask: Some(cfg.ports.prefix_mask.clone()),
+                latent_noise: cfg.latent_noise.as_ref(),
             },
         )
     }
@@ -538,6 +553,7 @@ impl GenerativePolicy {
                 seed: launch.config.seed,
             }),
             next_noise: None,
+            initial_noise: Vec::new(),
             step_noise: vec![0.0; step_noise_samples * batch * horizon * model_dim],
             step_noise_seed: launch.config.seed ^ 0x57E9_5E0D_57E9_5E0D,
             next_step_noise: None,
@@ -552,6 +568,10 @@ impl GenerativePolicy {
             library_path,
             warm_up_ms: 0.0,
         };
+        if let Some(cfg) = spec.latent_noise {
+            let latent = crate::dsrl::LatentNoise::load(launch, cfg, horizon, model_dim)?;
+            policy.set_noise_source(Box::new(latent));
+        }
         // Warm-up: ONNX Runtime initializes lazily; let the first real tick pay nothing.
         let obs = crate::preprocess::blank_observation(launch);
         let mut chunk = ActionChunk::zeros(horizon, joints);
@@ -668,11 +688,16 @@ impl GenerativePolicy {
         let x = self.x.extract_tensor_mut().1;
         if let Some(noise) = self.next_noise.take() {
             x.copy_from_slice(&noise);
-            return Ok(());
+        } else {
+            self.noise.fill(obs, x)?;
+            if x.iter().any(|v| !v.is_finite()) {
+                return Err("the noise source gave NaN or infinite noise".into());
+            }
         }
-        self.noise.fill(obs, x)?;
-        if x.iter().any(|v| !v.is_finite()) {
-            return Err("the noise source gave NaN or infinite noise".into());
+        if self.noise.chooses_noise() {
+            // Sized once: the buffer keeps its capacity.
+            self.initial_noise.clear();
+            self.initial_noise.extend_from_slice(x);
         }
         Ok(())
     }
@@ -891,6 +916,11 @@ impl GenerativePolicy {
 /// Runs on the inference thread, once per chunk.
 pub trait NoiseSource: Send {
     fn fill(&mut self, obs: &Observation, out: &mut [f32]) -> Result<(), PolicyError>;
+    /// True when a policy (DSRL's latent-noise policy) chose the first
+    /// candidate's noise: it is then recorded with each chunk.
+    fn chooses_noise(&self) -> bool {
+        false
+    }
 }
 
 /// Standard normal noise from a generator keyed by (seed, the observation's tick):
@@ -916,7 +946,7 @@ impl NoiseSource for SeededGaussian {
 }
 
 /// Box-Muller: two independent standard normal samples.
-fn standard_normal_pair(rng: &mut ChaCha8Rng) -> (f32, f32) {
+pub(crate) fn standard_normal_pair(rng: &mut ChaCha8Rng) -> (f32, f32) {
     // u1 in (0, 1] so that ln(u1) is finite.
     let u1 = 1.0 - rng.random::<f64>();
     let u2 = rng.random::<f64>();
@@ -1044,6 +1074,11 @@ impl Policy for GenerativePolicy {
         self.batch
     }
 
+    fn initial_noise(&self) -> Option<&[f32]> {
+        (self.noise.chooses_noise() && !self.initial_noise.is_empty())
+            .then_some(&self.initial_noise[..])
+    }
+
     fn infer_candidates(
         &mut self,
         obs: &Observation,
@@ -1113,6 +1148,36 @@ impl GenerativeConfig for DiffusionPolicyConfig {
     }
 }
 
+/// `[policy.latent_noise]`: its model (added to the files checked), inputs and bounds.
+fn check_latent_noise<'a>(
+    table: &KindTable<'_>,
+    latent: Option<&'a mut crate::config::LatentNoiseConfig>,
+    models: &mut Vec<(&'static str, &'a Path)>,
+) -> Result<(), LaunchError> {
+    let Some(latent) = latent else {
+        return Ok(());
+    };
+    if !(latent.action_magnitude.is_finite() && latent.action_magnitude > 0.0) {
+        return Err(table.error_at(
+            "latent_noise.action_magnitude",
+            format!(
+                "must be a positive number, found {}",
+                latent.action_magnitude
+            ),
+        ));
+    }
+    if !(latent.exploration_std.is_finite() && latent.exploration_std >= 0.0) {
+        return Err(table.error_at(
+            "latent_noise.exploration_std",
+            format!("must be zero or positive, found {}", latent.exploration_std),
+        ));
+    }
+    crate::config::check_intra_threads(table, latent.intra_threads)?;
+    crate::config::check_inputs_at(table, "latent_noise.", &mut latent.inputs, None)?;
+    models.push(("latent_noise.model", latent.model.as_path()));
+    Ok(())
+}
+
 /// With `[execution] strategy = "rtc"`: guided mode needs the VJP graph (added
 /// to the files checked); no mode can re-anchor velocity targets.
 fn check_real_time_chunking<'a>(
@@ -1180,6 +1245,7 @@ impl PolicyKind for FlowKind {
             models.push(("prefix_model", prefix.as_path()));
         }
         check_real_time_chunking(table, cfg.vjp_model.as_deref(), &mut models)?;
+        check_latent_noise(table, cfg.latent_noise.as_mut(), &mut models)?;
         check_common(
             table,
             cfg.intra_threads,
@@ -1210,6 +1276,7 @@ impl PolicyKind for DiffusionKind {
             models.push(("prefix_model", prefix.as_path()));
         }
         check_real_time_chunking(table, cfg.vjp_model.as_deref(), &mut models)?;
+        check_latent_noise(table, cfg.latent_noise.as_mut(), &mut models)?;
         check_common(
             table,
             cfg.intra_threads,

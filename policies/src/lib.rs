@@ -13,6 +13,7 @@
 
 pub mod chunk;
 pub mod config;
+pub mod dsrl;
 pub mod fast;
 pub mod fast_policy;
 pub mod generative;

@@ -1867,7 +1867,7 @@ pub fn replay_traced<R: std::borrow::Borrow<Record>>(
                 }
             }
             Record::End { .. } => report.complete = true,
-            Record::Choice { .. } => {}
+            Record::Choice { .. } | Record::Noise { .. } => {}
         }
     }
     report

@@ -680,6 +680,8 @@ pub(crate) mod tests {
             infer_ns: 0,
             model_version: 0,
             choice: Default::default(),
+            noise: Vec::new(),
+            noise_from_latent: false,
         }
     }
 

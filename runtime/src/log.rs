@@ -27,6 +27,7 @@
 //! | 4 Estop  | tick u64 |
 //! | 5 Operator | tick u64, request u8 (`control::Request` code), outcome u8 (0 accepted, else the refusal's code) |
 //! | 6 Teleop | tick u64, seq u64, bits u8 (1: engaged, 2: end-effector frame), values u16, f64 x values |
+//! | 8 Noise | tick u64, chunk id u64, from_latent u8 (1: the latent-noise policy's w, 0: a seeded candidate), the chunk's initial noise f32 x horizon x model dim |
 //! | 7 Choice | tick u64, chunk id u64, selected u32, candidates u32, score f32 x candidates, then every candidate's actions f32 x candidates x horizon x dim (left out when they would not fit a record) |
 //! | 255 End  | ticks u64 (written only when the run closed its log cleanly) |
 //!
@@ -107,6 +108,7 @@ mod kind {
     pub const OPERATOR: u8 = 5;
     pub const TELEOP: u8 = 6;
     pub const CHOICE: u8 = 7;
+    pub const NOISE: u8 = 8;
     pub const END: u8 = 0xFF;
 }
 
@@ -285,6 +287,14 @@ pub enum Record {
         chunk_id: u64,
         choice: crate::types::ChunkChoice,
     },
+    /// The initial noise chunk `chunk_id` was sampled from, when a latent-noise
+    /// policy (DSRL) steers the sampler (written after its Chunk record).
+    Noise {
+        tick: u64,
+        chunk_id: u64,
+        from_latent: bool,
+        values: Vec<f32>,
+    },
     End {
         ticks: u64,
     },
@@ -446,6 +456,20 @@ fn encode_body(record: &Record, b: &mut Vec<u8>) {
                 }
             }
         }
+        Record::Noise {
+            tick,
+            chunk_id,
+            from_latent,
+            values,
+        } => {
+            b.push(kind::NOISE);
+            b.extend_from_slice(&tick.to_le_bytes());
+            b.extend_from_slice(&chunk_id.to_le_bytes());
+            b.push(u8::from(*from_latent));
+            for v in values {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+        }
         Record::End { ticks } => {
             b.push(kind::END);
             b.extend_from_slice(&ticks.to_le_bytes());
@@ -536,6 +560,8 @@ fn decode_body(body: &[u8], joints: usize) -> Result<Record, String> {
                     infer_ns: 0,
                     model_version,
                     choice: Default::default(),
+                    noise: Vec::new(),
+                    noise_from_latent: false,
                 },
             }
         }
@@ -607,6 +633,27 @@ fn decode_body(body: &[u8], joints: usize) -> Result<Record, String> {
                     scores,
                     candidates,
                 },
+            }
+        }
+        kind::NOISE => {
+            let (tick, chunk_id) = (c.u64()?, c.u64()?);
+            let from_latent = c.u8()? != 0;
+            if !c.remaining().is_multiple_of(4) {
+                return Err(format!(
+                    "Noise record with {} bytes of noise",
+                    c.remaining()
+                ));
+            }
+            let values = c
+                .take(c.remaining())?
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            Record::Noise {
+                tick,
+                chunk_id,
+                from_latent,
+                values,
             }
         }
         kind::END => Record::End { ticks: c.u64()? },
@@ -1350,6 +1397,18 @@ impl Recorder {
                                                 chunk.choice = choice;
                                             }
                                         }
+                                        if result.is_ok() && !chunk.noise.is_empty() {
+                                            let noise = Record::Noise {
+                                                tick,
+                                                chunk_id: chunk.id,
+                                                from_latent: chunk.noise_from_latent,
+                                                values: std::mem::take(&mut chunk.noise),
+                                            };
+                                            result = writer.write(&noise);
+                                            if let Record::Noise { values, .. } = noise {
+                                                chunk.noise = values;
+                                            }
+                                        }
                                         let _ = free_chunks.push(Box::new(chunk));
                                     }
                                     result
@@ -1512,6 +1571,8 @@ mod tests {
                     infer_ns: 0,
                     model_version: 3,
                     choice: Default::default(),
+                    noise: Vec::new(),
+                    noise_from_latent: false,
                 },
             },
             Record::Tick(TickRecord {
@@ -1561,6 +1622,12 @@ mod tests {
                 },
                 flags: 0,
             }),
+            Record::Noise {
+                tick: 4,
+                chunk_id: 1,
+                from_latent: true,
+                values: vec![0.5, -0.25],
+            },
             Record::Choice {
                 tick: 4,
                 chunk_id: 1,

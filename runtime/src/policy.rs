@@ -46,10 +46,18 @@ pub trait Policy: Send {
             infer_ns: 0,
             model_version: 0,
             choice: Default::default(),
+            noise: Vec::new(),
+            noise_from_latent: false,
         };
         let result = self.infer(obs, &mut chunk);
         out.values = chunk.actions;
         result
+    }
+    /// The initial noise every candidate of the last inference started from
+    /// (`[candidates][horizon][model dim]`), when a latent-noise policy (DSRL)
+    /// chose the first candidate's: it is recorded with the chunk. None otherwise.
+    fn initial_noise(&self) -> Option<&[f32]> {
+        None
     }
     /// A new task instruction, given before the next `infer` (on the inference
     /// thread). Policies without a language input ignore it.
@@ -114,6 +122,20 @@ fn record_choice(candidates: &Candidates, choice: &mut crate::types::ChunkChoice
     if candidates.scored {
         choice.scores.extend_from_slice(&candidates.scores);
         choice.candidates.extend_from_slice(&candidates.values);
+    }
+}
+
+/// Keeps the executed candidate's initial noise with the chunk when a
+/// latent-noise policy steers the sampler (the chunk's buffer keeps its capacity).
+fn record_noise(policy: &dyn Policy, selected: usize, chunk: &mut ActionChunk) {
+    chunk.noise.clear();
+    chunk.noise_from_latent = false;
+    if let Some(noise) = policy.initial_noise() {
+        let per = noise.len() / policy.candidates().max(1);
+        if let Some(row) = noise.get(selected * per..(selected + 1) * per) {
+            chunk.noise.extend_from_slice(row);
+            chunk.noise_from_latent = selected == 0;
+        }
     }
 }
 
@@ -197,17 +219,18 @@ impl InferenceWorker {
         let errors = Arc::new(AtomicU64::new(0));
         let shutdown = Arc::new(AtomicBool::new(false));
         let swaps = PolicySwaps::default();
-        let thread = {
-            let (free_observations, requests, results, free_chunks, errors, shutdown, swaps) = (
-                free_observations.clone(),
-                requests.clone(),
-                results.clone(),
-                free_chunks.clone(),
-                errors.clone(),
-                shutdown.clone(),
-                swaps.clone(),
-            );
-            std::thread::Builder::new()
+        let thread =
+            {
+                let (free_observations, requests, results, free_chunks, errors, shutdown, swaps) = (
+                    free_observations.clone(),
+                    requests.clone(),
+                    results.clone(),
+                    free_chunks.clone(),
+                    errors.clone(),
+                    shutdown.clone(),
+                    swaps.clone(),
+                );
+                std::thread::Builder::new()
                 .name("reflex-inference".into())
                 .spawn(move || {
                     let mut next_id = 1;
@@ -270,6 +293,8 @@ impl InferenceWorker {
                                 record_choice(&candidates, &mut chunk.choice);
                             })
                         };
+                        let selected = if stages.is_empty() { 0 } else { candidates.selected };
+                        record_noise(&*policy, selected, &mut chunk);
                         let ok = match result {
                             Ok(()) => true,
                             Err(e) => {
@@ -285,7 +310,7 @@ impl InferenceWorker {
                         }
                     }
                 })?
-        };
+            };
         Ok(Self {
             free_observations,
             requests,

@@ -332,6 +332,12 @@ pub struct ActionChunk {
     pub model_version: u32,
     /// What a ranking stage chose it from (empty when no stage scored).
     pub choice: ChunkChoice,
+    /// The initial noise it was sampled from, `[horizon][model dim]`, when a
+    /// latent-noise policy (DSRL) steers the sampler; empty otherwise.
+    pub noise: Vec<f32>,
+    /// True when that noise is the latent-noise policy's w (false: a seeded
+    /// candidate a ranking stage preferred).
+    pub noise_from_latent: bool,
 }
 
 /// The candidates a ranking chunk stage (V-GPS) chose a chunk from: for the log,
@@ -370,6 +376,8 @@ impl ActionChunk {
             infer_ns: 0,
             model_version: 0,
             choice: ChunkChoice::default(),
+            noise: Vec::new(),
+            noise_from_latent: false,
         }
     }
 

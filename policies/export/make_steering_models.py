@@ -1,4 +1,5 @@
-"""Analytic value models for the V-GPS stage tests (`[[stages]] kind = "vgps"`).
+"""Analytic models for the steering tests: value models for V-GPS (`[[stages]]
+kind = "vgps"`) and latent-noise policies for DSRL (`[policy.latent_noise]`).
 
 Each takes the arm's joint positions `state` [N, 3] and the scored actions and
 returns `q` [N], the negative squared distance of the actions to a known target
@@ -11,7 +12,13 @@ that moves with the state, target = state + OFFSET:
 - test/value_reach_negated.onnx: the first with q negated (prefers the farthest:
   the negative control of the steering tests).
 
-    .venv/bin/python policies/export/make_value_models.py --out-dir policies/models/test
+Latent-noise policies, input `state` [1, 3], output `noise` (before the squash):
+- test/latent_fixed.onnx: [1, 6, 3], the constant LATENT_FIXED (state @ 0 added,
+  so the input is read): w = action_magnitude * tanh(LATENT_FIXED) every chunk;
+- test/latent_large.onnx: [1, 3] (one latent action repeated over the horizon),
+  the constant [10, -10, 3] + state @ 0: w near the bound.
+
+    .venv/bin/python policies/export/make_steering_models.py --out-dir policies/models/test
 """
 
 import argparse
@@ -54,6 +61,25 @@ def value_model(path, segment=False, negate=False):
     save(graph, path)
 
 
+# The fixed latent of latent_fixed.onnx, [6, 3]: sin(0.9 i) * 1.2.
+LATENT_FIXED = (np.sin(0.9 * np.arange(18)) * 1.2).astype(np.float32).reshape(6, 3)
+
+
+def latent_model(path, value):
+    """noise = value + state @ 0, shaped like value with a batch of 1."""
+    flat = value.reshape(1, -1)
+    nodes = [
+        helper.make_node("MatMul", ["state", "zeros"], ["read"]),
+        helper.make_node("Add", ["read", "value"], ["flat"]),
+        helper.make_node("Reshape", ["flat", "shape"], ["noise"]),
+    ]
+    inits = [const("zeros", np.zeros((3, flat.shape[1]), np.float32)), const("value", flat),
+             const("shape", np.array([1, *value.shape], np.int64))]
+    graph = helper.make_graph(nodes, os.path.basename(path)[:-5], [tensor("state", [1, 3])],
+                              [tensor("noise", [1, *value.shape])], inits)
+    save(graph, path)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", default="policies/models/test")
@@ -61,6 +87,8 @@ def main():
     value_model(os.path.join(args.out_dir, "value_reach.onnx"))
     value_model(os.path.join(args.out_dir, "value_reach_segment.onnx"), segment=True)
     value_model(os.path.join(args.out_dir, "value_reach_negated.onnx"), negate=True)
+    latent_model(os.path.join(args.out_dir, "latent_fixed.onnx"), LATENT_FIXED)
+    latent_model(os.path.join(args.out_dir, "latent_large.onnx"), np.array([10.0, -10.0, 3.0], np.float32))
     # Check against numpy.
     import onnxruntime as ort
     rng = np.random.default_rng(0)
@@ -75,7 +103,10 @@ def main():
         None, {"state": state, "action": seg})[0]
     want = -((seg - (state + OFFSET)[:, None]) ** 2).sum(-1).mean(-1)
     assert np.abs(q - want).max() < 1e-5, (q, want)
-    print("value models written and checked")
+    noise = ort.InferenceSession(os.path.join(args.out_dir, "latent_fixed.onnx")).run(
+        None, {"state": state[:1]})[0]
+    assert noise.shape == (1, 6, 3) and np.abs(noise[0] - LATENT_FIXED).max() < 1e-6
+    print("value and latent-noise models written and checked")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,302 @@
+//! DSRL's latent-noise policy (`[policy.latent_noise]`) steering the analytic flow
+//! policy: a latent policy with a fixed output makes the chunk the sampler makes
+//! from that noise directly (`reflex infer --noise`); the bound holds; the noise
+//! is logged with every chunk and the run replays bit for bit; with V-GPS on, the
+//! first candidate starts from w and the log says which one ran; a sampler that
+//! is not a function of its initial noise (DDPM) and a latent model of the wrong
+//! shape are refused at their fields.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use reflex_runtime::log::{Record, read_log};
+use reflex_runtime::npy;
+
+const H: usize = 6;
+const D: usize = 3;
+
+fn policy(latent: &str, batch: usize) -> String {
+    format!(
+        r#"[policy]
+kind = "flow"
+model = "{model}"
+num_steps = 10
+batch = {batch}
+
+[[policy.inputs]]
+name = "state"
+source = "state.joint_positions"
+shape = [1, 3]
+
+[policy.actions]
+horizon = {H}
+{latent}"#,
+        model = fixture("rtc_analytic.onnx").display(),
+    )
+}
+
+fn latent(model: &str, magnitude: f64) -> String {
+    format!(
+        r#"
+[policy.latent_noise]
+model = "{}"
+action_magnitude = {magnitude:?}
+
+[[policy.latent_noise.inputs]]
+name = "state"
+source = "state.joint_positions"
+shape = [1, 3]
+"#,
+        fixture(model).display()
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, demo_with_policy(text, 2)).unwrap();
+    path
+}
+
+/// w = 1.5 tanh(sin(0.9 i) 1.2), what latent_fixed.onnx squashes to.
+fn fixed_w(magnitude: f32) -> Vec<f32> {
+    // The latent as numpy computes it (float64, then float32).
+    (0..H * D)
+        .map(|i| magnitude * (((0.9 * i as f64).sin() * 1.2) as f32).tanh())
+        .collect()
+}
+
+fn infer(launch: &Path, obs: &Path, out: &Path, noise: Option<&Path>) -> Vec<f64> {
+    let mut args = vec![
+        "infer",
+        launch.to_str().unwrap(),
+        "--obs",
+        obs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    if let Some(noise) = noise {
+        args.extend(["--noise", noise.to_str().unwrap()]);
+    }
+    run_ok(&args);
+    npy::read_f64(out).unwrap().1
+}
+
+#[test]
+fn a_fixed_latent_gives_the_chunk_the_sampler_makes_from_it() {
+    let dir = scratch("dsrl-fixed");
+    npy::write_u8(&dir.join("top.npy"), &[8, 8, 3], &[0; 192]).unwrap();
+    let obs = dir.join("obs.json");
+    std::fs::write(
+        &obs,
+        r#"{"joint_positions": [0.1, 0.5, -0.3], "images": {"top": "top.npy"}}"#,
+    )
+    .unwrap();
+    let steered = write(
+        &dir,
+        "steered",
+        &policy(&latent("latent_fixed.onnx", 1.5), 1),
+    );
+    let plain = write(&dir, "plain", &policy("", 1));
+    let w = fixed_w(1.5);
+    let w_path = dir.join("w.npy");
+    npy::write_f32(&w_path, &[1, H, D], &w).unwrap();
+    let ours = infer(&steered, &obs, &dir.join("steered.npy"), None);
+    let direct = infer(&plain, &obs, &dir.join("direct.npy"), Some(&w_path));
+    let diff = ours
+        .iter()
+        .zip(&direct)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-5, "DSRL chunk vs the sampler on w: {diff}");
+    // Negative control: the run's own seeded noise gives another chunk.
+    let seeded = infer(&plain, &obs, &dir.join("seeded.npy"), None);
+    assert!(seeded.iter().zip(&ours).any(|(a, b)| (a - b).abs() > 0.05));
+}
+
+/// In a run: every chunk's noise is logged, is the latent policy's w within the
+/// bound (a latent of 10 squashes to the bound, not past it), and the run
+/// replays bit for bit.
+#[test]
+fn the_bound_holds_and_the_noise_is_logged_with_every_chunk() {
+    let dir = scratch("dsrl-run");
+    let launch = write(&dir, "large", &policy(&latent("latent_large.onnx", 0.8), 1));
+    let log = dir.join("large.log");
+    run_ok(&[
+        "run",
+        launch.to_str().unwrap(),
+        "--sim-clock",
+        "--duration",
+        "3",
+        "--set",
+        "zenoh.enabled=false",
+        "--log",
+        log.to_str().unwrap(),
+    ]);
+    let replay = reflex()
+        .args(["replay", log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&replay.stdout).contains("bit-identical"));
+    let records = read_log(&log).unwrap().records;
+    let chunks = records
+        .iter()
+        .filter(|r| matches!(r, Record::Chunk { .. }))
+        .count();
+    let noises: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Noise {
+                from_latent,
+                values,
+                ..
+            } => Some((*from_latent, values.clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(chunks > 5);
+    assert_eq!(noises.len(), chunks, "one noise record per chunk");
+    let expected: Vec<f32> = [10.0f32, -10.0, 3.0].map(|v| 0.8 * v.tanh()).to_vec();
+    for (from_latent, values) in &noises {
+        assert!(from_latent);
+        assert_eq!(values.len(), H * D);
+        // One latent action, repeated over the horizon, within the bound.
+        for row in values.chunks(D) {
+            assert_eq!(row, &expected[..]);
+        }
+        assert!(values.iter().all(|v| v.abs() <= 0.8));
+    }
+}
+
+/// DSRL and V-GPS together: the first candidate starts from w, the rest from
+/// seeded noise; the logged noise is the executed candidate's, marked w only
+/// when V-GPS chose the first.
+#[test]
+fn with_vgps_the_first_candidate_is_ws_and_the_log_says_which_ran() {
+    let dir = scratch("dsrl-vgps");
+    let stage = format!(
+        r#"
+[[stages]]
+kind = "vgps"
+model = "{}"
+
+[[stages.inputs]]
+name = "state"
+source = "state.joint_positions"
+shape = [1, 3]
+"#,
+        fixture("value_reach.onnx").display()
+    );
+    let text = policy(&latent("latent_fixed.onnx", 1.5), 4) + &stage;
+    let launch = write(&dir, "both", &text);
+    let log = dir.join("both.log");
+    run_ok(&[
+        "run",
+        launch.to_str().unwrap(),
+        "--sim-clock",
+        "--duration",
+        "4",
+        "--set",
+        "zenoh.enabled=false",
+        "--log",
+        log.to_str().unwrap(),
+    ]);
+    let w = fixed_w(1.5);
+    let records = read_log(&log).unwrap().records;
+    let mut pairs = 0;
+    let (mut latent_ran, mut seeded_ran) = (0, 0);
+    for pair in records.windows(2) {
+        // The Choice record, then the Noise record, after each chunk.
+        if let (
+            Record::Choice { choice, .. },
+            Record::Noise {
+                from_latent,
+                values,
+                ..
+            },
+        ) = (&pair[0], &pair[1])
+        {
+            pairs += 1;
+            assert_eq!(*from_latent, choice.selected == 0);
+            let gap = values
+                .iter()
+                .zip(&w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert_eq!(gap < 1e-5, *from_latent, "noise vs w: {gap}");
+            if *from_latent {
+                latent_ran += 1;
+            } else {
+                seeded_ran += 1;
+            }
+        }
+    }
+    assert!(pairs > 10, "{pairs}");
+    assert!(latent_ran + seeded_ran == pairs);
+}
+
+#[test]
+fn latent_noise_errors_name_the_field() {
+    let dir = scratch("dsrl-errors");
+    let fails = |path: &Path| {
+        let out = reflex()
+            .args([
+                "run",
+                path.to_str().unwrap(),
+                "--sim-clock",
+                "--duration",
+                "0.5",
+                "--set",
+                "zenoh.enabled=false",
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A model whose output is not noise for this chunk.
+    let err = fails(&write(
+        &dir,
+        "shape",
+        &policy(&latent("value_reach.onnx", 1.0), 1),
+    ));
+    assert!(
+        err.contains("policy.latent_noise.model") && err.contains("shape.toml:"),
+        "{err}"
+    );
+    assert!(err.contains("output `noise` is not in the model"), "{err}");
+    let err = fails(&write(
+        &dir,
+        "magnitude",
+        &policy(&latent("latent_fixed.onnx", 0.0), 1),
+    ));
+    assert!(
+        err.contains("policy.latent_noise.action_magnitude"),
+        "{err}"
+    );
+    // DDPM adds noise at every step: the chunk is not a function of w.
+    let diffusion = format!(
+        r#"[policy]
+kind = "diffusion"
+model = "{model}"
+num_steps = 10
+schedule = {{ kind = "squared_cosine", train_steps = 100, sampler = "ddpm" }}
+
+[[policy.inputs]]
+name = "state"
+source = "state.joint_positions"
+shape = [1, 3]
+
+[policy.actions]
+horizon = {H}
+{latent}"#,
+        model = fixture("rtc_analytic_eps.onnx").display(),
+        latent = latent("latent_fixed.onnx", 1.0)
+    );
+    let err = fails(&write(&dir, "ddpm", &diffusion));
+    assert!(
+        err.contains("policy.latent_noise") && err.contains("DDIM"),
+        "{err}"
+    );
+}
