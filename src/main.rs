@@ -118,6 +118,9 @@ enum Command {
     /// End, re-record or start an episode of a run recording on this machine
     /// (`reflex run --record DIR`).
     Episode(EpisodeArgs),
+    /// Switch steering of a run on this machine on or off: `vgps` (ranking
+    /// stages) or `dsrl` (the latent-noise policy), from its next inference.
+    Steer(SteerArgs),
     /// Tare the tactile sensors of a run on this machine: a new reference frame
     /// for camera-based sensors, a new bias for taxel arrays (all, or one stream).
     Tare(TareArgs),
@@ -142,6 +145,17 @@ struct EpisodeArgs {
     /// with `[recording] start = "key"`).
     #[arg(value_parser = ["success", "failure", "rerecord", "stop", "start"])]
     request: String,
+}
+
+#[derive(clap::Args)]
+struct SteerArgs {
+    /// The robot's name (`robot.name` in the launch file).
+    #[arg(long, default_value = "sim_arm")]
+    robot: String,
+    #[arg(value_parser = ["vgps", "dsrl"])]
+    method: String,
+    #[arg(value_parser = ["on", "off"])]
+    state: String,
 }
 
 #[derive(clap::Args)]
@@ -208,6 +222,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Episode(a) => operator(&a.robot, &format!("episode {}", a.request)),
+        Command::Steer(a) => operator(&a.robot, &format!("steer {} {}", a.method, a.state)),
         Command::Schema => {
             println!(
                 "{}",

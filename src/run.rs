@@ -378,7 +378,13 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         action_dim: policy.policy.action_dim(),
         candidates: policy.policy.candidates().max(1),
     };
-    let worker = InferenceWorker::spawn(policy.policy, &template, requests.prompt.clone(), stages)?;
+    let worker = InferenceWorker::spawn(
+        policy.policy,
+        &template,
+        requests.prompt.clone(),
+        stages,
+        requests.steering.clone(),
+    )?;
     let models = match &bus {
         Some(bus) if zenoh.model_updates => {
             let key = bus.key(&format!("models/{}", crate::model_updates::POLICY));

@@ -93,6 +93,13 @@ impl<'a> Report<'a> {
                 v.spread_max
             );
         }
+        if v.latent_chunks > 0 {
+            let _ = writeln!(
+                out,
+                "  steering (dsrl)    {} chunks sampled from the latent-noise policy's w",
+                v.latent_chunks
+            );
+        }
         if let Some(m) = self.models {
             let _ = writeln!(
                 out,
@@ -372,6 +379,7 @@ impl<'a> Report<'a> {
             "not_first": s.steering.not_first,
             "spread_mean": s.steering.mean_spread(),
             "spread_max": s.steering.spread_max,
+            "latent_chunks": s.steering.latent_chunks,
         });
         let m = &s.smoothness;
         out["executor"] = json!({

@@ -300,3 +300,81 @@ horizon = {H}
         "{err}"
     );
 }
+
+/// `reflex steer vgps off` / `reflex steer dsrl off` over the control socket of a
+/// running loop: chunks before carry a Choice and a w Noise record, chunks after
+/// carry neither (the first candidate runs, from seeded noise).
+#[test]
+fn steering_switches_off_at_run_time() {
+    let dir = scratch("dsrl-switch");
+    let stage = format!(
+        "\n[[stages]]\nkind = \"vgps\"\nmodel = \"{}\"\n\n[[stages.inputs]]\nname = \"state\"\n\
+         source = \"state.joint_positions\"\nshape = [1, 3]\n",
+        fixture("value_reach.onnx").display()
+    );
+    let launch = write(
+        &dir,
+        "switch",
+        &(policy(&latent("latent_fixed.onnx", 1.5), 4) + &stage),
+    );
+    let log = dir.join("switch.log");
+    let args: Vec<String> = [
+        "run",
+        launch.to_str().unwrap(),
+        "--duration",
+        "4",
+        "--set",
+        "zenoh.enabled=false",
+        "--log",
+        log.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut command = reflex();
+    command.env("XDG_RUNTIME_DIR", &dir);
+    let mut child = spawn_until_with(command, &args, "wall clock");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    for method in ["vgps", "dsrl"] {
+        let answer = reflex()
+            .env("XDG_RUNTIME_DIR", &dir)
+            .args(["steer", "--robot", "sim_arm", method, "off"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&answer.stdout);
+        assert!(text.contains("ok: ") && text.contains("off"), "{text}");
+    }
+    assert!(child.wait().unwrap().success());
+    // Per chunk, in order: did a Choice and a Noise record follow it?
+    let records = read_log(&log).unwrap().records;
+    let mut steered = Vec::new();
+    for (i, record) in records.iter().enumerate() {
+        if let Record::Chunk { .. } = record {
+            let after = &records[i + 1..];
+            let next = after
+                .iter()
+                .position(|r| matches!(r, Record::Chunk { .. } | Record::Tick(_)))
+                .unwrap_or(after.len());
+            let choice = after[..next]
+                .iter()
+                .any(|r| matches!(r, Record::Choice { .. }));
+            let noise = after[..next]
+                .iter()
+                .any(|r| matches!(r, Record::Noise { .. }));
+            steered.push((choice, noise));
+        }
+    }
+    // V-GPS went off first, then DSRL; neither came back.
+    let vgps_off = steered
+        .iter()
+        .position(|&(c, _)| !c)
+        .expect("chunks after the switch");
+    let dsrl_off = steered
+        .iter()
+        .position(|&(_, n)| !n)
+        .expect("chunks after the switch");
+    assert!(vgps_off > 3 && dsrl_off >= vgps_off, "{steered:?}");
+    assert!(steered[..vgps_off].iter().all(|&(c, n)| c && n));
+    assert!(steered[vgps_off..].iter().all(|&(c, _)| !c), "{steered:?}");
+    assert!(steered[dsrl_off..].iter().all(|&(_, n)| !n), "{steered:?}");
+}

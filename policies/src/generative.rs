@@ -139,10 +139,15 @@ pub struct GenerativePolicy {
     joints: usize,
     actions_norm: Option<VectorNorm>,
     noise: Box<dyn NoiseSource>,
+    /// The run's seed (the seeded noise).
+    seed: u64,
     next_noise: Option<Vec<f32>>,
     /// The noise the last inference started from, [B, H, D] (kept when a
     /// latent-noise policy chooses it, for the log).
     initial_noise: Vec<f32>,
+    /// False while a latent-noise policy is switched off at run time: the
+    /// seeded generator gives the noise, and none is recorded.
+    latent_noise_on: bool,
     /// The noise stochastic steps add (DDPM, DDIM with eta > 0), one sample per
     /// step, from a generator keyed by (seed, tick) apart from the initial noise's.
     step_noise: Vec<f32>,
@@ -552,8 +557,10 @@ impl GenerativePolicy {
             noise: Box::new(SeededGaussian {
                 seed: launch.config.seed,
             }),
+            seed: launch.config.seed,
             next_noise: None,
             initial_noise: Vec::new(),
+            latent_noise_on: true,
             step_noise: vec![0.0; step_noise_samples * batch * horizon * model_dim],
             step_noise_seed: launch.config.seed ^ 0x57E9_5E0D_57E9_5E0D,
             next_step_noise: None,
@@ -688,13 +695,15 @@ impl GenerativePolicy {
         let x = self.x.extract_tensor_mut().1;
         if let Some(noise) = self.next_noise.take() {
             x.copy_from_slice(&noise);
+        } else if self.noise.chooses_noise() && !self.latent_noise_on {
+            SeededGaussian { seed: self.seed }.fill(obs, x)?;
         } else {
             self.noise.fill(obs, x)?;
             if x.iter().any(|v| !v.is_finite()) {
                 return Err("the noise source gave NaN or infinite noise".into());
             }
         }
-        if self.noise.chooses_noise() {
+        if self.noise.chooses_noise() && self.latent_noise_on {
             // Sized once: the buffer keeps its capacity.
             self.initial_noise.clear();
             self.initial_noise.extend_from_slice(x);
@@ -1075,8 +1084,12 @@ impl Policy for GenerativePolicy {
     }
 
     fn initial_noise(&self) -> Option<&[f32]> {
-        (self.noise.chooses_noise() && !self.initial_noise.is_empty())
+        (self.noise.chooses_noise() && self.latent_noise_on && !self.initial_noise.is_empty())
             .then_some(&self.initial_noise[..])
+    }
+
+    fn set_latent_noise(&mut self, on: bool) {
+        self.latent_noise_on = on;
     }
 
     fn infer_candidates(

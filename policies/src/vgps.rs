@@ -387,6 +387,10 @@ pub fn softmax_choice(scores: &[f32], temperature: f64, u: f64) -> usize {
 }
 
 impl ChunkStage for ValueGuided {
+    fn steers(&self) -> bool {
+        true
+    }
+
     fn apply(&mut self, obs: &Observation, candidates: &mut Candidates) -> Result<(), PolicyError> {
         self.score(obs, candidates)?;
         candidates.scored = true;

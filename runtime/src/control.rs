@@ -736,6 +736,8 @@ pub struct OperatorRequests {
     pub tare: crate::tare::TareRequests,
     /// Episode requests (success, failure, re-record, stop, start).
     pub episodes: EpisodeRequests,
+    /// Steering switched on or off at run time (the inference worker reads it).
+    pub steering: crate::stage::SteeringSwitch,
 }
 
 impl Default for OperatorRequests {
@@ -749,6 +751,7 @@ impl Default for OperatorRequests {
             prompt: PromptCell::default(),
             tare: Default::default(),
             episodes: EpisodeRequests::default(),
+            steering: Default::default(),
         }
     }
 }
@@ -1220,6 +1223,7 @@ impl ControlLoop {
             if accepted {
                 r.stats.chunks_applied += 1;
                 r.stats.steering.record(&done.chunk.choice);
+                r.stats.steering.record_noise(&done.chunk);
             } else if done.ok {
                 r.stats.chunks_rejected += 1;
             }

@@ -14,7 +14,7 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::mailbox::Mailbox;
 use crate::prompt::PromptCell;
-use crate::stage::{Candidates, ChunkStage};
+use crate::stage::{Candidates, ChunkStage, Steering, SteeringSwitch};
 use crate::types::{ActionChunk, Observation};
 
 pub type PolicyError = Box<dyn std::error::Error + Send + Sync>;
@@ -59,6 +59,9 @@ pub trait Policy: Send {
     fn initial_noise(&self) -> Option<&[f32]> {
         None
     }
+    /// Switches a latent-noise policy (DSRL) on or off before the next inference
+    /// (off: the run's seeded noise). Policies without one ignore it.
+    fn set_latent_noise(&mut self, _on: bool) {}
     /// A new task instruction, given before the next `infer` (on the inference
     /// thread). Policies without a language input ignore it.
     fn set_prompt(&mut self, _prompt: &str) -> Result<(), PolicyError> {
@@ -95,13 +98,16 @@ fn run_stages(
     stages: &mut [Box<dyn ChunkStage>],
     obs: &Observation,
     candidates: &mut Candidates,
+    ranking: bool,
 ) -> Result<(), PolicyError> {
     candidates.selected = 0;
     candidates.scored = false;
     candidates.scores.fill(0.0);
     policy.infer_candidates(obs, candidates)?;
     for stage in stages.iter_mut() {
-        stage.apply(obs, candidates)?;
+        if ranking || !stage.steers() {
+            stage.apply(obs, candidates)?;
+        }
     }
     if candidates.selected >= candidates.batch {
         return Err(format!(
@@ -202,6 +208,7 @@ impl InferenceWorker {
         template: &Observation,
         prompt: PromptCell,
         mut stages: Vec<Box<dyn ChunkStage>>,
+        steering: SteeringSwitch,
     ) -> std::io::Result<Self> {
         let free_observations = Arc::new(ArrayQueue::new(MAX_IN_FLIGHT + 1));
         for _ in 0..MAX_IN_FLIGHT + 1 {
@@ -272,6 +279,7 @@ impl InferenceWorker {
                                 tracing::error!("the policy refused the instruction: {e}");
                             }
                         }
+                        policy.set_latent_noise(steering.is_on(Steering::LatentNoise));
                         let mut chunk = free_chunks.pop().unwrap_or_else(|| {
                             Box::new(ActionChunk::zeros(policy.horizon(), policy.action_dim()))
                         });
@@ -286,7 +294,9 @@ impl InferenceWorker {
                         let result = if stages.is_empty() {
                             policy.infer(&obs, &mut chunk)
                         } else {
-                            run_stages(&mut *policy, &mut stages, &obs, &mut candidates).map(|()| {
+                            let ranking = steering.is_on(Steering::Ranking);
+                            run_stages(&mut *policy, &mut stages, &obs, &mut candidates, ranking)
+                                .map(|()| {
                                 chunk
                                     .actions
                                     .copy_from_slice(candidates.chunk(candidates.selected));
@@ -459,6 +469,7 @@ mod tests {
             &obs(0, 0.0),
             prompt.clone(),
             Vec::new(),
+            SteeringSwitch::default(),
         )
         .unwrap();
         let mut ask = |tick| {
@@ -500,6 +511,7 @@ mod tests {
             &template,
             PromptCell::default(),
             Vec::new(),
+            SteeringSwitch::default(),
         )
         .unwrap();
         let mut request = template.clone();
@@ -526,17 +538,27 @@ mod tests {
     #[test]
     fn stages_run_on_the_candidates_and_a_bad_selection_fails_the_chunk() {
         let stages: Vec<Box<dyn ChunkStage>> = vec![Box::new(Doubler { select: 0 })];
-        let mut worker =
-            InferenceWorker::spawn(Box::new(Echo), &obs(0, 0.0), PromptCell::default(), stages)
-                .unwrap();
+        let mut worker = InferenceWorker::spawn(
+            Box::new(Echo),
+            &obs(0, 0.0),
+            PromptCell::default(),
+            stages,
+            SteeringSwitch::default(),
+        )
+        .unwrap();
         assert!(worker.request(&obs(1, 0.25)));
         let done = worker.wait(Duration::from_secs(5)).expect("result");
         assert!(done.ok);
         assert_eq!(done.chunk.actions, vec![0.5, 0.5]);
         let stages: Vec<Box<dyn ChunkStage>> = vec![Box::new(Doubler { select: 3 })];
-        let mut worker =
-            InferenceWorker::spawn(Box::new(Echo), &obs(0, 0.0), PromptCell::default(), stages)
-                .unwrap();
+        let mut worker = InferenceWorker::spawn(
+            Box::new(Echo),
+            &obs(0, 0.0),
+            PromptCell::default(),
+            stages,
+            SteeringSwitch::default(),
+        )
+        .unwrap();
         assert!(worker.request(&obs(1, 0.25)));
         assert!(!worker.wait(Duration::from_secs(5)).expect("result").ok);
         assert_eq!(worker.errors(), 1);
@@ -549,6 +571,7 @@ mod tests {
             &obs(0, 0.0),
             PromptCell::default(),
             Vec::new(),
+            SteeringSwitch::default(),
         )
         .unwrap();
         worker.set_max_in_flight(2);
@@ -576,6 +599,7 @@ mod tests {
             &obs(0, 0.0),
             PromptCell::default(),
             Vec::new(),
+            SteeringSwitch::default(),
         )
         .unwrap();
         assert!(worker.request(&obs(5, 0.25)));

@@ -4,6 +4,9 @@
 //! order (`[[stages]]`); each may score, rerank or replace them, and the one
 //! `selected` at the end is executed. Without stages the first candidate runs.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use crate::policy::PolicyError;
 use crate::types::Observation;
 
@@ -63,6 +66,65 @@ impl Candidates {
 pub trait ChunkStage: Send {
     /// Looks at the candidates sampled for `obs` and may score, change or select.
     fn apply(&mut self, obs: &Observation, candidates: &mut Candidates) -> Result<(), PolicyError>;
+    /// True for a steering stage (V-GPS) that [`SteeringSwitch`] can turn off at
+    /// run time; the first candidate then runs as without it.
+    fn steers(&self) -> bool {
+        false
+    }
+}
+
+/// Which steering method a request switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steering {
+    /// Ranking stages (`[[stages]] kind = "vgps"`).
+    Ranking,
+    /// A latent-noise policy choosing the initial noise (DSRL).
+    LatentNoise,
+}
+
+impl Steering {
+    pub fn parse(word: &str) -> Option<Self> {
+        match word {
+            "vgps" => Some(Self::Ranking),
+            "dsrl" => Some(Self::LatentNoise),
+            _ => None,
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Self::Ranking => 1,
+            Self::LatentNoise => 2,
+        }
+    }
+}
+
+/// Run-time switches of the steering methods a launch file configures, shared by
+/// the control socket (which sets them) and the inference worker (which reads
+/// them before each inference). Both start on.
+#[derive(Debug, Clone)]
+pub struct SteeringSwitch(Arc<AtomicU8>);
+
+impl Default for SteeringSwitch {
+    fn default() -> Self {
+        Self(Arc::new(AtomicU8::new(
+            Steering::Ranking.bit() | Steering::LatentNoise.bit(),
+        )))
+    }
+}
+
+impl SteeringSwitch {
+    pub fn is_on(&self, which: Steering) -> bool {
+        self.0.load(Ordering::Acquire) & which.bit() != 0
+    }
+
+    pub fn set(&self, which: Steering, on: bool) {
+        if on {
+            self.0.fetch_or(which.bit(), Ordering::AcqRel);
+        } else {
+            self.0.fetch_and(!which.bit(), Ordering::AcqRel);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -148,6 +148,10 @@ pub struct SteeringStats {
     pub last_candidates: u32,
     pub last_selected: u32,
     pub last_spread: f32,
+    /// Applied chunks sampled from a latent-noise policy's w (DSRL), and the
+    /// last one's mean |w|.
+    pub latent_chunks: u64,
+    pub last_noise_abs: f32,
 }
 
 impl SteeringStats {
@@ -164,6 +168,15 @@ impl SteeringStats {
         self.last_candidates = choice.scores.len() as u32;
         self.last_selected = choice.selected;
         self.last_spread = spread;
+    }
+
+    /// Counts one applied chunk's initial noise when the latent-noise policy chose it.
+    pub fn record_noise(&mut self, chunk: &crate::types::ActionChunk) {
+        if chunk.noise_from_latent && !chunk.noise.is_empty() {
+            self.latent_chunks += 1;
+            let sum: f32 = chunk.noise.iter().map(|v| v.abs()).sum();
+            self.last_noise_abs = sum / chunk.noise.len() as f32;
+        }
     }
 
     pub fn mean_spread(&self) -> f64 {
@@ -449,6 +462,11 @@ impl StatusSnapshot {
                     self.steering.last_candidates,
                     self.steering.last_spread
                 )
+            } else {
+                String::new()
+            })
+            + &(if self.steering.latent_chunks > 0 {
+                format!(" |w|={:.2}", self.steering.last_noise_abs)
             } else {
                 String::new()
             })
