@@ -53,6 +53,15 @@ shape = [1, 3]
     )
 }
 
+/// A `vgps` stage with the analytic value model, reading the joint positions.
+fn vgps_stage() -> String {
+    format!(
+        "\n[[stages]]\nkind = \"vgps\"\nmodel = \"{}\"\n\n[[stages.inputs]]\nname = \"state\"\n\
+         source = \"state.joint_positions\"\nshape = [1, 3]\n",
+        fixture("value_reach.onnx").display()
+    )
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, demo_with_policy(text, 2)).unwrap();
@@ -175,20 +184,7 @@ fn the_bound_holds_and_the_noise_is_logged_with_every_chunk() {
 #[test]
 fn with_vgps_the_first_candidate_is_ws_and_the_log_says_which_ran() {
     let dir = scratch("dsrl-vgps");
-    let stage = format!(
-        r#"
-[[stages]]
-kind = "vgps"
-model = "{}"
-
-[[stages.inputs]]
-name = "state"
-source = "state.joint_positions"
-shape = [1, 3]
-"#,
-        fixture("value_reach.onnx").display()
-    );
-    let text = policy(&latent("latent_fixed.onnx", 1.5), 4) + &stage;
+    let text = policy(&latent("latent_fixed.onnx", 1.5), 4) + &vgps_stage();
     let launch = write(&dir, "both", &text);
     let log = dir.join("both.log");
     run_ok(&[
@@ -239,24 +235,8 @@ shape = [1, 3]
 #[test]
 fn latent_noise_errors_name_the_field() {
     let dir = scratch("dsrl-errors");
-    let fails = |path: &Path| {
-        let out = reflex()
-            .args([
-                "run",
-                path.to_str().unwrap(),
-                "--sim-clock",
-                "--duration",
-                "0.5",
-                "--set",
-                "zenoh.enabled=false",
-            ])
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
     // A model whose output is not noise for this chunk.
-    let err = fails(&write(
+    let err = run_fails(&write(
         &dir,
         "shape",
         &policy(&latent("value_reach.onnx", 1.0), 1),
@@ -266,7 +246,7 @@ fn latent_noise_errors_name_the_field() {
         "{err}"
     );
     assert!(err.contains("output `noise` is not in the model"), "{err}");
-    let err = fails(&write(
+    let err = run_fails(&write(
         &dir,
         "magnitude",
         &policy(&latent("latent_fixed.onnx", 0.0), 1),
@@ -294,7 +274,7 @@ horizon = {H}
         model = fixture("rtc_analytic_eps.onnx").display(),
         latent = latent("latent_fixed.onnx", 1.0)
     );
-    let err = fails(&write(&dir, "ddpm", &diffusion));
+    let err = run_fails(&write(&dir, "ddpm", &diffusion));
     assert!(
         err.contains("policy.latent_noise") && err.contains("DDIM"),
         "{err}"
@@ -307,15 +287,10 @@ horizon = {H}
 #[test]
 fn steering_switches_off_at_run_time() {
     let dir = scratch("dsrl-switch");
-    let stage = format!(
-        "\n[[stages]]\nkind = \"vgps\"\nmodel = \"{}\"\n\n[[stages.inputs]]\nname = \"state\"\n\
-         source = \"state.joint_positions\"\nshape = [1, 3]\n",
-        fixture("value_reach.onnx").display()
-    );
     let launch = write(
         &dir,
         "switch",
-        &(policy(&latent("latent_fixed.onnx", 1.5), 4) + &stage),
+        &(policy(&latent("latent_fixed.onnx", 1.5), 4) + &vgps_stage()),
     );
     let log = dir.join("switch.log");
     let args: Vec<String> = [

@@ -265,25 +265,9 @@ fn softmax_selections_follow_the_softmax_of_q() {
 #[test]
 fn mismatched_value_models_are_clear_errors_at_the_stage() {
     let dir = scratch("vgps-errors");
-    let fails = |path: &Path| {
-        let out = reflex()
-            .args([
-                "run",
-                path.to_str().unwrap(),
-                "--sim-clock",
-                "--duration",
-                "0.5",
-                "--set",
-                "zenoh.enabled=false",
-            ])
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
     // Scoring a segment needs [K, s, 3]; this model takes one action.
     let stage = format!("{}\nscore = \"segment\"", value("value_reach.onnx"));
-    let err = fails(&launch(&dir, "segment", &stage, 2));
+    let err = run_fails(&launch(&dir, "segment", &stage, 2));
     assert!(
         err.contains("segment.toml:") && err.contains("stages[0].model"),
         "{err}"
@@ -296,14 +280,14 @@ fn mismatched_value_models_are_clear_errors_at_the_stage() {
     let stage = format!("{}\nscore = \"segment\"", value("value_reach_segment.onnx"));
     let (_, scored) = run(&launch(&dir, "segment_ok", &stage, 2), "2");
     assert!(!scored.is_empty());
-    let err = fails(&launch(
+    let err = run_fails(&launch(
         &dir,
         "q_name",
         &format!("{}\nq_output = \"value\"", value("value_reach.onnx")),
         2,
     ));
     assert!(err.contains("output `value` is not in the model"), "{err}");
-    let err = fails(&launch(
+    let err = run_fails(&launch(
         &dir,
         "temperature",
         &format!("{}\ntemperature = 0.0", value("value_reach.onnx")),

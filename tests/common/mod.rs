@@ -92,6 +92,25 @@ pub fn sim_summary(
     summary(summary_path)
 }
 
+/// `reflex run LAUNCH --sim-clock` for half a second without zenoh, expected to
+/// fail (at load); its stderr.
+pub fn run_fails(launch: &Path) -> String {
+    let out = reflex()
+        .args([
+            "run",
+            launch.to_str().unwrap(),
+            "--sim-clock",
+            "--duration",
+            "0.5",
+            "--set",
+            "zenoh.enabled=false",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{} should not run", launch.display());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Spawns `reflex` and returns once its stderr has printed a line containing
 /// `ready`; the rest of stderr keeps draining in the background.
 pub fn spawn_until(args: &[String], ready: &str) -> Child {
