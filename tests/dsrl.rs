@@ -18,23 +18,7 @@ const H: usize = 6;
 const D: usize = 3;
 
 fn policy(latent: &str, batch: usize) -> String {
-    format!(
-        r#"[policy]
-kind = "flow"
-model = "{model}"
-num_steps = 10
-batch = {batch}
-
-[[policy.inputs]]
-name = "state"
-source = "state.joint_positions"
-shape = [1, 3]
-
-[policy.actions]
-horizon = {H}
-{latent}"#,
-        model = fixture("rtc_analytic.onnx").display(),
-    )
+    analytic_flow_policy(batch, latent)
 }
 
 fn latent(model: &str, magnitude: f64) -> String {

@@ -20,21 +20,8 @@ const D: usize = 3;
 const OFFSET: [f64; 3] = [0.2, -0.1, 0.15];
 
 fn launch(dir: &Path, name: &str, stage: &str, replan_after: usize) -> PathBuf {
-    let policy = format!(
-        r#"[policy]
-kind = "flow"
-model = "{model}"
-num_steps = 10
-batch = {K}
-
-[[policy.inputs]]
-name = "state"
-source = "state.joint_positions"
-shape = [1, 3]
-
-[policy.actions]
-horizon = {H}
-
+    let stage = format!(
+        r#"
 [[stages]]
 kind = "vgps"
 {stage}
@@ -43,9 +30,9 @@ kind = "vgps"
 name = "state"
 source = "state.joint_positions"
 shape = [1, 3]
-"#,
-        model = fixture("rtc_analytic.onnx").display(),
+"#
     );
+    let policy = analytic_flow_policy(K, &stage);
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, demo_with_policy(&policy, replan_after)).unwrap();
     path

@@ -20,7 +20,7 @@ use reflex_runtime::types::Observation;
 use crate::PolicyLoadError;
 use crate::chunk::{check_inputs, model_ports, signature_mismatch};
 use crate::config::LatentNoiseConfig;
-use crate::generative::{NoiseSource, SeededGaussian, batch_fits};
+use crate::generative::{NoiseSource, SeededGaussian, shape_fits};
 use crate::preprocess::InputMapper;
 
 /// The latent-noise policy as the sampler's [`NoiseSource`].
@@ -33,8 +33,10 @@ pub struct LatentNoise {
     seed: u64,
     horizon: usize,
     dim: usize,
-    /// The rest of the batch.
+    /// The rest of the batch (all of it while switched off).
     seeded: SeededGaussian,
+    /// Switched on or off at run time (`reflex steer dsrl`).
+    enabled: bool,
 }
 
 impl LatentNoise {
@@ -52,14 +54,12 @@ impl LatentNoise {
         let session = crate::onnxruntime::open_session(&env, &path, &settings)?.session;
         let (inputs, outputs) = model_ports(&session);
         let mut problems = check_inputs(&cfg.inputs, &inputs).err().unwrap_or_default();
-        let fits = |shape: &[i64], want: &[usize]| {
-            shape.len() == want.len() && shape.iter().zip(want).all(|(&d, &w)| batch_fits(d, w))
-        };
         match outputs.iter().find(|p| p.name == cfg.output) {
             None => problems.push(format!("output `{}` is not in the model", cfg.output)),
             Some(p)
                 if p.dtype != "float32"
-                    || !(fits(&p.shape, &[1, horizon, dim]) || fits(&p.shape, &[1, dim])) =>
+                    || !(shape_fits(&p.shape, &[1, horizon, dim])
+                        || shape_fits(&p.shape, &[1, dim])) =>
             {
                 problems.push(format!(
                     "output `{}` is {} {:?}, expected float32 [1, {horizon}, {dim}] (the \
@@ -99,6 +99,7 @@ impl LatentNoise {
             seeded: SeededGaussian {
                 seed: launch.config.seed,
             },
+            enabled: true,
         })
     }
 }
@@ -107,6 +108,9 @@ impl NoiseSource for LatentNoise {
     fn fill(&mut self, obs: &Observation, out: &mut [f32]) -> Result<(), PolicyError> {
         // The other candidates' noise, as without DSRL; the first is replaced.
         self.seeded.fill(obs, out)?;
+        if !self.enabled {
+            return Ok(());
+        }
         self.mapper.fill(obs);
         let outputs = self.session.run(self.mapper.session_inputs()?)?;
         let raw = outputs
@@ -144,6 +148,10 @@ impl NoiseSource for LatentNoise {
     }
 
     fn chooses_noise(&self) -> bool {
-        true
+        self.enabled
+    }
+
+    fn set_enabled(&mut self, on: bool) {
+        self.enabled = on;
     }
 }

@@ -139,15 +139,10 @@ pub struct GenerativePolicy {
     joints: usize,
     actions_norm: Option<VectorNorm>,
     noise: Box<dyn NoiseSource>,
-    /// The run's seed (the seeded noise).
-    seed: u64,
     next_noise: Option<Vec<f32>>,
     /// The noise the last inference started from, [B, H, D] (kept when a
     /// latent-noise policy chooses it, for the log).
     initial_noise: Vec<f32>,
-    /// False while a latent-noise policy is switched off at run time: the
-    /// seeded generator gives the noise, and none is recorded.
-    latent_noise_on: bool,
     /// The noise stochastic steps add (DDPM, DDIM with eta > 0), one sample per
     /// step, from a generator keyed by (seed, tick) apart from the initial noise's.
     step_noise: Vec<f32>,
@@ -174,6 +169,11 @@ pub struct GenerativePolicy {
 /// True when a declared batch dimension admits `batch`.
 pub(crate) fn batch_fits(dim: i64, batch: usize) -> bool {
     dim < 0 || dim == batch as i64
+}
+
+/// True when a declared shape admits `want` (its dynamic dimensions admit any size).
+pub(crate) fn shape_fits(shape: &[i64], want: &[usize]) -> bool {
+    shape.len() == want.len() && shape.iter().zip(want).all(|(&d, &w)| batch_fits(d, w))
 }
 
 impl GenerativePolicy {
@@ -370,12 +370,7 @@ impl GenerativePolicy {
 
         // The sampler's own ports.
         let mut problems = Vec::new();
-        let shape_ok = |p: &Port| {
-            p.shape.len() == 3
-                && batch_fits(p.shape[0], batch)
-                && batch_fits(p.shape[1], horizon)
-                && batch_fits(p.shape[2], model_dim)
-        };
+        let shape_ok = |p: &Port| shape_fits(&p.shape, &[batch, horizon, model_dim]);
         let sample_port = |ports: &[Port], name: &str, what: &str| -> Option<String> {
             match ports.iter().find(|p| p.name == name) {
                 None => Some(format!("{what} `{name}` is not in the model")),
@@ -557,10 +552,8 @@ impl GenerativePolicy {
             noise: Box::new(SeededGaussian {
                 seed: launch.config.seed,
             }),
-            seed: launch.config.seed,
             next_noise: None,
             initial_noise: Vec::new(),
-            latent_noise_on: true,
             step_noise: vec![0.0; step_noise_samples * batch * horizon * model_dim],
             step_noise_seed: launch.config.seed ^ 0x57E9_5E0D_57E9_5E0D,
             next_step_noise: None,
@@ -695,15 +688,13 @@ impl GenerativePolicy {
         let x = self.x.extract_tensor_mut().1;
         if let Some(noise) = self.next_noise.take() {
             x.copy_from_slice(&noise);
-        } else if self.noise.chooses_noise() && !self.latent_noise_on {
-            SeededGaussian { seed: self.seed }.fill(obs, x)?;
         } else {
             self.noise.fill(obs, x)?;
             if x.iter().any(|v| !v.is_finite()) {
                 return Err("the noise source gave NaN or infinite noise".into());
             }
         }
-        if self.noise.chooses_noise() && self.latent_noise_on {
+        if self.noise.chooses_noise() {
             // Sized once: the buffer keeps its capacity.
             self.initial_noise.clear();
             self.initial_noise.extend_from_slice(x);
@@ -925,11 +916,14 @@ impl GenerativePolicy {
 /// Runs on the inference thread, once per chunk.
 pub trait NoiseSource: Send {
     fn fill(&mut self, obs: &Observation, out: &mut [f32]) -> Result<(), PolicyError>;
-    /// True when a policy (DSRL's latent-noise policy) chose the first
+    /// True when a policy (DSRL's latent-noise policy) chooses the first
     /// candidate's noise: it is then recorded with each chunk.
     fn chooses_noise(&self) -> bool {
         false
     }
+    /// Switched off at run time, a source that chooses noise gives the run's
+    /// seeded noise instead (and no longer chooses it).
+    fn set_enabled(&mut self, _on: bool) {}
 }
 
 /// Standard normal noise from a generator keyed by (seed, the observation's tick):
@@ -1084,12 +1078,12 @@ impl Policy for GenerativePolicy {
     }
 
     fn initial_noise(&self) -> Option<&[f32]> {
-        (self.noise.chooses_noise() && self.latent_noise_on && !self.initial_noise.is_empty())
+        (self.noise.chooses_noise() && !self.initial_noise.is_empty())
             .then_some(&self.initial_noise[..])
     }
 
     fn set_latent_noise(&mut self, on: bool) {
-        self.latent_noise_on = on;
+        self.noise.set_enabled(on);
     }
 
     fn infer_candidates(

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::PolicyLoadError;
 use crate::chunk::{Port, check_inputs, model_ports, signature_mismatch};
 use crate::config::{InputConfig, NormStatsConfig};
-use crate::generative::{batch_fits, batch_problems, tiled_input};
+use crate::generative::{batch_problems, shape_fits, tiled_input};
 use crate::normalize::VectorNorm;
 use crate::preprocess::InputMapper;
 
@@ -202,9 +202,9 @@ impl ValueGuided {
         let settings = crate::onnxruntime::SessionSettings::from_launch(launch, cfg.intra_threads);
         let session = crate::onnxruntime::open_session(&env, &model_path, &settings)?.session;
         let (inputs, outputs) = model_ports(&session);
-        let action_shape: Vec<i64> = match cfg.score {
-            Scored::Action => vec![batch as i64, width as i64],
-            _ => vec![batch as i64, scored_len as i64, width as i64],
+        let action_shape: Vec<usize> = match cfg.score {
+            Scored::Action => vec![batch, width],
+            _ => vec![batch, scored_len, width],
         };
         let observation: Vec<Port> = inputs
             .iter()
@@ -215,29 +215,21 @@ impl ValueGuided {
             .err()
             .unwrap_or_default();
         problems.extend(batch_problems(&observation, batch));
-        let fits = |shape: &[i64], want: &[i64]| {
-            shape.len() == want.len()
-                && shape
-                    .iter()
-                    .zip(want)
-                    .all(|(&d, &w)| batch_fits(d, w as usize))
-        };
         match inputs.iter().find(|p| p.name == cfg.action_input) {
             None => problems.push(format!("input `{}` is not in the model", cfg.action_input)),
-            Some(p) if p.dtype != "float32" || !fits(&p.shape, &action_shape) => {
-                problems.push(format!(
+            Some(p) if p.dtype != "float32" || !shape_fits(&p.shape, &action_shape) => problems
+                .push(format!(
                     "input `{}` is {} {:?}; scoring `{:?}` of {batch} candidates of {width} \
                      values per action needs float32 {action_shape:?}",
                     p.name, p.dtype, p.shape, cfg.score
-                ))
-            }
+                )),
             Some(_) => {}
         }
         match outputs.iter().find(|p| p.name == cfg.q_output) {
             None => problems.push(format!("output `{}` is not in the model", cfg.q_output)),
             Some(p)
                 if p.dtype != "float32"
-                    || !(fits(&p.shape, &[batch as i64]) || fits(&p.shape, &[batch as i64, 1])) =>
+                    || !(shape_fits(&p.shape, &[batch]) || shape_fits(&p.shape, &[batch, 1])) =>
             {
                 problems.push(format!(
                     "output `{}` is {} {:?}, expected float32 [{batch}] or [{batch}, 1]",
@@ -276,8 +268,7 @@ impl ValueGuided {
                 })?,
             None => None,
         };
-        let shape: Vec<usize> = action_shape.iter().map(|&d| d as usize).collect();
-        let actions = Tensor::<f32>::new(&Allocator::default(), shape).map_err(|e| {
+        let actions = Tensor::<f32>::new(&Allocator::default(), action_shape).map_err(|e| {
             PolicyLoadError::Model {
                 path: model_path.clone(),
                 message: e.to_string(),
@@ -340,7 +331,7 @@ impl ValueGuided {
             Vec::with_capacity(self.mapper.inputs.len() + 1);
         for input in &self.mapper.inputs {
             let value = tiled_input(input, self.batch, &allocator)?;
-            feeds.push((Cow::Owned(input.name.clone()), value.into()));
+            feeds.push((Cow::Borrowed(input.name.as_str()), value.into()));
         }
         feeds.push((
             Cow::Borrowed(self.action_input.as_str()),

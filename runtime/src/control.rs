@@ -1222,8 +1222,7 @@ impl ControlLoop {
             };
             if accepted {
                 r.stats.chunks_applied += 1;
-                r.stats.steering.record(&done.chunk.choice);
-                r.stats.steering.record_noise(&done.chunk);
+                r.stats.steering.record(&done.chunk);
             } else if done.ok {
                 r.stats.chunks_rejected += 1;
             }

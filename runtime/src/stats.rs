@@ -155,8 +155,15 @@ pub struct SteeringStats {
 }
 
 impl SteeringStats {
-    /// Counts one applied chunk's choice (nothing when no stage scored it).
-    pub fn record(&mut self, choice: &crate::types::ChunkChoice) {
+    /// Counts what steered one applied chunk: a ranking stage's choice, a
+    /// latent-noise policy's w (nothing when neither did).
+    pub fn record(&mut self, chunk: &crate::types::ActionChunk) {
+        if chunk.noise_from_latent && !chunk.noise.is_empty() {
+            self.latent_chunks += 1;
+            let sum: f32 = chunk.noise.iter().map(|v| v.abs()).sum();
+            self.last_noise_abs = sum / chunk.noise.len() as f32;
+        }
+        let choice = &chunk.choice;
         if choice.scores.is_empty() {
             return;
         }
@@ -168,15 +175,6 @@ impl SteeringStats {
         self.last_candidates = choice.scores.len() as u32;
         self.last_selected = choice.selected;
         self.last_spread = spread;
-    }
-
-    /// Counts one applied chunk's initial noise when the latent-noise policy chose it.
-    pub fn record_noise(&mut self, chunk: &crate::types::ActionChunk) {
-        if chunk.noise_from_latent && !chunk.noise.is_empty() {
-            self.latent_chunks += 1;
-            let sum: f32 = chunk.noise.iter().map(|v| v.abs()).sum();
-            self.last_noise_abs = sum / chunk.noise.len() as f32;
-        }
     }
 
     pub fn mean_spread(&self) -> f64 {

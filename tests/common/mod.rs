@@ -92,6 +92,29 @@ pub fn sim_summary(
     summary(summary_path)
 }
 
+/// A `[policy]` table of the analytic flow field (test/rtc_analytic.onnx: H = 6,
+/// the arm's joint positions as `state` [1, 3]) sampling `batch` candidates,
+/// followed by `more` (its sub-tables, then other tables).
+pub fn analytic_flow_policy(batch: usize, more: &str) -> String {
+    format!(
+        r#"[policy]
+kind = "flow"
+model = "{model}"
+num_steps = 10
+batch = {batch}
+
+[[policy.inputs]]
+name = "state"
+source = "state.joint_positions"
+shape = [1, 3]
+
+[policy.actions]
+horizon = 6
+{more}"#,
+        model = fixture("rtc_analytic.onnx").display(),
+    )
+}
+
 /// `reflex run LAUNCH --sim-clock` for half a second without zenoh, expected to
 /// fail (at load); its stderr.
 pub fn run_fails(launch: &Path) -> String {
