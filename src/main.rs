@@ -257,6 +257,8 @@ fn operator(robot: &str, request: &str) -> anyhow::Result<ExitCode> {
 fn check(path: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<ExitCode> {
     let launch = reflex::load_launch(path.as_ref(), overrides)?;
     let policy = reflex::load_policy(&launch)?;
+    // The chunk stages load their models (a V-GPS value model) as `reflex run` does.
+    launch.chunk_stages().map_err(|e| anyhow::anyhow!("{e}"))?;
     let c = &launch.config;
     let zenoh = reflex_zenoh::config(&launch);
     println!("{}: OK", launch.origin);

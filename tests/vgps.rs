@@ -254,11 +254,19 @@ fn mismatched_value_models_are_clear_errors_at_the_stage() {
     let dir = scratch("vgps-errors");
     // Scoring a segment needs [K, s, 3]; this model takes one action.
     let stage = format!("{}\nscore = \"segment\"", value("value_reach.onnx"));
-    let err = run_fails(&launch(&dir, "segment", &stage, 2));
+    let path = launch(&dir, "segment", &stage, 2);
+    let err = run_fails(&path);
     assert!(
         err.contains("segment.toml:") && err.contains("stages[0].model"),
         "{err}"
     );
+    // `reflex check` refuses it the same way.
+    let checked = reflex()
+        .args(["check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!checked.status.success());
+    assert!(String::from_utf8_lossy(&checked.stderr).contains("stages[0].model"));
     assert!(
         err.contains("input `action`") && err.contains("[8, 2, 3]"),
         "{err}"
