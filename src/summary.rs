@@ -84,7 +84,8 @@ impl<'a> Report<'a> {
         if v.scored > 0 {
             let _ = writeln!(
                 out,
-                "  steering (vgps)    {} chunks scored over {} candidates; {} ran another                  candidate than the first ({:.0} %); Q spread mean {:.3}, max {:.3}",
+                "  steering (vgps)    {} chunks scored over {} candidates; {} ran a candidate \
+                 other than the first ({:.0} %); Q spread mean {:.3}, max {:.3}",
                 v.scored,
                 v.last_candidates,
                 v.not_first,
