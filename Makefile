@@ -4,7 +4,7 @@
 CARGO ?= cargo
 DURATION ?= 15
 
-.PHONY: run test setup build check lint bench bench-execution hil-learner demos train train-flow train-flow-rtc train-multisensor models fast-tokenizer fast-sim-policy import-lerobot clean
+.PHONY: run test setup build check lint bench bench-execution bench-steering hil-learner demos train train-flow train-flow-rtc train-multisensor train-steering models fast-tokenizer fast-sim-policy import-lerobot clean
 
 run: setup
 	$(CARGO) build --release
@@ -54,6 +54,12 @@ import-lerobot: build
 bench-execution: build
 	.venv/bin/python benches/execution/run.py --episodes 200
 
+# Steering a frozen policy (README, "The measured improvement"): success rates of
+# the weakened flow policy alone, with V-GPS and with DSRL, 200 recorded episodes
+# per variant (about 2 minutes; the parity venv reads the datasets).
+bench-steering: build
+	"$$(bash scripts/parity_venv.sh)" benches/steering/run.py --episodes 200
+
 # Developer-run: regenerate the demo policy (scripted demonstrations -> numpy
 # behaviour cloning -> ONNX) and the test fixtures. The outputs are committed.
 demos: build
@@ -77,6 +83,18 @@ train-flow-rtc: demos
 train-multisensor: build
 	./target/release/reflex demos launch/sim_arm_multisensor.toml --out demos/sim_multisensor --episodes 1200 --steps 40 --speed 1.3
 	OPENBLAS_NUM_THREADS=1 .venv/bin/python policies/export/train_sim_multisensor.py --demos demos/sim_multisensor --out policies/models/sim_multisensor.onnx --epochs 40 --seed 0
+
+# The steering demonstration's models (launch/sim_arm_steering.toml): a flow policy
+# weakened on demonstrations of which half reach for the target's mirror image,
+# 2000 episodes reflex records with it, then the value function (Monte Carlo
+# returns) and the latent-noise policy (CEM in noise space) trained on them
+# (about 20 minutes; the last step runs in the parity venv).
+train-steering: build
+	./target/release/reflex demos launch/sim_arm.toml --out demos/sim_reach_mistakes --episodes 4000 --steps 40 --speed 1.3 --mistakes 0.5
+	OPENBLAS_NUM_THREADS=1 .venv/bin/python policies/export/train_sim_flow.py --demos demos/sim_reach_mistakes --out-dir policies/models/steering --name sim_reach_weak --epochs 20 --seed 0
+	rm -rf target/steering/rollouts
+	./target/release/reflex run launch/sim_arm_steering.toml --sim-clock --seed 1 --record target/steering/rollouts --set recording.episodes=2000 --set zenoh.enabled=false --duration 20000
+	OPENBLAS_NUM_THREADS=1 "$$(bash scripts/parity_venv.sh)" policies/export/train_steering.py --rollouts target/steering/rollouts --out-dir policies/models/steering
 
 fast-tokenizer: setup
 	.venv/bin/python policies/export/make_fast_tokenizer.py --out policies/models/fast

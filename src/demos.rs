@@ -31,6 +31,11 @@ pub struct DemoArgs {
     /// Uniform noise added to executed actions, rad (widens the visited states).
     #[arg(long, default_value_t = 0.05, value_parser = non_negative)]
     noise: f64,
+    /// Fraction of episodes in which the expert reaches for the target's mirror
+    /// image across the x axis instead of the target (a flawed demonstrator: the
+    /// policy trained on them is bimodal, and some of its samples fail).
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    mistakes: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Override a launch-file field, e.g. `--set drivers[0].episode_seconds=4`.
@@ -49,6 +54,13 @@ fn positive(text: &str) -> Result<f64, String> {
     number(text).and_then(|x| match x > 0.0 {
         true => Ok(x),
         false => Err(format!("must be positive, found {text}")),
+    })
+}
+
+fn fraction(text: &str) -> Result<f64, String> {
+    number(text).and_then(|x| match (0.0..=1.0).contains(&x) {
+        true => Ok(x),
+        false => Err(format!("must be in [0, 1], found {text}")),
     })
 }
 
@@ -114,8 +126,14 @@ pub fn record(args: DemoArgs) -> anyhow::Result<()> {
         let start = world.random_configuration();
         world.set_positions(&start);
         world.new_target();
+        // Drawn only when asked for, so that demonstrations without mistakes
+        // stay those of earlier versions.
+        let goal = match args.mistakes > 0.0 && world.noise(0.5) + 0.5 < args.mistakes {
+            true => [world.target()[0], -world.target()[1]],
+            false => world.target(),
+        };
         for _ in 0..args.steps {
-            let Some(chunk) = world.expert_chunk(horizon, action_dt, args.speed) else {
+            let Some(chunk) = world.expert_chunk_to(goal, horizon, action_dt, args.speed) else {
                 break;
             };
             world.state(0, &mut obs.joints);
@@ -162,7 +180,7 @@ pub fn record(args: DemoArgs) -> anyhow::Result<()> {
     let meta = serde_json::json!({
         "samples": samples, "episodes": args.episodes, "horizon": horizon, "joints": joints,
         "action_rate_hz": c.execution.action_rate_hz, "expert_speed": args.speed, "noise": args.noise,
-        "seed": args.seed, "inputs": mapper.inputs.iter().map(|i| &i.name).collect::<Vec<_>>(),
+        "mistakes": args.mistakes, "seed": args.seed, "inputs": mapper.inputs.iter().map(|i| &i.name).collect::<Vec<_>>(),
     });
     std::fs::write(
         args.out.join("meta.json"),

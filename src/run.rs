@@ -17,7 +17,7 @@ use reflex_runtime::control::{
 };
 use reflex_runtime::driver::{DriverContext, Services};
 use reflex_runtime::launch::{Launch, RealtimeConfig};
-use reflex_runtime::log::{LogHeader, Recorder};
+use reflex_runtime::log::{LogHeader, ModelFile, Recorder};
 use reflex_runtime::operator::{ControlSocket, OperatorError, TerminalKeys};
 use reflex_runtime::policy::InferenceWorker;
 use reflex_runtime::prompt::PromptCell;
@@ -141,6 +141,36 @@ pub struct Assembly<'a> {
     pub log: Option<&'a Path>,
     /// `--record DIR` and `--resume`.
     pub record: Option<(&'a Path, bool)>,
+    /// The model files the run loads, hashed (for the log header).
+    pub models: &'a [ModelFile],
+}
+
+/// Every model file the launch file names, with its SHA-256 (read in blocks:
+/// a large model is hashed without holding it twice).
+pub fn model_files(launch: &Launch) -> anyhow::Result<Vec<ModelFile>> {
+    use sha2::{Digest, Sha256};
+    launch
+        .model_files()
+        .into_iter()
+        .map(|(field, path)| {
+            let mut file = std::fs::File::open(&path)
+                .with_context(|| format!("{field}: cannot open {}", path.display()))?;
+            let mut hasher = Sha256::new();
+            let bytes = std::io::copy(&mut file, &mut hasher)
+                .with_context(|| format!("{field}: cannot read {}", path.display()))?;
+            let sha256 = hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            Ok(ModelFile {
+                field,
+                path: path.display().to_string(),
+                sha256,
+                bytes,
+            })
+        })
+        .collect()
 }
 
 /// A control loop wired from a launch file, with the services that outlive it.
@@ -463,6 +493,7 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
                 gripper: params.gripper.clone(),
                 reset: params.reset.clone(),
                 launch: launch.text.clone(),
+                models: how.models.to_vec(),
             };
             Some(
                 Recorder::create(path, &header, worker.free_chunks.clone())
@@ -641,12 +672,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     install_signal_handlers();
     let launch = crate::load_launch(args.launch.as_ref(), &overrides)?;
+    // Which model versions produced the run, for its log and its summary.
+    let models = match args.log.is_some() || args.summary_json.is_some() {
+        true => model_files(&launch)?,
+        false => Vec::new(),
+    };
     let assembled = assemble(
         &launch,
         &Assembly {
             simulated: args.sim_clock,
             log: args.log.as_deref(),
             record: args.record.as_deref().map(|root| (root, args.resume)),
+            models: &models,
         },
     )?;
     let limits = RunLimits {
@@ -685,7 +722,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         &summary,
         launch.config.control.rate_hz,
     )
-    .with_model_updates(model_updates.as_ref());
+    .with_model_updates(model_updates.as_ref())
+    .with_model_files(&models);
     // The terminal may be gone (SIGHUP): the log is already closed, so a failed
     // write must not turn into a panic.
     let _ = write!(std::io::stdout(), "{}", report.table());

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::model_updates::ModelUpdatesReport;
 use reflex_runtime::control::RunSummary;
+use reflex_runtime::log::ModelFile;
 use reflex_runtime::stats::Percentiles;
 use serde_json::json;
 
@@ -14,6 +15,7 @@ pub struct Report<'a> {
     run: &'a RunSummary,
     rate_hz: f64,
     models: Option<&'a ModelUpdatesReport>,
+    files: &'a [ModelFile],
 }
 
 fn percentiles_json(p: &Percentiles) -> serde_json::Value {
@@ -28,12 +30,19 @@ impl<'a> Report<'a> {
             run,
             rate_hz,
             models: None,
+            files: &[],
         }
     }
 
     /// Adds what became of the models pushed during the run.
     pub fn with_model_updates(mut self, models: Option<&'a ModelUpdatesReport>) -> Self {
         self.models = models;
+        self
+    }
+
+    /// Adds the model files the run loaded, with their hashes (JSON `models`).
+    pub fn with_model_files(mut self, files: &'a [ModelFile]) -> Self {
+        self.files = files;
         self
     }
 
@@ -392,6 +401,7 @@ impl<'a> Report<'a> {
             "held_past_plan_ticks": m.held_past_plan,
         });
         out["model_updates"] = json!(self.models);
+        out["models"] = json!(self.files);
         out
     }
 }

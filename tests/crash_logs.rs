@@ -279,6 +279,7 @@ fn header(joints: &[&str]) -> LogHeader {
         gripper: None,
         reset: None,
         launch: String::new(),
+        models: Vec::new(),
     }
 }
 

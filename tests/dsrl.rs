@@ -2,7 +2,8 @@
 //! policy: a latent policy with a fixed output makes the chunk the sampler makes
 //! from that noise directly (`reflex infer --noise`); the bound holds; the noise
 //! is logged with every chunk and the run replays bit for bit; with V-GPS on, the
-//! first candidate starts from w and the log says which one ran; a sampler that
+//! first candidate starts from w and the log says which one ran; the latent
+//! policy reads the prefix graph's outputs; a sampler that
 //! is not a function of its initial noise (DDPM) and a latent model of the wrong
 //! shape are refused at their fields.
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use common::*;
 use reflex_runtime::log::{Record, read_log};
 use reflex_runtime::npy;
+use sha2::Digest;
 
 const H: usize = 6;
 const D: usize = 3;
@@ -214,6 +216,32 @@ fn with_vgps_the_first_candidate_is_ws_and_the_log_says_which_ran() {
     }
     assert!(pairs > 10, "{pairs}");
     assert!(latent_ran + seeded_ran == pairs);
+
+    // The versions behind every step: each model file the run loaded, by the
+    // field naming it, with its SHA-256 (hashed here independently).
+    let header = read_log(&log).unwrap().header;
+    let fields: Vec<&str> = header.models.iter().map(|m| m.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "policy.latent_noise.model",
+            "policy.model",
+            "stages[0].model"
+        ],
+        "{:?}",
+        header.models
+    );
+    for model in &header.models {
+        let bytes = std::fs::read(&model.path).unwrap();
+        let digest: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(model.sha256, digest, "{}", model.field);
+        assert_eq!(model.bytes, bytes.len() as u64);
+    }
+    assert!(header.models[0].path.ends_with("latent_fixed.onnx"));
+    assert!(header.models[2].path.ends_with("value_reach.onnx"));
 }
 
 #[test]
@@ -261,6 +289,121 @@ horizon = {H}
     let err = run_fails(&write(&dir, "ddpm", &diffusion));
     assert!(
         err.contains("policy.latent_noise") && err.contains("DDIM"),
+        "{err}"
+    );
+}
+
+/// launch/sim_arm_flow.toml (the trained split flow policy) with `latent` added to
+/// its `[policy]` and absolute model paths, in `dir`.
+fn flow_with_latent(dir: &Path, name: &str, latent: &str) -> PathBuf {
+    let text = repo_launch_text("sim_arm_flow.toml").replacen(
+        "\n[safety]",
+        &format!("{latent}\n[safety]"),
+        1,
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The noise of every chunk of a 2 s simulated run with its log.
+fn logged_noise(launch: &Path, log: &Path) -> Vec<Vec<f32>> {
+    (sim_run_records(launch, "2", log).into_iter())
+        .filter_map(|r| match r {
+            Record::Noise {
+                from_latent: true,
+                values,
+                ..
+            } => Some(values),
+            _ => None,
+        })
+        .collect()
+}
+
+/// DSRL feeds pi0's prefix token to its latent policy: `prefix_outputs` hands the
+/// latent model outputs of the policy's prefix graph, computed once per chunk.
+/// A latent model reading `obs_features` from the prefix gives exactly the noise
+/// of the same model with the prefix graph copied in, reading the observation
+/// (mapped and z-scored as the policy maps it); names the prefix graph lacks, and
+/// a policy without a prefix graph, are refused at their fields.
+#[test]
+fn a_latent_policy_reads_the_prefix_graphs_outputs() {
+    let dir = scratch("dsrl-prefix");
+    let stats: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo().join("policies/models/sim_reach_flow_norm_stats.json")).unwrap(),
+    )
+    .unwrap();
+    let state = &stats["norm_stats"]["state"];
+    let from_prefix = flow_with_latent(
+        &dir,
+        "from_prefix",
+        &format!(
+            "\n[policy.latent_noise]\nmodel = \"{}\"\nprefix_outputs = [\"obs_features\"]\n",
+            fixture("latent_features.onnx").display()
+        ),
+    );
+    let embedded = flow_with_latent(
+        &dir,
+        "embedded",
+        &format!(
+            r#"
+[policy.latent_noise]
+model = "{}"
+
+[[policy.latent_noise.inputs]]
+name = "image"
+source = "camera.top"
+shape = [1, 3, 32, 32]
+image = {{ resize = [32, 32], layout = "nchw", range = "zero_one" }}
+
+[[policy.latent_noise.inputs]]
+name = "state"
+source = "state.joint_positions"
+shape = [1, 3]
+normalize = {{ mean = {}, std = {} }}
+"#,
+            fixture("latent_features_embedded.onnx").display(),
+            state["mean"],
+            state["std"]
+        ),
+    );
+    let fed = logged_noise(&from_prefix, &dir.join("from_prefix.log"));
+    let recomputed = logged_noise(&embedded, &dir.join("embedded.log"));
+    assert!(fed.len() > 5, "{} chunks", fed.len());
+    assert_eq!(fed, recomputed);
+    // Not a constant: the features move the noise from chunk to chunk.
+    assert!(fed.windows(2).any(|w| w[0] != w[1]));
+    assert!(fed[0].iter().any(|v| v.abs() > 1e-3));
+
+    let wrong = flow_with_latent(
+        &dir,
+        "wrong",
+        &format!(
+            "\n[policy.latent_noise]\nmodel = \"{}\"\nprefix_outputs = [\"prefix_token\"]\n",
+            fixture("latent_features.onnx").display()
+        ),
+    );
+    let err = run_fails(&wrong);
+    assert!(
+        err.contains("policy.latent_noise.model")
+            && err.contains("`prefix_token` is not an output of the policy's prefix graph")
+            && err.contains("obs_features"),
+        "{err}"
+    );
+    let no_prefix = write(
+        &dir,
+        "no_prefix",
+        &policy(
+            &format!(
+                "\n[policy.latent_noise]\nmodel = \"{}\"\nprefix_outputs = [\"obs_features\"]\n",
+                fixture("latent_features.onnx").display()
+            ),
+            1,
+        ),
+    );
+    let err = run_fails(&no_prefix);
+    assert!(
+        err.contains("latent_noise.prefix_outputs") && err.contains("prefix_model"),
         "{err}"
     );
 }

@@ -306,8 +306,9 @@ fn a_full_disk_stops_recording_and_keeps_the_saved_episodes() {
 /// `[reward_classifier]` over the top camera (policies/export/make_reward_classifier.py:
 /// success when the effector's green disappears under the red target) ends each
 /// episode at its first success, rewarded on that row. The simulator's own
-/// judgement (the effector within the tolerance at the end) agrees; a classifier
-/// that never fires (the negative control) lets every episode time out unrewarded.
+/// judgement (the effector within the tolerance at the end) agrees; the run
+/// replays byte for byte; a classifier that never fires (the negative control)
+/// lets every episode time out unrewarded.
 #[test]
 fn a_success_classifier_rewards_and_ends_episodes() {
     let dir = scratch("record-reward");
@@ -332,7 +333,8 @@ fn a_success_classifier_rewards_and_ends_episodes() {
         let s = sim_summary(&launch, "200", &args, &dir.join(format!("{name}.json")));
         (s, check_dataset(&root, &[]))
     };
-    let (s, report) = run("green", &[]);
+    let logs = [dir.join("green.log"), dir.join("green_again.log")];
+    let (s, report) = run("green", &["--log", logs[0].to_str().unwrap()]);
     let e = &s["episodes"];
     assert_eq!(e["saved"], 6, "{e}");
     assert_eq!(e["successes"], 6, "{e}");
@@ -349,6 +351,16 @@ fn a_success_classifier_rewards_and_ends_episodes() {
         episodes.iter().all(|e| e["reached"] == true),
         "{}",
         s["tasks"]
+    );
+
+    // The classifier runs on the recorder's thread, yet on the simulated clock
+    // its verdict ends the episode at the same tick in every run: the same run
+    // again writes the same log, byte for byte, and the same episodes.
+    let (_, again) = run("green_again", &["--log", logs[1].to_str().unwrap()]);
+    assert_eq!(again["episode_lengths"], report["episode_lengths"]);
+    assert!(
+        std::fs::read(&logs[0]).unwrap() == std::fs::read(&logs[1]).unwrap(),
+        "two runs of the same seed wrote different logs"
     );
 
     let never = common::fixture("reward_never.onnx");

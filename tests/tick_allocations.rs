@@ -86,6 +86,7 @@ fn allocations_in_recorded_run(
             simulated: true,
             log: Some(&log),
             record: record.then_some((dataset.as_path(), false)),
+            models: &[],
         },
     )
     .unwrap();

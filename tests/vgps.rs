@@ -290,3 +290,80 @@ fn mismatched_value_models_are_clear_errors_at_the_stage() {
     ));
     assert!(err.contains("stages[0].temperature"), "{err}");
 }
+
+/// launch/sim_arm_fast.toml (the FAST policy of the simulated arm) sampling at
+/// `temperature` with `batch` candidates, absolute paths, `more` appended.
+fn fast_launch(dir: &Path, name: &str, batch: usize, temperature: f64, more: &str) -> PathBuf {
+    let text = repo_launch_text("sim_arm_fast.toml").replace(
+        "temperature = 0.0",
+        &format!("temperature = {temperature:?}\nbatch = {batch}"),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, format!("{text}\n{more}")).unwrap();
+    path
+}
+
+/// FAST candidates for V-GPS: the prefix runs once, K sequences decode with their
+/// own seeded sampling streams, candidate 0 is what the policy alone samples (the
+/// first chunk of a run without candidates), the candidates differ, the best Q
+/// runs; greedy decoding with K > 1 is refused at `policy.batch`.
+#[test]
+fn fast_candidates_are_seeded_temperature_samples() {
+    let dir = scratch("vgps-fast");
+    let stage = format!(
+        "\n[[stages]]\nkind = \"vgps\"\n{}\n\n[[stages.inputs]]\nname = \"state\"\n\
+         source = \"state.joint_positions\"\nshape = [1, 3]\n",
+        value("value_reach.onnx")
+    );
+    let logged = |launch: &Path| sim_run_records(launch, "2", &launch.with_extension("log"));
+    // The sim FAST policy's logits are +-10 (one-hot): at temperature 2 a token
+    // other than the best comes once in ~90 draws, so about a third of the
+    // sequences differ somewhere.
+    let steered = logged(&fast_launch(&dir, "steered", 4, 2.0, &stage));
+    let plain = logged(&fast_launch(&dir, "plain", 1, 2.0, ""));
+    let choices: Vec<_> = (steered.iter())
+        .filter_map(|r| match r {
+            Record::Choice { choice, .. } => Some(choice.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(choices.len() > 5, "{} scored chunks", choices.len());
+    let per = choices[0].candidates.len() / 4;
+    let mut differ = 0;
+    for c in &choices {
+        assert_eq!(c.scores.len(), 4);
+        let best = (0..4)
+            .max_by(|&a, &b| c.scores[a].total_cmp(&c.scores[b]).then(b.cmp(&a)))
+            .unwrap();
+        assert_eq!(c.selected as usize, best, "{:?}", c.scores);
+        differ += usize::from(
+            (1..4).any(|k| c.candidates[k * per..(k + 1) * per] != c.candidates[..per]),
+        );
+    }
+    eprintln!(
+        "{differ} of {} scored chunks had differing candidates",
+        choices.len()
+    );
+    assert!(
+        differ * 3 > choices.len(),
+        "{differ} of {} differ",
+        choices.len()
+    );
+    let first_plain = (plain.iter())
+        .find_map(|r| match r {
+            Record::Chunk {
+                accepted: true,
+                chunk,
+                ..
+            } => Some(chunk.actions.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(choices[0].candidates[..per], first_plain[..]);
+
+    let err = run_fails(&fast_launch(&dir, "greedy", 4, 0.0, &stage));
+    assert!(
+        err.contains("policy.batch") && err.contains("temperature > 0"),
+        "{err}"
+    );
+}

@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -178,17 +179,17 @@ fn wait_for_status(status: &Mutex<Vec<Value>>, what: &str, done: impl Fn(&Value)
     }
 }
 
-#[test]
-fn with_the_acl_only_the_operator_rearms_and_only_the_robot_drives() {
-    let dir = scratch("zenoh-acl");
-    write_certificates(&dir, &["operator", "robot", "intruder"]);
-    let acl = write_acl_config(&dir);
+/// Starts `reflex run LAUNCH` for 10 s with the ACL config, re-arm over zenoh on,
+/// status at 20 Hz, and `more` arguments; its endpoint and the child.
+fn start_acl_run(dir: &Path, launch: &str, more: &[&str]) -> (String, Child) {
+    write_certificates(dir, &["operator", "robot", "intruder"]);
+    let acl = write_acl_config(dir);
     let port = free_port();
     // QUIC, not `tls/`: zenoh-link-tls 1.10 races on its stream (eclipse-zenoh/zenoh#2557).
     let endpoint = format!("quic/127.0.0.1:{port}");
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "run",
-        "launch/zenoh_arm.toml",
+        launch,
         "--duration",
         "10",
         "--set",
@@ -203,14 +204,25 @@ fn with_the_acl_only_the_operator_rearms_and_only_the_robot_drives() {
         // machine must not latch the stop by staleness.
         "--set",
         "safety.estop_after_stale_ms=2000",
-        "--summary-json",
-        dir.join("summary.json").to_str().unwrap(),
     ]
     .map(String::from)
     .to_vec();
+    args.extend(more.iter().map(|a| a.to_string()));
     let mut run = reflex();
-    run.env("XDG_RUNTIME_DIR", &dir);
-    let mut child = spawn_until_with(run, &args, "reflex: zenoh");
+    run.env("XDG_RUNTIME_DIR", dir);
+    let child = spawn_until_with(run, &args, "reflex: zenoh");
+    (endpoint, child)
+}
+
+#[test]
+fn with_the_acl_only_the_operator_rearms_and_only_the_robot_drives() {
+    let dir = scratch("zenoh-acl");
+    let summary_path = dir.join("summary.json");
+    let (endpoint, mut child) = start_acl_run(
+        &dir,
+        "launch/zenoh_arm.toml",
+        &["--summary-json", summary_path.to_str().unwrap()],
+    );
 
     // The robot publishes where it is and listens to the commands.
     let robot = mtls_peer(&endpoint, &dir, "robot");
@@ -284,6 +296,87 @@ fn with_the_acl_only_the_operator_rearms_and_only_the_robot_drives() {
             "the command followed a state that was not the robot's: {c:?}"
         );
     }
+}
+
+/// Steering switches under re-arm's authority: with `zenoh_rearm` and the ACL,
+/// the operator's `steer vgps off` on `control` stops V-GPS from the next
+/// inference; the intruder's (the ACL names it nowhere) never arrives.
+#[test]
+fn only_the_operator_switches_steering_over_zenoh() {
+    let dir = scratch("zenoh-steer");
+    // The zenoh arm driven by a flow policy sampling 4 candidates, V-GPS picking.
+    let arm = std::fs::read_to_string(repo().join("launch/zenoh_arm.toml")).unwrap();
+    let policy_at = arm.find("\n[policy]").unwrap();
+    let safety_at = arm.find("\n[safety]").unwrap();
+    let stage = format!(
+        "\n[[stages]]\nkind = \"vgps\"\nmodel = \"{}\"\n\n[[stages.inputs]]\nname = \"state\"\n\
+         source = \"state.joint_positions\"\nshape = [1, 3]\n",
+        fixture("value_reach.onnx").display()
+    );
+    let text = format!(
+        "{}\n{}{stage}{}",
+        &arm[..policy_at],
+        analytic_flow_policy(4, ""),
+        &arm[safety_at..]
+    );
+    let launch = dir.join("zenoh_steer.toml");
+    std::fs::write(&launch, text).unwrap();
+    // A chunk every action period: ten scored chunks a second.
+    let (endpoint, mut child) = start_acl_run(
+        &dir,
+        launch.to_str().unwrap(),
+        &["--set", "execution.replan_after=1"],
+    );
+    let robot = mtls_peer(&endpoint, &dir, "robot");
+    let robot_states = StatePublisher::start(&robot, [0.1, 0.2, 0.3], 0);
+    let intruder = mtls_peer(&endpoint, &dir, "intruder");
+    let operator = mtls_peer(&endpoint, &dir, "operator");
+    let (status, _status_sub) = listen(&operator, "reflex/zarm/status", |b| {
+        serde_json::from_slice::<Value>(b).expect("status JSON")
+    });
+    let scored = |status: &Mutex<Vec<Value>>| {
+        let latest = status.lock().unwrap().last().cloned().unwrap();
+        latest["steering"]["scored"].as_u64().unwrap()
+    };
+    wait_for_status(&status, "V-GPS to score chunks", |s| {
+        s["steering"]["scored"].as_u64() > Some(3)
+    });
+    for _ in 0..10 {
+        intruder
+            .put("reflex/zarm/control", "steer vgps off")
+            .wait()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = scored(&status);
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = scored(&status);
+    assert!(
+        after >= before + 5,
+        "the intruder switched V-GPS off: {before} -> {after}"
+    );
+
+    operator
+        .put("reflex/zarm/control", "steer vgps off")
+        .wait()
+        .unwrap();
+    // One chunk may already be in flight.
+    std::thread::sleep(Duration::from_millis(1000));
+    let off = scored(&status);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        scored(&status) <= off + 1,
+        "V-GPS still scores after the operator's off"
+    );
+    operator
+        .put("reflex/zarm/control", "steer vgps on")
+        .wait()
+        .unwrap();
+    wait_for_status(&status, "V-GPS back on", |s| {
+        s["steering"]["scored"].as_u64() > Some(off + 3)
+    });
+    assert!(child.wait().unwrap().success());
+    drop(robot_states);
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -375,6 +375,7 @@ fn record(
             // Nothing more is written; buffers still go back to the tick.
             if let EpisodeEvent::Row(row) = event {
                 let _ = ports.free.push(row);
+                ports.judged.fetch_add(1, Ordering::AcqRel);
             }
             continue;
         }
@@ -401,6 +402,7 @@ fn record(
             EpisodeEvent::Row(row) => {
                 if terminated {
                     let _ = ports.free.push(row);
+                    ports.judged.fetch_add(1, Ordering::AcqRel);
                     continue;
                 }
                 let success = judge(rewards, &row, &mut classifier_errors);
@@ -408,6 +410,8 @@ fn record(
                     rewards.requests.raise(EpisodeRequest::Success);
                     terminated = true;
                 }
+                // After the request: the tick that waits for this sees it.
+                ports.judged.fetch_add(1, Ordering::AcqRel);
                 if let Some((previous, previous_success)) = held.replace((row, success))
                     && open
                 {

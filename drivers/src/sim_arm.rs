@@ -685,11 +685,16 @@ impl SimWorld {
     /// Inverse kinematics for the target with the last link pointing away from the
     /// base (the scripted expert's goal). `None` when out of reach.
     pub fn solve_target(&self) -> Option<Vec<f64>> {
+        self.solve_point(self.target)
+    }
+
+    /// Inverse kinematics for any point, as [`Self::solve_target`] does for the target.
+    pub fn solve_point(&self, point: [f64; 2]) -> Option<Vec<f64>> {
         let n = self.joints();
         if n < 2 {
             return None;
         }
-        let heading = self.target[1].atan2(self.target[0]);
+        let heading = point[1].atan2(point[0]);
         // Joints between the shoulder and the elbow stay straight, so the links
         // before the elbow act as one; the last link points along the heading.
         let (upper, fore, tail) = if n == 2 {
@@ -701,7 +706,7 @@ impl SimWorld {
                 self.links[n - 1],
             )
         };
-        let radius = self.target[0].hypot(self.target[1]) - tail;
+        let radius = point[0].hypot(point[1]) - tail;
         let cos_elbow = (radius * radius - upper * upper - fore * fore) / (2.0 * upper * fore);
         if !(-1.0..=1.0).contains(&cos_elbow) {
             return None;
@@ -722,7 +727,19 @@ impl SimWorld {
     /// The scripted expert: `horizon` joint targets at `action_dt` spacing that move
     /// in a straight joint-space line to the IK solution at `speed` rad/s.
     pub fn expert_chunk(&self, horizon: usize, action_dt: f64, speed: f64) -> Option<Vec<f32>> {
-        let goal = self.solve_target()?;
+        self.expert_chunk_to(self.target, horizon, action_dt, speed)
+    }
+
+    /// The scripted expert's chunk toward `point` instead of the target (a
+    /// deliberately flawed demonstrator, `reflex demos --mistakes`).
+    pub fn expert_chunk_to(
+        &self,
+        point: [f64; 2],
+        horizon: usize,
+        action_dt: f64,
+        speed: f64,
+    ) -> Option<Vec<f32>> {
+        let goal = self.solve_point(point)?;
         let n = self.joints();
         let mut q: Vec<f64> = self.positions().to_vec();
         let mut chunk = Vec::with_capacity(horizon * n);

@@ -1,9 +1,10 @@
-//! V-GPS latency: one inference of the trained sim flow policy
-//! (launch/sim_arm_flow.toml, split: prefix once, 10 expert steps) sampling K
-//! candidates in one batched call, then the value model scoring all K in one
-//! batched call (`[[stages]] kind = "vgps"`, policies/models/test/value_reach.onnx),
-//! for K = 1, 4, 10, 32, 50, against one plain sample (K = 1, no stage). Medians,
-//! one intra-op thread, the same observation throughout.
+//! V-GPS latency: one inference of the steering demonstration's flow policy
+//! (launch/sim_arm_steering.toml, split: prefix once, 10 expert steps) sampling K
+//! candidates in one batched call, then its trained value model (camera + state +
+//! the executed segment, policies/models/steering/sim_reach_weak_value.onnx)
+//! scoring all K in one batched call (`[[stages]] kind = "vgps"`), for K = 1, 4,
+//! 10, 32, 50, against one plain sample (K = 1, no stage). Medians, one intra-op
+//! thread, the same observation throughout.
 //!
 //! `cargo bench -p reflex-policies --bench vgps` prints a Markdown table and writes
 //! it to target/vgps_bench.md. `-- --test` runs a few iterations only.
@@ -68,17 +69,19 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--test");
     let repeat = if quick { 3 } else { 60 };
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let base_file = repo.join("launch/sim_arm_flow.toml");
+    let base_file = repo.join("launch/sim_arm_steering.toml");
     let text = std::fs::read_to_string(&base_file).expect("launch file");
     // The steered launch file beside the original, so its relative paths hold.
     let steered_file = repo.join("launch/.vgps_bench.toml");
-    let value = repo.join("policies/models/test/value_reach.onnx");
     std::fs::write(
         &steered_file,
         format!(
-            "{text}\n[[stages]]\nkind = \"vgps\"\nmodel = {:?}\n\n[[stages.inputs]]\n\
-             name = \"state\"\nsource = \"state.joint_positions\"\nshape = [1, 3]\n",
-            value.display().to_string()
+            "{text}\n[[stages]]\nkind = \"vgps\"\n\
+             model = \"../policies/models/steering/sim_reach_weak_value.onnx\"\n\
+             score = \"segment\"\n\n[[stages.inputs]]\nname = \"image\"\nsource = \"camera.top\"\n\
+             shape = [1, 3, 32, 32]\n\
+             image = {{ resize = [32, 32], layout = \"nchw\", range = \"zero_one\" }}\n\n\
+             [[stages.inputs]]\nname = \"state\"\nsource = \"state.joint_positions\"\nshape = [1, 3]\n"
         ),
     )
     .expect("write launch file");

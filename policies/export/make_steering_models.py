@@ -12,6 +12,12 @@ that moves with the state, target = state + OFFSET:
 - test/value_reach_negated.onnx: the first with q negated (prefers the farthest:
   the negative control of the steering tests).
 
+Latent-noise policies of the trained sim flow policy's prefix features (DSRL's
+`prefix_outputs`), output `noise` [n, 10, 3] = reshape(obs_features @ W):
+- test/latent_features.onnx: input `obs_features` (fed from the prefix graph);
+- test/latent_features_embedded.onnx: the prefix graph copied in, inputs `image`
+  and the z-scored `state`: the same noise from the observation.
+
 Latent-noise policies, input `state` [1, 3], output `noise` (before the squash):
 - test/latent_fixed.onnx: [1, 6, 3], the constant LATENT_FIXED (state @ 0 added,
   so the input is read): w = action_magnitude * tanh(LATENT_FIXED) every chunk;
@@ -25,6 +31,7 @@ import argparse
 import os
 
 import numpy as np
+import onnx
 from onnx import helper
 
 from onnx_graph import const, save, tensor
@@ -80,10 +87,34 @@ def latent_model(path, value):
     save(graph, path)
 
 
+def latent_from_features(out_dir, prefix_path, horizon=10, dim=3):
+    """Latent policies of the trained sim flow policy's prefix features:
+    - latent_features.onnx: `obs_features` [n, F] (what `prefix_outputs` feeds)
+      -> noise = reshape(obs_features @ W) [n, H, D], W seeded;
+    - latent_features_embedded.onnx: the same from the observation, the prefix
+      graph copied in (`image`, z-scored `state` -> obs_features -> the same)."""
+    prefix = onnx.load(prefix_path)
+    features = [o for o in prefix.graph.output if o.name == "obs_features"][0]
+    width = features.type.tensor_type.shape.dim[1].dim_value
+    w = (np.random.default_rng(3).standard_normal((width, horizon * dim)) * 0.1).astype(np.float32)
+    head = [helper.make_node("MatMul", ["obs_features", "latent_w"], ["latent_flat"]),
+            helper.make_node("Reshape", ["latent_flat", "latent_shape"], ["noise"])]
+    inits = [const("latent_w", w), const("latent_shape", np.array([-1, horizon, dim], np.int64))]
+    noise = tensor("noise", ["n", horizon, dim])
+    save(helper.make_graph(head, "latent_features", [tensor("obs_features", ["n", width])], [noise], inits),
+         os.path.join(out_dir, "latent_features.onnx"))
+    save(helper.make_graph(list(prefix.graph.node) + head, "latent_features_embedded", list(prefix.graph.input),
+                           [noise], list(prefix.graph.initializer) + inits),
+         os.path.join(out_dir, "latent_features_embedded.onnx"))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", default="policies/models/test")
+    parser.add_argument("--prefix", default="policies/models/sim_reach_flow_prefix.onnx",
+                        help="the trained sim flow policy's prefix graph")
     args = parser.parse_args()
+    latent_from_features(args.out_dir, args.prefix)
     value_model(os.path.join(args.out_dir, "value_reach.onnx"))
     value_model(os.path.join(args.out_dir, "value_reach_segment.onnx"), segment=True)
     value_model(os.path.join(args.out_dir, "value_reach_negated.onnx"), negate=True)

@@ -1,7 +1,8 @@
 """Small helpers for writing ONNX graphs by hand with `onnx.helper`.
 
 ONNX Runtime 1.31 rejects IR version 14, which onnx 1.23 writes by default, so
-every model here is saved with IR version 13 and opset 17.
+every model here is saved with IR version 13 (or the newest an older onnx package
+knows, e.g. the parity venv's) and opset 17.
 """
 
 import os
@@ -10,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-IR_VERSION = 13
+IR_VERSION = min(13, onnx.IR_VERSION)
 OPSET = 17
 
 

@@ -159,7 +159,7 @@ def expert_part(expert, horizon, dim):
     return nodes, inits
 
 
-def export_all(out_dir, encoder, expert, image_shape, horizon, dim, metadata):
+def export_all(out_dir, encoder, expert, image_shape, horizon, dim, metadata, name="sim_reach_flow"):
     features = encoder.params[f"w{encoder.layers - 1}"].shape[1]
     image_in = tensor("image", ["batch", *image_shape])
     state_in = tensor("state", ["batch", dim])
@@ -169,7 +169,7 @@ def export_all(out_dir, encoder, expert, image_shape, horizon, dim, metadata):
     velocity = tensor("velocity", ["batch", horizon, dim])
     p_nodes, p_inits = prefix_part(encoder)
     e_nodes, e_inits = expert_part(expert, horizon, dim)
-    paths = {k: os.path.join(out_dir, f"sim_reach_flow{k}.onnx") for k in ("", "_prefix", "_expert")}
+    paths = {k: os.path.join(out_dir, f"{name}{k}.onnx") for k in ("", "_prefix", "_expert")}
     save(helper.make_graph(p_nodes + e_nodes, "sim_reach_flow", [image_in, state_in, x_in, time_in],
                            [velocity], p_inits + e_inits), paths[""], {**metadata, "form": "single"})
     save(helper.make_graph(p_nodes, "sim_reach_flow_prefix", [image_in, state_in], [feat_io], p_inits),
@@ -208,6 +208,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demos", required=True, help="directory from `reflex demos`")
     parser.add_argument("--out-dir", default="policies/models")
+    parser.add_argument("--name", default="sim_reach_flow", help="file names: NAME.onnx, NAME_prefix.onnx, ...")
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--hidden", type=int, default=256, help="width of the encoder's first and the expert's layers")
     parser.add_argument("--features", type=int, default=128, help="width of obs_features")
@@ -338,8 +339,8 @@ def main():
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             meta["demos"] = json.dumps(json.load(f), sort_keys=True)
-    paths = export_all(args.out_dir, encoder, expert, image_shape, horizon, dim, meta)
-    stats_path = os.path.join(args.out_dir, "sim_reach_flow_norm_stats.json")
+    paths = export_all(args.out_dir, encoder, expert, image_shape, horizon, dim, meta, args.name)
+    stats_path = os.path.join(args.out_dir, f"{args.name}_norm_stats.json")
     with open(stats_path + ".partial", "w") as f:
         json.dump({"norm_stats": norm_stats}, f, indent=2)
         f.write("\n")

@@ -66,7 +66,13 @@ pub struct FlowPolicyConfig {
 pub struct LatentNoiseConfig {
     pub model: PathBuf,
     /// Its observation inputs, as `[[policy.inputs]]`.
+    #[serde(default)]
     pub inputs: Vec<InputConfig>,
+    /// Outputs of the policy's prefix graph (`prefix_model`) fed to it as inputs
+    /// of the same name, computed once per chunk and shared with the sampler
+    /// (DSRL feeds pi0's last prefix token).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix_outputs: Vec<String>,
     /// Its output port.
     #[serde(default = "defaults::noise_output")]
     pub output: String,
@@ -289,6 +295,11 @@ pub struct FastPolicyConfig {
     /// a generator seeded by (seed, tick).
     #[serde(default)]
     pub temperature: f32,
+    /// Candidate chunks per inference (K, what `[[stages]]` such as V-GPS choose
+    /// from): the prefix runs once, every candidate decodes from its cache with
+    /// its own seeded sampling stream. Above 1 needs `temperature > 0`.
+    #[serde(default = "defaults::batch")]
+    pub batch: usize,
     /// `strict` rejects sequences that do not give exactly T x D coefficients;
     /// `pad_missing` fills missing trailing coefficients with zeros.
     #[serde(default)]

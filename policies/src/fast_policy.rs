@@ -3,7 +3,9 @@
 //! Per chunk: the prefix graph runs once on the observation (giving the first
 //! logits and the cache), then the step graph runs once per token with the cache
 //! handed back in (`present.*` -> `past.*`), greedy or seeded temperature sampling,
-//! until the end token or `max_tokens`. Model ids map to FAST ids
+//! until the end token or `max_tokens`. With `batch = K` the prefix still runs
+//! once and K candidates decode from copies of its cache, each with its own
+//! sampling stream (for V-GPS). Model ids map to FAST ids
 //! (`offset + sign * id`), the FAST codec decodes them (rejecting sequences of the
 //! wrong length), and quantile normalization is undone. A rejected sequence is an
 //! inference error: the chunk is discarded, the counter goes up, and the executor
@@ -14,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, TensorRef};
+use ort::value::{DynValue, Tensor, TensorRef};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::any::Any;
@@ -45,6 +47,8 @@ pub struct FastPolicy {
     max_tokens: usize,
     token_map: TokenMap,
     temperature: f32,
+    /// Candidates per inference.
+    batch: usize,
     mode: DecodeMode,
     /// Undoes pi0-FAST's quantile normalization.
     unnormalize: Option<VectorNorm>,
@@ -156,6 +160,7 @@ impl FastPolicy {
             max_tokens: cfg.max_tokens,
             token_map: cfg.token_map,
             temperature: cfg.temperature,
+            batch: cfg.batch,
             mode: match cfg.decode {
                 FastDecode::Strict => DecodeMode::Strict,
                 FastDecode::PadMissing => DecodeMode::PadMissing,
@@ -215,9 +220,15 @@ impl FastPolicy {
 
     /// Runs prefix + decoding; returns the FAST ids (end token excluded).
     pub fn generate(&mut self, obs: &Observation) -> Result<Vec<u32>, PolicyError> {
+        let (logits, cache) = self.run_prefix(obs)?;
+        self.decode(logits, cache, &mut candidate_rng(self.seed, obs.tick, 0))
+    }
+
+    /// The prefix on `obs`: its logits and cache.
+    fn run_prefix(&mut self, obs: &Observation) -> Result<(Vec<f32>, Vec<DynValue>), PolicyError> {
         self.mapper.fill(obs);
         let mut outputs = self.prefix.run(self.mapper.session_inputs()?)?;
-        let mut logits: Vec<f32> = outputs["logits"].try_extract_tensor::<f32>()?.1.to_vec();
+        let logits: Vec<f32> = outputs["logits"].try_extract_tensor::<f32>()?.1.to_vec();
         let mut cache: Vec<DynValue> = Vec::with_capacity(self.cache.len());
         for name in &self.cache {
             cache.push(
@@ -226,13 +237,19 @@ impl FastPolicy {
                     .ok_or("prefix lost a cache tensor")?,
             );
         }
-        drop(outputs);
-        // Randomness keyed by (seed, tick): the same observation tick samples the same tokens.
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(self.seed ^ obs.tick.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        Ok((logits, cache))
+    }
+
+    /// Decodes one sequence from the prefix's `logits` and `cache`.
+    fn decode(
+        &mut self,
+        mut logits: Vec<f32>,
+        mut cache: Vec<DynValue>,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Vec<u32>, PolicyError> {
         let mut ids = Vec::with_capacity(self.max_tokens);
         for _ in 0..self.max_tokens {
-            let token = self.select(&logits, &mut rng);
+            let token = self.select(&logits, rng);
             if token == self.end_token {
                 break;
             }
@@ -263,6 +280,51 @@ impl FastPolicy {
         }
         Ok(ids)
     }
+
+    /// Decoded FAST ids -> unnormalized actions in `out` (`horizon * joints`).
+    fn actions(&self, ids: &[u32], out: &mut [f32]) -> Result<(), PolicyError> {
+        let actions = self
+            .codec
+            .decode(ids, self.mode)
+            .map_err(|e| format!("invalid FAST sequence ({} tokens): {e}", ids.len()))?;
+        for (i, (dst, x)) in out.iter_mut().zip(&actions).enumerate() {
+            let j = i % self.joints;
+            *dst = match &self.unnormalize {
+                Some(n) => n.unnormalize_f64(j, *x) as f32,
+                None => *x as f32,
+            };
+        }
+        Ok(())
+    }
+}
+
+/// Candidate k's sampling stream for the observation at `tick`: candidate 0's is
+/// the one a policy without candidates uses.
+fn candidate_rng(seed: u64, tick: u64, k: usize) -> ChaCha8Rng {
+    let key = seed ^ tick.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut rng = ChaCha8Rng::seed_from_u64(key);
+    rng.set_stream(k as u64);
+    rng
+}
+
+/// A copy of a cache tensor (float32, int64 or int32), for another candidate to
+/// decode from.
+fn copy_cache(value: &DynValue) -> Result<DynValue, PolicyError> {
+    fn copy<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
+        value: &DynValue,
+    ) -> Option<Result<DynValue, PolicyError>> {
+        let (shape, data) = value.try_extract_tensor::<T>().ok()?;
+        let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        Some(
+            Tensor::from_array((dims, data.to_vec()))
+                .map(Tensor::into_dyn)
+                .map_err(PolicyError::from),
+        )
+    }
+    copy::<f32>(value)
+        .or_else(|| copy::<i64>(value))
+        .or_else(|| copy::<i32>(value))
+        .unwrap_or_else(|| Err("a cache tensor is not float32, int64 or int32".into()))
 }
 
 impl crate::Reported for FastPolicy {
@@ -291,16 +353,49 @@ impl Policy for FastPolicy {
 
     fn infer(&mut self, obs: &Observation, out: &mut ActionChunk) -> Result<(), PolicyError> {
         let ids = self.generate(obs)?;
-        let actions = self
-            .codec
-            .decode(&ids, self.mode)
-            .map_err(|e| format!("invalid FAST sequence ({} tokens): {e}", ids.len()))?;
-        for (i, (dst, x)) in out.actions.iter_mut().zip(&actions).enumerate() {
-            let j = i % self.joints;
-            *dst = match &self.unnormalize {
-                Some(n) => n.unnormalize_f64(j, *x) as f32,
-                None => *x as f32,
+        self.actions(&ids, &mut out.actions)
+    }
+
+    fn candidates(&self) -> usize {
+        self.batch
+    }
+
+    /// The prefix once, then every candidate decoded from a copy of its cache with
+    /// its own stream. A candidate whose tokens do not decode is replaced by the
+    /// first one that did (so a stage never picks an invalid chunk); the inference
+    /// fails only when none decodes.
+    fn infer_candidates(
+        &mut self,
+        obs: &Observation,
+        out: &mut reflex_runtime::stage::Candidates,
+    ) -> Result<(), PolicyError> {
+        let (logits, mut cache) = self.run_prefix(obs)?;
+        let per = out.values.len() / self.batch.max(1);
+        let mut valid = vec![false; self.batch];
+        let mut first_error = None;
+        for (k, valid) in valid.iter_mut().enumerate() {
+            // The last candidate takes the prefix's own cache.
+            let start = match k + 1 == self.batch {
+                true => std::mem::take(&mut cache),
+                false => cache.iter().map(copy_cache).collect::<Result<_, _>>()?,
             };
+            let mut rng = candidate_rng(self.seed, obs.tick, k);
+            let decoded = self
+                .decode(logits.clone(), start, &mut rng)
+                .and_then(|ids| self.actions(&ids, &mut out.values[k * per..(k + 1) * per]));
+            match decoded {
+                Ok(()) => *valid = true,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let Some(good) = valid.iter().position(|&v| v) else {
+            return Err(first_error.unwrap_or_else(|| "no candidate decoded".into()));
+        };
+        for k in (0..self.batch).filter(|&k| !valid[k]) {
+            out.values
+                .copy_within(good * per..(good + 1) * per, k * per);
         }
         Ok(())
     }
@@ -334,6 +429,19 @@ impl PolicyKind for FastKind {
         }
         if !(cfg.temperature.is_finite() && cfg.temperature >= 0.0) {
             return Err(table.error_at("temperature", "must be 0 (greedy) or positive"));
+        }
+        if !(1..=1024).contains(&cfg.batch) {
+            return Err(table.error_at("batch", "must be in 1..=1024"));
+        }
+        if cfg.batch > 1 && cfg.temperature <= 0.0 {
+            return Err(table.error_at(
+                "batch",
+                format!(
+                    "{} candidates need temperature > 0: greedy decoding gives the same \
+                     sequence every time",
+                    cfg.batch
+                ),
+            ));
         }
         if cfg.token_map.sign.abs() != 1 {
             return Err(table.error_at("token_map.sign", "must be 1 or -1"));
@@ -398,6 +506,9 @@ impl PolicySpec for FastSpec {
     }
     fn history(&self) -> usize {
         crate::config::max_history(&self.config.inputs)
+    }
+    fn candidates(&self) -> usize {
+        self.config.batch
     }
     fn model(&self) -> PathBuf {
         self.config.model.clone()

@@ -569,7 +569,14 @@ impl GenerativePolicy {
             warm_up_ms: 0.0,
         };
         if let Some(cfg) = spec.latent_noise {
-            let latent = crate::dsrl::LatentNoise::load(launch, cfg, horizon, model_dim)?;
+            let prefix_ports = policy.prefix.as_ref().map(|p| model_ports(p).1);
+            let latent = crate::dsrl::LatentNoise::load(
+                launch,
+                cfg,
+                horizon,
+                model_dim,
+                prefix_ports.as_deref().unwrap_or(&[]),
+            )?;
             policy.set_noise_source(Box::new(latent));
         }
         // Warm-up: ONNX Runtime initializes lazily; let the first real tick pay nothing.
@@ -655,6 +662,9 @@ impl GenerativePolicy {
                 let names: Vec<String> = outputs.keys().map(str::to_string).collect();
                 for name in names {
                     let value = outputs.remove(&name).ok_or("prefix output vanished")?;
+                    if self.noise.prefix_outputs().contains(&name) {
+                        self.noise.take_prefix_output(&name, &value)?;
+                    }
                     let value = tile(value, self.batch, &allocator)?;
                     bind_conditioning_input(&mut self.binding, self.rtc.as_mut(), &name, &value)?;
                 }
@@ -924,6 +934,15 @@ pub trait NoiseSource: Send {
     /// Switched off at run time, a source that chooses noise gives the run's
     /// seeded noise instead (and no longer chooses it).
     fn set_enabled(&mut self, _on: bool) {}
+    /// Outputs of the policy's prefix graph the source reads.
+    fn prefix_outputs(&self) -> &[String] {
+        &[]
+    }
+    /// One of them for the coming [`Self::fill`] (one observation's, before the
+    /// batch is tiled).
+    fn take_prefix_output(&mut self, _name: &str, _value: &DynValue) -> Result<(), PolicyError> {
+        Ok(())
+    }
 }
 
 /// Standard normal noise from a generator keyed by (seed, the observation's tick):
@@ -1159,11 +1178,18 @@ impl GenerativeConfig for DiffusionPolicyConfig {
 fn check_latent_noise<'a>(
     table: &KindTable<'_>,
     latent: Option<&'a mut crate::config::LatentNoiseConfig>,
+    has_prefix: bool,
     models: &mut Vec<(&'static str, &'a Path)>,
 ) -> Result<(), LaunchError> {
     let Some(latent) = latent else {
         return Ok(());
     };
+    if !latent.prefix_outputs.is_empty() && !has_prefix {
+        return Err(table.error_at(
+            "latent_noise.prefix_outputs",
+            "needs the policy's `prefix_model` (the graph whose outputs these are)",
+        ));
+    }
     if !(latent.action_magnitude.is_finite() && latent.action_magnitude > 0.0) {
         return Err(table.error_at(
             "latent_noise.action_magnitude",
@@ -1252,7 +1278,8 @@ impl PolicyKind for FlowKind {
             models.push(("prefix_model", prefix.as_path()));
         }
         check_real_time_chunking(table, cfg.vjp_model.as_deref(), &mut models)?;
-        check_latent_noise(table, cfg.latent_noise.as_mut(), &mut models)?;
+        let has_prefix = cfg.prefix_model.is_some();
+        check_latent_noise(table, cfg.latent_noise.as_mut(), has_prefix, &mut models)?;
         check_common(
             table,
             cfg.intra_threads,
@@ -1283,7 +1310,8 @@ impl PolicyKind for DiffusionKind {
             models.push(("prefix_model", prefix.as_path()));
         }
         check_real_time_chunking(table, cfg.vjp_model.as_deref(), &mut models)?;
-        check_latent_noise(table, cfg.latent_noise.as_mut(), &mut models)?;
+        let has_prefix = cfg.prefix_model.is_some();
+        check_latent_noise(table, cfg.latent_noise.as_mut(), has_prefix, &mut models)?;
         check_common(
             table,
             cfg.intra_threads,

@@ -67,8 +67,10 @@ pub struct ValueGuidedConfig {
     /// The value model (ONNX): the mapped observation inputs and the scored
     /// actions, batch K, to `q` [K] (or [K, 1]).
     pub model: PathBuf,
-    /// Its observation inputs, as `[[policy.inputs]]` (shapes with batch 1;
-    /// the model's batch dimension must be dynamic or K).
+    /// Its observation inputs, as `[[policy.inputs]]` (shapes with batch 1).
+    /// A model input with a dynamic (or K) batch gets the observation tiled to
+    /// K; one with a static batch of 1 gets it once, shared by all K (the model
+    /// broadcasts it, so its observation encoder runs once per chunk).
     pub inputs: Vec<InputConfig>,
     /// Its statistics: the state inputs and the scored actions are normalized
     /// with them.
@@ -164,6 +166,8 @@ impl StageSpec for ValueGuidedSpec {
 pub struct ValueGuided {
     session: Session,
     mapper: InputMapper,
+    /// Per mapped input: fed at batch 1 and shared by the candidates (else tiled).
+    shared: Vec<bool>,
     actions_norm: Option<VectorNorm>,
     action_input: String,
     q_output: String,
@@ -214,7 +218,12 @@ impl ValueGuided {
         let mut problems = check_inputs(&cfg.inputs, &observation)
             .err()
             .unwrap_or_default();
-        problems.extend(batch_problems(&observation, batch));
+        // An observation input of a static batch 1 is fed once, shared by all K
+        // candidates (the model broadcasts it: its encoder runs once); the rest
+        // are tiled to K.
+        let (shared, tiled): (Vec<Port>, Vec<Port>) =
+            (observation.iter().cloned()).partition(|p| p.shape.first() == Some(&1));
+        problems.extend(batch_problems(&tiled, batch));
         match inputs.iter().find(|p| p.name == cfg.action_input) {
             None => problems.push(format!("input `{}` is not in the model", cfg.action_input)),
             Some(p) if p.dtype != "float32" || !shape_fits(&p.shape, &action_shape) => problems
@@ -274,9 +283,13 @@ impl ValueGuided {
                 message: e.to_string(),
             }
         })?;
+        let shared = (mapper.inputs.iter())
+            .map(|i| shared.iter().any(|p| p.name == i.name))
+            .collect();
         Ok(Self {
             session,
             mapper,
+            shared,
             actions_norm,
             action_input: cfg.action_input.clone(),
             q_output: cfg.q_output.clone(),
@@ -329,8 +342,9 @@ impl ValueGuided {
         let allocator = Allocator::default();
         let mut feeds: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
             Vec::with_capacity(self.mapper.inputs.len() + 1);
-        for input in &self.mapper.inputs {
-            let value = tiled_input(input, self.batch, &allocator)?;
+        for (input, &shared) in self.mapper.inputs.iter().zip(&self.shared) {
+            let copies = if shared { 1 } else { self.batch };
+            let value = tiled_input(input, copies, &allocator)?;
             feeds.push((Cow::Borrowed(input.name.as_str()), value.into()));
         }
         feeds.push((

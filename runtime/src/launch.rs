@@ -1187,6 +1187,48 @@ impl Launch {
         }
     }
 
+    /// Every model file the launch file names, at any depth (a `model` key or
+    /// one ending in `_model`: the policy's graphs, chunk stages' value models,
+    /// a latent-noise policy, a reward classifier), with the field naming it
+    /// (`policy.prefix_model`, `stages[0].model`), tables' keys in sorted order.
+    pub fn model_files(&self) -> Vec<(String, PathBuf)> {
+        fn walk(value: &toml::Value, field: String, out: &mut Vec<(String, String)>) {
+            match value {
+                toml::Value::Table(table) => {
+                    for (key, value) in table {
+                        let at = if field.is_empty() {
+                            key.clone()
+                        } else {
+                            format!("{field}.{key}")
+                        };
+                        match value {
+                            toml::Value::String(path)
+                                if key == "model" || key.ends_with("_model") =>
+                            {
+                                out.push((at, path.clone()))
+                            }
+                            _ => walk(value, at, out),
+                        }
+                    }
+                }
+                toml::Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        walk(item, format!("{field}[{i}]"), out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        if let Ok(root) = self.text.parse::<toml::Table>() {
+            walk(&toml::Value::Table(root), String::new(), &mut found);
+        }
+        found
+            .into_iter()
+            .map(|(field, path)| (field, self.resolve(Path::new(&path))))
+            .collect()
+    }
+
     /// Resolves a path from the launch file against its directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
         let joined = if path.is_absolute() {

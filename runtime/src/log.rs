@@ -156,6 +156,21 @@ pub struct LogHeader {
     pub reset: Option<crate::recording::ResetParams>,
     /// The launch file as run (overrides applied).
     pub launch: String,
+    /// Every model file the run loaded at start, with its SHA-256: the versions
+    /// behind each step (a chunk's `model_version` counts base-policy swaps
+    /// from these; value and latent-noise models do not change within a run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelFile>,
+}
+
+/// A model file a run loaded, and its content hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelFile {
+    /// The launch-file field naming it (`policy.model`, `stages[0].model`, ...).
+    pub field: String,
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
 }
 
 impl LogHeader {
@@ -986,6 +1001,7 @@ impl<R: Read> LogReader<R> {
                 gripper: None,
                 reset: None,
                 launch: String::new(),
+                models: Vec::new(),
             },
             report: LogReport {
                 end: LogEnd::Truncated {
@@ -1540,6 +1556,7 @@ mod tests {
             gripper: None,
             reset: None,
             launch: "seed = 1".into(),
+            models: Vec::new(),
         }
     }
 

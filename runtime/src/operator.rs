@@ -265,23 +265,14 @@ fn handle(stream: UnixStream, requests: &OperatorRequests) -> io::Result<()> {
             "error: the control loop did not take it (is the run recording episodes: `reflex run --record DIR`?)"
         );
     }
-    if let Some(rest) = line.trim().strip_prefix("steer") {
-        let words: Vec<&str> = rest.split_whitespace().collect();
-        let parsed = match words.as_slice() {
-            [which, state] => crate::stage::Steering::parse(which).zip(match *state {
-                "on" => Some(true),
-                "off" => Some(false),
-                _ => None,
-            }),
-            _ => None,
-        };
-        let Some((which, on)) = parsed else {
+    if line.trim().starts_with("steer") {
+        let Some((which, on)) = crate::stage::Steering::parse_request(&line) else {
             return writeln!(out, "error: expected `steer <vgps|dsrl> <on|off>`");
         };
         requests.steering.set(which, on);
         let state = if on { "on" } else { "off" };
-        tracing::info!("steering: {} {state}", words[0]);
-        return writeln!(out, "ok: {} {state} from the next inference", words[0]);
+        tracing::info!("steering: {} {state}", which.name());
+        return writeln!(out, "ok: {} {state} from the next inference", which.name());
     }
     if let Some(rest) = line.trim().strip_prefix("tare") {
         let stream = Some(rest.trim()).filter(|s| !s.is_empty());

@@ -294,6 +294,10 @@ pub struct EpisodePorts {
     pub failed: Arc<AtomicBool>,
     /// Episodes the recorder saved so far.
     pub saved: Arc<AtomicU64>,
+    /// Rows the recorder has taken and judged (the success classifier's verdict
+    /// raised): under the simulated clock the tick waits for every queued row,
+    /// so a verdict ends the episode at the same tick in every run.
+    pub judged: Arc<AtomicU64>,
 }
 
 impl EpisodePorts {
@@ -309,6 +313,7 @@ impl EpisodePorts {
             free,
             failed: Arc::default(),
             saved: Arc::default(),
+            judged: Arc::default(),
         }
     }
 }
@@ -366,6 +371,8 @@ pub struct Episodes {
     next_row: u64,
     last_row_tick: Option<u64>,
     rows_lost: u64,
+    /// Rows queued for the recorder (what `ports.judged` catches up with).
+    queued: u64,
     pub rows: u64,
     pub rows_lost_total: u64,
     last_seq: Vec<u64>,
@@ -395,6 +402,7 @@ impl Episodes {
             next_row: 0,
             last_row_tick: None,
             rows_lost: 0,
+            queued: 0,
             rows: 0,
             rows_lost_total: 0,
             last_seq: vec![0; cameras],
@@ -463,6 +471,7 @@ impl Episodes {
             self.phase = Phase::Finished;
             return EpisodeAction::Reset;
         }
+        self.wait_for_verdicts();
         let request = self.requests.take();
         match self.phase {
             Phase::Recording { start } => {
@@ -563,7 +572,10 @@ impl Episodes {
         let mut event = EpisodeEvent::Row(row);
         loop {
             match self.ports.events.push(event) {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.queued += 1;
+                    return;
+                }
                 Err(back)
                     if self.wait_for_recorder && !self.ports.failed.load(Ordering::Acquire) =>
                 {
@@ -579,6 +591,18 @@ impl Episodes {
                     return;
                 }
             }
+        }
+    }
+
+    /// Under the simulated clock, waits until the recorder has judged every
+    /// queued row, so that a classifier's success (raised as a request) is taken
+    /// at the tick after its row in every run, however fast the recorder is.
+    fn wait_for_verdicts(&self) {
+        while self.wait_for_recorder
+            && self.ports.judged.load(Ordering::Acquire) < self.queued
+            && !self.ports.failed.load(Ordering::Acquire)
+        {
+            std::thread::sleep(std::time::Duration::from_micros(50));
         }
     }
 

@@ -91,6 +91,30 @@ impl Steering {
         }
     }
 
+    /// `steer <vgps|dsrl> <on|off>` (the control socket's and zenoh's request).
+    pub fn parse_request(text: &str) -> Option<(Self, bool)> {
+        let words: Vec<&str> = text
+            .trim()
+            .strip_prefix("steer")?
+            .split_whitespace()
+            .collect();
+        match words.as_slice() {
+            [which, state] => Self::parse(which).zip(match *state {
+                "on" => Some(true),
+                "off" => Some(false),
+                _ => None,
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ranking => "vgps",
+            Self::LatentNoise => "dsrl",
+        }
+    }
+
     fn bit(self) -> u8 {
         match self {
             Self::Ranking => 1,
@@ -139,5 +163,28 @@ mod tests {
         assert_eq!(c.best(), 0);
         c.scores = vec![0.5, 2.0, 2.0];
         assert_eq!(c.best(), 1);
+    }
+
+    #[test]
+    fn steering_requests_parse_strictly() {
+        assert_eq!(
+            Steering::parse_request("steer vgps off"),
+            Some((Steering::Ranking, false))
+        );
+        assert_eq!(
+            Steering::parse_request(" steer  dsrl on\n"),
+            Some((Steering::LatentNoise, true))
+        );
+        for bad in [
+            "steer",
+            "steer vgps",
+            "steer fast on",
+            "steer vgps yes",
+            "steering vgps on",
+            "steer vgps on now",
+            "vgps on",
+        ] {
+            assert_eq!(Steering::parse_request(bad), None, "{bad}");
+        }
     }
 }

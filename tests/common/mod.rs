@@ -37,6 +37,38 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// A launch file of the repository (`launch/NAME`) with its model paths made
+/// absolute, so that a variant written elsewhere still finds them.
+pub fn repo_launch_text(name: &str) -> String {
+    std::fs::read_to_string(repo().join("launch").join(name))
+        .unwrap()
+        .replace(
+            "\"../policies/",
+            &format!("\"{}/policies/", repo().display()),
+        )
+}
+
+/// `reflex run LAUNCH --sim-clock` for `seconds` without zenoh, logged to `log`;
+/// the log's records.
+pub fn sim_run_records(
+    launch: &Path,
+    seconds: &str,
+    log: &Path,
+) -> Vec<reflex_runtime::log::Record> {
+    run_ok(&[
+        "run",
+        launch.to_str().unwrap(),
+        "--sim-clock",
+        "--duration",
+        seconds,
+        "--set",
+        "zenoh.enabled=false",
+        "--log",
+        log.to_str().unwrap(),
+    ]);
+    reflex_runtime::log::read_log(log).unwrap().records
+}
+
 /// A TCP port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -257,8 +257,9 @@ impl Bus {
     }
 
     /// Listens on `<prefix>/<robot>/control` (plain text). `estop` is always
-    /// obeyed (fail safe); `rearm`, `resume` and `heartbeat` only when
-    /// `allow_rearm` (the launch file turned it on together with access control).
+    /// obeyed (fail safe); `rearm`, `resume`, `heartbeat` and `steer <vgps|dsrl>
+    /// <on|off>` only when `allow_rearm` (the launch file turned it on together
+    /// with access control).
     /// Any put on `<prefix>/<robot>/control/estop` is a stop too: zenoh access
     /// control sees keys, not payloads, so this key can stay open to everyone
     /// while `control` is limited to the operator.
@@ -290,11 +291,26 @@ impl Bus {
                             requests.heartbeat();
                             None
                         }
+                        // Steering switches under the same authority as re-arm.
+                        other if allow_rearm && steering_request(other).is_some() => {
+                            if let Some((which, on)) = steering_request(other) {
+                                tracing::info!(
+                                    "steering: {} {} (zenoh)",
+                                    which.name(),
+                                    if on { "on" } else { "off" }
+                                );
+                                requests.steering.set(which, on);
+                            }
+                            None
+                        }
                         other => {
                             if let Some(left_out) = ignored.hit() {
-                                let why = if matches!(other, b"rearm" | b"resume" | b"heartbeat") {
-                                    "re-arm over zenoh is off (safety.operator.zenoh_rearm); \
-                                     use `reflex rearm` on the robot's computer"
+                                let why = if matches!(other, b"rearm" | b"resume" | b"heartbeat")
+                                    || steering_request(other).is_some()
+                                {
+                                    "re-arm and steering over zenoh are off \
+                                     (safety.operator.zenoh_rearm); use `reflex rearm` or \
+                                     `reflex steer` on the robot's computer"
                                 } else {
                                     "expected `estop`"
                                 };
@@ -323,6 +339,13 @@ impl Bus {
             tracing::warn!("closing zenoh session: {e}");
         }
     }
+}
+
+/// `steer <vgps|dsrl> <on|off>` as a zenoh payload.
+fn steering_request(payload: &[u8]) -> Option<(reflex_runtime::stage::Steering, bool)> {
+    std::str::from_utf8(payload)
+        .ok()
+        .and_then(reflex_runtime::stage::Steering::parse_request)
 }
 
 /// Keeps the operator subscription alive.

@@ -169,6 +169,7 @@ fn run_launch(launch: Launch, name: &str) -> (Vec<f64>, reflex_runtime::log::Log
             simulated: true,
             log: Some(&log),
             record: None,
+            models: &[],
         },
     )
     .unwrap();
