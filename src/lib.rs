@@ -5,6 +5,7 @@
 pub mod calibrate;
 pub mod demos;
 pub mod episode;
+pub mod export;
 pub mod fast_cli;
 pub mod infer;
 pub mod model_updates;

@@ -88,6 +88,8 @@ enum Command {
     },
     /// Record scripted demonstrations on the simulated arm (training data).
     Demos(reflex::demos::DemoArgs),
+    /// Convert a run log for other tools: `--mcap OUT.mcap` (Foxglove, PlotJuggler).
+    Export(reflex::export::ExportArgs),
     /// Print a model's inputs, outputs, IR version and opsets, and a launch-file snippet.
     Inspect {
         model: PathBuf,
@@ -191,6 +193,7 @@ fn main() -> ExitCode {
         Command::Check { launch, overrides } => check(launch, &overrides),
         Command::Replay { log, trace } => replay(&log, trace.as_deref()),
         Command::Demos(args) => reflex::demos::record(args).map(|()| ExitCode::SUCCESS),
+        Command::Export(args) => reflex::export::export(args).map(|()| ExitCode::SUCCESS),
         Command::Fast(command) => reflex::fast_cli::run(command),
         Command::Infer(args) => reflex::infer::run(args),
         Command::Calibrate(command) => reflex::calibrate::run(command),
