@@ -11,6 +11,7 @@ pub mod infer;
 pub mod model_updates;
 pub use reflex_runtime::npy;
 pub mod run;
+pub mod serve;
 pub mod summary;
 pub mod transitions;
 
@@ -31,6 +32,7 @@ pub fn registry() -> Registry {
     reflex_policies::register(&mut registry);
     reflex_zenoh::register(&mut registry);
     reflex_teleop::register(&mut registry);
+    reflex_openpi::register(&mut registry);
     registry
 }
 

@@ -102,6 +102,9 @@ enum Command {
     Fast(reflex::fast_cli::FastCommand),
     /// Run one inference offline on a saved observation and write the chunk.
     Infer(reflex::infer::InferArgs),
+    /// Serve the launch file's policy to other machines (openpi's websocket
+    /// protocol; `[serve]` says where and how).
+    Serve(reflex::serve::ServeArgs),
     /// Calibration from recorded runs (normalization statistics).
     #[command(subcommand)]
     Calibrate(reflex::calibrate::CalibrateCommand),
@@ -196,6 +199,7 @@ fn main() -> ExitCode {
         Command::Export(args) => reflex::export::export(args).map(|()| ExitCode::SUCCESS),
         Command::Fast(command) => reflex::fast_cli::run(command),
         Command::Infer(args) => reflex::infer::run(args),
+        Command::Serve(args) => reflex::serve::run(args),
         Command::Calibrate(command) => reflex::calibrate::run(command),
         Command::Inspect { model, onnxruntime } => {
             reflex_policies::inspect::inspect(&model, onnxruntime.as_deref())

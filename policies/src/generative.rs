@@ -1071,6 +1071,10 @@ pub(crate) fn batch_problems(ports: &[Port], batch: usize) -> Vec<String> {
 }
 
 impl Policy for GenerativePolicy {
+    fn set_next_noise(&mut self, noise: Vec<f32>) -> Result<(), PolicyError> {
+        GenerativePolicy::set_next_noise(self, noise).map_err(Into::into)
+    }
+
     fn set_prompt(&mut self, prompt: &str) -> Result<(), PolicyError> {
         Ok(self.mapper.set_prompt(prompt)?)
     }

@@ -666,6 +666,11 @@ impl ResizePlan {
         self.input == (image.width, image.height)
     }
 
+    /// The input size (width, height) the plan was made for.
+    pub fn input(&self) -> (usize, usize) {
+        self.input
+    }
+
     pub fn apply<T: Copy>(
         &mut self,
         image: &Image,

@@ -62,6 +62,12 @@ pub trait Policy: Send {
     /// Switches a latent-noise policy (DSRL) on or off before the next inference
     /// (off: the run's seeded noise). Policies without one ignore it.
     fn set_latent_noise(&mut self, _on: bool) {}
+    /// The next inference starts from `noise` (`[candidates][horizon][model
+    /// dim]`) instead of the run's seeded noise: flow and diffusion policies
+    /// (`reflex serve`'s `noise` request field). Others refuse it.
+    fn set_next_noise(&mut self, _noise: Vec<f32>) -> Result<(), PolicyError> {
+        Err("this policy samples no noise".into())
+    }
     /// A new task instruction, given before the next `infer` (on the inference
     /// thread). Policies without a language input ignore it.
     fn set_prompt(&mut self, _prompt: &str) -> Result<(), PolicyError> {
@@ -117,6 +123,81 @@ fn run_stages(
         .into());
     }
     Ok(())
+}
+
+/// A policy and its chunk stages: one inference samples the candidates, the
+/// stages choose, and the chosen one fills the chunk along with what the stages
+/// chose from and the initial noise it started from. The inference worker runs
+/// one, and so does `reflex serve`.
+pub struct ChunkPipeline {
+    pub policy: Box<dyn Policy>,
+    stages: Vec<Box<dyn ChunkStage>>,
+    candidates: Candidates,
+}
+
+impl ChunkPipeline {
+    pub fn new(policy: Box<dyn Policy>, stages: Vec<Box<dyn ChunkStage>>) -> Self {
+        let candidates = Candidates::zeros(
+            policy.candidates().max(1),
+            policy.horizon(),
+            policy.action_dim(),
+        );
+        Self {
+            policy,
+            stages,
+            candidates,
+        }
+    }
+
+    /// Whether `other` may replace the policy: the chunk buffers fit it.
+    pub fn fits(&self, other: &dyn Policy) -> bool {
+        (other.horizon(), other.action_dim()) == (self.policy.horizon(), self.policy.action_dim())
+            && other.candidates().max(1) == self.candidates.batch
+    }
+
+    /// One inference into `chunk` (its id, tick and model version are the
+    /// caller's); `steering` switches ranking stages and the latent-noise policy.
+    /// Allocates nothing once the chunk's buffers have their size.
+    pub fn run(
+        &mut self,
+        obs: &Observation,
+        chunk: &mut ActionChunk,
+        steering: &SteeringSwitch,
+    ) -> Result<(), PolicyError> {
+        let started = Instant::now();
+        self.policy
+            .set_latent_noise(steering.is_on(Steering::LatentNoise));
+        chunk.horizon = self.policy.horizon();
+        chunk.dim = self.policy.action_dim();
+        chunk.actions.resize(chunk.horizon * chunk.dim, 0.0);
+        let result = if self.stages.is_empty() {
+            self.policy.infer(obs, chunk)
+        } else {
+            let ranking = steering.is_on(Steering::Ranking);
+            let candidates = &mut self.candidates;
+            run_stages(
+                &mut *self.policy,
+                &mut self.stages,
+                obs,
+                candidates,
+                ranking,
+            )
+            .map(|()| {
+                chunk
+                    .actions
+                    .copy_from_slice(candidates.chunk(candidates.selected));
+                record_choice(candidates, &mut chunk.choice);
+            })
+        };
+        let selected = if self.stages.is_empty() {
+            0
+        } else {
+            self.candidates.selected
+        };
+        record_noise(&*self.policy, selected, chunk);
+        chunk.infer_ns = started.elapsed().as_nanos() as u64;
+        result
+    }
 }
 
 /// Keeps what a scoring stage chose from, in the chunk's own buffers (they
@@ -204,10 +285,10 @@ impl InferenceWorker {
     /// With `stages`, every inference samples the policy's candidates and the
     /// stages pick the executed one.
     pub fn spawn(
-        mut policy: Box<dyn Policy>,
+        policy: Box<dyn Policy>,
         template: &Observation,
         prompt: PromptCell,
-        mut stages: Vec<Box<dyn ChunkStage>>,
+        stages: Vec<Box<dyn ChunkStage>>,
         steering: SteeringSwitch,
     ) -> std::io::Result<Self> {
         let free_observations = Arc::new(ArrayQueue::new(MAX_IN_FLIGHT + 1));
@@ -226,28 +307,23 @@ impl InferenceWorker {
         let errors = Arc::new(AtomicU64::new(0));
         let shutdown = Arc::new(AtomicBool::new(false));
         let swaps = PolicySwaps::default();
-        let thread =
-            {
-                let (free_observations, requests, results, free_chunks, errors, shutdown, swaps) = (
-                    free_observations.clone(),
-                    requests.clone(),
-                    results.clone(),
-                    free_chunks.clone(),
-                    errors.clone(),
-                    shutdown.clone(),
-                    swaps.clone(),
-                );
-                std::thread::Builder::new()
+        let thread = {
+            let (free_observations, requests, results, free_chunks, errors, shutdown, swaps) = (
+                free_observations.clone(),
+                requests.clone(),
+                results.clone(),
+                free_chunks.clone(),
+                errors.clone(),
+                shutdown.clone(),
+                swaps.clone(),
+            );
+            std::thread::Builder::new()
                 .name("reflex-inference".into())
                 .spawn(move || {
                     let mut next_id = 1;
                     let mut prompt_seen = 0;
                     let mut model_version = 0;
-                    let mut candidates = Candidates::zeros(
-                        policy.candidates().max(1),
-                        policy.horizon(),
-                        policy.action_dim(),
-                    );
+                    let mut pipeline = ChunkPipeline::new(policy, stages);
                     while !shutdown.load(Ordering::Acquire) {
                         let Some(obs) = requests.recv_timeout(Duration::from_millis(50)) else {
                             continue;
@@ -255,11 +331,8 @@ impl InferenceWorker {
                         if let Some(swap) = swaps.take() {
                             // The loader checked the same; a mismatch here would
                             // break the chunk buffers, so it is refused again.
-                            if (swap.policy.horizon(), swap.policy.action_dim())
-                                == (policy.horizon(), policy.action_dim())
-                                && swap.policy.candidates().max(1) == candidates.batch
-                            {
-                                policy = swap.policy;
+                            if pipeline.fits(&*swap.policy) {
+                                pipeline.policy = swap.policy;
                                 model_version = swap.version;
                                 swaps.running.store(model_version, Ordering::Release);
                                 // The new model hears the current instruction too.
@@ -274,38 +347,22 @@ impl InferenceWorker {
                         }
                         if let Some((version, text)) = prompt.newer_than(prompt_seen) {
                             prompt_seen = version;
-                            if let Err(e) = policy.set_prompt(&text) {
+                            if let Err(e) = pipeline.policy.set_prompt(&text) {
                                 errors.fetch_add(1, Ordering::Relaxed);
                                 tracing::error!("the policy refused the instruction: {e}");
                             }
                         }
-                        policy.set_latent_noise(steering.is_on(Steering::LatentNoise));
                         let mut chunk = free_chunks.pop().unwrap_or_else(|| {
-                            Box::new(ActionChunk::zeros(policy.horizon(), policy.action_dim()))
+                            Box::new(ActionChunk::zeros(
+                                pipeline.policy.horizon(),
+                                pipeline.policy.action_dim(),
+                            ))
                         });
                         chunk.id = next_id;
                         next_id += 1;
                         chunk.conditioned_on_tick = obs.tick;
                         chunk.model_version = model_version;
-                        chunk.horizon = policy.horizon();
-                        chunk.dim = policy.action_dim();
-                        chunk.actions.resize(chunk.horizon * chunk.dim, 0.0);
-                        let started = Instant::now();
-                        let result = if stages.is_empty() {
-                            policy.infer(&obs, &mut chunk)
-                        } else {
-                            let ranking = steering.is_on(Steering::Ranking);
-                            run_stages(&mut *policy, &mut stages, &obs, &mut candidates, ranking)
-                                .map(|()| {
-                                chunk
-                                    .actions
-                                    .copy_from_slice(candidates.chunk(candidates.selected));
-                                record_choice(&candidates, &mut chunk.choice);
-                            })
-                        };
-                        let selected = if stages.is_empty() { 0 } else { candidates.selected };
-                        record_noise(&*policy, selected, &mut chunk);
-                        let ok = match result {
+                        let ok = match pipeline.run(&obs, &mut chunk, &steering) {
                             Ok(()) => true,
                             Err(e) => {
                                 errors.fetch_add(1, Ordering::Relaxed);
@@ -313,14 +370,13 @@ impl InferenceWorker {
                                 false
                             }
                         };
-                        chunk.infer_ns = started.elapsed().as_nanos() as u64;
                         let _ = free_observations.push(obs);
                         if let Err(lost) = results.push(Inference { chunk, ok }) {
                             let _ = free_chunks.push(lost.chunk);
                         }
                     }
                 })?
-            };
+        };
         Ok(Self {
             free_observations,
             requests,
