@@ -4,7 +4,7 @@
 CARGO ?= cargo
 DURATION ?= 15
 
-.PHONY: run test setup build check lint bench bench-execution bench-steering hil-learner demos train train-flow train-flow-rtc train-multisensor train-steering models fast-tokenizer fast-sim-policy import-lerobot clean
+.PHONY: run test setup build check lint bench bench-execution bench-steering bench-openpi hil-learner demos train train-flow train-flow-rtc train-multisensor train-steering models fast-tokenizer fast-sim-policy import-lerobot clean
 
 run: setup
 	$(CARGO) build --release
@@ -60,6 +60,12 @@ bench-execution: build
 # per variant (about 2 minutes; the parity venv reads the datasets).
 bench-steering: build
 	"$$(bash scripts/parity_venv.sh)" benches/steering/run.py --episodes 200
+
+# One inference request with three 224x224 cameras over loopback: openpi-client
+# against reflex serve and against a minimal Python openpi-protocol server with the
+# same ONNX model (README, "openpi interop"; about a minute).
+bench-openpi: build
+	.venv/bin/python benches/openpi/run.py --requests 300 --rounds 3
 
 # Developer-run: regenerate the demo policy (scripted demonstrations -> numpy
 # behaviour cloning -> ONNX) and the test fixtures. The outputs are committed.

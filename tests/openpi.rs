@@ -470,3 +470,78 @@ fn openpi_policy_kind_errors_name_the_field() {
         );
     }
 }
+
+/// V-GPS runs server-side: the reply names the chosen candidate and every
+/// score, and the executed chunk is the one the value model's formula ranks
+/// first (test/value_reach.onnx: Q is minus the squared distance of the action
+/// from state + offset). An openpi request carries no inference delay, so the
+/// first action is scored.
+#[test]
+fn served_chunks_go_through_the_launch_files_stages() {
+    let dir = scratch("openpi-serve-vgps");
+    let stage = format!(
+        "\n[[stages]]\nkind = \"vgps\"\nmodel = \"{}\"\n\n[[stages.inputs]]\nname = \"state\"\n\
+         source = \"state.joint_positions\"\nshape = [1, 3]\n",
+        fixture("value_reach.onnx").display()
+    );
+    let launch = dir.join("vgps.toml");
+    std::fs::write(
+        &launch,
+        format!(
+            "{}\n[serve]\n[serve.keys]\nstate = \"observation/state\"\n",
+            demo_with_policy(&analytic_flow_policy(8, &stage), 2)
+        ),
+    )
+    .unwrap();
+    let (_server, url) = serve(&launch, &[]);
+    let port = url.rsplit(':').next().unwrap();
+    let script = format!(
+        r#"
+import json
+import numpy as np
+from openpi_client import websocket_client_policy
+client = websocket_client_policy.WebsocketClientPolicy("127.0.0.1", {port})
+rng = np.random.default_rng(3)
+rows = []
+for _ in range(6):
+    state = rng.uniform(-0.6, 0.6, 3)
+    reply = client.infer({{"observation/state": state}})
+    rows.append([state.tolist(), reply["actions"].tolist(), int(reply["choice"]["selected"]),
+                 reply["choice"]["scores"].tolist()])
+print(json.dumps(rows))
+"#
+    );
+    let out = Command::new(openpi_python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Per request: state, actions, selected, scores.
+    type Served = (Vec<f64>, Vec<Vec<f64>>, usize, Vec<f64>);
+    let rows: Vec<Served> = serde_json::from_slice(&out.stdout).unwrap();
+    let offset = [0.2, -0.1, 0.15];
+    let mut not_first = 0;
+    for (state, actions, selected, scores) in rows {
+        assert_eq!(scores.len(), 8);
+        assert_eq!(actions.len(), 6);
+        let best = (0..8).fold(0, |b, k| if scores[k] > scores[b] { k } else { b });
+        assert_eq!(selected, best, "{scores:?}");
+        not_first += usize::from(selected != 0);
+        let q: f64 = -(0..3)
+            .map(|j| (actions[0][j] - state[j] - offset[j]).powi(2))
+            .sum::<f64>();
+        assert!(
+            (q - scores[selected]).abs() < 1e-4 * (1.0 + q.abs()),
+            "the executed chunk scores {q}, the chosen one {}",
+            scores[selected]
+        );
+    }
+    assert!(
+        not_first > 0,
+        "V-GPS never chose another candidate than the first"
+    );
+}

@@ -43,6 +43,27 @@ def decode(entries):
     return np.frombuffer(entries[b"data"], dtype=dtype).reshape(entries[b"shape"])
 
 
+def serve_policy(port, policy, metadata, banner):
+    """Serves `policy` (request dict -> actions array) in openpi's protocol on
+    127.0.0.1:`port`; prints `banner` once listening."""
+
+    def handler(connection):
+        connection.send(msgpack.packb(metadata, default=encode))
+        previous_total = None
+        for message in connection:
+            started = time.monotonic()
+            actions = policy(msgpack.unpackb(message, object_hook=decode, raw=False))
+            timing = {"infer_ms": (time.monotonic() - started) * 1e3}
+            if previous_total is not None:
+                timing["prev_total_ms"] = previous_total
+            connection.send(msgpack.packb({"actions": actions, "server_timing": timing}, default=encode))
+            previous_total = (time.monotonic() - started) * 1e3
+
+    with serve(handler, "127.0.0.1", port, compression=None, max_size=None) as server:
+        print(banner, flush=True)
+        server.serve_forever()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -50,42 +71,22 @@ def main():
     args = parser.parse_args()
     log = open(args.log, "a", buffering=1)
 
-    def handler(connection):
-        connection.send(msgpack.packb({"server": "openpi-test", "action_horizon": HORIZON}, default=encode))
-        previous_total = None
-        for message in connection:
-            started = time.monotonic()
-            request = msgpack.unpackb(message, object_hook=decode, raw=False)
-            state = np.asarray(request["observation/state"], dtype=np.float64)
-            images = {
-                key: list(value.shape) + [str(value.dtype)]
-                for key, value in request.items()
-                if isinstance(value, np.ndarray) and value.ndim == 3
-            }
-            log.write(
-                json.dumps(
-                    {
-                        "time": time.time(),
-                        "keys": sorted(request),
-                        "state": state.tolist(),
-                        "images": images,
-                        "prompt": request.get("prompt"),
-                    }
-                )
-                + "\n"
-            )
-            target = np.resize(TARGET, state.shape)
-            steps = (np.arange(HORIZON) + 1)[:, None] / HORIZON
-            actions = (state[None, :] + (target - state)[None, :] * steps).astype(np.float32)
-            timing = {"infer_ms": (time.monotonic() - started) * 1e3}
-            if previous_total is not None:
-                timing["prev_total_ms"] = previous_total
-            connection.send(msgpack.packb({"actions": actions, "server_timing": timing}, default=encode))
-            previous_total = (time.monotonic() - started) * 1e3
+    def policy(request):
+        state = np.asarray(request["observation/state"], dtype=np.float64)
+        images = {
+            key: list(value.shape) + [str(value.dtype)]
+            for key, value in request.items()
+            if isinstance(value, np.ndarray) and value.ndim == 3
+        }
+        record = {"time": time.time(), "keys": sorted(request), "state": state.tolist(), "images": images}
+        log.write(json.dumps({**record, "prompt": request.get("prompt")}) + "\n")
+        target = np.resize(TARGET, state.shape)
+        steps = (np.arange(HORIZON) + 1)[:, None] / HORIZON
+        return (state[None, :] + (target - state)[None, :] * steps).astype(np.float32)
 
-    with serve(handler, "127.0.0.1", args.port, compression=None, max_size=None) as server:
-        print(f"openpi test server on {args.port}", flush=True)
-        server.serve_forever()
+    serve_policy(
+        args.port, policy, {"server": "openpi-test", "action_horizon": HORIZON}, f"openpi test server on {args.port}"
+    )
 
 
 if __name__ == "__main__":
