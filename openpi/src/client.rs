@@ -174,7 +174,7 @@ impl PolicySpec for OpenpiSpec {
         Ok(LoadedPolicy {
             policy: Box::new(policy),
             model_path: self.model(),
-            library_path: PathBuf::from("(remote)"),
+            library_path: PathBuf::from("openpi protocol"),
             warm_up_ms: started.elapsed().as_secs_f64() * 1e3,
             provider: "remote",
         })
