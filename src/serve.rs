@@ -113,9 +113,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     use std::io::Write;
     std::io::stdout().flush()?;
+    let service = Arc::new(service);
+    if config.status_interval_s > 0.0 {
+        let (service, interval) = (service.clone(), config.status_interval_s);
+        std::thread::Builder::new()
+            .name("reflex-serve-status".into())
+            .spawn(move || status_lines(&service, interval))?;
+    }
     reflex_openpi::server::serve(
         listener,
-        Arc::new(service),
+        service,
         ServerConfig {
             api_key,
             max_connections: config.max_connections,
@@ -123,4 +130,29 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every `interval` seconds in which something was served: one line on stderr.
+fn status_lines(service: &PolicyService, interval: f64) {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs_f64(interval));
+        let mut report = service.take_report();
+        if report.infer_ms.is_empty() && report.errors == 0 {
+            continue;
+        }
+        let (p50, p99) = match report.infer_ms.is_empty() {
+            true => (0.0, 0.0),
+            false => (
+                crate::infer::percentile(&mut report.infer_ms, 0.5),
+                crate::infer::percentile(&mut report.infer_ms, 0.99),
+            ),
+        };
+        eprintln!(
+            "reflex serve: {} requests ({} in the last {interval} s), server time p50 {p50:.2} ms \
+             p99 {p99:.2} ms, {} errors",
+            report.total,
+            report.infer_ms.len(),
+            report.errors
+        );
+    }
 }

@@ -9,6 +9,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -39,16 +40,27 @@ impl Drop for Reaped {
     }
 }
 
+/// What a child process printed on stderr so far (also echoed).
+type Stderr = Arc<Mutex<String>>;
+
 /// Starts `reflex serve` on a free port and returns it with its URL (read from
-/// the line it prints once listening).
-fn serve(launch: &Path, envs: &[(&str, &str)]) -> (Reaped, String) {
+/// the line it prints once listening) and its stderr.
+fn serve(launch: &Path, envs: &[(&str, &str)]) -> (Reaped, String, Stderr) {
     let mut command = reflex();
     command
         .args(["serve", launch.to_str().unwrap(), "--listen", "127.0.0.1:0"])
         .envs(envs.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::piped());
     let mut child = command.spawn().expect("spawn reflex serve");
+    let stderr = Stderr::default();
+    let (pipe, sink) = (child.stderr.take().unwrap(), stderr.clone());
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            eprintln!("[serve] {line}");
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();
@@ -57,7 +69,7 @@ fn serve(launch: &Path, envs: &[(&str, &str)]) -> (Reaped, String) {
         .find(|w| w.starts_with("ws://"))
         .unwrap_or_else(|| panic!("no ws:// address in {line:?}"))
         .to_string();
-    (Reaped(child), url)
+    (Reaped(child), url, stderr)
 }
 
 fn served_launch(dir: &Path, extra: &str) -> PathBuf {
@@ -87,8 +99,8 @@ fn openpi_client_drives_reflex_serve_and_gets_the_local_chunk() {
         ),
     )
     .unwrap();
-    let (_server, url) = serve(&launch, &[]);
-    let (_keyed_server, keyed_url) = serve(&keyed, &[("REFLEX_TEST_KEY", "s3cret")]);
+    let (_server, url, _) = serve(&launch, &[]);
+    let (_keyed_server, keyed_url, _) = serve(&keyed, &[("REFLEX_TEST_KEY", "s3cret")]);
 
     let out = Command::new(openpi_python())
         .arg(repo().join("tests/openpi_client_check.py"))
@@ -488,12 +500,12 @@ fn served_chunks_go_through_the_launch_files_stages() {
     std::fs::write(
         &launch,
         format!(
-            "{}\n[serve]\n[serve.keys]\nstate = \"observation/state\"\n",
+            "{}\n[serve]\nstatus_interval_s = 0.2\n[serve.keys]\nstate = \"observation/state\"\n",
             demo_with_policy(&analytic_flow_policy(8, &stage), 2)
         ),
     )
     .unwrap();
-    let (_server, url) = serve(&launch, &[]);
+    let (_server, url, stderr) = serve(&launch, &[]);
     let port = url.rsplit(':').next().unwrap();
     let script = format!(
         r#"
@@ -543,5 +555,12 @@ print(json.dumps(rows))
     assert!(
         not_first > 0,
         "V-GPS never chose another candidate than the first"
+    );
+    // The status line counts what was served.
+    std::thread::sleep(Duration::from_millis(600));
+    let printed = stderr.lock().unwrap().clone();
+    assert!(
+        printed.contains("reflex serve: 6 requests") && printed.contains("0 errors"),
+        "{printed}"
     );
 }

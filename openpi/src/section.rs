@@ -36,6 +36,10 @@ pub struct ServeConfig {
     /// Most connections served at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Seconds between status lines on stderr (requests, server time p50 / p99,
+    /// errors), printed when something was served; 0: none.
+    #[serde(default = "default_status_interval_s")]
+    pub status_interval_s: f64,
     /// Where the observation sits in a request.
     #[serde(default)]
     pub keys: ObservationKeys,
@@ -43,6 +47,10 @@ pub struct ServeConfig {
 
 fn default_listen() -> String {
     "127.0.0.1:8000".into()
+}
+
+fn default_status_interval_s() -> f64 {
+    10.0
 }
 
 fn default_max_connections() -> usize {
@@ -81,6 +89,10 @@ impl SectionKind for ServeSection {
             && var.is_empty()
         {
             return Err(table.error_at("api_key_env", "names no environment variable"));
+        }
+        let interval = config.status_interval_s;
+        if !(interval == 0.0 || (0.1..=3600.0).contains(&interval)) {
+            return Err(table.error_at("status_interval_s", "must be 0 (off) or in 0.1..=3600 s"));
         }
         if !(1..=1024).contains(&config.max_connections) {
             return Err(table.error_at("max_connections", "must be in 1..=1024"));

@@ -27,7 +27,20 @@ struct Served {
     prompt: Option<String>,
 }
 
+/// Requests answered since the last report, for `reflex serve`'s status line.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ServeReport {
+    /// Every request answered since start.
+    pub total: u64,
+    /// Server time (request received to reply built) of each request answered
+    /// since the last report, ms.
+    pub infer_ms: Vec<f64>,
+    /// Requests refused or failed since the last report.
+    pub errors: u64,
+}
+
 pub struct PolicyService {
+    report: Mutex<ServeReport>,
     layout: Layout,
     keys: ObservationKeys,
     served: Mutex<Served>,
@@ -57,6 +70,7 @@ impl PolicyService {
         let dim = pipeline.policy.action_dim();
         let metadata = metadata(&model, &keys, horizon, dim);
         Self {
+            report: Mutex::default(),
             layout,
             keys,
             served: Mutex::new(Served {
@@ -117,12 +131,17 @@ fn metadata(model: &ServedModel, keys: &ObservationKeys, horizon: usize, dim: us
     w.into_bytes()
 }
 
-impl Service for PolicyService {
-    fn metadata(&self) -> Vec<u8> {
-        self.metadata.clone()
+impl PolicyService {
+    /// What was served since the last call (and the running total).
+    pub fn take_report(&self) -> ServeReport {
+        let mut report = self.report.lock().unwrap_or_else(PoisonError::into_inner);
+        let taken = report.clone();
+        report.infer_ms.clear();
+        report.errors = 0;
+        taken
     }
 
-    fn infer(
+    fn answer(
         &self,
         request: &[u8],
         session: &mut Session,
@@ -197,5 +216,34 @@ impl Service for PolicyService {
             NdArray::from_f32(&[rows, chunk.noise.len() / rows], &chunk.noise).write(reply);
         }
         Ok(entries)
+    }
+}
+
+impl Service for PolicyService {
+    fn metadata(&self) -> Vec<u8> {
+        self.metadata.clone()
+    }
+
+    fn infer(
+        &self,
+        request: &[u8],
+        session: &mut Session,
+        reply: &mut Writer,
+    ) -> Result<usize, String> {
+        let started = std::time::Instant::now();
+        let result = self.answer(request, session, reply);
+        let mut report = self.report.lock().unwrap_or_else(PoisonError::into_inner);
+        match &result {
+            Ok(_) => {
+                report.total += 1;
+                // Bounded: a status line that nobody takes keeps the last hour
+                // at 30 Hz at most.
+                if report.infer_ms.len() < 1 << 17 {
+                    report.infer_ms.push(started.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            Err(_) => report.errors += 1,
+        }
+        result
     }
 }

@@ -14,6 +14,7 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::mailbox::Mailbox;
 use crate::prompt::PromptCell;
+use crate::ratelimit::WarnLimiter;
 use crate::stage::{Candidates, ChunkStage, Steering, SteeringSwitch};
 use crate::types::{ActionChunk, Observation};
 
@@ -324,6 +325,7 @@ impl InferenceWorker {
                     let mut prompt_seen = 0;
                     let mut model_version = 0;
                     let mut pipeline = ChunkPipeline::new(policy, stages);
+                    let failures = WarnLimiter::new(5, Duration::from_secs(1));
                     while !shutdown.load(Ordering::Acquire) {
                         let Some(obs) = requests.recv_timeout(Duration::from_millis(50)) else {
                             continue;
@@ -366,7 +368,20 @@ impl InferenceWorker {
                             Ok(()) => true,
                             Err(e) => {
                                 errors.fetch_add(1, Ordering::Relaxed);
-                                tracing::error!("inference failed on tick {}: {e}", obs.tick);
+                                // A policy that keeps failing (a remote server
+                                // gone) fails at every request: the summary
+                                // counts them all, the terminal shows a few.
+                                match failures.hit() {
+                                    Some(0) => {
+                                        tracing::error!("inference failed on tick {}: {e}", obs.tick)
+                                    }
+                                    Some(left_out) => tracing::error!(
+                                        "inference failed on tick {}: {e} ({left_out} more failures \
+                                         since the last line)",
+                                        obs.tick
+                                    ),
+                                    None => {}
+                                }
                                 false
                             }
                         };
