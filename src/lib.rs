@@ -33,6 +33,7 @@ pub fn registry() -> Registry {
     reflex_zenoh::register(&mut registry);
     reflex_teleop::register(&mut registry);
     reflex_openpi::register(&mut registry);
+    reflex_remote::register(&mut registry);
     registry
 }
 

@@ -8,7 +8,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use reflex_openpi::ServeConfig;
+use reflex_openpi::keys::Layout;
+use reflex_openpi::section::Protocol;
+use reflex_openpi::{ObservationKeys, ServeConfig};
+use zenoh::Wait;
 use reflex_openpi::server::ServerConfig;
 use reflex_openpi::service::{PolicyService, ServedModel};
 use reflex_policies::config::{ObservationSource, inputs_of};
@@ -18,21 +21,42 @@ use reflex_runtime::policy::ChunkPipeline;
 pub struct ServeArgs {
     /// Launch file whose policy to serve (`[serve]` says how).
     pub launch: PathBuf,
-    /// Listen here instead of `[serve] listen` (port 0: any free port; the
-    /// address is printed).
-    #[arg(long, value_name = "ADDR:PORT")]
+    /// Serve this protocol instead of `[serve] protocol`.
+    #[arg(long, value_enum)]
+    pub protocol: Option<ProtocolArg>,
+    /// Listen here instead of `[serve] listen` (openpi: ADDR:PORT, port 0 for
+    /// any free port, printed) or `[zenoh] listen` (zenoh: an endpoint such as
+    /// tcp/0.0.0.0:7448).
+    #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
     /// Override a launch-file field.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ProtocolArg {
+    Openpi,
+    Zenoh,
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let launch = crate::load_launch(Some(&args.launch), &args.overrides)?;
-    let config = launch
+    let mut config = launch
         .section::<ServeConfig>("serve")
         .cloned()
         .unwrap_or_else(|| unreachable!("[serve] is registered"));
+    match args.protocol {
+        Some(ProtocolArg::Openpi) => config.protocol = Protocol::Openpi,
+        Some(ProtocolArg::Zenoh) => config.protocol = Protocol::Zenoh,
+        None => {}
+    }
+    if config.protocol == Protocol::Zenoh {
+        // reflex to reflex: every camera and stream under its own name.
+        config.keys = ObservationKeys::by_name(&Layout::of(&launch));
+        reflex_zenoh::bus::check_exact_key(&config.key)
+            .map_err(|e| launch.error_at("serve.key", e))?;
+    }
     config.keys.check(&launch, "serve.keys")?;
     if launch.policy().history() > 1 {
         return Err(launch
@@ -63,48 +87,51 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .into());
         }
     }
-    let api_key = match &config.api_key_env {
-        None => None,
-        Some(var) => Some(std::env::var(var).map_err(|_| {
-            launch.error_at(
-                "serve.api_key_env",
-                format!("the environment variable `{var}` is not set"),
-            )
-        })?),
-    };
+    let api_key = reflex_openpi::api_key_from_env(
+        &launch,
+        "serve.api_key_env",
+        config.api_key_env.as_deref(),
+    )?;
     let models = crate::run::model_files(&launch)?;
     let loaded = crate::load_policy(&launch)?;
     let stages = launch
         .chunk_stages()
         .map_err(|e| anyhow::anyhow!("cannot build the chunk stages: {e}"))?;
     let pipeline = ChunkPipeline::new(loaded.policy, stages);
-    let listen = args.listen.unwrap_or_else(|| config.listen.clone());
-    let listener =
-        TcpListener::bind(&listen).with_context(|| format!("cannot listen on {listen}"))?;
-    let address = listener.local_addr()?;
-    let service = PolicyService::new(
-        &launch,
-        config.keys.clone(),
-        pipeline,
-        ServedModel {
-            robot: launch.config.robot.name.clone(),
-            policy_kind: launch.policy().kind().to_string(),
-            joints: launch
-                .config
-                .robot
-                .joints
-                .iter()
-                .map(|j| j.name.clone())
-                .collect(),
-            models,
-        },
-    );
-    println!(
-        "reflex serve: {} policy of {} on {} ({:.0} ms warm-up), openpi protocol on ws://{address}{}",
+    let served = ServedModel {
+        robot: launch.config.robot.name.clone(),
+        policy_kind: launch.policy().kind().to_string(),
+        joints: launch
+            .config
+            .robot
+            .joints
+            .iter()
+            .map(|j| j.name.clone())
+            .collect(),
+        models,
+        rate_hz: launch.config.control.rate_hz,
+        action_rate_hz: launch.config.execution.action_rate_hz,
+        real_time_chunking: launch.policy().real_time_chunking(),
+    };
+    let started = format!(
+        "reflex serve: {} policy of {} on {} ({:.0} ms warm-up)",
         launch.policy().kind(),
         launch.config.robot.name,
         loaded.provider,
         loaded.warm_up_ms,
+    );
+    if config.protocol == Protocol::Zenoh {
+        let service = PolicyService::new(&launch, config.keys.clone(), pipeline, served)
+            .with_image_decoder(reflex_remote::jpeg::decode);
+        return serve_zenoh(&launch, &config, args.listen, service, &started);
+    }
+    let listen = args.listen.unwrap_or_else(|| config.listen.clone());
+    let listener =
+        TcpListener::bind(&listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr()?;
+    let service = PolicyService::new(&launch, config.keys.clone(), pipeline, served);
+    println!(
+        "{started}, openpi protocol on ws://{address}{}",
         if api_key.is_some() {
             " (Api-Key required)"
         } else {
@@ -114,12 +141,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     std::io::stdout().flush()?;
     let service = Arc::new(service);
-    if config.status_interval_s > 0.0 {
-        let (service, interval) = (service.clone(), config.status_interval_s);
-        std::thread::Builder::new()
-            .name("reflex-serve-status".into())
-            .spawn(move || status_lines(&service, interval))?;
-    }
+    spawn_status(&service, config.status_interval_s)?;
     reflex_openpi::server::serve(
         listener,
         service,
@@ -130,6 +152,47 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Answers on `[serve] key` in the session `[zenoh]` describes (its TLS and
+/// access control apply), listening on `listen` instead of `[zenoh] listen`.
+fn serve_zenoh(
+    launch: &reflex_runtime::launch::Launch,
+    config: &ServeConfig,
+    listen: Option<String>,
+    service: PolicyService,
+    started: &str,
+) -> anyhow::Result<ExitCode> {
+    let mut zenoh = reflex_zenoh::config(launch);
+    if let Some(endpoint) = listen {
+        reflex_zenoh::bus::check_endpoint(&endpoint).map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
+        zenoh.listen = vec![endpoint];
+    }
+    let session = zenoh::open(reflex_zenoh::bus::zenoh_config(&zenoh, &launch.base_dir)?)
+        .wait()
+        .map_err(|e| anyhow::anyhow!("cannot open the zenoh session on {:?}: {e}", zenoh.listen))?;
+    println!(
+        "{started}, zenoh protocol on `{}` (listening on {})",
+        config.key,
+        zenoh.listen.join(", ")
+    );
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let service = Arc::new(service);
+    spawn_status(&service, config.status_interval_s)?;
+    reflex_remote::server::serve(&session, &config.key, service)
+        .map_err(|e| anyhow::anyhow!("zenoh: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn spawn_status(service: &Arc<PolicyService>, interval: f64) -> std::io::Result<()> {
+    if interval > 0.0 {
+        let service = service.clone();
+        std::thread::Builder::new()
+            .name("reflex-serve-status".into())
+            .spawn(move || status_lines(&service, interval))?;
+    }
+    Ok(())
 }
 
 /// Every `interval` seconds in which something was served: one line on stderr.

@@ -24,7 +24,7 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
-use crate::keys::{Layout, ObservationKeys};
+use crate::keys::{Layout, ObservationKeys, Request};
 use crate::msgpack::{self, Value, Writer};
 use crate::ndarray::NdArray;
 
@@ -129,15 +129,11 @@ impl PolicySpec for OpenpiSpec {
     }
 
     fn load(&self, launch: &Launch) -> Result<LoadedPolicy, LoadError> {
-        let api_key = match &self.config.api_key_env {
-            None => None,
-            Some(var) => Some(std::env::var(var).map_err(|_| {
-                launch.error_at(
-                    "policy.api_key_env",
-                    format!("the environment variable `{var}` is not set"),
-                )
-            })?),
-        };
+        let api_key = crate::api_key_from_env(
+            launch,
+            "policy.api_key_env",
+            self.config.api_key_env.as_deref(),
+        )?;
         let started = Instant::now();
         let mut policy = OpenpiPolicy {
             url: self.config.url.clone(),
@@ -307,13 +303,22 @@ impl OpenpiPolicy {
         self.request.bytes.clear();
         self.keys.write_request(
             &mut self.request,
-            obs,
-            &self.layout,
-            self.prompt.as_deref(),
-            &self.resized,
+            Request {
+                obs,
+                layout: &self.layout,
+                prompt: self.prompt.as_deref(),
+                images: &self.resized,
+            },
+            0,
         );
         let ws = self.socket.as_mut().ok_or("not connected")?;
-        ws.send(Message::binary(self.request.bytes.clone()))?;
+        // The message takes the buffer (no copy of the images); the next request
+        // gets a fresh one of the same size.
+        let size = self.request.bytes.len();
+        ws.send(Message::binary(std::mem::replace(
+            &mut self.request.bytes,
+            Vec::with_capacity(size),
+        )))?;
         let reply = loop {
             match ws.read()? {
                 Message::Binary(bytes) => break bytes,

@@ -81,7 +81,40 @@ impl Default for ObservationKeys {
     }
 }
 
+/// Decodes a compressed image into RGB: (width, height, pixels).
+pub type ImageDecoder = fn(&[u8]) -> Result<(usize, usize, Vec<u8>), String>;
+
+/// What one request carries (the client side).
+pub struct Request<'a> {
+    pub obs: &'a Observation,
+    pub layout: &'a Layout,
+    pub prompt: Option<&'a str>,
+    /// Camera i's image to send instead of the observation's, when given
+    /// (resized for sending).
+    pub images: &'a [Option<Image>],
+}
+
 impl ObservationKeys {
+    /// Every camera and tensor stream under its own name (`images/<camera>`,
+    /// `tensors/<stream>`), the state under `state`: reflex's own protocol,
+    /// where both ends are reflex and streams match by name.
+    pub fn by_name(layout: &Layout) -> Self {
+        Self {
+            state: "state".into(),
+            images: layout
+                .cameras
+                .iter()
+                .map(|c| (c.clone(), format!("images/{c}")))
+                .collect(),
+            tensors: layout
+                .tensors
+                .iter()
+                .map(|(t, _)| (t.clone(), format!("tensors/{t}")))
+                .collect(),
+            prompt: default_prompt(),
+        }
+    }
+
     /// Checks the names against the launch file's streams (`at` is where the
     /// keys table sits, e.g. `policy.keys`).
     pub fn check(&self, launch: &Launch, at: &str) -> Result<(), LaunchError> {
@@ -114,11 +147,14 @@ impl ObservationKeys {
 
     /// The observation a request describes; cameras and streams without a key are
     /// absent (black, `seq` 0) and policy inputs that must see them fail.
+    /// Images sent as msgpack `bin` (compressed) go through `decoder`; without
+    /// one they are refused.
     pub fn observation(
         &self,
         request: &Value<'_>,
         layout: &Layout,
         tick: u64,
+        decoder: Option<ImageDecoder>,
     ) -> Result<Observation, String> {
         if !matches!(request, Value::Map(_)) {
             return Err(format!("the request is {}, not a map", request.type_name()));
@@ -148,7 +184,25 @@ impl ObservationKeys {
         let mut images = Vec::new();
         for camera in &layout.cameras {
             images.push(match self.images.get(camera) {
-                Some(key) => image(self.array(request, key)?, key, tick)?,
+                Some(key) => match (lookup(request, key), decoder) {
+                    (Some(Value::Bin(bytes)), Some(decode)) => {
+                        let (width, height, rgb) =
+                            decode(bytes).map_err(|e| format!("`{key}`: {e}"))?;
+                        Image {
+                            seq: tick + 1,
+                            stamp_ns: 0,
+                            width,
+                            height,
+                            rgb,
+                        }
+                    }
+                    (Some(Value::Bin(_)), None) => {
+                        return Err(format!(
+                            "`{key}` is bytes; this protocol takes images as uint8 arrays"
+                        ));
+                    }
+                    _ => image(self.array(request, key)?, key, tick)?,
+                },
                 None => Image::black(0, 0),
             });
         }
@@ -227,17 +281,24 @@ impl ObservationKeys {
 
     /// Writes `obs` as an openpi request (the client side): state as float64,
     /// images as uint8 `[H, W, 3]`, the prompt when there is one. `images[i]`
-    /// replaces camera i's image when given (resized for sending).
+    /// replaces camera i's image when given (resized for sending). The map has
+    /// room for `extra` more entries, which the caller writes after.
     pub fn write_request(
         &self,
         w: &mut Writer,
-        obs: &Observation,
-        layout: &Layout,
-        prompt: Option<&str>,
-        images: &[Option<Image>],
+        request: Request<'_>,
+        extra: usize,
     ) {
+        let Request {
+            obs,
+            layout,
+            prompt,
+            images,
+        } = request;
         let prompt = prompt.filter(|_| !self.prompt.is_empty());
-        w.map(1 + self.images.len() + self.tensors.len() + usize::from(prompt.is_some()));
+        w.map(
+            1 + self.images.len() + self.tensors.len() + usize::from(prompt.is_some()) + extra,
+        );
         let joints = obs.joints.joints;
         let mut state = obs.joints.position[..joints].to_vec();
         if layout.gripper {

@@ -27,3 +27,21 @@ pub use section::{ServeConfig, ServeSection};
 pub fn register(registry: &mut reflex_runtime::registry::Registry) {
     registry.section(ServeSection).policy(OpenpiKind);
 }
+
+/// The API key in the environment variable `var` names (`api_key_env` of
+/// `[serve]` and of `[policy] kind = "openpi"`; `field` locates errors).
+pub fn api_key_from_env(
+    launch: &reflex_runtime::launch::Launch,
+    field: &str,
+    var: Option<&str>,
+) -> Result<Option<String>, reflex_runtime::launch::LaunchError> {
+    var.map(|var| {
+        std::env::var(var).map_err(|_| {
+            launch.error_at(
+                field,
+                format!("the environment variable `{var}` is not set"),
+            )
+        })
+    })
+    .transpose()
+}

@@ -18,6 +18,11 @@ pub enum Protocol {
     /// and openpi's runtime drive reflex unchanged.
     #[default]
     Openpi,
+    /// reflex's own protocol over zenoh (a queryable on `key`, in the session
+    /// `[zenoh]` describes: its TLS and access control apply), for robots whose
+    /// policy is `kind = "remote"`; carries the tick, the inference delay and
+    /// the committed actions of real-time chunking.
+    Zenoh,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -25,6 +30,10 @@ pub enum Protocol {
 pub struct ServeConfig {
     #[serde(default)]
     pub protocol: Protocol,
+    /// The zenoh key expression requests arrive on (`protocol = "zenoh"`; the
+    /// server's metadata on `<key>/metadata`).
+    #[serde(default = "default_key")]
+    pub key: String,
     /// Address and port to listen on (openpi's default port is 8000). Listen
     /// beyond loopback only on a trusted network or with `api_key_env`.
     #[serde(default = "default_listen")]
@@ -43,6 +52,10 @@ pub struct ServeConfig {
     /// Where the observation sits in a request.
     #[serde(default)]
     pub keys: ObservationKeys,
+}
+
+fn default_key() -> String {
+    "reflex/policy".into()
 }
 
 fn default_listen() -> String {

@@ -204,7 +204,6 @@ fn connection(
             // Pings are answered by the library.
             _ => continue,
         };
-        let mut reply = Writer::new();
         // Entries first, the map header after: the count is known only then.
         let mut entries = Writer::new();
         let count = match service.infer(&payload, &mut session, &mut entries) {
@@ -213,18 +212,31 @@ fn connection(
         };
         session.requests += 1;
         let infer_ms = started.elapsed().as_secs_f64() * 1e3;
-        reply.map(count + 1);
-        reply.bytes.extend_from_slice(&entries.bytes);
-        reply.str("server_timing");
-        reply.map(1 + usize::from(prev_total_ms.is_some()));
-        reply.str("infer_ms").float(infer_ms);
-        if let Some(prev) = prev_total_ms {
-            reply.str("prev_total_ms").float(prev);
-        }
-        ws.send(Message::binary(reply.into_bytes()))
-            .map_err(|e| e.to_string())?;
+        let reply = frame_reply(&entries, count, infer_ms, prev_total_ms);
+        ws.send(Message::binary(reply)).map_err(|e| e.to_string())?;
         prev_total_ms = Some(started.elapsed().as_secs_f64() * 1e3);
     }
+}
+
+/// A reply map: the service's `count` entries, then `server_timing` (`infer_ms`,
+/// and the previous request's total time when there was one).
+pub fn frame_reply(
+    entries: &Writer,
+    count: usize,
+    infer_ms: f64,
+    prev_total_ms: Option<f64>,
+) -> Vec<u8> {
+    let mut reply = Writer::new();
+    reply.bytes.reserve(entries.bytes.len() + 64);
+    reply.map(count + 1);
+    reply.bytes.extend_from_slice(&entries.bytes);
+    reply.str("server_timing");
+    reply.map(1 + usize::from(prev_total_ms.is_some()));
+    reply.str("infer_ms").float(infer_ms);
+    if let Some(prev) = prev_total_ms {
+        reply.str("prev_total_ms").float(prev);
+    }
+    reply.into_bytes()
 }
 
 /// openpi's error path: the error as a text frame, then close 1011.

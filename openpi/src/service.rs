@@ -8,9 +8,9 @@ use reflex_runtime::launch::Launch;
 use reflex_runtime::log::ModelFile;
 use reflex_runtime::policy::ChunkPipeline;
 use reflex_runtime::stage::SteeringSwitch;
-use reflex_runtime::types::ActionChunk;
+use reflex_runtime::types::{ActionChunk, Observation};
 
-use crate::keys::{Layout, ObservationKeys, lookup};
+use crate::keys::{ImageDecoder, Layout, ObservationKeys, lookup};
 use crate::msgpack::{self, Value, Writer};
 use crate::ndarray::NdArray;
 use crate::server::{Service, Session};
@@ -19,6 +19,18 @@ use crate::server::{Service, Session};
 /// diffusion policy, float `[H, D]` or `[B, H, D]` (DSRL's w, or a fixed noise
 /// for reproducing a chunk).
 pub const NOISE_KEY: &str = "noise";
+/// Extension: the control tick the observation was taken at (seeds the noise
+/// as in the loop; echoed in the reply). Default: the connection's request count.
+pub const TICK_KEY: &str = "tick";
+/// Extension, for real-time chunking: ticks the chunk is expected to take to
+/// reach the robot (the robot's measured round trip).
+pub const DELAY_KEY: &str = "delay_ticks";
+/// Extension, for real-time chunking: the robot's plan at the new chunk's action
+/// times, float `[rows, joints (+ gripper)]` (the frozen prefix and what guided
+/// RTC steers toward).
+pub const COMMITTED_KEY: &str = "committed";
+/// In replies: the SHA-256 of the policy's model file.
+pub const MODEL_VERSION_KEY: &str = "model_version";
 
 struct Served {
     pipeline: ChunkPipeline,
@@ -46,6 +58,11 @@ pub struct PolicyService {
     served: Mutex<Served>,
     steering: SteeringSwitch,
     metadata: Vec<u8>,
+    horizon: usize,
+    /// The SHA-256 of the policy's model file, in every reply.
+    model_version: String,
+    /// Compressed images are accepted when set.
+    decoder: Option<ImageDecoder>,
 }
 
 /// What the metadata tells clients about the served policy.
@@ -56,6 +73,12 @@ pub struct ServedModel {
     pub joints: Vec<String>,
     /// Every model file the launch file names, with its hash.
     pub models: Vec<ModelFile>,
+    /// The served launch file's control and action rates (a request's ticks
+    /// and committed rows are counted in them).
+    pub rate_hz: f64,
+    pub action_rate_hz: f64,
+    /// Whether the policy continues the executor's plan (real-time chunking).
+    pub real_time_chunking: bool,
 }
 
 impl PolicyService {
@@ -69,7 +92,16 @@ impl PolicyService {
         let horizon = pipeline.policy.horizon();
         let dim = pipeline.policy.action_dim();
         let metadata = metadata(&model, &keys, horizon, dim);
+        let model_version = model
+            .models
+            .iter()
+            .find(|f| f.field == "policy.model")
+            .or(model.models.first())
+            .map_or(String::new(), |f| f.sha256.clone());
         Self {
+            horizon,
+            model_version,
+            decoder: None,
             report: Mutex::default(),
             layout,
             keys,
@@ -86,7 +118,7 @@ impl PolicyService {
 
 fn metadata(model: &ServedModel, keys: &ObservationKeys, horizon: usize, dim: usize) -> Vec<u8> {
     let mut w = Writer::new();
-    w.map(9)
+    w.map(12)
         .str("server")
         .str("reflex")
         .str("version")
@@ -112,6 +144,9 @@ fn metadata(model: &ServedModel, keys: &ObservationKeys, horizon: usize, dim: us
             .str("bytes")
             .int(file.bytes as i64);
     }
+    w.str("real_time_chunking").bool(model.real_time_chunking);
+    w.str("rate_hz").float(model.rate_hz);
+    w.str("action_rate_hz").float(model.action_rate_hz);
     w.str("action_horizon").int(horizon as i64);
     w.str("action_dim").int(dim as i64);
     w.str("joints").array(model.joints.len());
@@ -132,6 +167,12 @@ fn metadata(model: &ServedModel, keys: &ObservationKeys, horizon: usize, dim: us
 }
 
 impl PolicyService {
+    /// Accepts images sent compressed (msgpack `bin`), decoded by `decoder`.
+    pub fn with_image_decoder(mut self, decoder: ImageDecoder) -> Self {
+        self.decoder = Some(decoder);
+        self
+    }
+
     /// What was served since the last call (and the running total).
     pub fn take_report(&self) -> ServeReport {
         let mut report = self.report.lock().unwrap_or_else(PoisonError::into_inner);
@@ -149,11 +190,22 @@ impl PolicyService {
     ) -> Result<usize, String> {
         let value =
             msgpack::decode(request).map_err(|e| format!("the request is not msgpack: {e}"))?;
-        // The connection's request count keys the seeded noise, as the tick does
-        // in the loop: request k is `reflex infer --tick k`.
-        let obs = self
+        // The tick keys the seeded noise as in the loop: request k of a
+        // connection is `reflex infer --tick k` unless it names its tick.
+        let tick = match lookup(&value, TICK_KEY) {
+            None | Some(Value::Nil) => session.requests,
+            Some(Value::Int(t)) if *t >= 0 => *t as u64,
+            Some(other) => {
+                return Err(format!(
+                    "`{TICK_KEY}` must be an integer >= 0, not {}",
+                    other.type_name()
+                ));
+            }
+        };
+        let mut obs = self
             .keys
-            .observation(&value, &self.layout, session.requests)?;
+            .observation(&value, &self.layout, tick, self.decoder)?;
+        self.read_plan(&value, &mut obs)?;
         let prompt = self.keys.prompt(&value)?;
         let noise = match lookup(&value, NOISE_KEY) {
             None | Some(Value::Nil) => None,
@@ -195,7 +247,9 @@ impl PolicyService {
         pipeline
             .run(&obs, chunk, &self.steering)
             .map_err(|e| format!("inference failed: {e}"))?;
-        let mut entries = 2;
+        let mut entries = 4;
+        reply.str(TICK_KEY).int(obs.tick as i64);
+        reply.str(MODEL_VERSION_KEY).str(&self.model_version);
         reply.str("actions");
         NdArray::from_f32(&[chunk.horizon, chunk.dim], &chunk.actions).write(reply);
         reply
@@ -216,6 +270,52 @@ impl PolicyService {
             NdArray::from_f32(&[rows, chunk.noise.len() / rows], &chunk.noise).write(reply);
         }
         Ok(entries)
+    }
+}
+
+impl PolicyService {
+    /// Real-time chunking's fields: the expected delay and the committed rows.
+    fn read_plan(&self, request: &Value<'_>, obs: &mut Observation) -> Result<(), String> {
+        match lookup(request, DELAY_KEY) {
+            None | Some(Value::Nil) => {}
+            Some(Value::Int(d)) if (0..=1 << 20).contains(d) => {
+                obs.expected_delay_ticks = *d as u64;
+            }
+            Some(other) => {
+                return Err(format!(
+                    "`{DELAY_KEY}` must be an integer in 0..=1048576, not {other:?}"
+                ));
+            }
+        }
+        let width = self.layout.state_width();
+        obs.committed_width = width;
+        let Some(value) = lookup(request, COMMITTED_KEY).filter(|v| !matches!(v, Value::Nil))
+        else {
+            return Ok(());
+        };
+        let array = NdArray::from_value(value)
+            .ok_or_else(|| format!("`{COMMITTED_KEY}` is {}, not a numpy array", value.type_name()))?
+            .map_err(|e| format!("`{COMMITTED_KEY}` {e}"))?;
+        let rows = match array.shape.as_slice() {
+            &[rows, cols] if cols == width || rows == 0 => rows,
+            shape => {
+                return Err(format!(
+                    "`{COMMITTED_KEY}` has shape {shape:?}; this robot's rows have {width} values"
+                ));
+            }
+        };
+        if rows > self.horizon {
+            return Err(format!(
+                "`{COMMITTED_KEY}` has {rows} rows, more than the chunk's {}",
+                self.horizon
+            ));
+        }
+        obs.committed = array.to_f64();
+        if obs.committed.iter().any(|v| !v.is_finite()) {
+            return Err(format!("`{COMMITTED_KEY}` has values that are not finite"));
+        }
+        obs.committed_len = rows;
+        Ok(())
     }
 }
 
