@@ -1,8 +1,10 @@
 """Round trip of one inference request, three 224 x 224 cameras + state, over
-loopback (README, "openpi interop"): openpi-client against `reflex serve`
-(openpi protocol) and against a minimal Python openpi-protocol server
-(python_server.py, a re-implementation) running the same ONNX model with ONNX
-Runtime. Both servers run the model on one thread.
+loopback (README, "Remote inference"): reflex's own `remote` policy kind
+(through `reflex infer --repeat`) and a Python zenoh client (client_zenoh.py,
+openpi-client's msgpack) against `reflex serve --protocol zenoh`, and
+openpi-client against `reflex serve` (openpi protocol) and against a minimal
+Python openpi-protocol server (python_server.py, a re-implementation) running
+the same ONNX model with ONNX Runtime. Every server runs the model on one thread.
 
 Writes benches/openpi/results.json and prints a Markdown table. Run with .venv's
 python (it builds the model with onnx); `make bench-openpi` does.
@@ -11,6 +13,7 @@ python (it builds the model with onnx); `make bench-openpi` does.
 import argparse
 import json
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -129,16 +132,65 @@ def start(args, ready):
     return process, line
 
 
-def measure(python, port, requests):
+def measure(python, client, requests):
     """Round trips and server times, ms: [requests, 2]."""
     out = subprocess.run(
-        [python, str(HERE / "client.py"), "--port", str(port), "--requests", str(requests)],
+        [python, str(HERE / client[0]), *client[1:], "--requests", str(requests)],
         check=True,
         capture_output=True,
         text=True,
         timeout=1200,
     )
     return json.loads(out.stdout)
+
+
+def write_robot(path, serve_launch, port):
+    """The serving launch file's robot with `[policy] kind = "remote"`."""
+    text = serve_launch.read_text()
+    path.write_text(
+        text[: text.index("[policy]")]
+        + f'[policy]\nkind = "remote"\nconnect = ["tcp/127.0.0.1:{port}"]\nhorizon = 10\ntimeout_ms = 5000.0\n'
+    )
+
+
+def measure_remote_kind(reflex, launch, work, requests):
+    """reflex's own client (`kind = "remote"`, through `reflex infer --repeat`)
+    against `reflex serve --protocol zenoh`: round trip p50 / p99 as the robot's
+    inference thread sees it, and the server's p50 from its status line."""
+    port = free_port()
+    robot, obs = work / "robot_remote.toml", work / "obs.npz"
+    write_robot(robot, launch, port)
+    rng = np.random.default_rng(0)
+    np.savez(
+        obs,
+        joint_positions=rng.uniform(-0.5, 0.5, 3),
+        **{f"camera.{c}": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for c in CAMERAS},
+    )
+    # One status line, after every request was served.
+    server = subprocess.Popen(
+        [reflex, "serve", str(launch), "--protocol", "zenoh", "--listen", f"tcp/127.0.0.1:{port}",
+         "--set", "serve.status_interval_s=4"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        if "reflex serve" not in server.stdout.readline():
+            raise SystemExit("reflex serve --protocol zenoh did not start")
+        out = subprocess.run(
+            [reflex, "infer", str(robot), "--obs", str(obs), "--repeat", str(requests),
+             "--out", str(work / "infer.json"), "--set", "zenoh.enabled=false"],
+            check=True, capture_output=True, text=True, timeout=600,
+        ).stdout
+        latency = json.loads(out[out.index("{", out.index("latency over")):].splitlines()[0])
+        status = ""
+        while "server time" not in status:
+            status = server.stderr.readline()
+            if not status:
+                raise SystemExit("reflex serve printed no status line")
+        server_p50 = float(re.search(r"server time p50 ([0-9.]+) ms", status).group(1))
+    finally:
+        server.kill()
+        server.wait()
+    return latency, server_p50
 
 
 def summarize(rows):
@@ -169,28 +221,57 @@ def main():
     python = subprocess.run(
         ["bash", str(REPO / "scripts/openpi_venv.sh")], check=True, capture_output=True, text=True
     ).stdout.strip()
+    # Each server, and the client that drives it: (start, client arguments).
+    websocket = lambda port: ["client.py", "--port", str(port)]  # noqa: E731
     servers = {
-        "reflex serve (openpi websocket)": lambda port: start(
-            [args.reflex, "serve", str(launch), "--listen", f"127.0.0.1:{port}"], "reflex serve"
+        "Python zenoh client -> reflex serve (zenoh)": (
+            lambda port: start(
+                [args.reflex, "serve", str(launch), "--protocol", "zenoh", "--listen", f"tcp/127.0.0.1:{port}"],
+                "reflex serve",
+            ),
+            lambda port: ["client_zenoh.py", "--connect", f"tcp/127.0.0.1:{port}"],
         ),
-        "Python openpi-protocol server (re-implementation)": lambda port: start(
-            [python, str(HERE / "python_server.py"), "--model", str(model), "--port", str(port)], "python baseline"
+        "openpi-client -> reflex serve (openpi websocket)": (
+            lambda port: start([args.reflex, "serve", str(launch), "--listen", f"127.0.0.1:{port}"], "reflex serve"),
+            websocket,
+        ),
+        "openpi-client -> Python openpi-protocol server (re-implementation)": (
+            lambda port: start(
+                [python, str(HERE / "python_server.py"), "--model", str(model), "--port", str(port)], "python baseline"
+            ),
+            websocket,
         ),
     }
     # Rounds alternate the servers, so a slow spell of the machine hits both.
     rows = {name: [] for name in servers}
     for _ in range(args.rounds):
-        for name, launch_server in servers.items():
+        for name, (launch_server, client) in servers.items():
             port = free_port()
             server, _ = launch_server(port)
             try:
-                rows[name] += measure(python, port, args.requests)
+                rows[name] += measure(python, client(port), args.requests)
             finally:
                 server.kill()
                 server.wait()
     results = {name: summarize(r) for name, r in rows.items()}
+    # The robot's own client: the numbers `reflex run` with `kind = "remote"` sees.
+    kind_rows = [measure_remote_kind(args.reflex, launch, work, args.requests) for _ in range(args.rounds)]
+    p50 = float(np.median([latency["median_ms"] for latency, _ in kind_rows]))
+    server = float(np.median([s for _, s in kind_rows]))
+    results = {
+        'reflex kind = "remote" (Rust client) -> reflex serve (zenoh)': {
+            "requests": args.requests * args.rounds,
+            "round_trip_p50_ms": p50,
+            "round_trip_p99_ms": float(np.median([latency["p99_ms"] for latency, _ in kind_rows])),
+            "server_p50_ms": server,
+            "transport_p50_ms": p50 - server,
+            "transport_share_p50": (p50 - server) / p50,
+            "note": "medians over rounds of reflex infer --repeat percentiles; server p50 from reflex serve's status line",
+        },
+        **results,
+    }
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print("| server | round trip p50 | p99 | server infer p50 | transport p50 (share) |")
+    print("| client -> server | round trip p50 | p99 | server infer p50 | transport p50 (share) |")
     print("|---|---|---|---|---|")
     for name, r in results.items():
         print(
