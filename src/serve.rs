@@ -10,12 +10,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use reflex_openpi::keys::Layout;
 use reflex_openpi::section::Protocol;
-use reflex_openpi::{ObservationKeys, ServeConfig};
-use zenoh::Wait;
 use reflex_openpi::server::ServerConfig;
 use reflex_openpi::service::{PolicyService, ServedModel};
+use reflex_openpi::{ObservationKeys, ServeConfig};
 use reflex_policies::config::{ObservationSource, inputs_of};
 use reflex_runtime::policy::ChunkPipeline;
+use zenoh::Wait;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -165,7 +165,8 @@ fn serve_zenoh(
 ) -> anyhow::Result<ExitCode> {
     let mut zenoh = reflex_zenoh::config(launch);
     if let Some(endpoint) = listen {
-        reflex_zenoh::bus::check_endpoint(&endpoint).map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
+        reflex_zenoh::bus::check_endpoint(&endpoint)
+            .map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
         zenoh.listen = vec![endpoint];
     }
     let session = zenoh::open(reflex_zenoh::bus::zenoh_config(&zenoh, &launch.base_dir)?)

@@ -44,7 +44,10 @@ fn serve(launch: &str, port: u16) -> Reaped {
 
 /// The server's launch file: the flow policy with guided RTC.
 fn server_launch() -> String {
-    repo().join("launch/sim_arm_flow_rtc.toml").display().to_string()
+    repo()
+        .join("launch/sim_arm_flow_rtc.toml")
+        .display()
+        .to_string()
 }
 
 /// launch/sim_arm_remote.toml pointed at `port`, with `edits` (from, to) made.
@@ -61,8 +64,11 @@ fn robot_launch(dir: &Path, port: u16, edits: &[(&str, &str)]) -> PathBuf {
     path
 }
 
-/// The applied chunks (conditioned tick, actions) and every tick's command.
-fn chunks_and_commands(records: &[Record]) -> (Vec<(u64, Vec<f32>)>, Vec<Vec<f64>>) {
+/// An applied chunk: the tick it was conditioned on, its actions.
+type Applied = (u64, Vec<f32>);
+
+/// The applied chunks and every tick's command.
+fn chunks_and_commands(records: &[Record]) -> (Vec<Applied>, Vec<Vec<f64>>) {
     let mut chunks = Vec::new();
     let mut commands = Vec::new();
     for record in records {
@@ -99,7 +105,10 @@ fn a_remote_policy_runs_the_local_run_command_for_command() {
     assert_eq!(remote_chunks.len(), local_chunks.len());
     for ((tick, a), (local_tick, b)) in remote_chunks.iter().zip(&local_chunks) {
         assert_eq!(tick, local_tick);
-        assert!(a == b, "chunk conditioned on tick {tick} differs: {a:?} vs {b:?}");
+        assert!(
+            a == b,
+            "chunk conditioned on tick {tick} differs: {a:?} vs {b:?}"
+        );
     }
     assert_eq!(remote_commands.len(), local_commands.len());
     assert!(remote_commands == local_commands, "the commands differ");
@@ -181,7 +190,10 @@ fn a_server_killed_mid_run_holds_the_arm_then_the_run_resumes() {
             (run, longest.max(run))
         })
         .1;
-    assert!(longest_still >= 50, "the arm held {longest_still} ticks at most");
+    assert!(
+        longest_still >= 50,
+        "the arm held {longest_still} ticks at most"
+    );
     let before = chunks.iter().filter(|(tick, _)| *tick < 200).count();
     // The restart is 4 s after spawning, so past tick 450 of the run at the latest.
     let after = chunks.iter().filter(|(tick, _)| *tick > 450).count();

@@ -283,12 +283,7 @@ impl ObservationKeys {
     /// images as uint8 `[H, W, 3]`, the prompt when there is one. `images[i]`
     /// replaces camera i's image when given (resized for sending). The map has
     /// room for `extra` more entries, which the caller writes after.
-    pub fn write_request(
-        &self,
-        w: &mut Writer,
-        request: Request<'_>,
-        extra: usize,
-    ) {
+    pub fn write_request(&self, w: &mut Writer, request: Request<'_>, extra: usize) {
         let Request {
             obs,
             layout,
@@ -296,9 +291,7 @@ impl ObservationKeys {
             images,
         } = request;
         let prompt = prompt.filter(|_| !self.prompt.is_empty());
-        w.map(
-            1 + self.images.len() + self.tensors.len() + usize::from(prompt.is_some()) + extra,
-        );
+        w.map(1 + self.images.len() + self.tensors.len() + usize::from(prompt.is_some()) + extra);
         let joints = obs.joints.joints;
         let mut state = obs.joints.position[..joints].to_vec();
         if layout.gripper {

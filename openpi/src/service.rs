@@ -294,7 +294,12 @@ impl PolicyService {
             return Ok(());
         };
         let array = NdArray::from_value(value)
-            .ok_or_else(|| format!("`{COMMITTED_KEY}` is {}, not a numpy array", value.type_name()))?
+            .ok_or_else(|| {
+                format!(
+                    "`{COMMITTED_KEY}` is {}, not a numpy array",
+                    value.type_name()
+                )
+            })?
             .map_err(|e| format!("`{COMMITTED_KEY}` {e}"))?;
         let rows = match array.shape.as_slice() {
             &[rows, cols] if cols == width || rows == 0 => rows,

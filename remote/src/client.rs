@@ -18,8 +18,8 @@ use reflex_openpi::ndarray::NdArray;
 use reflex_openpi::service::{COMMITTED_KEY, DELAY_KEY, MODEL_VERSION_KEY, TICK_KEY};
 use reflex_runtime::launch::{Launch, LaunchError, MAX_HORIZON};
 use reflex_runtime::policy::{LoadedPolicy, Policy, PolicyError};
-use reflex_runtime::targets::ActionTarget;
 use reflex_runtime::registry::{KindTable, LoadError, PolicyKind, PolicySpec, schema_of};
+use reflex_runtime::targets::ActionTarget;
 use reflex_runtime::types::{ActionChunk, Image, Observation};
 use reflex_zenoh::bus::{check_endpoint, check_exact_key, zenoh_config};
 use reflex_zenoh::{ZenohConfig, ZenohMode};
@@ -269,7 +269,9 @@ fn check_metadata(
     if joints != ours {
         return Err((
             "key",
-            format!("the server's joints are {joints:?}; this robot's are {ours:?} (matched by name, in order)"),
+            format!(
+                "the server's joints are {joints:?}; this robot's are {ours:?} (matched by name, in order)"
+            ),
         ));
     }
     if launch.config.execution.strategy == "rtc"
@@ -345,7 +347,11 @@ impl RemotePolicy {
             Ok(sample) => Ok(sample.payload().to_bytes().into_owned()),
             Err(error) => Err(format!(
                 "the server failed: {}",
-                error.payload().try_to_string().unwrap_or_default().trim_end()
+                error
+                    .payload()
+                    .try_to_string()
+                    .unwrap_or_default()
+                    .trim_end()
             )),
         }
     }
