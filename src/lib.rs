@@ -34,6 +34,7 @@ pub fn registry() -> Registry {
     reflex_teleop::register(&mut registry);
     reflex_openpi::register(&mut registry);
     reflex_remote::register(&mut registry);
+    reflex_ros2::register(&mut registry);
     registry
 }
 
