@@ -13,6 +13,7 @@ run: setup
 test: setup
 	@bash scripts/parity_venv.sh > /dev/null
 	@bash scripts/openpi_venv.sh > /dev/null
+	@bash scripts/mujoco_venv.sh > /dev/null
 	$(CARGO) test --workspace
 	# The benches are not run here, but they must compile.
 	$(CARGO) check --workspace --benches
