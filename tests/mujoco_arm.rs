@@ -2,7 +2,8 @@
 //! Pusher-v5 arm (7 joints) simulated by MuJoCo (examples/mujoco_arm), behind
 //! reflex's zenoh wire format. Under the goal-reaching policy the arm reaches
 //! seeded random goals; under the hold policy (the negative control, same
-//! inputs, the goal unused) it reaches none. Skipped, saying why, where MuJoCo
+//! inputs, the goal unused) it reaches none. The same arm behind ROS 2
+//! (rmw_zenoh conventions) is driven by the `ros2_arm` driver. Skipped, saying why, where MuJoCo
 //! cannot render.
 
 mod common;
@@ -31,32 +32,65 @@ fn example() -> PathBuf {
     repo().join("examples/mujoco_arm/mujoco_arm.py")
 }
 
-/// `launch/mujoco_arm.toml` with `model` against the simulated arm for `goals`
-/// goals of 5 s each: the arm's report and reflex's summary.
-fn drive(python: &PathBuf, model: &str, goals: usize, seed: u64) -> (Value, Value) {
+/// How reflex reaches the arm.
+#[derive(Clone, Copy, PartialEq)]
+enum Wire {
+    /// reflex's wire format (`zenoh_arm`, launch/mujoco_arm.toml).
+    Reflex,
+    /// ROS 2 through rmw_zenoh (`ros2_arm`, launch/mujoco_arm_ros2.toml).
+    Ros2,
+}
+
+/// The launch file for `wire` with `model` against the simulated arm for
+/// `goals` goals of 5 s each: the arm's report and reflex's summary.
+fn drive(python: &PathBuf, wire: Wire, model: &str, goals: usize, seed: u64) -> (Value, Value) {
     let dir = scratch("mujoco-arm");
     let port = free_port();
-    let seconds = goals as f64 * 5.0 + 6.0;
-    let arm = Command::new(python)
-        .arg(example())
-        .args(["--connect", &format!("tcp/127.0.0.1:{port}")])
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    // The arm outlives the run (reflex starts after it), so its states never stop.
+    let seconds = goals as f64 * 5.0 + 8.0;
+    let mut arm = Command::new(python);
+    arm.arg(example());
+    match wire {
+        Wire::Reflex => arm.args(["--connect", &endpoint]),
+        Wire::Ros2 => arm.args(["--protocol", "ros2", "--listen", &endpoint]),
+    };
+    let arm = arm
         .args(["--goals", &goals.to_string(), "--goal-seconds", "5"])
-        .args(["--seconds", &seconds.to_string(), "--seed", &seed.to_string()])
+        .args([
+            "--seconds",
+            &seconds.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
         .env("MUJOCO_GL", "egl")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let summary_path = dir.join(format!("{model}-{seed}.json"));
-    let listen = format!("zenoh.listen=[\"tcp/127.0.0.1:{port}\"]");
+    let (launch, zenoh) = match wire {
+        Wire::Reflex => (
+            "launch/mujoco_arm.toml",
+            format!("zenoh.listen=[\"{endpoint}\"]"),
+        ),
+        Wire::Ros2 => {
+            // The arm is the router: it must listen before reflex connects.
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            (
+                "launch/mujoco_arm_ros2.toml",
+                format!("zenoh.connect=[\"{endpoint}\"]"),
+            )
+        }
+    };
     let policy = format!("policy.model=\"../policies/models/{model}\"");
-    let duration = (seconds - 1.0).to_string();
+    let duration = (seconds - 4.0).to_string();
     run_ok(&[
         "run",
-        "launch/mujoco_arm.toml",
+        launch,
         "--duration",
         &duration,
         "--set",
-        &listen,
+        &zenoh,
         "--set",
         &policy,
         "--summary-json",
@@ -89,15 +123,12 @@ fn the_mujoco_arm_reaches_its_goals_under_the_policy_and_holds_without_it() {
         .output()
         .unwrap();
     if check.status.code() == Some(77) {
-        eprintln!(
-            "SKIPPED: {}",
-            String::from_utf8_lossy(&check.stderr).trim()
-        );
+        eprintln!("SKIPPED: {}", String::from_utf8_lossy(&check.stderr).trim());
         return;
     }
     assert!(check.status.success(), "MuJoCo: {check:?}");
 
-    let (report, summary) = drive(&python, "mujoco_goal_reach.onnx", 6, 3);
+    let (report, summary) = drive(&python, Wire::Reflex, "mujoco_goal_reach.onnx", 6, 3);
     eprintln!("{report}");
     assert_eq!(report["goals"].as_array().unwrap().len(), 6, "{report}");
     let hits = reached(&report);
@@ -115,6 +146,12 @@ fn the_mujoco_arm_reaches_its_goals_under_the_policy_and_holds_without_it() {
     assert!(rendered["samples"].as_u64().unwrap() >= 100, "{rendered}");
 
     // The negative control: the same loop, the goal unused.
-    let (held, _) = drive(&python, "mujoco_hold.onnx", 2, 3);
+    let (held, _) = drive(&python, Wire::Reflex, "mujoco_hold.onnx", 2, 3);
     assert_eq!(reached(&held), 0, "{held}");
+
+    // The same arm as a ros2_control arm behind rmw_zenoh, driven by `ros2_arm`.
+    let (ros2, summary) = drive(&python, Wire::Ros2, "mujoco_goal_reach.onnx", 3, 4);
+    let hits = reached(&ros2);
+    assert!(hits >= 2, "{hits} of 3 goals reached over ROS 2: {ros2}");
+    assert_eq!(summary["estop"], false, "{summary}");
 }

@@ -3,8 +3,10 @@ PR2-like arm) simulated by MuJoCo, driven by reflex through its documented wire
 format (README, "zenoh"), like a real robot's bridge would be.
 
 - Joint states (`RFXS`) on `<prefix>/<robot>/joint_states` at --state-hz.
-- Joint commands (`RFXC`) from `<prefix>/<robot>/joint_commands`: the positions
-  are tracked by a PD loop in joint torque (the model's motors, limited to
+- Joint commands (`RFXC`) from `<prefix>/<robot>/joint_commands`; or, with
+  `--protocol ros2`, the arm is a ros2_control arm behind rmw_zenoh
+  (ros2_wire.py: JointState out, JointTrajectory in, for `kind = "ros2_arm"`)
+  and this process is the router reflex connects to. The positions are tracked by a PD loop in joint torque (the model's motors, limited to
   their +-2 Nm), stepped at 500 Hz in real time.
 - A rendered camera (`RFXT`, uint8 [H, W, 3]) on `<prefix>/<robot>/rendered`.
 - A goal (`RFXT`, float32 [7] joint positions) on `<prefix>/<robot>/goal`: a
@@ -75,7 +77,11 @@ def tensor(seq, array, dtype_code):
 
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--protocol", choices=["reflex", "ros2"], default="reflex",
+                        help="reflex's wire format (connecting to reflex), or ROS 2's through rmw_zenoh "
+                             "(as the router reflex connects to, like rmw_zenohd)")
     parser.add_argument("--connect", default="tcp/127.0.0.1:7447", help="reflex's zenoh endpoint")
+    parser.add_argument("--listen", default="tcp/127.0.0.1:7447", help="the router's endpoint (--protocol ros2)")
     parser.add_argument("--prefix", default="reflex")
     parser.add_argument("--robot", default="mujoco_arm")
     parser.add_argument("--seconds", type=float, default=30.0)
@@ -136,12 +142,7 @@ def main():
     lock = threading.Lock()
     started = time.monotonic()
 
-    def on_command(sample):
-        raw = bytes(sample.payload.to_bytes())
-        magic, _version, joints, *_ = HEADER.unpack_from(raw)
-        if magic != b"RFXC" or joints != 7 or len(raw) < HEADER.size + 56:
-            return
-        positions = np.frombuffer(raw, "<f8", 7, HEADER.size)
+    def on_positions(positions):
         if not np.all(np.isfinite(positions)):
             return
         with lock:
@@ -150,16 +151,36 @@ def main():
             if commands["first_s"] is None:
                 commands["first_s"] = time.monotonic() - started
 
+    def on_command(sample):
+        raw = bytes(sample.payload.to_bytes())
+        magic, _version, joints, *_ = HEADER.unpack_from(raw)
+        if magic == b"RFXC" and joints == 7 and len(raw) >= HEADER.size + 56:
+            on_positions(np.frombuffer(raw, "<f8", 7, HEADER.size))
+
     config = zenoh.Config()
-    config.insert_json5("mode", '"peer"')
-    config.insert_json5("listen/endpoints", "[]")
-    config.insert_json5("connect/endpoints", json.dumps([args.connect]))
     config.insert_json5("scouting/multicast/enabled", "false")
+    if args.protocol == "ros2":
+        config.insert_json5("mode", '"router"')
+        config.insert_json5("listen/endpoints", json.dumps([args.listen]))
+    else:
+        config.insert_json5("mode", '"peer"')
+        config.insert_json5("listen/endpoints", "[]")
+        config.insert_json5("connect/endpoints", json.dumps([args.connect]))
     base = f"{args.prefix}/{args.robot}"
     report = {"goals": [], "commands": 0}
     with zenoh.open(config) as session:
-        session.declare_subscriber(f"{base}/joint_commands", on_command)
-        states = session.declare_publisher(f"{base}/joint_states")
+        if args.protocol == "ros2":
+            from ros2_wire import Ros2Arm
+
+            ros2 = Ros2Arm(session, 0, JOINTS, on_positions)
+            publish_state = ros2.publish
+        else:
+            session.declare_subscriber(f"{base}/joint_commands", on_command)
+            states = session.declare_publisher(f"{base}/joint_states")
+
+            def publish_state(positions, velocities):
+                msg = HEADER.pack(b"RFXS", 1, 7, seq, 1, time.monotonic_ns(), time.time_ns())
+                states.put(msg + positions.astype("<f8").tobytes() + velocities.astype("<f8").tobytes())
         camera_pub = session.declare_publisher(f"{base}/rendered")
         goal_pub = session.declare_publisher(f"{base}/goal")
         dt, substeps = model.opt.timestep, 5
@@ -197,8 +218,7 @@ def main():
                 reached_at = now - goal_started
             if step % state_every == 0:
                 seq += 1
-                msg = HEADER.pack(b"RFXS", 1, 7, seq, 1, time.monotonic_ns(), time.time_ns())
-                states.put(msg + q.astype("<f8").tobytes() + data.qvel[dadr].astype("<f8").tobytes())
+                publish_state(q, data.qvel[dadr].copy())
                 if goal_index >= 0:
                     goal_seq += 1
                     goal_pub.put(tensor(goal_seq, goals[goal_index].astype("<f4"), 1))
