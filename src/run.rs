@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// Also write the summary as JSON.
     #[arg(long, value_name = "FILE")]
     summary_json: Option<PathBuf>,
+    /// Show the run in the Rerun viewer: `spawn` (starts `rerun`), `connect`
+    /// (`connect=rerun+http://HOST:9876/proxy`) or `save=FILE.rrd`.
+    #[arg(long, value_name = "TARGET")]
+    rerun: Option<reflex_viz::Target>,
     /// Override a launch-file field: `--set control.rate_hz=200` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
@@ -143,6 +147,8 @@ pub struct Assembly<'a> {
     pub record: Option<(&'a Path, bool)>,
     /// The model files the run loads, hashed (for the log header).
     pub models: &'a [ModelFile],
+    /// `--rerun`: where the live view goes.
+    pub rerun: Option<&'a reflex_viz::Target>,
 }
 
 /// Every model file the launch file names, with its SHA-256 (read in blocks:
@@ -184,6 +190,10 @@ pub struct Assembled {
     pub dataset: Option<reflex_dataset::DatasetRecorder>,
     /// `[zenoh] model_updates`: pushed models, loaded off the loop.
     pub models: Option<crate::model_updates::ModelUpdates>,
+    /// `--rerun`, flushed at the end.
+    pub viewer: Option<reflex_viz::Viewer>,
+    /// Whether the recorder writes a file (it may only feed the viewer).
+    pub log_file: bool,
 }
 
 impl Assembled {
@@ -203,6 +213,8 @@ impl Assembled {
             keys,
             dataset,
             models,
+            viewer,
+            log_file,
         } = self;
         // The loop owns its mailboxes; keep handles to read their drop counts after.
         let arm_commands = control.arm.commands.clone();
@@ -233,7 +245,13 @@ impl Assembled {
         if let Some(bus) = bus {
             bus.close();
         }
+        if let Some(viewer) = viewer {
+            viewer.flush();
+        }
         let mut summary = result.map_err(|_| anyhow::anyhow!("control thread panicked"))??;
+        if !log_file {
+            summary.log = None;
+        }
         if let Some(recorded) = recorded {
             let rows_lost = summary.episodes.as_ref().map_or(0, |e| e.rows_lost);
             summary.episodes = Some(reflex_runtime::recording::EpisodesReport {
@@ -408,8 +426,32 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         action_dim: policy.policy.action_dim(),
         candidates: policy.policy.candidates().max(1),
     };
+    let viewer = match how.rerun {
+        Some(target) => Some(
+            reflex_viz::Viewer::open(
+                target,
+                &c.robot.name,
+                reflex_viz::RunShape {
+                    joints: c.robot.joints.iter().map(|j| j.name.clone()).collect(),
+                    cameras: cameras.iter().map(|cam| cam.name.clone()).collect(),
+                    rate_hz: c.control.rate_hz,
+                    ticks_per_action: c.control.rate_hz / c.execution.action_rate_hz,
+                },
+            )
+            .map_err(|e| anyhow::anyhow!("--rerun: {e}"))?,
+        ),
+        None => None,
+    };
+    // The viewer sees what the policy sees, on the inference thread.
+    let policy_to_run: Box<dyn reflex_runtime::policy::Policy> = match &viewer {
+        Some(viewer) => Box::new(reflex_viz::Viewed {
+            inner: policy.policy,
+            viewer: viewer.clone(),
+        }),
+        None => policy.policy,
+    };
     let worker = InferenceWorker::spawn(
-        policy.policy,
+        policy_to_run,
         &template,
         requests.prompt.clone(),
         stages,
@@ -460,8 +502,9 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         }),
     };
     signals_stop_the_loop();
-    let recorder = match how.log {
-        Some(path) => {
+    let recorder = match (how.log, &viewer) {
+        (None, None) => None,
+        (path, viewer) => {
             let header = LogHeader {
                 reflex_version: env!("CARGO_PKG_VERSION").into(),
                 clock: if how.simulated { "sim" } else { "wall" }.into(),
@@ -495,12 +538,25 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
                 launch: launch.text.clone(),
                 models: how.models.to_vec(),
             };
+            let free = worker.free_chunks.clone();
+            let created = match viewer {
+                None => path.map(|path| Recorder::create(path, &header, free)),
+                Some(viewer) => {
+                    let viewer = viewer.clone();
+                    let observer = Box::new(move |record: &_| viewer.record(record));
+                    Some(Recorder::create_observed(path, &header, free, observer))
+                }
+            };
             Some(
-                Recorder::create(path, &header, worker.free_chunks.clone())
-                    .with_context(|| format!("cannot create log {}", path.display()))?,
+                created
+                    .transpose()
+                    .with_context(|| match path {
+                        Some(path) => format!("cannot create log {}", path.display()),
+                        None => "cannot start the viewer's recorder".into(),
+                    })?
+                    .unwrap_or_else(|| unreachable!("a log or a viewer")),
             )
         }
-        None => None,
     };
 
     let period = Duration::from_secs_f64(1.0 / c.control.rate_hz);
@@ -556,6 +612,8 @@ pub fn assemble(launch: &Launch, how: &Assembly<'_>) -> anyhow::Result<Assembled
         keys,
         dataset,
         models,
+        viewer,
+        log_file: how.log.is_some(),
     })
 }
 
@@ -684,6 +742,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             log: args.log.as_deref(),
             record: args.record.as_deref().map(|root| (root, args.resume)),
             models: &models,
+            rerun: args.rerun.as_ref(),
         },
     )?;
     let limits = RunLimits {

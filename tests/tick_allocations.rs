@@ -87,6 +87,7 @@ fn allocations_in_recorded_run(
             log: Some(&log),
             record: record.then_some((dataset.as_path(), false)),
             models: &[],
+            rerun: None,
         },
     )
     .unwrap();

@@ -821,6 +821,31 @@ pub trait LogSink: Write + Send + 'static {
     fn sync(&mut self) -> io::Result<()>;
 }
 
+/// Nowhere: a recorder that only feeds an observer.
+impl LogSink for io::Sink {
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sees every record the recorder writes, on its thread.
+pub type RecordObserver = Box<dyn FnMut(&Record) + Send>;
+
+/// The recorder's writer and its observer.
+struct Observed<W: Write> {
+    writer: LogWriter<W>,
+    observer: Option<RecordObserver>,
+}
+
+impl<W: Write> Observed<W> {
+    fn write(&mut self, record: &Record) -> io::Result<()> {
+        if let Some(observer) = &mut self.observer {
+            observer(record);
+        }
+        self.writer.write(record)
+    }
+}
+
 impl LogSink for File {
     fn sync(&mut self) -> io::Result<()> {
         self.sync_data()
@@ -1310,6 +1335,28 @@ impl Recorder {
         header: &LogHeader,
         free_chunks: Arc<ArrayQueue<Box<ActionChunk>>>,
     ) -> io::Result<Self> {
+        Self::spawn(Self::open(path, header)?, free_chunks, None)
+    }
+
+    /// Like [`create`](Self::create), and every record also goes to `observer`
+    /// on the recorder's thread (a live viewer); without `path` nothing is
+    /// written to disk.
+    pub fn create_observed(
+        path: Option<&Path>,
+        header: &LogHeader,
+        free_chunks: Arc<ArrayQueue<Box<ActionChunk>>>,
+        observer: RecordObserver,
+    ) -> io::Result<Self> {
+        match path {
+            Some(path) => Self::spawn(Self::open(path, header)?, free_chunks, Some(observer)),
+            None => {
+                let writer = LogWriter::new(BufWriter::new(io::sink()), header)?;
+                Self::spawn(writer, free_chunks, Some(observer))
+            }
+        }
+    }
+
+    fn open(path: &Path, header: &LogHeader) -> io::Result<LogWriter<BufWriter<File>>> {
         if let Ok(meta) = std::fs::metadata(path)
             && !meta.is_file()
         {
@@ -1326,13 +1373,15 @@ impl Recorder {
         // The header goes out now: a run killed while waiting for the robot still
         // leaves a log that says what was run.
         writer.flush()?;
-        Self::spawn(writer, free_chunks)
+        Ok(writer)
     }
 
     fn spawn<W: LogSink>(
-        mut writer: LogWriter<BufWriter<W>>,
+        writer: LogWriter<BufWriter<W>>,
         free_chunks: Arc<ArrayQueue<Box<ActionChunk>>>,
+        observer: Option<RecordObserver>,
     ) -> io::Result<Self> {
+        let mut out = Observed { writer, observer };
         let events: Arc<ArrayQueue<LogEvent>> = Arc::new(ArrayQueue::new(8192));
         let done = Arc::new(AtomicBool::new(false));
         let clean = Arc::new(AtomicBool::new(true));
@@ -1367,27 +1416,27 @@ impl Recorder {
                                     joints,
                                     position,
                                     gripper,
-                                } => writer.write(&Record::Start {
+                                } => out.write(&Record::Start {
                                     joints,
                                     position,
                                     gripper,
                                 }),
-                                LogEvent::Estop { tick } => writer.write(&Record::Estop { tick }),
+                                LogEvent::Estop { tick } => out.write(&Record::Estop { tick }),
                                 LogEvent::Teleop { tick, sample } => {
-                                    writer.write(&Record::Teleop { tick, sample })
+                                    out.write(&Record::Teleop { tick, sample })
                                 }
                                 LogEvent::Operator {
                                     tick,
                                     request,
                                     outcome,
-                                } => writer.write(&Record::Operator {
+                                } => out.write(&Record::Operator {
                                     tick,
                                     request,
                                     outcome,
                                 }),
                                 LogEvent::Tick(t) => {
                                     ticks += 1;
-                                    writer.write(&Record::Tick(t))
+                                    out.write(&Record::Tick(t))
                                 }
                                 LogEvent::Chunk {
                                     tick,
@@ -1399,7 +1448,7 @@ impl Recorder {
                                         accepted,
                                         chunk: *chunk,
                                     };
-                                    let mut result = writer.write(&record);
+                                    let mut result = out.write(&record);
                                     if let Record::Chunk { mut chunk, .. } = record {
                                         if result.is_ok() && !chunk.choice.scores.is_empty() {
                                             // Lent to the record and back: no copy.
@@ -1408,7 +1457,7 @@ impl Recorder {
                                                 chunk_id: chunk.id,
                                                 choice: std::mem::take(&mut chunk.choice),
                                             };
-                                            result = writer.write(&choice);
+                                            result = out.write(&choice);
                                             if let Record::Choice { choice, .. } = choice {
                                                 chunk.choice = choice;
                                             }
@@ -1420,7 +1469,7 @@ impl Recorder {
                                                 from_latent: chunk.noise_from_latent,
                                                 values: std::mem::take(&mut chunk.noise),
                                             };
-                                            result = writer.write(&noise);
+                                            result = out.write(&noise);
                                             if let Record::Noise { values, .. } = noise {
                                                 chunk.noise = values;
                                             }
@@ -1449,9 +1498,9 @@ impl Recorder {
                             last_flush = Instant::now();
                             let result = if last_sync.elapsed() >= SYNC_INTERVAL {
                                 last_sync = last_flush;
-                                writer.sync()
+                                out.writer.sync()
                             } else {
-                                writer.flush()
+                                out.writer.flush()
                             };
                             if let Err(e) = result {
                                 fail(e, &mut failed);
@@ -1460,11 +1509,11 @@ impl Recorder {
                     }
                     if !failed {
                         let end = if clean.load(Ordering::Acquire) {
-                            writer.write(&Record::End { ticks })
+                            out.write(&Record::End { ticks })
                         } else {
                             Ok(())
                         };
-                        if let Err(e) = end.and_then(|()| writer.sync()) {
+                        if let Err(e) = end.and_then(|()| out.writer.sync()) {
                             fail(e, &mut failed);
                         }
                     }
@@ -1965,7 +2014,7 @@ mod tests {
         };
         let writer = LogWriter::new(BufWriter::with_capacity(64, disk), &header()).unwrap();
         let free = Arc::new(ArrayQueue::new(4));
-        let recorder = Recorder::spawn(writer, free).unwrap();
+        let recorder = Recorder::spawn(writer, free, None).unwrap();
         for _ in 0..200 {
             assert!(recorder.record(LogEvent::Tick(tick_event())).is_none());
         }
@@ -1990,7 +2039,7 @@ mod tests {
         };
         // A buffer far larger than what is recorded: only a timed flush empties it.
         let writer = LogWriter::new(BufWriter::with_capacity(1 << 20, disk), &header()).unwrap();
-        let recorder = Recorder::spawn(writer, Arc::new(ArrayQueue::new(4))).unwrap();
+        let recorder = Recorder::spawn(writer, Arc::new(ArrayQueue::new(4)), None).unwrap();
         recorder.record(LogEvent::Tick(tick_event()));
         let mut flushed = Vec::new();
         for _ in 0..200 {
@@ -2016,7 +2065,7 @@ mod tests {
             written: written.clone(),
         };
         let writer = LogWriter::new(BufWriter::with_capacity(1 << 20, disk), &header()).unwrap();
-        let recorder = Recorder::spawn(writer, Arc::new(ArrayQueue::new(4))).unwrap();
+        let recorder = Recorder::spawn(writer, Arc::new(ArrayQueue::new(4)), None).unwrap();
         recorder.record(LogEvent::Tick(tick_event()));
         drop(recorder);
         let log = parse_log(&written.lock().unwrap()).unwrap();

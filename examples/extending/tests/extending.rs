@@ -170,6 +170,7 @@ fn run_launch(launch: Launch, name: &str) -> (Vec<f64>, reflex_runtime::log::Log
             log: Some(&log),
             record: None,
             models: &[],
+            rerun: None,
         },
     )
     .unwrap();
