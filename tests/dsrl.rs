@@ -40,7 +40,7 @@ shape = [1, 3]
 }
 
 /// A `vgps` stage with the analytic value model, reading the joint positions.
-fn vgps_stage() -> String {
+fn analytic_vgps_stage() -> String {
     format!(
         "\n[[stages]]\nkind = \"vgps\"\nmodel = \"{}\"\n\n[[stages.inputs]]\nname = \"state\"\n\
          source = \"state.joint_positions\"\nshape = [1, 3]\n",
@@ -170,7 +170,7 @@ fn the_bound_holds_and_the_noise_is_logged_with_every_chunk() {
 #[test]
 fn with_vgps_the_first_candidate_is_ws_and_the_log_says_which_ran() {
     let dir = scratch("dsrl-vgps");
-    let text = policy(&latent("latent_fixed.onnx", 1.5), 4) + &vgps_stage();
+    let text = policy(&latent("latent_fixed.onnx", 1.5), 4) + &analytic_vgps_stage();
     let launch = write(&dir, "both", &text);
     let log = dir.join("both.log");
     run_ok(&[
@@ -417,7 +417,7 @@ fn steering_switches_off_at_run_time() {
     let launch = write(
         &dir,
         "switch",
-        &(policy(&latent("latent_fixed.onnx", 1.5), 4) + &vgps_stage()),
+        &(policy(&latent("latent_fixed.onnx", 1.5), 4) + &analytic_vgps_stage()),
     );
     let log = dir.join("switch.log");
     let args: Vec<String> = [

@@ -117,7 +117,6 @@ fn the_rerun_recording_holds_what_the_run_log_holds() {
 fn steering_choices_are_in_the_recording() {
     let dir = scratch("rerun-steering");
     let (rrd, log) = (dir.join("run.rrd"), dir.join("run.log"));
-    let models = repo().join("policies/models/steering");
     let launch = dir.join("vgps.toml");
     std::fs::write(
         &launch,
@@ -125,27 +124,7 @@ fn steering_choices_are_in_the_recording() {
             .replacen("[policy]\n", "[policy]\nbatch = 4\n", 1)
             .replacen(
                 "\n[safety]",
-                &format!(
-                    r#"
-[[stages]]
-kind = "vgps"
-model = "{}"
-score = "segment"
-
-[[stages.inputs]]
-name = "image"
-source = "camera.top"
-shape = [1, 3, 32, 32]
-image = {{ resize = [32, 32], layout = "nchw", range = "zero_one" }}
-
-[[stages.inputs]]
-name = "state"
-source = "state.joint_positions"
-shape = [1, 3]
-
-[safety]"#,
-                    models.join("sim_reach_weak_value.onnx").display()
-                ),
+                &format!("{}\n[safety]", vgps_stage("sim_reach_weak_value.onnx")),
                 1,
             ),
     )

@@ -14,32 +14,6 @@ use common::*;
 
 const EPISODES: u64 = 100;
 
-fn value_stage(model: &str) -> String {
-    format!(
-        r#"
-[[stages]]
-kind = "vgps"
-model = "{}"
-score = "segment"
-
-[[stages.inputs]]
-name = "image"
-source = "camera.top"
-shape = [1, 3, 32, 32]
-image = {{ resize = [32, 32], layout = "nchw", range = "zero_one" }}
-
-[[stages.inputs]]
-name = "state"
-source = "state.joint_positions"
-shape = [1, 3]
-"#,
-        repo()
-            .join("policies/models/steering")
-            .join(model)
-            .display()
-    )
-}
-
 fn latent_noise(model: &str) -> String {
     format!(
         r#"
@@ -94,12 +68,12 @@ fn success_rate(dir: &Path, name: &str, batch: usize, extra: &str) -> f64 {
 fn value_guidance_and_latent_noise_improve_the_weak_policy_and_the_negated_value_hurts() {
     let dir = scratch("steering-demo");
     let base = success_rate(&dir, "base", 1, "");
-    let vgps = success_rate(&dir, "vgps", 10, &value_stage("sim_reach_weak_value.onnx"));
+    let vgps = success_rate(&dir, "vgps", 10, &vgps_stage("sim_reach_weak_value.onnx"));
     let negated = success_rate(
         &dir,
         "negated",
         10,
-        &value_stage("sim_reach_weak_value_negated.onnx"),
+        &vgps_stage("sim_reach_weak_value_negated.onnx"),
     );
     let dsrl = success_rate(&dir, "dsrl", 1, &latent_noise("sim_reach_weak_latent.onnx"));
     // The base policy is weak on purpose (half its demonstrations reach for the

@@ -337,30 +337,45 @@ impl OpenpiPolicy {
             .get("server_timing")
             .and_then(|t| t.get("infer_ms"))
             .and_then(Value::as_f64);
-        let actions = value.get("actions").ok_or("the reply has no `actions`")?;
-        let actions = NdArray::from_value(actions)
-            .ok_or("`actions` is not a numpy array")?
-            .map_err(|e| format!("`actions` {e}"))?;
-        let (rows, cols) = match actions.shape.as_slice() {
-            &[rows, cols] => (rows, cols),
-            shape => return Err(format!("`actions` has shape {shape:?}, expected [H, D]").into()),
-        };
-        if rows < self.horizon || cols != self.width {
-            return Err(format!(
-                "`actions` is [{rows}, {cols}]; this robot takes [>= {}, {}] (horizon; joints, then the gripper)",
-                self.horizon, self.width
-            )
-            .into());
-        }
-        let values = actions.to_f64();
-        if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
-            return Err(format!("`actions`[{}][{}] is not finite", bad / cols, bad % cols).into());
-        }
-        for (dst, src) in out.actions.iter_mut().zip(&values[..self.horizon * cols]) {
-            *dst = *src as f32;
-        }
+        read_actions(&value, self.horizon, self.width, &mut out.actions)?;
         Ok(())
     }
+}
+
+/// The first `horizon` rows of a reply's `actions` (float `[H, D]`, at least
+/// `horizon` rows of the robot's `width` columns, all finite) into `out`.
+pub fn read_actions(
+    reply: &Value<'_>,
+    horizon: usize,
+    width: usize,
+    out: &mut [f32],
+) -> Result<(), String> {
+    let actions = reply.get("actions").ok_or("the reply has no `actions`")?;
+    let actions = NdArray::from_value(actions)
+        .ok_or("`actions` is not a numpy array")?
+        .map_err(|e| format!("`actions` {e}"))?;
+    let (rows, cols) = match actions.shape.as_slice() {
+        &[rows, cols] => (rows, cols),
+        shape => return Err(format!("`actions` has shape {shape:?}, expected [H, D]")),
+    };
+    if rows < horizon || cols != width {
+        return Err(format!(
+            "`actions` is [{rows}, {cols}]; this robot takes [>= {horizon}, {width}] \
+             (horizon; joints, then the gripper)"
+        ));
+    }
+    let values = actions.to_f64();
+    if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
+        return Err(format!(
+            "`actions`[{}][{}] is not finite",
+            bad / cols,
+            bad % cols
+        ));
+    }
+    for (dst, src) in out.iter_mut().zip(&values[..horizon * cols]) {
+        *dst = *src as f32;
+    }
+    Ok(())
 }
 
 impl Drop for OpenpiPolicy {

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use reflex_openpi::client::read_actions;
 use reflex_openpi::keys::{Layout, ObservationKeys, Request};
 use reflex_openpi::msgpack::{self, Value, Writer};
 use reflex_openpi::ndarray::NdArray;
@@ -446,28 +447,7 @@ impl RemotePolicy {
             }
             self.model_version = version.to_string();
         }
-        let actions = value.get("actions").ok_or("the reply has no `actions`")?;
-        let actions = NdArray::from_value(actions)
-            .ok_or("`actions` is not a numpy array")?
-            .map_err(|e| format!("`actions` {e}"))?;
-        let (rows, cols) = match actions.shape.as_slice() {
-            &[rows, cols] => (rows, cols),
-            shape => return Err(format!("`actions` has shape {shape:?}, expected [H, D]").into()),
-        };
-        if rows < self.horizon || cols != self.width {
-            return Err(format!(
-                "`actions` is [{rows}, {cols}]; this robot takes [>= {}, {}]",
-                self.horizon, self.width
-            )
-            .into());
-        }
-        let values = actions.to_f64();
-        if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
-            return Err(format!("`actions`[{}][{}] is not finite", bad / cols, bad % cols).into());
-        }
-        for (dst, src) in out.actions.iter_mut().zip(&values[..self.horizon * cols]) {
-            *dst = *src as f32;
-        }
+        read_actions(&value, self.horizon, self.width, &mut out.actions)?;
         Ok(())
     }
 }

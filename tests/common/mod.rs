@@ -427,3 +427,32 @@ pub fn reference_inputs(obs: &Path, stats: &Path, out: &Path, reflex_inputs: &Pa
     }
     out.to_path_buf()
 }
+
+/// A V-GPS `[[stages]]` table scoring segments with the value model `model`
+/// (a file of policies/models/steering/) on the top camera and the joint
+/// positions: the steering launch file's value function.
+pub fn vgps_stage(model: &str) -> String {
+    format!(
+        r#"
+[[stages]]
+kind = "vgps"
+model = "{}"
+score = "segment"
+
+[[stages.inputs]]
+name = "image"
+source = "camera.top"
+shape = [1, 3, 32, 32]
+image = {{ resize = [32, 32], layout = "nchw", range = "zero_one" }}
+
+[[stages.inputs]]
+name = "state"
+source = "state.joint_positions"
+shape = [1, 3]
+"#,
+        repo()
+            .join("policies/models/steering")
+            .join(model)
+            .display()
+    )
+}
