@@ -106,7 +106,7 @@ fn an_unknown_driver_lists_the_known_ones() {
     );
     assert!(
         err.contains(
-            "unknown kind `sim_ram`; known kinds: `audio`, `gamepad_teleop`, `keyboard_teleop`, `opencv_camera`, `serial_taxels`, `sim_arm`, `spacemouse_teleop`, `zenoh_arm`, `zenoh_stream` or `zenoh_teleop`"
+            "unknown kind `sim_ram`; known kinds: `audio`, `gamepad_teleop`, `keyboard_teleop`, `opencv_camera`, `ros2_arm`, `serial_taxels`, `sim_arm`, `spacemouse_teleop`, `zenoh_arm`, `zenoh_stream` or `zenoh_teleop`"
         ),
         "{err}"
     );

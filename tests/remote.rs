@@ -228,3 +228,34 @@ fn remote_policy_errors_name_the_field() {
     let error = edited("key = \"reflex/policy\"", "key = \"reflex/*\"");
     assert!(error.contains("wildcard"), "{error}");
 }
+
+#[test]
+fn two_robots_share_one_server() {
+    let dir = scratch("remote-shared");
+    let port = free_port();
+    let _server = serve(&server_launch(), port);
+    let launch = robot_launch(&dir, port, &[]);
+    let robots: Vec<(Reaped, PathBuf)> = (0..2)
+        .map(|i| {
+            let summary = dir.join(format!("robot{i}.json"));
+            let child = reflex()
+                .args(["run", launch.to_str().unwrap(), "--duration", "4"])
+                .args(["--set", "zenoh.enabled=false", "--summary-json"])
+                .arg(&summary)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            (Reaped(child), summary)
+        })
+        .collect();
+    for (mut robot, summary_path) in robots {
+        assert!(robot.0.wait().unwrap().success(), "a robot's run failed");
+        let summary = summary(&summary_path);
+        assert_eq!(summary["inference_errors"], 0, "{summary}");
+        assert_eq!(summary["estop"], false, "{summary}");
+        assert!(
+            summary["chunks_applied"].as_u64().unwrap() >= 10,
+            "{summary}"
+        );
+    }
+}
