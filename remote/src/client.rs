@@ -21,7 +21,7 @@ use reflex_runtime::launch::{Launch, LaunchError, MAX_HORIZON};
 use reflex_runtime::policy::{LoadedPolicy, Policy, PolicyError};
 use reflex_runtime::registry::{KindTable, LoadError, PolicyKind, PolicySpec, schema_of};
 use reflex_runtime::targets::ActionTarget;
-use reflex_runtime::types::{ActionChunk, Image, Observation};
+use reflex_runtime::types::{ActionChunk, Observation};
 use reflex_zenoh::bus::{check_endpoint, check_exact_key, zenoh_config};
 use reflex_zenoh::{ZenohConfig, ZenohMode};
 use schemars::JsonSchema;
@@ -152,15 +152,30 @@ impl PolicySpec for RemoteSpec {
         let timeout = Duration::from_secs_f64(self.config.timeout_ms / 1e3);
         let session = self.open_session(launch, timeout)?;
         let layout = Layout::of(launch);
+        let mut keys = ObservationKeys::by_name(&layout);
+        // JPEG images follow the arrays as `bin` entries: (camera index, key).
+        let jpeg_keys = match self.config.images {
+            ImageEncoding::Raw => Vec::new(),
+            ImageEncoding::Jpeg => std::mem::take(&mut keys.images)
+                .into_iter()
+                .filter_map(|(camera, key)| {
+                    layout
+                        .cameras
+                        .iter()
+                        .position(|c| *c == camera)
+                        .map(|i| (i, key))
+                })
+                .collect(),
+        };
         let policy = RemotePolicy {
             session,
             key: self.config.key.clone(),
             horizon: self.config.horizon,
             width: launch.action_width(),
             timeout,
-            keys: ObservationKeys::by_name(&layout),
+            keys,
+            jpeg_keys,
             layout,
-            images: self.config.images,
             jpeg_quality: self.config.jpeg_quality,
             jpegs: Vec::new(),
             prompt: None,
@@ -171,8 +186,14 @@ impl PolicySpec for RemoteSpec {
         // The server must be there at start, and serve this robot: a wrong
         // endpoint or launch file is an error now, not a robot that holds still.
         let metadata = policy
-            .metadata()
+            .ask(&crate::metadata_key(&self.config.key), Vec::new())
             .map_err(|e| launch.error_at("policy.connect", e))?;
+        let metadata = msgpack::decode(&metadata).map_err(|e| {
+            launch.error_at(
+                "policy.connect",
+                format!("the server's metadata is not msgpack: {e}"),
+            )
+        })?;
         check_metadata(&metadata, launch, self.config.horizon)
             .map_err(|(field, e)| launch.error_at(&format!("policy.{field}"), e))?;
         Ok(LoadedPolicy {
@@ -310,9 +331,11 @@ pub struct RemotePolicy {
     /// Columns the robot takes: its joints, then the gripper.
     width: usize,
     timeout: Duration,
+    /// The keys of what goes as arrays.
     keys: ObservationKeys,
+    /// `images = "jpeg"`: (camera index, key) of each image sent as a JPEG.
+    jpeg_keys: Vec<(usize, String)>,
     layout: Layout,
-    images: ImageEncoding,
     jpeg_quality: u8,
     /// Per camera: the last JPEG, reused.
     jpegs: Vec<Vec<u8>>,
@@ -357,28 +380,10 @@ impl RemotePolicy {
         }
     }
 
-    fn metadata(&self) -> Result<Value<'static>, String> {
-        let bytes = self.ask(&crate::metadata_key(&self.key), Vec::new())?;
-        // Leaked once per load: the metadata is small and lives with the policy.
-        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-        msgpack::decode(bytes).map_err(|e| format!("the server's metadata is not msgpack: {e}"))
-    }
-
     fn write_request(&mut self, obs: &Observation) -> Result<(), Failure> {
         let committed = obs.committed_len > 0;
         self.request.bytes.clear();
-        let jpeg = self.images == ImageEncoding::Jpeg;
-        let keys = if jpeg {
-            // The images follow as `bin` entries.
-            ObservationKeys {
-                images: Default::default(),
-                ..self.keys.clone()
-            }
-        } else {
-            self.keys.clone()
-        };
-        let cameras = if jpeg { self.keys.images.len() } else { 0 };
-        keys.write_request(
+        self.keys.write_request(
             &mut self.request,
             Request {
                 obs,
@@ -386,30 +391,27 @@ impl RemotePolicy {
                 prompt: self.prompt.as_deref(),
                 images: &[],
             },
-            2 + usize::from(committed) + cameras,
+            2 + usize::from(committed) + self.jpeg_keys.len(),
         );
         let w = &mut self.request;
         w.str(TICK_KEY).int(obs.tick as i64);
         w.str(DELAY_KEY).int(obs.expected_delay_ticks as i64);
         if committed {
-            let rows: Vec<f64> = obs.committed_rows().flatten().copied().collect();
+            let width = obs.committed_width.max(1);
+            let rows: &[f64] =
+                &obs.committed[..(obs.committed_len * width).min(obs.committed.len())];
             w.str(COMMITTED_KEY);
-            NdArray::from_f64(&[obs.committed_len, obs.committed_width], &rows).write(w);
+            NdArray::from_f64(&[rows.len() / width, width], rows).write(w);
         }
-        if jpeg {
-            self.jpegs.resize_with(obs.images.len(), Vec::new);
-            for (camera, key) in &self.keys.images {
-                let Some(i) = self.layout.cameras.iter().position(|c| c == camera) else {
-                    continue;
-                };
-                let image: &Image = &obs.images[i];
-                let out = &mut self.jpegs[i];
-                out.clear();
-                if image.width > 0 && image.height > 0 {
-                    crate::jpeg::encode(image, self.jpeg_quality, out)?;
-                }
-                self.request.str(key).bin(out);
+        self.jpegs.resize_with(obs.images.len(), Vec::new);
+        for (i, key) in &self.jpeg_keys {
+            let image = &obs.images[*i];
+            let out = &mut self.jpegs[*i];
+            out.clear();
+            if image.width > 0 && image.height > 0 {
+                crate::jpeg::encode(image, self.jpeg_quality, out)?;
             }
+            self.request.str(key).bin(out);
         }
         Ok(())
     }
