@@ -23,6 +23,7 @@ use reflex_runtime::registry::{DriverKind, DriverSpec, KindTable, schema_of};
 use reflex_runtime::slot::latest_slot;
 use reflex_runtime::stream::StreamDecl;
 use reflex_runtime::types::{JointCommand, JointState, monotonic_ns};
+use reflex_zenoh::zenoh_arm::spawn_command_publisher;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use zenoh::Wait;
@@ -414,61 +415,49 @@ impl Driver for Ros2Arm {
             .wait()
             .map_err(|e| self.zenoh(e))?;
         self.token(&session, token)?;
-        let stop = self.stop.clone();
-        let name = self.config.name.clone();
         let names = self.joint_names.clone();
         let interface = self.config.command;
-        let lookahead = self.lookahead;
-        let thread = std::thread::Builder::new()
-            .name(format!("reflex-ros2-{name}"))
-            .spawn(move || {
-                let mut cdr = Writer::default();
-                let mut sequence_number = 0;
-                let failures = WarnLimiter::for_network();
-                while !stop.load(Ordering::Acquire) || !commands.is_empty() {
-                    let Some(cmd) = commands.recv_timeout(Duration::from_millis(20)) else {
-                        continue;
-                    };
-                    let n = cmd.joints;
-                    match interface {
-                        CommandInterface::Trajectory => msgs::write_joint_trajectory(
-                            &mut cdr,
-                            // Zero: the controller starts the trajectory on arrival.
-                            Time::default(),
-                            "",
-                            names.iter().map(String::as_str),
-                            &[TrajectoryPoint {
-                                positions: &cmd.position[..n],
-                                velocities: &cmd.velocity[..n],
-                                accelerations: &cmd.acceleration[..n],
-                                time_from_start: Time::from_ns(lookahead.as_nanos() as u64),
-                            }],
-                        ),
-                        CommandInterface::Forward => {
-                            msgs::write_float64_multi_array(&mut cdr, &cmd.position[..n])
-                        }
-                    }
-                    sequence_number += 1;
-                    let attachment = Attachment {
-                        sequence_number,
-                        source_timestamp_ns: reflex_zenoh::wire::unix_ns() as i64,
-                        gid,
-                    };
-                    let sent = publisher
-                        .put(cdr.bytes.clone())
-                        .attachment(attachment.encode().to_vec())
-                        .wait();
-                    if let Err(e) = sent
-                        && let Some(left_out) = failures.hit()
-                    {
-                        tracing::warn!(
-                            "{name}: publishing a command failed: {e}{}",
-                            suppressed_note(left_out)
-                        );
+        let time_from_start = Time::from_ns(self.lookahead.as_nanos() as u64);
+        let mut cdr = Writer::default();
+        let mut sequence_number = 0;
+        let thread = spawn_command_publisher(
+            format!("reflex-ros2-{}", self.config.name),
+            self.config.name.clone(),
+            commands,
+            self.stop.clone(),
+            move |cmd| {
+                let n = cmd.joints;
+                match interface {
+                    CommandInterface::Trajectory => msgs::write_joint_trajectory(
+                        &mut cdr,
+                        // Zero: the controller starts the trajectory on arrival.
+                        Time::default(),
+                        "",
+                        names.iter().map(String::as_str),
+                        &[TrajectoryPoint {
+                            positions: &cmd.position[..n],
+                            velocities: &cmd.velocity[..n],
+                            accelerations: &cmd.acceleration[..n],
+                            time_from_start,
+                        }],
+                    ),
+                    CommandInterface::Forward => {
+                        msgs::write_float64_multi_array(&mut cdr, &cmd.position[..n])
                     }
                 }
-            })
-            .map_err(|e| self.failed(format!("cannot start the publisher thread: {e}")))?;
+                sequence_number += 1;
+                let attachment = Attachment {
+                    sequence_number,
+                    source_timestamp_ns: reflex_zenoh::wire::unix_ns() as i64,
+                    gid,
+                };
+                publisher
+                    .put(cdr.bytes.clone())
+                    .attachment(attachment.encode().to_vec())
+                    .wait()
+            },
+        )
+        .map_err(|e| self.failed(format!("cannot start the publisher thread: {e}")))?;
         self.thread = Some(thread);
         Ok(())
     }

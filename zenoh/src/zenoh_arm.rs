@@ -261,36 +261,25 @@ impl Driver for ZenohArm {
             })
             .transpose()
             .map_err(|e| self.zenoh(e))?;
-        let stop = self.stop.clone();
-        let name = self.cfg.name.clone();
         let format = self.command_format;
-        let thread = std::thread::Builder::new()
-            .name(format!("reflex-zenoh-{name}"))
-            .spawn(move || {
-                let mut buf = Vec::with_capacity(512);
-                let failures = WarnLimiter::for_network();
-                while !stop.load(Ordering::Acquire) || !commands.is_empty() {
-                    let Some(cmd) = commands.recv_timeout(Duration::from_millis(20)) else {
-                        continue;
-                    };
-                    wire::encode_command(&cmd, wire::unix_ns(), format, &mut buf);
-                    let mut sent = publisher.put(buf.clone()).wait();
-                    if let Some(gripper) = &gripper_publisher
-                        && wire::encode_gripper_command(&cmd, wire::unix_ns(), &mut buf).is_some()
-                    {
-                        sent = sent.and(gripper.put(buf.clone()).wait());
-                    }
-                    if let Err(e) = sent
-                        && let Some(left_out) = failures.hit()
-                    {
-                        tracing::warn!(
-                            "{name}: publishing command failed: {e}{}",
-                            suppressed_note(left_out)
-                        );
-                    }
+        let mut buf = Vec::with_capacity(512);
+        let thread = spawn_command_publisher(
+            format!("reflex-zenoh-{}", self.cfg.name),
+            self.cfg.name.clone(),
+            commands,
+            self.stop.clone(),
+            move |cmd| {
+                wire::encode_command(cmd, wire::unix_ns(), format, &mut buf);
+                let mut sent = publisher.put(buf.clone()).wait();
+                if let Some(gripper) = &gripper_publisher
+                    && wire::encode_gripper_command(cmd, wire::unix_ns(), &mut buf).is_some()
+                {
+                    sent = sent.and(gripper.put(buf.clone()).wait());
                 }
-            })
-            .map_err(|e| self.failed(format!("cannot start publisher thread: {e}")))?;
+                sent
+            },
+        )
+        .map_err(|e| self.failed(format!("cannot start publisher thread: {e}")))?;
         self.thread = Some(thread);
         Ok(())
     }
@@ -316,4 +305,32 @@ impl Driver for ZenohArm {
         }
         Ok(())
     }
+}
+
+/// Hands every command of `commands` to `send` on a thread of its own (only it
+/// waits on the network) until `stop` is set and the mailbox is drained; failed
+/// sends are logged rate-limited, as `<driver>: publishing command failed`.
+pub fn spawn_command_publisher(
+    thread: String,
+    driver: String,
+    commands: Arc<Mailbox<JointCommand>>,
+    stop: Arc<AtomicBool>,
+    mut send: impl FnMut(&JointCommand) -> zenoh::Result<()> + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(thread).spawn(move || {
+        let failures = WarnLimiter::for_network();
+        while !stop.load(Ordering::Acquire) || !commands.is_empty() {
+            let Some(cmd) = commands.recv_timeout(Duration::from_millis(20)) else {
+                continue;
+            };
+            if let Err(e) = send(&cmd)
+                && let Some(left_out) = failures.hit()
+            {
+                tracing::warn!(
+                    "{driver}: publishing command failed: {e}{}",
+                    suppressed_note(left_out)
+                );
+            }
+        }
+    })
 }
